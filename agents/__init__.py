@@ -1,0 +1,1 @@
+"""Real-time analytic tasks: Faust agents that validate, annotate and sink position reports."""

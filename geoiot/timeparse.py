@@ -1,0 +1,75 @@
+"""Turn the time notations found in position files into epoch milliseconds (UTC)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+# Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+_MS_THRESHOLD = 100_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+class TimeParseError(ValueError):
+    """The value is not a time in any accepted notation."""
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> tzinfo:
+    if name.upper() in {"UTC", "Z"}:
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as UTC or America/New_York)") from None
+
+
+def epoch_to_ms(value: float) -> int:
+    """Epoch seconds or milliseconds (told apart by magnitude) to integer milliseconds."""
+    if not math.isfinite(value):
+        raise TimeParseError(f"time {value!r} is not finite")
+    if abs(value) >= _MS_THRESHOLD:
+        return int(round(value))
+    return int(round(value * 1000))
+
+
+def parse_time(value: str | int | float, tz: tzinfo = timezone.utc) -> int:
+    """Epoch ms from ISO 8601, 'YYYY-MM-DD HH:MM:SS', epoch seconds or epoch ms.
+
+    Times without an offset are read in ``tz``. Booleans are refused: they are ints to Python only.
+    """
+    if isinstance(value, bool):
+        raise TimeParseError(f"time {value!r} is a boolean")
+    if isinstance(value, (int, float)):
+        return epoch_to_ms(value)
+    if not isinstance(value, str):
+        raise TimeParseError(f"time {value!r} is a {type(value).__name__}, not a string or number")
+    text = value.strip()
+    if not text:
+        raise TimeParseError("time is empty")
+    if text[0] in "+-" or text[0].isdigit():
+        try:
+            return epoch_to_ms(float(text)) if _looks_numeric(text) else _parse_iso(text, tz)
+        except (ValueError, OverflowError) as exc:
+            raise TimeParseError(f"time {value!r} is not ISO 8601 or epoch: {exc}") from None
+    raise TimeParseError(f"time {value!r} is not ISO 8601 or epoch")
+
+
+def _looks_numeric(text: str) -> bool:
+    body = text[1:] if text[0] in "+-" else text
+    return body.replace(".", "", 1).isdigit() and "-" not in body[1:]
+
+
+def _parse_iso(text: str, tz: tzinfo) -> int:
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return (parsed - _EPOCH) // _ONE_MS
+
+
+def format_ms(ms: int) -> str:
+    """ISO 8601 UTC text of epoch ms, for logs and documents meant for people."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,1 @@
+"""Sources: replay a file of position reports into Kafka, and generate seeded sample data."""

@@ -1,0 +1,154 @@
+"""Shared fixtures: one running stack per session, and uniquely named topics/indices per test.
+
+Integration tests use the real Kafka and Elasticsearch that ``infra/local/stack`` runs on loopback
+(or whatever ``KAFKA_BOOTSTRAP``/``ES_URL`` point at). If nothing answers, the stack is started once.
+Every test gets its own topics and indices, deleted afterwards, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from elasticsearch import AsyncElasticsearch
+
+from geoiot import config
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = ROOT / "infra" / "local" / "stack"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+OUTPUT_DIR = ROOT / "test-output"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use the stack are integration tests even when their module forgot the marker.
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def settings() -> config.Settings:
+    return config.load()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: config.Settings) -> config.Settings:
+    """The running Kafka and Elasticsearch; starts the local stack when neither answers."""
+    kafka_host, _, kafka_port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    es = urlparse(settings.es_hosts[0])
+    up = _answers(kafka_host or "localhost", int(kafka_port)) and _answers(es.hostname or "localhost", es.port or 9200)
+    if not up:
+        result = subprocess.run([str(STACK), "up"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"infra/local/stack up failed:\n{result.stdout}\n{result.stderr}")
+    return settings
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def kafka_admin(stack: config.Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    yield admin
+    await admin.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def es(stack: config.Settings) -> AsyncIterator[AsyncElasticsearch]:
+    client = AsyncElasticsearch(stack.es_hosts, request_timeout=30)
+    await client.cluster.health(wait_for_status="yellow", timeout="60s")
+    yield client
+    await client.close()
+
+
+async def wait_for_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, timeout: float = 30) -> None:
+    """Topic creation returns before every partition has a leader; producing earlier fails."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        described = await admin.describe_topics([name])
+        parts = described[0].get("partitions", []) if described else []
+        if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topic {name} has no leaders after {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFactory]:
+    """Create uniquely named topics for one test (``await new_topic("src", partitions=3)``); deleted after."""
+    created: list[str] = []
+
+    async def make(prefix: str = "t", partitions: int = 3) -> str:
+        name = unique_name(prefix)
+        await kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        await wait_for_topic(kafka_admin, name, partitions)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        try:
+            await kafka_admin.delete_topics(created)
+        except Exception:  # a test that deleted its own topic, or a broker restart: nothing to clean
+            pass
+
+
+IndexFactory = Callable[..., Awaitable[str]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def new_index(es: AsyncElasticsearch) -> AsyncIterator[Callable[[str], str]]:
+    """Unique index names for one test (``new_index("obs")``); every index and template with that
+    prefix is deleted after the test, so time-based indices behind an alias go too."""
+    names: list[str] = []
+
+    def make(prefix: str = "i") -> str:
+        name = unique_name(prefix).lower()
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
+        await es.options(ignore_status=404).indices.delete_index_template(name=f"{name}*")
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests leave artefacts for people (screenshots, logs); git-ignored."""
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    return OUTPUT_DIR
+
+
+@pytest.fixture(scope="session")
+def python_env() -> dict[str, str]:
+    """Environment for subprocesses running the project's commands with this interpreter."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,1 @@
+"""The read-only query API and the static Leaflet map."""
