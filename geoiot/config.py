@@ -86,6 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "Tile URL template of the map"),
     Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int),
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int),
+    Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -121,6 +122,7 @@ class Settings:
     map_tile_url: str
     map_refresh_ms: int
     map_marker_threshold: int
+    spark_checkpoint_dir: str
 
     @property
     def es_hosts(self) -> list[str]:
