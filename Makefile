@@ -1,0 +1,47 @@
+# Two entry points for a fresh clone: `make demo` runs the whole pipeline, `make test` runs the tests.
+# Each sets up what it needs (virtual environment, npm packages, the local Kafka + Elasticsearch) and
+# can be run again: every step below is skipped when its stamp file is newer than its inputs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STACK  := infra/local/stack
+
+.PHONY: demo test unit stack stack-down chromium spark-jars clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,spark]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Debian's Chromium drives the browser tests (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "make: cannot install chromium; run: sudo apt-get install -y chromium" >&2; exit 1; }; }
+
+stack:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+spark-jars: $(VENV)/.installed
+	@$(STACK) spark-jars >/dev/null
+
+demo: $(VENV)/.installed node_modules/.installed stack
+	@infra/local/demo
+
+test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars
+	$(VENV)/bin/pytest
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest -m "not integration"
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache test-output
