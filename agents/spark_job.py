@@ -1,0 +1,163 @@
+"""The agents' analytics on Spark Structured Streaming: IOT_TOPIC -> validate/geofence/document -> IOT_INDEX.
+
+Run it with ``spark-submit`` (the Kafka connector jars come from ``infra/local/stack spark-jars``, so
+nothing is downloaded at job start)::
+
+    spark-submit --master 'local[2]' --driver-memory 1g \\
+        --jars "$(infra/local/stack spark-jars)" agents/spark_job.py [--once] [flags]
+
+Every micro-batch (``foreachBatch`` over the Kafka source) runs ``mapInPandas`` with
+:mod:`agents.spark_worker`, i.e. the same :class:`agents.pipeline.Pipeline` as the Faust agents, and
+bulk-indexes into the same daily indices under the same deterministic ``_id``s; invalid events go to
+IOT_DLQ_TOPIC in the agents' dead-letter shape (through Spark's Kafka sink). Offsets live in the
+checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes
+at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact.
+Per-track fields (speed, heading, distance) and alerts are not computed here (null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from geoiot import config
+from geoiot.schema import load_preset
+
+log = logging.getLogger("agents.spark_job")
+
+ENVS = ("KAFKA_BOOTSTRAP", "ES_URL", "IOT_APP_ID", "IOT_SCHEMA", "IOT_TOPIC", "IOT_INDEX", "IOT_DLQ_TOPIC",
+        "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR")
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One structured log line per meaningful event (stdout, JSON)."""
+    print(json.dumps({"ts": round(time.time(), 3), "component": "spark_job", "event": event, **fields}), flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-submit agents/spark_job.py",
+        description="Run the agents' validation, geofencing and indexing as a Spark Structured Streaming job.")
+    config.add_flags(parser, ENVS)
+    parser.add_argument("--once", action="store_true",
+                        help="process everything available now (trigger availableNow), then exit")
+    parser.add_argument("--trigger-interval", default="1 second",
+                        help="processing-time trigger of the continuous mode (default '1 second')")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=None,
+                        help="cap on Kafka records per micro-batch (default: no cap)")
+    parser.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest"),
+                        help="where a job without a checkpoint starts reading (default earliest)")
+    return parser
+
+
+def checkpoint_dir(settings: config.Settings) -> str:
+    """SPARK_CHECKPOINT_DIR, or .stack/spark-checkpoints/<IOT_APP_ID> under the working directory.
+
+    A URI (hdfs://, s3a://, file://) is passed through for clusters; a local path is made absolute.
+    """
+    raw = settings.spark_checkpoint_dir or str(Path(".stack") / "spark-checkpoints" / settings.iot_app_id)
+    if "://" in raw:
+        return raw
+    return str(Path(raw).expanduser().resolve())
+
+
+def ensure_template(settings: config.Settings) -> None:
+    """Create/update the index template with the agents' function before the first write."""
+    from agents.index import ensure_index
+    from agents.sink import es_client
+
+    async def run() -> None:
+        client = es_client(settings.es_hosts)
+        try:
+            await ensure_index(client, settings, load_preset(settings.iot_schema))
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def batch_writer(settings: config.Settings):  # -> Callable[[DataFrame, int], None]
+    """The ``foreachBatch`` function: annotate + index on executors, dead letters to Kafka, one log line."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from agents.spark_worker import OUTPUT_SCHEMA, JobContext, partition_function
+
+    ctx = JobContext.from_settings(settings)
+    function = partition_function(ctx)
+
+    def write(batch: Any, batch_id: int) -> None:
+        started = time.perf_counter()
+        out = batch.select("key", "value", "topic", "partition", "offset").mapInPandas(function, OUTPUT_SCHEMA)
+        out = out.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            stats = out.where(F.col("kind") == "stats").agg(
+                *(F.coalesce(F.sum(c), F.lit(0)).alias(c)
+                  for c in ("messages", "indexed", "dead", "filtered", "rejected"))).first().asDict()
+            if stats["dead"]:
+                (out.where(F.col("kind") == "dlq").select("key", "value").write.format("kafka")
+                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+                 .option("topic", settings.iot_dlq_topic).save())
+        finally:
+            out.unpersist()
+        emit("batch", batch=batch_id, seconds=round(time.perf_counter() - started, 3), **stats)
+
+    return write
+
+
+def start(spark: Any, settings: config.Settings, args: argparse.Namespace) -> Any:
+    """Start the streaming query (Kafka source -> foreachBatch)."""
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+              .option("subscribe", settings.iot_topic)
+              .option("startingOffsets", args.starting_offsets)
+              .option("failOnDataLoss", "false"))
+    if args.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+    writer = (reader.load().writeStream
+              .queryName(f"{settings.iot_app_id}-spark")
+              .option("checkpointLocation", checkpoint_dir(settings))
+              .foreachBatch(batch_writer(settings)))
+    writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=args.trigger_interval)
+    return writer.start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.from_args(args)
+        load_preset(settings.iot_schema)
+        from agents.spark_worker import JobContext
+        JobContext.from_settings(settings).pipeline()  # bad preset/geofences/time zone: fail before Spark starts
+    except ValueError as exc:
+        print(f"spark_job: {exc}", file=sys.stderr)
+        return 2
+    from pyspark.sql import SparkSession
+
+    ensure_template(settings)
+    level = os.environ.get("SPARK_LOG_LEVEL", "WARN")
+    spark = SparkSession.builder.appName(f"{settings.iot_app_id}-spark").config("spark.log.level", level).getOrCreate()
+    spark.sparkContext.setLogLevel(level)
+    emit("start", topic=settings.iot_topic, index=settings.iot_index, dlq=settings.iot_dlq_topic,
+         checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master)
+    query = start(spark, settings, args)
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    last = query.lastProgress or {}
+    emit("stop", last_batch=last.get("batchId"))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
