@@ -23,7 +23,7 @@ import pandas as pd
 
 from agents.geofence import Geofences
 from agents.pipeline import BatchResult, Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.sink import ElasticsearchSink, Sink, es_client
 from agents.validate import dead_letter
 from geoiot.config import Settings
 from geoiot.schema import load_preset
@@ -88,11 +88,11 @@ def dead_letters(dead: Sequence[tuple[Incoming, str]]) -> list[tuple[bytes | Non
 class Worker:
     """Per Python-worker state: the pipeline (preset, loaded fences) and an Elasticsearch sink on one loop."""
 
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, sink: Sink | None = None) -> None:
         self.ctx = ctx
         self.pipeline = ctx.pipeline()
         self.loop = asyncio.new_event_loop()
-        self.sink = ElasticsearchSink(es_client(list(ctx.es_hosts)))
+        self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)))
 
     def write(self, actions: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Bulk-index in slices of IOT_BULK_SIZE; returns what Elasticsearch refused for good."""
@@ -106,7 +106,8 @@ class Worker:
         result = annotate(self.pipeline, messages)
         rejected = self.write(result.actions)
         dead = list(result.dead)
-        dead += [(result.sources[(a["_index"], a["_id"])], reason) for a, reason in rejected]
+        # Same reason text as the agents give documents a sink refused for good.
+        dead += [(result.sources[(a["_index"], a["_id"])], f"{self.sink.name}: {reason}") for a, reason in rejected]
         letters = dead_letters(dead)
         rows: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
         for key, value in letters:

@@ -1,0 +1,120 @@
+"""Unit tests of the Spark job's glue (no Spark, no Kafka, no Elasticsearch).
+
+The job must run the agents' own pipeline: these tests compare its output with
+:class:`agents.pipeline.Pipeline` directly, so a second implementation would show up as a difference.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
+
+from agents.pipeline import Incoming  # noqa: E402
+from agents.sink import StdoutSink  # noqa: E402
+from agents.spark_job import build_parser, checkpoint_dir  # noqa: E402
+from agents.spark_worker import (OUTPUT_COLUMNS, TRACK_FIELDS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
+                                 incoming)
+from agents.validate import dead_letter  # noqa: E402
+from geoiot import config  # noqa: E402
+
+JFK_INSIDE = (-73.7781, 40.6413)  # the terminal area, inside the shipped JFK fence
+MANHATTAN = (-73.9855, 40.7580)
+
+
+def ctx(**overrides: object) -> JobContext:
+    return JobContext.from_settings(config.load({}, **overrides))
+
+
+def event(track: str, t: str, lon: float, lat: float) -> bytes:
+    return orjson.dumps({"taxiId": track, "observationTime": t, "longitude": lon, "latitude": lat,
+                         "passengerCount": 1})
+
+
+def chunk(values: list[bytes | None]) -> pd.DataFrame:
+    return pd.DataFrame({"key": [b"k"] * len(values), "value": values, "topic": ["src"] * len(values),
+                         "partition": [1] * len(values), "offset": list(range(10, 10 + len(values)))})
+
+
+def test_annotate_is_the_agents_pipeline_without_track_fields() -> None:
+    context = ctx(iot_index="obs")
+    msgs = incoming(chunk([event("a", "2013-01-01 00:00:00", *JFK_INSIDE),
+                           event("a", "2013-01-01 00:00:05", *MANHATTAN),
+                           b"{nope"]))
+    spark = annotate(context.pipeline(), msgs)
+    faust = context.pipeline().process(msgs, lambda track: None)
+    assert [a["_id"] for a in spark.actions] == [a["_id"] for a in faust.actions] == ["a:1356998400000",
+                                                                                       "a:1356998405000"]
+    assert [a["_index"] for a in spark.actions] == ["obs-2013.01.01"] * 2
+    assert [a["_source"]["geofences"] for a in spark.actions] == [["jfk"], []]
+    # The second report moved the track inside the batch: the agents compute its motion, Spark must not.
+    assert faust.actions[1]["_source"]["distance_m"] > 0
+    for action in spark.actions:
+        assert all(action["_source"][name] is None for name in TRACK_FIELDS)
+    for s, f in zip(spark.actions, faust.actions):
+        same = {k for k in f["_source"] if k not in TRACK_FIELDS and k != "ingested_at"}
+        assert {k: s["_source"][k] for k in same} == {k: f["_source"][k] for k in same}
+    assert [(m.offset, reason) for m, reason in spark.dead] == [(12, faust.dead[0][1])]
+
+
+def test_incoming_keeps_missing_keys_and_values() -> None:
+    frame = chunk([None, b"x"])
+    frame.loc[0, "key"] = None
+    msgs = incoming(frame)
+    assert msgs[0] == Incoming(None, None, "src", 1, 10)
+    assert msgs[1] == Incoming(b"x", b"k", "src", 1, 11)
+
+
+def test_dead_letters_use_the_agents_shape_and_original_key() -> None:
+    msg = Incoming(b"\xff\x00", b"taxi-7", "src", 2, 99)
+    [(key, value)] = dead_letters([(msg, "not JSON: bad")])
+    assert key == b"taxi-7"
+    assert value == dead_letter(b"\xff\x00", "not JSON: bad", "src", 2, 99, b"taxi-7")
+    assert json.loads(value)["original_encoding"] == "base64"
+
+
+def test_worker_outputs_dead_letters_and_counts() -> None:
+    stream = io.BytesIO()
+    worker = Worker(ctx(iot_geofence_filter=True), sink=StdoutSink(stream))
+    out = worker.process(chunk([event("a", "2013-01-01 00:00:00", *JFK_INSIDE),
+                                event("b", "2013-01-01 00:00:00", *MANHATTAN),
+                                orjson.dumps({"taxiId": "c"}), b""]))
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
+    dlq = out[out["kind"] == "dlq"]
+    assert [json.loads(v)["reason"] for v in dlq["value"]] == ["observationTime is missing", "empty value"]
+    stats = out[out["kind"] == "stats"].iloc[0]
+    assert (stats["messages"], stats["indexed"], stats["dead"], stats["filtered"]) == (4, 1, 2, 1)
+    written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [d["_id"] for d in written] == ["a:1356998400000"]
+
+
+def test_bad_configuration_is_refused_before_spark_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.spark_job import main
+
+    bad = tmp_path / "fences.geojson"
+    bad.write_text('{"type": "Point"}')
+    assert main(["--geofences", str(bad), "--once"]) == 2
+    assert "not a GeoJSON FeatureCollection" in capsys.readouterr().err
+
+
+def test_checkpoint_dir_defaults_under_stack_and_passes_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint_dir(config.load({}, iot_app_id="fleet")) == str(tmp_path / ".stack" / "spark-checkpoints" / "fleet")
+    assert checkpoint_dir(config.load({"SPARK_CHECKPOINT_DIR": "ck"})) == str(tmp_path / "ck")
+    uri = "hdfs://nn:8020/ck/geoiot"
+    assert checkpoint_dir(config.load({"SPARK_CHECKPOINT_DIR": uri})) == uri
+
+
+def test_flags_mirror_settings_and_trigger_modes() -> None:
+    args = build_parser().parse_args(["--topic", "t", "--index", "i", "--once", "--max-offsets-per-trigger", "50",
+                                      "--spark-checkpoint-dir", "/ck"])
+    settings = config.from_args(args, {})
+    assert (settings.iot_topic, settings.iot_index, settings.spark_checkpoint_dir) == ("t", "i", "/ck")
+    assert args.once and args.max_offsets_per_trigger == 50
+    default = build_parser().parse_args([])
+    assert not default.once and default.trigger_interval == "1 second" and default.starting_offsets == "earliest"
