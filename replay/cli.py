@@ -1,0 +1,230 @@
+"""``python -m replay constant|timestamp|generate``: argument parsing, progress, summary, exit codes.
+
+Exit codes: 0 done, 1 runtime error (broker unreachable, unreadable file), 2 usage error or
+``--strict`` met a bad row, 130 interrupted by Ctrl-C (after flushing and printing the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from geoiot import config
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("replay")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m replay", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{constant,timestamp,generate}")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
+    config.add_flags(common, ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION",
+                              "IOT_TIMEZONE"])
+    common.add_argument("--partitioner", choices=("hash", "balanced"), default="hash",
+                        help="hash: Kafka's murmur2 of the track id (default); balanced: new tracks to the least-loaded partition")
+    common.add_argument("--retime", choices=("keep", "now"), default="keep",
+                        help="keep the file's event times (default) or rewrite them to the wall-clock send time")
+    common.add_argument("--limit", type=_positive_int, help="stop after this many events")
+    common.add_argument("--strict", action="store_true", help="stop at the first bad row with exit code 2")
+    common.add_argument("--rejects", metavar="FILE", help="write bad rows as JSON Lines {line, reason, row}")
+    common.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object, last line of stdout")
+    common.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
+                        help="seconds to wait for Kafka at start (default 10)")
+    common.add_argument("--linger-ms", type=_positive_int, default=10, help="producer linger (default 10)")
+    common.add_argument("--batch-bytes", type=_positive_int, default=512 * 1024, help="producer batch size (default 512 KiB)")
+    noise = common.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    const = sub.add_parser("constant", parents=[common], help="send N events every interval (or as fast as possible)",
+                           description="Play the file at a constant rate, in batches scheduled on a monotonic clock.")
+    pace = const.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=_positive_float, metavar="EV_PER_S", help="events per second (0 = as fast as possible)")
+    pace.add_argument("--max-rate", action="store_true", help="as fast as possible")
+    pace.add_argument("--events-per-interval", type=_positive_int, metavar="N", help="events per batch (default 100)")
+    const.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="batch period (default 1000)")
+    const.add_argument("--loop", action="store_true", help="start over at the end of the file")
+
+    ts = sub.add_parser("timestamp", parents=[common], help="send each unique timestamp group, then wait",
+                        description="Play each group of consecutive rows sharing a timestamp, then wait.")
+    when = ts.add_mutually_exclusive_group()
+    when.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="wait between groups (default 3000)")
+    when.add_argument("--speedup", type=_positive_float, metavar="X", help="the file's real gaps divided by X")
+
+    gen = sub.add_parser("generate", help="write deterministic taxi tracks (headerless 19-column CSV)",
+                         description="Deterministic vehicle tracks in the original taxi layout; same seed, same bytes.")
+    gen.add_argument("--tracks", type=_positive_int, default=10, help="vehicles (default 10)")
+    gen.add_argument("--points", type=_positive_int, default=100, help="reports per vehicle, one per second (default 100)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--out", required=True, metavar="FILE", help="output file (.gz for gzip)")
+    gen.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", help="area (default NYC: -74.05,40.58,-73.75,40.88)")
+    gen.add_argument("--start", default="2013-01-01 00:00:00", metavar="TIME", help="time of the first report (UTC)")
+    gen.add_argument("--jfk-share", type=_positive_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if level > logging.DEBUG:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection noise; our errors say it clearly
+
+
+def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from replay.generate import NYC_BBOX, write_csv
+
+    bbox = NYC_BBOX
+    if args.bbox:
+        try:
+            bbox = tuple(float(v) for v in args.bbox.split(","))
+        except ValueError:
+            parser.error("--bbox must be four numbers: MINLON,MINLAT,MAXLON,MAXLAT")
+    try:
+        rows = write_csv(args.out, args.tracks, args.points, args.seed, bbox=bbox, start=args.start,
+                         jfk_share=args.jfk_share)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"replay generate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    log.info("wrote %d rows (%d tracks x %d points, seed %d) to %s", rows, args.tracks, args.points, args.seed, args.out)
+    return EXIT_OK
+
+
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    from geoiot.schema import SchemaError, load_preset
+    from geoiot.timeparse import zone
+    from replay.pacing import rate_from_batches
+    from replay.runner import ReplayOptions
+
+    try:
+        settings = config.from_args(args)
+        tz = zone(settings.iot_timezone)
+        preset = load_preset(settings.iot_schema)
+    except (ValueError, SchemaError) as exc:
+        parser.error(str(exc))
+    rate = interval_s = speedup = None
+    if args.command == "constant":
+        if args.max_rate or args.rate == 0:
+            rate = None
+        elif args.rate is not None:
+            rate = args.rate
+            interval_s = args.interval_ms / 1000 if args.interval_ms else None
+        else:
+            n = 100 if args.events_per_interval is None else args.events_per_interval
+            ms = 1000.0 if args.interval_ms is None else args.interval_ms
+            try:
+                rate = rate_from_batches(n, ms)
+            except ValueError as exc:
+                parser.error(str(exc))
+            interval_s = ms / 1000
+    else:
+        speedup = args.speedup
+        interval_s = None if speedup else (3.0 if args.interval_ms is None else args.interval_ms / 1000)
+    return ReplayOptions(
+        path=args.file, topic=settings.iot_topic, bootstrap=settings.kafka_bootstrap, mode=args.command,
+        preset=preset, tz=tz, rate=rate, interval_s=interval_s, speedup=speedup, retime=args.retime,
+        loop=getattr(args, "loop", False), limit=args.limit, partitioner=args.partitioner,
+        partitions=settings.iot_partitions, replication=settings.iot_replication, strict=args.strict,
+        rejects=args.rejects, connect_timeout=args.connect_timeout, linger_ms=args.linger_ms,
+        batch_bytes=args.batch_bytes)
+
+
+async def _progress(replay: Any, quiet: bool) -> None:
+    """Live bar with rate on a terminal; a plain line every few seconds otherwise."""
+    if quiet:
+        return
+    if sys.stderr.isatty():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[line]}"),
+                      TimeElapsedColumn(), transient=True, refresh_per_second=5) as bar:
+            task = bar.add_task(f"{replay.o.mode} -> {replay.o.topic}", line="", total=replay.o.limit)
+            while True:
+                acked, queued, skipped = replay.progress()
+                elapsed = max(replay.stats.elapsed(), 1e-9)
+                bar.update(task, completed=acked,
+                           line=f"sent {acked:,}  queued {queued:,}  skipped {skipped:,}  {acked / elapsed:,.0f} ev/s")
+                await asyncio.sleep(0.2)
+    while True:
+        await asyncio.sleep(replay.o.progress_every_s)
+        acked, queued, skipped = replay.progress()
+        elapsed = max(replay.stats.elapsed(), 1e-9)
+        wanted = f" (requested {replay.stats.requested_rate:g}/s)" if replay.stats.requested_rate else ""
+        log.info("progress sent=%d queued=%d skipped=%d rate=%.0f/s%s", acked, queued, skipped, acked / elapsed, wanted)
+
+
+async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+    from replay.producer import ReplayError
+    from replay.runner import Replay, StrictStop
+
+    replay = Replay(options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, replay.stop.set)
+    progress = asyncio.create_task(_progress(replay, args.quiet))
+    code = EXIT_OK
+    try:
+        summary = await replay.run()
+    except StrictStop as exc:
+        print(f"replay: --strict: bad row at {exc}", file=sys.stderr)
+        return EXIT_USAGE, replay.summary()
+    except (ReplayError, FileNotFoundError, OSError) as exc:
+        print(f"replay: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR, (replay.summary() if replay.producer else None)
+    finally:
+        progress.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if summary["failed"]:
+        print(f"replay: error: {summary['failed']} messages were not acknowledged: {summary.get('error')}",
+              file=sys.stderr)
+        code = EXIT_ERROR
+    if summary["interrupted"]:
+        code = EXIT_INTERRUPTED
+    return code, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    if args.command == "generate":
+        return _generate(args, parser)
+    options = _options(args, parser)
+    from replay.summary import human, to_json
+
+    code, summary = asyncio.run(_run(options, args))
+    if summary is not None:
+        if not args.quiet or not args.json_summary:
+            print(human(summary), file=sys.stderr)
+        if args.json_summary:
+            print(to_json(summary), flush=True)
+    return code
