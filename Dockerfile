@@ -66,7 +66,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     KAFKA_BOOTSTRAP=broker.kafka.l4lb.thisdcos.directory:9092 \
-    ES_URL=http://coordinator.elastic.l4lb.thisdcos.directory:9200 \
+    ES_URL=http://elasticsearch.marathon.l4lb.thisdcos.directory:9200 \
     WEB_HOST=0.0.0.0
 # Writable working directory for Faust's state (<IOT_APP_ID>-data) and generated data files.
 WORKDIR /home/geoiot
