@@ -1,0 +1,287 @@
+"""The replay command against the real Kafka of the local stack: counts, contents, partitions, pacing,
+bad rows, and failure behaviour (unreachable broker, Ctrl-C)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import signal
+import socket
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from geoiot.schema import load_preset
+from replay.generate import write_csv
+from replay.partitioning import kafka_partition
+from replay.reader import Rejected, read_records
+from replay.runner import replay_file
+
+pytestmark = pytest.mark.integration
+
+TAXI = load_preset("taxi")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 30.0, settle: float = 1.0) -> list[Any]:
+    """Every message of the topic (all partitions from the start), waiting until ``expected`` arrived and
+    then ``settle`` seconds more so that extra (duplicate) messages would be seen too."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        for _ in range(50):
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+            parts = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        await consumer.seek_to_beginning()
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        settled_at = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                messages.extend(records)
+            if len(messages) >= expected:
+                settled_at = settled_at or time.monotonic() + settle
+                if time.monotonic() >= settled_at:
+                    break
+        return messages
+    finally:
+        await consumer.stop()
+
+
+async def run_cli(args: list[str], env: dict[str, str], timeout: float = 60.0) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "replay", *args, cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def expected_records(path: Path) -> list[dict[str, Any]]:
+    return [r for _, r in read_records(path, TAXI) if not isinstance(r, Rejected)]
+
+
+def check_delivery(messages: list[Any], expected: list[dict[str, Any]], partitions: int, hashed: bool = True) -> None:
+    """Exact contents; key = track id; one partition per track, in file order."""
+    assert len(messages) == len(expected)
+    values = [orjson.loads(m.value) for m in messages]
+    assert sorted(orjson.dumps(v) for v in values) == sorted(orjson.dumps(r) for r in expected)
+    per_track_partition: dict[str, set[int]] = defaultdict(set)
+    per_track: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for m, v in zip(messages, values):
+        assert m.key.decode() == v["taxiId"] and isinstance(v["taxiId"], str)
+        assert isinstance(v["observationTime"], int)
+        per_track_partition[v["taxiId"]].add(m.partition)
+        per_track[v["taxiId"]].append((m.offset, v["observationIx"]))
+        if hashed:
+            assert m.partition == kafka_partition(m.key, partitions)
+    assert all(len(p) == 1 for p in per_track_partition.values())
+    file_order = defaultdict(list)
+    for r in expected:
+        file_order[r["taxiId"]].append(r["observationIx"])
+    for track, seen in per_track.items():
+        assert [ix for _, ix in sorted(seen)] == file_order[track]
+
+
+async def test_constant_mode_end_to_end(new_topic, stack, python_env, tmp_path: Path) -> None:
+    topic = await new_topic("replay-const", partitions=3)
+    path = tmp_path / "c.csv"
+    write_csv(path, 10, 30, seed=1)
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--events-per-interval", "100",
+                                    "--interval-ms", "100", "--json-summary"], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["sent"] == 300 and summary["skipped"] == 0 and summary["failed"] == 0
+    assert summary["requested_rate"] == 1000.0 and 0 < summary["achieved_rate"] <= 1100
+    assert sum(summary["partitions"].values()) == 300
+    messages = await consume(stack.kafka_bootstrap, topic, 300)
+    check_delivery(messages, expected_records(path), 3)
+    assert Counter(str(m.partition) for m in messages) == Counter(summary["partitions"])
+    # Three batches of 100, 100 ms apart: the producer timestamps span at least ~0.2 s.
+    stamps = sorted(m.timestamp for m in messages)
+    assert stamps[-1] - stamps[0] >= 150
+
+
+async def test_max_rate_loop_limit_and_balanced_spread(new_topic, stack, tmp_path: Path) -> None:
+    topic = await new_topic("replay-bal", partitions=4)
+    path = tmp_path / "b.csv.gz"
+    write_csv(path, 40, 10, seed=2)
+    summary = await replay_file(path, topic, bootstrap=stack.kafka_bootstrap, partitioner="balanced",
+                                loop=True, limit=1000)
+    assert summary["sent"] == 1000
+    counts = list(summary["partitions"].values())
+    assert len(counts) == 4 and max(abs(c - 250) for c in counts) <= 25
+    messages = await consume(stack.kafka_bootstrap, topic, 1000)
+    assert len(messages) == 1000
+    tracks: dict[str, set[int]] = defaultdict(set)
+    for m in messages:
+        tracks[m.key.decode()].add(m.partition)
+    assert len(tracks) == 40 and all(len(p) == 1 for p in tracks.values())
+
+
+async def test_hash_partitioner_spreads_and_agrees_with_kafka(new_topic, stack, tmp_path: Path) -> None:
+    topic = await new_topic("replay-hash", partitions=3)
+    path = tmp_path / "h.csv"
+    write_csv(path, 60, 5, seed=3)
+    summary = await replay_file(path, topic, bootstrap=stack.kafka_bootstrap)
+    assert summary["sent"] == 300
+    assert all(n > 0 for n in summary["partitions"].values()) and len(summary["partitions"]) == 3
+    messages = await consume(stack.kafka_bootstrap, topic, 300)
+    check_delivery(messages, expected_records(path), 3, hashed=True)
+
+
+async def test_timestamp_mode_groups_paced_and_retimed(new_topic, stack, python_env, tmp_path: Path) -> None:
+    topic = await new_topic("replay-ts", partitions=2)
+    path = tmp_path / "t.csv"
+    write_csv(path, 4, 6, seed=4)  # 6 timestamp groups of 4 rows
+    before = time.time() * 1000
+    code, out, err = await run_cli(["timestamp", str(path), "--topic", topic, "--interval-ms", "200",
+                                    "--retime", "now", "--json-summary", "--quiet"], python_env)
+    after = time.time() * 1000
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["sent"] == 24 and summary["mode"] == "timestamp"
+    assert summary["seconds"] >= 5 * 0.2 * 0.9  # five waits of 200 ms between six groups
+    messages = await consume(stack.kafka_bootstrap, topic, 24)
+    values = [orjson.loads(m.value) for m in messages]
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for v in values:
+        assert before <= v["observationTime"] <= after
+        groups[v["observationTime"]].append(v)
+    assert sorted(len(g) for g in groups.values()) == [4] * 6
+    times = sorted(groups)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(150 <= gap <= 2000 for gap in gaps), gaps  # loose: the machine is shared
+    # Each group is one file timestamp: the same observationIx for every track of a group.
+    assert all(len({v["observationIx"] for v in g}) == 1 for g in groups.values())
+    original = expected_records(path)
+    strip = lambda r: {k: v for k, v in r.items() if k != "observationTime"}  # noqa: E731
+    assert sorted(orjson.dumps(strip(v)) for v in values) == sorted(orjson.dumps(strip(r)) for r in original)
+
+
+async def test_timestamp_mode_speedup_keeps_times(new_topic, stack, tmp_path: Path) -> None:
+    topic = await new_topic("replay-speed", partitions=2)
+    path = tmp_path / "s.csv"
+    write_csv(path, 3, 5, seed=5)  # reports 1 s apart: at 10x, 0.4 s in all
+    started = time.monotonic()
+    summary = await replay_file(path, topic, bootstrap=stack.kafka_bootstrap, mode="timestamp", speedup=10)
+    assert time.monotonic() - started >= 0.35
+    assert summary["sent"] == 15
+    messages = await consume(stack.kafka_bootstrap, topic, 15)
+    check_delivery(messages, expected_records(path), 2)
+    by_time: dict[int, list[int]] = defaultdict(list)
+    for m in messages:
+        by_time[orjson.loads(m.value)["observationTime"]].append(m.timestamp)
+    firsts = [min(by_time[t]) for t in sorted(by_time)]
+    assert all(b - a >= 60 for a, b in zip(firsts, firsts[1:])), firsts
+
+
+def _bad_file(path: Path) -> tuple[int, dict[str, int]]:
+    write_csv(path, 3, 4, seed=6)
+    good = path.read_text().splitlines()
+    cols = good[0].split(",")
+
+    def row(index: int, value: str) -> str:
+        values = list(cols)
+        values[index] = value
+        return ",".join(values)
+
+    bad = {"columns": [",".join(cols[:18]), ",".join(cols + ["x"])],
+           "time": [row(1, "not a time"), row(1, ""), row(1, "2013-13-45 25:00:00")],
+           "longitude": [row(2, "east"), row(2, "-180.5"), row(2, "200")],
+           "latitude": [row(3, "91")],
+           "track": [row(0, ""), row(0, "   ")]}
+    lines = list(good)
+    for i, text in enumerate(line for group in bad.values() for line in group):
+        lines.insert(2 * i + 1, text)
+    path.write_text("\n".join(lines) + "\n")
+    return len(good), {k: len(v) for k, v in bad.items()}
+
+
+async def test_bad_rows_are_counted_reported_and_never_sent(new_topic, stack, python_env, tmp_path: Path) -> None:
+    topic = await new_topic("replay-bad", partitions=3)
+    path = tmp_path / "bad.csv"
+    good, bad = _bad_file(path)
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--rejects", str(rejects),
+                                    "--json-summary"], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["sent"] == good and summary["skipped"] == sum(bad.values())
+    assert summary["skip_reasons"] == dict(sorted(bad.items()))
+    assert [r["line"] for r in summary["rejects"]] == [2, 4, 6, 8, 10]
+    assert "skipped line 2: expected 19 columns, found 18" in err
+    written = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(written) == sum(bad.values()) and written[0]["row"] == path.read_text().splitlines()[1]
+    messages = await consume(stack.kafka_bootstrap, topic, good)
+    check_delivery(messages, expected_records(path), 3)
+
+
+async def test_strict_stops_at_first_bad_row(new_topic, stack, python_env, tmp_path: Path) -> None:
+    topic = await new_topic("replay-strict", partitions=1)
+    path = tmp_path / "bad.csv"
+    _bad_file(path)
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--strict",
+                                    "--json-summary"], python_env)
+    assert code == 2
+    assert "line 2: expected 19 columns, found 18" in err
+    assert last_json(out)["skipped"] == 1
+
+
+async def test_jsonl_gzip_input(new_topic, stack, tmp_path: Path) -> None:
+    topic = await new_topic("replay-jsonl", partitions=2)
+    csv_path = tmp_path / "src.csv"
+    write_csv(csv_path, 5, 4, seed=7)
+    records = expected_records(csv_path)
+    path = tmp_path / "src.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records)))
+    summary = await replay_file(path, topic, bootstrap=stack.kafka_bootstrap)
+    assert summary["sent"] == 20
+    check_delivery(await consume(stack.kafka_bootstrap, topic, 20), records, 2)
+
+
+async def test_unreachable_broker_fails_fast_and_clearly(python_env, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "u.csv"
+    write_csv(path, 2, 2, seed=8)
+    started = time.monotonic()
+    code, out, err = await run_cli(["constant", str(path), "--bootstrap", f"127.0.0.1:{port}", "--topic", "nowhere",
+                                    "--connect-timeout", "3", "--json-summary"], python_env, timeout=30)
+    assert code == 1
+    assert f"127.0.0.1:{port}" in err and ("cannot reach Kafka" in err or "did not answer" in err)
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 15
+
+
+async def test_ctrl_c_flushes_prints_summary_and_exits_130(new_topic, stack, python_env, tmp_path: Path) -> None:
+    topic = await new_topic("replay-int", partitions=2)
+    path = tmp_path / "i.csv"
+    write_csv(path, 10, 100, seed=9)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200", "--json-summary",
+        cwd=ROOT, env=python_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, err.decode()
+    summary = last_json(out.decode())
+    assert summary["interrupted"] is True and 0 < summary["sent"] < 1000
+    messages = await consume(stack.kafka_bootstrap, topic, summary["sent"])
+    assert len(messages) == summary["sent"]
