@@ -1,0 +1,40 @@
+"""The Elasticsearch document of an observation and its bulk action (deterministic ``_id``).
+
+``_id`` is ``"<track>:<time_ms>"`` and the index is the daily index of the event time, so a
+redelivered event overwrites its own document instead of adding one: at-least-once delivery plus
+idempotent writes gives effectively-once documents.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import geohash
+
+from agents.index import index_for
+from agents.tracks import Motion
+
+
+def doc_id(track: str, time_ms: int) -> str:
+    return f"{track}:{time_ms}"
+
+
+def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str], motion: Motion | None,
+          ingested_at: int | None = None) -> dict[str, Any]:
+    """The preset's fields plus geometry, geofences, motion, geohash (precision 12) and ingestion time."""
+    doc = dict(record)
+    doc["geometry"] = {"lat": lat, "lon": lon}
+    doc["geofences"] = list(fences)
+    doc["speed_mps"] = motion.speed_mps if motion else None
+    doc["heading_deg"] = motion.heading_deg if motion else None
+    doc["distance_m"] = motion.distance_m if motion else None
+    doc["geohash"] = geohash.encode(lat, lon, precision=12)
+    doc["ingested_at"] = int(time.time() * 1000) if ingested_at is None else ingested_at
+    return doc
+
+
+def action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """A bulk ``index`` action: overwrites the document of the same event if it exists."""
+    return {"_op_type": "index", "_index": index_for(base, time_ms), "_id": doc_id(track, time_ms), "_source": doc}

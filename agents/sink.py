@@ -1,0 +1,165 @@
+"""Sinks of the agents: Elasticsearch (bulk, idempotent ids, retried until it succeeds) and stdout.
+
+``write(actions)`` returns only when every action is stored or permanently refused (a 4xx such as a
+mapping error, returned to the caller for the dead-letter topic). Rejections that may pass later
+(429, 5xx) and connection errors are retried with capped exponential back-off for as long as it
+takes, so an Elasticsearch outage only grows the consumer lag: the agent acks the batch's offsets
+only after ``write`` returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.exceptions import ApiError, TransportError
+from elasticsearch.helpers import async_streaming_bulk
+from elasticsearch.serializer import OrjsonSerializer
+
+log = logging.getLogger("agents.sink")
+
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+Rejected = list[tuple[dict[str, Any], str]]  # (action, reason)
+
+
+class Sink(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected: ...
+
+    async def stop(self) -> None: ...
+
+
+def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
+    """The client used by the sink (and by the benchmark's baseline, so both serialise alike)."""
+    return AsyncElasticsearch(hosts, request_timeout=request_timeout, serializer=OrjsonSerializer(),
+                              retry_on_timeout=False, max_retries=0)
+
+
+class ElasticsearchSink:
+    name = "elasticsearch"
+
+    def __init__(self, client: AsyncElasticsearch, *, initial_backoff: float = 0.2, max_backoff: float = 10.0,
+                 on_retry: Callable[[str], None] | None = None,
+                 on_bulk: Callable[[float, int], None] | None = None,
+                 setup: Callable[[AsyncElasticsearch], Any] | None = None) -> None:
+        self.client = client
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.on_retry = on_retry or (lambda reason: None)
+        self.on_bulk = on_bulk or (lambda seconds, n: None)
+        self._setup = setup
+        self.healthy_since: float | None = None
+        self.failing_since: float | None = None
+
+    async def start(self) -> None:
+        if self._setup is not None:
+            await self._retrying("index template", lambda: self._setup(self.client))
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    async def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+                self._ok()
+                return result
+            except (TransportError, ApiError) as exc:
+                status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
+                if isinstance(exc, ApiError) and status not in RETRY_STATUS:
+                    raise
+                attempt += 1
+                self._failing(f"{what}: {type(exc).__name__} {status or ''}".strip(), attempt)
+                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+
+    def _ok(self) -> None:
+        if self.failing_since is not None:
+            log.info("elasticsearch is back after %.1f s", time.monotonic() - self.failing_since)
+        self.failing_since = None
+
+    def _failing(self, reason: str, attempt: int) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.on_retry(reason)
+        log.warning("elasticsearch unavailable (%s), attempt %d; retrying with back-off", reason, attempt)
+
+    async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
+        pending = list(actions)
+        rejected: Rejected = []
+        attempt = 0
+        while pending:
+            started = time.perf_counter()
+            by_key = {(a["_index"], a["_id"]): a for a in pending}
+            retry: list[dict[str, Any]] = []
+            try:
+                async for ok, item in async_streaming_bulk(
+                        self.client, pending, chunk_size=max(1, len(pending)), max_retries=3,
+                        initial_backoff=self.initial_backoff, max_backoff=self.max_backoff,
+                        retry_on_status=RETRY_STATUS, raise_on_error=False, raise_on_exception=True,
+                        yield_ok=False):
+                    _, info = next(iter(item.items()))
+                    action = by_key.get((info.get("_index"), info.get("_id")))
+                    if action is None:  # cannot happen with explicit ids; keep it visible if it does
+                        log.error("bulk failure for an unknown document: %s", info)
+                        continue
+                    if info.get("status") in RETRY_STATUS:
+                        retry.append(action)
+                    else:
+                        rejected.append((action, f"elasticsearch refused the document: {_error_text(info)}"))
+            except (TransportError, ApiError) as exc:
+                status = getattr(exc, "status_code", None)
+                if isinstance(exc, ApiError) and status not in RETRY_STATUS:
+                    # The whole request is refused (e.g. 400 on a malformed body): every document is.
+                    return rejected + [(a, f"elasticsearch refused the request: {status} {exc}") for a in pending]
+                attempt += 1
+                self._failing(f"bulk: {type(exc).__name__} {status or ''}".strip(), attempt)
+                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+                continue
+            self.on_bulk(time.perf_counter() - started, len(pending))
+            if retry:
+                attempt += 1
+                self._failing(f"{len(retry)} document(s) rejected with a retryable status", attempt)
+                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+            else:
+                self._ok()
+            pending = retry
+        return rejected
+
+
+def _error_text(info: dict[str, Any]) -> str:
+    error = info.get("error")
+    if isinstance(error, dict):
+        return f"{info.get('status')} {error.get('type')}: {error.get('reason')}"
+    return f"{info.get('status')} {error}"
+
+
+class StdoutSink:
+    """One JSON line per document on stdout (the original task's console output)."""
+
+    name = "stdout"
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout.buffer
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
+        lines = b"".join(orjson.dumps({"_index": a["_index"], "_id": a["_id"], **a["_source"]}) + b"\n" for a in actions)
+        self.stream.write(lines)
+        self.stream.flush()
+        return []

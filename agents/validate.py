@@ -1,0 +1,99 @@
+"""Decode and validate one raw Kafka value; invalid ones become dead letters with a reason.
+
+Pure (no Faust, no I/O) so the Faust agents and the PySpark job share the same rules: only the four
+core fields (track id, time, lon, lat) decide validity, other attributes are coerced or nulled by
+:func:`geoiot.schema.typed_record`.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import timezone, tzinfo
+from typing import Any
+
+import orjson
+
+from geoiot.schema import InvalidRecord, Preset, typed_record
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A valid event: the typed record plus its core values, and the attributes that became null."""
+
+    record: dict[str, Any]
+    track: str
+    time_ms: int
+    lon: float
+    lat: float
+    nulled: tuple[str, ...]
+
+
+def decode(preset: Preset, raw: bytes | bytearray | memoryview | str | None, tz: tzinfo = timezone.utc) -> Observation:
+    """The observation in ``raw`` (the JSON object ``python -m replay`` produces).
+
+    Raises :class:`geoiot.schema.InvalidRecord` whose ``reason`` goes to the dead-letter topic.
+    """
+    if raw is None or len(raw) == 0:
+        raise InvalidRecord("empty value")
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"not a JSON object but a {_json_kind(obj)}")
+    record, nulled = typed_record(preset, obj, tz)
+    return Observation(record, record[preset.track], record[preset.time], record[preset.lon], record[preset.lat],
+                       tuple(nulled))
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "JSON array"
+    if isinstance(value, str):
+        return "JSON string"
+    if isinstance(value, bool):
+        return "JSON boolean"
+    if value is None:
+        return "JSON null"
+    return "JSON number"
+
+
+def dead_letter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int,
+                key: bytes | None = None) -> bytes:
+    """The dead-letter message value (JSON).
+
+    ``original`` is the original value as a UTF-8 string when it decodes as UTF-8, otherwise its
+    base64 text; ``original_encoding`` ("utf-8", "base64" or null for a missing value) says which,
+    so the exact bytes can always be recovered.
+    """
+    original: str | None
+    encoding: str | None
+    if raw is None:
+        original, encoding = None, None
+    else:
+        raw = bytes(raw)
+        try:
+            original, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return orjson.dumps({
+        "reason": reason,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": None if key is None else bytes(key).decode("utf-8", "backslashreplace"),
+        "original": original,
+        "original_encoding": encoding,
+    })
+
+
+def original_bytes(dead: dict[str, Any]) -> bytes | None:
+    """The original value of a parsed dead letter (inverse of :func:`dead_letter`)."""
+    if dead.get("original") is None:
+        return None
+    if dead.get("original_encoding") == "base64":
+        return base64.b64decode(dead["original"])
+    return str(dead["original"]).encode("utf-8")

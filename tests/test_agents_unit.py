@@ -1,0 +1,305 @@
+"""Unit and property tests of the agents' pure parts: validation, geofences, tracks, documents, batches."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import orjson
+import pytest
+import shapely
+from aiohttp import web
+from hypothesis import given, settings, strategies as st
+from shapely.geometry import Point, box, shape
+
+from agents import documents
+from agents.alerts import Webhook, transitions
+from agents.geofence import GeofenceError, Geofences
+from agents.index import index_for
+from agents.pipeline import Incoming, Pipeline
+from agents.tracks import HISTORY, advance, bearing_deg, haversine_m
+from agents.validate import dead_letter, decode, original_bytes
+from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.schema import InvalidRecord, load_preset
+
+PRESET = load_preset("taxi")
+T0 = 1_357_000_000_000  # epoch ms (small numbers would read as epoch seconds)
+
+
+def fc(*features):
+    return {"type": "FeatureCollection", "features": list(features)}
+
+
+def poly_feature(fid, geom, in_props=False):
+    f = {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(geom)}
+    if in_props:
+        f["properties"]["id"] = fid
+    else:
+        f["id"] = fid
+    return f
+
+
+def raw(**fields):
+    base = {"taxiId": "7", "observationTime": 1357000000000, "longitude": -73.97, "latitude": 40.76}
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def test_decode_valid_coerces_and_nulls_other_attributes():
+    obs = decode(PRESET, raw(taxiId=42, passengerCount="3", tripDistance="far"))
+    assert obs.track == "42" and obs.record["taxiId"] == "42"
+    assert obs.record["passengerCount"] == 3
+    assert obs.record["tripDistance"] is None and obs.nulled == ("tripDistance",)
+
+
+def test_decode_iso_time():
+    obs = decode(PRESET, raw(observationTime="2013-01-01T00:00:01Z"))
+    assert obs.time_ms == 1356998401000
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"", "empty value"),
+    (None, "empty value"),
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"text"', "not a JSON object"),
+    (raw(taxiId=...), "taxiId is missing"),
+    (raw(taxiId=True), "taxiId is a bool"),
+    (raw(taxiId=""), "taxiId is empty"),
+    (raw(observationTime=...), "observationTime is missing"),
+    (raw(observationTime="yesterday"), "observationTime"),
+    (raw(longitude=181), "longitude"),
+    (raw(latitude=-90.5), "latitude"),
+    (raw(latitude="north"), "latitude"),
+    (raw(longitude=None), "longitude"),
+])
+def test_decode_invalid_gives_reason(value, reason):
+    with pytest.raises(InvalidRecord) as info:
+        decode(PRESET, value)
+    assert reason in info.value.reason
+
+
+@given(st.binary(max_size=64))
+def test_dead_letter_round_trips_any_bytes(value):
+    dead = orjson.loads(dead_letter(value, "why", "src", 2, 99, b"k"))
+    assert (dead["reason"], dead["topic"], dead["partition"], dead["offset"], dead["key"]) == ("why", "src", 2, 99, "k")
+    assert original_bytes(dead) == value
+
+
+def test_dead_letter_text_is_readable():
+    dead = orjson.loads(dead_letter(b'{"a": 1', "not JSON", "t", 0, 5))
+    assert dead["original"] == '{"a": 1' and dead["original_encoding"] == "utf-8"
+    assert orjson.loads(dead_letter(b"\xff\xfe", "x", "t", 0, 1))["original_encoding"] == "base64"
+
+
+# --- geofences -----------------------------------------------------------------------------------
+
+def test_shipped_jfk_fence_loads():
+    fences = Geofences.load(DEFAULT_GEOFENCES)
+    assert fences.ids == ("jfk",)
+    inside = shape(orjson.loads(DEFAULT_GEOFENCES.read_bytes())["features"][0]["geometry"]).representative_point()
+    assert fences.containing([inside.x, -73.97], [inside.y, 40.76]) == [("jfk",), ()]
+
+
+def test_ids_from_properties_sorted_and_boundary_inside():
+    fences = Geofences.from_geojson(fc(poly_feature("b", box(0, 0, 2, 2), in_props=True),
+                                       poly_feature("a", box(1, 1, 3, 3))))
+    lon = [0.5, 1.5, 2.5, 2.0, 5.0, 0.0]
+    lat = [0.5, 1.5, 2.5, 1.0, 5.0, 0.0]
+    assert fences.containing(lon, lat) == [("b",), ("a", "b"), ("a",), ("a", "b"), (), ("b",)]
+
+
+def test_multipolygon_and_hole():
+    outer = shapely.Polygon([(0, 0), (4, 0), (4, 4), (0, 4)], [[(1, 1), (3, 1), (3, 3), (1, 3)]])
+    multi = shapely.MultiPolygon([box(10, 10, 11, 11), box(12, 12, 13, 13)])
+    fences = Geofences.from_geojson(fc(poly_feature("ring", outer), poly_feature("m", multi)))
+    assert fences.containing([0.5, 2, 10.5, 12.5, 11.5], [0.5, 2, 10.5, 12.5, 11.5]) == [("ring",), (), ("m",), ("m",), ()]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"type": "Feature"}, "not a GeoJSON FeatureCollection"),
+    (fc({"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(box(0, 0, 1, 1))}), "has no id"),
+    (fc(poly_feature("p", Point(0, 0).buffer(1).exterior)), "not a Polygon"),
+    (fc(poly_feature("x", box(0, 0, 1, 1)), poly_feature("x", box(2, 2, 3, 3))), "more than one feature"),
+    (fc({"type": "Feature", "id": "bow", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}}),
+     "not a valid polygon"),
+])
+def test_bad_geofence_files_are_named(data, message):
+    with pytest.raises(GeofenceError, match=message):
+        Geofences.from_geojson(data, "fences.geojson")
+
+
+def test_geofence_file_errors(tmp_path):
+    with pytest.raises(GeofenceError, match="cannot read"):
+        Geofences.load(tmp_path / "missing.geojson")
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{")
+    with pytest.raises(GeofenceError, match="not valid JSON"):
+        Geofences.load(bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10), st.floats(0.1, 5), st.floats(0.1, 5)), min_size=1, max_size=12),
+       st.integers(0, 2**32 - 1))
+def test_containing_matches_shapely_per_fence(rects, seed):
+    geoms = [box(x, y, x + w, y + h) for x, y, w, h in rects]
+    ids = [f"f{i:02d}" for i in range(len(geoms))][::-1]
+    fences = Geofences.from_geometries(ids, geoms)
+    rng = np.random.default_rng(seed)
+    lon = rng.uniform(-12, 17, 300)
+    lat = rng.uniform(-12, 17, 300)
+    # corners and edges: the boundary counts as inside
+    lon = np.r_[lon, [g.bounds[0] for g in geoms]]
+    lat = np.r_[lat, [g.bounds[1] for g in geoms]]
+    expected = [tuple(sorted(i for i, g in zip(ids, geoms) if g.intersects(Point(x, y)))) for x, y in zip(lon, lat)]
+    assert fences.containing(lon, lat) == expected
+
+
+def test_no_fences_means_no_hits():
+    fences = Geofences.from_geojson(fc())
+    assert fences.containing([1.0], [2.0]) == [()]
+
+
+# --- tracks --------------------------------------------------------------------------------------
+
+def test_haversine_and_bearing_known_values():
+    assert haversine_m(0, 0, 0, 1) == pytest.approx(111_195, rel=1e-3)
+    assert bearing_deg(0, 0, 0, 1) == pytest.approx(0)
+    assert bearing_deg(0, 0, 1, 0) == pytest.approx(90)
+    assert bearing_deg(0, 0, -1, 0) == pytest.approx(270)
+
+
+def test_advance_motion_and_transitions():
+    s1, m1 = advance(None, 1000, 0.0, 0.0, ())
+    assert m1.moved and m1.speed_mps is None and m1.entered == ()
+    s2, m2 = advance(s1, 11_000, 0.0, 0.001, ("a", "b"))
+    assert m2.distance_m == pytest.approx(111.195, rel=1e-3)
+    assert m2.speed_mps == pytest.approx(11.1195, rel=1e-3)
+    assert m2.heading_deg == pytest.approx(0)
+    assert m2.entered == ("a", "b") and m2.exited == ()
+    s3, m3 = advance(s2, 12_000, 0.0, 0.001, ("b", "c"))
+    assert m3.entered == ("c",) and m3.exited == ("a",) and m3.heading_deg is None and m3.speed_mps == 0
+
+
+def test_older_or_duplicate_report_never_moves_track_and_keeps_its_motion():
+    state, _ = advance(None, 1000, 0.0, 0.0, ())
+    state, first = advance(state, 2000, 0.0, 0.001, ("a",))
+    again, dup = advance(state, 2000, 0.0, 0.001, ("a",))
+    assert again is state and not dup.moved and dup.entered == () and dup.exited == ()
+    assert (dup.distance_m, dup.speed_mps, dup.heading_deg) == (first.distance_m, first.speed_mps, first.heading_deg)
+    old, late = advance(state, 500, 5.0, 5.0, ())
+    assert old is state and late.speed_mps is None and not late.exited
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.floats(-1, 1), st.floats(-1, 1)), min_size=1, max_size=60))
+def test_state_time_is_the_maximum_seen(reports):
+    state = None
+    for t, lon, lat in reports:
+        state, _ = advance(state, t, lon, lat, ())
+    assert state["t"] == max(t for t, _, _ in reports)
+    assert len(state["hist"]) <= HISTORY
+    assert [h[0] for h in state["hist"]] == sorted({h[0] for h in state["hist"]})
+
+
+# --- documents, alerts, batches ------------------------------------------------------------------
+
+def test_document_and_action():
+    obs = decode(PRESET, raw())
+    _, motion = advance(None, obs.time_ms, obs.lon, obs.lat, ())
+    doc = documents.build(obs.record, obs.lon, obs.lat, ("jfk",), motion, ingested_at=5)
+    assert doc["geometry"] == {"lat": 40.76, "lon": -73.97} and doc["geofences"] == ["jfk"]
+    assert len(doc["geohash"]) == 12 and doc["geohash"].startswith("dr5ru")
+    act = documents.action("obs", obs.track, obs.time_ms, doc)
+    assert act["_id"] == "7:1357000000000" and act["_index"] == index_for("obs", obs.time_ms) == "obs-2013.01.01"
+
+
+def test_transitions_exits_first():
+    alerts = transitions("t", ("b",), ("a",), 5, 1.0, 2.0)
+    assert [(a["event"], a["fence"]) for a in alerts] == [("exit", "a"), ("enter", "b")]
+    assert alerts[0] == {"track": "t", "fence": "a", "event": "exit", "time": 5, "lon": 1.0, "lat": 2.0}
+
+
+def _msgs(values):
+    return [Incoming(v, b"k", "src", 0, i) for i, v in enumerate(values)]
+
+
+def test_pipeline_batch_crossing_track_invalid_and_filter():
+    fences = Geofences.from_geometries(["zone"], [box(1, 1, 2, 2)])
+    path = [(0.5, 0.5), (1.5, 1.5), (1.7, 1.7), (2.5, 2.5)]
+    values = [raw(taxiId="x", observationTime=T0 + 1000 * (i + 1), longitude=x, latitude=y) for i, (x, y) in enumerate(path)]
+    values.insert(2, b"{bad")
+    store: dict = {}
+    result = Pipeline(PRESET, fences, "obs").process(_msgs(values), store.get)
+    assert result.valid == 4 and [(m.offset, r.split(":")[0]) for m, r in result.dead] == [(2, "not JSON")]
+    assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000), ("exit", T0 + 4000)]
+    assert [a["_source"]["geofences"] for a in result.actions] == [[], ["zone"], ["zone"], []]
+    assert result.states["x"][1]["t"] == T0 + 4000
+    filtered = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values), {}.get)
+    assert len(filtered.actions) == 2 and filtered.filtered == 2 and len(filtered.alerts) == 2
+
+
+def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alerts():
+    fences = Geofences.from_geometries(["zone"], [box(1, 1, 2, 2)])
+    values = [raw(taxiId="x", observationTime=T0 + 1000 * (i + 1), longitude=0.5 + i * 0.5, latitude=0.5 + i * 0.5) for i in range(4)]
+    pipe = Pipeline(PRESET, fences, "obs")
+    first = pipe.process(_msgs(values), {}.get)
+    saved = {track: state for track, (_, state) in first.states.items()}
+    again = pipe.process(_msgs(values), saved.get)
+    assert again.alerts == [] and again.states == {}
+    strip = lambda acts: [{k: v for k, v in a["_source"].items() if k != "ingested_at"} for a in acts]
+    assert strip(again.actions)[1:] == strip(first.actions)[1:]
+
+
+# --- webhook ---------------------------------------------------------------------------------------
+
+async def test_webhook_retries_then_delivers_and_counts_failures():
+    received, calls = [], {"n": 0}
+
+    async def handler(request):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return web.Response(status=503)
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    async def refuse(request):
+        calls["refused"] = calls.get("refused", 0) + 1
+        return web.Response(status=400)
+
+    server = web.Application()
+    server.router.add_post("/hook", handler)
+    server.router.add_post("/refuse", refuse)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    outcomes: list[str] = []
+    ok = Webhook(f"http://127.0.0.1:{port}/hook", backoff=0.01, on_result=outcomes.append)
+    bad = Webhook(f"http://127.0.0.1:{port}/refuse", backoff=0.01, on_result=outcomes.append)
+    down = Webhook("http://127.0.0.1:9/none", backoff=0.01, retries=1, timeout=1, on_result=outcomes.append)
+    try:
+        for hook in (ok, bad, down):
+            await hook.start()
+            hook.submit({"track": "t", "event": "enter"})
+        for hook in (ok, bad, down):
+            await asyncio.wait_for(hook.queue.join(), 10)
+    finally:
+        for hook in (ok, bad, down):
+            await hook.stop()
+        await runner.cleanup()
+    assert received == [{"track": "t", "event": "enter"}] and calls["n"] == 2
+    assert calls["refused"] == 1  # a 400 is not retried
+    assert sorted(outcomes) == ["failed", "failed", "sent"]
+
+
+async def test_webhook_submit_never_blocks_when_full():
+    outcomes: list[str] = []
+    hook = Webhook("http://127.0.0.1:9/x", maxsize=1, on_result=outcomes.append)  # not started: nothing drains
+    assert hook.submit({"a": 1}) is True
+    assert hook.submit({"a": 2}) is False
+    assert outcomes == ["dropped"]
