@@ -1,0 +1,133 @@
+"""Fast unit tests of the web API's pure parts: parameter validation, zoom table, cells, cache, query bodies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import geohash
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import MultiDict
+from openapi_spec_validator import validate
+
+from geoiot.schema import load_preset
+from web import openapi, params, queries
+from web.cache import TTLCache
+from web.geo import ZOOM_PRECISION, cell_ring, precision_for_zoom, zoom_table
+from web.params import BadRequest
+from web.sample import on_grid
+
+PRESET = load_preset("taxi")
+lons = st.floats(-180, 180, allow_nan=False)
+lats = st.floats(-90, 90, allow_nan=False)
+
+
+@given(lons, lats, lons, lats)
+def test_bbox_accepts_any_in_range_box_with_ordered_latitudes(a: float, b: float, c: float, d: float) -> None:
+    lo, hi = sorted((b, d))
+    box = params.parse_bbox(f"{a!r},{lo!r},{c!r},{hi!r}")
+    assert box.as_list() == [a, lo, c, hi]
+    assert box.crosses_antimeridian == (a > c)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("1,2,3", "4 numbers"), ("1,2,3,4,5", "4 numbers"), ("a,2,3,4", "not a number"), ("", "4 numbers"),
+    ("nan,1,2,3", "not finite"), ("-181,0,0,1", "minLon"), ("0,0,180.5,1", "maxLon"),
+    ("0,-91,1,1", "minLat"), ("0,0,1,90.1", "maxLat"), ("0,10,1,5", "inverted"),
+])
+def test_bad_bboxes_are_refused_with_a_reason(text: str, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        params.parse_bbox(text)
+
+
+def test_zoom_table_covers_every_zoom_monotonically_and_keeps_cells_32_to_128_px() -> None:
+    precisions = [precision_for_zoom(z) for z in range(23)]
+    assert precisions == sorted(precisions) and precisions[0] == 1
+    assert [r["precision"] for r in zoom_table()] == [p for _, p in ZOOM_PRECISION]
+    for z, p in enumerate(precisions):
+        lon_bits = (5 * p + 1) // 2
+        px = 360 / 2**lon_bits * 256 * 2**z / 360
+        assert 32 <= px <= 128, (z, p, px)
+    with pytest.raises(ValueError):
+        precision_for_zoom(23)
+
+
+@given(st.floats(-90, 90, exclude_max=True), st.floats(-180, 180, exclude_max=True), st.integers(1, 12))
+def test_cell_ring_is_the_closed_geohash_cell_and_contains_its_points(lat: float, lon: float, p: int) -> None:
+    lon, lat = on_grid(lon, lat)  # points as Elasticsearch stores them (python-geohash quantises to 32 bits too)
+    cell = geohash.encode(lat, lon, p)
+    ring = cell_ring(cell)
+    b = geohash.bbox(cell)
+    assert ring[0] == ring[-1] and len(ring) == 5
+    assert {x for x, _ in ring} == {b["w"], b["e"]} and {y for _, y in ring} == {b["s"], b["n"]}
+    assert b["w"] <= lon <= b["e"] and b["s"] <= lat <= b["n"]
+
+
+@pytest.mark.parametrize("query, fragment", [
+    ({"bbox": "0,0,1,1", "index": "x"}, "unknown parameter 'index'"),
+    ({"precision": "0"}, "precision 0 is outside 1..12"), ({"precision": "13"}, "outside 1..12"),
+    ({"precision": "x"}, "not an integer"), ({"zoom": "23"}, "zoom 23"), ({"zoom": "3", "precision": "3"}, "not both"),
+    ({"start": "2013-01-02", "end": "2013-01-01"}, "before start"), ({"start": "yesterday"}, "start"),
+    ({"fence": "a\nb"}, "fence"), ({"fence": "x" * 300}, "fence"),
+])
+def test_bad_aggregate_queries(query: dict[str, str], fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        params.aggregate_params(MultiDict(query))
+
+
+def test_repeated_parameter_and_limit_bounds() -> None:
+    with pytest.raises(BadRequest, match="2 times"):
+        params.observation_params(MultiDict([("limit", "1"), ("limit", "2")]))
+    with pytest.raises(BadRequest, match="outside 1..10000"):
+        params.observation_params(MultiDict({"limit": "10001"}))
+    assert params.observation_params(MultiDict({"limit": "10000"})).limit == 10_000
+
+
+def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
+    w = params.parse_window("1356998400000", "2013-01-01T00:00:00Z")
+    assert w.start == w.end == 1_356_998_400_000
+
+
+def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian() -> None:
+    p = params.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
+                                           "fence": "jfk"}))
+    body = queries.aggregate_body(PRESET, p)
+    flt = body["query"]["bool"]["filter"]
+    box = flt[0]["geo_bounding_box"]["geometry"]
+    assert box == {"top_left": {"lat": 10.0, "lon": 170.0}, "bottom_right": {"lat": -10.0, "lon": -170.0}}
+    assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
+    assert flt[2] == {"term": {"geofences": "jfk"}}
+    assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
+    assert queries.aggregate_body(PRESET, params.aggregate_params(MultiDict()))["query"] == {"match_all": {}}
+
+
+def test_openapi_document_is_valid_openapi() -> None:
+    validate(openapi.document())
+
+
+async def test_cache_coalesces_identical_requests_and_expires() -> None:
+    cache, calls = TTLCache(ttl=0.2), []
+
+    async def compute() -> int:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return len(calls)
+
+    results = await asyncio.gather(*(cache.get_or_compute("k", compute) for _ in range(5)))
+    assert [v for v, _ in results] == [1] * 5 and sum(hit for _, hit in results) == 4
+    assert await cache.get_or_compute("k", compute) == (1, True)
+    await asyncio.sleep(0.25)
+    assert await cache.get_or_compute("k", compute) == (2, False)
+    assert (await TTLCache(ttl=0).get_or_compute("k", compute))[1] is False
+
+
+async def test_cache_does_not_keep_failures() -> None:
+    cache = TTLCache(ttl=5)
+
+    async def fail() -> int:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await cache.get_or_compute("k", fail)
+    assert len(cache) == 0

@@ -1,0 +1,176 @@
+"""The aiohttp application: state, middlewares, Elasticsearch client and alerts consumer lifecycles.
+
+Layout follows aio-libs' demos: ``init_app(settings)`` builds the app; resources that need closing live
+in ``cleanup_ctx``; routes are in ``web.routes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+from aiohttp.web_response import ContentCoding
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+
+from geoiot.config import Settings
+from geoiot.schema import Preset, load_preset
+from web import alerts
+from web.cache import TTLCache
+from web.metrics import Metrics
+from web.params import BadRequest
+
+log = logging.getLogger("web")
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = ROOT / "static"
+NODE_MODULES = ROOT / "node_modules"
+# URL prefix -> folder inside node_modules: the map's only third-party code, installed by `npm ci`.
+VENDOR = {"/vendor/leaflet": "leaflet/dist", "/vendor/leaflet.heat": "leaflet.heat/dist"}
+_COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
+
+SETTINGS = web.AppKey("settings", Settings)
+PRESET = web.AppKey("preset", Preset)
+ES = web.AppKey("es", AsyncElasticsearch)
+METRICS = web.AppKey("metrics", Metrics)
+CACHE = web.AppKey("cache", TTLCache)
+ALERTS = web.AppKey("alerts", alerts.AlertBuffer)
+FENCES = web.AppKey("fences", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, raw: bytes | None = None) -> web.Response:
+    """JSON through orjson (fast on large FeatureCollections); ``raw`` is already-serialised JSON."""
+    body = raw if raw is not None else orjson.dumps(data)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response({"error": message}, status)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One structured log line and the Prometheus series per request."""
+    began = time.perf_counter()
+    response = await handler(request)
+    elapsed = time.perf_counter() - began
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    log.info(json.dumps({"event": "http", "method": request.method, "path": request.path, "route": route,
+                         "status": response.status, "ms": round(elapsed * 1000, 2)}))
+    return response
+
+
+@web.middleware
+async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """gzip (else deflate) for text-like responses when the client accepts it."""
+    response = await handler(request)
+    accept = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    ctype = response.content_type or ""
+    if response.status < 300 and ctype.startswith(_COMPRESSIBLE):
+        if isinstance(response, web.Response) and len(response.body or b"") < 512:  # type: ignore[arg-type]
+            return response
+        if "gzip" in accept:
+            response.enable_compression(ContentCoding.gzip)
+        elif "deflate" in accept:
+            response.enable_compression(ContentCoding.deflate)
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as JSON: 400 bad input, 404/405, 503 when Elasticsearch is unreachable, never a trace."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, exc.reason if exc.text is None or exc.text.startswith(str(exc.status))
+                                  else exc.text)
+        for name in (hdrs.ALLOW,):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except ApiError as exc:
+        status = exc.meta.status
+        log.warning(json.dumps({"event": "es_error", "path": request.path, "status": status, "error": str(exc)[:300]}))
+        if status == 429 or status >= 500:
+            return error_response(503, f"elasticsearch unavailable (HTTP {status})")
+        return error_response(502, f"elasticsearch refused the query (HTTP {status})")
+    except TransportError as exc:
+        log.warning(json.dumps({"event": "es_unreachable", "path": request.path, "error": str(exc)[:300]}))
+        return error_response(503, "elasticsearch unreachable")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s", request.path)
+        return error_response(500, "internal error")
+
+
+def load_fences(path: str) -> dict[str, Any]:
+    """The geofences file for the map; unreadable means no fences drawn, logged, not a failure."""
+    try:
+        data = json.loads(Path(path).read_text())
+        features = [f for f in data.get("features", []) if isinstance(f, dict)]
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning(json.dumps({"event": "geofences_unreadable", "path": path, "error": str(exc)[:200]}))
+        return {"type": "FeatureCollection", "features": []}
+    for f in features:
+        props = f.get("properties") or {}
+        f.setdefault("id", props.get("id"))
+    return {"type": "FeatureCollection", "features": features}
+
+
+async def es_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One Elasticsearch client per app; few retries, so an outage answers 503 quickly instead of hanging."""
+    settings = app[SETTINGS]
+    client = AsyncElasticsearch(settings.es_hosts, request_timeout=10, max_retries=1, retry_on_timeout=False)
+    app[ES] = client
+    log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
+    yield
+    await client.close()
+
+
+async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The alerts consumer as a background task, cancelled at shutdown."""
+    settings = app[SETTINGS]
+    task = asyncio.create_task(alerts.consume(settings.kafka_bootstrap, settings.iot_alerts_topic,
+                                              app[ALERTS], app[METRICS]), name="alerts-consumer")
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool = True,
+             alerts_maxlen: int = 1000) -> web.Application:
+    """The web application for ``settings``; ``cache_ttl=0`` disables the aggregation cache (benchmarks)."""
+    from web import routes  # routes import the keys above
+
+    app = web.Application(middlewares=[observe, compress, errors])
+    app[SETTINGS] = settings
+    app[PRESET] = load_preset(settings.iot_schema)
+    app[METRICS] = Metrics()
+    app[CACHE] = TTLCache(cache_ttl)
+    app[ALERTS] = alerts.AlertBuffer(alerts_maxlen)
+    app[FENCES] = load_fences(settings.iot_geofences)
+    app.cleanup_ctx.append(es_ctx)
+    if consume_alerts:
+        app.cleanup_ctx.append(alerts_ctx)
+    routes.setup(app)
+    return app

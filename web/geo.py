@@ -1,0 +1,53 @@
+"""Geohash cells as GeoJSON polygons, and the one table mapping a map zoom to a geohash precision.
+
+The table keeps a cell between about 32 and 128 screen pixels wide at every Leaflet zoom (256-px tiles):
+a cell of precision p is 360 / 2**ceil(5p/2) degrees wide, a zoom-z map shows 256 * 2**z / 360 px per
+degree, so each step of the table is where the cell would fall under ~32 px.
+"""
+
+from __future__ import annotations
+
+import geohash
+
+# (highest zoom, precision): zoom 0-1 -> 1, 2-4 -> 2, ... 22 -> 10.
+ZOOM_PRECISION: tuple[tuple[int, int], ...] = (
+    (1, 1), (4, 2), (6, 3), (9, 4), (11, 5), (14, 6), (16, 7), (19, 8), (21, 9), (22, 10),
+)
+MAX_ZOOM = 22
+
+
+def precision_for_zoom(zoom: int) -> int:
+    """The geohash precision the map aggregates at for a Leaflet zoom level 0..22."""
+    if not 0 <= zoom <= MAX_ZOOM:
+        raise ValueError(f"zoom {zoom} is outside 0..{MAX_ZOOM}")
+    for highest, precision in ZOOM_PRECISION:
+        if zoom <= highest:
+            return precision
+    raise AssertionError("unreachable: the table covers every zoom")
+
+
+def zoom_table() -> list[dict[str, int]]:
+    """The table as rows for /api/config and the OpenAPI description."""
+    rows, low = [], 0
+    for highest, precision in ZOOM_PRECISION:
+        rows.append({"minZoom": low, "maxZoom": highest, "precision": precision})
+        low = highest + 1
+    return rows
+
+
+def cell_ring(cell: str) -> list[list[float]]:
+    """The exact bounds of a geohash cell as a closed, counter-clockwise GeoJSON ring."""
+    b = geohash.bbox(cell)
+    w, s, e, n = b["w"], b["s"], b["e"], b["n"]
+    return [[w, s], [e, s], [e, n], [w, n], [w, s]]
+
+
+def cell_feature(cell: str, count: int, centroid: tuple[float, float] | None) -> dict:
+    """One aggregation bucket as a GeoJSON Feature (properties: geohash, count, centroid [lon, lat])."""
+    return {
+        "type": "Feature",
+        "id": cell,
+        "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
+        "properties": {"geohash": cell, "count": count,
+                       "centroid": list(centroid) if centroid is not None else None},
+    }

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the web server, in a registry of its own so several apps can share a process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("geoiot_web_requests_total", "HTTP requests answered",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("geoiot_web_request_duration_seconds", "HTTP request latency",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.es_latency = Histogram("geoiot_web_es_query_duration_seconds", "Elasticsearch query latency",
+                                    ["query"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.es_errors = Counter("geoiot_web_es_errors_total", "Elasticsearch requests that failed",
+                                 ["query", "kind"], registry=r)
+        self.cache = Counter("geoiot_web_aggregate_cache_total", "Aggregation cache lookups",
+                             ["result"], registry=r)
+        self.alerts = Counter("geoiot_web_alerts_received_total", "Alerts read from the alerts topic",
+                              registry=r)
+        self.alerts_bad = Counter("geoiot_web_alerts_invalid_total", "Alert messages that were not JSON objects",
+                                  registry=r)
+        self.alerts_up = Gauge("geoiot_web_alerts_consumer_up", "1 while the alerts consumer is connected",
+                               registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,210 @@
+"""Validation of every query parameter the API accepts; anything else is a 400 with a reason.
+
+Handlers never look at the raw query string: they get the dataclasses below, and ``web.queries`` builds
+Elasticsearch requests from those alone, so no request can reach Elasticsearch unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from geoiot.timeparse import TimeParseError, parse_time
+from web.geo import MAX_ZOOM, precision_for_zoom
+
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 1_000
+DEFAULT_PRECISION = 5
+_TOKEN = re.compile(r"^[\w.:@+\-/ ]{1,256}$")  # track and fence ids: printable, no control characters
+
+
+class BadRequest(ValueError):
+    """A query the API refuses; the message is what the client sees in ``{"error": ...}``."""
+
+
+class Query(Protocol):  # aiohttp's MultiDictProxy, or a dict in unit tests
+    def getall(self, key: str, default: list[str] = ...) -> list[str]: ...
+    def keys(self) -> Iterable[str]: ...
+
+
+@dataclass(frozen=True)
+class BBox:
+    """Inclusive box; ``min_lon > max_lon`` means it crosses the antimeridian."""
+
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+    @property
+    def crosses_antimeridian(self) -> bool:
+        return self.min_lon > self.max_lon
+
+    def as_list(self) -> list[float]:
+        return [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
+
+
+WORLD = BBox(-180.0, -90.0, 180.0, 90.0)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Inclusive time window in epoch ms; None is open-ended."""
+
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class AggregateParams:
+    bbox: BBox
+    window: Window
+    precision: int
+    fence: str | None
+
+
+@dataclass(frozen=True)
+class ObservationParams:
+    bbox: BBox
+    window: Window
+    limit: int
+    fence: str | None
+
+
+@dataclass(frozen=True)
+class TrackParams:
+    track: str
+    window: Window
+    limit: int
+
+
+@dataclass(frozen=True)
+class AlertParams:
+    since: int | None
+    limit: int
+
+
+def single(query: Query, allowed: Iterable[str]) -> dict[str, str]:
+    """The query as name -> value, refusing unknown and repeated parameters."""
+    allowed = set(allowed)
+    out: dict[str, str] = {}
+    for key in query.keys():
+        if key not in allowed:
+            raise BadRequest(f"unknown parameter {key!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+        values = query.getall(key)
+        if len(values) > 1:
+            raise BadRequest(f"parameter {key!r} is given {len(values)} times")
+        out[key] = values[0]
+    return out
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"{name} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} {text!r} is not finite")
+    return value
+
+
+def _integer(text: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise BadRequest(f"{name} {text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} {value} is outside {low}..{high}")
+    return value
+
+
+def parse_bbox(text: str | None) -> BBox:
+    """``minLon,minLat,maxLon,maxLat``; absent means the whole world."""
+    if text is None:
+        return WORLD
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise BadRequest(f"bbox {text!r} must be minLon,minLat,maxLon,maxLat (4 numbers, found {len(parts)})")
+    min_lon, min_lat, max_lon, max_lat = (_number(p.strip(), "bbox value") for p in parts)
+    for name, lon in (("minLon", min_lon), ("maxLon", max_lon)):
+        if not -180 <= lon <= 180:
+            raise BadRequest(f"bbox {name} {lon:g} is outside -180..180")
+    for name, lat in (("minLat", min_lat), ("maxLat", max_lat)):
+        if not -90 <= lat <= 90:
+            raise BadRequest(f"bbox {name} {lat:g} is outside -90..90")
+    if min_lat > max_lat:
+        raise BadRequest(f"bbox is inverted: minLat {min_lat:g} > maxLat {max_lat:g}")
+    # minLon > maxLon is not an error: the box crosses the antimeridian (e.g. 170,-10,-170,10).
+    return BBox(min_lon, min_lat, max_lon, max_lat)
+
+
+def parse_time_param(text: str | None, name: str) -> int | None:
+    """Epoch ms (or seconds, by magnitude) or ISO 8601 (UTC unless an offset is given)."""
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except (TimeParseError, OverflowError, ValueError) as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def parse_window(start: str | None, end: str | None) -> Window:
+    window = Window(parse_time_param(start, "start"), parse_time_param(end, "end"))
+    if window.start is not None and window.end is not None and window.end < window.start:
+        raise BadRequest(f"end {end!r} is before start {start!r}")
+    return window
+
+
+def parse_precision(precision: str | None, zoom: str | None) -> int:
+    """Geohash precision 1..12 given directly or through the documented zoom table."""
+    if precision is not None and zoom is not None:
+        raise BadRequest("give precision or zoom, not both")
+    if precision is not None:
+        return _integer(precision, "precision", 1, 12)
+    if zoom is not None:
+        return precision_for_zoom(_integer(zoom, "zoom", 0, MAX_ZOOM))
+    return DEFAULT_PRECISION
+
+
+def parse_limit(text: str | None, default: int = DEFAULT_LIMIT) -> int:
+    return default if text is None else _integer(text, "limit", 1, MAX_LIMIT)
+
+
+def parse_token(text: str | None, name: str) -> str | None:
+    """A track or fence id: 1..256 characters of letters, digits and ``_.:@+-/`` or space."""
+    if text is None:
+        return None
+    if not _TOKEN.match(text):
+        raise BadRequest(f"{name} {text[:40]!r} must be 1..256 letters, digits, spaces or _.:@+-/")
+    return text
+
+
+def aggregate_params(query: Query) -> AggregateParams:
+    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"})
+    return AggregateParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
+                           parse_precision(q.get("precision"), q.get("zoom")), parse_token(q.get("fence"), "fence"))
+
+
+def observation_params(query: Query) -> ObservationParams:
+    q = single(query, {"bbox", "start", "end", "limit", "fence"})
+    return ObservationParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
+                             parse_limit(q.get("limit")), parse_token(q.get("fence"), "fence"))
+
+
+def track_params(track: str, query: Query) -> TrackParams:
+    q = single(query, {"start", "end", "limit"})
+    token = parse_token(track, "track id")
+    assert token is not None
+    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_LIMIT))
+
+
+def alert_params(query: Query) -> AlertParams:
+    q = single(query, {"since", "limit"})
+    return AlertParams(parse_time_param(q.get("since"), "since"), parse_limit(q.get("limit"), 100))
+
+
+def no_params(query: Query) -> None:
+    single(query, ())

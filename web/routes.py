@@ -1,0 +1,195 @@
+"""Request handlers: validate (web.params), build the query (web.queries), ask Elasticsearch, shape GeoJSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from web import openapi, params, queries
+from web.app import (ALERTS, CACHE, ES, FENCES, METRICS, NODE_MODULES, PRESET, SETTINGS, STATIC_DIR, VENDOR,
+                     json_response)
+from web.geo import cell_feature, zoom_table
+
+log = logging.getLogger("web")
+
+
+async def search(request: web.Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Run one search on the index alias, timed per query kind."""
+    app = request.app
+    began = time.perf_counter()
+    try:
+        response = await app[ES].search(index=app[SETTINGS].iot_index, **body)
+    except Exception as exc:
+        app[METRICS].es_errors.labels(name, type(exc).__name__).inc()
+        raise
+    finally:
+        app[METRICS].es_latency.labels(name).observe(time.perf_counter() - began)
+    return response.body
+
+
+def _total(resp: dict[str, Any]) -> int:
+    return int(resp.get("hits", {}).get("total", {}).get("value", 0))
+
+
+async def extent(request: web.Request) -> web.Response:
+    params.no_params(request.query)
+    preset = request.app[PRESET]
+    resp = await search(request, "extent", queries.extent_body(preset))
+    aggs = resp.get("aggregations", {})
+    start, end = aggs.get("start", {}).get("value"), aggs.get("end", {}).get("value")
+    bounds = aggs.get("bounds", {}).get("bounds")
+    bbox = None
+    if bounds:
+        tl, br = bounds["top_left"], bounds["bottom_right"]
+        bbox = [tl["lon"], br["lat"], br["lon"], tl["lat"]]
+    return json_response({"start": None if start is None else int(start), "end": None if end is None else int(end),
+                          "count": _total(resp), "bbox": bbox})
+
+
+def aggregate_payload(resp: dict[str, Any], precision: int) -> bytes:
+    buckets = resp.get("aggregations", {}).get("cells", {}).get("buckets", [])
+    features = []
+    for b in buckets:
+        location = b.get("centroid", {}).get("location")
+        centroid = (location["lon"], location["lat"]) if location else None
+        features.append(cell_feature(b["key"], b["doc_count"], centroid))
+    total = _total(resp)
+    return orjson.dumps({"type": "FeatureCollection", "precision": precision, "total": total,
+                         "truncated": sum(b["doc_count"] for b in buckets) < total, "features": features})
+
+
+async def aggregate(request: web.Request) -> web.Response:
+    p = params.aggregate_params(request.query)
+    body = queries.aggregate_body(request.app[PRESET], p)
+    key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+
+    async def compute() -> bytes:
+        return aggregate_payload(await search(request, "aggregate", body), p.precision)
+
+    payload, cached = await request.app[CACHE].get_or_compute(key, compute)
+    request.app[METRICS].cache.labels("hit" if cached else "miss").inc()
+    return json_response(None, raw=payload)
+
+
+def _position(preset: Any, source: dict[str, Any]) -> list[float] | None:
+    geometry = source.pop("geometry", None)
+    if isinstance(geometry, dict) and "lon" in geometry and "lat" in geometry:
+        return [geometry["lon"], geometry["lat"]]
+    lon, lat = source.get(preset.lon), source.get(preset.lat)
+    return [lon, lat] if isinstance(lon, (int, float)) and isinstance(lat, (int, float)) else None
+
+
+async def observations(request: web.Request) -> web.Response:
+    p = params.observation_params(request.query)
+    preset = request.app[PRESET]
+    resp = await search(request, "observations", queries.observations_body(preset, p))
+    features = []
+    for hit in resp.get("hits", {}).get("hits", []):
+        source = dict(hit.get("_source", {}))
+        position = _position(preset, source)
+        if position is None:
+            continue
+        features.append({"type": "Feature", "id": hit["_id"],
+                         "geometry": {"type": "Point", "coordinates": position}, "properties": source})
+    return json_response({"type": "FeatureCollection", "total": _total(resp), "features": features})
+
+
+async def track(request: web.Request) -> web.Response:
+    p = params.track_params(request.match_info["id"], request.query)
+    preset = request.app[PRESET]
+    resp = await search(request, "track", queries.track_body(preset, p))
+    coords, times = [], []
+    for hit in resp.get("hits", {}).get("hits", []):
+        position = _position(preset, dict(hit.get("_source", {})))
+        if position is not None:
+            coords.append(position)
+            times.append(int(hit["sort"][0]))
+    if not coords:
+        return json_response({"error": f"no observations of track {p.track!r} in that window"}, 404)
+    geometry = ({"type": "LineString", "coordinates": coords} if len(coords) > 1
+                else {"type": "Point", "coordinates": coords[0]})
+    return json_response({"type": "Feature", "id": p.track, "geometry": geometry,
+                          "properties": {"track": p.track, "count": len(coords), "times": times,
+                                         "truncated": _total(resp) > len(coords)}})
+
+
+async def recent_alerts(request: web.Request) -> web.Response:
+    p = params.alert_params(request.query)
+    buffer = request.app[ALERTS]
+    return json_response({"connected": buffer.connected, "alerts": buffer.recent(p.since, p.limit)})
+
+
+async def geofences(request: web.Request) -> web.Response:
+    params.no_params(request.query)
+    return json_response(request.app[FENCES])
+
+
+async def map_config(request: web.Request) -> web.Response:
+    params.no_params(request.query)
+    settings, preset = request.app[SETTINGS], request.app[PRESET]
+    url = settings.map_tile_url
+    return json_response({
+        "tileUrl": url,
+        "tileAttribution": "&copy; OpenStreetMap contributors" if "openstreetmap" in url else "",
+        "refreshMs": settings.map_refresh_ms,
+        "markerThreshold": settings.map_marker_threshold,
+        "zoomPrecision": zoom_table(),
+        "maxLimit": params.MAX_LIMIT,
+        "index": settings.iot_index,
+        "schema": {"track": preset.track, "time": preset.time, "lon": preset.lon, "lat": preset.lat},
+    })
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    # cluster health, not ping: HEAD / is refused by some proxies and deployments, and a failed ping would
+    # put the client's only node on a dead-node timeout.
+    try:
+        health = (await request.app[ES].cluster.health(timeout="2s")).body
+        up, cluster = True, health.get("status")
+    except Exception as exc:  # any failure to answer means unhealthy
+        up, cluster = False, type(exc).__name__
+    body = {"status": "ok" if up else "unavailable", "elasticsearch": up, "cluster": cluster,
+            "alerts_consumer": request.app[ALERTS].connected}
+    return json_response(body, 200 if up else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, ctype = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/extent", extent)
+    r.add_get("/api/aggregate", aggregate)
+    r.add_get("/api/observations", observations)
+    r.add_get("/api/tracks/{id}", track)
+    r.add_get("/api/alerts", recent_alerts)
+    r.add_get("/api/geofences", geofences)
+    r.add_get("/api/config", map_config)
+    r.add_get("/api/openapi.json", openapi_json)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        r.add_static("/static", STATIC_DIR)
+    for prefix, folder in VENDOR.items():
+        path = NODE_MODULES / folder
+        if path.is_dir():
+            r.add_static(prefix, path)
+        else:
+            log.warning(json.dumps({"event": "vendor_missing", "path": str(path),
+                                    "hint": "run `npm ci` at the repository root; the map needs Leaflet"}))

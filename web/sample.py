@@ -1,0 +1,83 @@
+"""Generated observations shaped like the agents' documents, for the web tests, benchmark and demos.
+
+Coordinates are put on Elasticsearch's geo_point grid (odd multiples of 180/2**32 and 360/2**32 degrees),
+so the stored point is exactly the generated one and never sits on a geohash cell edge: per-cell counts
+computed here with python-geohash then equal Elasticsearch's exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import geohash
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_streaming_bulk
+
+from agents.index import index_for
+from geoiot.schema import Preset
+
+LAT_STEP = 180.0 / 2**32
+LON_STEP = 360.0 / 2**32
+NYC = (-74.05, 40.60, -73.75, 40.90)
+
+
+def on_grid(lon: float, lat: float) -> tuple[float, float]:
+    """The nearest point Elasticsearch stores exactly, off every geohash cell edge."""
+    k_lon = math.floor(lon / LON_STEP) | 1
+    k_lat = math.floor(lat / LAT_STEP) | 1
+    return k_lon * LON_STEP, k_lat * LAT_STEP
+
+
+def document(preset: Preset, track: str, time_ms: int, lon: float, lat: float, fences: list[str],
+             speed: float = 0.0, heading: float = 0.0, distance: float = 0.0) -> dict[str, Any]:
+    """One observation as the agents index it: preset fields plus the derived ones."""
+    doc: dict[str, Any] = {name: None for name in preset.names}
+    doc.update({preset.track: track, preset.time: time_ms, preset.lon: lon, preset.lat: lat,
+                "geometry": {"lat": lat, "lon": lon}, "geofences": sorted(fences),
+                "geohash": geohash.encode(lat, lon, 12), "speed_mps": speed, "heading_deg": heading,
+                "distance_m": distance})
+    return doc
+
+
+def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_400_000, step_ms: int = 5_000,
+         area: tuple[float, float, float, float] = NYC, seed: int = 1,
+         fence: tuple[str, tuple[float, float, float, float]] | None = None) -> Iterator[dict[str, Any]]:
+    """``n`` observations of ``tracks`` random walks inside ``area``, in time order; ``fence`` is an
+    (id, box) whose points get that fence id in ``geofences``."""
+    rng = random.Random(seed)
+    w, s, e, nth = area
+    pos = [(rng.uniform(w, e), rng.uniform(s, nth)) for _ in range(tracks)]
+    for i in range(n):
+        t = i % tracks
+        lon0, lat0 = pos[t]
+        lon = min(max(lon0 + rng.gauss(0, 0.002), w), e)
+        lat = min(max(lat0 + rng.gauss(0, 0.002), s), nth)
+        lon, lat = on_grid(lon, lat)
+        pos[t] = (lon, lat)
+        dx = (lon - lon0) * 111_320 * math.cos(math.radians(lat))
+        dy = (lat - lat0) * 110_540
+        dist = math.hypot(dx, dy)
+        fences = []
+        if fence and fence[1][0] <= lon <= fence[1][2] and fence[1][1] <= lat <= fence[1][3]:
+            fences = [fence[0]]
+        yield document(preset, f"track-{t:04d}", start_ms + (i // tracks) * step_ms, lon, lat, fences,
+                       dist / (step_ms / 1000), math.degrees(math.atan2(dx, dy)) % 360, dist)
+
+
+async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: Iterator[dict[str, Any]],
+                     chunk_size: int = 5_000) -> int:
+    """Index documents into the daily indices of ``base`` with the agents' deterministic ids; returns the count."""
+
+    async def actions() -> AsyncIterator[dict[str, Any]]:
+        for doc in docs:
+            time_ms = doc[preset.time]
+            yield {"_index": index_for(base, time_ms), "_id": f"{doc[preset.track]}-{time_ms}", "_source": doc}
+
+    count = 0
+    async for ok, item in async_streaming_bulk(es, actions(), chunk_size=chunk_size, max_retries=5,
+                                               raise_on_error=True):
+        count += ok
+    return count
