@@ -1,0 +1,62 @@
+"""The ``spark-submit`` command line of the job, shared by the tests, the benchmark and ``make demo``.
+
+``python -m agents.spark_launch [job flags]`` prints nothing and runs the job locally with the
+connector jars of ``infra/local/stack spark-jars`` (resolved once with mvn into .stack/), the venv's
+Python on driver and executors, ``local[2]`` and a 1 GB driver (override with SPARK_MASTER /
+SPARK_DRIVER_MEMORY).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = ROOT / "infra" / "local" / "stack"
+JOB = ROOT / "agents" / "spark_job.py"
+JAVA_17 = "/usr/lib/jvm/java-17-openjdk-amd64"
+
+
+def connector_jars() -> str:
+    """Comma-separated jar paths for ``--jars`` (resolved by the stack script; no download at job start)."""
+    result = subprocess.run([str(STACK), "spark-jars"], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"infra/local/stack spark-jars failed:\n{result.stderr}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for spark-submit: this interpreter for driver and Python workers, a JDK 17."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", env["PYSPARK_PYTHON"])
+    if "JAVA_HOME" not in env and Path(JAVA_17).is_dir():
+        env["JAVA_HOME"] = JAVA_17
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def command(job_args: Sequence[str], jars: str, *, master: str | None = None, driver_memory: str | None = None,
+            conf: Mapping[str, str] | None = None) -> list[str]:
+    """``spark-submit --master local[2] --driver-memory 1g --jars ... agents/spark_job.py <job_args>``."""
+    submit = Path(sys.executable).with_name("spark-submit")
+    cmd = [str(submit) if submit.exists() else "spark-submit",
+           "--master", master or os.environ.get("SPARK_MASTER", "local[2]"),
+           "--driver-memory", driver_memory or os.environ.get("SPARK_DRIVER_MEMORY", "1g"),
+           "--jars", jars]
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd + [str(JOB), *job_args]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return subprocess.call(command(args, connector_jars()), env=environment())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
