@@ -1,0 +1,305 @@
+"""The agents against the real Kafka and Elasticsearch: a real worker subprocess, generated data
+produced with the replay tool, exact counts, geofences, alerts, dead letters and crash/outage recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from shapely.geometry import Point, box, mapping, shape
+
+from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.schema import load_preset, parse_row
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = load_preset("taxi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """``python -m faust -A agents.app worker`` as a subprocess, with its own log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log, self.port = env, log, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "Worker":
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info", "--web-port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not healthy after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("geoiot_agent_"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def generate(tmp_path: Path, tracks: int, points: int, seed: int) -> Path:
+    path = tmp_path / f"tracks-{seed}.csv"
+    subprocess.run([sys.executable, "-m", "replay", "generate", "--tracks", str(tracks), "--points", str(points),
+                    "--seed", str(seed), "--jfk-share", "0.5", "--out", str(path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    return path
+
+
+def replay(path: Path, topic: str, env: dict[str, str]) -> int:
+    result = subprocess.run([sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--max-rate",
+                             "--json-summary", "-q"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def records(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [parse_row(PRESET, row)[0] for row in csv.reader(f)]
+
+
+def fence_file(tmp_path: Path) -> tuple[Path, list[tuple[str, object]]]:
+    """The shipped JFK fence, a box over its western half (id in properties) and a far-away fence."""
+    jfk = shape(json.loads(DEFAULT_GEOFENCES.read_text())["features"][0]["geometry"])
+    minx, miny, maxx, maxy = jfk.bounds
+    west = box(minx - 0.002, miny - 0.002, (minx + maxx) / 2, maxy + 0.002)
+    far = box(10, 10, 11, 11)
+    fences = [("jfk", jfk), ("a-west", west), ("zz-far", far)]
+    features = [{"type": "Feature", "id": "jfk", "properties": {}, "geometry": mapping(jfk)},
+                {"type": "Feature", "properties": {"id": "a-west"}, "geometry": mapping(west)},
+                {"type": "Feature", "id": "zz-far", "properties": {}, "geometry": mapping(far)}]
+    path = tmp_path / "fences.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path, fences
+
+
+def expected_fences(rec: dict, fences) -> list[str]:
+    p = Point(rec["longitude"], rec["latitude"])
+    return sorted(fid for fid, geom in fences if geom.intersects(p))
+
+
+def expected_alerts(recs: list[dict], fences) -> list[tuple]:
+    by_track: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_track[r["taxiId"]].append(r)
+    out = []
+    for track, rs in by_track.items():
+        rs.sort(key=lambda r: r["observationTime"])
+        prev = None
+        for r in rs:
+            now = set(expected_fences(r, fences))
+            if prev is not None:
+                out += [(track, f, "exit", r["observationTime"]) for f in prev - now]
+                out += [(track, f, "enter", r["observationTime"]) for f in now - prev]
+            prev = now
+    return sorted(out)
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30, settle: float = 2.0) -> list[bytes]:
+    """Every value of a topic: waits for ``expect`` values, then ``settle`` seconds more to catch extras."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        extra_until = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                values += [m.value for m in msgs]
+            if len(values) >= expect and extra_until is None:
+                extra_until = time.monotonic() + settle
+            if extra_until is not None and time.monotonic() > extra_until:
+                break
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def wait_count(es, index: str, expect: int, timeout: float = 120, settle: float = 3.0) -> int:
+    """Poll the alias until the count reaches ``expect`` and stays there for ``settle`` seconds."""
+    deadline = time.monotonic() + timeout
+    count, stable_since = -1, None
+    while time.monotonic() < deadline:
+        try:
+            await es.indices.refresh(index=index)
+            count = (await es.count(index=index))["count"]
+        except Exception:
+            count = -1
+        if count >= expect:
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since >= settle:
+                return count
+        await asyncio.sleep(0.5)
+    return count
+
+
+async def all_docs(es, index: str) -> list[dict]:
+    docs = []
+    resp = await es.search(index=index, size=5000, scroll="1m", sort=["_doc"])
+    while resp["hits"]["hits"]:
+        docs += resp["hits"]["hits"]
+        resp = await es.scroll(scroll_id=resp["_scroll_id"], scroll="1m")
+    await es.clear_scroll(scroll_id=resp["_scroll_id"])
+    return docs
+
+
+async def cleanup_topics(kafka_admin, prefixes: list[str]) -> None:
+    names = [t for t in await kafka_admin.list_topics() if any(t.startswith(p) for p in prefixes)]
+    if names:
+        try:
+            await kafka_admin.delete_topics(names)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def agent_env(python_env, new_index, tmp_path):
+    """Environment of a worker with unique app id, index, DLQ and alerts topics (topic set by the test)."""
+    def make(topic: str, **extra: str) -> dict[str, str]:
+        app_id = f"{topic}-app"
+        env = dict(python_env)
+        env.update({"IOT_TOPIC": topic, "IOT_APP_ID": app_id, "IOT_INDEX": new_index("agents"),
+                    "IOT_DLQ_TOPIC": f"{topic}-dlq", "IOT_ALERTS_TOPIC": f"{topic}-alerts",
+                    "IOT_INDEX_REFRESH": "1s", "IOT_BULK_WITHIN": "0.2"})
+        env.update(extra)
+        return env
+    return make
+
+
+BAD_VALUES = [b"", b"not json", b"[1,2,3]", b'{"taxiId": "x"}',
+              orjson.dumps({"taxiId": "b1", "observationTime": 1357000000000, "longitude": 200, "latitude": 40.6}),
+              orjson.dumps({"taxiId": "b2", "observationTime": "soon", "longitude": -73.9, "latitude": 40.6}),
+              b"\xff\xfe\x00binary"]
+
+
+async def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
+        stack, es, kafka_admin, new_topic, agent_env, tmp_path, output_dir):
+    topic = await new_topic("agents-e2e", partitions=3)
+    fences_path, fences = fence_file(tmp_path)
+    env = agent_env(topic, IOT_GEOFENCES=str(fences_path))
+    index = env["IOT_INDEX"]
+    data = generate(tmp_path, tracks=20, points=60, seed=11)
+    recs = records(data)
+    worker = Worker(env, output_dir / f"{topic}.log")
+    try:
+        summary = replay(data, topic, env)
+        assert summary["sent"] == len(recs) == 1200
+        await produce_raw(stack.kafka_bootstrap, topic, [(b"bad", v) for v in BAD_VALUES])
+        worker.start()
+
+        # exact count, no duplicates, exact geofences (shapely directly), motion fields
+        assert await wait_count(es, index, len(recs)) == len(recs)
+        docs = {d["_id"]: d["_source"] for d in await all_docs(es, index)}
+        assert set(docs) == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
+        for r in recs:
+            doc = docs[f"{r['taxiId']}:{r['observationTime']}"]
+            assert doc["geofences"] == expected_fences(r, fences), r
+            assert doc["geometry"] == {"lat": r["latitude"], "lon": r["longitude"]}
+            assert doc["passengerCount"] == r["passengerCount"] and len(doc["geohash"]) == 12
+        tracks = {r["taxiId"] for r in recs}
+        assert sum(1 for d in docs.values() if d["speed_mps"] is None) == len(tracks)  # first report of each
+        assert any(d["geofences"] == ["a-west", "jfk"] for d in docs.values())  # overlapping fences, sorted
+
+        # dead letters: every bad message, with its reason and original bytes
+        dead = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], len(BAD_VALUES))]
+        assert len(dead) == len(BAD_VALUES)
+        assert len(docs) + len(dead) == summary["sent"] + len(BAD_VALUES)
+        assert all(d["reason"] and d["topic"] == topic and d["offset"] >= 0 for d in dead)
+        assert {d["reason"].split(":")[0] for d in dead} >= {"empty value", "not JSON"}
+
+        # alerts: exactly the transitions shapely sees between consecutive reports
+        want = expected_alerts(recs, fences)
+        assert want, "the generated set must cross a fence"
+        alerts = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_ALERTS_TOPIC"], len(want))]
+        assert sorted((a["track"], a["fence"], a["event"], a["time"]) for a in alerts) == want
+
+        metrics = worker.metrics()
+        assert metrics["geoiot_agent_dead_lettered_total"] == len(BAD_VALUES)
+        assert metrics['geoiot_agent_indexed_total{sink="elasticsearch"}'] == len(recs)
+        assert metrics["geoiot_agent_events_total"] == len(recs) + len(BAD_VALUES)
+
+        # re-sending the same events changes no count (idempotent ids) but does overwrite
+        replay(data, topic, env)
+        deadline = time.monotonic() + 60
+        while worker.metrics()["geoiot_agent_events_total"] < 2 * len(recs) + len(BAD_VALUES):
+            assert time.monotonic() < deadline, "the re-sent events were not consumed"
+            await asyncio.sleep(0.5)
+        assert await wait_count(es, index, len(recs)) == len(recs)
+        alerts_after = await read_topic(stack.kafka_bootstrap, env["IOT_ALERTS_TOPIC"], len(want))
+        assert len(alerts_after) == len(want)  # the re-sent reports are not newer: no new transitions
+
+        # graceful restart: the track state comes back from the changelog
+        worker.stop()
+        last = {}
+        for r in recs:
+            if r["observationTime"] > last.get(r["taxiId"], {}).get("observationTime", 0):
+                last[r["taxiId"]] = r
+        later = [dict(r, observationTime=r["observationTime"] + 10_000, longitude=r["longitude"] + 0.001)
+                 for r in last.values()]
+        await produce_raw(stack.kafka_bootstrap, topic, [(r["taxiId"].encode(), orjson.dumps(r)) for r in later])
+        worker = Worker(env, output_dir / f"{topic}.log").start()
+        assert await wait_count(es, index, len(recs) + len(later)) == len(recs) + len(later)
+        resp = await es.search(index=index, size=len(later),
+                               query={"terms": {"_id": [f"{r['taxiId']}:{r['observationTime']}" for r in later]}})
+        hits = [h["_source"] for h in resp["hits"]["hits"]]
+        assert len(hits) == len(later)
+        for h in hits:
+            assert h["speed_mps"] == pytest.approx(h["distance_m"] / 10.0) and h["distance_m"] > 50
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
