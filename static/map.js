@@ -142,7 +142,8 @@
     const ctrl = new AbortController();
     inflight = ctrl;
     state.loading = true;
-    const bbox = viewBBox().join(",");
+    state.bbox = viewBBox();
+    const bbox = state.bbox.join(",");
     try {
       const cells = await getJSON(`/api/aggregate?bbox=${bbox}&zoom=${state.map.getZoom()}${timeQuery()}`,
                                   ctrl.signal);
