@@ -1,0 +1,136 @@
+"""Max-rate replay vs Kafka's own producer benchmark, same broker, same run.
+
+Generates (once, cached under data/generated/, git-ignored) a 1,000,000-row taxi file, then runs
+``python -m replay constant FILE --max-rate --json-summary`` into a fresh topic and Kafka's
+``org.apache.kafka.tools.ProducerPerformance`` (the class behind kafka-producer-perf-test) with the
+same record count, a record size equal to our average key+value size, acks=all, idempotence, and the
+same batch size and linger as the replay's producer. Prints events/s of both and their ratio.
+
+    .venv/bin/python bench/replay_vs_kafka_perf.py [--rows 1000000] [--rounds 1] [--bootstrap localhost:9092]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geoiot.schema import load_preset  # noqa: E402
+from replay.generate import write_csv  # noqa: E402
+from replay.reader import Rejected, read_records  # noqa: E402
+
+STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
+BATCH_BYTES = 512 * 1024
+LINGER_MS = 10
+
+
+def kafka_libs() -> Path:
+    found = sorted(STACK_DIR.glob("kafka-*/libs"))
+    if not found:
+        sys.exit(f"no Kafka jars under {STACK_DIR}/kafka-*/libs: run infra/local/stack up first")
+    return found[-1]
+
+
+def data_file(rows: int) -> Path:
+    tracks = 1000
+    points = max(1, rows // tracks)
+    path = ROOT / "data" / "generated" / f"bench-{tracks}x{points}-seed42.csv"
+    if not path.exists():
+        print(f"generating {path} ...", file=sys.stderr)
+        write_csv(path, tracks, points, seed=42)
+    return path
+
+
+def record_size(path: Path, sample: int = 20_000) -> int:
+    preset = load_preset("taxi")
+    sizes = [len(orjson.dumps(r)) + len(r[preset.track].encode())
+             for _, r in itertools.islice(read_records(path, preset), sample) if not isinstance(r, Rejected)]
+    return round(sum(sizes) / len(sizes))
+
+
+async def topics(bootstrap: str, names: list[str], create: bool) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if create:
+            await admin.create_topics([NewTopic(n, num_partitions=3, replication_factor=1) for n in names])
+            await asyncio.sleep(1.0)
+        else:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def run_replay(path: Path, topic: str, bootstrap: str, rows: int) -> dict:
+    cmd = [sys.executable, "-m", "replay", "constant", str(path), "--max-rate", "--json-summary", "--quiet",
+           "--topic", topic, "--bootstrap", bootstrap, "--limit", str(rows),
+           "--linger-ms", str(LINGER_MS), "--batch-bytes", str(BATCH_BYTES)]
+    started = time.monotonic()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        sys.exit(f"replay failed ({done.returncode}): {done.stderr}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary["wall_seconds"] = round(wall, 2)
+    return summary
+
+
+def run_kafka_perf(topic: str, bootstrap: str, rows: int, size: int) -> dict:
+    cmd = ["java", "-Xmx512m", "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.ProducerPerformance",
+           "--topic", topic, "--num-records", str(rows), "--record-size", str(size), "--throughput", "-1",
+           "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
+           f"batch.size={BATCH_BYTES}", f"linger.ms={LINGER_MS}", "compression.type=none"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    final = [line for line in done.stdout.splitlines() if "records sent" in line and "50th" in line]
+    if done.returncode != 0 or not final:
+        sys.exit(f"ProducerPerformance failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    match = re.search(r"([\d.]+) records/sec", final[-1])
+    assert match
+    return {"events_per_s": float(match.group(1)), "line": final[-1].strip()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate replay and Kafka this many times")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092"))
+    args = parser.parse_args()
+    path = data_file(args.rows)
+    size = record_size(path)
+    results = []
+    for round_no in range(args.rounds):
+        names = [f"bench-replay-{uuid.uuid4().hex[:8]}", f"bench-kperf-{uuid.uuid4().hex[:8]}"]
+        asyncio.run(topics(args.bootstrap, names, create=True))
+        try:
+            ours = run_replay(path, names[0], args.bootstrap, args.rows)
+            theirs = run_kafka_perf(names[1], args.bootstrap, args.rows, size)
+        finally:
+            asyncio.run(topics(args.bootstrap, names, create=False))
+        ratio = ours["events_per_s"] / theirs["events_per_s"]
+        results.append({"round": round_no + 1, "rows": args.rows, "record_bytes": size,
+                        "replay_events_per_s": ours["events_per_s"], "replay_sent": ours["sent"],
+                        "kafka_perf_events_per_s": theirs["events_per_s"], "ratio": round(ratio, 2)})
+        print(f"round {round_no + 1}: replay {ours['events_per_s']:,.0f} ev/s ({ours['sent']:,} sent), "
+              f"ProducerPerformance {theirs['events_per_s']:,.0f} ev/s, ratio {ratio:.2f} "
+              f"(record {size} B, acks=all)", flush=True)
+    best = max(r["ratio"] for r in results)
+    print(json.dumps({"results": results, "median_ratio": sorted(r["ratio"] for r in results)[len(results) // 2],
+                      "best_ratio": best}))
+
+
+if __name__ == "__main__":
+    main()
