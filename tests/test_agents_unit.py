@@ -303,3 +303,23 @@ async def test_webhook_submit_never_blocks_when_full():
     assert hook.submit({"a": 1}) is True
     assert hook.submit({"a": 2}) is False
     assert outcomes == ["dropped"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 60), st.integers(0, 2**32 - 1))
+def test_grid_matches_shapely_for_discs_vertices_and_random_points(n, seed):
+    rng = np.random.default_rng(seed)
+    centres = shapely.points(rng.uniform(-74.05, -73.75, n), rng.uniform(40.58, 40.88, n))
+    geoms = list(shapely.buffer(centres, rng.uniform(0.001, 0.01, n), quad_segs=4))
+    ids = [f"d{i}" for i in range(n)]
+    fences = Geofences.from_geometries(ids, geoms)
+    vertices = np.concatenate([shapely.get_coordinates(g) for g in geoms])
+    lon = np.r_[rng.uniform(-74.06, -73.74, 2000), vertices[:, 0]]
+    lat = np.r_[rng.uniform(40.57, 40.89, 2000), vertices[:, 1]]
+    got = fences.containing(lon, lat)
+    tree = shapely.STRtree(geoms)
+    pi, gi = tree.query(shapely.points(lon, lat), predicate="intersects")
+    expected = [[] for _ in lon]
+    for p, g in zip(pi, gi):
+        expected[p].append(ids[g])
+    assert got == [tuple(sorted(e)) for e in expected]
