@@ -7,6 +7,8 @@ degree, so each step of the table is where the cell would fall under ~32 px.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import geohash
 
 # (highest zoom, precision): zoom 0-1 -> 1, 2-4 -> 2, ... 22 -> 10.
@@ -35,11 +37,17 @@ def zoom_table() -> list[dict[str, int]]:
     return rows
 
 
-def cell_ring(cell: str) -> list[list[float]]:
-    """The exact bounds of a geohash cell as a closed, counter-clockwise GeoJSON ring."""
+@lru_cache(maxsize=65_536)
+def _ring(cell: str) -> tuple[tuple[float, float], ...]:
     b = geohash.bbox(cell)
     w, s, e, n = b["w"], b["s"], b["e"], b["n"]
-    return [[w, s], [e, s], [e, n], [w, n], [w, s]]
+    return ((w, s), (e, s), (e, n), (w, n), (w, s))
+
+
+def cell_ring(cell: str) -> list[list[float]]:
+    """The exact bounds of a geohash cell as a closed, counter-clockwise GeoJSON ring (cached: a map asks
+    for the same cells on every refresh, and python-geohash's bbox is pure Python)."""
+    return [list(p) for p in _ring(cell)]
 
 
 def cell_feature(cell: str, count: int, centroid: tuple[float, float] | None) -> dict:

@@ -1,0 +1,185 @@
+"""Latency of /api/aggregate (through `python -m web`) against the same Elasticsearch query sent directly.
+
+    .venv/bin/python bench/web_aggregate_latency.py --docs 1000000
+
+Indexes ``--docs`` generated observations (web.sample, like the agents' documents) into ``--index`` once
+(re-used when it already holds that many), starts the web server as a subprocess, then for city (zoom 11)
+and street (zoom 16) views over Manhattan measures p50/p95 with 1 and 20 concurrent clients, for both paths,
+in the same run. Every request has a distinct ``end`` (1 ms apart, past the data) so neither the server's
+1 s cache nor Elasticsearch's request cache answers: this measures the query path. The client asks for gzip
+as browsers do, so the server path includes compression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from elasticsearch import AsyncElasticsearch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agents.index import ensure_index  # noqa: E402
+from geoiot import config  # noqa: E402
+from geoiot.schema import load_preset  # noqa: E402
+from web import params, queries  # noqa: E402
+from web.geo import precision_for_zoom  # noqa: E402
+from web.sample import bulk_index, walk  # noqa: E402
+
+CENTER = (-73.97, 40.76)
+VIEWPORT = (1280, 800)  # px
+T0 = 1_356_998_400_000
+
+
+def view_bbox(zoom: int) -> list[float]:
+    """The bbox a 1280x800 map shows at ``zoom`` around Manhattan (Web Mercator, approximated locally)."""
+    import math
+    deg_per_px = 360 / (256 * 2**zoom)
+    half_w = VIEWPORT[0] / 2 * deg_per_px
+    half_h = VIEWPORT[1] / 2 * deg_per_px * math.cos(math.radians(CENTER[1]))
+    return [round(CENTER[0] - half_w, 6), round(CENTER[1] - half_h, 6),
+            round(CENTER[0] + half_w, 6), round(CENTER[1] + half_h, 6)]
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+async def prepare(es: AsyncElasticsearch, settings: config.Settings, n: int) -> int:
+    preset = load_preset(settings.iot_schema)
+    await ensure_index(es, settings, preset, index=settings.iot_index)
+    have = (await es.options(ignore_status=404).count(index=settings.iot_index)).body.get("count", 0)
+    if have == n:
+        return n
+    await es.options(ignore_status=404).indices.delete(index=f"{settings.iot_index}-*")
+    began = time.perf_counter()
+    # 200 taxis, one report each 30 s: 1,000,000 reports span ~42 hours (two or three daily indices).
+    docs = walk(preset, n, tracks=200, start_ms=T0, step_ms=30_000, seed=42)
+    count = await bulk_index(es, settings.iot_index, preset, docs, chunk_size=5_000)
+    await es.indices.refresh(index=settings.iot_index)
+    print(f"indexed {count} docs in {time.perf_counter() - began:.1f} s", file=sys.stderr)
+    return count
+
+
+async def run(clients: int, requests: int, call: Any) -> list[float]:
+    """``requests`` calls spread over ``clients`` concurrent workers; latencies in ms."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            began = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--index", default="bench-web")
+    parser.add_argument("--requests", type=int, default=300, help="requests per (path, view, clients) case")
+    parser.add_argument("--drop", action="store_true", help="delete the benchmark index afterwards")
+    args = parser.parse_args()
+
+    settings = config.load(iot_index=args.index)
+    preset = load_preset(settings.iot_schema)
+    es = AsyncElasticsearch(settings.es_hosts, request_timeout=60)
+    count = await prepare(es, settings, args.docs)
+    extent_end = T0 + (args.docs // 200) * 30_000 + 1
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(ROOT),
+               IOT_ALERTS_TOPIC=f"{args.index}-alerts")
+    server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    try:
+        async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip"},
+                                         connector=aiohttp.TCPConnector(limit=100)) as http:
+            for _ in range(100):
+                try:
+                    async with http.get(base + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            for name, zoom in (("city", 11), ("street", 16)):
+                bbox = view_bbox(zoom)
+                bbox_text = ",".join(map(str, bbox))
+
+                def body(i: int) -> dict[str, Any]:
+                    p = params.AggregateParams(params.parse_bbox(bbox_text), params.Window(T0, extent_end + i),
+                                               precision_for_zoom(zoom), None)
+                    return queries.aggregate_body(preset, p)
+
+                async def direct(i: int) -> None:
+                    resp = await es.search(index=args.index, **body(i))
+                    assert "aggregations" in resp.body
+
+                async def via_web(i: int) -> None:
+                    async with http.get(f"{base}/api/aggregate", params={
+                            "bbox": bbox_text, "zoom": str(zoom), "start": str(T0), "end": str(extent_end + i)}) as r:
+                        assert r.status == 200, await r.text()
+                        await r.read()
+
+                sample = await es.search(index=args.index, **body(0))
+                in_view = sample.body["hits"]["total"]["value"]
+                cells = len(sample.body["aggregations"]["cells"]["buckets"])
+                offset = 0
+                for clients in (1, 20):
+                    n = args.requests if clients == 1 else args.requests * 3
+                    case: dict[str, Any] = {"view": name, "zoom": zoom, "docs_in_view": in_view, "cells": cells,
+                                            "clients": clients, "requests": n}
+                    # warm-up, then alternate the two paths so both see the same machine load
+                    await run(clients, 20, lambda i: direct(10**7 + offset + i))
+                    await run(clients, 20, lambda i: via_web(10**7 + offset + i))
+                    lat_direct: list[float] = []
+                    lat_web: list[float] = []
+                    for half in range(2):
+                        lat_direct += await run(clients, n // 2, lambda i: direct(offset + half * n + i))
+                        lat_web += await run(clients, n // 2, lambda i: via_web(offset + half * n + i))
+                    offset += 4 * n
+                    for label, lat in (("direct", lat_direct), ("web", lat_web)):
+                        case[f"{label}_p50_ms"] = round(pct(lat, 50), 2)
+                        case[f"{label}_p95_ms"] = round(pct(lat, 95), 2)
+                    case["p95_ratio"] = round(case["web_p95_ms"] / case["direct_p95_ms"], 2)
+                    case["p50_ratio"] = round(case["web_p50_ms"] / case["direct_p50_ms"], 2)
+                    results.append(case)
+                    print(json.dumps(case), file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(10)
+        if args.drop:
+            await es.options(ignore_status=404).indices.delete(index=f"{args.index}-*")
+            await es.options(ignore_status=404).indices.delete_index_template(name=args.index)
+        await es.close()
+
+    print(f"\n{count:,} indexed observations; p50/p95 in ms; ratio = web / direct\n")
+    print("| view (zoom, precision) | docs in view | cells | clients | direct p50 / p95 | web p50 / p95 | ratio p50 / p95 |")
+    print("|---|---|---|---|---|---|---|")
+    for c in results:
+        print(f"| {c['view']} ({c['zoom']}, {precision_for_zoom(c['zoom'])}) | {c['docs_in_view']:,} | {c['cells']} | "
+              f"{c['clients']} | {c['direct_p50_ms']} / {c['direct_p95_ms']} | {c['web_p50_ms']} / {c['web_p95_ms']} | "
+              f"{c['p50_ratio']} / {c['p95_ratio']} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
