@@ -89,9 +89,10 @@ def generate(tmp_path: Path, tracks: int, points: int, seed: int) -> Path:
     return path
 
 
-def replay(path: Path, topic: str, env: dict[str, str]) -> int:
+def replay(path: Path, topic: str, env: dict[str, str]) -> dict:
     result = subprocess.run([sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--max-rate",
-                             "--json-summary", "-q"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+                             "--json-summary", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"replay failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     return summary
 
@@ -300,6 +301,91 @@ async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
         assert len(hits) == len(later)
         for h in hits:
             assert h["speed_mps"] == pytest.approx(h["distance_m"] / 10.0) and h["distance_m"] > 50
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+
+def transitions_seen(values: list[bytes]) -> set[tuple]:
+    return {(a["track"], a["fence"], a["event"], a["time"]) for a in map(orjson.loads, values)}
+
+
+async def live_count(es, index: str) -> int:
+    try:
+        await es.indices.refresh(index=index)
+        return (await es.count(index=index))["count"]
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka_admin, new_topic, agent_env,
+                                                                tmp_path, output_dir):
+    topic = await new_topic("agents-kill", partitions=3)
+    # small batches so the kill surely lands mid-stream
+    env = agent_env(topic, IOT_BULK_SIZE="100")
+    index = env["IOT_INDEX"]
+    data = generate(tmp_path, tracks=40, points=300, seed=5)
+    recs = records(data)
+    assert replay(data, topic, env)["sent"] == len(recs)
+    log = output_dir / f"{topic}.log"
+    worker = Worker(env, log).start()
+    try:
+        deadline = time.monotonic() + 120
+        while (seen := await live_count(es, index)) < len(recs) // 5:
+            assert time.monotonic() < deadline, "the first worker indexed too little"
+            await asyncio.sleep(0.2)
+        worker.stop(signal.SIGKILL)
+        assert seen < len(recs), "the worker finished before it was killed; the test would prove nothing"
+        worker = Worker(env, log).start()
+        assert await wait_count(es, index, len(recs), settle=4) == len(recs)
+        docs = await all_docs(es, index)
+        assert len(docs) == len(recs)
+        assert {d["_id"] for d in docs} == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
+        # alerts are at least once: every transition is there (duplicates allowed after the kill)
+        _, fences = fence_file(tmp_path)
+        want = set(expected_alerts(recs, fences[:1]))
+        got = transitions_seen(await read_topic(stack.kafka_bootstrap, env["IOT_ALERTS_TOPIC"], len(want)))
+        assert want and want <= got
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+
+def stack_cmd(*args: str) -> None:
+    result = subprocess.run([str(ROOT / "infra" / "local" / "stack"), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+async def test_elasticsearch_outage_loses_nothing(stack, es, kafka_admin, new_topic, agent_env, tmp_path, output_dir):
+    topic = await new_topic("agents-esdown", partitions=3)
+    env = agent_env(topic)
+    index = env["IOT_INDEX"]
+    first = generate(tmp_path, tracks=10, points=50, seed=21)
+    second = generate(tmp_path, tracks=10, points=50, seed=22)
+    second_recs = [dict(r, taxiId=f"late-{r['taxiId']}") for r in records(second)]
+    worker = Worker(env, output_dir / f"{topic}.log")
+    try:
+        n1 = replay(first, topic, env)["sent"]
+        worker.start()
+        assert await wait_count(es, index, n1, settle=1) == n1
+        stack_cmd("down", "es")
+        try:
+            await produce_raw(stack.kafka_bootstrap, topic,
+                              [(r["taxiId"].encode(), orjson.dumps(r)) for r in second_recs])
+            deadline = time.monotonic() + 60
+            while worker.metrics().get('geoiot_agent_sink_retries_total{sink="elasticsearch"}', 0) < 2:
+                assert time.monotonic() < deadline, "the sink never noticed Elasticsearch was down"
+                await asyncio.sleep(0.5)
+            assert worker.metrics()['geoiot_agent_indexed_total{sink="elasticsearch"}'] == n1
+        finally:
+            stack_cmd("up", "es")
+        await es.cluster.health(index=index, wait_for_status="yellow", timeout="60s")
+        total = n1 + len(second_recs)
+        assert await wait_count(es, index, total, timeout=180) == total
+        assert worker.metrics()["geoiot_agent_dead_lettered_total"] == 0
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
