@@ -21,7 +21,18 @@ JAVA_17 = "/usr/lib/jvm/java-17-openjdk-amd64"
 
 
 def connector_jars() -> str:
-    """Comma-separated jar paths for ``--jars`` (resolved by the stack script; no download at job start)."""
+    """Comma-separated jar paths for ``--jars`` (resolved by the stack script; no download at job start).
+
+    When the stack script already resolved them (its ``.complete`` marker), they are listed directly:
+    the script serialises all its commands with a lock that stack restarts hold for minutes.
+    """
+    import pyspark
+
+    cached = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "spark-jars" / pyspark.__version__
+    if (cached / ".complete").exists():
+        jars = sorted(str(p) for p in cached.glob("*.jar"))
+        if jars:
+            return ",".join(jars)
     result = subprocess.run([str(STACK), "spark-jars"], capture_output=True, text=True, timeout=900)
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(f"infra/local/stack spark-jars failed:\n{result.stderr}")
