@@ -162,10 +162,13 @@ async def _progress(replay: Any, quiet: bool) -> None:
     if quiet:
         return
     if sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        # stderr: stdout is kept for the summary (its last line is the JSON one with --json-summary).
         with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.fields[line]}"),
-                      TimeElapsedColumn(), transient=True, refresh_per_second=5) as bar:
+                      TimeElapsedColumn(), transient=True, refresh_per_second=5,
+                      console=Console(stderr=True)) as bar:
             task = bar.add_task(f"{replay.o.mode} -> {replay.o.topic}", line="", total=replay.o.limit)
             while True:
                 acked, queued, skipped = replay.progress()
@@ -187,8 +190,15 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
 
     replay = Replay(options)
     loop = asyncio.get_running_loop()
+
+    def first_signal(sig: int) -> None:
+        # Stop sending, flush and summarise; a second Ctrl-C interrupts the flush itself.
+        log.warning("interrupted: flushing what was queued (Ctrl-C again to abandon it)")
+        replay.stop.set()
+        loop.remove_signal_handler(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, replay.stop.set)
+        loop.add_signal_handler(sig, first_signal, sig)
     progress = asyncio.create_task(_progress(replay, args.quiet))
     code = EXIT_OK
     try:
@@ -221,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     options = _options(args, parser)
     from replay.summary import human, to_json
 
-    code, summary = asyncio.run(_run(options, args))
+    try:
+        code, summary = asyncio.run(_run(options, args))
+    except KeyboardInterrupt:
+        print("replay: interrupted twice: queued messages were abandoned", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if summary is not None:
         if not args.quiet or not args.json_summary:
             print(human(summary), file=sys.stderr)
