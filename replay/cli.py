@@ -217,6 +217,9 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
         print(f"replay: error: {summary['failed']} messages were not acknowledged: {summary.get('error')}",
               file=sys.stderr)
         code = EXIT_ERROR
+    wanted = summary.get("requested_rate")
+    if wanted and summary["achieved_rate"] < 0.98 * wanted and not summary["interrupted"]:
+        log.warning("could not keep up: achieved %.1f of the requested %g events/s", summary["achieved_rate"], wanted)
     if summary["interrupted"]:
         code = EXIT_INTERRUPTED
     return code, summary

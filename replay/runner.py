@@ -119,19 +119,14 @@ class Replay:
         dumps = orjson.dumps
         track = self.preset.track
         n = 0
-        if self.o.retime == "now":
-            now_ms = time.time_ns() // 1_000_000
-            time_field = self.preset.time
-            for record in chunk:
+        now_ms = time.time_ns() // 1_000_000 if self.o.retime == "now" else None
+        time_field = self.preset.time
+        for record in chunk:
+            if now_ms is not None:
                 record[time_field] = now_ms
-                key = record[track].encode()
-                append(partition_of(key), key, dumps(record))
-                n += 1
-        else:
-            for record in chunk:
-                key = record[track].encode()
-                append(partition_of(key), key, dumps(record))
-                n += 1
+            key = record[track].encode()
+            append(partition_of(key), key, dumps(record))
+            n += 1
         self.stats.queued += n
         return n
 
