@@ -101,7 +101,7 @@ def main() -> int:
         result["produce_seconds"] = round(time.monotonic() - started, 1)
 
         with open(logs / "bench-spark-faust.log", "wb") as out:
-            faust = subprocess.Popen([sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "warning"],
+            faust = subprocess.Popen([sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "warn"],
                                      cwd=ROOT, env=dict(env, IOT_INDEX=index_f, IOT_APP_ID=f"bench-faust-{tag}",
                                                         WORKER_WEB_PORT=str(free_port())),
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -139,7 +139,7 @@ def main() -> int:
                 "async def m():\n a=AIOKafkaAdminClient(bootstrap_servers=sys.argv[1]);await a.start()\n"
                 " try:\n  await a.delete_topics(sys.argv[2:])\n except Exception as e: print(e)\n"
                 " await a.close()\nasyncio.run(m())"), settings.kafka_bootstrap, topic, f"{topic}-dlq",
-                f"{topic}-alerts"], env=env)
+                f"{topic}-alerts", f"bench-faust-{tag}-tracks-changelog"], env=env)
         es.close()
 
 

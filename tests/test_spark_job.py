@@ -125,8 +125,8 @@ def batches(log: Path) -> list[dict[str, Any]]:
 
 
 async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
-        stack: Any, es: Any, new_topic: Any, new_index: Any, python_env: dict[str, str], output_dir: Path,
-        tmp_path: Path, jars: str) -> None:
+        stack: Any, es: Any, kafka_admin: Any, new_topic: Any, new_index: Any, python_env: dict[str, str],
+        output_dir: Path, tmp_path: Path, jars: str) -> None:
     settings = stack
     source = await new_topic("spark-src", partitions=3)
     dlq_faust, dlq_spark, alerts = (await new_topic("spark-dlq-f"), await new_topic("spark-dlq-s"),
@@ -187,6 +187,10 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
             faust.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(faust.pid, signal.SIGKILL)
+        try:  # the worker's own changelog topic
+            await kafka_admin.delete_topics([f"{faust_env['IOT_APP_ID']}-tracks-changelog"])
+        except Exception:
+            pass
 
     # Same documents for every field both paths compute.
     spark_docs, faust_docs = await all_docs(es, index_spark), await all_docs(es, index_faust)
