@@ -34,7 +34,7 @@ from replay.generate import write_csv  # noqa: E402
 from replay.reader import Rejected, read_records  # noqa: E402
 
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
-BATCH_BYTES = 512 * 1024
+BATCH_BYTES = 960 * 1024
 LINGER_MS = 10
 
 

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
                         help="seconds to wait for Kafka at start (default 10)")
     common.add_argument("--linger-ms", type=_positive_int, default=10, help="producer linger (default 10)")
-    common.add_argument("--batch-bytes", type=_positive_int, default=512 * 1024, help="producer batch size (default 512 KiB)")
+    common.add_argument("--batch-bytes", type=_positive_int, default=960 * 1024, help="producer batch size (default 960 KiB)")
     noise = common.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger("replay")
 
-DEFAULT_BATCH_BYTES = 512 * 1024  # below the broker's default message.max.bytes (1 MiB)
+DEFAULT_BATCH_BYTES = 960 * 1024  # just below the broker's default message.max.bytes (1 MiB + 12 B)
 DEFAULT_LINGER_MS = 10
 
 

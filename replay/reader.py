@@ -24,6 +24,7 @@ from geoiot.schema import InvalidRecord, Preset, parse_row, typed_record
 from geoiot.timeparse import TimeParseError, parse_time
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,14 @@ class FastConverter:
         self.names = preset.names
         self._times: dict[str, int] = {}
         self._strings = self._compile()
+        self._int_fields = tuple(name for name, kind in preset.fields if kind in ("int", "time"))
 
     def _time(self, text: str) -> int:
         ms = self._times.get(text)
         if ms is None:
             ms = parse_time(text, self.tz)  # raises TimeParseError
+            if not INT64_MIN <= ms <= INT64_MAX:
+                raise TimeParseError(f"time {text!r} is out of range")
             if len(self._times) >= self._TIME_CACHE_LIMIT:
                 self._times.clear()
             self._times[text] = ms
@@ -77,8 +81,8 @@ class FastConverter:
                 expr = "lat"
             elif kind == "string":
                 expr = f"({x} or None)"
-            elif kind == "int":
-                expr = f"(int({x}) if {x} else None)"
+            elif kind == "int":  # 19+ characters may not fit in 64 bits: the slow path decides
+                expr = f"((int({x}) if len({x}) < 19 else _bad()) if {x} else None)"
             elif kind == "float":  # 'nan', 'inf', 'infinity' all contain an n: leave them to the shared core
                 expr = f"((float({x}) if 'n' not in {x} and 'N' not in {x} else _bad()) if {x} else None)"
             elif kind == "time":
@@ -109,14 +113,25 @@ class FastConverter:
         try:
             return self._strings(values)
         except (ValueError, TypeError, TimeParseError, OverflowError, IndexError):
-            return typed_record(self.preset, dict(zip(self.names, values)), self.tz)[0]
+            return self._fit(typed_record(self.preset, dict(zip(self.names, values)), self.tz)[0])
 
     def convert(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A parsed JSON object as a wire object (values may be numbers, strings or null)."""
         values = [record.get(n) for n in self.names]
         if all(type(v) is str for v in values):
             return self.convert_strings(values)
-        return typed_record(self.preset, record, self.tz)[0]
+        return self._fit(typed_record(self.preset, record, self.tz)[0])
+
+    def _fit(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Integers beyond 64 bits fit neither JSON consumers nor Elasticsearch longs: an attribute
+        becomes null (the shared core's rule for values it cannot keep), an event time rejects the row."""
+        for name in self._int_fields:
+            value = out[name]
+            if value is not None and not INT64_MIN <= value <= INT64_MAX:
+                if name == self.preset.time:
+                    raise InvalidRecord(f"{name} {value} is out of range")
+                out[name] = None
+        return out
 
 
 def _bad() -> Any:
