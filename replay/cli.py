@@ -208,7 +208,9 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
         return EXIT_USAGE, replay.summary()
     except (ReplayError, FileNotFoundError, OSError) as exc:
         print(f"replay: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR, (replay.summary() if replay.producer else None)
+        summary = replay.summary()  # zero counts when nothing was sent; still one JSON line for scripts
+        summary["error"] = str(exc)
+        return EXIT_ERROR, summary
     finally:
         progress.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):

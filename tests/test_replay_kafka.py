@@ -268,6 +268,8 @@ async def test_unreachable_broker_fails_fast_and_clearly(python_env, tmp_path: P
     assert f"127.0.0.1:{port}" in err and ("cannot reach Kafka" in err or "did not answer" in err)
     assert "Traceback" not in err
     assert time.monotonic() - started < 15
+    summary = last_json(out)
+    assert summary["sent"] == 0 and f"127.0.0.1:{port}" in summary["error"]
 
 
 async def test_ctrl_c_flushes_prints_summary_and_exits_130(new_topic, stack, python_env, tmp_path: Path) -> None:
