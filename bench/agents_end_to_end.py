@@ -72,7 +72,7 @@ def start_workers(n: int, env: dict[str, str], logdir: Path) -> list[tuple[subpr
     for i in range(n):
         port = free_port()
         log = (logdir / f"{env['IOT_APP_ID']}-{i}.log").open("wb")
-        proc = subprocess.Popen([PY, "-m", "faust", "-A", "agents.app", "worker", "-l", "warning",
+        proc = subprocess.Popen([PY, "-m", "faust", "-A", "agents.app", "worker", "-l", "warn",
                                  "--web-port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         workers.append((proc, port))
     return workers
