@@ -77,9 +77,10 @@ async def topics(bootstrap: str, names: list[str], create: bool) -> None:
         await admin.close()
 
 
-def run_replay(path: Path, topic: str, bootstrap: str, rows: int) -> dict:
+def run_replay(path: Path, topic: str, bootstrap: str, rows: int, workers: int = 1) -> dict:
+    limit = ["--limit", str(rows)] if workers == 1 else []  # --workers reads the whole (rows-long) file
     cmd = [sys.executable, "-m", "replay", "constant", str(path), "--max-rate", "--json-summary", "--quiet",
-           "--topic", topic, "--bootstrap", bootstrap, "--limit", str(rows),
+           "--topic", topic, "--bootstrap", bootstrap, "--workers", str(workers), *limit,
            "--linger-ms", str(LINGER_MS), "--batch-bytes", str(BATCH_BYTES)]
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -117,26 +118,32 @@ def main() -> None:
     size = record_size(path)
     results = []
     for round_no in range(args.rounds):
-        names = {k: f"bench-{k}-{uuid.uuid4().hex[:8]}" for k in ("replay", "kdefault", "ktuned")}
+        names = {k: f"bench-{k}-{uuid.uuid4().hex[:8]}" for k in ("replay", "replay2", "kdefault", "ktuned")}
         asyncio.run(topics(args.bootstrap, list(names.values()), create=True))
         runs = {
             "replay": lambda: run_replay(path, names["replay"], args.bootstrap, args.rows),
+            "replay2": lambda: run_replay(path, names["replay2"], args.bootstrap, args.rows, workers=2),
             "kdefault": lambda: run_kafka_perf(names["kdefault"], args.bootstrap, args.rows, size, tuned=False),
             "ktuned": lambda: run_kafka_perf(names["ktuned"], args.bootstrap, args.rows, size, tuned=True),
         }
-        order = list(runs)[round_no % 3:] + list(runs)[: round_no % 3]
+        order = list(runs)[round_no % 4:] + list(runs)[: round_no % 4]
         try:
             got = {k: runs[k]() for k in order}
         finally:
             asyncio.run(topics(args.bootstrap, list(names.values()), create=False))
         ours = got["replay"]["events_per_s"]
+        two = got["replay2"]["events_per_s"]
+        assert got["replay"]["sent"] == got["replay2"]["sent"] == args.rows
         row = {"round": round_no + 1, "order": order, "rows": args.rows, "record_bytes": size,
-               "replay": ours, "replay_sent": got["replay"]["sent"],
+               "replay": ours, "replay_workers2": two, "replay_sent": got["replay"]["sent"],
                "kafka_default": got["kdefault"]["events_per_s"], "kafka_tuned": got["ktuned"]["events_per_s"],
                "ratio_default": round(ours / got["kdefault"]["events_per_s"], 2),
-               "ratio_tuned": round(ours / got["ktuned"]["events_per_s"], 2)}
+               "ratio_tuned": round(ours / got["ktuned"]["events_per_s"], 2),
+               "ratio2_default": round(two / got["kdefault"]["events_per_s"], 2),
+               "ratio2_tuned": round(two / got["ktuned"]["events_per_s"], 2)}
         results.append(row)
-        print(f"round {row['round']} ({' > '.join(order)}): replay {ours:,.0f} ev/s ({row['replay_sent']:,} sent); "
+        print(f"round {row['round']} ({' > '.join(order)}): replay {ours:,.0f} ev/s, with 2 workers {two:,.0f} ev/s "
+              f"({row['replay_sent']:,} sent; ratios {row['ratio2_default']:.2f} / {row['ratio2_tuned']:.2f}); "
               f"ProducerPerformance defaults {row['kafka_default']:,.0f} ev/s (ratio {row['ratio_default']:.2f}), "
               f"same batching {row['kafka_tuned']:,.0f} ev/s (ratio {row['ratio_tuned']:.2f}); "
               f"record {size} B, acks=all, idempotent", flush=True)
@@ -144,8 +151,8 @@ def main() -> None:
     def median(key: str) -> float:
         return sorted(r[key] for r in results)[len(results) // 2]
 
-    print(json.dumps({"results": results, "median_ratio_default": median("ratio_default"),
-                      "median_ratio_tuned": median("ratio_tuned")}))
+    print(json.dumps({"results": results, **{f"median_{k}": median(k) for k in
+                      ("ratio_default", "ratio_tuned", "ratio2_default", "ratio2_tuned")}}))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--events-per-interval", type=_positive_int, metavar="N", help="events per batch (default 100)")
     const.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="batch period (default 1000)")
     const.add_argument("--loop", action="store_true", help="start over at the end of the file")
+    const.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                       help="max rate only: N processes share the partitions (default 1)")
 
     ts = sub.add_parser("timestamp", parents=[common], help="send each unique timestamp group, then wait",
                         description="Play each group of consecutive rows sharing a timestamp, then wait.")
@@ -148,6 +150,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     else:
         speedup = args.speedup
         interval_s = None if speedup else (3.0 if args.interval_ms is None else args.interval_ms / 1000)
+    if getattr(args, "workers", 1) > 1 and (rate is not None or args.limit is not None or args.strict or args.rejects):
+        parser.error("--workers above 1 needs --max-rate (or --rate 0) and no --limit, --strict or --rejects")
     return ReplayOptions(
         path=args.file, topic=settings.iot_topic, bootstrap=settings.kafka_bootstrap, mode=args.command,
         preset=preset, tz=tz, rate=rate, interval_s=interval_s, speedup=speedup, retime=args.retime,
@@ -227,6 +231,26 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
     return code, summary
 
 
+def _run_workers(options: Any, workers: int) -> tuple[int, dict[str, Any] | None]:
+    from replay.producer import ReplayError
+    from replay.workers import run_workers
+
+    try:
+        summary, errors = run_workers(options, workers)
+    except ReplayError as exc:
+        print(f"replay: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR, {"sent": 0, "skipped": 0, "failed": 0, "seconds": 0.0, "events_per_s": 0.0,
+                            "partitions": {}, "error": str(exc), "mode": options.mode, "topic": options.topic,
+                            "interrupted": False}
+    for message in errors:
+        print(f"replay: error: {message}", file=sys.stderr)
+    if summary is None:
+        return EXIT_ERROR, None
+    if errors or summary["failed"]:
+        return EXIT_ERROR, summary
+    return (EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK), summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -237,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     from replay.summary import human, to_json
 
     try:
-        code, summary = asyncio.run(_run(options, args))
+        if getattr(args, "workers", 1) > 1:
+            code, summary = _run_workers(options, args.workers)
+        else:
+            code, summary = asyncio.run(_run(options, args))
     except KeyboardInterrupt:
         print("replay: interrupted twice: queued messages were abandoned", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -164,8 +164,16 @@ def _split(line: str) -> list[str]:
     return line.split(",")
 
 
-def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
-    """Yield (line number, wire object or Rejected) for every non-blank line of the file, in order."""
+Owns = Callable[[Any], bool]  # given a row's raw track id (None when unknown): is this reader its owner?
+
+
+def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc,
+                 owns: Owns | None = None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+    """Yield (line number, wire object or Rejected) for every non-blank line of the file, in order.
+
+    With ``owns``, rows whose raw track id it refuses are skipped before conversion: several worker
+    processes then share one file, each converting (and counting) only the rows of its own partitions.
+    """
     converter = FastConverter(preset, tz)
     with open_text(path) as stream:
         lines = enumerate(stream, 1)
@@ -174,17 +182,19 @@ def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc) ->
             if not text.strip():
                 continue
             if detect_format(path, text) == "jsonl":
-                yield from _jsonl(itertools.chain([(line_no, line)], lines), converter)
+                yield from _jsonl(itertools.chain([(line_no, line)], lines), converter, owns)
                 return
             head = [h.strip() for h in _split(text)]
             if preset.track in head and preset.time in head:
-                yield from _csv_with_header(lines, converter, head)
+                yield from _csv_with_header(lines, converter, head, owns)
             else:
-                yield from _csv(itertools.chain([(line_no, line)], lines), converter)
+                yield from _csv(itertools.chain([(line_no, line)], lines), converter, owns)
             return
 
 
-def _jsonl(lines: Iterator[tuple[int, str]], converter: FastConverter) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def _jsonl(lines: Iterator[tuple[int, str]], converter: FastConverter,
+           owns: Owns | None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+    track = converter.preset.track
     for line_no, line in lines:
         text = line.rstrip("\r\n")
         if not text.strip():
@@ -193,40 +203,53 @@ def _jsonl(lines: Iterator[tuple[int, str]], converter: FastConverter) -> Iterat
             try:
                 obj = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
+                if owns is not None and not owns(None):
+                    continue
                 raise InvalidRecord(f"not valid JSON: {exc}") from None
             if not isinstance(obj, dict):
+                if owns is not None and not owns(None):
+                    continue
                 raise InvalidRecord(f"a JSON {type(obj).__name__}, not an object")
+            if owns is not None and not owns(obj.get(track)):
+                continue
             yield line_no, converter.convert(obj)
         except InvalidRecord as exc:
             yield line_no, Rejected(line_no, exc.reason, text)
 
 
-def _csv(lines: Iterator[tuple[int, str]], converter: FastConverter) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def _csv(lines: Iterator[tuple[int, str]], converter: FastConverter,
+         owns: Owns | None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     """Headerless CSV, the hot path of max-rate replays: one split and one compiled conversion per row."""
     preset, tz = converter.preset, converter.tz
     width = len(preset.names)
+    track_i = preset.names.index(preset.track)
     convert = converter.convert_strings
     for line_no, line in lines:
         text = line.rstrip("\r\n")
         values = text.split(",") if '"' not in text else _split(text)
         try:
             if len(values) != width:
-                if not text.strip():
+                if not text.strip() or (owns is not None and not owns(None)):
                     continue
                 parse_row(preset, values, tz)  # raises the shared core's column-count error
+            elif owns is not None and not owns(values[track_i]):
+                continue
             yield line_no, convert(values)
         except InvalidRecord as exc:
             yield line_no, Rejected(line_no, exc.reason, text)
 
 
-def _csv_with_header(lines: Iterator[tuple[int, str]], converter: FastConverter,
-                     head: list[str]) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def _csv_with_header(lines: Iterator[tuple[int, str]], converter: FastConverter, head: list[str],
+                     owns: Owns | None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     columns = [head.index(n) if n in head else None for n in converter.names]
+    track_col = head.index(converter.preset.track)
     for line_no, line in lines:
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
         values = _split(text)
+        if owns is not None and not owns(values[track_col] if len(values) == len(head) else None):
+            continue
         if len(values) != len(head):
             reason = f"expected {len(head)} columns (as in the header), found {len(values)}"
             yield line_no, Rejected(line_no, reason, text)

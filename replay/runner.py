@@ -64,6 +64,7 @@ class ReplayOptions:
     linger_ms: int = DEFAULT_LINGER_MS
     batch_bytes: int = DEFAULT_BATCH_BYTES
     progress_every_s: float = 5.0
+    worker: tuple[int, int] | None = None  # (index, count): convert and send only this worker's partitions
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +80,7 @@ class Replay:
         self.stop = asyncio.Event()
         self.producer: BatchingProducer | None = None
         self._rejects_out: IO[str] | None = None
+        self._owns: Callable[[Any], bool] | None = None
         self.on_reject: Callable[[Rejected], None] | None = None
 
     # --- source -------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ class Replay:
         o = self.o
         while True:
             valid = 0
-            for _line_no, item in read_records(o.path, self.preset, o.tz):
+            for _line_no, item in read_records(o.path, self.preset, o.tz, self._owns):
                 if type(item) is Rejected:
                     self._reject(item)
                     continue
@@ -191,7 +193,21 @@ class Replay:
         if not Path(o.path).is_file():
             raise FileNotFoundError(f"no such file: {o.path}")
         partitions = await ensure_topic(o.bootstrap, o.topic, o.partitions, o.replication, o.connect_timeout)
-        partition_of = make_partitioner(o.partitioner, partitions)
+        partitioner = make_partitioner(o.partitioner, partitions)
+        partition_of: Callable[[bytes], int] = partitioner
+        if o.worker is not None:
+            index, count = o.worker
+            if o.limit is not None or o.strict or o.mode != "constant" or self.stats.requested_rate:
+                raise ValueError("several workers only replay at max rate, without --limit or --strict")
+
+            def owns(raw: Any) -> bool:
+                # Every worker routes every keyed row (so balanced assignments agree), converts only its own.
+                if type(raw) is not str or not raw.strip():
+                    return index == 0  # rows without a usable track id: worker 0 rejects and counts them
+                return partitioner(raw.strip().encode()) % count == index
+
+            self._owns = owns
+            partition_of = partitioner.assigned.__getitem__  # already routed (and counted) by owns()
         self.producer = BatchingProducer(o.bootstrap, o.topic, linger_ms=o.linger_ms, batch_bytes=o.batch_bytes,
                                          connect_timeout=o.connect_timeout)
         await self.producer.start()

@@ -345,3 +345,22 @@ async def test_broker_restart_mid_run_loses_nothing(new_topic, stack, python_env
     for partition, values in got.items():
         in_order = [v for _, v in sorted(values)]
         assert in_order == expected[partition][: len(in_order)]  # a prefix: nothing lost, nothing twice
+
+
+async def test_workers_split_partitions_and_agree_with_one_process(new_topic, stack, python_env, tmp_path: Path) -> None:
+    """--workers 2: same counts, same bad-row report, same partitions per track, file order kept."""
+    path = tmp_path / "bad.csv"
+    good, bad = _bad_file(path)
+    summaries = {}
+    for workers in (1, 2):
+        topic = await new_topic(f"replay-w{workers}", partitions=3)
+        code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--partitioner",
+                                        "balanced", "--workers", str(workers), "--json-summary"], python_env)
+        assert code == 0, err
+        summaries[workers] = last_json(out)
+        messages = await consume(stack.kafka_bootstrap, topic, good)
+        check_delivery(messages, expected_records(path), 3, hashed=False)
+    one, two = summaries[1], summaries[2]
+    assert two["workers"] == 2 and two["sent"] == one["sent"] == good
+    assert two["skipped"] == one["skipped"] == sum(bad.values()) and two["skip_reasons"] == one["skip_reasons"]
+    assert two["partitions"] == one["partitions"] and two["rejects"] == one["rejects"]
