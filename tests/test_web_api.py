@@ -12,6 +12,7 @@ import gzip
 import json
 import socket
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -261,6 +262,11 @@ async def test_responses_are_gzipped_when_accepted(client: TestClient) -> None:
     raw = await resp.read()
     plain = gzip.decompress(raw)
     assert json.loads(plain)["type"] == "FeatureCollection" and len(raw) < len(plain) / 3
+    assert resp.headers["Vary"] == "Accept-Encoding"
+    assert float(resp.headers["Server-Timing"].removeprefix("app;dur=")) > 0
+    resp = await client.get("/api/aggregate", params={"precision": "7"}, headers={"Accept-Encoding": "deflate"},
+                            auto_decompress=False)
+    assert resp.headers["Content-Encoding"] == "deflate" and zlib.decompress(await resp.read()) == plain
     resp = await client.get("/api/aggregate", params={"precision": "7"}, headers={"Accept-Encoding": "identity"},
                             auto_decompress=False)
     assert "Content-Encoding" not in resp.headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import geohash
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,8 +15,9 @@ from openapi_spec_validator import validate
 from geoiot.schema import load_preset
 from web import openapi, params, queries
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_ring, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_feature, cell_feature_json, cell_ring, precision_for_zoom, zoom_table
 from web.params import BadRequest
+from web.routes import aggregate_payload
 from web.sample import on_grid
 
 PRESET = load_preset("taxi")
@@ -62,6 +64,31 @@ def test_cell_ring_is_the_closed_geohash_cell_and_contains_its_points(lat: float
     assert ring[0] == ring[-1] and len(ring) == 5
     assert {x for x, _ in ring} == {b["w"], b["e"]} and {y for _, y in ring} == {b["s"], b["n"]}
     assert b["w"] <= lon <= b["e"] and b["s"] <= lat <= b["n"]
+
+
+cells = st.text("0123456789bcdefghjkmnpqrstuvwxyz", min_size=1, max_size=12)
+centroids = st.none() | st.tuples(lons, lats)
+
+
+@given(cells, st.integers(0, 2**40), centroids)
+def test_pre_serialised_cell_feature_is_exactly_the_json_of_the_feature(cell: str, count: int,
+                                                                       centroid: tuple[float, float] | None) -> None:
+    assert cell_feature_json(cell, count, centroid) == orjson.dumps(cell_feature(cell, count, centroid))
+
+
+@given(st.lists(st.tuples(cells, st.integers(1, 10**6), centroids), max_size=20, unique_by=lambda t: t[0]),
+       st.integers(0, 10**6), st.integers(1, 12))
+def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
+        rows: list[tuple[str, int, tuple[float, float] | None]], extra: int, precision: int) -> None:
+    buckets = [{"key": c, "doc_count": n, **({"centroid": {"location": {"lon": x[0], "lat": x[1]}}} if x else {})}
+               for c, n, x in rows]
+    total = sum(n for _, n, _ in rows) + extra
+    resp: dict = {"hits": {"total": {"value": total}}}  # filter_path drops "aggregations" when there are no cells
+    if rows:
+        resp["aggregations"] = {"cells": {"buckets": buckets}}
+    body = orjson.loads(aggregate_payload(resp, precision))
+    assert body == {"type": "FeatureCollection", "precision": precision, "total": total, "truncated": extra > 0,
+                    "features": [orjson.loads(orjson.dumps(cell_feature(c, n, x))) for c, n, x in rows]}
 
 
 @pytest.mark.parametrize("query, fragment", [

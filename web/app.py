@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
 from geoiot.schema import Preset, load_preset
@@ -34,6 +36,12 @@ NODE_MODULES = ROOT / "node_modules"
 # URL prefix -> folder inside node_modules: the map's only third-party code, installed by `npm ci`.
 VENDOR = {"/vendor/leaflet": "leaflet/dist", "/vendor/leaflet.heat": "leaflet.heat/dist"}
 _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
+# zlib level 1: a 230-cell GeoJSON (85 kB) compresses in about a third of the time of the default level 6,
+# to a body ~25 % larger (12 kB instead of 10 kB), which is the better trade on a local network.
+GZIP_LEVEL = 1
+_MIN_COMPRESS = 512
+# Concurrent connections to Elasticsearch (the client's default is 10, which queues a busy server's searches).
+ES_CONNECTIONS = 32
 
 SETTINGS = web.AppKey("settings", Settings)
 PRESET = web.AppKey("preset", Preset)
@@ -49,8 +57,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def json_response(data: Any, status: int = 200, raw: bytes | None = None) -> web.Response:
     """JSON through orjson (fast on large FeatureCollections); ``raw`` is already-serialised JSON."""
     body = raw if raw is not None else orjson.dumps(data)
-    # compress inline: a thread hand-off per response costs more than gzip of a few hundred kB
-    return web.Response(body=body, status=status, content_type="application/json", zlib_executor_size=1 << 22)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -59,7 +66,7 @@ def error_response(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One structured log line and the Prometheus series per request."""
+    """One structured log line, the Prometheus series and a Server-Timing header per request."""
     began = time.perf_counter()
     response = await handler(request)
     elapsed = time.perf_counter() - began
@@ -68,24 +75,39 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     metrics.requests.labels(route, request.method, str(response.status)).inc()
     metrics.latency.labels(route).observe(elapsed)
-    log.info(json.dumps({"event": "http", "method": request.method, "path": request.path, "route": route,
-                         "status": response.status, "ms": round(elapsed * 1000, 2)}))
+    if not response.prepared:  # the server's own time, so a client can tell it from the network's
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps({"event": "http", "method": request.method, "path": request.path, "route": route,
+                             "status": response.status, "ms": round(elapsed * 1000, 2)}))
     return response
+
+
+def gzip_body(body: bytes, coding: str) -> bytes:
+    """``body`` compressed at GZIP_LEVEL as gzip (wbits 31) or zlib-wrapped deflate (wbits 15, as HTTP wants)."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+    return compressor.compress(body) + compressor.flush()
 
 
 @web.middleware
 async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """gzip (else deflate) for text-like responses when the client accepts it."""
+    """gzip (else deflate) for text-like responses when the client accepts it; small bodies go as they are."""
     response = await handler(request)
-    accept = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
     ctype = response.content_type or ""
-    if response.status < 300 and ctype.startswith(_COMPRESSIBLE):
-        if isinstance(response, web.Response) and len(response.body or b"") < 512:  # type: ignore[arg-type]
-            return response
-        if "gzip" in accept:
-            response.enable_compression(ContentCoding.gzip)
-        elif "deflate" in accept:
-            response.enable_compression(ContentCoding.deflate)
+    if response.status >= 300 or not ctype.startswith(_COMPRESSIBLE):
+        return response
+    accept = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    coding = "gzip" if "gzip" in accept else "deflate" if "deflate" in accept else None
+    if coding is None:
+        return response
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        # in memory: compress here, in one call at a cheap level (aiohttp would use level 6)
+        if len(response.body) >= _MIN_COMPRESS:
+            response.body = gzip_body(response.body, coding)
+            response.headers[hdrs.CONTENT_ENCODING] = coding
+            response.headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
+        return response
+    response.enable_compression(ContentCoding.gzip if coding == "gzip" else ContentCoding.deflate)
     return response
 
 
@@ -138,7 +160,8 @@ def load_fences(path: str) -> dict[str, Any]:
 async def es_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Elasticsearch client per app; few retries, so an outage answers 503 quickly instead of hanging."""
     settings = app[SETTINGS]
-    client = AsyncElasticsearch(settings.es_hosts, request_timeout=10, max_retries=1, retry_on_timeout=False)
+    client = AsyncElasticsearch(settings.es_hosts, request_timeout=10, max_retries=1, retry_on_timeout=False,
+                                connections_per_node=ES_CONNECTIONS, serializer=OrjsonSerializer())
     app[ES] = client
     log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
     yield
