@@ -169,3 +169,8 @@ def test_coercion_either_succeeds_or_raises_value_error(text: str) -> None:
             coerce(kind, text)
         except ValueError:
             pass
+
+
+def test_readme_configuration_table_is_the_generated_one() -> None:
+    readme = (config.PACKAGE_DIR.parent / "README.md").read_text()
+    assert config.markdown_table() in readme, "README's table is stale: paste geoiot.config.markdown_table()"
