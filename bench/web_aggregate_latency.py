@@ -8,6 +8,12 @@ and street (zoom 16) views over Manhattan measures p50/p95 with 1 and 20 concurr
 in the same run. Every request has a distinct ``end`` (1 ms apart, past the data) so neither the server's
 1 s cache nor Elasticsearch's request cache answers: this measures the query path. The client asks for gzip
 as browsers do, so the server path includes compression.
+
+Both paths use equally lean clients: the direct one is the server's own Elasticsearch client configuration
+(orjson serializer, 32 connections), the web one a single aiohttp session (100 connections). The server's
+own time per request (its Server-Timing header) and the load generator's CPU use are reported as well, so a
+slow load generator or network can be told from a slow server. ``--workers``/``--no-uvloop`` are passed to
+``python -m web``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 
 import aiohttp
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +41,7 @@ from agents.index import ensure_index  # noqa: E402
 from geoiot import config  # noqa: E402
 from geoiot.schema import load_preset  # noqa: E402
 from web import params, queries  # noqa: E402
+from web.app import ES_CONNECTIONS  # noqa: E402
 from web.geo import precision_for_zoom  # noqa: E402
 from web.sample import bulk_index, walk  # noqa: E402
 
@@ -93,11 +101,15 @@ async def main() -> None:
     parser.add_argument("--index", default="bench-web")
     parser.add_argument("--requests", type=int, default=300, help="requests per (path, view, clients) case")
     parser.add_argument("--drop", action="store_true", help="delete the benchmark index afterwards")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (python -m web --workers)")
+    parser.add_argument("--no-uvloop", action="store_true", help="run the server on asyncio's event loop")
     args = parser.parse_args()
 
     settings = config.load(iot_index=args.index)
     preset = load_preset(settings.iot_schema)
-    es = AsyncElasticsearch(settings.es_hosts, request_timeout=60)
+    # the same client configuration as the server's (web.app.es_ctx), so the ratio compares like with like
+    es = AsyncElasticsearch(settings.es_hosts, request_timeout=60, connections_per_node=ES_CONNECTIONS,
+                            serializer=OrjsonSerializer())
     count = await prepare(es, settings, args.docs)
     extent_end = T0 + (args.docs // 200) * 30_000 + 1
 
@@ -106,7 +118,8 @@ async def main() -> None:
         port = s.getsockname()[1]
     env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(ROOT),
                IOT_ALERTS_TOPIC=f"{args.index}-alerts")
-    server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], cwd=ROOT, env=env,
+    flags = ["--workers", str(args.workers)] + (["--no-uvloop"] if args.no_uvloop else [])
+    server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING", *flags], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     results: list[dict[str, Any]] = []
@@ -134,11 +147,14 @@ async def main() -> None:
                     resp = await es.search(index=args.index, **body(i))
                     assert "aggregations" in resp.body
 
+                server_ms: list[float] = []
+
                 async def via_web(i: int) -> None:
                     async with http.get(f"{base}/api/aggregate", params={
                             "bbox": bbox_text, "zoom": str(zoom), "start": str(T0), "end": str(extent_end + i)}) as r:
                         assert r.status == 200, await r.text()
                         await r.read()
+                        server_ms.append(float(r.headers["Server-Timing"].removeprefix("app;dur=")))
 
                 sample = await es.search(index=args.index, **body(0))
                 in_view = sample.body["hits"]["total"]["value"]
@@ -153,13 +169,24 @@ async def main() -> None:
                     await run(clients, 20, lambda i: via_web(10**7 + offset + i))
                     lat_direct: list[float] = []
                     lat_web: list[float] = []
+                    server_ms.clear()
+                    # the load generator's CPU per path: near 100 % would mean it, not the server, limits the rate
+                    cpu = {"direct": 0.0, "web": 0.0}
+                    wall = {"direct": 0.0, "web": 0.0}
                     for half in range(2):
-                        lat_direct += await run(clients, n // 2, lambda i: direct(offset + half * n + i))
-                        lat_web += await run(clients, n // 2, lambda i: via_web(offset + half * n + i))
+                        for label, lat, call in (("direct", lat_direct, direct), ("web", lat_web, via_web)):
+                            c0, w0 = time.process_time(), time.perf_counter()
+                            lat += await run(clients, n // 2, lambda i: call(offset + half * n + i))
+                            cpu[label] += time.process_time() - c0
+                            wall[label] += time.perf_counter() - w0
                     offset += 4 * n
                     for label, lat in (("direct", lat_direct), ("web", lat_web)):
                         case[f"{label}_p50_ms"] = round(pct(lat, 50), 2)
                         case[f"{label}_p95_ms"] = round(pct(lat, 95), 2)
+                        case[f"{label}_rps"] = round(len(lat) / wall[label], 1)
+                        case[f"loadgen_cpu_{label}_pct"] = round(100 * cpu[label] / wall[label], 1)
+                    case["server_p50_ms"] = round(pct(server_ms, 50), 2)
+                    case["server_p95_ms"] = round(pct(server_ms, 95), 2)
                     case["p95_ratio"] = round(case["web_p95_ms"] / case["direct_p95_ms"], 2)
                     case["p50_ratio"] = round(case["web_p50_ms"] / case["direct_p50_ms"], 2)
                     results.append(case)
@@ -173,12 +200,16 @@ async def main() -> None:
         await es.close()
 
     print(f"\n{count:,} indexed observations; p50/p95 in ms; ratio = web / direct\n")
-    print("| view (zoom, precision) | docs in view | cells | clients | direct p50 / p95 | web p50 / p95 | ratio p50 / p95 |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"server: python -m web --workers {args.workers}{' --no-uvloop' if args.no_uvloop else ''}; "
+          "server = its own time per request (Server-Timing); req/s direct / web\n")
+    print("| view (zoom, precision) | docs in view | cells | clients | direct p50 / p95 | web p50 / p95 | "
+          "ratio p50 / p95 | server p50 / p95 | req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in results:
         print(f"| {c['view']} ({c['zoom']}, {precision_for_zoom(c['zoom'])}) | {c['docs_in_view']:,} | {c['cells']} | "
               f"{c['clients']} | {c['direct_p50_ms']} / {c['direct_p95_ms']} | {c['web_p50_ms']} / {c['web_p95_ms']} | "
-              f"{c['p50_ratio']} / {c['p95_ratio']} |")
+              f"{c['p50_ratio']} / {c['p95_ratio']} | {c['server_p50_ms']} / {c['server_p95_ms']} | "
+              f"{c['direct_rps']} / {c['web_rps']} |")
 
 
 if __name__ == "__main__":

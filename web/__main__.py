@@ -3,35 +3,97 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
+import signal
+import sys
 
 from aiohttp import web
 
 from geoiot import config
+from geoiot.config import Settings
 from web.app import init_app
 
 FLAGS = ["ES_URL", "IOT_INDEX", "IOT_SCHEMA", "WEB_PORT", "WEB_HOST", "KAFKA_BOOTSTRAP", "IOT_ALERTS_TOPIC",
          "IOT_GEOFENCES", "MAP_TILE_URL", "MAP_REFRESH_MS", "MAP_MARKER_THRESHOLD"]
+log = logging.getLogger("web")
+
+
+def new_loop(use_uvloop: bool) -> tuple[asyncio.AbstractEventLoop, str]:
+    """uvloop when asked for and installed (a cheaper event loop per request), else asyncio's own."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
+def serve(settings: Settings, *, reuse_port: bool, use_uvloop: bool) -> None:
+    loop, kind = new_loop(use_uvloop)
+    url = f"http://{settings.web_host}:{settings.web_port}/"
+    log.info(json.dumps({"event": "listening", "url": url, "index": settings.iot_index, "es": settings.es_url,
+                         "pid": os.getpid(), "loop": kind}))
+    web.run_app(init_app(settings), host=settings.web_host, port=settings.web_port, access_log=None,
+                print=None, reuse_port=reuse_port or None, loop=loop)
+
+
+def run_workers(settings: Settings, workers: int, use_uvloop: bool) -> None:
+    """``workers`` forked servers on one port (SO_REUSEPORT: the kernel spreads connections), so requests are
+    shaped on several cores; SIGTERM/SIGINT stop them all. Each has its own cache, metrics and alerts buffer."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            try:
+                serve(settings, reuse_port=True, use_uvloop=use_uvloop)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def stop(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m web", description=__doc__)
     config.add_flags(parser, FLAGS)
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port via SO_REUSEPORT (default 1)")
+    parser.add_argument("--no-uvloop", dest="uvloop", action="store_false",
+                        help="use asyncio's event loop even when uvloop is installed")
     args = parser.parse_args(argv)
     try:
         settings = config.from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search otherwise
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its own reconnect noise; we log one line per retry
-    url = f"http://{settings.web_host}:{settings.web_port}/"
-    logging.getLogger("web").info(json.dumps({"event": "listening", "url": url, "index": settings.iot_index,
-                                              "es": settings.es_url}))
-    web.run_app(init_app(settings), host=settings.web_host, port=settings.web_port, access_log=None,
-                print=None)
+    if args.workers == 1:
+        serve(settings, reuse_port=False, use_uvloop=args.uvloop)
+    else:
+        run_workers(settings, args.workers, args.uvloop)
 
 
 if __name__ == "__main__":
