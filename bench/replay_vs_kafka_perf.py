@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -149,7 +150,7 @@ def main() -> None:
               f"record {size} B, acks=all, idempotent", flush=True)
 
     def median(key: str) -> float:
-        return sorted(r[key] for r in results)[len(results) // 2]
+        return round(statistics.median(r[key] for r in results), 2)
 
     print(json.dumps({"results": results, **{f"median_{k}": median(k) for k in
                       ("ratio_default", "ratio_tuned", "ratio2_default", "ratio2_tuned")}}))
