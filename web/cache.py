@@ -47,10 +47,17 @@ class TTLCache:
         return value, False
 
     def _evict(self, now: float) -> None:
-        for key in [k for k, (expiry, fut) in self._entries.items() if fut.done() and expiry <= now]:
-            del self._entries[key]
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        # entries are in the order their computations began, so expired ones gather at the front: drop them
+        # from there (O(1) per request, not a scan of the whole cache); an older one still in flight stops it
+        # early, and the size bound below still holds.
+        entries = self._entries
+        while entries:
+            expiry, future = next(iter(entries.values()))
+            if not (future.done() and expiry <= now):
+                break
+            entries.popitem(last=False)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -62,17 +62,27 @@ def cell_feature(cell: str, count: int, centroid: tuple[float, float] | None) ->
     }
 
 
-@lru_cache(maxsize=65_536)
+# cell -> serialised Feature up to its count; bounded like the ring cache (a few MB at most)
+CELL_PREFIXES: dict[str, bytes] = {}
+_MAX_PREFIXES = 65_536
+
+
 def cell_prefix(cell: str) -> bytes:
     """The serialised start of a cell's Feature, up to its count: the same JSON as ``cell_feature``, but the
     polygon is serialised once per cell and reused on every refresh (the bulk of the per-request work)."""
-    head = orjson.dumps({"type": "Feature", "id": cell,
-                         "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
-                         "properties": {"geohash": cell}})
-    return head[:-2] + b',"count":'  # drop the closing "}}" of properties and feature
+    prefix = CELL_PREFIXES.get(cell)
+    if prefix is None:
+        head = orjson.dumps({"type": "Feature", "id": cell,
+                             "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
+                             "properties": {"geohash": cell}})
+        prefix = head[:-2] + b',"count":'  # drop the closing "}}" of properties and feature
+        if len(CELL_PREFIXES) >= _MAX_PREFIXES:
+            CELL_PREFIXES.clear()  # rare (a long-lived server panning the whole world): start afresh
+        CELL_PREFIXES[cell] = prefix
+    return prefix
 
 
 def cell_feature_json(cell: str, count: int, centroid: tuple[float, float] | None) -> bytes:
     """``cell_feature`` already serialised (byte-for-byte what orjson makes of it)."""
-    tail = b'null}}' if centroid is None else orjson.dumps(centroid) + b'}}'
-    return b"".join((cell_prefix(cell), str(int(count)).encode(), b',"centroid":', tail))
+    tail = b"null" if centroid is None else orjson.dumps(centroid)
+    return b"%s%d,\"centroid\":%s}}" % (cell_prefix(cell), count, tail)
