@@ -113,6 +113,16 @@ def _coordinate(value: Any, name: str, limit: float) -> float:
     return number
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: int) -> int:
+    """Integers beyond 64 bits fit neither JSON encoders (orjson) nor Elasticsearch's long."""
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{value} does not fit in 64 bits")
+    return value
+
+
 def coerce(kind: str, value: Any, tz: tzinfo = timezone.utc) -> Any:
     """Convert a value to ``kind`` when that loses nothing ("3" -> 3, 3.0 -> 3); raise ValueError otherwise.
 
@@ -130,10 +140,11 @@ def coerce(kind: str, value: Any, tz: tzinfo = timezone.utc) -> Any:
         if isinstance(value, bool):
             raise ValueError("a boolean is not an int")
         if isinstance(value, int):
-            return value
+            return _int64(value)
         number = float(value) if isinstance(value, str) else value
         if isinstance(number, float) and number.is_integer():
-            return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else int(number)
+            exact = value.strip().lstrip("+-").isdigit() if isinstance(value, str) else False
+            return _int64(int(value) if exact else int(number))
         raise ValueError(f"{value!r} is not an integer")
     if kind == "float":
         if isinstance(value, bool):

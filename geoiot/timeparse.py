@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 _MS_THRESHOLD = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
+_MIN_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
+_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
 
 
 class TimeParseError(ValueError):
@@ -31,9 +33,10 @@ def epoch_to_ms(value: float) -> int:
     """Epoch seconds or milliseconds (told apart by magnitude) to integer milliseconds."""
     if not math.isfinite(value):
         raise TimeParseError(f"time {value!r} is not finite")
-    if abs(value) >= _MS_THRESHOLD:
-        return int(round(value))
-    return int(round(value * 1000))
+    ms = int(round(value)) if abs(value) >= _MS_THRESHOLD else int(round(value * 1000))
+    if not _MIN_MS <= ms <= _MAX_MS:
+        raise TimeParseError(f"time {value!r} is outside the years 1-9999")
+    return ms
 
 
 def parse_time(value: str | int | float, tz: tzinfo = timezone.utc) -> int:

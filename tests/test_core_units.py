@@ -156,7 +156,7 @@ def test_epoch_seconds_and_milliseconds_agree(seconds: int) -> None:
         assert parse_time(seconds * 1000) == seconds * 1000
 
 
-@given(st.integers(), st.sampled_from(["int", "float", "string"]))
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.sampled_from(["int", "float", "string"]))
 def test_lossless_coercion_round_trips(number: int, kind: str) -> None:
     value = coerce(kind, str(number))
     assert str(value) == str(number) or float(value) == float(number)
@@ -174,3 +174,15 @@ def test_coercion_either_succeeds_or_raises_value_error(text: str) -> None:
 def test_readme_configuration_table_is_the_generated_one() -> None:
     readme = (config.PACKAGE_DIR.parent / "README.md").read_text()
     assert config.markdown_table() in readme, "README's table is stale: paste geoiot.config.markdown_table()"
+
+
+@pytest.mark.parametrize("value", ["1E100", 2**64, "99999999999999999999999"])
+def test_integers_beyond_64_bits_are_refused(value) -> None:
+    with pytest.raises(ValueError, match="64 bits"):
+        coerce("int", value)
+
+
+@pytest.mark.parametrize("value", [1e300, 10**20, "-99999999999999999"])
+def test_epochs_beyond_year_9999_are_not_times(value) -> None:
+    with pytest.raises(TimeParseError, match="years 1-9999"):
+        parse_time(value)
