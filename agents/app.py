@@ -12,17 +12,21 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   stored. (``take()``/``take_events()`` would ack in a ``finally`` block, i.e. even when the body
   raised or was cancelled mid-flush.) Documents have a deterministic ``_id``, so re-delivery
   overwrites.
-* Order per batch: dead letters and alerts sent and awaited -> sinks written (retried while
-  Elasticsearch is down) -> track states updated (changelog) -> events acked. Faust flushes the
-  producer (so the changelog) before it commits offsets, so a committed offset always has its
-  state change in the changelog. The reverse can happen (the changelog is written, the worker dies
-  before the offset commit): the restarted worker then sees its re-delivered events as "not newer"
-  than the recovered state. Those events produce no alert a second time, which loses nothing because
-  their alerts were delivered before the state was written; their motion fields are recomputed from
-  the state's short history (:mod:`agents.tracks`), so the overwritten documents stay the same. A
-  crash before the state write re-emits the batch's alerts: duplicates, never missing transitions.
+* Order per batch: dead letters, alerts and sink writes (retried while Elasticsearch is down) sent
+  and awaited -> track states written to the changelog and awaited -> events acked. So a committed
+  offset always has its state change in the changelog. The reverse can happen (the changelog is
+  written, the worker dies before the offset commit): the restarted worker then sees its re-delivered
+  events as "not newer" than the recovered state. Those events produce no alert a second time, which
+  loses nothing because their alerts were delivered before the state was written; their motion fields
+  are recomputed from the state's short history (:mod:`agents.tracks`), so the overwritten documents
+  stay the same. A crash before the state write re-emits the batch's alerts: duplicates, never
+  missing transitions.
+* Pipelining: while a batch is being stored, the next one is consumed and processed (against the
+  states of the batches still in flight) and its writes start; at most ``FLUSHES_IN_FLIGHT`` batches
+  are in flight. The state write and the acks of a batch wait for the previous batch to complete, so
+  they happen in batch order, and a failed batch keeps every later batch from acking.
 * The state table is keyed by track id and written to the changelog partition of the event's own
-  source partition (``send_changelog(partition, ...)``), so it is co-partitioned with the source
+  source partition (one producer send per changed track and batch), so it is co-partitioned with the source
   topic whatever the producer's partitioner was, and a worker that takes over a partition recovers
   exactly the tracks of that partition.
 * Processing guarantee ``at_least_once`` (exactly-once mode is avoided), ``stream_wait_empty=False``
@@ -37,6 +41,8 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -46,7 +52,7 @@ from agents import metrics as m
 from agents.alerts import Webhook
 from agents.geofence import Geofences, GeofenceError
 from agents.index import ensure_index
-from agents.pipeline import Incoming, Pipeline
+from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.validate import dead_letter
 from geoiot import config
@@ -55,6 +61,7 @@ from geoiot.timeparse import zone
 
 log = logging.getLogger("agents")
 KNOWN_SINKS = ("elasticsearch", "stdout")
+FLUSHES_IN_FLIGHT = 2  # batches being stored at once (pipelining); acks stay in order
 
 
 def _fail(message: str) -> None:
@@ -162,6 +169,14 @@ tracks = app.Table("tracks", default=None, partitions=PARTITIONS,
                    schema=faust.Schema(key_serializer="json", value_serializer="json"))
 
 
+@dataclass
+class Batch:
+    seq: int
+    events: list[Any]
+    result: BatchResult
+    started: float
+
+
 class Runtime:
     """Per-worker resources created inside the worker's event loop, and the batch handler."""
 
@@ -171,6 +186,8 @@ class Runtime:
         self.webhook: Webhook | None = None
         self.started = False
         self.next_offset: dict[tuple[str, int], int] = {}
+        self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
+        self.seq = 0
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -208,61 +225,108 @@ class Runtime:
             await sink.stop()
         self.started = False
 
-    async def _send_all(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def _send_all(self, topic: str, messages: list[tuple[bytes | None, bytes]],
+                        partitions: list[int] | None = None) -> None:
         """Send and wait until Kafka acknowledged every message (an error crashes the batch unacked)."""
         if not messages:
             return
-        producer = app.producer
-        futures = [await producer.send(topic, key, value, None, None, None) for key, value in messages]
+        send = app.producer.send
+        if partitions is None:
+            futures = [await send(topic, key, value, None, None, None) for key, value in messages]
+        else:
+            futures = [await send(topic, key, value, partition, None, None)
+                       for (key, value), partition in zip(messages, partitions)]
         await asyncio.gather(*futures)
 
-    async def handle(self, events: list[Any], stream: Any) -> None:
+    def get_state(self, track: str) -> Any:
+        """The newest state of a track: one computed by a batch still being flushed, else the table's."""
+        pending = self.pending_states.get(track)
+        return pending[1] if pending is not None else tracks.data.get(track)
+
+    def prepare(self, events: list[Any]) -> Batch:
+        """CPU part of a batch (validate, geofences, motion, documents); no I/O, nothing acked."""
         started = time.perf_counter()
+        self.seq += 1
         msgs = [Incoming(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
                 for e in events]
-        m.EVENTS.inc(len(msgs))
-        m.BATCH_SIZE.observe(len(msgs))
-        store = tracks.data
-        result = self.pipeline.process(msgs, store.get)
+        result = self.pipeline.process(msgs, self.get_state)
+        for track, (_, state) in result.states.items():
+            self.pending_states[track] = (self.seq, state)
+        return Batch(self.seq, events, result, started)
 
+    async def complete(self, batch: Batch, stream: Any, previous: asyncio.Future[None] | None) -> None:
+        """I/O part of a batch; acks its events only after everything is stored, and after the previous batch.
+
+        Dead letters, alerts and sink writes run concurrently with each other and with the previous
+        batch's; the track states (changelog) and the acks follow in batch order, each only after the
+        previous batch completed, so a failed batch stops every later one from acking.
+        """
+        result, events = batch.result, batch.events
         dead = [(msg.key, dead_letter(msg.value, reason, msg.topic, msg.partition, msg.offset, msg.key))
                 for msg, reason in result.dead]
         alerts = [(a["track"].encode(), orjson.dumps(a)) for a in result.alerts]
-        await asyncio.gather(self._send_all(settings.iot_dlq_topic, dead),
-                             self._send_all(settings.iot_alerts_topic, alerts))
-        m.INVALID.inc(len(dead))
-        m.DEAD_LETTERED.inc(len(dead))
+        t_write = time.perf_counter()
+        outcomes = await asyncio.gather(self._send_all(settings.iot_dlq_topic, dead),
+                                        self._send_all(settings.iot_alerts_topic, alerts),
+                                        *(sink.write(result.actions) for sink in self.sinks))
         for a in result.alerts:
             m.ALERTS.labels(a["event"]).inc()
             if self.webhook is not None:
                 self.webhook.submit(a)
 
         rejected_total = 0
-        for sink in self.sinks:
-            rejected = await sink.write(result.actions)
+        late: list[tuple[bytes | None, bytes]] = []
+        for sink, rejected in zip(self.sinks, outcomes[2:]):
             m.INDEXED.labels(sink.name).inc(len(result.actions) - len(rejected))
-            if rejected:
-                rejected_total += len(rejected)
-                late = []
-                for action, reason in rejected:
-                    msg = result.sources[(action["_index"], action["_id"])]
-                    late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
-                                                      msg.partition, msg.offset, msg.key)))
-                await self._send_all(settings.iot_dlq_topic, late)
-                m.DEAD_LETTERED.inc(len(late))
+            rejected_total += len(rejected)
+            for action, reason in rejected:
+                msg = result.sources[(action["_index"], action["_id"])]
+                late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
+                                                  msg.partition, msg.offset, msg.key)))
+        await self._send_all(settings.iot_dlq_topic, late)
 
+        t_wait = time.perf_counter()
+        if previous is not None:
+            await previous  # raises if an earlier batch failed: this one is not acked either
+        store = tracks.data
+        changes = []
+        partitions = []
         for track, (partition, state) in result.states.items():
             store[track] = state
-            tracks.send_changelog(partition, track, state)
+            pending = self.pending_states.get(track)
+            if pending is not None and pending[0] == batch.seq:
+                del self.pending_states[track]
+            changes.append((orjson.dumps(track), orjson.dumps(state)))
+            partitions.append(partition)
+        # The changelog partition is the event's source partition (co-partitioned table).
+        t_state = time.perf_counter()
+        await self._send_all(self.changelog, changes, partitions)
+        t_ack = time.perf_counter()
+        ack = stream.ack
+        next_offset = self.next_offset
         for event in events:
-            await stream.ack(event)
-            tp = (event.message.topic, event.message.partition)
-            self.next_offset[tp] = max(self.next_offset.get(tp, 0), event.message.offset + 1)
+            await ack(event)
+        for event in events:
+            message = event.message
+            tp = (message.topic, message.partition)
+            if message.offset + 1 > next_offset.get(tp, 0):
+                next_offset[tp] = message.offset + 1
+        n = len(events)
+        m.EVENTS.inc(n)
+        m.BATCH_SIZE.observe(n)
+        m.INVALID.inc(len(dead))
+        m.DEAD_LETTERED.inc(len(dead) + len(late))
         m.NULLED.inc(result.nulled)
         m.FILTERED.inc(result.filtered)
-        log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f",
-                 len(msgs), len(result.actions) - rejected_total, len(dead), result.filtered, rejected_total,
-                 len(result.alerts), len(result.states), time.perf_counter() - started)
+        log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
+                 "(process=%.3f write=%.3f wait=%.3f state=%.3f)",
+                 n, len(result.actions) - rejected_total, len(dead), result.filtered, rejected_total,
+                 len(result.alerts), len(result.states), time.perf_counter() - batch.started,
+                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_ack - t_state)
+
+    @property
+    def changelog(self) -> str:
+        return tracks.changelog_topic.get_topic_name()
 
 
 runtime = Runtime()
@@ -270,11 +334,27 @@ runtime = Runtime()
 
 @app.agent(source)
 async def observations(stream: faust.StreamT) -> None:
-    """Batches of raw position reports; each event acked only after its batch is fully stored."""
+    """Batches of raw position reports; each event acked only after its batch is fully stored.
+
+    Up to ``FLUSHES_IN_FLIGHT`` batches are being stored at once while the next one is consumed and
+    processed; they complete (state, acks) strictly in order.
+    """
     await runtime.start()
+    runtime.pending_states.clear()
     manual = stream.noack()
-    async for events in manual.noack_take(settings.iot_bulk_size, within=settings.iot_bulk_within):
-        await runtime.handle(list(events), manual)
+    inflight: deque[asyncio.Task[None]] = deque()
+    try:
+        async for events in manual.noack_take(settings.iot_bulk_size, within=settings.iot_bulk_within):
+            batch = runtime.prepare(list(events))
+            previous = inflight[-1] if inflight else None
+            inflight.append(asyncio.ensure_future(runtime.complete(batch, manual, previous)))
+            while inflight and (len(inflight) >= FLUSHES_IN_FLIGHT or inflight[0].done()):
+                await inflight.popleft()
+        while inflight:
+            await inflight.popleft()
+    finally:
+        for task in inflight:
+            task.cancel()
 
 
 @app.timer(interval=5.0)
