@@ -12,7 +12,7 @@ as browsers do, so the server path includes compression.
 Both paths use equally lean clients: the direct one is the server's own Elasticsearch client configuration
 (orjson serializer, 32 connections), the web one a single aiohttp session (100 connections). The server's
 own time per request (its Server-Timing header) and the load generator's CPU use are reported as well, so a
-slow load generator or network can be told from a slow server. ``--workers``/``--no-uvloop`` are passed to
+slow load generator or network can be told from a slow server. ``--workers``/``--uvloop`` are passed to
 ``python -m web``.
 """
 
@@ -102,7 +102,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per (path, view, clients) case")
     parser.add_argument("--drop", action="store_true", help="delete the benchmark index afterwards")
     parser.add_argument("--workers", type=int, default=1, help="server processes (python -m web --workers)")
-    parser.add_argument("--no-uvloop", action="store_true", help="run the server on asyncio's event loop")
+    parser.add_argument("--uvloop", action="store_true", help="run the server on uvloop (if installed)")
     args = parser.parse_args()
 
     settings = config.load(iot_index=args.index)
@@ -118,7 +118,7 @@ async def main() -> None:
         port = s.getsockname()[1]
     env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(ROOT),
                IOT_ALERTS_TOPIC=f"{args.index}-alerts")
-    flags = ["--workers", str(args.workers)] + (["--no-uvloop"] if args.no_uvloop else [])
+    flags = ["--workers", str(args.workers)] + (["--uvloop"] if args.uvloop else [])
     server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING", *flags], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -200,7 +200,7 @@ async def main() -> None:
         await es.close()
 
     print(f"\n{count:,} indexed observations; p50/p95 in ms; ratio = web / direct\n")
-    print(f"server: python -m web --workers {args.workers}{' --no-uvloop' if args.no_uvloop else ''}; "
+    print(f"server: python -m web --workers {args.workers}{' --uvloop' if args.uvloop else ''}; "
           "server = its own time per request (Server-Timing); req/s direct / web\n")
     print("| view (zoom, precision) | docs in view | cells | clients | direct p50 / p95 | web p50 / p95 | "
           "ratio p50 / p95 | server p50 / p95 | req/s |")

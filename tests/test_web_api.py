@@ -10,13 +10,18 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import geohash
 import jsonschema
 import pytest
@@ -319,3 +324,40 @@ async def test_alerts_from_kafka_newest_first(stack: Settings, new_topic: Any) -
         assert [a["track"] for a in body["alerts"]] == ["t2", "t1", "t0"]
         assert [a["track"] for a in (await get_json(c, "/api/alerts", since=T0 + 1000))["alerts"]] == ["t2", "t1"]
         assert c.app[METRICS].alerts_bad._value.get() == 1
+
+
+async def test_workers_share_one_port_and_stop_together(data: Data, python_env: dict[str, str],
+                                                        output_dir: Path) -> None:
+    port = closed_port()
+    env = dict(python_env, IOT_INDEX=data.index, WEB_PORT=str(port), WEB_HOST="127.0.0.1",
+               IOT_ALERTS_TOPIC=f"{data.index}-alerts")
+    log_path = output_dir / "web_workers.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "web", "--workers", "2"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(100):
+                try:
+                    async with http.get(url + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            totals = set()
+            for _ in range(10):  # a new connection each time: the kernel spreads them over the workers
+                async with http.get(url + "/api/aggregate", params={"precision": "3"}) as r:
+                    assert r.status == 200
+                    totals.add((await r.json())["total"])
+            assert totals == {len(data.docs)}
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+    pids = {json.loads(line.split(" web ", 1)[1])["pid"] for line in log_path.read_text().splitlines()
+            if '"listening"' in line}
+    assert len(pids) == 2 and proc.pid not in pids
+    for pid in pids:  # SIGTERM to the parent stopped (and reaped) every worker
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

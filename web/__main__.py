@@ -22,7 +22,8 @@ log = logging.getLogger("web")
 
 
 def new_loop(use_uvloop: bool) -> tuple[asyncio.AbstractEventLoop, str]:
-    """uvloop when asked for and installed (a cheaper event loop per request), else asyncio's own."""
+    """uvloop when asked for and installed, else asyncio's own. Opt-in and not a dependency: on the benchmark
+    machine it made no measurable difference (docs/BENCHMARKS.md, Web)."""
     if use_uvloop:
         try:
             import uvloop
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port via SO_REUSEPORT (default 1)")
-    parser.add_argument("--no-uvloop", dest="uvloop", action="store_false",
-                        help="use asyncio's event loop even when uvloop is installed")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run on uvloop if it is installed (pip install uvloop); default asyncio's loop")
     args = parser.parse_args(argv)
     try:
         settings = config.from_args(args)
