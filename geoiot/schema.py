@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from geoiot.timeparse import TimeParseError, parse_time
+from geoiot.timeparse import _MAX_MS, _MS_THRESHOLD, TimeParseError, parse_time
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 FIELD_TYPES = ("string", "int", "float", "bool", "time")
@@ -191,27 +191,56 @@ def core_values(preset: Preset, record: Mapping[str, Any], tz: tzinfo = timezone
     return track, time_ms, lon, lat
 
 
+_WIRE_TYPES = {"string": str, "int": int, "float": float, "bool": bool}
+
+
+@lru_cache(maxsize=64)
+def _plan(preset: Preset) -> tuple[tuple[str, str, type | None, int], ...]:
+    """Per field: name, kind, the Python type of its wire format, role (0 other, 1-4 track/time/lon/lat)."""
+    roles = {preset.track: 1, preset.time: 2, preset.lon: 3, preset.lat: 4}
+    return tuple((name, kind, _WIRE_TYPES.get(kind), roles.get(name, 0)) for name, kind in preset.fields)
+
+
+def _fast_core(preset: Preset, record: Mapping[str, Any]) -> tuple[str, int, float, float] | None:
+    """Core values of a record already in the wire format (exact types, in range), else None."""
+    track = record.get(preset.track)
+    time_ms = record.get(preset.time)
+    lon = record.get(preset.lon)
+    lat = record.get(preset.lat)
+    if (type(track) is str and type(time_ms) is int and type(lon) is float and type(lat) is float
+            and -180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0 and _MS_THRESHOLD <= time_ms <= _MAX_MS):
+        track = track.strip()
+        if track:
+            return track, time_ms, lon, lat
+    return None
+
+
 def typed_record(preset: Preset, record: Mapping[str, Any], tz: tzinfo = timezone.utc) -> tuple[dict[str, Any], list[str]]:
     """The wire-format object of a record, and the names of attributes that had to become null.
 
     Only the four core fields decide validity (InvalidRecord); any other attribute that cannot be
-    coerced without loss is stored as None and reported, never rejecting the record.
+    coerced without loss is stored as None and reported, never rejecting the record. Values already
+    of their wire type (what ``python -m replay`` sends) are taken as they are, without :func:`coerce`.
     """
-    track, time_ms, lon, lat = core_values(preset, record, tz)
+    core = _fast_core(preset, record) or core_values(preset, record, tz)
     out: dict[str, Any] = {}
     nulled: list[str] = []
-    for name, kind in preset.fields:
-        if name == preset.track:
-            out[name] = track
-        elif name == preset.time:
-            out[name] = time_ms
-        elif name == preset.lon:
-            out[name] = lon
-        elif name == preset.lat:
-            out[name] = lat
+    get = record.get
+    for name, kind, wire, role in _plan(preset):
+        if role:
+            out[name] = core[role - 1]
+            continue
+        value = get(name)
+        if value is None:
+            out[name] = None
+        elif type(value) is wire and (value != "" if wire is str else math.isfinite(value) if wire is float
+                                      else _INT64[0] <= value <= _INT64[1] if wire is int else True):
+            out[name] = value
+        elif kind == "time" and type(value) is int and _MS_THRESHOLD <= value <= _MAX_MS:
+            out[name] = value  # epoch ms already (what parse_time returns for it)
         else:
             try:
-                out[name] = coerce(kind, record.get(name), tz)
+                out[name] = coerce(kind, value, tz)
             except (ValueError, TypeError, OverflowError):
                 out[name] = None
                 nulled.append(name)

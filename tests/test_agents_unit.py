@@ -21,7 +21,7 @@ from agents.pipeline import Incoming, Pipeline
 from agents.tracks import HISTORY, advance, bearing_deg, haversine_m
 from agents.validate import dead_letter, decode, original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
-from geoiot.schema import InvalidRecord, load_preset
+from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
 
 PRESET = load_preset("taxi")
 T0 = 1_357_000_000_000  # epoch ms (small numbers would read as epoch seconds)
@@ -80,6 +80,44 @@ def test_decode_invalid_gives_reason(value, reason):
     with pytest.raises(InvalidRecord) as info:
         decode(PRESET, value)
     assert reason in info.value.reason
+
+
+_ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-2 * 10**12, max_value=2 * 10**12),
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(-200, 200), st.text(max_size=4),
+    st.sampled_from(["", " 3", "3.0", "1e3", "yes", "2013-01-01T00:00:00Z", " 7 ", math.inf, -math.inf, math.nan,
+                     True, 0.5, 3, 1_357_000_000_000, 1_357_000_000, "x"]),
+    st.lists(st.integers(), max_size=1))
+
+
+def _reference_typed_record(preset, record):
+    """typed_record as specified: core values decide validity, every other field goes through coerce."""
+    core = dict(zip(preset.core, core_values(preset, record)))
+    out, nulled = {}, []
+    for name, kind in preset.fields:
+        if name in core:
+            out[name] = core[name]
+            continue
+        try:
+            out[name] = coerce(kind, record.get(name))
+        except (ValueError, TypeError, OverflowError):
+            out[name], _ = None, nulled.append(name)
+    return out, nulled
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({}, optional={name: _ANY_VALUE for name in PRESET.names}), st.booleans())
+def test_typed_record_fast_path_equals_coercion(record, valid_core):
+    """The wire-format fast path of typed_record gives exactly what coercing every field gives."""
+    if valid_core:  # mostly exercise the other attributes, not only rejections
+        record.update({PRESET.track: "7", PRESET.time: T0, PRESET.lon: -73.9, PRESET.lat: 40.7})
+    def outcome(fun):
+        try:
+            out, nulled = fun(PRESET, record)
+        except InvalidRecord as exc:
+            return "invalid", exc.reason
+        return repr(out), [type(v) for v in out.values()], nulled
+    assert outcome(typed_record) == outcome(_reference_typed_record)
 
 
 @given(st.binary(max_size=64))
