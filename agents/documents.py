@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import geohash
@@ -35,6 +36,15 @@ def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str],
     return doc
 
 
+DAY_MS = 86_400_000
+
+
+@lru_cache(maxsize=1024)
+def _daily(base: str, day: int) -> str:
+    return index_for(base, day * DAY_MS)
+
+
 def action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
     """A bulk ``index`` action: overwrites the document of the same event if it exists."""
-    return {"_op_type": "index", "_index": index_for(base, time_ms), "_id": doc_id(track, time_ms), "_source": doc}
+    # UTC days are exactly DAY_MS long in epoch time, so the index is a function of the day number.
+    return {"_op_type": "index", "_index": _daily(base, time_ms // DAY_MS), "_id": f"{track}:{time_ms}", "_source": doc}

@@ -255,6 +255,11 @@ def test_document_and_action():
     assert act["_id"] == "7:1357000000000" and act["_index"] == index_for("obs", obs.time_ms) == "obs-2013.01.01"
 
 
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_action_index_is_the_daily_index_of_the_event_time(time_ms):
+    assert documents.action("obs", "t", time_ms, {})["_index"] == index_for("obs", time_ms)
+
+
 def test_transitions_exits_first():
     alerts = transitions("t", ("b",), ("a",), 5, 1.0, 2.0)
     assert [(a["event"], a["fence"]) for a in alerts] == [("exit", "a"), ("enter", "b")]
