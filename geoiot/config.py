@@ -77,7 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int),
     Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int),
     Setting("IOT_INDEX_REFRESH", "1s", "Refresh interval of the observation index"),
-    Setting("IOT_BULK_SIZE", 1000, "Documents per Elasticsearch bulk request (at most)", int),
+    Setting("IOT_BULK_SIZE", 2000, "Documents per Elasticsearch bulk request (at most)", int),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset"),
     Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port"),
