@@ -87,8 +87,9 @@ async def existing_partitions(admin: AIOKafkaAdminClient, names: Sequence[str]) 
     return found
 
 
-async def ensure_topics(admin: AIOKafkaAdminClient, names: Sequence[str], partitions: int, replication: int) -> list[TopicResult]:
-    """Create whichever of ``names`` are missing; existing topics are left exactly as they are."""
+async def ensure_topics(admin: AIOKafkaAdminClient, names: Sequence[str], partitions: int, replication: int,
+                        configs: dict[str, str] | None = None) -> list[TopicResult]:
+    """Create whichever of ``names`` are missing (with ``configs``); existing topics are left exactly as they are."""
     if partitions < 1 or replication < 1:
         raise TopicsError(f"partitions ({partitions}) and replication ({replication}) must be at least 1")
     before = await existing_partitions(admin, names)
@@ -96,7 +97,8 @@ async def ensure_topics(admin: AIOKafkaAdminClient, names: Sequence[str], partit
     results = [TopicResult(n, "exists", before[n]) for n in names if n in before]
     if missing:
         response = await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing]
+            [NewTopic(n, num_partitions=partitions, replication_factor=replication, topic_configs=configs or {})
+             for n in missing]
         )
         failures = []
         for entry in response.topic_errors:

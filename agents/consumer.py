@@ -1,0 +1,319 @@
+"""The agents' stream: source partitions -> batches -> pipeline -> sinks, with offsets committed after storage.
+
+Faust's own stream delivery is not used for the source topic, for two measured reasons
+(docs/BENCHMARKS.md, "Agents"): it hands events over one by one at ~3.8k events/s per process
+(aiokafka's ``getmany`` delivers ~250k), and after a crash the restarted worker could lose events
+(records fetched while flow was suspended during recovery were counted as read but never delivered;
+the same family as faust-streaming issues #216/#221/#253, reproduced by
+``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
+So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
+commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``.
+
+Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
+
+* Per batch, in this order: dead letters, alerts and sink writes (retried while Elasticsearch is
+  down) sent and awaited -> track states written to the changelog and awaited -> offsets committed.
+  A crash at any point re-delivers every event whose effects were not all stored; documents have a
+  deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
+  offset (crash between the two): the re-delivered events are then "not newer" than the recovered
+  state, produce no second alert (it was delivered before the state was written) and get the same
+  motion fields from the state's short history (:mod:`agents.tracks`).
+* Pipelining: while a batch is being stored the next one is fetched, processed against the states of
+  the batches still in flight, and its writes start; at most ``FLUSHES_IN_FLIGHT`` batches are in
+  flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
+  before any later batch commits.
+* Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
+  newly assigned partitions are consumed, their track states are recovered from the changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from agents import metrics as m
+from agents.alerts import Webhook
+from agents.pipeline import BatchResult, Incoming, Pipeline
+from agents.sink import Sink
+from agents.state import TrackTable
+from agents.validate import dead_letter
+
+log = logging.getLogger("agents")
+FLUSHES_IN_FLIGHT = 2  # batches being stored at once; state writes and commits stay in order
+
+
+@dataclass
+class Topics:
+    source: str
+    dlq: str
+    alerts: str
+    changelog: str
+
+
+@dataclass
+class Batch:
+    seq: int
+    messages: list[Incoming]
+    result: BatchResult
+    offsets: dict[TopicPartition, int]  # next offset to commit per partition
+    started: float
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, stream: "SourceStream") -> None:
+        self.stream = stream
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.stream.on_revoked([tp.partition for tp in revoked if tp.topic == self.stream.topics.source])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.stream.on_assigned([tp.partition for tp in assigned if tp.topic == self.stream.topics.source])
+
+
+class SourceStream:
+    """Consumes the source topic in batches and stores each batch's effects before committing it."""
+
+    def __init__(self, *, bootstrap: str, group: str, topics: Topics, pipeline: Pipeline, sinks: list[Sink],
+                 bulk_size: int, bulk_within: float, webhook: Webhook | None = None) -> None:
+        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+        self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
+        self.bulk_size, self.bulk_within = bulk_size, bulk_within
+        self.table = TrackTable(bootstrap, topics.changelog)
+        self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
+        self.inflight: deque[asyncio.Task[None]] = deque()
+        self.committed: dict[int, int] = {}  # source partition -> next offset committed by this worker
+        self.seq = 0
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()  # held while a fetched batch is being scheduled (rebalance waits for it)
+        self._stopping = asyncio.Event()
+        # Set once the assigned partitions' states are recovered; cleared while a rebalance is under way.
+        # aiokafka may hand out records before on_partitions_assigned returned, so the loop waits for it.
+        self._ready = asyncio.Event()
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                         max_batch_size=1 << 20, max_request_size=8 << 20)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=self.bulk_size, fetch_max_wait_ms=100,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            max_poll_interval_ms=600_000)  # a long Elasticsearch outage must not evict the worker
+        self.consumer.subscribe([self.topics.source], listener=_Rebalance(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        """Finish the batches in flight (commit them), then leave the group."""
+        self._stopping.set()
+        try:
+            async with self._lock:
+                await self._drain()
+        finally:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            if self.producer is not None:
+                await self.producer.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def assigned(self) -> list[int]:
+        if self.consumer is None:
+            return []
+        return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics.source)
+
+    # --- rebalance ---
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        self._ready.clear()
+        async with self._lock:
+            try:
+                await self._drain()
+            except Exception as exc:  # the batch failed: nothing of it was committed, the next owner redoes it
+                log.error("flush before revoke failed: %r", exc)
+        log.info("partitions revoked topic=%s partitions=%s", self.topics.source, partitions)
+
+    async def on_assigned(self, partitions: list[int]) -> None:
+        self.table.drop(self.table.partitions - set(partitions))
+        self.pending_states.clear()
+        await self.table.recover(partitions)
+        assert self.consumer is not None
+        self.committed = {}
+        for p in partitions:
+            self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
+        self._ready.set()
+        log.info("partitions assigned topic=%s partitions=%s tracks=%d", self.topics.source, partitions,
+                 len(self.table))
+
+    async def _drain(self) -> None:
+        while self.inflight:
+            await self.inflight.popleft()
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        try:
+            while not self._stopping.is_set():
+                messages = await self._fetch()
+                if not self._ready.is_set():
+                    await self._ready.wait()
+                    # Records fetched before the rebalance: keep those of partitions still ours (a
+                    # re-assigned partition may deliver them again: harmless, documents are idempotent).
+                    mine = set(self.assigned)
+                    messages = [msg for msg in messages if msg.partition in mine]
+                if not messages:
+                    while self.inflight and self.inflight[0].done():
+                        await self.inflight.popleft()
+                    continue
+                async with self._lock:
+                    batch = self.prepare(messages)
+                    previous = self.inflight[-1] if self.inflight else None
+                    self.inflight.append(asyncio.ensure_future(self.complete(batch, previous)))
+                    while self.inflight and (len(self.inflight) >= FLUSHES_IN_FLIGHT or self.inflight[0].done()):
+                        await self.inflight.popleft()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._stopping.is_set():  # the consumer was closed under a pending fetch
+                return
+            log.exception("source stream failed; stopping the worker so the group re-delivers: %r", exc)
+            raise
+
+    async def _fetch(self) -> list[Incoming]:
+        """Up to ``bulk_size`` records: wait at most ``bulk_within`` for the first, then take what is buffered."""
+        assert self.consumer is not None
+        out: list[Incoming] = []
+        deadline = time.monotonic() + self.bulk_within
+        while len(out) < self.bulk_size and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            timeout_ms = max(0, int(remaining * 1000)) if not out else 0
+            batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.bulk_size - len(out))
+            if not batches:
+                if out or remaining <= 0:
+                    break
+                continue
+            for tp, records in batches.items():
+                out.extend(Incoming(r.value, r.key, tp.topic, tp.partition, r.offset) for r in records)
+        return out
+
+    def get_state(self, track: str) -> Any:
+        """The newest state of a track: one computed by a batch still in flight, else the table's."""
+        pending = self.pending_states.get(track)
+        return pending[1] if pending is not None else self.table.get(track)
+
+    def prepare(self, messages: list[Incoming]) -> Batch:
+        """CPU part of a batch (validate, geofences, motion, documents); no I/O, nothing committed."""
+        started = time.perf_counter()
+        self.seq += 1
+        result = self.pipeline.process(messages, self.get_state)
+        for track, (_, state) in result.states.items():
+            self.pending_states[track] = (self.seq, state)
+        offsets: dict[TopicPartition, int] = {}
+        for msg in messages:
+            tp = TopicPartition(msg.topic, msg.partition)
+            if msg.offset + 1 > offsets.get(tp, 0):
+                offsets[tp] = msg.offset + 1
+        return Batch(self.seq, messages, result, offsets, started)
+
+    async def _send_all(self, topic: str, messages: list[tuple[bytes | None, bytes]],
+                        partitions: list[int] | None = None) -> None:
+        """Send and wait until Kafka acknowledged every message (an error fails the batch, uncommitted)."""
+        if not messages:
+            return
+        assert self.producer is not None
+        send = self.producer.send
+        parts = partitions or [None] * len(messages)
+        futures = [await send(topic, value, key=key, partition=p) for (key, value), p in zip(messages, parts)]
+        await asyncio.gather(*futures)
+
+    async def complete(self, batch: Batch, previous: asyncio.Future[None] | None) -> None:
+        """I/O part of a batch; commits its offsets only after everything is stored, and after the previous batch."""
+        result = batch.result
+        dead = [(msg.key, dead_letter(msg.value, reason, msg.topic, msg.partition, msg.offset, msg.key))
+                for msg, reason in result.dead]
+        alerts = [(a["track"].encode(), orjson.dumps(a)) for a in result.alerts]
+        t_write = time.perf_counter()
+        outcomes = await asyncio.gather(self._send_all(self.topics.dlq, dead),
+                                        self._send_all(self.topics.alerts, alerts),
+                                        *(sink.write(result.actions) for sink in self.sinks))
+        for a in result.alerts:
+            m.ALERTS.labels(a["event"]).inc()
+            if self.webhook is not None:
+                self.webhook.submit(a)
+        rejected_total = 0
+        late: list[tuple[bytes | None, bytes]] = []
+        for sink, rejected in zip(self.sinks, outcomes[2:]):
+            m.INDEXED.labels(sink.name).inc(len(result.actions) - len(rejected))
+            rejected_total += len(rejected)
+            for action, reason in rejected:
+                msg = result.sources[(action["_index"], action["_id"])]
+                late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
+                                                  msg.partition, msg.offset, msg.key)))
+        await self._send_all(self.topics.dlq, late)
+
+        t_wait = time.perf_counter()
+        if previous is not None:
+            await previous  # raises if an earlier batch failed: this one is not committed either
+        changes, partitions = [], []
+        for track, (partition, state) in result.states.items():
+            self.table.put(partition, track, state)
+            pending = self.pending_states.get(track)
+            if pending is not None and pending[0] == batch.seq:
+                del self.pending_states[track]
+            changes.append((orjson.dumps(track), orjson.dumps(state)))
+            partitions.append(partition)
+        t_state = time.perf_counter()
+        await self._send_all(self.topics.changelog, changes, partitions)  # changelog partition = source partition
+        t_commit = time.perf_counter()
+        await self._commit(batch.offsets)
+        n = len(batch.messages)
+        m.EVENTS.inc(n)
+        m.BATCH_SIZE.observe(n)
+        m.INVALID.inc(len(dead))
+        m.DEAD_LETTERED.inc(len(dead) + len(late))
+        m.NULLED.inc(result.nulled)
+        m.FILTERED.inc(result.filtered)
+        log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
+                 "(process=%.3f write=%.3f wait=%.3f state=%.3f commit=%.3f)",
+                 n, len(result.actions) - rejected_total, len(dead), result.filtered, rejected_total,
+                 len(result.alerts), len(result.states), time.perf_counter() - batch.started,
+                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_commit - t_state,
+                 time.perf_counter() - t_commit)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions moved to another worker meanwhile; it re-delivers from the older commit
+            # (at least once; the documents are idempotent).
+            log.warning("commit refused after a rebalance, the new owner re-delivers: %r", exc)
+            return
+        for tp, offset in offsets.items():
+            self.committed[tp.partition] = offset
+
+    def lag(self) -> dict[int, int]:
+        """Messages behind the end of each assigned source partition (by committed position)."""
+        out: dict[int, int] = {}
+        if self.consumer is None:
+            return out
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            out[tp.partition] = max(0, highwater - self.committed.get(tp.partition, 0))
+        return out
