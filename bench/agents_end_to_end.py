@@ -72,7 +72,7 @@ def start_workers(n: int, env: dict[str, str], logdir: Path) -> list[tuple[subpr
     for i in range(n):
         port = free_port()
         log = (logdir / f"{env['IOT_APP_ID']}-{i}.log").open("wb")
-        proc = subprocess.Popen([PY, "-m", "faust", "-A", "agents.app", "worker", "-l", "warn",
+        proc = subprocess.Popen([PY, "-m", "faust", "-A", "agents.app", "worker", "-l", os.environ.get("BENCH_LOG", "warn"),
                                  "--web-port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         workers.append((proc, port))
     return workers
@@ -217,10 +217,12 @@ async def main() -> None:
     ap.add_argument("--latency-rate", type=int, default=5000)
     ap.add_argument("--latency-seconds", type=int, default=20)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--only-latency", action="store_true", help="skip the ceiling and throughput runs")
     args = ap.parse_args()
     settings = config.load()
     run = f"bench-{uuid.uuid4().hex[:6]}"
     tmp = Path(tempfile.mkdtemp(prefix="agents-bench-"))
+    print(f"logs and data: {tmp}", file=sys.stderr)
     data = tmp / "events.csv"
     points = max(1, args.events // args.tracks)
     subprocess.run([PY, "-m", "replay", "generate", "--tracks", str(args.tracks), "--points", str(points),
@@ -238,9 +240,9 @@ async def main() -> None:
         subprocess.run([PY, "-m", "replay", "constant", str(data), "--topic", topic, "--max-rate", "-q"],
                        cwd=ROOT, env=base_env, check=True, capture_output=True)
         results["produce_ev_per_s"] = n / (time.perf_counter() - t0)
-        for c in (1, 2):
+        for c in () if args.only_latency else (1, 2):
             results[f"ceiling_c{c}_ev_per_s"] = await ceiling(settings, values, f"{run}-ceil{c}", c)
-        for w in [int(x) for x in args.workers.split(",")]:
+        for w in [] if args.only_latency else [int(x) for x in args.workers.split(",")]:
             env = dict(base_env, IOT_TOPIC=topic, IOT_APP_ID=f"{run}-w{w}", IOT_INDEX=f"{run}-w{w}",
                        IOT_DLQ_TOPIC=f"{run}-w{w}-dlq", IOT_ALERTS_TOPIC=f"{run}-w{w}-alerts")
             rate, count = await pipeline_rate(settings, env, w, n, tmp)
@@ -258,9 +260,10 @@ async def main() -> None:
         await client.options(ignore_status=404).indices.delete(index=f"{run}*", expand_wildcards="all")
         await client.options(ignore_status=404).indices.delete_index_template(name=f"{run}*")
         await client.close()
-    best = max(results["ceiling_c1_ev_per_s"], results["ceiling_c2_ev_per_s"])
-    for w in [int(x) for x in args.workers.split(",")]:
-        results[f"ratio_w{w}_vs_best_ceiling"] = results[f"pipeline_w{w}_ev_per_s"] / best
+    if not args.only_latency:
+        best = max(results["ceiling_c1_ev_per_s"], results["ceiling_c2_ev_per_s"])
+        for w in [int(x) for x in args.workers.split(",")]:
+            results[f"ratio_w{w}_vs_best_ceiling"] = results[f"pipeline_w{w}_ev_per_s"] / best
     print(json.dumps(results, indent=2))
 
 

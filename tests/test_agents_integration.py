@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -349,6 +350,63 @@ async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka
         assert want and want <= got
     finally:
         worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+
+def health(worker: "Worker") -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/healthz", timeout=2) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+@pytest.mark.slow
+async def test_rebalance_moves_partitions_and_their_track_state(stack, es, kafka_admin, new_topic, agent_env,
+                                                                tmp_path, output_dir):
+    """While events keep arriving, a second worker joins, then the first leaves: every event is indexed
+    once, and each partition's track state follows it (only the first report of a track lacks motion)."""
+    topic = await new_topic("agents-rebal", partitions=3)
+    env = agent_env(topic, IOT_BULK_SIZE="200")
+    index = env["IOT_INDEX"]
+    data = generate(tmp_path, tracks=30, points=400, seed=8)
+    recs = records(data)
+    log = output_dir / f"{topic}.log"
+    first = Worker(env, log).start()
+    second = None
+    # paced, so that the stream is still flowing while the group rebalances twice
+    source = subprocess.Popen([sys.executable, "-m", "replay", "constant", str(data), "--topic", topic,
+                               "--rate", "800", "-q"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while await live_count(es, index) < 800:
+            assert time.monotonic() < deadline, "the first worker indexed too little"
+            await asyncio.sleep(0.2)
+        second = Worker(env, log).start()
+        while True:  # both workers hold partitions: the group really rebalanced
+            a, b = health(first)["assigned"], health(second)["assigned"]
+            if a and b:
+                break
+            assert time.monotonic() < deadline, f"no rebalance: first={a} second={b}"
+            await asyncio.sleep(0.2)
+        assert sorted(a + b) == [0, 1, 2]
+        first.stop()  # graceful: the batches in flight are committed before the partitions move
+        assert source.poll() is None, "the source finished before the rebalances; the test would prove nothing"
+        assert source.wait(120) == 0, source.stderr.read()
+        assert await wait_count(es, index, len(recs), settle=3) == len(recs)
+        assert sorted(health(second)["assigned"]) == [0, 1, 2]
+        docs = await all_docs(es, index)
+        assert len(docs) == len(recs)
+        assert {d["_id"] for d in docs} == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
+        without_motion = sorted(d["_source"]["taxiId"] for d in docs if d["_source"]["speed_mps"] is None)
+        assert without_motion == sorted({r["taxiId"] for r in recs})
+    finally:
+        if source.poll() is None:
+            source.kill()
+        first.stop()
+        if second is not None:
+            second.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
 
 
