@@ -25,12 +25,21 @@ def doc_id(track: str, time_ms: int) -> str:
 def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str], motion: Motion | None,
           ingested_at: int | None = None) -> dict[str, Any]:
     """The preset's fields plus geometry, geofences, motion, geohash (precision 12) and ingestion time."""
+    if motion is None:
+        return build_values(record, lon, lat, fences, None, None, None, ingested_at)
+    return build_values(record, lon, lat, fences, motion.distance_m, motion.speed_mps, motion.heading_deg,
+                        ingested_at)
+
+
+def build_values(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
+                 speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None) -> dict[str, Any]:
+    """:func:`build` with the motion fields given one by one (the batch path computes them as arrays)."""
     doc = dict(record)
     doc["geometry"] = {"lat": lat, "lon": lon}
     doc["geofences"] = list(fences)
-    doc["speed_mps"] = motion.speed_mps if motion else None
-    doc["heading_deg"] = motion.heading_deg if motion else None
-    doc["distance_m"] = motion.distance_m if motion else None
+    doc["speed_mps"] = speed_mps
+    doc["heading_deg"] = heading_deg
+    doc["distance_m"] = distance_m
     doc["geohash"] = geohash.encode(lat, lon, precision=12)
     doc["ingested_at"] = int(time.time() * 1000) if ingested_at is None else ingested_at
     return doc

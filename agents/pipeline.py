@@ -18,7 +18,7 @@ import numpy as np
 from agents import documents
 from agents.alerts import transitions
 from agents.geofence import Geofences
-from agents.tracks import State, advance
+from agents.tracks import State, advance_batch
 from agents.validate import Observation, decode
 from geoiot.schema import InvalidRecord, Preset
 
@@ -69,22 +69,23 @@ class Pipeline:
         lon = np.fromiter((o.lon for _, o in valid), dtype=np.float64, count=len(valid))
         lat = np.fromiter((o.lat for _, o in valid), dtype=np.float64, count=len(valid))
         inside = self.fences.containing(lon, lat)
+        observations = [o for _, o in valid]
+        motion = advance_batch([o.track for o in observations], [o.time_ms for o in observations],
+                               [o.lon for o in observations], [o.lat for o in observations], inside, get_state)
+        for track, (i, state) in motion.states.items():
+            out.states[track] = (valid[i][0].partition, state)
         now = int(time.time() * 1000)
-        states: dict[str, State | None] = {}
-        for (msg, obs), fences in zip(valid, inside):
-            track = obs.track
-            state = states[track] if track in states else get_state(track)
-            new, motion = advance(state, obs.time_ms, obs.lon, obs.lat, fences)
-            states[track] = new
-            if new is not state:
-                out.states[track] = (msg.partition, new)  # type: ignore[assignment]
-            if motion.entered or motion.exited:
-                out.alerts.extend(transitions(track, motion.entered, motion.exited, obs.time_ms, obs.lon, obs.lat))
+        changes = motion.transitions
+        distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
+        for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
+            change = changes.get(i)
+            if change is not None:
+                out.alerts.extend(transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat))
             if self.filter_inside and not fences:
                 out.filtered += 1
                 continue
-            doc = documents.build(obs.record, obs.lon, obs.lat, fences, motion, now)
-            action = documents.action(self.index, track, obs.time_ms, doc)
+            doc = documents.build_values(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
+            action = documents.action(self.index, obs.track, obs.time_ms, doc)
             out.actions.append(action)
             out.sources[(action["_index"], action["_id"])] = msg
         return out

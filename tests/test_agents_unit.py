@@ -18,7 +18,7 @@ from agents.alerts import Webhook, transitions
 from agents.geofence import GeofenceError, Geofences
 from agents.index import index_for
 from agents.pipeline import Incoming, Pipeline
-from agents.tracks import HISTORY, advance, bearing_deg, haversine_m
+from agents.tracks import HISTORY, advance, advance_batch, bearing_deg, haversine_m
 from agents.validate import dead_letter, decode, original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
@@ -241,6 +241,41 @@ def test_state_time_is_the_maximum_seen(reports):
     assert state["t"] == max(t for t, _, _ in reports)
     assert len(state["hist"]) <= HISTORY
     assert [h[0] for h in state["hist"]] == sorted({h[0] for h in state["hist"]})
+
+
+_REPORT = st.tuples(st.sampled_from("abc"), st.integers(0, 40).map(lambda t: t * 500), st.floats(-1, 1), st.floats(-1, 1),
+                    st.lists(st.sampled_from("xyz"), unique=True, max_size=2).map(lambda f: tuple(sorted(f))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_REPORT, min_size=1, max_size=50), st.dictionaries(st.sampled_from("abc"), _REPORT, max_size=3))
+def test_advance_batch_equals_advance_report_by_report(reports, saved):
+    """The vectorised batch path gives what advance() gives one report at a time (also from saved states,
+    with older, duplicate and out-of-order reports)."""
+    initial = {}
+    for track, (_, t, lon, lat, fences) in saved.items():
+        initial[track], _ = advance(None, t, lon, lat, fences)
+    states = dict(initial)
+    expected = []
+    changed = {}
+    for i, (track, t, lon, lat, fences) in enumerate(reports):
+        new, motion = advance(states.get(track), t, lon, lat, fences)
+        if new is not states.get(track):
+            changed[track] = (i, new)
+        states[track] = new
+        expected.append(motion)
+    got = advance_batch([r[0] for r in reports], [r[1] for r in reports], [r[2] for r in reports],
+                        [r[3] for r in reports], [r[4] for r in reports], initial.get)
+    for i, motion in enumerate(expected):
+        for name in ("distance_m", "speed_mps", "heading_deg"):
+            want, have = getattr(motion, name), getattr(got, name)[i]
+            assert (want is None) == (have is None), (i, name, want, have)
+            if want is not None:
+                assert have == pytest.approx(want, rel=1e-9, abs=1e-6), (i, name)
+        assert got.transitions.get(i, ((), ())) == (motion.entered, motion.exited), i
+    assert got.states.keys() == changed.keys()
+    for track, (i, state) in changed.items():
+        assert got.states[track][0] == i and got.states[track][1] == state
 
 
 # --- documents, alerts, batches ------------------------------------------------------------------
