@@ -25,6 +25,8 @@ from elasticsearch.serializer import OrjsonSerializer
 log = logging.getLogger("agents.sink")
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
+# Only what the helper and write() read from a bulk response: a third of its bytes to parse.
+BULK_RESPONSE_FIELDS = ["errors", "items.*._index", "items.*._id", "items.*.status", "items.*.error"]
 
 Rejected = list[tuple[dict[str, Any], str]]  # (action, reason)
 
@@ -107,7 +109,7 @@ class ElasticsearchSink:
                         self.client, pending, chunk_size=max(1, len(pending)), max_retries=3,
                         initial_backoff=self.initial_backoff, max_backoff=self.max_backoff,
                         retry_on_status=RETRY_STATUS, raise_on_error=False, raise_on_exception=True,
-                        yield_ok=False):
+                        yield_ok=False, filter_path=BULK_RESPONSE_FIELDS):
                     _, info = next(iter(item.items()))
                     action = by_key.get((info.get("_index"), info.get("_id")))
                     if action is None:  # cannot happen with explicit ids; keep it visible if it does

@@ -57,6 +57,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), or 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids() -> dict[str, int]:
+    """Kafka and Elasticsearch of the local stack, from its pid files."""
+    run = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "run"
+    out = {}
+    for name, file in (("kafka", "kafka.pid"), ("elasticsearch", "es.pid")):
+        try:
+            out[name] = int((run / file).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+class CpuMeter:
+    """Cores used by each named process group between ``start()`` and ``stop()``: why a rate is what it is."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+
+    def _sample(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+
+    def start(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), self._sample()
+
+    def stop(self) -> dict[str, float]:
+        elapsed, c1 = time.perf_counter() - self.t0, self._sample()
+        return {name: round((c1[name] - self.c0[name]) / elapsed, 2) for name in c1}
+
+
+CPU: dict[str, dict[str, float]] = {}
+
+
 def metrics(port: int) -> dict[str, float]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -131,9 +172,12 @@ async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -
         while queue:
             await sink.write(queue.pop())
 
+    meter = CpuMeter({**{k: [v] for k, v in service_pids().items()}, "bench": [os.getpid()]})
+    meter.start()
     t0 = time.perf_counter()
     await asyncio.gather(*(run() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
+    CPU[f"ceiling_c{concurrency}"] = meter.stop()
     await client.indices.refresh(index=index)
     count = (await client.count(index=index))["count"]
     await client.options(ignore_status=404).indices.delete(index=f"{index}*")
@@ -145,6 +189,7 @@ async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -
 
 async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, logdir: Path) -> tuple[float, int]:
     workers = start_workers(workers_n, env, logdir)
+    meter = CpuMeter({**{k: [v] for k, v in service_pids().items()}, "workers": [p.pid for p, _ in workers]})
     first = last = None
     try:
         deadline = time.monotonic() + 60 + n / 500
@@ -153,8 +198,10 @@ async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, l
             now = time.monotonic()
             if done > 0 and first is None:
                 first = now
+                meter.start()
             if done >= n:
                 last = now
+                CPU[f"pipeline_w{workers_n}"] = meter.stop()
                 break
             if any(p.poll() is not None for p, _ in workers):
                 raise SystemExit(f"a worker died; see {logdir}")
@@ -260,6 +307,7 @@ async def main() -> None:
         await client.options(ignore_status=404).indices.delete(index=f"{run}*", expand_wildcards="all")
         await client.options(ignore_status=404).indices.delete_index_template(name=f"{run}*")
         await client.close()
+    results["cores_used"] = CPU
     if not args.only_latency:
         best = max(results["ceiling_c1_ev_per_s"], results["ceiling_c2_ev_per_s"])
         for w in [int(x) for x in args.workers.split(",")]:

@@ -446,3 +446,23 @@ async def test_elasticsearch_outage_loses_nothing(stack, es, kafka_admin, new_to
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+
+async def test_sink_reports_documents_elasticsearch_refuses_and_stores_the_rest(stack, es, new_index):
+    """A document the mapping refuses comes back with its reason (for the dead-letter topic); the
+    others are stored, and the trimmed bulk response still names each refused document."""
+    from agents.sink import ElasticsearchSink, es_client
+
+    index = new_index("sink")
+    await es.indices.create(index=index, mappings={"properties": {"n": {"type": "integer"}}})
+    actions = [{"_op_type": "index", "_index": index, "_id": str(i), "_source": {"n": i}} for i in range(5)]
+    actions.insert(2, {"_op_type": "index", "_index": index, "_id": "bad", "_source": {"n": "not a number"}})
+    sink = ElasticsearchSink(es_client(stack.es_hosts))
+    try:
+        rejected = await sink.write(actions)
+    finally:
+        await sink.stop()
+    assert [a["_id"] for a, _ in rejected] == ["bad"]
+    assert "elasticsearch refused the document: 400" in rejected[0][1] and "parsing" in rejected[0][1]
+    await es.indices.refresh(index=index)
+    assert (await es.count(index=index))["count"] == 5
