@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
+from agents.validate import original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
 
@@ -466,3 +467,26 @@ async def test_sink_reports_documents_elasticsearch_refuses_and_stores_the_rest(
     assert "elasticsearch refused the document: 400" in rejected[0][1] and "parsing" in rejected[0][1]
     await es.indices.refresh(index=index)
     assert (await es.count(index=index))["count"] == 5
+
+
+async def test_an_event_too_large_to_dead_letter_whole_does_not_stall_its_partition(stack, es, kafka_admin, new_topic,
+                                                                                    agent_env, tmp_path, output_dir):
+    """800 kB of binary is base64-encoded in its dead letter (1.07 MB: more than the broker takes); the
+    letter is cut instead, the events after it are indexed, and the worker keeps running."""
+    topic = await new_topic("agents-big", partitions=1)
+    env = agent_env(topic)
+    big = bytes(range(256)) * 3125  # 800,000 bytes, not UTF-8
+    good = [{"taxiId": str(i), "observationTime": 1357000000000 + i, "longitude": -73.9, "latitude": 40.7}
+            for i in range(10)]
+    await produce_raw(stack.kafka_bootstrap, topic,
+                      [(b"big", big)] + [(r["taxiId"].encode(), orjson.dumps(r)) for r in good])
+    worker = Worker(env, output_dir / f"{topic}.log").start()
+    try:
+        assert await wait_count(es, env["IOT_INDEX"], len(good), timeout=60, settle=1) == len(good)
+        [letter] = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], 1)]
+        assert letter["original_truncated"] is True and letter["original_size"] == len(big)
+        assert original_bytes(letter) == big[:600_000] and (letter["partition"], letter["offset"]) == (0, 0)
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])

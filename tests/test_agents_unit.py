@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 
 import numpy as np
 import orjson
@@ -125,6 +126,24 @@ def test_dead_letter_round_trips_any_bytes(value):
     dead = orjson.loads(dead_letter(value, "why", "src", 2, 99, b"k"))
     assert (dead["reason"], dead["topic"], dead["partition"], dead["offset"], dead["key"]) == ("why", "src", 2, 99, "k")
     assert original_bytes(dead) == value
+
+
+@pytest.mark.parametrize("value", [os.urandom(1_000_000), b"\x01" * 900_000, b'"' * 1_000_000],
+                         ids=["binary", "control-characters", "quotes"])
+def test_a_dead_letter_always_fits_in_a_kafka_message(value):
+    """Values near the broker's 1 MB limit grow when encoded (base64 4/3, JSON escapes up to 6x); the
+    letter is cut instead, says so, and keeps the start of the value exactly."""
+    letter = dead_letter(value, "not JSON", "src", 1, 7, b"k")
+    assert len(letter) <= 900_000
+    dead = orjson.loads(letter)
+    assert dead["original_truncated"] is True and dead["original_size"] == len(value)
+    assert original_bytes(dead) == value[:600_000]
+    assert (dead["topic"], dead["partition"], dead["offset"]) == ("src", 1, 7)
+
+
+def test_a_small_dead_letter_is_not_truncated():
+    dead = orjson.loads(dead_letter(b"x" * 500_000, "not JSON", "src", 0, 1))
+    assert "original_truncated" not in dead and original_bytes(dead) == b"x" * 500_000
 
 
 def test_dead_letter_text_is_readable():
