@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from agents.index import ensure_index  # noqa: E402
 from geoiot import config  # noqa: E402
+from geoiot.health import wait_healthy  # noqa: E402
 from geoiot.schema import load_preset  # noqa: E402
 from web import params, queries  # noqa: E402
 from web.app import ES_CONNECTIONS  # noqa: E402
@@ -126,14 +127,7 @@ async def main() -> None:
     try:
         async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip"},
                                          connector=aiohttp.TCPConnector(limit=100)) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(base + "/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_healthy(http, base)
             for name, zoom in (("city", 11), ("street", 16)):
                 bbox = view_bbox(zoom)
                 bbox_text = ",".join(map(str, bbox))

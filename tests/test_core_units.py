@@ -186,3 +186,28 @@ def test_integers_beyond_64_bits_are_refused(value) -> None:
 def test_epochs_beyond_year_9999_are_not_times(value) -> None:
     with pytest.raises(TimeParseError, match="years 1-9999"):
         parse_time(value)
+
+
+async def test_wait_healthy_waits_for_200_and_names_the_last_answer_when_it_never_comes() -> None:
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from geoiot.health import wait_healthy
+
+    calls = {"n": 0}
+
+    async def healthz(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        return web.json_response({}, status=200 if calls["n"] >= 3 or request.app["up"] else 503)
+
+    app = web.Application()
+    app["up"] = False
+    app.router.add_get("/healthz", healthz)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        base = str(server.make_url("")).rstrip("/")
+        await wait_healthy(http, base, timeout=5, interval=0.01)
+        assert calls["n"] == 3  # returned at the first 200, not before
+        calls["n"] = -1000
+        with pytest.raises(TimeoutError, match=r"/healthz not healthy after 0.2 s \(last: HTTP 503\)"):
+            await wait_healthy(http, base, timeout=0.2, interval=0.01)

@@ -32,6 +32,7 @@ from elasticsearch import AsyncElasticsearch
 
 from agents.index import ensure_index
 from geoiot.config import Settings
+from geoiot.health import wait_healthy
 from geoiot.schema import load_preset
 from web import openapi
 from web.app import METRICS, init_app
@@ -338,14 +339,7 @@ async def test_workers_share_one_port_and_stop_together(data: Data, python_env: 
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(url + "/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_healthy(http, url)
             totals = set()
             for _ in range(10):  # a new connection each time: the kernel spreads them over the workers
                 async with http.get(url + "/api/aggregate", params={"precision": "3"}) as r:
