@@ -490,3 +490,35 @@ async def test_an_event_too_large_to_dead_letter_whole_does_not_stall_its_partit
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+
+async def changelog_config(kafka_admin, topic: str) -> dict[str, str]:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    [response] = await kafka_admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    [resource] = response.resources
+    return {entry[0]: entry[1] for entry in resource[4]}
+
+
+async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(stack, kafka_admin, new_topic,
+                                                                              agent_env, output_dir):
+    """The worker creates the track-state changelog compacted, with the source's partitions, and refuses
+    to start (clear message, non-zero exit) on a changelog with fewer partitions than the source."""
+    from aiokafka.admin import NewTopic
+
+    topic = await new_topic("agents-log", partitions=3)
+    env = agent_env(topic)
+    worker = Worker(env, output_dir / f"{topic}.log").start()
+    worker.stop()
+    try:
+        changelog = f"{env['IOT_APP_ID']}-tracks-changelog"
+        assert (await changelog_config(kafka_admin, changelog))["cleanup.policy"] == "compact"
+        described = await kafka_admin.describe_topics([changelog])
+        assert len(described[0]["partitions"]) == 3
+
+        other = agent_env(topic, IOT_APP_ID=f"{topic}-small")
+        await kafka_admin.create_topics([NewTopic(f"{topic}-small-tracks-changelog", 1, 1)])
+        with pytest.raises(AssertionError, match="has 1 partitions, the source topic 3"):
+            Worker(other, output_dir / f"{topic}-small.log").start(timeout=60)
+    finally:
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
