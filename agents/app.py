@@ -32,6 +32,7 @@ from agents.pipeline import Pipeline
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config
+from geoiot.malloc import keep_freed_heap
 from geoiot.topics import ensure_topics
 from geoiot.schema import SchemaError, load_preset
 from geoiot.timeparse import zone
@@ -117,6 +118,7 @@ except (SchemaError, GeofenceError, ValueError) as exc:
 DATADIR = os.path.join(tempfile.gettempdir(), "geoiot-faust", settings.iot_app_id)
 os.makedirs(DATADIR, exist_ok=True)  # Faust creates only the last level; nothing is stored there
 PARTITIONS = source_partitions(settings)
+keep_freed_heap()  # per-batch JSON churn: see geoiot.malloc
 check_elasticsearch(settings)
 
 # Faust's own consumer group must differ from IOT_APP_ID, the group of the source stream: a group has

@@ -420,3 +420,21 @@ def test_grid_matches_shapely_for_discs_vertices_and_random_points(n, seed):
     for p, g in zip(pi, gi):
         expected[p].append(ids[g])
     assert got == [tuple(sorted(e)) for e in expected]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+                           | st.text(), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                           max_leaves=8)
+
+
+@given(source=st.dictionaries(st.text(), json_values, max_size=6), index=st.text(min_size=1), doc_id=st.text(min_size=1))
+def test_serialized_action_is_the_helpers_expansion_in_bytes(source, index, doc_id):
+    from elasticsearch.helpers import expand_action
+
+    from agents.sink import serialized_action
+
+    action = {"_op_type": "index", "_index": index, "_id": doc_id, "_source": source}
+    header, body = serialized_action(action)
+    expected_header, expected_body = expand_action(action)
+    assert orjson.loads(header) == expected_header and orjson.loads(body) == expected_body
+    assert b"\n" not in header + body  # one NDJSON line each

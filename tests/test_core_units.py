@@ -210,3 +210,61 @@ async def test_wait_healthy_waits_for_200_and_names_the_last_answer_when_it_neve
         calls["n"] = -1000
         with pytest.raises(TimeoutError, match=r"/healthz not healthy after 0.2 s \(last: HTTP 503\)"):
             await wait_healthy(http, base, timeout=0.2, interval=0.01)
+
+
+# --- glibc malloc settings ----------------------------------------------------------------------------
+
+HEAP_PROBE = """
+import ctypes, json, sys
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+from geoiot.malloc import keep_freed_heap
+applied = keep_freed_heap() if sys.argv[1] == "tune" else None
+blocks = [bytearray(1500) for _ in range(20000)]  # ~30 MB in glibc's heap (above pymalloc's 512 bytes)
+held = libc.mallinfo2().arena
+del blocks
+print(json.dumps({"applied": applied, "held": held, "after_free": libc.mallinfo2().arena}))
+"""
+
+
+def _heap_after_free(mode: str, **env: str) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], check=True, capture_output=True, text=True,
+                         env={**clean, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return json.loads(out.stdout)
+
+
+def test_freed_heap_is_kept_only_when_tuned() -> None:
+    untuned = _heap_after_free("plain")
+    tuned = _heap_after_free("tune")
+    assert untuned["held"] > 25 << 20 and tuned["held"] > 25 << 20
+    assert untuned["after_free"] < 8 << 20  # glibc's default trims the freed top of the heap at once
+    assert tuned["applied"] is True and tuned["after_free"] >= tuned["held"]  # kept for the next batch
+
+
+def test_malloc_environment_variables_win() -> None:
+    result = _heap_after_free("tune", MALLOC_TRIM_THRESHOLD_="131072")
+    assert result["applied"] is False and result["after_free"] < 8 << 20
+
+
+def test_no_mallopt_means_nothing_applied(monkeypatch) -> None:
+    import ctypes
+
+    from geoiot import malloc
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no such library")
+
+    monkeypatch.setattr(malloc, "_applied", None)
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    for name in malloc.ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert malloc.keep_freed_heap() is False

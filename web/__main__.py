@@ -14,6 +14,7 @@ from aiohttp import web
 
 from geoiot import config
 from geoiot.config import Settings
+from geoiot.malloc import keep_freed_heap
 from web.app import init_app
 
 FLAGS = ["ES_URL", "IOT_INDEX", "IOT_SCHEMA", "WEB_PORT", "WEB_HOST", "KAFKA_BOOTSTRAP", "IOT_ALERTS_TOPIC",
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search otherwise
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its own reconnect noise; we log one line per retry
+    keep_freed_heap()  # per-request JSON churn: see geoiot.malloc
     if args.workers == 1:
         serve(settings, reuse_port=False, use_uvloop=args.uvloop)
     else:
