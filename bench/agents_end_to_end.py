@@ -213,6 +213,8 @@ async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, l
     client = es_client(settings.es_hosts)
     await client.indices.refresh(index=env["IOT_INDEX"])
     count = (await client.count(index=env["IOT_INDEX"]))["count"]
+    # dropped now, so that its merges do not run under the next measurement
+    await client.options(ignore_status=404).indices.delete(index=f"{env['IOT_INDEX']}*", expand_wildcards="all")
     await client.close()
     if first is None or last is None:
         raise SystemExit(f"pipeline with {workers_n} worker(s) did not finish; indexed {count}")
