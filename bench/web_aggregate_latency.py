@@ -12,8 +12,11 @@ as browsers do, so the server path includes compression.
 Both paths use equally lean clients: the direct one is the server's own Elasticsearch client configuration
 (orjson serializer, 32 connections), the web one a single aiohttp session (100 connections). The server's
 own time per request (its Server-Timing header) and the load generator's CPU use are reported as well, so a
-slow load generator or network can be told from a slow server. ``--workers``/``--uvloop`` are passed to
-``python -m web``.
+slow load generator or network can be told from a slow server, and so is the CPU time per request of
+Elasticsearch (each path) and of the server process, from /proc: on a machine where all of them share the
+cores, those decide the 20-client figures. ``--workers``/``--uvloop`` are passed to ``python -m web``.
+``--pin-es-cpu N`` is an experiment, not the headline: Elasticsearch's threads on CPU N only, the server and
+the load generator on the others, as if Elasticsearch had its own machine.
 """
 
 from __future__ import annotations
@@ -96,6 +99,45 @@ async def run(clients: int, requests: int, call: Any) -> list[float]:
     return latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its live children (the server's ``--workers``), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pin_elasticsearch(cpu: int):
+    """Every thread of the local stack's Elasticsearch on ``cpu``, this process (and so the server it starts)
+    on the other CPUs. Returns the function that puts everything back."""
+    pid = int((ROOT / ".stack" / "run" / "es.pid").read_text().split()[0])
+    everything = os.sched_getaffinity(0)
+    others = everything - {cpu}
+    if cpu not in everything or not others:
+        raise SystemExit(f"--pin-es-cpu {cpu}: needs that CPU and at least one other ({sorted(everything)})")
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    for tid in tids:
+        os.sched_setaffinity(tid, {cpu})
+    os.sched_setaffinity(0, others)
+    print(f"pinned: elasticsearch (pid {pid}, {len(tids)} threads) on CPU {cpu}, "
+          f"server and load generator on {sorted(others)}", file=sys.stderr)
+
+    def restore() -> None:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), everything)
+            except ProcessLookupError:
+                pass
+        os.sched_setaffinity(0, everything)
+
+    return restore
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
@@ -104,7 +146,11 @@ async def main() -> None:
     parser.add_argument("--drop", action="store_true", help="delete the benchmark index afterwards")
     parser.add_argument("--workers", type=int, default=1, help="server processes (python -m web --workers)")
     parser.add_argument("--uvloop", action="store_true", help="run the server on uvloop (if installed)")
+    parser.add_argument("--pin-es-cpu", type=int, metavar="CPU",
+                        help="experiment: Elasticsearch's threads on this CPU only, the server and this load "
+                             "generator on the others (as if Elasticsearch had a machine of its own); restored after")
     args = parser.parse_args()
+    restore = pin_elasticsearch(args.pin_es_cpu) if args.pin_es_cpu is not None else None
 
     settings = config.load(iot_index=args.index)
     preset = load_preset(settings.iot_schema)
@@ -112,6 +158,8 @@ async def main() -> None:
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=60, connections_per_node=ES_CONNECTIONS,
                             serializer=OrjsonSerializer())
     count = await prepare(es, settings, args.docs)
+    es_pid_file = ROOT / ".stack" / "run" / "es.pid"  # the local stack's; CPU figures are left out without it
+    es_pid = int(es_pid_file.read_text().split()[0]) if es_pid_file.exists() else None
     extent_end = T0 + (args.docs // 200) * 30_000 + 1
 
     with socket.socket() as s:
@@ -166,13 +214,19 @@ async def main() -> None:
                     server_ms.clear()
                     # the load generator's CPU per path: near 100 % would mean it, not the server, limits the rate
                     cpu = {"direct": 0.0, "web": 0.0}
+                    server_cpu = 0.0
+                    es_cpu = {"direct": 0.0, "web": 0.0}
                     wall = {"direct": 0.0, "web": 0.0}
                     for half in range(2):
                         for label, lat, call in (("direct", lat_direct, direct), ("web", lat_web, via_web)):
                             c0, w0 = time.process_time(), time.perf_counter()
+                            s0, e0 = cpu_seconds(server.pid), cpu_seconds(es_pid) if es_pid else 0.0
                             lat += await run(clients, n // 2, lambda i: call(offset + half * n + i))
                             cpu[label] += time.process_time() - c0
                             wall[label] += time.perf_counter() - w0
+                            es_cpu[label] += (cpu_seconds(es_pid) if es_pid else 0.0) - e0
+                            if label == "web":
+                                server_cpu += cpu_seconds(server.pid) - s0
                     offset += 4 * n
                     for label, lat in (("direct", lat_direct), ("web", lat_web)):
                         case[f"{label}_p50_ms"] = round(pct(lat, 50), 2)
@@ -181,6 +235,9 @@ async def main() -> None:
                         case[f"loadgen_cpu_{label}_pct"] = round(100 * cpu[label] / wall[label], 1)
                     case["server_p50_ms"] = round(pct(server_ms, 50), 2)
                     case["server_p95_ms"] = round(pct(server_ms, 95), 2)
+                    case["server_cpu_ms_per_request"] = round(1000 * server_cpu / len(lat_web), 2)
+                    for label, lat in (("direct", lat_direct), ("web", lat_web)):
+                        case[f"es_cpu_ms_per_request_{label}"] = round(1000 * es_cpu[label] / len(lat), 2)
                     case["p95_ratio"] = round(case["web_p95_ms"] / case["direct_p95_ms"], 2)
                     case["p50_ratio"] = round(case["web_p50_ms"] / case["direct_p50_ms"], 2)
                     results.append(case)
@@ -188,6 +245,8 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+        if restore is not None:
+            restore()
         if args.drop:
             await es.options(ignore_status=404).indices.delete(index=f"{args.index}-*")
             await es.options(ignore_status=404).indices.delete_index_template(name=args.index)
@@ -197,13 +256,14 @@ async def main() -> None:
     print(f"server: python -m web --workers {args.workers}{' --uvloop' if args.uvloop else ''}; "
           "server = its own time per request (Server-Timing); req/s direct / web\n")
     print("| view (zoom, precision) | docs in view | cells | clients | direct p50 / p95 | web p50 / p95 | "
-          "ratio p50 / p95 | server p50 / p95 | req/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ratio p50 / p95 | server p50 / p95 | req/s | CPU ms per request: ES direct / ES web / server |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in results:
         print(f"| {c['view']} ({c['zoom']}, {precision_for_zoom(c['zoom'])}) | {c['docs_in_view']:,} | {c['cells']} | "
               f"{c['clients']} | {c['direct_p50_ms']} / {c['direct_p95_ms']} | {c['web_p50_ms']} / {c['web_p95_ms']} | "
               f"{c['p50_ratio']} / {c['p95_ratio']} | {c['server_p50_ms']} / {c['server_p95_ms']} | "
-              f"{c['direct_rps']} / {c['web_rps']} |")
+              f"{c['direct_rps']} / {c['web_rps']} | {c['es_cpu_ms_per_request_direct']} / "
+              f"{c['es_cpu_ms_per_request_web']} / {c['server_cpu_ms_per_request']} |")
 
 
 if __name__ == "__main__":
