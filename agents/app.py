@@ -229,13 +229,21 @@ class Observations(Service):
         log.info("agents stopped committed=%s", runtime.stream.committed if runtime.stream else {})
 
 
+_lag_partitions: set[str] = set()  # the partitions /metrics reports a lag for
+
+
 @app.timer(interval=5.0)
 async def report_lag() -> None:
     stream = runtime.stream
     if stream is None:
         return
-    for partition, lag in stream.lag().items():
-        m.LAG.labels(settings.iot_topic, str(partition)).set(lag)
+    current = {str(partition): lag for partition, lag in stream.lag().items()}
+    for partition, lag in current.items():
+        m.LAG.labels(settings.iot_topic, partition).set(lag)
+    for gone in _lag_partitions - current.keys():  # moved to another worker: its lag is reported there
+        m.LAG.remove(settings.iot_topic, gone)
+    _lag_partitions.clear()
+    _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
 
 

@@ -369,7 +369,7 @@ async def test_rebalance_moves_partitions_and_their_track_state(stack, es, kafka
     topic = await new_topic("agents-rebal", partitions=3)
     env = agent_env(topic, IOT_BULK_SIZE="200")
     index = env["IOT_INDEX"]
-    data = generate(tmp_path, tracks=30, points=400, seed=8)
+    data = generate(tmp_path, tracks=30, points=600, seed=8)
     recs = records(data)
     log = output_dir / f"{topic}.log"
     first = Worker(env, log).start()
@@ -391,6 +391,13 @@ async def test_rebalance_moves_partitions_and_their_track_state(stack, es, kafka
             assert time.monotonic() < deadline, f"no rebalance: first={a} second={b}"
             await asyncio.sleep(0.2)
         assert sorted(a + b) == [0, 1, 2]
+        while True:  # the first worker reports a lag only for the partitions it still holds
+            lagged = {int(k.split('partition="')[1].split('"')[0]) for k in first.metrics()
+                      if k.startswith("geoiot_agent_consumer_lag{")}
+            if lagged == set(health(first)["assigned"]):
+                break
+            assert time.monotonic() < deadline, f"lag reported for {lagged}, assigned {health(first)['assigned']}"
+            await asyncio.sleep(0.5)
         first.stop()  # graceful: the batches in flight are committed before the partitions move
         assert source.poll() is None, "the source finished before the rebalances; the test would prove nothing"
         assert source.wait(120) == 0, source.stderr.read()
