@@ -158,3 +158,15 @@ async def test_cache_does_not_keep_failures() -> None:
     with pytest.raises(RuntimeError):
         await cache.get_or_compute("k", fail)
     assert len(cache) == 0
+
+
+@given(body=st.binary(max_size=200_000))
+def test_compressed_bodies_are_standard_gzip_and_deflate(body: bytes) -> None:
+    """What the compress middleware sends decodes as HTTP's gzip and deflate (zlib-wrapped) codings."""
+    import gzip
+    import zlib
+
+    from web.app import gzip_body
+
+    assert gzip.decompress(gzip_body(body, "gzip")) == body
+    assert zlib.decompress(gzip_body(body, "deflate")) == body
