@@ -6,6 +6,7 @@ Fetches the real responses of the city (zoom 11) and street (zoom 16) views of b
 once, then times in one process, alternating, the server's path (orjson parse of the filter_path-trimmed
 response, pre-serialised cell fragments, gzip level 1) against the straightforward path it replaced (stdlib
 json parse of the full response, a dict per cell serialised by orjson, gzip at zlib's default level 6).
+It also prints the server path's three parts (parse, shape, gzip) and the body sizes, median ms.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import orjson
 from elasticsearch import Elasticsearch
@@ -65,6 +65,7 @@ def main() -> None:
     es = Elasticsearch(settings.es_hosts, request_timeout=60)
     print("| view (zoom, precision) | cells | ES response bytes full / trimmed | reference ms | current ms | ratio |")
     print("|---|---|---|---|---|---|")
+    part_lines: list[str] = []
     for name, zoom in (("city", 11), ("street", 16)):
         bbox = params.parse_bbox(",".join(map(str, view_bbox(zoom))))
         p = params.AggregateParams(bbox, params.Window(T0, None), precision_for_zoom(zoom), None)
@@ -79,11 +80,27 @@ def main() -> None:
                 began = time.perf_counter()
                 fn(raw, p.precision)
                 times[label].append((time.perf_counter() - began) * 1000)
+        parts: dict[str, list[float]] = {"parse": [], "shape": [], "gzip": []}
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            parsed = orjson.loads(trimmed)
+            t1 = time.perf_counter()
+            payload = aggregate_payload(parsed, p.precision)
+            t2 = time.perf_counter()
+            compressed = gzip_body(payload, "gzip")
+            t3 = time.perf_counter()
+            for key, seconds in (("parse", t1 - t0), ("shape", t2 - t1), ("gzip", t3 - t2)):
+                parts[key].append(seconds * 1000)
+        part_lines.append(f"| {name} | {' | '.join(f'{statistics.median(v):.3f}' for v in parts.values())} | "
+                          f"{len(payload):,} / {len(compressed):,} |")
         ref, cur = statistics.median(times["reference"]), statistics.median(times["current"])
         cells = len(orjson.loads(trimmed).get("aggregations", {}).get("cells", {}).get("buckets", []))
         print(f"| {name} ({zoom}, {p.precision}) | {cells} | {len(full):,} / {len(trimmed):,} | {ref:.3f} | {cur:.3f} | "
               f"{ref / cur:.1f}x |")
     es.close()
+    print("\n| view | parse ms | shape ms | gzip ms | GeoJSON bytes / gzipped |")
+    print("|---|---|---|---|---|")
+    print("\n".join(part_lines))
 
 
 if __name__ == "__main__":
