@@ -48,6 +48,7 @@ from agents.pipeline import Incoming, Pipeline  # noqa: E402
 from agents.sink import ElasticsearchSink, es_client  # noqa: E402
 from geoiot import config  # noqa: E402
 from geoiot.malloc import keep_freed_heap  # noqa: E402
+from procstat import cpu_seconds, service_pids  # noqa: E402
 from geoiot.schema import load_preset, parse_row  # noqa: E402
 
 PY = sys.executable
@@ -57,27 +58,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), or 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def service_pids() -> dict[str, int]:
-    """Kafka and Elasticsearch of the local stack, from its pid files."""
-    run = Path(os.environ.get("STACK_DIR", ROOT / ".stack")) / "run"
-    out = {}
-    for name, file in (("kafka", "kafka.pid"), ("elasticsearch", "es.pid")):
-        try:
-            out[name] = int((run / file).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return out
 
 
 class CpuMeter:

@@ -48,6 +48,7 @@ from web import params, queries  # noqa: E402
 from web.app import ES_CONNECTIONS  # noqa: E402
 from web.geo import precision_for_zoom  # noqa: E402
 from web.sample import bulk_index, walk  # noqa: E402
+from procstat import cpu_seconds, service_pids  # noqa: E402
 
 CENTER = (-73.97, 40.76)
 VIEWPORT = (1280, 800)  # px
@@ -99,23 +100,12 @@ async def run(clients: int, requests: int, call: Any) -> list[float]:
     return latencies
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and of its live children (the server's ``--workers``), from /proc."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def pin_elasticsearch(cpu: int):
     """Every thread of the local stack's Elasticsearch on ``cpu``, this process (and so the server it starts)
     on the other CPUs. Returns the function that puts everything back."""
-    pid = int((ROOT / ".stack" / "run" / "es.pid").read_text().split()[0])
+    pid = service_pids().get("elasticsearch")
+    if pid is None:
+        raise SystemExit("--pin-es-cpu: no Elasticsearch pid file of the local stack (infra/local/stack up)")
     everything = os.sched_getaffinity(0)
     others = everything - {cpu}
     if cpu not in everything or not others:
@@ -158,8 +148,7 @@ async def main() -> None:
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=60, connections_per_node=ES_CONNECTIONS,
                             serializer=OrjsonSerializer())
     count = await prepare(es, settings, args.docs)
-    es_pid_file = ROOT / ".stack" / "run" / "es.pid"  # the local stack's; CPU figures are left out without it
-    es_pid = int(es_pid_file.read_text().split()[0]) if es_pid_file.exists() else None
+    es_pid = service_pids().get("elasticsearch")  # the local stack's; its CPU figures read 0 without it
     extent_end = T0 + (args.docs // 200) * 30_000 + 1
 
     with socket.socket() as s:
@@ -220,13 +209,13 @@ async def main() -> None:
                     for half in range(2):
                         for label, lat, call in (("direct", lat_direct, direct), ("web", lat_web, via_web)):
                             c0, w0 = time.process_time(), time.perf_counter()
-                            s0, e0 = cpu_seconds(server.pid), cpu_seconds(es_pid) if es_pid else 0.0
+                            s0, e0 = cpu_seconds(server.pid, children=True), cpu_seconds(es_pid) if es_pid else 0.0
                             lat += await run(clients, n // 2, lambda i: call(offset + half * n + i))
                             cpu[label] += time.process_time() - c0
                             wall[label] += time.perf_counter() - w0
                             es_cpu[label] += (cpu_seconds(es_pid) if es_pid else 0.0) - e0
                             if label == "web":
-                                server_cpu += cpu_seconds(server.pid) - s0
+                                server_cpu += cpu_seconds(server.pid, children=True) - s0
                     offset += 4 * n
                     for label, lat in (("direct", lat_direct), ("web", lat_web)):
                         case[f"{label}_p50_ms"] = round(pct(lat, 50), 2)
