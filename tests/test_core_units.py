@@ -1,16 +1,21 @@
-"""Fast unit tests of the shared core: configuration, schema presets, time parsing."""
+"""Fast unit tests of the shared core: configuration, schema presets, time parsing, malloc settings."""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geoiot import config
+from geoiot import config, malloc
 from geoiot.schema import InvalidRecord, SchemaError, coerce, load_preset, parse_row, typed_record
 from geoiot.timeparse import TimeParseError, parse_time, zone
 
@@ -231,11 +236,6 @@ print(json.dumps({"applied": applied, "held": held, "after_free": libc.mallinfo2
 
 
 def _heap_after_free(mode: str, **env: str) -> dict:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], check=True, capture_output=True, text=True,
                          env={**clean, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -256,10 +256,6 @@ def test_malloc_environment_variables_win() -> None:
 
 
 def test_no_mallopt_means_nothing_applied(monkeypatch) -> None:
-    import ctypes
-
-    from geoiot import malloc
-
     def no_libc(*args, **kwargs):
         raise OSError("no such library")
 
