@@ -34,7 +34,7 @@ stack-down:
 spark-jars: $(VENV)/.installed
 	@$(STACK) spark-jars >/dev/null
 
-demo: $(VENV)/.installed node_modules/.installed stack
+demo: $(VENV)/.installed node_modules/.installed  # the demo starts the stack itself, so Ctrl-C can stop it too
 	@infra/local/demo
 
 test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars
