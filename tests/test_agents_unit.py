@@ -11,6 +11,7 @@ import orjson
 import pytest
 import shapely
 from aiohttp import web
+from elasticsearch.helpers import expand_action
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
@@ -19,6 +20,7 @@ from agents.alerts import Webhook, transitions
 from agents.geofence import GeofenceError, Geofences
 from agents.index import index_for
 from agents.pipeline import Incoming, Pipeline
+from agents.sink import serialized_action
 from agents.tracks import HISTORY, advance, advance_batch, bearing_deg, haversine_m
 from agents.validate import dead_letter, decode, original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
@@ -429,10 +431,6 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63
 
 @given(source=st.dictionaries(st.text(), json_values, max_size=6), index=st.text(min_size=1), doc_id=st.text(min_size=1))
 def test_serialized_action_is_the_helpers_expansion_in_bytes(source, index, doc_id):
-    from elasticsearch.helpers import expand_action
-
-    from agents.sink import serialized_action
-
     action = {"_op_type": "index", "_index": index, "_id": doc_id, "_source": source}
     header, body = serialized_action(action)
     expected_header, expected_body = expand_action(action)
