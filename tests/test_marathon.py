@@ -470,21 +470,38 @@ def test_dockerfile_installs_every_package_of_the_project() -> None:
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     copied = {shlex.split(rest)[0] for word, rest in dockerfile_instructions() if word == "COPY" and "--from=" not in rest}
     assert {name.split(".")[0] for name in packages} <= copied  # subpackages come with their parent
-    assert any(word == "RUN" and "pip install" in rest and " -e ." in rest for word, rest in dockerfile_instructions())
+    # a normal install (its wheel bundles the map), never an editable one that needs the sources at run time
+    installs = [rest for word, rest in dict(stages())["build"] if word == "RUN" and "pip install" in rest]
+    assert any(re.search(r"pip install \.(\s|$)", rest) for rest in installs), installs
+    assert not any(" -e " in rest for rest in installs)
+
+
+def test_dockerfile_takes_its_base_images_as_build_arguments_with_public_defaults() -> None:
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
+    own = {name for name, _ in stages() if name}
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            base = rest.split()[0]
+            if base in own:
+                continue
+            match = re.fullmatch(r"\$\{(\w+)\}", base)
+            assert match, f"FROM {base}: the base must be a build argument (infra/image/build-local sets it)"
+            assert args[match.group(1)].split(":")[0] in {"python", "node", "maven"}, args[match.group(1)]
 
 
 def test_image_serves_the_map_assets_the_web_server_expects() -> None:
-    from web import app as web_app
+    from web import assets
 
-    runtime = dict(stages())["runtime"]
-    copied_to = {shlex.split(rest)[-1] for word, rest in runtime if word == "COPY"}
-    # The server finds static/ and node_modules/ next to its package; the project is at /app.
-    assert f"/app/{web_app.STATIC_DIR.relative_to(web_app.ROOT)}" in copied_to
-    for folder in web_app.VENDOR.values():
-        assert f"/app/node_modules/{folder}" in copied_to, f"image lacks node_modules/{folder}"
-        assert (ROOT / "package.json").is_file()
+    build = dict(stages())["build"]
+    copied_to = {shlex.split(rest)[-1].removeprefix("./") for word, rest in build if word == "COPY"}
+    # setup.py bundles static/ and the vendored npm folders into the wheel: the build stage must have them.
+    assert assets.STATIC in copied_to and "setup.py" in " ".join(rest for word, rest in build if word == "COPY")
+    for folder in assets.VENDOR.values():
         package = folder.split("/")[0]
+        assert f"{assets.NODE_MODULES}/{package}" in copied_to, f"build stage lacks node_modules/{package}"
         assert package in load(ROOT / "package.json")["dependencies"]
+    runtime = dict(stages())["runtime"]
+    assert [rest for word, rest in runtime if word == "COPY"] == ["--from=build /opt/venv /opt/venv"]
 
 
 def test_images_run_as_a_non_root_user_with_a_pass_through_entrypoint() -> None:

@@ -23,18 +23,18 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
 from geoiot.schema import Preset, load_preset
-from web import alerts
+from web import alerts, assets
 from web.cache import TTLCache
 from web.metrics import Metrics
 from web.params import BadRequest
 
 log = logging.getLogger("web")
 
-ROOT = Path(__file__).resolve().parent.parent
-STATIC_DIR = ROOT / "static"
-NODE_MODULES = ROOT / "node_modules"
-# URL prefix -> folder inside node_modules: the map's only third-party code, installed by `npm ci`.
-VENDOR = {"/vendor/leaflet": "leaflet/dist", "/vendor/leaflet.heat": "leaflet.heat/dist"}
+# The map's files: web/bundled/ of an installed wheel, else the checkout (web.assets owns the layout).
+ROOT = assets.asset_root()
+STATIC_DIR = ROOT / assets.STATIC
+NODE_MODULES = ROOT / assets.NODE_MODULES
+VENDOR = assets.VENDOR
 _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
 # zlib level 1: a 230-cell GeoJSON (85 kB) compresses in about a third of the time of the default level 6,
 # to a body ~25 % larger (12 kB instead of 10 kB), which is the better trade on a local network.
