@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := infra/local/stack
 
-.PHONY: demo test unit stack stack-down chromium spark-jars clean
+.PHONY: demo test unit stack stack-down chromium spark-jars failover image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ demo: $(VENV)/.installed node_modules/.installed  # the demo starts the stack it
 
 test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars
 	$(VENV)/bin/pytest
+
+# The container image (infra/image/build-local: dockerd, Debian bases, docker build) and its run test;
+# `make test` runs this test too.
+image:
+	@infra/image/build-local
+
+# Failover on a local three-broker, two-node cluster of its own (.stack-cluster, ports 29092.., 29200..):
+# CPU heavy, so not part of `make test`. Stops the cluster afterwards when it started it.
+failover: $(VENV)/.installed
+	GEOIOT_FAILOVER=1 $(VENV)/bin/pytest -m failover -s
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -m "not integration"

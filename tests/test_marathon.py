@@ -534,3 +534,15 @@ def test_spark_image_has_a_spark_with_a_mesos_scheduler() -> None:
     home = next(c for c in shlex.split(spark["cmd"]) if c.startswith("spark.mesos.executor.home="))
     spark_env = " ".join(rest for word, rest in dict(stages())["spark"] if word == "ENV")
     assert f"SPARK_HOME={home.split('=', 1)[1]}" in spark_env
+
+
+def test_replication_matches_what_the_failover_tests_prove() -> None:
+    """tests/test_failover.py: topics with 3 replicas on brokers with min.insync.replicas=2 survive losing a
+    broker with acks=all; the index with one replica survives losing an Elasticsearch node."""
+    kafka = load(MARATHON / "packages" / "kafka.json")
+    brokers, settings = kafka["brokers"]["count"], kafka["kafka"]
+    for app in ("topics", "agents"):  # topics creates the source topics, agents its changelog topics
+        replication = int(load(MARATHON / f"{app}.json")["env"]["IOT_REPLICATION"])
+        assert replication == settings["default_replication_factor"] == 3 <= brokers
+        assert settings["min_insync_replicas"] == replication - 1, "one broker may be lost without refusing writes"
+    assert int(load(MARATHON / "agents.json")["env"]["IOT_INDEX_REPLICAS"]) == 1
