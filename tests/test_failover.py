@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,6 +148,24 @@ async def partition_leader(bootstrap: str, topic: str) -> int:
         await admin.close()
 
 
+class Run:
+    """One test's topics (created as the topics app does), worker environment and generated data."""
+
+    def __init__(self, cluster: Cluster, tmp_path: Path, prefix: str, seed: int) -> None:
+        self.topic = self.index = unique_name(prefix)
+        fences, self.fence_shapes = fence_file(tmp_path)
+        self.env = worker_env(cluster, self.topic, self.index, fences)
+        subprocess.run([sys.executable, "-m", "geoiot.topics", "--wait", "120"], cwd=ROOT, env=self.env,
+                       check=True, capture_output=True, timeout=180)
+        self.data = generate(tmp_path, tracks=30, points=60, seed=seed)
+        self.recs = records(self.data)
+
+    async def delete_index(self, es: AsyncElasticsearch) -> None:
+        await es.options(ignore_status=404).indices.delete(index=f"{self.index}*", expand_wildcards="all")
+        await es.options(ignore_status=404).indices.delete_index_template(name=f"{self.index}*")
+        await es.close()
+
+
 def save(output_dir: Path, name: str, figures: dict) -> None:
     (output_dir / f"failover-{name}.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps({"failover": name, **figures}))
@@ -156,15 +173,9 @@ def save(output_dir: Path, name: str, figures: dict) -> None:
 
 async def test_a_broker_killed_during_a_paced_replay_loses_nothing(cluster: Cluster, tmp_path: Path,
                                                                   output_dir: Path) -> None:
-    topic = unique_name("fo-kafka")
-    index = topic
-    fences, fence_shapes = fence_file(tmp_path)
-    env = worker_env(cluster, topic, index, fences)
-    subprocess.run([sys.executable, "-m", "geoiot.topics", "--wait", "120"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=180)
+    run = Run(cluster, tmp_path, "fo-kafka", seed=41)
+    topic, index, env, data, recs, fence_shapes = run.topic, run.index, run.env, run.data, run.recs, run.fence_shapes
     assert await topic_min_isr(cluster.bootstrap, topic) == (3, "2")
-    data = generate(tmp_path, tracks=30, points=60, seed=41)
-    recs = records(data)
     workers = [Worker(env, output_dir / f"{topic}-w{i}.log").start(timeout=300) for i in range(2)]
     pids = [w.proc.pid for w in workers]
     es = AsyncElasticsearch(cluster.es_url.split(","), request_timeout=30)
@@ -202,21 +213,13 @@ async def test_a_broker_killed_during_a_paced_replay_loses_nothing(cluster: Clus
     finally:
         for w in workers:
             w.stop()
-        await es.options(ignore_status=404).indices.delete(index=f"{index}*", expand_wildcards="all")
-        await es.options(ignore_status=404).indices.delete_index_template(name=f"{index}*")
-        await es.close()
+        await run.delete_index(es)
 
 
 async def test_the_elected_es_master_killed_during_indexing_loses_nothing(cluster: Cluster, tmp_path: Path,
                                                                          output_dir: Path) -> None:
-    topic = unique_name("fo-es")
-    index = topic
-    fences, _ = fence_file(tmp_path)
-    env = worker_env(cluster, topic, index, fences)
-    subprocess.run([sys.executable, "-m", "geoiot.topics", "--wait", "120"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=180)
-    data = generate(tmp_path, tracks=30, points=60, seed=43)
-    recs = records(data)
+    run = Run(cluster, tmp_path, "fo-es", seed=43)
+    topic, index, env, data, recs = run.topic, run.index, run.env, run.data, run.recs
     worker = Worker(env, output_dir / f"{topic}-w.log").start(timeout=300)
     web_port = Worker(env, output_dir / "unused.log").port
     web = subprocess.Popen([sys.executable, "-m", "web"], cwd=ROOT, env={**env, "WEB_PORT": str(web_port)},
@@ -274,6 +277,4 @@ async def test_the_elected_es_master_killed_during_indexing_loses_nothing(cluste
         worker.stop()
         web.send_signal(signal.SIGTERM)
         web.wait(timeout=30)
-        await es.options(ignore_status=404).indices.delete(index=f"{index}*", expand_wildcards="all")
-        await es.options(ignore_status=404).indices.delete_index_template(name=f"{index}*")
-        await es.close()
+        await run.delete_index(es)
