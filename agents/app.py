@@ -35,7 +35,7 @@ from geoiot import config
 from geoiot.malloc import keep_freed_heap
 from geoiot.topics import ensure_topics
 from geoiot.schema import SchemaError, load_preset
-from geoiot.timeparse import zone
+from geoiot.timeparse import EventTimeBounds, zone
 
 log = logging.getLogger("agents")
 KNOWN_SINKS = ("elasticsearch", "stdout")
@@ -164,7 +164,8 @@ def make_sinks() -> list[Sink]:
                 es_client(settings.es_hosts),
                 on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
-                setup=lambda client: ensure_index(client, settings, preset)))
+                setup=lambda client: ensure_index(client, settings, preset),
+                max_new_indices=settings.iot_max_new_indices))
         else:
             sinks.append(StdoutSink())
     return sinks
@@ -198,7 +199,8 @@ class Observations(Service):
             await self.webhook.start()
         stream = SourceStream(
             bootstrap=settings.kafka_bootstrap, group=settings.iot_app_id, topics=TOPICS,
-            pipeline=Pipeline(preset, fences, settings.iot_index, tz, settings.iot_geofence_filter),
+            pipeline=Pipeline(preset, fences, settings.iot_index, tz, settings.iot_geofence_filter,
+                              EventTimeBounds.from_settings(settings)),
             sinks=sinks, bulk_size=settings.iot_bulk_size, bulk_within=settings.iot_bulk_within,
             webhook=self.webhook)
         await stream.start()

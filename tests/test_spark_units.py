@@ -18,10 +18,11 @@ pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
 from agents.pipeline import Incoming  # noqa: E402
 from agents.sink import StdoutSink  # noqa: E402
 from agents.spark_job import build_parser, checkpoint_dir  # noqa: E402
-from agents.spark_worker import (OUTPUT_COLUMNS, TRACK_FIELDS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
+from agents.spark_worker import (OUTPUT_COLUMNS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
                                  incoming)
 from agents.validate import dead_letter  # noqa: E402
 from geoiot import config  # noqa: E402
+from geoiot.documents import INGESTED_AT, MOTION_FIELDS  # noqa: E402
 
 JFK_INSIDE = (-73.7781, 40.6413)  # the terminal area, inside the shipped JFK fence
 MANHATTAN = (-73.9855, 40.7580)
@@ -55,9 +56,9 @@ def test_annotate_is_the_agents_pipeline_without_track_fields() -> None:
     # The second report moved the track inside the batch: the agents compute its motion, Spark must not.
     assert faust.actions[1]["_source"]["distance_m"] > 0
     for action in spark.actions:
-        assert all(action["_source"][name] is None for name in TRACK_FIELDS)
+        assert all(action["_source"][name] is None for name in MOTION_FIELDS)
     for s, f in zip(spark.actions, faust.actions):
-        same = {k for k in f["_source"] if k not in TRACK_FIELDS and k != "ingested_at"}
+        same = {k for k in f["_source"] if k not in MOTION_FIELDS and k != INGESTED_AT}
         assert {k: s["_source"][k] for k in same} == {k: f["_source"][k] for k in same}
     assert [(m.offset, reason) for m, reason in spark.dead] == [(12, faust.dead[0][1])]
 
