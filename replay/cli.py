@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
     config.add_flags(common, ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION",
-                              "IOT_TIMEZONE"])
+                              "IOT_TIMEZONE", "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_RETENTION_DAYS"])
     common.add_argument("--partitioner", choices=("hash", "balanced"), default="hash",
                         help="hash: Kafka's murmur2 of the track id (default); balanced: new tracks to the least-loaded partition")
     common.add_argument("--retime", choices=("keep", "now"), default="keep",
@@ -121,7 +121,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     from geoiot.schema import SchemaError, load_preset
-    from geoiot.timeparse import zone
+    from geoiot.timeparse import EventTimeBounds, zone
     from replay.pacing import rate_from_batches
     from replay.runner import ReplayOptions
 
@@ -154,6 +154,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     return ReplayOptions(
         path=args.file, topic=settings.iot_topic, bootstrap=settings.kafka_bootstrap, mode=args.command,
         preset=preset, tz=tz, rate=rate, interval_s=interval_s, speedup=speedup, retime=args.retime,
+        time_bounds=EventTimeBounds.from_settings(settings),
         loop=getattr(args, "loop", False), limit=args.limit, partitioner=args.partitioner,
         partitions=settings.iot_partitions, replication=settings.iot_replication, strict=args.strict,
         rejects=args.rejects, connect_timeout=args.connect_timeout, linger_ms=args.linger_ms,
