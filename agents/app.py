@@ -29,6 +29,7 @@ from agents.consumer import SourceStream, Topics
 from agents.geofence import Geofences, GeofenceError
 from agents.index import ensure_index
 from agents.pipeline import Pipeline
+from agents.retention import delete_expired
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config
@@ -247,6 +248,22 @@ async def report_lag() -> None:
     _lag_partitions.clear()
     _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
+
+
+@app.timer(interval=3600.0, on_leader=True)
+async def apply_retention() -> None:
+    """Delete daily indices older than IOT_RETENTION_DAYS (see agents.retention); one worker does it."""
+    if settings.iot_retention_days <= 0 or "elasticsearch" not in settings.sinks:
+        return
+    client = es_client(settings.es_hosts, request_timeout=60)
+    try:
+        deleted = await delete_expired(client, settings.iot_index, settings.iot_retention_days)
+        if deleted:
+            log.info("retention deleted=%d indices=%s", len(deleted), ",".join(deleted))
+    except Exception as exc:  # the next period tries again
+        log.warning("retention failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        await client.close()
 
 
 @app.page("/metrics")
