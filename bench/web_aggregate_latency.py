@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from agents.index import ensure_index
 from geoiot import config
-from geoiot.health import wait_healthy
+from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
 from web import params, queries
 from web.app import ES_CONNECTIONS

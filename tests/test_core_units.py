@@ -198,7 +198,7 @@ async def test_wait_healthy_waits_for_200_and_names_the_last_answer_when_it_neve
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from geoiot.health import wait_healthy
+    from tests.support.health import wait_healthy
 
     calls = {"n": 0}
 

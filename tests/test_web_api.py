@@ -33,7 +33,7 @@ from elasticsearch import AsyncElasticsearch
 from agents.index import ensure_index
 from geoiot import documents
 from geoiot.config import Settings
-from geoiot.health import wait_healthy
+from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
 from web import openapi
 from web.app import METRICS, init_app

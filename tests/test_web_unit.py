@@ -16,7 +16,7 @@ from geoiot import documents
 from geoiot.schema import load_preset
 from web import openapi, params, queries
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_feature, cell_feature_json, cell_ring, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_feature, cell_ring, precision_for_zoom, zoom_table
 from web.params import BadRequest
 from web.routes import aggregate_payload
 from tests.support.observations import on_grid
@@ -69,12 +69,6 @@ def test_cell_ring_is_the_closed_geohash_cell_and_contains_its_points(lat: float
 
 cells = st.text("0123456789bcdefghjkmnpqrstuvwxyz", min_size=1, max_size=12)
 centroids = st.none() | st.tuples(lons, lats)
-
-
-@given(cells, st.integers(0, 2**40), centroids)
-def test_pre_serialised_cell_feature_is_exactly_the_json_of_the_feature(cell: str, count: int,
-                                                                       centroid: tuple[float, float] | None) -> None:
-    assert cell_feature_json(cell, count, centroid) == orjson.dumps(cell_feature(cell, count, centroid))
 
 
 @given(st.lists(st.tuples(cells, st.integers(1, 10**6), centroids), max_size=20, unique_by=lambda t: t[0]),
