@@ -103,3 +103,22 @@ async def test_one_batch_creates_at_most_the_configured_daily_indices(
     assert indices == sorted(documents.index_for(base, start + i * week) for i in range(10))  # the earliest days
     assert len(letters) == 50 and all("IOT_MAX_NEW_INDICES=10" in letter["reason"] for letter in letters)
     assert sorted(int(orjson.loads(letter["original"])["taxiId"]) for letter in letters) == list(range(10, 60))
+
+
+async def test_a_request_refused_as_a_whole_is_split_until_the_refused_document_is_alone(stack, es, new_index):
+    """What the pipeline cannot foresee: a bulk request Elasticsearch refuses entirely (here for an _id
+    over 512 bytes) costs only the document that causes it."""
+    from agents.sink import ElasticsearchSink, es_client
+
+    index = new_index("split")
+    actions = [{"_op_type": "index", "_index": index, "_id": str(i), "_source": {"n": i}} for i in range(9)]
+    actions.insert(6, {"_op_type": "index", "_index": index, "_id": "y" * 600, "_source": {"n": -1}})
+    sink = ElasticsearchSink(es_client(stack.es_hosts))
+    try:
+        rejected = await sink.write(actions)
+    finally:
+        await sink.stop()
+    assert [a["_id"] for a, _ in rejected] == ["y" * 600]
+    assert "elasticsearch refused the request: 400" in rejected[0][1]
+    await es.indices.refresh(index=index)
+    assert (await es.count(index=index))["count"] == 9
