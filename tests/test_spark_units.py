@@ -94,6 +94,22 @@ def test_worker_outputs_dead_letters_and_counts() -> None:
     assert [d["_id"] for d in written] == ["a:1356998400000"]
 
 
+def test_worker_dead_letters_what_the_agents_dead_letter_and_indexes_the_rest() -> None:
+    """Same per-event rules as the Faust agents: event-time bounds and ids Elasticsearch would refuse."""
+    stream = io.BytesIO()
+    worker = Worker(ctx(iot_max_event_age_days=36525.0), sink=StdoutSink(stream))
+    out = worker.process(chunk([event("a", "2013-01-01 00:00:00", *MANHATTAN),
+                                event("b", "0001-01-01T00:00:00+01:00", *MANHATTAN),
+                                event("c", "0001-01-01T00:00:00Z", *MANHATTAN),
+                                event("x" * 600, "2013-01-01 00:00:00", *MANHATTAN),
+                                event("d", "2013-01-01 00:00:00", *MANHATTAN)]))
+    reasons = [json.loads(v)["reason"] for v in out[out["kind"] == "dlq"]["value"]]
+    assert len(reasons) == 3 and "outside the years 1-9999 UTC" in reasons[0]
+    assert "days old" in reasons[1] and "exceeds Elasticsearch's 512" in reasons[2]
+    written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [d["_id"] for d in written] == ["a:1356998400000", "d:1356998400000"]
+
+
 def test_bad_configuration_is_refused_before_spark_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from agents.spark_job import main
 
