@@ -84,8 +84,6 @@ class Pipeline:
         try:
             self._annotate(valid, get_state, now, out)
         except Exception:
-            if len(valid) == 1:
-                raise
             self._annotate_one_by_one(valid, get_state, now, out)
         return out
 

@@ -412,6 +412,8 @@ def test_pipeline_isolates_an_event_whose_annotation_fails():
     assert [a["_source"]["geofences"] for a in result.actions] == [[], ["zone"]]
     assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000)]
     assert result.valid == 2 and result.states["x"][1]["t"] == T0 + 2000
+    alone = Pipeline(PRESET, fences, "obs").process(_msgs(values[1:2]), {}.get)
+    assert [m.offset for m, _ in alone.dead] == [0] and alone.actions == [] and alone.valid == 0
 
 
 # --- webhook ---------------------------------------------------------------------------------------
