@@ -10,6 +10,7 @@ messages are keyed by track id.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from agents.validate import Observation, decode
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
+
+log = logging.getLogger("agents.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,8 @@ class Pipeline:
             return out
         try:
             self._annotate(valid, get_state, now, out)
-        except Exception:
+        except Exception as exc:
+            log.warning("batch annotation failed (%s: %s); redoing it event by event", type(exc).__name__, exc)
             self._annotate_one_by_one(valid, get_state, now, out)
         return out
 
