@@ -12,7 +12,7 @@ lookups, one prepared ``intersects_xy`` call for points in boundary cells) and `
 the agent puts into documents). Fences are 32-gon discs of 150-600 m scattered over New York City
 (plus JFK), points uniform over the same area, in batches of the agent's bulk size.
 
-    .venv/bin/python bench/geofence_throughput.py [--points 1000000] [--batch 1000] [--repeat 3]
+    .venv/bin/python -m bench.geofence_throughput [--points 1000000] [--batch 1000] [--repeat 3]
 """
 
 from __future__ import annotations

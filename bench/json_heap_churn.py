@@ -1,6 +1,6 @@
 """What glibc's heap trimming costs a batch of JSON documents, with and without ``geoiot.malloc``.
 
-    .venv/bin/python bench/json_heap_churn.py [--batch 2000 --rounds 20 --repeat 3]
+    .venv/bin/python -m bench.json_heap_churn [--batch 2000 --rounds 20 --repeat 3]
 
 A worker serialises a batch of documents with ``orjson.dumps`` and keeps every result until the bulk
 request is sent, then frees them all. This times exactly that (µs per document) in fresh processes, one
