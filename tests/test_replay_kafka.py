@@ -364,3 +364,107 @@ async def test_workers_split_partitions_and_agree_with_one_process(new_topic, st
     assert two["workers"] == 2 and two["sent"] == one["sent"] == good
     assert two["skipped"] == one["skipped"] == sum(bad.values()) and two["skip_reasons"] == one["skip_reasons"]
     assert two["partitions"] == one["partitions"] and two["rejects"] == one["rejects"]
+
+
+# --- issue 16: no single input stops the replay ---------------------------------------------------
+
+async def test_byte_order_mark_csv_with_header_is_replayed(new_topic, stack, python_env, tmp_path: Path) -> None:
+    """Row 6: with a BOM the header was not recognised and every row skipped, with exit code 0."""
+    topic = await new_topic("replay-bom", partitions=2)
+    plain = tmp_path / "plain.csv"
+    write_csv(plain, 3, 4, seed=11)
+    order = list(reversed(range(len(TAXI.names))))  # a header that differs from the preset's column order
+    rows = [",".join(v.split(",")[i] for i in order) for v in plain.read_text().splitlines()]
+    text = "\n".join([",".join(TAXI.names[i] for i in order), *rows]) + "\n"
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeff".encode() + text.encode())
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary"], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["sent"] == 12 and summary["skipped"] == 0
+    check_delivery(await consume(stack.kafka_bootstrap, topic, 12), expected_records(plain), 2)
+
+
+async def test_truncated_gzip_sends_what_precedes_the_damage_and_summarises(new_topic, stack, python_env,
+                                                                          tmp_path: Path) -> None:
+    """Row 7: a truncated .gz died with EOFError and no summary; now the complete rows before the damage are
+    sent, the line it ends inside is skipped, the summary says where, and the exit code is 1."""
+    topic = await new_topic("replay-cut", partitions=2)
+    whole = tmp_path / "whole.csv"
+    write_csv(whole, 10, 300, seed=12)
+    data = gzip.compress(whole.read_bytes())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary"], python_env)
+    assert code == 1, err
+    assert "Traceback" not in err and "damaged" in err
+    summary = last_json(out)
+    complete = summary["sent"]
+    assert 0 < complete < 3000 and summary["failed"] == 0
+    assert summary["skipped"] == 1 and summary["skip_reasons"] == {"incomplete": 1}
+    assert summary["last_line"] == complete + 1 and f"after line {complete}" in summary["error"]
+    check_delivery(await consume(stack.kafka_bootstrap, topic, complete), expected_records(whole)[:complete], 2)
+
+
+async def test_oversized_row_is_skipped_alone(new_topic, stack, python_env, tmp_path: Path) -> None:
+    """Row 8: a row over the producer's request size failed its whole batch (its neighbours reported failed)."""
+    topic = await new_topic("replay-big", partitions=1)  # one partition: the big row shares a batch with all
+    plain = tmp_path / "plain.csv"
+    write_csv(plain, 4, 10, seed=13)
+    lines = plain.read_text().splitlines()
+    cols = lines[17].split(",")
+    cols[TAXI.names.index("medallion")] = "M" * 1_100_000
+    lines[17] = ",".join(cols)
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary",
+                                    "--rejects", str(rejects)], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert (summary["sent"], summary["skipped"], summary["failed"]) == (39, 1, 0)
+    assert summary["skip_reasons"] == {"size": 1} and summary["rejects"][0]["line"] == 18
+    assert "maximum request size" in summary["rejects"][0]["reason"]
+    [reject] = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert reject["line"] == 18 and len(reject["row"]) > 1_100_000
+    expected = [r for i, r in enumerate(expected_records(plain)) if i != 17]
+    check_delivery(await consume(stack.kafka_bootstrap, topic, 39), expected, 1)
+
+
+@pytest.mark.slow
+async def test_broker_outage_beyond_the_delivery_timeout_ends_with_the_summary(new_topic, stack, python_env,
+                                                                               tmp_path: Path) -> None:
+    """Row 7: an outage longer than the producer's timeout (60 s then) ended in a KafkaTimeoutError
+    traceback and no summary. Now, after --delivery-timeout (here 5 s instead of the default 120 s),
+    the run stops with exit code 1 and the summary: rows up to ``last_line`` are each sent or failed,
+    and exactly the sent ones are in the topic."""
+    topic = await new_topic("replay-outage", partitions=2)
+    path = tmp_path / "o.csv"
+    write_csv(path, 20, 1000, seed=14)  # 20,000 rows at 200/s: far longer than the test lets it run
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200",
+        "--delivery-timeout", "5", "--json-summary",
+        cwd=ROOT, env=python_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.5)
+        try:
+            await _stack("down", "kafka")
+            assert not _kafka_answers(stack.kafka_bootstrap)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)  # ends while the broker is down
+        finally:
+            await _stack("up", "kafka")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "--delivery-timeout" in text
+    summary = last_json(out.decode())
+    assert summary["sent"] > 0 and summary["failed"] > 0 and summary["skipped"] == 0
+    assert summary["sent"] + summary["failed"] == summary["last_line"]  # every row taken is accounted for
+    assert "acknowledged no batch for 5s" in summary["error"]
+    messages = await consume(stack.kafka_bootstrap, topic, summary["sent"], timeout=60, settle=2.0)
+    assert len(messages) == summary["sent"]
+    sent = {orjson.dumps(r) for r in expected_records(path)[: summary["last_line"]]}
+    assert {m.value for m in messages} <= sent
