@@ -222,6 +222,13 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
         summary = replay.summary()  # zero counts when nothing was sent; still one JSON line for scripts
         summary["error"] = str(exc)
         return EXIT_ERROR, summary
+    except Exception as exc:  # a bug or an error nobody foresaw: still one line and the summary, not a traceback
+        log.debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(exc).__name__}: {exc} (-v shows where)"
+        print(f"replay: error: {message}", file=sys.stderr)
+        summary = replay.summary()
+        summary["error"] = message
+        return EXIT_ERROR, summary
     finally:
         progress.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -254,6 +261,8 @@ def _run_workers(options: Any, workers: int) -> tuple[int, dict[str, Any] | None
                             "interrupted": False}
     for message in errors:
         print(f"replay: error: {message}", file=sys.stderr)
+    if summary is not None and not errors and summary.get("error"):
+        print(f"replay: error: {summary['error']}", file=sys.stderr)
     if summary is None:
         return EXIT_ERROR, None
     if errors or summary["failed"] or summary.get("error"):

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -306,24 +307,34 @@ async def _stack(*args: str, timeout: float = 300) -> None:
     assert proc.returncode == 0, err.decode()
 
 
+async def _start_paced_replay(path: Path, topic: str, seed: int, env: dict[str, str],
+                              *extra: str) -> asyncio.subprocess.Process:
+    write_csv(path, 20, 1000, seed=seed)  # 20,000 rows at 200/s: far longer than the tests let it run
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200", "--json-summary",
+        *extra, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _with_broker_down(bootstrap: str, during: Awaitable[Any]) -> Any:
+    """Stop Kafka (the stack's own command), await ``during``, then start Kafka again whatever happened."""
+    try:
+        await _stack("down", "kafka")
+        assert not _kafka_answers(bootstrap)
+        return await during
+    finally:
+        await _stack("up", "kafka")
+
+
 @pytest.mark.slow
 async def test_broker_restart_mid_run_loses_nothing(new_topic, stack, python_env, tmp_path: Path) -> None:
     """Stop Kafka (the stack's own command) during a replay and start it again: the producer retries;
     what Kafka acknowledged is exactly what a consumer reads, per partition in file order, no duplicates."""
     topic = await new_topic("replay-hiccup", partitions=2)
     path = tmp_path / "r.csv"
-    write_csv(path, 20, 1000, seed=10)  # 20,000 rows at 200/s: far longer than the test lets it run
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200", "--json-summary",
-        cwd=ROOT, env=python_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await _start_paced_replay(path, topic, 10, python_env)
     try:
         await asyncio.sleep(1.5)
-        try:
-            await _stack("down", "kafka")
-            assert not _kafka_answers(stack.kafka_bootstrap)
-            await asyncio.sleep(1.0)
-        finally:
-            await _stack("up", "kafka")
+        await _with_broker_down(stack.kafka_bootstrap, asyncio.sleep(1.0))
         await asyncio.sleep(3.0)  # the replay carries on after the broker is back
         assert proc.returncode is None, "replay ended during the broker restart"
     finally:
@@ -441,19 +452,11 @@ async def test_broker_outage_beyond_the_delivery_timeout_ends_with_the_summary(n
     and exactly the sent ones are in the topic."""
     topic = await new_topic("replay-outage", partitions=2)
     path = tmp_path / "o.csv"
-    write_csv(path, 20, 1000, seed=14)  # 20,000 rows at 200/s: far longer than the test lets it run
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200",
-        "--delivery-timeout", "5", "--json-summary",
-        cwd=ROOT, env=python_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await _start_paced_replay(path, topic, 14, python_env, "--delivery-timeout", "5")
     try:
         await asyncio.sleep(1.5)
-        try:
-            await _stack("down", "kafka")
-            assert not _kafka_answers(stack.kafka_bootstrap)
-            out, err = await asyncio.wait_for(proc.communicate(), 60)  # ends while the broker is down
-        finally:
-            await _stack("up", "kafka")
+        # the replay ends while the broker is still down
+        out, err = await _with_broker_down(stack.kafka_bootstrap, asyncio.wait_for(proc.communicate(), 60))
     finally:
         if proc.returncode is None:
             proc.kill()
