@@ -132,8 +132,8 @@ class BatchingProducer:
         await _within("producer connect", self.bootstrap, self.connect_timeout, self._producer.start())
 
     def too_large(self, key: bytes, value: bytes) -> int | None:
-        """The encoded size of a message that no request could carry (None when it fits); callers test
-        ``len(key) + len(value) > max_payload`` first, so this runs only for the rare big row."""
+        """The encoded size of a message that no request could carry (None when it fits); callers skip
+        it while ``len(key) + len(value) <= max_payload``, so this runs only for the rare big row."""
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
         return size if size > self.max_request_size else None
 

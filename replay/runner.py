@@ -139,8 +139,9 @@ class Replay:
         append = producer.append
         dumps = orjson.dumps
         track = self.preset.track
-        max_payload = producer.max_payload
-        n = queued = 0
+        # the value holds the track id (the key) too, so a value under half the payload always fits
+        half_payload = producer.max_payload // 2
+        n = oversized = 0
         now_ms = time.time_ns() // 1_000_000 if self.o.retime == "now" else None
         time_field = self.preset.time
         try:
@@ -150,26 +151,22 @@ class Replay:
                     record[time_field] = now_ms
                 key = record[track].encode()
                 value = dumps(record)
-                if len(key) + len(value) > max_payload and self._too_large(key, value, lines[n - 1] if lines else None):
+                if len(value) > half_payload and (size := producer.too_large(key, value)) is not None:
+                    oversized += 1  # before the skip: --strict raises there
+                    self._skip_oversized(value, size, lines[n - 1] if lines else self._line_no)
                     continue
                 append(partition_of(key), key, value)
-                queued += 1
         finally:
-            self.stats.queued += queued
+            self.stats.queued += n - oversized
             if n:
                 self.stats.last_line = max(self.stats.last_line, lines[n - 1] if lines else self._line_no)
         return n
 
-    def _too_large(self, key: bytes, value: bytes, line_no: int | None) -> bool:
-        """Skip (count and report) a row no Kafka request could carry, alone: before it joins a batch."""
-        producer = self.producer
-        assert producer is not None
-        size = producer.too_large(key, value)
-        if size is None:
-            return False
-        line = self._line_no if line_no is None else line_no
-        self._reject(Rejected(line, oversize_reason(size, producer.max_request_size), value.decode(), "size"))
-        return True
+    def _skip_oversized(self, value: bytes, size: int, line_no: int) -> None:
+        """Count and report a row no Kafka request could carry: skipped alone, before it joins a batch."""
+        assert self.producer is not None
+        reason = oversize_reason(size, self.producer.max_request_size)
+        self._reject(Rejected(line_no, reason, value.decode(), "size"))
 
     async def _sleep_until(self, clock: Clock, offset: float) -> float:
         delay = offset - clock.elapsed()
