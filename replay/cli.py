@@ -1,7 +1,10 @@
 """``python -m replay constant|timestamp|generate``: argument parsing, progress, summary, exit codes.
 
-Exit codes: 0 done, 1 runtime error (broker unreachable, unreadable file), 2 usage error or
-``--strict`` met a bad row, 130 interrupted by Ctrl-C (after flushing and printing the summary).
+Exit codes: 0 done (bad rows, oversized ones included, are skipped and counted, not errors);
+1 runtime error: broker unreachable at start, unreadable file, a damaged (truncated or corrupt)
+file, messages not acknowledged, or a broker that acknowledged nothing within --delivery-timeout;
+2 usage error or ``--strict`` met a bad row; 130 interrupted by Ctrl-C. Every exit after the start
+prints the summary (its ``error`` says why a run ended early).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from geoiot import config
 from geoiot.malloc import keep_freed_heap
+from replay.producer import DEFAULT_DELIVERY_TIMEOUT_S
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("replay")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object, last line of stdout")
     common.add_argument("--connect-timeout", type=_non_negative_float, default=10.0, metavar="S",
                         help="seconds to wait for Kafka at start (default 10)")
+    common.add_argument("--delivery-timeout", type=_non_negative_float, default=DEFAULT_DELIVERY_TIMEOUT_S, metavar="S",
+                        help="through a broker outage, retry a batch this long before stopping with the summary "
+                             f"and exit code 1 (default {DEFAULT_DELIVERY_TIMEOUT_S:g}, Kafka's delivery.timeout.ms)")
     common.add_argument("--linger-ms", type=_positive_int, default=10, help="producer linger (default 10)")
     common.add_argument("--batch-bytes", type=_positive_int, default=960 * 1024, help="producer batch size (default 960 KiB)")
     noise = common.add_mutually_exclusive_group()
@@ -157,7 +164,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
         time_bounds=EventTimeBounds.from_settings(settings),
         loop=getattr(args, "loop", False), limit=args.limit, partitioner=args.partitioner,
         partitions=settings.iot_partitions, replication=settings.iot_replication, strict=args.strict,
-        rejects=args.rejects, connect_timeout=args.connect_timeout, linger_ms=args.linger_ms,
+        rejects=args.rejects, connect_timeout=args.connect_timeout, delivery_timeout=args.delivery_timeout,
+        linger_ms=args.linger_ms,
         batch_bytes=args.batch_bytes)
 
 
@@ -215,6 +223,13 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
         summary = replay.summary()  # zero counts when nothing was sent; still one JSON line for scripts
         summary["error"] = str(exc)
         return EXIT_ERROR, summary
+    except Exception as exc:  # a bug or an error nobody foresaw: still one line and the summary, not a traceback
+        log.debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(exc).__name__}: {exc} (-v shows where)"
+        print(f"replay: error: {message}", file=sys.stderr)
+        summary = replay.summary()
+        summary["error"] = message
+        return EXIT_ERROR, summary
     finally:
         progress.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -222,6 +237,9 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
     if summary["failed"]:
         print(f"replay: error: {summary['failed']} messages were not acknowledged: {summary.get('error')}",
               file=sys.stderr)
+        code = EXIT_ERROR
+    elif summary.get("error"):
+        print(f"replay: error: {summary['error']}", file=sys.stderr)
         code = EXIT_ERROR
     wanted = summary.get("requested_rate")
     if wanted and summary["achieved_rate"] < 0.98 * wanted and not summary["interrupted"]:
@@ -244,9 +262,11 @@ def _run_workers(options: Any, workers: int) -> tuple[int, dict[str, Any] | None
                             "interrupted": False}
     for message in errors:
         print(f"replay: error: {message}", file=sys.stderr)
+    if summary is not None and not errors and summary.get("error"):
+        print(f"replay: error: {summary['error']}", file=sys.stderr)
     if summary is None:
         return EXIT_ERROR, None
-    if errors or summary["failed"]:
+    if errors or summary["failed"] or summary.get("error"):
         return EXIT_ERROR, summary
     return (EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK), summary
 
