@@ -31,7 +31,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from elasticsearch import AsyncElasticsearch
 
 from conftest import ROOT, STACK, unique_name
-from served_map import get, wait_until_200
+from tests.support.served_map import get, wait_until_200
 from test_agents_integration import (Worker, expected_alerts, fence_file, generate, read_topic, records,
                                      wait_count)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, unique_name
-from served_map import assert_map_served, get, wait_until_200
+from tests.support.served_map import assert_map_served, get, wait_until_200
 
 BUILD = ROOT / "infra" / "image" / "build-local"
 IMAGE_USER = "10001"  # the Dockerfile's USER

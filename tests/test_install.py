@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from served_map import assert_map_served, wait_until_200
+from tests.support.served_map import assert_map_served, wait_until_200
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a source distribution holds (MANIFEST.in, pyproject.toml): the build gets nothing else.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from web import assets
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
