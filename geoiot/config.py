@@ -87,6 +87,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int),
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int),
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)"),
+    Setting("WEB_ES_CONCURRENCY", 8, "Searches the web server runs on Elasticsearch at once", int),
+    Setting("WEB_ES_QUEUE", 32, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int),
+    Setting("WEB_QUEUE_TIMEOUT", 2.0, "Seconds a request may wait for a search slot before 503 busy", float),
+    Setting("WEB_MAX_GRID_CELLS", 65536, "Most geohash cells an aggregation may cover (bbox x precision)", int),
+    Setting("WEB_HEADER_TIMEOUT", 15.0, "Seconds a connection may go without a complete request head (idle keep-alive too)", float),
+    Setting("WEB_BODY_TIMEOUT", 5.0, "Seconds the web server spends reading a request body it does not use", float),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -123,6 +129,12 @@ class Settings:
     map_refresh_ms: int
     map_marker_threshold: int
     spark_checkpoint_dir: str
+    web_es_concurrency: int
+    web_es_queue: int
+    web_queue_timeout: float
+    web_max_grid_cells: int
+    web_header_timeout: float
+    web_body_timeout: float
 
     @property
     def es_hosts(self) -> list[str]:

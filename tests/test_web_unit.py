@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from openapi_spec_validator import validate
 
+from geoiot import config
 from geoiot.schema import load_preset
 from web import openapi, params, queries
 from web.cache import TTLCache
@@ -21,6 +22,7 @@ from web.routes import aggregate_payload
 from web.sample import on_grid
 
 PRESET = load_preset("taxi")
+MAX_GRID_CELLS = config.load({}).web_max_grid_cells
 lons = st.floats(-180, 180, allow_nan=False)
 lats = st.floats(-90, 90, allow_nan=False)
 
@@ -100,7 +102,7 @@ def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
 ])
 def test_bad_aggregate_queries(query: dict[str, str], fragment: str) -> None:
     with pytest.raises(BadRequest, match=fragment):
-        params.aggregate_params(MultiDict(query))
+        params.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
 
 
 def test_repeated_parameter_and_limit_bounds() -> None:
@@ -118,7 +120,7 @@ def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
 
 def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian() -> None:
     p = params.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
-                                           "fence": "jfk"}))
+                                           "fence": "jfk"}), MAX_GRID_CELLS)
     body = queries.aggregate_body(PRESET, p)
     flt = body["query"]["bool"]["filter"]
     box = flt[0]["geo_bounding_box"]["geometry"]
@@ -126,7 +128,7 @@ def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian(
     assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
     assert flt[2] == {"term": {"geofences": "jfk"}}
     assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
-    assert queries.aggregate_body(PRESET, params.aggregate_params(MultiDict()))["query"] == {"match_all": {}}
+    assert queries.aggregate_body(PRESET, params.aggregate_params(MultiDict(), MAX_GRID_CELLS))["query"] == {"match_all": {}}
 
 
 def test_openapi_document_is_valid_openapi() -> None:

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from geoiot.timeparse import TimeParseError, parse_time
-from web.geo import MAX_ZOOM, precision_for_zoom
+from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000
 DEFAULT_PRECISION = 5
-_TOKEN = re.compile(r"^[\w.:@+\-/ ]{1,256}$")  # track and fence ids: printable, no control characters
+# Track and fence ids: printable, no control characters; the OpenAPI document publishes the same pattern.
+# Matched whole (fullmatch): with ``re.match``, ``$`` also matched before a trailing newline.
+TOKEN_PATTERN = r"^[\w.:@+\-/ ]{1,256}$"
+_TOKEN = re.compile(TOKEN_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 class BadRequest(ValueError):
@@ -177,15 +180,33 @@ def parse_token(text: str | None, name: str) -> str | None:
     """A track or fence id: 1..256 characters of letters, digits and ``_.:@+-/`` or space."""
     if text is None:
         return None
-    if not _TOKEN.match(text):
+    if not _TOKEN.fullmatch(text):
         raise BadRequest(f"{name} {text[:40]!r} must be 1..256 letters, digits, spaces or _.:@+-/")
     return text
 
 
-def aggregate_params(query: Query) -> AggregateParams:
+def bounded_precision(bbox: BBox, precision: int, max_cells: int, explicit: bool) -> int:
+    """The precision to aggregate at, so that the grid over ``bbox`` has at most ``max_cells`` cells: the cost
+    of an aggregation grows with the cells it may build. An explicit ``precision`` over the limit is refused,
+    naming the limit; one derived from ``zoom`` (or the default) is lowered until it fits (never below 1)."""
+    cells = grid_cells(*bbox.as_list(), precision)
+    if cells <= max_cells:
+        return precision
+    fits = next((p for p in range(precision - 1, 0, -1) if grid_cells(*bbox.as_list(), p) <= max_cells), 1)
+    if explicit:
+        raise BadRequest(f"precision {precision} over this bbox covers {cells:,} geohash cells, over the limit "
+                         f"of {max_cells:,}; use precision {fits} or less, or a smaller bbox")
+    return fits
+
+
+def aggregate_params(query: Query, max_cells: int) -> AggregateParams:
+    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS)."""
     q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"})
-    return AggregateParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
-                           parse_precision(q.get("precision"), q.get("zoom")), parse_token(q.get("fence"), "fence"))
+    bbox = parse_bbox(q.get("bbox"))
+    precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells,
+                                  explicit=q.get("precision") is not None)
+    return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
+                           parse_token(q.get("fence"), "fence"))
 
 
 def observation_params(query: Query) -> ObservationParams:
