@@ -95,7 +95,9 @@ def cell_size(precision: int) -> tuple[float, float]:
 
 
 def _span(low: float, high: float, origin: float, size: float, count: int) -> int:
-    return min(count, int((high - origin) // size) - int((low - origin) // size) + 1)
+    # cell indices of both ends; the box's edge at +180 / +90 belongs to the last cell, not one past it
+    last = min(count - 1, int((high - origin) // size))
+    return min(count, last - min(count - 1, int((low - origin) // size)) + 1)
 
 
 def grid_cells(min_lon: float, min_lat: float, max_lon: float, max_lat: float, precision: int) -> int:
