@@ -1,7 +1,8 @@
 """The aiohttp application: state, middlewares, Elasticsearch client and alerts consumer lifecycles.
 
 Layout follows aio-libs' demos: ``init_app(settings)`` builds the app; resources that need closing live
-in ``cleanup_ctx``; routes are in ``web.routes``.
+in ``cleanup_ctx``; the API's routes are in ``web.routes``, the typed state keys both share in ``web.keys``
+(imports run one way: app -> routes -> keys); the HTTP server around it is ``web.server``.
 """
 
 from __future__ import annotations
