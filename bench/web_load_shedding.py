@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -80,7 +81,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load(base: str, clients: int, requests: int, offset: int) -> dict[str, Any]:
+def query(kind: str, i: int) -> dict[str, str]:
+    """The ``i``-th request's parameters: the city view at zoom 11, or (``random``) the whole world at a
+    random precision 1..12, as a careless client might ask; a distinct window end either way."""
+    end = str(T0 + 10**10 + i)
+    if kind == "city":
+        return {"bbox": CITY, "zoom": "11", "start": str(T0), "end": end}
+    return {"precision": str(random.Random(i).randint(1, 12)), "end": end}
+
+
+async def load(base: str, clients: int, requests: int, offset: int, kind: str) -> dict[str, Any]:
     """``requests`` aggregations from ``clients`` concurrent clients; latencies and outcomes."""
     outcomes: Counter[str] = Counter()
     every: list[float] = []
@@ -92,8 +102,7 @@ async def load(base: str, clients: int, requests: int, offset: int) -> dict[str,
         for i in counter:
             began = time.perf_counter()
             try:
-                async with http.get(f"{base}/api/aggregate", params={
-                        "bbox": CITY, "zoom": "11", "start": str(T0), "end": str(T0 + 10**10 + offset + i)}) as r:
+                async with http.get(f"{base}/api/aggregate", params=query(kind, offset + i)) as r:
                     body = await r.read()
                     status = r.status
                     retry_after = r.headers.get("Retry-After")
@@ -125,7 +134,8 @@ async def load(base: str, clients: int, requests: int, offset: int) -> dict[str,
             "ok_per_s": round(len(ok) / wall, 1), "outcomes": dict(outcomes.most_common())}
 
 
-async def run_case(checkout: Path, index: str, clients: int, requests: int, offset: int) -> dict[str, Any]:
+async def run_case(checkout: Path, index: str, clients: int, requests: int, offset: int,
+                   kind: str) -> dict[str, Any]:
     port = free_port()
     env = dict(os.environ, IOT_INDEX=index, WEB_PORT=str(port), PYTHONPATH=str(checkout),
                IOT_ALERTS_TOPIC=f"{index}-alerts")
@@ -135,8 +145,8 @@ async def run_case(checkout: Path, index: str, clients: int, requests: int, offs
     try:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, timeout=30)
-        await load(base, min(clients, 20), 40, offset - 10**6)  # warm-up
-        return await load(base, clients, requests, offset)
+        await load(base, min(clients, 20), 40, offset - 10**6, "city")  # warm-up
+        return await load(base, clients, requests, offset, kind)
     finally:
         server.terminate()
         server.wait(20)
@@ -150,6 +160,8 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=2_000, help="requests per (code, clients) case")
     parser.add_argument("--clients", default="20,100,500")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--query", choices=("city", "random"), default="city",
+                        help="city: the zoom-11 view; random: the world at a random precision 1..12")
     parser.add_argument("--drop", action="store_true", help="delete the benchmark index afterwards")
     args = parser.parse_args()
     settings = config.load(iot_index=args.index)
@@ -163,13 +175,13 @@ async def main() -> None:
                 for label, checkout in codes if round_ % 2 == 0 else codes[::-1]:
                     offset += 10 * args.requests
                     case = {"code": label, "clients": clients, "round": round_,
-                            **await run_case(checkout, args.index, clients, args.requests, offset)}
+                            **await run_case(checkout, args.index, clients, args.requests, offset, args.query)}
                     results.append(case)
                     print(json.dumps(case), file=sys.stderr)
     finally:
         if args.drop:
             await drop(settings)
-    print(f"\n{args.docs:,} observations; {args.requests} aggregations per case; ms\n")
+    print(f"\n{args.docs:,} observations; {args.requests} aggregations ({args.query}) per case; ms\n")
     print("| clients | code | round | p50 / p95 (all) | p50 / p95 (200s) | 200s per s | answers |")
     print("|---|---|---|---|---|---|---|")
     for c in results:
