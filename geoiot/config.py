@@ -88,7 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int),
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)"),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int),
-    Setting("WEB_ES_QUEUE", 128, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int),
+    Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int),
     Setting("WEB_QUEUE_TIMEOUT", 3.0, "Seconds a request may wait for a search slot before 503 busy", float),
     Setting("WEB_MAX_GRID_CELLS", 65536, "Most geohash cells an aggregation may cover (bbox x precision)", int),
     Setting("WEB_HEADER_TIMEOUT", 15.0, "Seconds a connection may go without a complete request head (idle keep-alive too)", float),
