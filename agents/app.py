@@ -29,13 +29,14 @@ from agents.consumer import SourceStream, Topics
 from agents.geofence import Geofences, GeofenceError
 from agents.index import ensure_index
 from agents.pipeline import Pipeline
+from agents.retention import delete_expired
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config
 from geoiot.malloc import keep_freed_heap
 from geoiot.topics import ensure_topics
 from geoiot.schema import SchemaError, load_preset
-from geoiot.timeparse import zone
+from geoiot.timeparse import EventTimeBounds, zone
 
 log = logging.getLogger("agents")
 KNOWN_SINKS = ("elasticsearch", "stdout")
@@ -164,7 +165,8 @@ def make_sinks() -> list[Sink]:
                 es_client(settings.es_hosts),
                 on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
-                setup=lambda client: ensure_index(client, settings, preset)))
+                setup=lambda client: ensure_index(client, settings, preset),
+                max_new_indices=settings.iot_max_new_indices))
         else:
             sinks.append(StdoutSink())
     return sinks
@@ -198,7 +200,8 @@ class Observations(Service):
             await self.webhook.start()
         stream = SourceStream(
             bootstrap=settings.kafka_bootstrap, group=settings.iot_app_id, topics=TOPICS,
-            pipeline=Pipeline(preset, fences, settings.iot_index, tz, settings.iot_geofence_filter),
+            pipeline=Pipeline(preset, fences, settings.iot_index, tz, settings.iot_geofence_filter,
+                              EventTimeBounds.from_settings(settings)),
             sinks=sinks, bulk_size=settings.iot_bulk_size, bulk_within=settings.iot_bulk_within,
             webhook=self.webhook)
         await stream.start()
@@ -245,6 +248,22 @@ async def report_lag() -> None:
     _lag_partitions.clear()
     _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
+
+
+@app.timer(interval=3600.0, on_leader=True)
+async def apply_retention() -> None:
+    """Delete daily indices older than IOT_RETENTION_DAYS (see agents.retention); one worker does it."""
+    if settings.iot_retention_days <= 0 or "elasticsearch" not in settings.sinks:
+        return
+    client = es_client(settings.es_hosts, request_timeout=60)
+    try:
+        deleted = await delete_expired(client, settings.iot_index, settings.iot_retention_days)
+        if deleted:
+            log.info("retention deleted=%d indices=%s", len(deleted), ",".join(deleted))
+    except Exception as exc:  # the next period tries again
+        log.warning("retention failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        await client.close()
 
 
 @app.page("/metrics")

@@ -13,7 +13,7 @@ Three measurements in one run, on the same generated events (``python -m replay 
    searchable - its event time (resolution 0.1 s), with the index's refresh interval at 1 s; a sample
    document never seen inside the window counts as infinite (``missed``).
 
-    .venv/bin/python bench/agents_end_to_end.py --events 1000000 [--latency-rate 5000 --latency-seconds 20]
+    .venv/bin/python -m bench.agents_end_to_end --events 1000000 [--latency-rate 5000 --latency-seconds 20]
 
 Needs the local stack; creates and deletes its own topics and indices.
 """
@@ -39,17 +39,16 @@ import numpy as np
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from agents.geofence import Geofences
+from agents.index import ensure_index
+from agents.pipeline import Incoming, Pipeline
+from agents.sink import ElasticsearchSink, es_client
+from geoiot import config
+from geoiot.malloc import keep_freed_heap
+from geoiot.schema import load_preset, parse_row
+from bench.procstat import cpu_seconds, service_pids
 
-from agents.geofence import Geofences  # noqa: E402
-from agents.index import ensure_index  # noqa: E402
-from agents.pipeline import Incoming, Pipeline  # noqa: E402
-from agents.sink import ElasticsearchSink, es_client  # noqa: E402
-from geoiot import config  # noqa: E402
-from geoiot.malloc import keep_freed_heap  # noqa: E402
-from procstat import cpu_seconds, service_pids  # noqa: E402
-from geoiot.schema import load_preset, parse_row  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 

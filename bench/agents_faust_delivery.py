@@ -6,7 +6,7 @@ Produces N small JSON events (3 partitions), then times from first to last event
    explicit ``ack`` per event (as agents/app.py does): mode ``faust-take``;
 3. a Faust agent iterating the stream one event at a time (auto ack): mode ``faust-iter``.
 
-    .venv/bin/python bench/agents_faust_delivery.py [faust-take faust-iter]     (FB_N=100000 events)
+    .venv/bin/python -m bench.agents_faust_delivery [faust-take faust-iter]     (FB_N=100000 events)
     FB_FAST=1 ... : EXPERIMENT, not used by the agents: replaces ``Consumer.wait_first`` (4 asyncio tasks
     per message in faust's ``_drain_messages``) with an inline first step; see docs/BENCHMARKS.md (Agents).
 

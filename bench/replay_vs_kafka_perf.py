@@ -8,7 +8,7 @@ with the producer defaults (what ``kafka-producer-perf-test`` does out of the bo
 batch size and linger as the replay's producer. Prints events/s of all three and the ratios. The order
 of the runs rotates from round to round so none always gets the warmer broker.
 
-    .venv/bin/python bench/replay_vs_kafka_perf.py [--rows 1000000] [--rounds 1] [--bootstrap localhost:9092]
+    .venv/bin/python -m bench.replay_vs_kafka_perf [--rows 1000000] [--rounds 1] [--bootstrap localhost:9092]
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from pathlib import Path
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from geoiot.schema import load_preset
+from replay.generate import write_csv
+from replay.reader import Rejected, read_records
 
-from geoiot.schema import load_preset  # noqa: E402
-from replay.generate import write_csv  # noqa: E402
-from replay.reader import Rejected, read_records  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
 BATCH_BYTES = 960 * 1024

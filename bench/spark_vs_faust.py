@@ -1,6 +1,6 @@
 """Sustained events/s of the Spark job against the Faust agents, on the same generated events, same run.
 
-    .venv/bin/python bench/spark_vs_faust.py --tracks 1000 --points 1000   # 1,000,000 events
+    .venv/bin/python -m bench.spark_vs_faust --tracks 1000 --points 1000   # 1,000,000 events
 
 Steps: ``python -m replay generate`` -> ``python -m replay constant --max-rate`` into a fresh topic
 (once); then, one after the other so they do not share the 2 cores, a Faust worker into index A and
@@ -25,11 +25,10 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from agents import spark_launch
+from geoiot import config
 
-from agents import spark_launch  # noqa: E402
-from geoiot import config  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

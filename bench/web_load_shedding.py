@@ -1,9 +1,9 @@
 """Many concurrent map clients against `python -m web`: latency and what each status said, old code vs new.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/web_load_shedding.py --baseline /work/main --docs 200000
+    .venv/bin/python -m bench.web_load_shedding --baseline /work/main --docs 1000000
 
-Indexes ``--docs`` generated observations (web.sample) into ``--index`` once (re-used when it holds that
-many). For each client count (20, 100, 500) and each round, starts the server of the baseline checkout
+Indexes ``--docs`` generated observations (tests.support.observations) into ``--index`` once (re-used when
+it holds that many). For each client count (20, 100, 500) and each round, starts the server of the baseline checkout
 (``--baseline``, e.g. the main branch) and of this one, one after the other (alternating, so both see the
 same machine), and sends ``--requests`` aggregations over a city view (zoom 11) with distinct window ends
 so no cache answers, from that many concurrent clients (one aiohttp session, one connection per client,
@@ -33,9 +33,9 @@ from elasticsearch import AsyncElasticsearch
 
 from agents.index import ensure_index
 from geoiot import config
-from geoiot.health import wait_healthy
 from geoiot.schema import load_preset
-from web.sample import bulk_index, walk
+from tests.support.health import wait_healthy
+from tests.support.observations import bulk_index, walk
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000

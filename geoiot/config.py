@@ -87,6 +87,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int),
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int),
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)"),
+    Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float),
+    Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float),
+    Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int),
+    Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int),
     Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int),
     Setting("WEB_QUEUE_TIMEOUT", 3.0, "Seconds a request may wait for a search slot before 503 busy", float),
@@ -129,6 +133,10 @@ class Settings:
     map_refresh_ms: int
     map_marker_threshold: int
     spark_checkpoint_dir: str
+    iot_max_event_age_days: float
+    iot_max_event_ahead_days: float
+    iot_max_new_indices: int
+    iot_retention_days: int
     web_es_concurrency: int
     web_es_queue: int
     web_queue_timeout: float

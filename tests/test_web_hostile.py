@@ -24,9 +24,9 @@ from elasticsearch import AsyncElasticsearch
 
 from agents.index import ensure_index
 from geoiot.config import Settings
-from geoiot.health import wait_healthy
 from geoiot.schema import load_preset
-from web.sample import bulk_index, walk
+from tests.support.health import wait_healthy
+from tests.support.observations import bulk_index, walk
 
 pytestmark = pytest.mark.integration
 
@@ -208,11 +208,12 @@ async def test_the_document_says_what_the_server_accepts(server: str) -> None:
             assert r.status == 400 and "track id" in (await r.json())["error"]
 
 
-def test_schemathesis_with_every_check_finds_nothing(server: str, python_env: dict[str, str]) -> None:
+def test_schemathesis_with_every_check_finds_nothing(server: str, python_env: dict[str, str],
+                                                     tmp_path: Path) -> None:
     examples = os.environ.get("SCHEMATHESIS_EXAMPLES", "30")
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "--config-file",
          str(ROOT / "tests" / "schemathesis.toml"), "run", f"{server}/api/openapi.json", "--checks", "all",
          "--max-examples", examples, "--seed", os.environ.get("SCHEMATHESIS_SEED", "16"), "--no-color"],
-        capture_output=True, text=True, timeout=600, env=python_env)
+        capture_output=True, text=True, timeout=600, env=python_env, cwd=tmp_path)  # its .schemathesis/ there
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]  # a 5xx is a failure too

@@ -82,12 +82,6 @@ def cell_prefix(cell: str) -> bytes:
     return prefix
 
 
-def cell_feature_json(cell: str, count: int, centroid: tuple[float, float] | None) -> bytes:
-    """``cell_feature`` already serialised (byte-for-byte what orjson makes of it)."""
-    tail = b"null" if centroid is None else orjson.dumps(centroid)
-    return b"%s%d,\"centroid\":%s}}" % (cell_prefix(cell), count, tail)
-
-
 def cell_size(precision: int) -> tuple[float, float]:
     """(width, height) in degrees of a geohash cell: 5 bits per character, longitude taking the odd one."""
     bits = 5 * precision
