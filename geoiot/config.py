@@ -91,6 +91,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float),
     Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int),
     Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int),
+    Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int),
+    Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int),
+    Setting("WEB_QUEUE_TIMEOUT", 3.0, "Seconds a request may wait for a search slot before 503 busy", float),
+    Setting("WEB_MAX_GRID_CELLS", 65536, "Most geohash cells an aggregation may cover (bbox x precision)", int),
+    Setting("WEB_HEADER_TIMEOUT", 15.0, "Seconds a connection may go without a complete request head (idle keep-alive too)", float),
+    Setting("WEB_BODY_TIMEOUT", 5.0, "Seconds the web server spends reading a request body it does not use", float),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -131,6 +137,12 @@ class Settings:
     iot_max_event_ahead_days: float
     iot_max_new_indices: int
     iot_retention_days: int
+    web_es_concurrency: int
+    web_es_queue: int
+    web_queue_timeout: float
+    web_max_grid_cells: int
+    web_header_timeout: float
+    web_body_timeout: float
 
     @property
     def es_hosts(self) -> list[str]:
