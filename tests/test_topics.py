@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from geoiot import config, topics
-from conftest import ROOT, unique_name, wait_for_topic
+from conftest import ROOT, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +43,14 @@ async def test_creates_all_three_topics_with_partitions_then_is_idempotent(stack
     first = _run([], env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count('"event":"topic_created"') == 3
-    for name in names:
-        await wait_for_topic(kafka_admin, name, 4)
+    assert await topics.wait_for_leaders(kafka_admin, names) == {n: 4 for n in names}
 
     # A second run (the scheduler restarting the task) changes nothing and succeeds; a flag beats the env.
     second = _run(["--partitions", "6"], env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count('"event":"topic_exists"') == 3
-    assert "topic_has_fewer_partitions" in second.stdout
+    assert second.stdout.count('"event":"topic_differs"') == 3
+    assert "has 4 partitions, fewer than the 6 asked for" in second.stdout
     described = {t["topic"]: len(t["partitions"]) for t in await kafka_admin.describe_topics(names)}
     assert described == {n: 4 for n in names}
 
@@ -85,3 +86,36 @@ def test_unreachable_broker_fails_with_a_clear_message(python_env):
 def test_topic_names_are_deduplicated():
     settings = config.load({"IOT_TOPIC": "a", "IOT_DLQ_TOPIC": "a", "IOT_ALERTS_TOPIC": "b"})
     assert topics.topic_names(settings) == ["a", "b"]
+
+
+async def _broker_config(admin: AIOKafkaAdminClient, key: str) -> str:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    broker = (await admin.describe_cluster())["brokers"][0]["node_id"]
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(broker), {key: None})])
+    [(_, _, _, _, entries)] = response.resources
+    return {entry[0]: entry[1] for entry in entries}[key]
+
+
+async def test_replay_creates_a_new_topic_with_the_partitions_asked_on_an_auto_creating_broker(
+        stack, kafka_admin, python_env, tmp_path):
+    # Kafka's default, as users have it: a metadata request naming a missing topic creates it.
+    assert await _broker_config(kafka_admin, "auto.create.topics.enable") == "true"
+    assert int(await _broker_config(kafka_admin, "num.partitions")) != 6
+    from replay.generate import write_csv
+
+    path = tmp_path / "new.csv"
+    write_csv(path, 12, 5, seed=3)
+    name = unique_name("replay-new")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "replay", "constant", str(path), "--topic", name, "--partitions", "6",
+             "--partitioner", "balanced", "--bootstrap", stack.kafka_bootstrap, "--json-summary"],
+            cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        [described] = await kafka_admin.describe_topics([name])
+        assert len(described["partitions"]) == 6
+        assert len(orjson.loads(result.stdout.strip().splitlines()[-1])["partitions"]) == 6
+    finally:
+        if name in await kafka_admin.list_topics():
+            await kafka_admin.delete_topics([name])
