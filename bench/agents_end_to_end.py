@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,7 +45,7 @@ from agents.geofence import Geofences  # noqa: E402
 from agents.index import ensure_index  # noqa: E402
 from agents.pipeline import Incoming, Pipeline  # noqa: E402
 from agents.sink import ElasticsearchSink, es_client  # noqa: E402
-from geoiot import config  # noqa: E402
+from geoiot import config, topics  # noqa: E402
 from geoiot.malloc import keep_freed_heap  # noqa: E402
 from procstat import cpu_seconds, service_pids  # noqa: E402
 from geoiot.schema import load_preset, parse_row  # noqa: E402
@@ -117,24 +116,11 @@ def indexed(workers) -> float:
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-    await asyncio.sleep(2)
+    await topics.ensure_topic(bootstrap, topics.TopicSpec(name, partitions))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, prefix=prefix)
 
 
 async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -> float:

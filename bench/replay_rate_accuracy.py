@@ -20,11 +20,11 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from geoiot import topics  # noqa: E402
 from replay.generate import write_csv  # noqa: E402
 
 
@@ -46,12 +46,7 @@ async def read_timestamps(bootstrap: str, topic: str, expected: int) -> list[int
 
 
 async def drop_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, [topic])
 
 
 def main() -> None:

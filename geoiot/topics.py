@@ -256,6 +256,24 @@ async def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = DEFAULT
     return result
 
 
+async def delete(admin: AIOKafkaAdminClient, names: Sequence[str] = (), prefix: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """Delete those of ``names`` (and of the topics starting with ``prefix``) that exist; returns them."""
+    bootstrap = _bootstrap(admin)
+    present = await _within("list topics", bootstrap, timeout, admin.list_topics())
+    doomed = sorted(t for t in present if t in set(names) or (prefix is not None and t.startswith(prefix)))
+    if doomed:
+        await _within("delete topics", bootstrap, timeout, admin.delete_topics(doomed))
+    return doomed
+
+
+async def delete_topics(bootstrap: str, names: Sequence[str] = (), prefix: str | None = None,
+                        timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """:func:`delete` with a client of its own (benchmarks cleaning up)."""
+    async with admin_client(bootstrap, timeout=timeout) as admin:
+        return await delete(admin, names, prefix, timeout)
+
+
 async def run(settings: config.Settings, wait: float, check: bool) -> int:
     names = topic_names(settings)
 
