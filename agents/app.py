@@ -281,13 +281,11 @@ async def report_lag() -> None:
     m.TRACKS.set(len(stream.table))
 
 
-@app.page("/metrics")
 async def metrics_page(self: Any, request: Any) -> Any:
     body, content_type = m.exposition()
     return self.bytes(body, content_type=content_type)
 
 
-@app.page("/healthz")
 async def healthz(self: Any, request: Any) -> Any:
     problems = []
     if not runtime.started:
@@ -300,3 +298,10 @@ async def healthz(self: Any, request: Any) -> Any:
     body = {"status": "ok" if not problems else "degraded", "problems": problems, "topic": ctx.topics.source,
             "partitions": ctx.partitions, "assigned": runtime.stream.assigned if runtime.stream else []}
     return self.json(body, status=200 if not problems else 503)
+
+
+@app.on_after_configured.connect
+def add_pages(sender: Any, **kwargs: Any) -> None:
+    """The worker's pages; registered once configured, because ``app.page`` reads the configuration."""
+    app.page("/metrics")(metrics_page)
+    app.page("/healthz")(healthz)
