@@ -42,7 +42,7 @@ from agents.pipeline import Pipeline
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config, topics
-from geoiot.logs import quiet_repeats
+from geoiot.logs import WORKER_LOGGERS, quiet_repeats
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import Preset, SchemaError, load_preset
 from geoiot.timeparse import zone
@@ -137,7 +137,7 @@ async def preflight(ctx: WorkerContext) -> None:
     await check_elasticsearch(ctx)
     os.makedirs(ctx.datadir, exist_ok=True)
     keep_freed_heap()  # per-batch JSON churn: see geoiot.malloc
-    quiet_repeats()  # a Kafka outage must not log a line per reconnect attempt
+    quiet_repeats(WORKER_LOGGERS)  # a Kafka outage must not log a line per reconnect attempt
 
 
 class Runtime:

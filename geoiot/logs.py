@@ -4,8 +4,9 @@ During a Kafka outage aiokafka logs a line for every reconnect attempt of every 
 per second per client, for as long as the broker is away), which buried the one line that mattered
 and filled disks. :class:`RepeatFilter` keeps the first record of each kind (logger, level and message
 template, not its arguments, so "cannot connect to node 1: <error>" is one kind), drops the repeats for
-``period`` seconds and then lets one through saying how many were dropped. :func:`quiet_repeats`
-installs it on the loggers that repeat; components call it at start, never at import.
+``period`` seconds and then lets one through saying how many were dropped. Records below ``level``
+(WARNING by default) pass untouched, so a component's regular progress lines are never dropped.
+:func:`quiet_repeats` installs it on the loggers that repeat; components call it at start, never at import.
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ from collections.abc import Callable, Iterable
 
 DEFAULT_PERIOD = 30.0
 NOISY_LOGGERS = ("aiokafka", "faust.transport", "kafka")  # their reconnect loops repeat per attempt
+WORKER_LOGGERS = (*NOISY_LOGGERS, "agents")  # and the worker's own retry warnings
 MAX_KINDS = 1024  # distinct kinds remembered; the oldest is forgotten first
 
 
 class RepeatFilter(logging.Filter):
     """A logging filter that passes one record per kind and period and counts the ones it drops."""
 
-    def __init__(self, period: float = DEFAULT_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, period: float = DEFAULT_PERIOD, clock: Callable[[], float] = time.monotonic,
+                 level: int = logging.WARNING) -> None:
         super().__init__()
-        self.period = period
+        self.period, self.level = period, level
         self.clock = clock
         self._kinds: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # kind -> [passed at, dropped]
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.level:
+            return True
         kind = (record.name, record.levelno, str(record.msg))
         now = self.clock()
         seen = self._kinds.get(kind)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geoiot import config
+from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args, parser)
     options = _options(args, parser)
     keep_freed_heap()  # one orjson.dumps per row: see geoiot.malloc
+    quiet_repeats()  # with --verbose, a broker outage: aiokafka's errors once per period, with a count
     from replay.summary import human, to_json
 
     try:

@@ -26,7 +26,7 @@ def capture(name: str, period: float, clock: Clock) -> tuple[logging.Logger, lis
             out.append(record.getMessage())
 
     logger.handlers[:] = [ListHandler()]
-    logger.filters[:] = [RepeatFilter(period, clock)]
+    logger.filters[:] = [RepeatFilter(period, clock, level=logging.INFO)]
     return logger, out
 
 
@@ -69,3 +69,11 @@ def test_quiet_repeats_covers_the_existing_library_loggers_once() -> None:
     assert {"aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher"} <= set(names)
     assert quiet_repeats(("aiokafka",)) == names
     assert len(logging.getLogger("aiokafka.conn").filters) == 1
+
+
+def test_records_below_the_level_always_pass() -> None:
+    f = RepeatFilter(30.0, Clock())
+    record = logging.LogRecord("agents", logging.INFO, __file__, 1, "batch events=%d", (5,), None)
+    assert all(f.filter(record) for _ in range(100))
+    warning = logging.LogRecord("agents", logging.WARNING, __file__, 1, "retrying %d", (1,), None)
+    assert [f.filter(warning) for _ in range(3)] == [True, False, False]
