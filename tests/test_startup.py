@@ -147,3 +147,14 @@ async def test_the_worker_names_an_overlapping_index_template_in_one_line(stack,
         from geoiot import topics
 
         await topics.delete_topics(stack.kafka_bootstrap, prefix=f"{topic}-")
+
+
+def test_faust_takes_its_settings_from_ours_not_from_other_components_variables(python_env: dict[str, str]) -> None:
+    # Faust reads WEB_PORT, WEB_HOST and TIMEZONE from the environment over the app's own options; those
+    # variables belong to the web server here, so the worker would have bound the web server's port.
+    probe = ("import agents.app\napp = agents.app.app\napp.finalize()\n"
+             "print(app.conf.id, app.conf.web_port, app.conf.web_host != 'elsewhere.invalid', app.conf.broker[0])")
+    result = run(["-c", probe], dict(python_env, **CLOSED, IOT_APP_ID="fleet", WEB_PORT="7777", WORKER_WEB_PORT="6123",
+                                     WEB_HOST="elsewhere.invalid"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["fleet-faust", "6123", "True", "kafka://127.0.0.1:1"]
