@@ -7,7 +7,6 @@ Every test gets its own topics and indices, deleted afterwards, so tests never s
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
