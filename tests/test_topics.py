@@ -1,4 +1,5 @@
-"""`python -m geoiot.topics` against the real Kafka: creates, is idempotent, and fails clearly."""
+"""geoiot.topics against the real Kafka (with auto.create.topics.enable=true, Kafka's default): the command
+creates, is idempotent and fails clearly; replay and the worker's topics get the partitions and configs asked."""
 
 from __future__ import annotations
 
@@ -20,10 +21,7 @@ async def names(kafka_admin: AIOKafkaAdminClient):
     base = unique_name("deploy")
     names = [base, f"{base}-dlq", f"{base}-alerts"]
     yield names
-    present = set(await kafka_admin.list_topics())
-    doomed = [n for n in names if n in present]
-    if doomed:
-        await kafka_admin.delete_topics(doomed)
+    await topics.delete(kafka_admin, names)
 
 
 def _env(stack: config.Settings, python_env: dict[str, str], names: list[str], **extra: str) -> dict[str, str]:
@@ -117,5 +115,39 @@ async def test_replay_creates_a_new_topic_with_the_partitions_asked_on_an_auto_c
         assert len(described["partitions"]) == 6
         assert len(orjson.loads(result.stdout.strip().splitlines()[-1])["partitions"]) == 6
     finally:
-        if name in await kafka_admin.list_topics():
-            await kafka_admin.delete_topics([name])
+        await topics.delete(kafka_admin, [name])
+
+
+async def test_replay_into_an_existing_topic_with_fewer_partitions_warns_and_uses_them(
+        stack, kafka_admin, new_topic, python_env, tmp_path):
+    from replay.generate import write_csv
+
+    name = await new_topic("replay-few", partitions=2)
+    path = tmp_path / "few.csv"
+    write_csv(path, 12, 5, seed=4)
+    result = subprocess.run(
+        [sys.executable, "-m", "replay", "constant", str(path), "--topic", name, "--partitions", "6", "--max-rate",
+         "--bootstrap", stack.kafka_bootstrap, "--json-summary"],
+        cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"topic {name!r} has 2 partitions, fewer than the 6 asked for" in result.stderr
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sent"] == 60 and set(summary["partitions"]) <= {"0", "1"}
+    [described] = await kafka_admin.describe_topics([name])
+    assert len(described["partitions"]) == 2  # an existing topic is never altered
+
+
+async def test_ensure_reports_a_changelog_without_compaction_and_creates_one_with_it(stack, kafka_admin):
+    base = unique_name("ensure")
+    plain, compacted = f"{base}-plain", f"{base}-compacted"
+    try:
+        await topics.ensure(kafka_admin, [topics.TopicSpec(plain, 1)])
+        results = await topics.ensure(kafka_admin, [topics.TopicSpec(plain, 1, configs=topics.COMPACTED),
+                                                     topics.TopicSpec(compacted, 2, configs=topics.COMPACTED)])
+        assert [(r.status, r.partitions) for r in results] == [("exists", 1), ("created", 2)]
+        assert results[0].problems == (f"topic {plain!r} has cleanup.policy=delete, not compact",)
+        assert results[1].problems == ()
+        again = await topics.ensure(kafka_admin, [topics.TopicSpec(compacted, 2, configs=topics.COMPACTED)])
+        assert again[0].status == "exists" and again[0].problems == ()
+    finally:
+        await topics.delete(kafka_admin, prefix=f"{base}-")
