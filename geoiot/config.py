@@ -136,9 +136,9 @@ def _time_zone(value: str) -> str | None:
 
 
 def _tile_url(value: str) -> str | None:
-    """URL template with {z} {x} {y}"""
-    if not all(part in value for part in ("{z}", "{x}", "{y}")):
-        return "must be a tile URL template with {z}, {x} and {y}"
+    """empty (no tiles) or a URL template with {z} {x} {y}"""
+    if value and not all(part in value for part in ("{z}", "{x}", "{y}")):
+        return "must be empty (no tiles) or a tile URL template with {z}, {x} and {y}"
     return None
 
 

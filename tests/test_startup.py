@@ -53,12 +53,20 @@ def test_every_setting_declares_what_it_accepts() -> None:
     ({"IOT_SINKS": "kafka"}, "IOT_SINKS='kafka' must name one or more of elasticsearch, stdout"),
     ({"IOT_INDEX_REFRESH": "soon"}, "IOT_INDEX_REFRESH='soon' must be an Elasticsearch time value"),
     ({"IOT_TIMEZONE": "Mars/Base"}, "IOT_TIMEZONE='Mars/Base' unknown time zone"),
-    ({"MAP_TILE_URL": "https://tiles.example/a.png"}, "MAP_TILE_URL='https://tiles.example/a.png' must be a tile URL"),
+    ({"MAP_TILE_URL": "https://tiles.example/a.png"}, "MAP_TILE_URL='https://tiles.example/a.png' must be empty (no tiles) or a tile URL"),
 ])
 def test_an_out_of_range_setting_is_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(config.ConfigError) as refused:
         config.load(env)
     assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("env", [{"MAP_TILE_URL": ""}, {"IOT_WEBHOOK_URL": ""}, {"IOT_BULK_WITHIN": "0.01"},
+                                 {"IOT_INDEX_REFRESH": "-1"}, {"SPARK_CHECKPOINT_DIR": ""},
+                                 {"KAFKA_BOOTSTRAP": "k1:9092, k2:9092"}, {"IOT_SINKS": "stdout,elasticsearch"},
+                                 {"IOT_TIMEZONE": "America/New_York"}, {"ES_URL": "https://a:9200,http://b"}])
+def test_documented_edge_values_are_accepted(env: dict[str, str]) -> None:
+    config.load(env)
 
 
 def test_flags_are_validated_like_the_environment() -> None:
