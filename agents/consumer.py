@@ -7,7 +7,9 @@ Faust's own stream delivery is not used for the source topic, for two measured r
 the same family as faust-streaming issues #216/#221/#253, reproduced by
 ``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
-commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``.
+commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
+consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
+aiokafka ones), so the rules below are also checked in-process (``tests/test_agents_delivery.py``).
 
 Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
 
