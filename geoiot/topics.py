@@ -27,10 +27,10 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -72,6 +72,8 @@ class TopicState:
 
 @dataclass(frozen=True)
 class TopicResult:
+    """What :func:`ensure` found or did for one topic."""
+
     name: str
     status: str  # "created" | "exists"
     partitions: int
@@ -103,7 +105,7 @@ async def _within(what: str, bootstrap: str, timeout: float, call: Awaitable[T])
 
 
 async def connect(bootstrap: str, wait: float = 0.0, timeout: float = DEFAULT_TIMEOUT,
-                  on_retry: Any = None) -> AIOKafkaAdminClient:
+                  on_retry: Callable[[int], None] | None = None) -> AIOKafkaAdminClient:
     """An admin client bootstrapped from ``bootstrap``, retrying for up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
     attempt = 0
@@ -125,7 +127,7 @@ async def connect(bootstrap: str, wait: float = 0.0, timeout: float = DEFAULT_TI
 
 @asynccontextmanager
 async def admin_client(bootstrap: str, wait: float = 0.0, timeout: float = DEFAULT_TIMEOUT,
-                       on_retry: Any = None) -> AsyncIterator[AIOKafkaAdminClient]:
+                       on_retry: Callable[[int], None] | None = None) -> AsyncIterator[AIOKafkaAdminClient]:
     """:func:`connect`, closed on exit."""
     admin = await connect(bootstrap, wait, timeout, on_retry)
     try:
