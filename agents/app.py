@@ -39,13 +39,14 @@ from agents.consumer import SourceStream, Topics
 from agents.geofence import Geofences, GeofenceError
 from agents.index import IndexSetupError, ensure_index
 from agents.pipeline import Pipeline
+from agents.retention import delete_expired
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config, topics
 from geoiot.logs import WORKER_LOGGERS, quiet_repeats
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import Preset, SchemaError, load_preset
-from geoiot.timeparse import zone
+from geoiot.timeparse import EventTimeBounds, zone
 
 log = logging.getLogger("agents")
 PREFLIGHT_TIMEOUT = 20.0
@@ -207,7 +208,8 @@ def make_sinks(ctx: WorkerContext) -> list[Sink]:
                 es_client(ctx.settings.es_hosts),
                 on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
-                setup=lambda client: ensure_index(client, ctx.settings, ctx.preset)))
+                setup=lambda client: ensure_index(client, ctx.settings, ctx.preset),
+                max_new_indices=ctx.settings.iot_max_new_indices))
         else:
             sinks.append(StdoutSink())
     return sinks
@@ -232,7 +234,8 @@ class Observations(Service):
             await self.webhook.start()
         stream = SourceStream.connect(
             bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
-            pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter),
+            pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
+                              EventTimeBounds.from_settings(s)),
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
@@ -279,6 +282,23 @@ async def report_lag() -> None:
     _lag_partitions.clear()
     _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
+
+
+@app.timer(interval=3600.0, on_leader=True)
+async def apply_retention() -> None:
+    """Delete daily indices older than IOT_RETENTION_DAYS (see agents.retention); one worker does it."""
+    s = runtime.ctx.settings
+    if s.iot_retention_days <= 0 or "elasticsearch" not in s.sinks:
+        return
+    client = es_client(s.es_hosts, request_timeout=60)
+    try:
+        deleted = await delete_expired(client, s.iot_index, s.iot_retention_days)
+        if deleted:
+            log.info("retention deleted=%d indices=%s", len(deleted), ",".join(deleted))
+    except Exception as exc:  # the next period tries again
+        log.warning("retention failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        await client.close()
 
 
 async def metrics_page(self: Any, request: Any) -> Any:

@@ -135,10 +135,6 @@ class Geofences:
             out[int(pi[s])] = tuple(ids[j] for j in fi[s:e].tolist())
         return out
 
-    def count_inside(self, lon: np.ndarray, lat: np.ndarray) -> int:
-        """Number of (point, fence) hits; what the benchmark times (no per-point Python objects)."""
-        return int(self.pairs(lon, lat)[0].size)
-
 
 MAX_CELLS = 1 << 20
 CELLS_PER_FENCE_EXTENT = 8  # cell edge = median fence extent / this

@@ -1,58 +1,25 @@
-"""The observation index: a template with an explicit mapping generated from the preset, daily indices
-behind one alias.
+"""The observation index: a template with the document model's mapping, daily indices behind one alias.
 
-Documents go to ``<IOT_INDEX>-YYYY.MM.DD`` by event time (UTC), so the same event always lands in the
-same index under the same ``_id``; the template gives every such index the alias ``<IOT_INDEX>``, which
-is what readers (web, tests) query.
+Documents go to the daily index of their event time (:mod:`geoiot.documents`), so the same event
+always lands in the same index under the same ``_id``; the template gives every such index the alias
+``<IOT_INDEX>``, which is what readers (web, tests) query.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError
 
 from geoiot.config import Settings
+from geoiot.documents import index_pattern, mapping_for
 from geoiot.schema import Preset
-
-_ES_TYPES = {
-    "string": {"type": "keyword", "ignore_above": 256},
-    "int": {"type": "long"},
-    "float": {"type": "double"},
-    "bool": {"type": "boolean"},
-    "time": {"type": "date", "format": "epoch_millis||strict_date_optional_time"},
-}
-
-# Fields the agents add to every observation, beside the preset's own.
-DERIVED_MAPPING: dict[str, dict[str, Any]] = {
-    "geometry": {"type": "geo_point"},
-    "geofences": {"type": "keyword"},
-    "geohash": {"type": "keyword"},
-    "speed_mps": {"type": "double"},
-    "heading_deg": {"type": "double"},
-    "distance_m": {"type": "double"},
-    "ingested_at": {"type": "date", "format": "epoch_millis"},
-}
-
-
-def mapping_for(preset: Preset) -> dict[str, Any]:
-    """Explicit mapping: dynamic fields are refused so a typo cannot silently create a field."""
-    properties = {name: dict(_ES_TYPES[kind]) for name, kind in preset.fields}
-    properties.update(DERIVED_MAPPING)
-    return {"dynamic": "false", "properties": properties}
-
-
-def index_for(base: str, time_ms: int) -> str:
-    """The daily index an event of ``time_ms`` belongs to."""
-    day = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
-    return f"{base}-{day:%Y.%m.%d}"
 
 
 def template_body(settings: Settings, preset: Preset, index: str | None = None) -> dict[str, Any]:
     base = index or settings.iot_index
     return {
-        "index_patterns": [f"{base}-*"],
+        "index_patterns": [index_pattern(base)],
         "priority": 200,
         "template": {
             "settings": {
@@ -82,7 +49,7 @@ async def ensure_index(es: AsyncElasticsearch, settings: Settings, preset: Prese
         hint = ("; choose an IOT_INDEX whose pattern no other template matches, or delete the other template"
                 if "overlapping" in reason or "matching patterns" in reason else "")
         raise IndexSetupError(f"Elasticsearch refused the index template {base!r} (IOT_INDEX={settings.iot_index}, "
-                              f"pattern {base}-*): {reason}{hint}") from None
+                              f"pattern {index_pattern(base)}): {reason}{hint}") from None
 
 
 def _reason(exc: BadRequestError) -> str:

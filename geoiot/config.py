@@ -252,6 +252,14 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=1_000_000),
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)",
             check=_any_text),
+    Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float,
+            minimum=0.01, maximum=3_652_059),  # years 1-9999
+    Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float,
+            minimum=0, maximum=3_652_059),
+    Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int,
+            minimum=1, maximum=1000),  # Elasticsearch's default shard limit is 1000 per data node
+    Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
+            minimum=0, maximum=3_652_059),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -288,6 +296,10 @@ class Settings:
     map_refresh_ms: int
     map_marker_threshold: int
     spark_checkpoint_dir: str
+    iot_max_event_age_days: float
+    iot_max_event_ahead_days: float
+    iot_max_new_indices: int
+    iot_retention_days: int
 
     @property
     def es_hosts(self) -> list[str]:

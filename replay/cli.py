@@ -35,7 +35,7 @@ def _non_negative(kind: type, noun: str) -> Callable[[str], Any]:
     return parse
 
 
-_positive_float = _non_negative(float, "a number")
+_non_negative_float = _non_negative(float, "a number")
 _positive_int = _non_negative(int, "an integer")
 
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
     config.add_flags(common, ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION",
-                              "IOT_TIMEZONE"])
+                              "IOT_TIMEZONE", "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_RETENTION_DAYS"])
     common.add_argument("--partitioner", choices=("hash", "balanced"), default="hash",
                         help="hash: Kafka's murmur2 of the track id (default); balanced: new tracks to the least-loaded partition")
     common.add_argument("--retime", choices=("keep", "now"), default="keep",
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--strict", action="store_true", help="stop at the first bad row with exit code 2")
     common.add_argument("--rejects", metavar="FILE", help="write bad rows as JSON Lines {line, reason, row}")
     common.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object, last line of stdout")
-    common.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
+    common.add_argument("--connect-timeout", type=_non_negative_float, default=10.0, metavar="S",
                         help="seconds to wait for Kafka at start (default 10)")
     common.add_argument("--linger-ms", type=_positive_int, default=10, help="producer linger (default 10)")
     common.add_argument("--batch-bytes", type=_positive_int, default=960 * 1024, help="producer batch size (default 960 KiB)")
@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     const = sub.add_parser("constant", parents=[common], help="send N events every interval (or as fast as possible)",
                            description="Play the file at a constant rate, in batches scheduled on a monotonic clock.")
     pace = const.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive_float, metavar="EV_PER_S", help="events per second (0 = as fast as possible)")
+    pace.add_argument("--rate", type=_non_negative_float, metavar="EV_PER_S", help="events per second (0 = as fast as possible)")
     pace.add_argument("--max-rate", action="store_true", help="as fast as possible")
     pace.add_argument("--events-per-interval", type=_positive_int, metavar="N", help="events per batch (default 100)")
-    const.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="batch period (default 1000)")
+    const.add_argument("--interval-ms", type=_non_negative_float, metavar="MS", help="batch period (default 1000)")
     const.add_argument("--loop", action="store_true", help="start over at the end of the file")
     const.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="max rate only: N processes share the partitions (default 1)")
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts = sub.add_parser("timestamp", parents=[common], help="send each unique timestamp group, then wait",
                         description="Play each group of consecutive rows sharing a timestamp, then wait.")
     when = ts.add_mutually_exclusive_group()
-    when.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="wait between groups (default 3000)")
-    when.add_argument("--speedup", type=_positive_float, metavar="X", help="the file's real gaps divided by X")
+    when.add_argument("--interval-ms", type=_non_negative_float, metavar="MS", help="wait between groups (default 3000)")
+    when.add_argument("--speedup", type=_non_negative_float, metavar="X", help="the file's real gaps divided by X")
 
     gen = sub.add_parser("generate", help="write deterministic taxi tracks (headerless 19-column CSV)",
                          description="Deterministic vehicle tracks in the original taxi layout; same seed, same bytes.")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, metavar="FILE", help="output file (.gz for gzip)")
     gen.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", help="area (default NYC: -74.05,40.58,-73.75,40.88)")
     gen.add_argument("--start", default="2013-01-01 00:00:00", metavar="TIME", help="time of the first report (UTC)")
-    gen.add_argument("--jfk-share", type=_positive_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
+    gen.add_argument("--jfk-share", type=_non_negative_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
     return parser
 
 
@@ -122,7 +122,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     from geoiot.schema import SchemaError, load_preset
-    from geoiot.timeparse import zone
+    from geoiot.timeparse import EventTimeBounds, zone
     from replay.pacing import rate_from_batches
     from replay.runner import ReplayOptions
 
@@ -155,6 +155,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     return ReplayOptions(
         path=args.file, topic=settings.iot_topic, bootstrap=settings.kafka_bootstrap, mode=args.command,
         preset=preset, tz=tz, rate=rate, interval_s=interval_s, speedup=speedup, retime=args.retime,
+        time_bounds=EventTimeBounds.from_settings(settings),
         loop=getattr(args, "loop", False), limit=args.limit, partitioner=args.partitioner,
         partitions=settings.iot_partitions, replication=settings.iot_replication, strict=args.strict,
         rejects=args.rejects, connect_timeout=args.connect_timeout, linger_ms=args.linger_ms,

@@ -21,7 +21,7 @@ from typing import IO, Any
 import orjson
 
 from geoiot.schema import InvalidRecord, Preset, parse_row, typed_record
-from geoiot.timeparse import TimeParseError, parse_time
+from geoiot.timeparse import EventTimeBounds, TimeParseError, parse_time
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -46,9 +46,10 @@ class FastConverter:
 
     _TIME_CACHE_LIMIT = 200_000
 
-    def __init__(self, preset: Preset, tz: tzinfo = timezone.utc) -> None:
+    def __init__(self, preset: Preset, tz: tzinfo = timezone.utc, bounds: EventTimeBounds | None = None) -> None:
         self.preset = preset
         self.tz = tz
+        self.bounds = bounds
         self.names = preset.names
         self._times: dict[str, int] = {}
         self._strings = self._compile()
@@ -60,6 +61,8 @@ class FastConverter:
             ms = parse_time(text, self.tz)  # raises TimeParseError
             if not INT64_MIN <= ms <= INT64_MAX:
                 raise TimeParseError(f"time {text!r} is out of range")
+            if self.bounds is not None and self.bounds.problem(ms) is not None:
+                raise TimeParseError(text)  # the slow path rejects the row with the reason
             if len(self._times) >= self._TIME_CACHE_LIMIT:
                 self._times.clear()
             self._times[text] = ms
@@ -131,6 +134,9 @@ class FastConverter:
                 if name == self.preset.time:
                     raise InvalidRecord(f"{name} {value} is out of range")
                 out[name] = None
+        problem = None if self.bounds is None else self.bounds.problem(out[self.preset.time])
+        if problem is not None:
+            raise InvalidRecord(problem)
         return out
 
 
@@ -167,14 +173,15 @@ def _split(line: str) -> list[str]:
 Owns = Callable[[Any], bool]  # given a row's raw track id (None when unknown): is this reader its owner?
 
 
-def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc,
-                 owns: Owns | None = None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc, owns: Owns | None = None,
+                 bounds: EventTimeBounds | None = None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     """Yield (line number, wire object or Rejected) for every non-blank line of the file, in order.
 
     With ``owns``, rows whose raw track id it refuses are skipped before conversion: several worker
     processes then share one file, each converting (and counting) only the rows of its own partitions.
+    With ``bounds``, rows whose event time the agents would refuse (:class:`EventTimeBounds`) are rejected.
     """
-    converter = FastConverter(preset, tz)
+    converter = FastConverter(preset, tz, bounds)
     with open_text(path) as stream:
         lines = enumerate(stream, 1)
         for line_no, line in lines:

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from geoiot.schema import Preset, load_preset
+from geoiot.timeparse import EventTimeBounds
 from replay.pacing import Clock, Timestamps, batch_interval, constant_schedule
 from replay.partitioning import make_partitioner
 from replay.producer import DEFAULT_BATCH_BYTES, DEFAULT_LINGER_MS, BatchingProducer, ensure_topic
@@ -53,6 +54,7 @@ class ReplayOptions:
     interval_s: float | None = None  # constant: batch period (default from the rate); timestamp: group gap
     speedup: float | None = None  # timestamp: file gaps divided by this
     retime: str = "keep"  # keep | now
+    time_bounds: EventTimeBounds | None = None  # rows outside are rejected (only with retime keep)
     loop: bool = False
     limit: int | None = None
     partitioner: str = "hash"
@@ -90,7 +92,8 @@ class Replay:
         o = self.o
         while True:
             valid = 0
-            for _line_no, item in read_records(o.path, self.preset, o.tz, self._owns):
+            for _line_no, item in read_records(o.path, self.preset, o.tz, self._owns,
+                                                  o.time_bounds if o.retime == "keep" else None):
                 if type(item) is Rejected:
                     self._reject(item)
                     continue

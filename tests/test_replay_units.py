@@ -284,3 +284,29 @@ def test_generate_cli_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFix
         main(["constant", str(out), "--schema", "nope"])
     assert exc.value.code == 2
     assert "unknown schema preset" in capsys.readouterr().err
+
+
+def test_replay_and_the_agents_refuse_the_same_event_times_with_the_same_reason(tmp_path: Path) -> None:
+    from agents.geofence import Geofences
+    from agents.pipeline import Incoming, Pipeline
+    from geoiot.timeparse import EventTimeBounds
+    from replay.reader import read_records
+
+    preset = load_preset("taxi")
+    times = ["2013-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+             "0001-01-01T00:00:00Z", "2999-01-01T00:00:00Z"]
+    lines = [json.dumps({"taxiId": str(i), "observationTime": t, "longitude": 1.0, "latitude": 1.0})
+             for i, t in enumerate(times)]
+    path = tmp_path / "times.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    bounds = EventTimeBounds(max_age_days=36525, max_ahead_days=1)
+    replayed = [getattr(item, "reason", None) for _, item in read_records(path, preset, bounds=bounds)]
+    messages = [Incoming(line.encode(), None, "t", 0, i) for i, line in enumerate(lines)]
+    result = Pipeline(preset, Geofences.from_geometries([], []), "obs", bounds=bounds).process(messages, {}.get)
+    dead = dict.fromkeys(range(len(times)))
+    dead.update({m.offset: reason for m, reason in result.dead})
+    assert replayed[0] is None and all(replayed[1:])
+    assert replayed == list(dead.values())
+    # Without bounds (e.g. --retime now rewrites the times), only the years 1-9999 UTC rule remains.
+    unbounded = [getattr(item, "reason", None) for _, item in read_records(path, preset)]
+    assert [r is None for r in unbounded] == [True, False, False, True, True]

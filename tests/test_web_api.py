@@ -31,13 +31,14 @@ from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
 from agents.index import ensure_index
+from geoiot import documents
 from geoiot.config import Settings
-from geoiot.health import wait_healthy
+from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
 from web import openapi
 from web.app import METRICS, init_app
 from web.geo import precision_for_zoom
-from web.sample import bulk_index, document, on_grid, walk
+from tests.support.observations import bulk_index, document, on_grid, walk
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ def expected_cells(docs: list[dict[str, Any]], box: tuple[float, float, float, f
             continue
         if (start is not None and t < start) or (end is not None and t > end):
             continue
-        if fence is not None and fence not in d["geofences"]:
+        if fence is not None and fence not in d[documents.GEOFENCES]:
             continue
         cells[geohash.encode(d[PRESET.lat], d[PRESET.lon], precision)] += 1
     return cells
@@ -171,11 +172,11 @@ async def test_observations_newest_first_with_properties(client: TestClient, dat
     assert body["total"] == len(inside) and len(body["features"]) == 50
     times = [f["properties"][PRESET.time] for f in body["features"]]
     assert times == sorted(times, reverse=True) and times[0] == max(d[PRESET.time] for d in inside)
-    by_id = {f"{d[PRESET.track]}-{d[PRESET.time]}": d for d in inside}
+    by_id = {documents.doc_id(d[PRESET.track], d[PRESET.time]): d for d in inside}
     for f in body["features"]:
         doc = by_id[f["id"]]
         assert f["geometry"]["coordinates"] == [doc[PRESET.lon], doc[PRESET.lat]]
-        assert f["properties"]["speed_mps"] == doc["speed_mps"] and f["properties"]["geofences"] == doc["geofences"]
+        assert f["properties"][documents.SPEED] == doc[documents.SPEED] and f["properties"][documents.GEOFENCES] == doc[documents.GEOFENCES]
 
 
 async def test_track_is_a_time_ordered_linestring(client: TestClient, data: Data) -> None:

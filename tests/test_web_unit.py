@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from openapi_spec_validator import validate
 
+from geoiot import documents
 from geoiot.schema import load_preset
 from web import openapi, params, queries
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_feature, cell_feature_json, cell_ring, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_feature, cell_ring, precision_for_zoom, zoom_table
 from web.params import BadRequest
 from web.routes import aggregate_payload
-from web.sample import on_grid
+from tests.support.observations import on_grid
 
 PRESET = load_preset("taxi")
 lons = st.floats(-180, 180, allow_nan=False)
@@ -70,12 +71,6 @@ cells = st.text("0123456789bcdefghjkmnpqrstuvwxyz", min_size=1, max_size=12)
 centroids = st.none() | st.tuples(lons, lats)
 
 
-@given(cells, st.integers(0, 2**40), centroids)
-def test_pre_serialised_cell_feature_is_exactly_the_json_of_the_feature(cell: str, count: int,
-                                                                       centroid: tuple[float, float] | None) -> None:
-    assert cell_feature_json(cell, count, centroid) == orjson.dumps(cell_feature(cell, count, centroid))
-
-
 @given(st.lists(st.tuples(cells, st.integers(1, 10**6), centroids), max_size=20, unique_by=lambda t: t[0]),
        st.integers(0, 10**6), st.integers(1, 12))
 def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
@@ -121,10 +116,10 @@ def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian(
                                            "fence": "jfk"}))
     body = queries.aggregate_body(PRESET, p)
     flt = body["query"]["bool"]["filter"]
-    box = flt[0]["geo_bounding_box"]["geometry"]
+    box = flt[0]["geo_bounding_box"][documents.GEOMETRY]
     assert box == {"top_left": {"lat": 10.0, "lon": 170.0}, "bottom_right": {"lat": -10.0, "lon": -170.0}}
     assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
-    assert flt[2] == {"term": {"geofences": "jfk"}}
+    assert flt[2] == {"term": {documents.GEOFENCES: "jfk"}}
     assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
     assert queries.aggregate_body(PRESET, params.aggregate_params(MultiDict()))["query"] == {"match_all": {}}
 

@@ -80,9 +80,3 @@ def cell_prefix(cell: str) -> bytes:
             CELL_PREFIXES.clear()  # rare (a long-lived server panning the whole world): start afresh
         CELL_PREFIXES[cell] = prefix
     return prefix
-
-
-def cell_feature_json(cell: str, count: int, centroid: tuple[float, float] | None) -> bytes:
-    """``cell_feature`` already serialised (byte-for-byte what orjson makes of it)."""
-    tail = b"null" if centroid is None else orjson.dumps(centroid)
-    return b"%s%d,\"centroid\":%s}}" % (cell_prefix(cell), count, tail)

@@ -86,7 +86,7 @@ async def aggregate(request: web.Request) -> web.Response:
 
 
 def _position(preset: Any, source: dict[str, Any]) -> list[float] | None:
-    geometry = source.pop("geometry", None)
+    geometry = source.pop(queries.GEO_FIELD, None)
     if isinstance(geometry, dict) and "lon" in geometry and "lat" in geometry:
         return [geometry["lon"], geometry["lat"]]
     lon, lat = source.get(preset.lon), source.get(preset.lat)
