@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartiti
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from geoiot import topics
-from geoiot.quietlog import QuietLog
+from geoiot.logs import QuietLog
 
 log = logging.getLogger("replay")
 
