@@ -12,6 +12,7 @@ import sys
 
 from geoiot import config
 from geoiot.config import Settings
+from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
 from web import server
 from web.app import init_app
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search otherwise
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its own reconnect noise; we log one line per retry
     keep_freed_heap()  # per-request JSON churn: see geoiot.malloc
+    quiet_repeats()  # the alerts consumer reconnects in a loop while Kafka is away: see geoiot.logs
     if args.workers == 1:
         serve(settings, reuse_port=False, use_uvloop=args.uvloop)
     else:
