@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, BadRequestError
 
 from geoiot.config import Settings
 from geoiot.documents import index_pattern, mapping_for
@@ -34,8 +34,28 @@ def template_body(settings: Settings, preset: Preset, index: str | None = None) 
     }
 
 
+class IndexSetupError(RuntimeError):
+    """Elasticsearch refused the index template (an overlapping template, a bad setting); the message says which."""
+
+
 async def ensure_index(es: AsyncElasticsearch, settings: Settings, preset: Preset, index: str | None = None) -> None:
     """Create or update the template (idempotent); existing daily indices keep their mapping."""
     base = index or settings.iot_index
     body = template_body(settings, preset, base)
-    await es.indices.put_index_template(name=base, **body)
+    try:
+        await es.indices.put_index_template(name=base, **body)
+    except BadRequestError as exc:  # not worth retrying: the request itself is refused
+        reason = _reason(exc)
+        hint = ("; choose an IOT_INDEX whose pattern no other template matches, or delete the other template"
+                if "overlapping" in reason or "matching patterns" in reason else "")
+        raise IndexSetupError(f"Elasticsearch refused the index template {base!r} (IOT_INDEX={settings.iot_index}, "
+                              f"pattern {index_pattern(base)}): {reason}{hint}") from None
+
+
+def _reason(exc: BadRequestError) -> str:
+    """Elasticsearch's own explanation of a refused request, without the response dump."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict):
+        return str(error.get("reason") or error.get("type") or exc.message)
+    return str(error or exc.message)

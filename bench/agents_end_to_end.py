@@ -37,13 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.geofence import Geofences
 from agents.index import ensure_index
 from agents.pipeline import Incoming, Pipeline
 from agents.sink import ElasticsearchSink, es_client
-from geoiot import config
+from geoiot import config, topics
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import load_preset, parse_row
 from bench.procstat import cpu_seconds, service_pids
@@ -116,24 +115,11 @@ def indexed(workers) -> float:
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-    await asyncio.sleep(2)
+    await topics.ensure_topic(bootstrap, topics.TopicSpec(name, partitions))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, prefix=prefix)
 
 
 async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -> float:

@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
+from geoiot import topics
 from replay.generate import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,7 @@ async def read_timestamps(bootstrap: str, topic: str, expected: int) -> list[int
 
 
 async def drop_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, [topic])
 
 
 def main() -> None:

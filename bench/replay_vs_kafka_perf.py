@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from geoiot import topics as kafka_topics
 from geoiot.schema import load_preset
 from replay.generate import write_csv
 from replay.reader import Rejected, read_records
@@ -65,16 +65,11 @@ def record_size(path: Path, sample: int = 20_000) -> int:
 
 
 async def topics(bootstrap: str, names: list[str], create: bool) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_topics.admin_client(bootstrap) as admin:
         if create:
-            await admin.create_topics([NewTopic(n, num_partitions=3, replication_factor=1) for n in names])
-            await asyncio.sleep(1.0)
+            await kafka_topics.ensure(admin, [kafka_topics.TopicSpec(n, 3) for n in names])
         else:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+            await kafka_topics.delete(admin, names)
 
 
 def run_replay(path: Path, topic: str, bootstrap: str, rows: int, workers: int = 1) -> dict:

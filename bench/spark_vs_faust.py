@@ -12,6 +12,7 @@ alias count. Topics and indices are deleted at the end. Needs the local stack (i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 
 from agents import spark_launch
-from geoiot import config
+from geoiot import config, topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,12 +134,8 @@ def main() -> int:
             es.options(ignore_status=404).indices.delete(index=f"{index_f}*,{index_s}*", expand_wildcards="all")
             es.options(ignore_status=404).indices.delete_index_template(name=index_f)
             es.options(ignore_status=404).indices.delete_index_template(name=index_s)
-            subprocess.run([sys.executable, "-c", (
-                "import asyncio,sys\nfrom aiokafka.admin import AIOKafkaAdminClient\n"
-                "async def m():\n a=AIOKafkaAdminClient(bootstrap_servers=sys.argv[1]);await a.start()\n"
-                " try:\n  await a.delete_topics(sys.argv[2:])\n except Exception as e: print(e)\n"
-                " await a.close()\nasyncio.run(m())"), settings.kafka_bootstrap, topic, f"{topic}-dlq",
-                f"{topic}-alerts", f"bench-faust-{tag}-tracks-changelog"], env=env)
+            asyncio.run(topics.delete_topics(settings.kafka_bootstrap, [
+                topic, f"{topic}-dlq", f"{topic}-alerts", f"bench-faust-{tag}-tracks-changelog"]))
         es.close()
 
 

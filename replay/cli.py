@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geoiot import config
+from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
 from replay.producer import DEFAULT_DELIVERY_TIMEOUT_S
 
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args, parser)
     options = _options(args, parser)
     keep_freed_heap()  # one orjson.dumps per row: see geoiot.malloc
+    quiet_repeats()  # with --verbose, a broker outage: aiokafka's errors once per period, with a count
     from replay.summary import human, to_json
 
     try:

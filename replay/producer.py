@@ -1,4 +1,4 @@
-"""Kafka side of the replay: topic creation, and a batching producer that never awaits per message.
+"""Kafka side of the replay: its topic (through :mod:`geoiot.topics`), and a batching producer that never awaits per message.
 
 Messages are appended straight into aiokafka's per-partition ``BatchBuilder`` (its C record
 builder) and handed over a whole batch at a time with ``send_batch``, so the Python cost per message
@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from geoiot.quietlog import QuietLog
+from geoiot import topics
+from geoiot.logs import QuietLog
 
 log = logging.getLogger("replay")
 
@@ -57,34 +57,19 @@ async def _within(what: str, bootstrap: str, timeout: float, coro: Awaitable) ->
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int, timeout: float = 10.0) -> int:
-    """Create ``topic`` when missing and wait until every partition has a leader; returns its partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    await _within("admin connect", bootstrap, timeout, admin.start())
+    """The replay's topic through :mod:`geoiot.topics` (created as asked when missing); its partition count.
+
+    An existing topic with fewer partitions than asked is used as it is, with a warning.
+    """
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        created = False
-        while True:
-            described = await _within("describe topic", bootstrap, timeout, admin.describe_topics([topic]))
-            info = described[0] if described else {}
-            parts = info.get("partitions") or []
-            if parts and all(p.get("leader", -1) >= 0 for p in parts):
-                return len(parts)
-            if not parts and not created:
-                try:
-                    await _within("create topic", bootstrap, timeout, admin.create_topics(
-                        [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]))
-                    log.info("created topic %s partitions=%d replication=%d", topic, partitions, replication)
-                except TopicAlreadyExistsError:
-                    pass
-                except ReplayError:
-                    raise
-                created = True
-            if loop.time() > deadline:
-                raise ReplayError(f"topic {topic} has no leader for every partition after {timeout:g}s")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
+        result = await topics.ensure_topic(bootstrap, topics.TopicSpec(topic, partitions, replication), timeout)
+    except topics.TopicsError as exc:
+        raise ReplayError(str(exc)) from None
+    if result.status == "created":
+        log.info("created topic %s partitions=%d replication=%d", topic, partitions, replication)
+    for problem in result.problems:
+        log.warning("%s; replaying into its %d partitions", problem, result.partitions)
+    return result.partitions
 
 
 @dataclass

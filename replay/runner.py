@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import orjson
 
-from geoiot.quietlog import QuietLog
+from geoiot.logs import QuietLog
 from geoiot.schema import Preset, load_preset
 from geoiot.timeparse import EventTimeBounds
 from replay.pacing import Clock, Timestamps, batch_interval, constant_schedule

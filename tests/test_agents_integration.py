@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
 from agents.validate import original_bytes
-from geoiot import documents
+from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
 
@@ -511,9 +511,7 @@ async def changelog_config(kafka_admin, topic: str) -> dict[str, str]:
 async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(stack, kafka_admin, new_topic,
                                                                               agent_env, output_dir):
     """The worker creates the track-state changelog compacted, with the source's partitions, and refuses
-    to start (clear message, non-zero exit) on a changelog with fewer partitions than the source."""
-    from aiokafka.admin import NewTopic
-
+    to start (one line, non-zero exit) on a changelog with fewer partitions or without compaction."""
     topic = await new_topic("agents-log", partitions=3)
     env = agent_env(topic)
     worker = Worker(env, output_dir / f"{topic}.log").start()
@@ -524,9 +522,14 @@ async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(st
         described = await kafka_admin.describe_topics([changelog])
         assert len(described[0]["partitions"]) == 3
 
-        other = agent_env(topic, IOT_APP_ID=f"{topic}-small")
-        await kafka_admin.create_topics([NewTopic(f"{topic}-small-tracks-changelog", 1, 1)])
-        with pytest.raises(AssertionError, match="has 1 partitions, the source topic 3"):
-            Worker(other, output_dir / f"{topic}-small.log").start(timeout=60)
+        await topics.ensure(kafka_admin, [topics.TopicSpec(f"{topic}-small-tracks-changelog", 1),
+                                          topics.TopicSpec(f"{topic}-kept-tracks-changelog", 3)])
+        for app_id, problem in ((f"{topic}-small", "has 1 partitions, fewer than the 3"),
+                                (f"{topic}-kept", "has cleanup.policy=delete, not compact")):
+            with pytest.raises(AssertionError, match=problem) as failed:
+                Worker(agent_env(topic, IOT_APP_ID=app_id), output_dir / f"{app_id}.log").start(timeout=60)
+            assert "worker exited with 1" in str(failed.value)
+            assert [line for line in str(failed.value).splitlines() if line.startswith("agents: ")] == [
+                next(line for line in str(failed.value).splitlines() if problem in line)]
     finally:
         await cleanup_topics(kafka_admin, [f"{topic}-"])

@@ -47,6 +47,11 @@ def test_malformed_environment_names_the_variable(env: dict[str, str]) -> None:
         config.load(env)
 
 
+# Non-default values for the settings with a format (an "x" prefix would not be one of their values).
+OTHER_VALUES = {"ES_URL": "http://es.example:9201", "IOT_WEBHOOK_URL": "http://hook.example/alerts",
+                "IOT_SINKS": "stdout", "IOT_INDEX_REFRESH": "5s", "IOT_TIMEZONE": "America/New_York"}
+
+
 @pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.env)
 def test_every_setting_is_read_from_its_variable_and_its_flag(setting: config.Setting) -> None:
     # Another value than the default, through the environment and through the flag the table derives.
@@ -54,7 +59,8 @@ def test_every_setting_is_read_from_its_variable_and_its_flag(setting: config.Se
         raw, value, argv = ("false", False, [setting.flag.replace("--", "--no-", 1)]) if setting.default \
             else ("true", True, [setting.flag])
     else:
-        value = setting.default + setting.type(7) if setting.type in (int, float) else f"x{setting.default}"
+        value = (setting.default + setting.type(7) if setting.type in (int, float)
+                 else OTHER_VALUES.get(setting.env, f"x{setting.default}"))
         raw = str(value)
         argv = [setting.flag, raw]
     assert getattr(config.load({setting.env: raw}), setting.attr) == value != setting.default

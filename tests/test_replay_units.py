@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, shape
 
 from geoiot.config import DEFAULT_GEOFENCES
-from geoiot.quietlog import QuietLog
+from geoiot.logs import QuietLog
 from geoiot.schema import InvalidRecord, load_preset, parse_row, typed_record
 from geoiot.timeparse import parse_time
 from replay.cli import build_parser, main
