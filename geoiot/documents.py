@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import geohash
@@ -42,6 +43,19 @@ DERIVED_MAPPING: dict[str, dict[str, Any]] = {
     DISTANCE: {"type": "double"},
     INGESTED_AT: {"type": "date", "format": "epoch_millis"},
 }
+
+# The preset type (geoiot.schema.FIELD_TYPES) each derived field is read as, e.g. by the API's filters;
+# geometry is a geo_point and filtered by bbox instead.
+DERIVED_TYPES: dict[str, str] = {GEOFENCES: "string", GEOHASH: "string", SPEED: "float", HEADING: "float",
+                                 DISTANCE: "float", INGESTED_AT: "time"}
+
+
+@lru_cache(maxsize=16)
+def field_types(preset: Preset) -> Mapping[str, str]:
+    """Every attribute of an observation document that holds a scalar (or a list of them) -> its preset type
+    (read-only: cached per preset, it is asked on every filtered request)."""
+    return MappingProxyType({**dict(preset.fields), **DERIVED_TYPES})
+
 
 _ES_TYPES = {
     "string": {"type": "keyword", "ignore_above": 256},

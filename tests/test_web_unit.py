@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import geohash
 import orjson
@@ -232,3 +233,111 @@ async def test_limiter_admits_limit_queues_queue_and_sheds_the_rest() -> None:
     assert admitted == [0, 1] and limiter.in_flight == 0
     async with limiter.slot():  # free again
         assert limiter.in_flight == 1
+
+
+# --- attribute filters (where) -----------------------------------------------------------------------
+
+FIELDS = documents.field_types(PRESET)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+plain_strings = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="|"),
+                        min_size=1, max_size=40).filter(lambda s: s[0] not in "<>")
+
+
+@given(st.lists(INT64, min_size=1, max_size=10))
+def test_int_lists_round_trip(values: list[int]) -> None:
+    f = params.parse_filter("rate_code:" + "|".join(map(str, values)), FIELDS)
+    assert f == params.OneOf("rate_code", "int", tuple(dict.fromkeys(values)))
+
+
+@given(st.lists(plain_strings, min_size=1, max_size=10))
+def test_string_values_are_taken_literally(values: list[str]) -> None:
+    f = params.parse_filter("vendor_id:" + "|".join(values), FIELDS)
+    assert f == params.OneOf("vendor_id", "string", tuple(dict.fromkeys(values)))
+    assert queries.attribute_filter(f) in ({"term": {"vendor_id": values[0]}},
+                                           {"terms": {"vendor_id": list(dict.fromkeys(values))}})
+
+
+@given(FINITE, FINITE)
+def test_float_ranges_keep_their_bounds_or_are_refused_when_inverted(a: float, b: float) -> None:
+    text = f"speed_mps:{a!r}..{b!r}"
+    if a > b:
+        with pytest.raises(BadRequest, match="inverted"):
+            params.parse_filter(text, FIELDS)
+        return
+    f = params.parse_filter(text, FIELDS)
+    assert f == params.Range(documents.SPEED, "float", a, b)
+    assert queries.attribute_filter(f) == {"range": {documents.SPEED: {"gte": a, "lte": b}}}
+
+
+@pytest.mark.parametrize("op, bounds", [(">=", {"gte": 3}), (">", {"gt": 3}), ("<=", {"lte": 3}), ("<", {"lt": 3})])
+def test_comparisons(op: str, bounds: dict[str, int]) -> None:
+    f = params.parse_filter(f"passengerCount:{op}3", FIELDS)
+    assert queries.attribute_filter(f) == {"range": {"passengerCount": bounds}}
+
+
+def test_time_filters_are_epoch_ms_ranges() -> None:
+    f = params.parse_filter("pickup_datetime:2013-01-01T00:00:00Z..1356998460000", FIELDS)
+    assert queries.attribute_filter(f) == {"range": {"pickup_datetime": {
+        "gte": 1_356_998_400_000, "lte": 1_356_998_460_000, "format": "epoch_millis"}}}
+    assert params.parse_filter("ingested_at:1356998400000..", FIELDS) == params.Range("ingested_at", "time",
+                                                                                      1_356_998_400_000)
+
+
+def test_bool_filters_on_a_users_preset() -> None:
+    fields = {"active": "bool"}
+    assert params.parse_filter("active:true|false", fields) == params.OneOf("active", "bool", (True, False))
+    with pytest.raises(BadRequest, match="active: 'yes' is not true or false"):
+        params.parse_filter("active:yes", fields)
+    with pytest.raises(BadRequest, match="ranges apply"):
+        params.parse_filter("active:>=true", fields)
+
+
+BAD_WHERE = [
+    ("nope:1", "unknown field 'nope'"), ("geometry:1", "unknown field 'geometry'"), ("x", "not field:expression"),
+    (":1", "not field:expression"), ("rate_code:", "not field:expression"), ("vendor_id:a\nb", "not field:expression"),
+    ("rate_code:x", "rate_code: 'x' is not an integer"), ("rate_code:1.5", "rate_code: '1.5' is not an integer"),
+    ("rate_code:1||2", "rate_code: empty value"), ("rate_code:|", "rate_code: empty value"),
+    ("rate_code:9223372036854775808", "not an integer"), ("tripDistance:1e999", "not a finite number"),
+    ("tripDistance:nan", "not a finite number"), ("tripDistance:1_0", "not a finite number"),
+    ("tripDistance: 1", "not a finite number"), ("speed_mps:30..10", "inverted"), ("speed_mps:..", "one bound"),
+    ("speed_mps:1..2..3", "not a finite number"), ("speed_mps:>=", "empty value"), ("speed_mps:>=a", "speed_mps"),
+    ("vendor_id:>=3", "ranges apply to int, float, time fields; 'vendor_id' is a string"),
+    ("vendor_id:" + "x" * 257, "never matches"), ("pickup_datetime:soon", "pickup_datetime"),
+    ("pickup_datetime:2013-02-30", "pickup_datetime"), ("rate_code:" + "|".join(["1"] * 65), "at most 64"),
+]
+
+
+@pytest.mark.parametrize("text, fragment", BAD_WHERE)
+def test_malformed_filters_are_refused_naming_the_field(text: str, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape(fragment)):
+        params.parse_filter(text, FIELDS)
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_a_filter_or_a_bad_request(text: str) -> None:
+    for candidate in (text, "speed_mps:" + text, "rate_code:" + text, "pickup_datetime:" + text, "vendor_id:" + text):
+        try:
+            f = params.parse_filter(candidate, FIELDS)
+        except BadRequest:
+            continue
+        assert f.field in FIELDS
+        orjson.dumps(queries.attribute_filter(f))  # only JSON values reach Elasticsearch
+
+
+def test_filters_combine_with_and_and_are_counted() -> None:
+    q = MultiDict([("where", "vendor_id:VTS"), ("where", "passengerCount:>=3"), ("precision", "4")])
+    p = params.aggregate_params(q, MAX_GRID_CELLS, FIELDS)
+    assert [f.field for f in p.where] == ["vendor_id", "passengerCount"]
+    clauses = queries.aggregate_body(PRESET, p)["query"]["bool"]["filter"]
+    assert {"term": {"vendor_id": "VTS"}} in clauses and {"range": {"passengerCount": {"gte": 3}}} in clauses
+    assert params.observation_params(MultiDict([("where", "vendor_id:VTS")]), FIELDS).where == p.where[:1]
+    too_many = MultiDict([("where", "rate_code:1")] * (params.MAX_FILTERS + 1))
+    with pytest.raises(BadRequest, match=f"at most {params.MAX_FILTERS}"):
+        params.track_params("t", too_many, FIELDS)
+
+
+def test_openapi_where_pattern_is_the_servers() -> None:
+    where = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
+    assert where["schema"]["items"]["pattern"] == params.WHERE_PATTERN
+    assert where["schema"]["maxItems"] == params.MAX_FILTERS

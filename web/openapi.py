@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from web.geo import zoom_table
-from web.params import DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_LIMIT, TIME_PATTERN, TOKEN_PATTERN, BBOX_PATTERN
+from web.params import (BBOX_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES, MAX_FILTERS, MAX_LIMIT,
+                        RANGE_TYPES, TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
 
 _TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude; at most 13 digits) "
                         "or an ISO 8601 date of the years 1000-8999 with optional time and offset (UTC unless "
@@ -29,6 +30,19 @@ _TOKEN = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": TOKEN_P
 _FENCE = _param("fence", "Only observations inside this geofence id.", _TOKEN)
 _LIMIT = _param("limit", f"At most this many results (1..{MAX_LIMIT}).",
                 {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})
+_WHERE = {**_param(
+    "where",
+    f"Attribute filters, repeat the parameter for several (all must hold: AND; at most {MAX_FILTERS}). Each is "
+    "field:expression; the field is any attribute of the preset or of the observation document (listed with its "
+    "type under `fields` in /api/config), an unknown one is a 400. Expressions by type: string, int, bool: "
+    f"field:value or field:a|b|c (one of, at most {MAX_FILTER_VALUES}; on geofences: contains one of); string "
+    "values are taken literally (a leading < or > is refused), bool values are true or false. "
+    f"{', '.join(RANGE_TYPES)}: also field:>=x, field:>x, field:<=x, field:<x and field:low..high (inclusive; "
+    "low.. or ..high open on one side). Numbers are decimal; times as for start. A value of the wrong type is "
+    "a 400 naming the field. Examples: vendor_id:VTS, rate_code:1|2, passengerCount:>=3, speed_mps:10..30.",
+    {"type": "array", "maxItems": MAX_FILTERS,
+     "items": {"type": "string", "minLength": 3, "maxLength": 1153, "pattern": WHERE_PATTERN}}),
+    "style": "form", "explode": True, "example": ["vendor_id:VTS", "passengerCount:>=3"]}
 
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 _POSITION = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
@@ -110,17 +124,17 @@ def document() -> dict[str, Any]:
                                _param("zoom", f"Map zoom 0..22 instead of precision; zoom->precision: {zooms} "
                                       "(lowered like precision).",
                                       {"type": "integer", "minimum": 0, "maximum": 22}),
-                               _START, _END, _FENCE],
+                               _START, _END, _FENCE, _WHERE],
                 "responses": {"200": _json("CellCollection", "Cells with counts and centroids"), **_ERRORS}}},
             "/api/observations": {"get": {
                 "summary": "Observations in view as GeoJSON points, newest first",
-                "parameters": [_BBOX, _START, _END, _LIMIT, _FENCE],
+                "parameters": [_BBOX, _START, _END, _LIMIT, _FENCE, _WHERE],
                 "responses": {"200": _json("PointCollection", "Observations"), **_ERRORS}}},
             "/api/tracks/{id}": {"get": {
                 "summary": "One track in time order as a LineString",
                 "parameters": [_param("id", "Track id", _TOKEN, "path", True), _START, _END,
                                _param("limit", f"At most this many points (default {MAX_LIMIT}).",
-                                      {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})],
+                                      {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}), _WHERE],
                 "responses": {"200": _json("Track", "The track"), "404": _json("Error", "No such track"),
                               **_ERRORS}}},
             "/api/alerts": {"get": {

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from types import MappingProxyType
+from typing import Protocol, Union
 
 from geoiot.timeparse import TimeParseError, parse_time
 from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
@@ -33,6 +34,19 @@ _LON = "-?(180(\\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\\.[0-9]+)?)"
 _LAT = "-?(90(\\.0+)?|[0-8]?[0-9](\\.[0-9]+)?)"
 # The bbox's shape and ranges (minLat <= maxLat is checked by parse_bbox: no pattern can say it).
 BBOX_PATTERN = f"^{_LON},{_LAT},{_LON},{_LAT}$"
+# Attribute filters: ``where=field:expression``, repeated for several (combined with AND). The field is
+# everything before the first colon; the expression is checked against the field's type by parse_filter.
+# Published in the OpenAPI document: what violates it is refused before any other check.
+MAX_FILTERS = 16
+MAX_FILTER_VALUES = 64
+MAX_STRING_VALUE = 256  # keyword fields ignore longer values (geoiot.documents), so none could match
+WHERE_PATTERN = r"^[^:\x00-\x1f\x7f]{1,128}:[^\x00-\x1f\x7f]{1,1024}$"
+_WHERE = re.compile(WHERE_PATTERN.removeprefix("^").removesuffix("$"))
+_COMPARISON = re.compile(r"(>=|<=|>|<)(.*)", re.DOTALL)
+_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+RANGE_TYPES = ("int", "float", "time")
+NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
 class BadRequest(ValueError):
@@ -72,12 +86,42 @@ class Window:
     end: int | None = None
 
 
+FilterValue = Union[str, int, float, bool]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """``field:a|b``: the attribute equals one of ``values`` (for a list attribute: contains one of them).
+    Values are of the field's type; times are epoch ms."""
+
+    field: str
+    kind: str
+    values: tuple[FilterValue, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """``field:>=x``, ``field:<x``, ``field:low..high`` (inclusive; one side may be left empty); None is open.
+    Numbers for int and float fields, epoch ms for time fields."""
+
+    field: str
+    kind: str
+    low: int | float | None = None
+    high: int | float | None = None
+    include_low: bool = True
+    include_high: bool = True
+
+
+Filter = Union[OneOf, Range]
+
+
 @dataclass(frozen=True)
 class AggregateParams:
     bbox: BBox
     window: Window
     precision: int
     fence: str | None
+    where: tuple[Filter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +130,7 @@ class ObservationParams:
     window: Window
     limit: int
     fence: str | None
+    where: tuple[Filter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +138,7 @@ class TrackParams:
     track: str
     window: Window
     limit: int
+    where: tuple[Filter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,13 +147,17 @@ class AlertParams:
     limit: int
 
 
-def single(query: Query, allowed: Iterable[str]) -> dict[str, str]:
-    """The query as name -> value, refusing unknown and repeated parameters."""
-    allowed = set(allowed)
+def single(query: Query, allowed: Iterable[str], repeatable: Iterable[str] = ()) -> dict[str, str]:
+    """The query as name -> value, refusing unknown parameters, and repeated ones unless ``repeatable``
+    (those are left out: read them with ``query.getall``)."""
+    repeatable = set(repeatable)
+    allowed = set(allowed) | repeatable
     out: dict[str, str] = {}
     for key in query.keys():
         if key not in allowed:
             raise BadRequest(f"unknown parameter {key!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+        if key in repeatable:
+            continue
         values = query.getall(key)
         if len(values) > 1:
             raise BadRequest(f"parameter {key!r} is given {len(values)} times")
@@ -199,6 +249,74 @@ def parse_token(text: str | None, name: str) -> str | None:
     return text
 
 
+def _filter_value(kind: str, text: str, name: str) -> FilterValue:
+    """One value of a filter on field ``name`` of type ``kind``, or a 400 naming the field and the type."""
+    if text == "":
+        raise BadRequest(f"where {name}: empty value")
+    if kind == "string":
+        if len(text) > MAX_STRING_VALUE:
+            raise BadRequest(f"where {name}: a value longer than {MAX_STRING_VALUE} characters never matches")
+        return text
+    if kind == "int":
+        if not _INT.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            raise BadRequest(f"where {name}: {text[:40]!r} is not an integer (int field, 64 bits)")
+        return int(text)
+    if kind == "float":
+        if not _FLOAT.fullmatch(text) or not math.isfinite(float(text)):
+            raise BadRequest(f"where {name}: {text[:40]!r} is not a finite number (float field)")
+        return float(text)
+    if kind == "bool":
+        if text not in ("true", "false"):
+            raise BadRequest(f"where {name}: {text[:40]!r} is not true or false (bool field)")
+        return text == "true"
+    if kind == "time":
+        value = parse_time_param(text, f"where {name} (time field)")
+        assert value is not None
+        return value
+    raise BadRequest(f"where {name}: fields of type {kind!r} cannot be filtered")
+
+
+def parse_filter(text: str, fields: Mapping[str, str]) -> Filter:
+    """One ``field:expression`` against ``fields`` (name -> preset type, geoiot.documents.field_types)."""
+    if not _WHERE.fullmatch(text):
+        raise BadRequest(f"where {text[:60]!r} is not field:expression (a field name, a colon, then 1..1024 "
+                         "characters, no control characters)")
+    name, _, expr = text.partition(":")
+    kind = fields.get(name)
+    if kind is None:
+        raise BadRequest(f"where: unknown field {name[:60]!r}; filterable: {', '.join(sorted(fields)) or 'none'}")
+    comparison = _COMPARISON.fullmatch(expr)
+    if kind in RANGE_TYPES and (comparison or ".." in expr):
+        if comparison:
+            op, operand = comparison.groups()
+            value = _filter_value(kind, operand, name)
+            inclusive = op.endswith("=")
+            return (Range(name, kind, low=value, include_low=inclusive) if op[0] == ">"
+                    else Range(name, kind, high=value, include_high=inclusive))
+        low_text, _, high_text = expr.partition("..")
+        if not low_text and not high_text:
+            raise BadRequest(f"where {name}: a range needs at least one bound (low..high, low.. or ..high)")
+        low = _filter_value(kind, low_text, name) if low_text else None
+        high = _filter_value(kind, high_text, name) if high_text else None
+        if low is not None and high is not None and low > high:  # type: ignore[operator]
+            raise BadRequest(f"where {name}: range {expr[:60]!r} is inverted (low > high)")
+        return Range(name, kind, low, high)  # type: ignore[arg-type]
+    if comparison:
+        raise BadRequest(f"where {name}: ranges apply to {', '.join(RANGE_TYPES)} fields; {name!r} is a {kind} "
+                         "(use field:value or field:a|b)")
+    parts = expr.split("|")
+    if len(parts) > MAX_FILTER_VALUES:
+        raise BadRequest(f"where {name}: {len(parts)} values; at most {MAX_FILTER_VALUES}")
+    return OneOf(name, kind, tuple(dict.fromkeys(_filter_value(kind, part, name) for part in parts)))
+
+
+def parse_where(texts: Sequence[str], fields: Mapping[str, str]) -> tuple[Filter, ...]:
+    """Every ``where`` parameter, all to hold at once (AND)."""
+    if len(texts) > MAX_FILTERS:
+        raise BadRequest(f"where is given {len(texts)} times; at most {MAX_FILTERS}")
+    return tuple(parse_filter(text, fields) for text in texts)
+
+
 def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
     """The highest precision up to ``precision`` whose grid over ``bbox`` has at most ``max_cells`` cells
     (never below 1): an aggregation's cost grows with the cells it may build, so a wide view at a fine
@@ -208,26 +326,29 @@ def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
     return precision
 
 
-def aggregate_params(query: Query, max_cells: int) -> AggregateParams:
-    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS)."""
-    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"})
+def aggregate_params(query: Query, max_cells: int, fields: Mapping[str, str] = NO_FIELDS) -> AggregateParams:
+    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS); ``fields``: what
+    ``where`` may filter (geoiot.documents.field_types of the preset)."""
+    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"}, {"where"})
     bbox = parse_bbox(q.get("bbox"))
     precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells)
     return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
-                           parse_token(q.get("fence"), "fence"))
+                           parse_token(q.get("fence"), "fence"), parse_where(query.getall("where", []), fields))
 
 
-def observation_params(query: Query) -> ObservationParams:
-    q = single(query, {"bbox", "start", "end", "limit", "fence"})
+def observation_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> ObservationParams:
+    q = single(query, {"bbox", "start", "end", "limit", "fence"}, {"where"})
     return ObservationParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
-                             parse_limit(q.get("limit")), parse_token(q.get("fence"), "fence"))
+                             parse_limit(q.get("limit")), parse_token(q.get("fence"), "fence"),
+                             parse_where(query.getall("where", []), fields))
 
 
-def track_params(track: str, query: Query) -> TrackParams:
-    q = single(query, {"start", "end", "limit"})
+def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS) -> TrackParams:
+    q = single(query, {"start", "end", "limit"}, {"where"})
     token = parse_token(track, "track id")
     assert token is not None
-    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_LIMIT))
+    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_LIMIT),
+                       parse_where(query.getall("where", []), fields))
 
 
 def alert_params(query: Query) -> AlertParams:

@@ -11,7 +11,7 @@ from typing import Any
 
 from geoiot.documents import GEOFENCES, GEOMETRY
 from geoiot.schema import Preset
-from web.params import WORLD, AggregateParams, BBox, ObservationParams, TrackParams, Window
+from web.params import WORLD, AggregateParams, BBox, Filter, ObservationParams, OneOf, TrackParams, Window
 
 GEO_FIELD = GEOMETRY
 FENCE_FIELD = GEOFENCES
@@ -46,10 +46,32 @@ def time_filter(preset: Preset, window: Window) -> dict[str, Any] | None:
     return {"range": {preset.time: {**bounds, "format": "epoch_millis"}}}
 
 
-def filters(preset: Preset, bbox: BBox, window: Window, fence: str | None) -> dict[str, Any]:
+def attribute_filter(f: Filter) -> dict[str, Any]:
+    """One validated ``where`` filter as a term, terms or range query on its field (a field name of the
+    preset or the document model: web.params checked it against geoiot.documents.field_types)."""
+    if isinstance(f, OneOf):
+        if f.kind == "time":  # a date field's exact instants, read as epoch ms whatever its own format
+            return {"bool": {"should": [{"range": {f.field: {"gte": v, "lte": v, "format": "epoch_millis"}}}
+                                        for v in f.values], "minimum_should_match": 1}}
+        if len(f.values) == 1:
+            return {"term": {f.field: f.values[0]}}
+        return {"terms": {f.field: list(f.values)}}
+    bounds: dict[str, Any] = {}
+    if f.low is not None:
+        bounds["gte" if f.include_low else "gt"] = f.low
+    if f.high is not None:
+        bounds["lte" if f.include_high else "lt"] = f.high
+    if f.kind == "time":
+        bounds["format"] = "epoch_millis"
+    return {"range": {f.field: bounds}}
+
+
+def filters(preset: Preset, bbox: BBox, window: Window, fence: str | None,
+            where: tuple[Filter, ...] = ()) -> dict[str, Any]:
     clauses = [c for c in (bbox_filter(bbox), time_filter(preset, window)) if c is not None]
     if fence is not None:
         clauses.append({"term": {FENCE_FIELD: fence}})
+    clauses.extend(attribute_filter(f) for f in where)
     return {"bool": {"filter": clauses}} if clauses else {"match_all": {}}
 
 
@@ -65,7 +87,7 @@ def aggregate_body(preset: Preset, p: AggregateParams) -> dict[str, Any]:
         "filter_path": AGGREGATE_FILTER_PATH,
         "size": 0,
         "track_total_hits": True,  # the total in view and whether MAX_CELLS truncated the grid
-        "query": filters(preset, p.bbox, p.window, p.fence),
+        "query": filters(preset, p.bbox, p.window, p.fence, p.where),
         "aggs": {"cells": {
             "geohash_grid": {"field": GEO_FIELD, "precision": p.precision, "size": MAX_CELLS},
             "aggs": {"centroid": {"geo_centroid": {"field": GEO_FIELD}}},
@@ -79,7 +101,7 @@ def observations_body(preset: Preset, p: ObservationParams) -> dict[str, Any]:
         **SEARCH_OPTIONS,
         "size": p.limit,
         "track_total_hits": True,
-        "query": filters(preset, p.bbox, p.window, p.fence),
+        "query": filters(preset, p.bbox, p.window, p.fence, p.where),
         "sort": [{preset.time: {"order": "desc", "unmapped_type": "date"}}],
     }
 
@@ -90,6 +112,7 @@ def track_body(preset: Preset, p: TrackParams) -> dict[str, Any]:
     window = time_filter(preset, p.window)
     if window is not None:
         clauses.append(window)
+    clauses.extend(attribute_filter(f) for f in p.where)
     return {
         **SEARCH_OPTIONS,
         "size": p.limit,

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from geoiot.documents import field_types
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
 from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
@@ -77,7 +78,8 @@ def aggregate_payload(resp: dict[str, Any], precision: int) -> bytes:
 
 
 async def aggregate(request: web.Request) -> web.Response:
-    p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells)
+    p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells,
+                                field_types(request.app[PRESET]))
     body = queries.aggregate_body(request.app[PRESET], p)
     key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -98,7 +100,7 @@ def _position(preset: Any, source: dict[str, Any]) -> list[float] | None:
 
 
 async def observations(request: web.Request) -> web.Response:
-    p = params.observation_params(request.query)
+    p = params.observation_params(request.query, field_types(request.app[PRESET]))
     preset = request.app[PRESET]
     resp = await search(request, "observations", queries.observations_body(preset, p))
     features = []
@@ -113,7 +115,7 @@ async def observations(request: web.Request) -> web.Response:
 
 
 async def track(request: web.Request) -> web.Response:
-    p = params.track_params(request.match_info["id"], request.query)
+    p = params.track_params(request.match_info["id"], request.query, field_types(request.app[PRESET]))
     preset = request.app[PRESET]
     resp = await search(request, "track", queries.track_body(preset, p))
     coords, times = [], []
@@ -155,6 +157,7 @@ async def map_config(request: web.Request) -> web.Response:
         "maxLimit": params.MAX_LIMIT,
         "index": settings.iot_index,
         "schema": {"track": preset.track, "time": preset.time, "lon": preset.lon, "lat": preset.lat},
+        "fields": dict(field_types(preset)),  # what `where` filters may name, with their types
     })
 
 
