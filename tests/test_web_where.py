@@ -19,11 +19,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from tests.support.observations import bulk_index, walk
+from tests.support.observations import indexed, walk
 from web import openapi
 from web.app import init_app
 
@@ -78,12 +77,8 @@ async def data(stack: Settings, es: AsyncElasticsearch, tmp_path_factory: pytest
     name = f"webwhere-{uuid.uuid4().hex[:10]}"
     settings = dataclasses.replace(stack, iot_index=name, iot_schema=str(path))
     docs = make_docs(preset)
-    await ensure_index(es, settings, preset, index=name)
-    assert await bulk_index(es, name, preset, iter(docs)) == len(docs)
-    await es.indices.refresh(index=f"{name}*")
-    yield Data(docs, settings)
-    await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
-    await es.options(ignore_status=404).indices.delete_index_template(name=name)
+    async with indexed(es, settings, preset, docs):
+        yield Data(docs, settings)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
+from agents.index import ensure_index
 from geoiot import documents
+from geoiot.config import Settings
 from geoiot.schema import Preset
 
 LAT_STEP = 180.0 / 2**32
@@ -77,3 +80,19 @@ async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: It
                                                raise_on_error=True):
         count += ok
     return count
+
+
+@asynccontextmanager
+async def indexed(es: AsyncElasticsearch, settings: Settings, preset: Preset,
+                  docs: list[dict[str, Any]]) -> AsyncIterator[None]:
+    """``docs`` in the daily indices of ``settings.iot_index`` (created with the agents' template, refreshed),
+    deleted with their template on exit."""
+    name = settings.iot_index
+    await ensure_index(es, settings, preset, index=name)
+    try:
+        assert await bulk_index(es, name, preset, iter(docs)) == len(docs)
+        await es.indices.refresh(index=f"{name}*")
+        yield
+    finally:
+        await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
+        await es.options(ignore_status=404).indices.delete_index_template(name=name)
