@@ -341,3 +341,12 @@ def test_openapi_where_pattern_is_the_servers() -> None:
     where = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
     assert where["schema"]["items"]["pattern"] == params.WHERE_PATTERN
     assert where["schema"]["maxItems"] == params.MAX_FILTERS
+
+
+def test_track_pages_continue_after_the_last_time_and_count_only_once() -> None:
+    p = params.track_params("t1", MultiDict({"where": "rate_code:1"}), FIELDS)
+    assert p.limit == params.MAX_TRACK_POINTS
+    first, later = queries.track_body(PRESET, p), queries.track_body(PRESET, p, 5, after=1_357_000_000_000)
+    assert first["size"] == queries.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
+    assert later["size"] == 5 and later["search_after"] == [1_357_000_000_000] and later["track_total_hits"] is False
+    assert {"term": {"rate_code": 1}} in later["query"]["bool"]["filter"]

@@ -7,7 +7,8 @@ from typing import Any
 
 from web.geo import zoom_table
 from web.params import (BBOX_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES, MAX_FILTERS, MAX_LIMIT,
-                        RANGE_TYPES, TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
+                        MAX_TRACK_POINTS, RANGE_TYPES, TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
+from web.queries import TRACK_PAGE
 
 _TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude; at most 13 digits) "
                         "or an ISO 8601 date of the years 1000-8999 with optional time and offset (UTC unless "
@@ -80,7 +81,14 @@ _SCHEMAS: dict[str, Any] = {
         "type": {"const": "Feature"},
         "geometry": {"type": "object", "properties": {"type": {"enum": ["LineString", "Point"]}}},
         "properties": {"type": "object", "required": ["track", "count", "times"], "properties": {
-            "track": {"type": "string"}, "count": {"type": "integer"}, "truncated": {"type": "boolean"},
+            "track": {"type": "string"}, "count": {"type": "integer"},
+            "points": {"type": "integer", "minimum": 1, "description": "Points returned (= count)"},
+            "total": {"type": "integer", "minimum": 0, "description": "Reports of the track in the window"},
+            "pages": {"type": "integer", "minimum": 1,
+                      "description": f"Searches it took (search_after, {TRACK_PAGE} points each)"},
+            "complete": {"type": "boolean", "description": "Every report of the window is in the answer"},
+            "truncated": {"type": "boolean", "description": "Not complete: limit (or the bound "
+                                                            f"{MAX_TRACK_POINTS}) stopped it"},
             "times": {"type": "array", "items": {"type": "integer"}}}}}},
     "Alerts": {"type": "object", "required": ["alerts", "connected"], "properties": {
         "connected": {"type": "boolean"},
@@ -131,10 +139,11 @@ def document() -> dict[str, Any]:
                 "parameters": [_BBOX, _START, _END, _LIMIT, _FENCE, _WHERE],
                 "responses": {"200": _json("PointCollection", "Observations"), **_ERRORS}}},
             "/api/tracks/{id}": {"get": {
-                "summary": "One track in time order as a LineString",
+                "summary": "One track in time order as a LineString (paged through the window; complete says if whole)",
                 "parameters": [_param("id", "Track id", _TOKEN, "path", True), _START, _END,
-                               _param("limit", f"At most this many points (default {MAX_LIMIT}).",
-                                      {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}), _WHERE],
+                               _param("limit", f"At most this many points (default and bound {MAX_TRACK_POINTS}); "
+                                      f"the server pages through the window {TRACK_PAGE} points a search.",
+                                      {"type": "integer", "minimum": 1, "maximum": MAX_TRACK_POINTS}), _WHERE],
                 "responses": {"200": _json("Track", "The track"), "404": _json("Error", "No such track"),
                               **_ERRORS}}},
             "/api/alerts": {"get": {

@@ -17,6 +17,9 @@ from geoiot.timeparse import TimeParseError, parse_time
 from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
 
 MAX_LIMIT = 10_000
+# /api/tracks/{id} pages through the window (search_after, web.queries.TRACK_PAGE points a search) up to
+# this many points: the bound on one answer's size (about 60 bytes of JSON a point).
+MAX_TRACK_POINTS = 100_000
 DEFAULT_LIMIT = 1_000
 DEFAULT_PRECISION = 5
 # Track and fence ids: printable, no control characters; the OpenAPI document publishes the same pattern.
@@ -236,8 +239,8 @@ def parse_precision(precision: str | None, zoom: str | None) -> int:
     return DEFAULT_PRECISION
 
 
-def parse_limit(text: str | None, default: int = DEFAULT_LIMIT) -> int:
-    return default if text is None else _integer(text, "limit", 1, MAX_LIMIT)
+def parse_limit(text: str | None, default: int = DEFAULT_LIMIT, high: int = MAX_LIMIT) -> int:
+    return default if text is None else _integer(text, "limit", 1, high)
 
 
 def parse_token(text: str | None, name: str) -> str | None:
@@ -347,7 +350,7 @@ def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS
     q = single(query, {"start", "end", "limit"}, {"where"})
     token = parse_token(track, "track id")
     assert token is not None
-    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_LIMIT),
+    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
                        parse_where(query.getall("where", []), fields))
 
 

@@ -106,20 +106,33 @@ def observations_body(preset: Preset, p: ObservationParams) -> dict[str, Any]:
     }
 
 
-def track_body(preset: Preset, p: TrackParams) -> dict[str, Any]:
-    """One track's reports in time order (the first ``limit`` of the window)."""
+# Elasticsearch's index.max_result_window: the most hits one search may return.
+TRACK_PAGE = 10_000
+
+
+def track_body(preset: Preset, p: TrackParams, size: int = TRACK_PAGE, after: int | None = None) -> dict[str, Any]:
+    """One page of a track's reports in time order: the first ``size`` of the window after time ``after``.
+
+    The time alone is a complete sort key: a track has one document per time (``_id`` is track:time,
+    geoiot.documents), so paging with search_after on it neither skips nor repeats a report. Only the
+    first page counts the window's total. Only the position is read.
+    """
     clauses: list[dict[str, Any]] = [{"term": {preset.track: p.track}}]
     window = time_filter(preset, p.window)
     if window is not None:
         clauses.append(window)
     clauses.extend(attribute_filter(f) for f in p.where)
-    return {
+    body: dict[str, Any] = {
         **SEARCH_OPTIONS,
-        "size": p.limit,
-        "track_total_hits": True,
+        "size": size,
+        "track_total_hits": after is None,
+        "_source": [GEO_FIELD, preset.lon, preset.lat],
         "query": {"bool": {"filter": clauses}},
         "sort": [{preset.time: {"order": "asc", "unmapped_type": "date"}}],
     }
+    if after is not None:
+        body["search_after"] = [after]
+    return body
 
 
 def extent_body(preset: Preset) -> dict[str, Any]:

@@ -115,22 +115,38 @@ async def observations(request: web.Request) -> web.Response:
 
 
 async def track(request: web.Request) -> web.Response:
+    """The window's reports of one track, paged with search_after (queries.TRACK_PAGE a search) up to
+    ``limit`` (params.MAX_TRACK_POINTS at most); ``complete`` says whether that was all of them."""
     p = params.track_params(request.match_info["id"], request.query, field_types(request.app[PRESET]))
     preset = request.app[PRESET]
-    resp = await search(request, "track", queries.track_body(preset, p))
     coords, times = [], []
-    for hit in resp.get("hits", {}).get("hits", []):
-        position = _position(preset, dict(hit.get("_source", {})))
-        if position is not None:
-            coords.append(position)
-            times.append(int(hit["sort"][0]))
+    fetched, total, pages, after, exhausted = 0, 0, 0, None, False
+    while fetched < p.limit:
+        size = min(queries.TRACK_PAGE, p.limit - fetched)
+        resp = await search(request, "track", queries.track_body(preset, p, size, after))
+        pages += 1
+        if after is None:
+            total = _total(resp)
+        hits = resp.get("hits", {}).get("hits", [])
+        for hit in hits:
+            position = _position(preset, dict(hit.get("_source", {})))
+            if position is not None:
+                coords.append(position)
+                times.append(int(hit["sort"][0]))
+        fetched += len(hits)
+        if len(hits) < size or fetched >= total:
+            exhausted = True
+            break
+        after = int(hits[-1]["sort"][0])
     if not coords:
         return json_response({"error": f"no observations of track {p.track!r} in that window"}, 404)
+    complete = exhausted and fetched >= total
     geometry = ({"type": "LineString", "coordinates": coords} if len(coords) > 1
                 else {"type": "Point", "coordinates": coords[0]})
     return json_response({"type": "Feature", "id": p.track, "geometry": geometry,
                           "properties": {"track": p.track, "count": len(coords), "times": times,
-                                         "truncated": _total(resp) > len(coords)}})
+                                         "points": len(coords), "total": total, "pages": pages,
+                                         "complete": complete, "truncated": not complete}})
 
 
 async def recent_alerts(request: web.Request) -> web.Response:
