@@ -81,6 +81,7 @@ async def aggregate(request: web.Request) -> web.Response:
     p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells,
                                 field_types(request.app[PRESET]))
     body = queries.aggregate_body(request.app[PRESET], p)
+    # the key is the whole search body: bbox, window, precision, fence and every where filter
     key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
