@@ -70,7 +70,8 @@ def make_docs(preset: Any) -> list[Doc]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def data(stack: Settings, es: AsyncElasticsearch, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Data]:
+async def data(stack: Settings, es: AsyncElasticsearch,
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Data]:
     path: Path = tmp_path_factory.mktemp("preset") / "probe.toml"
     path.write_text(PRESET_TOML)
     preset = load_preset(str(path))

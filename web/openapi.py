@@ -35,7 +35,7 @@ _WHERE = {**_param(
     "where",
     f"Attribute filters, repeat the parameter for several (all must hold: AND; at most {MAX_FILTERS}). Each is "
     "field:expression; the field is any attribute of the preset or of the observation document (listed with its "
-    "type under `fields` in /api/config), an unknown one is a 400. Expressions by type: string, int, bool: "
+    "type under `fields` in /api/config), an unknown one is a 400. Expressions, any type: "
     f"field:value or field:a|b|c (one of, at most {MAX_FILTER_VALUES}; on geofences: contains one of); string "
     "values are taken literally (a leading < or > is refused), bool values are true or false. "
     f"{', '.join(RANGE_TYPES)}: also field:>=x, field:>x, field:<=x, field:<x and field:low..high (inclusive; "
@@ -139,7 +139,8 @@ def document() -> dict[str, Any]:
                 "parameters": [_BBOX, _START, _END, _LIMIT, _FENCE, _WHERE],
                 "responses": {"200": _json("PointCollection", "Observations"), **_ERRORS}}},
             "/api/tracks/{id}": {"get": {
-                "summary": "One track in time order as a LineString (paged through the window; complete says if whole)",
+                "summary": "One track in time order as a LineString, paged through the window "
+                           "(properties.complete says whether it is whole)",
                 "parameters": [_param("id", "Track id", _TOKEN, "path", True), _START, _END,
                                _param("limit", f"At most this many points (default and bound {MAX_TRACK_POINTS}); "
                                       f"the server pages through the window {TRACK_PAGE} points a search.",

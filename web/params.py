@@ -18,7 +18,7 @@ from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
 
 MAX_LIMIT = 10_000
 # /api/tracks/{id} pages through the window (search_after, web.queries.TRACK_PAGE points a search) up to
-# this many points: the bound on one answer's size (about 60 bytes of JSON a point).
+# this many points: the bound on one answer's size and on the searches it takes.
 MAX_TRACK_POINTS = 100_000
 DEFAULT_LIMIT = 1_000
 DEFAULT_PRECISION = 5
@@ -350,7 +350,8 @@ def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS
     q = single(query, {"start", "end", "limit"}, {"where"})
     token = parse_token(track, "track id")
     assert token is not None
-    return TrackParams(token, parse_window(q.get("start"), q.get("end")), parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
+    return TrackParams(token, parse_window(q.get("start"), q.get("end")),
+                       parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
                        parse_where(query.getall("where", []), fields))
 
 
