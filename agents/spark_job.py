@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--starting-offsets", default="earliest", choices=("earliest", "latest"),
                         help="where a job without a checkpoint starts reading (default earliest)")
     return parser
+
+
+# SPARK-55271 (apache/spark#55236): the Kafka connector's V2 source of Spark 4.1.0-4.1.2 throws
+# "Cannot invoke IterableOps.map ... Option.get() is null" when it reports progress for a batch it did
+# not plan itself, i.e. the in-flight batch a restarted query redoes from offsets/N after a crash. That
+# NPE kills every restart after a crash mid-batch. The V1 Kafka source (same options, same checkpoint
+# layout and offsets) has no such code path; 4.1.3 and 4.2.0 fix the V2 one.
+KAFKA_V1_CONF = ("spark.sql.streaming.disabledV2MicroBatchReaders", "org.apache.spark.sql.kafka010.KafkaSourceProvider")
+KAFKA_V2_METRICS_NPE = ((4, 1, 0), (4, 1, 3))  # affected Spark versions: [first, fixed)
+
+
+def needs_kafka_v1_source(spark_version: str) -> bool:
+    """Whether this Spark's Kafka V2 source fails restarts after a crash mid-batch (SPARK-55271)."""
+    parts = re.match(r"(\d+)\.(\d+)\.(\d+)", spark_version)
+    if parts is None:
+        return False
+    first, fixed = KAFKA_V2_METRICS_NPE
+    return first <= tuple(int(n) for n in parts.groups()) < fixed
+
+
+def use_restartable_kafka_source(spark: Any) -> str:
+    """Select the V1 Kafka source on Spark versions whose V2 one cannot restart (unless set by the user).
+
+    Returns which source the job reads with, for the start log line.
+    """
+    key, value = KAFKA_V1_CONF
+    chosen = spark.conf.get(key, "")
+    if not chosen and needs_kafka_v1_source(spark.version):
+        spark.conf.set(key, value)
+        chosen = value
+    return "v1" if "KafkaSourceProvider" in chosen else "v2"
 
 
 def checkpoint_dir(settings: config.Settings) -> str:
@@ -146,8 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = os.environ.get("SPARK_LOG_LEVEL", "WARN")
     spark = SparkSession.builder.appName(f"{settings.iot_app_id}-spark").config("spark.log.level", level).getOrCreate()
     spark.sparkContext.setLogLevel(level)
+    kafka_source = use_restartable_kafka_source(spark)
     emit("start", topic=settings.iot_topic, index=settings.iot_index, dlq=settings.iot_dlq_topic,
-         checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master)
+         checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
+         spark=spark.version, kafka_source=kafka_source)
     query = start(spark, settings, args)
     try:
         query.awaitTermination()
