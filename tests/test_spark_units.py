@@ -17,7 +17,7 @@ pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
 
 from agents.pipeline import Incoming  # noqa: E402
 from agents.sink import StdoutSink  # noqa: E402
-from agents.spark_job import build_parser, checkpoint_dir  # noqa: E402
+from agents.spark_job import build_parser, checkpoint_dir, needs_kafka_v1_source  # noqa: E402
 from agents.spark_worker import (OUTPUT_COLUMNS, TRACK_FIELDS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
                                  incoming)
 from agents.validate import dead_letter  # noqa: E402
@@ -118,3 +118,11 @@ def test_flags_mirror_settings_and_trigger_modes() -> None:
     assert args.once and args.max_offsets_per_trigger == 50
     default = build_parser().parse_args([])
     assert not default.once and default.trigger_interval == "1 second" and default.starting_offsets == "earliest"
+
+
+@pytest.mark.parametrize(("version", "v1"), [
+    ("3.5.7", False), ("4.0.1", False), ("4.1.0", True), ("4.1.1", True), ("4.1.2", True), ("4.1.3", False),
+    ("4.2.0", False), ("4.1.1.dev0", True), ("unknown", False)])
+def test_v1_kafka_source_only_where_the_v2_one_cannot_restart(version: str, v1: bool) -> None:
+    # SPARK-55271: the V2 source of 4.1.0-4.1.2 throws on the batch a restarted query redoes.
+    assert needs_kafka_v1_source(version) is v1
