@@ -11,7 +11,9 @@ Every micro-batch (``foreachBatch`` over the Kafka source) runs ``mapInPandas`` 
 bulk-indexes into the same daily indices under the same deterministic ``_id``s; invalid events go to
 IOT_DLQ_TOPIC in the agents' dead-letter shape (through Spark's Kafka sink). Offsets live in the
 checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes
-at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact.
+at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact
+(on Spark 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). One ``progress`` line per
+micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on (PROMETHEUS_CONF).
 Per-track fields (speed, heading, distance) and alerts are not computed here (null).
 """
 
