@@ -163,9 +163,9 @@ async def kill_in_flight(spark: subprocess.Popen[bytes], ck: Path, log: Path, ti
         await asyncio.sleep(0.05)
 
 
-def batches(log: Path) -> list[dict[str, Any]]:
+def batches(log: Path, event: str = "batch") -> list[dict[str, Any]]:
     lines = [line for line in log.read_text().splitlines() if line.startswith("{") and '"spark_job"' in line]
-    return [e for e in map(json.loads, lines) if e["event"] == "batch"]
+    return [e for e in map(json.loads, lines) if e["event"] == event]
 
 
 async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
@@ -216,6 +216,10 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
         assert result.returncode == 0, second_log.read_text()[-4000:]
         resumed = batches(second_log)
         assert resumed and resumed[0]["batch"] == killed_in, "the restarted job did not redo the batch in flight"
+        # One progress line (Spark's StreamingQueryProgress) per micro-batch, with the batch's own counts.
+        progress = {p["batch"]: p for p in batches(second_log, "progress")}
+        assert {b["batch"]: (b["messages"], b["indexed"]) for b in resumed} == \
+               {n: (p["rows_in"], p["indexed"]) for n, p in progress.items()}
         assert sum(b["messages"] for b in done + resumed) >= valid + len(INVALID)
 
         await es.indices.refresh(index=index_spark)
