@@ -8,6 +8,12 @@ Faust runs the worker: its lifecycle and signals, the web server (``/healthz``, 
 timers, logging and the CLI. The source topic itself is consumed by :class:`agents.consumer.SourceStream`
 (aiokafka, batches, offsets committed only after each batch is stored), started here as a Faust
 service; that module explains why Faust's per-event stream is not used for it, and the guarantees.
+
+Importing this module only builds the ``app`` object that ``faust -A`` looks for: no network I/O, no
+directory, no process setting. Faust reads the configuration when it finalizes the app
+(:func:`configure`); the ``worker`` command then runs :class:`Worker`, whose pre-flight
+(:func:`preflight`: settings, preset, fences, Kafka, the source topic, the other topics, Elasticsearch
+and its index template) ends with one line naming the problem and exit code 1 before anything starts.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
-import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any, NoReturn
 
 import faust
 from mode import Service
@@ -27,159 +37,182 @@ from agents import metrics as m
 from agents.alerts import Webhook
 from agents.consumer import SourceStream, Topics
 from agents.geofence import Geofences, GeofenceError
-from agents.index import ensure_index
+from agents.index import IndexSetupError, ensure_index
 from agents.pipeline import Pipeline
+from agents.retention import delete_expired
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
-from geoiot import config
+from geoiot import config, topics
+from geoiot.logs import WORKER_LOGGERS, quiet_repeats
 from geoiot.malloc import keep_freed_heap
-from geoiot.topics import ensure_topics
-from geoiot.schema import SchemaError, load_preset
-from geoiot.timeparse import zone
+from geoiot.schema import Preset, SchemaError, load_preset
+from geoiot.timeparse import EventTimeBounds, zone
 
 log = logging.getLogger("agents")
-KNOWN_SINKS = ("elasticsearch", "stdout")
+PREFLIGHT_TIMEOUT = 20.0
 
 
-def _fail(message: str) -> None:
-    raise SystemExit(f"agents: {message}")
+class PreflightError(Exception):
+    """The worker cannot start; the message says why in one line."""
 
 
-def _in_thread(fun: Any) -> Any:
-    """Run a coroutine function to completion in its own thread and loop (the CLI's loop is not ours yet)."""
-    box: dict[str, Any] = {}
+@dataclass
+class WorkerContext:
+    """Everything the worker needs, resolved and checked once at start."""
 
-    def run() -> None:
-        try:
-            box["value"] = asyncio.run(fun())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
+    settings: config.Settings
+    preset: Preset
+    fences: Geofences
+    tz: tzinfo
+    topics: Topics
+    partitions: int = 0  # of the source topic, known once Kafka answered
 
-    thread = threading.Thread(target=run, name="agents-preflight")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    @property
+    def datadir(self) -> Path:
+        # Faust creates only the last level; nothing is stored there.
+        return Path(tempfile.gettempdir()) / "geoiot-faust" / self.settings.iot_app_id
 
 
-def source_partitions(settings: config.Settings, timeout: float = 20.0) -> int:
-    """Partition count of the source topic; a clear SystemExit when Kafka or the topic is missing."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def lookup() -> int | None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
-        await asyncio.wait_for(admin.start(), timeout)
-        try:
-            described = await asyncio.wait_for(admin.describe_topics([settings.iot_topic]), timeout)
-        finally:
-            await admin.close()
-        topic = described[0] if described else {}
-        if topic.get("error_code", 0) != 0 or not topic.get("partitions"):
-            return None
-        return len(topic["partitions"])
-
+def load_context(environ: Mapping[str, str] | None = None) -> WorkerContext:
+    """Settings, preset, fences and time zone; no network. A :class:`PreflightError` when one is wrong."""
     try:
-        count = _in_thread(lookup)
-    except Exception as exc:
-        _fail(f"cannot reach Kafka at KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: {type(exc).__name__}: {exc}")
-    if count is None:
-        _fail(f"source topic IOT_TOPIC={settings.iot_topic!r} does not exist on {settings.kafka_bootstrap}; "
-              "create it first (python -m replay creates it, or kafka-topics --create)")
-    return count
+        settings = config.load(environ)
+        preset = load_preset(settings.iot_schema)
+        fences = Geofences.load(settings.iot_geofences)
+        tz = zone(settings.iot_timezone)
+    except (SchemaError, GeofenceError, ValueError) as exc:
+        raise PreflightError(str(exc)) from None
+    return WorkerContext(settings, preset, fences, tz, Topics(
+        source=settings.iot_topic, dlq=settings.iot_dlq_topic, alerts=settings.iot_alerts_topic,
+        changelog=changelog_topic(settings.iot_app_id)))
 
 
-def check_elasticsearch(settings: config.Settings) -> None:
-    if "elasticsearch" not in settings.sinks:
+async def check_topics(ctx: WorkerContext) -> None:
+    """The source topic must exist; dead-letter, alerts and the compacted changelog are created like it."""
+    s = ctx.settings
+    try:
+        async with topics.admin_client(s.kafka_bootstrap, timeout=PREFLIGHT_TIMEOUT) as admin:
+            found = await topics.describe(admin, [ctx.topics.source], timeout=PREFLIGHT_TIMEOUT)
+            if ctx.topics.source not in found:
+                raise PreflightError(
+                    f"source topic IOT_TOPIC={ctx.topics.source!r} does not exist on {s.kafka_bootstrap}; create it "
+                    "first (python -m geoiot.topics or python -m replay creates it)")
+            ctx.partitions = found[ctx.topics.source].partitions
+            outputs = [topics.TopicSpec(n, ctx.partitions, s.iot_replication)
+                       for n in dict.fromkeys([ctx.topics.dlq, ctx.topics.alerts])]
+            changelog = topics.TopicSpec(ctx.topics.changelog, ctx.partitions, s.iot_replication, topics.COMPACTED)
+            *made, state = await topics.ensure(admin, [*outputs, changelog], PREFLIGHT_TIMEOUT)
+    except topics.TopicsError as exc:
+        raise PreflightError(str(exc)) from None
+    for result in made:
+        for problem in result.problems:
+            log.warning("%s", problem)
+    if state.problems:
+        raise PreflightError(
+            f"{'; '.join(state.problems)}: the changelog must be compacted and have the source topic's "
+            f"{ctx.partitions} partitions; delete it (its state is rebuilt from new events) or use a new IOT_APP_ID")
+
+
+async def check_elasticsearch(ctx: WorkerContext) -> None:
+    """Elasticsearch answers and takes the index template (a conflicting template is named)."""
+    s = ctx.settings
+    if "elasticsearch" not in s.sinks:
         return
-    from elasticsearch import Elasticsearch
-
-    client = Elasticsearch(settings.es_hosts, request_timeout=10)
+    client = es_client(s.es_hosts, request_timeout=10)
     try:
-        client.cluster.health()  # GET / is absent from the integ-test distribution
-    except Exception as exc:
-        _fail(f"cannot reach Elasticsearch at ES_URL={settings.es_url}: {type(exc).__name__}: {exc}")
+        try:
+            await client.cluster.health()  # GET / is absent from the integ-test distribution
+        except Exception as exc:
+            raise PreflightError(f"cannot reach Elasticsearch at ES_URL={s.es_url}: {type(exc).__name__}: {exc}") from None
+        try:
+            await ensure_index(client, s, ctx.preset)
+        except IndexSetupError as exc:
+            raise PreflightError(str(exc)) from None
     finally:
-        client.close()
+        await client.close()
 
 
-# --- configuration and pre-flight checks (at import: `faust -A agents.app` fails fast and clearly) ---
-
-settings = config.load()
-unknown = [s for s in settings.sinks if s not in KNOWN_SINKS]
-if unknown or not settings.sinks:
-    _fail(f"IOT_SINKS={settings.iot_sinks!r}: use one or more of {', '.join(KNOWN_SINKS)}")
-try:
-    preset = load_preset(settings.iot_schema)
-    fences = Geofences.load(settings.iot_geofences)
-    tz = zone(settings.iot_timezone)
-except (SchemaError, GeofenceError, ValueError) as exc:
-    _fail(str(exc))
-DATADIR = os.path.join(tempfile.gettempdir(), "geoiot-faust", settings.iot_app_id)
-os.makedirs(DATADIR, exist_ok=True)  # Faust creates only the last level; nothing is stored there
-PARTITIONS = source_partitions(settings)
-keep_freed_heap()  # per-batch JSON churn: see geoiot.malloc
-check_elasticsearch(settings)
-
-# Faust's own consumer group must differ from IOT_APP_ID, the group of the source stream: a group has
-# one assignment protocol, and Faust's is not aiokafka's.
-app = faust.App(
-    f"{settings.iot_app_id}-faust",
-    broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()],
-    web_port=settings.worker_web_port,
-    topic_replication_factor=settings.iot_replication,
-    datadir=DATADIR,
-    web_in_thread=False,
-    broker_session_timeout=10.0,  # a killed worker's replacement must not wait a minute to join Faust's group
-    broker_heartbeat_interval=3.0,
-)
-TOPICS = Topics(source=settings.iot_topic, dlq=settings.iot_dlq_topic, alerts=settings.iot_alerts_topic,
-                changelog=changelog_topic(settings.iot_app_id))
-
-
-async def declare_topics() -> None:
-    """Dead-letter and alerts topics as the source has partitions; the changelog compacted, co-partitioned."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        names = list(dict.fromkeys([TOPICS.dlq, TOPICS.alerts]))
-        await ensure_topics(admin, names, PARTITIONS, settings.iot_replication)
-        [changelog] = await ensure_topics(admin, [TOPICS.changelog], PARTITIONS, settings.iot_replication,
-                                          {"cleanup.policy": "compact"})
-        found = changelog.partitions
-        if found < PARTITIONS:
-            _fail(f"changelog topic {TOPICS.changelog!r} has {found} partitions, the source topic {PARTITIONS}; "
-                  "delete the changelog (its state is rebuilt from new events) or use a new IOT_APP_ID")
-    finally:
-        await admin.close()
-
-
-def make_sinks() -> list[Sink]:
-    sinks: list[Sink] = []
-    for name in settings.sinks:
-        if name == "elasticsearch":
-            sinks.append(ElasticsearchSink(
-                es_client(settings.es_hosts),
-                on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
-                on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
-                setup=lambda client: ensure_index(client, settings, preset)))
-        else:
-            sinks.append(StdoutSink())
-    return sinks
+async def preflight(ctx: WorkerContext) -> None:
+    """The checks that need the network, then the process settings; at worker start, before Faust starts."""
+    await check_topics(ctx)
+    await check_elasticsearch(ctx)
+    os.makedirs(ctx.datadir, exist_ok=True)
+    keep_freed_heap()  # per-batch JSON churn: see geoiot.malloc
+    quiet_repeats(WORKER_LOGGERS)  # a Kafka outage must not log a line per reconnect attempt
 
 
 class Runtime:
-    """What the worker's health page reports on; filled in by the service once it started."""
+    """What the worker's services and health page share; filled in at start."""
 
     def __init__(self) -> None:
+        self.context: WorkerContext | None = None
         self.stream: SourceStream | None = None
         self.sinks: list[Sink] = []
         self.started = False
 
+    @property
+    def ctx(self) -> WorkerContext:
+        if self.context is None:
+            self.context = load_context()
+        return self.context
+
 
 runtime = Runtime()
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"agents: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+class Worker(faust.Worker):
+    """Faust's worker, with the pre-flight run before it starts anything."""
+
+    def execute_from_commandline(self) -> NoReturn:
+        try:
+            self.loop.run_until_complete(preflight(runtime.ctx))
+        except PreflightError as exc:
+            _fail(str(exc))
+        super().execute_from_commandline()
+
+
+# Faust's own consumer group must differ from IOT_APP_ID, the group of the source stream: a group has
+# one assignment protocol, and Faust's is not aiokafka's. Its real id and the other options are set in
+# configure(), when Faust reads the configuration; env_prefix keeps Faust from taking our WEB_PORT,
+# WEB_HOST or TIMEZONE variables, meant for other components, as its own.
+app = faust.App("geoiot-faust", autodiscover=False, env_prefix="FAUST_", Worker=Worker, web_in_thread=False,
+                broker_session_timeout=10.0,  # a killed worker's replacement must not wait a minute to join
+                broker_heartbeat_interval=3.0)
+
+
+@app.on_configured.connect
+def configure(sender: Any, conf: Any, **kwargs: Any) -> None:
+    """Faust's settings from ours (a bad setting ends the command with one line)."""
+    try:
+        ctx = runtime.ctx
+    except PreflightError as exc:
+        _fail(str(exc))
+    s = ctx.settings
+    conf.id = f"{s.iot_app_id}-faust"
+    conf.broker = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
+    conf.web_port = s.worker_web_port
+    conf.topic_replication_factor = s.iot_replication
+    conf.datadir = str(ctx.datadir)
+
+
+def make_sinks(ctx: WorkerContext) -> list[Sink]:
+    sinks: list[Sink] = []
+    for name in ctx.settings.sinks:
+        if name == "elasticsearch":
+            sinks.append(ElasticsearchSink(
+                es_client(ctx.settings.es_hosts),
+                on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
+                on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
+                setup=lambda client: ensure_index(client, ctx.settings, ctx.preset),
+                max_new_indices=ctx.settings.iot_max_new_indices))
+        else:
+            sinks.append(StdoutSink())
+    return sinks
 
 
 @app.service
@@ -189,23 +222,26 @@ class Observations(Service):
     webhook: Webhook | None = None
 
     async def on_start(self) -> None:
-        await declare_topics()
-        sinks = make_sinks()
+        ctx = runtime.ctx
+        s = ctx.settings
+        if not ctx.partitions:  # started without the worker's pre-flight (not through `faust worker`)
+            await preflight(ctx)
+        sinks = make_sinks(ctx)
         for sink in sinks:
             await sink.start()
-        if settings.iot_webhook_url:
-            self.webhook = Webhook(settings.iot_webhook_url, on_result=lambda outcome: m.WEBHOOK.labels(outcome).inc())
+        if s.iot_webhook_url:
+            self.webhook = Webhook(s.iot_webhook_url, on_result=lambda outcome: m.WEBHOOK.labels(outcome).inc())
             await self.webhook.start()
-        stream = SourceStream(
-            bootstrap=settings.kafka_bootstrap, group=settings.iot_app_id, topics=TOPICS,
-            pipeline=Pipeline(preset, fences, settings.iot_index, tz, settings.iot_geofence_filter),
-            sinks=sinks, bulk_size=settings.iot_bulk_size, bulk_within=settings.iot_bulk_within,
-            webhook=self.webhook)
+        stream = SourceStream.connect(
+            bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
+            pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
+                              EventTimeBounds.from_settings(s)),
+            sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
         log.info("agents started topic=%s partitions=%d group=%s index=%s sinks=%s fences=%d filter=%s",
-                 settings.iot_topic, PARTITIONS, settings.iot_app_id, settings.iot_index, ",".join(settings.sinks),
-                 len(fences), settings.iot_geofence_filter)
+                 s.iot_topic, ctx.partitions, s.iot_app_id, s.iot_index, ",".join(s.sinks),
+                 len(ctx.fences), s.iot_geofence_filter)
 
     @Service.task
     async def _consume(self) -> None:
@@ -237,23 +273,39 @@ async def report_lag() -> None:
     stream = runtime.stream
     if stream is None:
         return
+    source = runtime.ctx.topics.source
     current = {str(partition): lag for partition, lag in stream.lag().items()}
     for partition, lag in current.items():
-        m.LAG.labels(settings.iot_topic, partition).set(lag)
+        m.LAG.labels(source, partition).set(lag)
     for gone in _lag_partitions - current.keys():  # moved to another worker: its lag is reported there
-        m.LAG.remove(settings.iot_topic, gone)
+        m.LAG.remove(source, gone)
     _lag_partitions.clear()
     _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
 
 
-@app.page("/metrics")
+@app.timer(interval=3600.0, on_leader=True)
+async def apply_retention() -> None:
+    """Delete daily indices older than IOT_RETENTION_DAYS (see agents.retention); one worker does it."""
+    s = runtime.ctx.settings
+    if s.iot_retention_days <= 0 or "elasticsearch" not in s.sinks:
+        return
+    client = es_client(s.es_hosts, request_timeout=60)
+    try:
+        deleted = await delete_expired(client, s.iot_index, s.iot_retention_days)
+        if deleted:
+            log.info("retention deleted=%d indices=%s", len(deleted), ",".join(deleted))
+    except Exception as exc:  # the next period tries again
+        log.warning("retention failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        await client.close()
+
+
 async def metrics_page(self: Any, request: Any) -> Any:
     body, content_type = m.exposition()
     return self.bytes(body, content_type=content_type)
 
 
-@app.page("/healthz")
 async def healthz(self: Any, request: Any) -> Any:
     problems = []
     if not runtime.started:
@@ -262,6 +314,14 @@ async def healthz(self: Any, request: Any) -> Any:
         failing = getattr(sink, "failing_since", None)
         if failing is not None and time.monotonic() - failing > 30:
             problems.append(f"{sink.name} failing for {time.monotonic() - failing:.0f}s")
-    body = {"status": "ok" if not problems else "degraded", "problems": problems, "topic": settings.iot_topic,
-            "partitions": PARTITIONS, "assigned": runtime.stream.assigned if runtime.stream else []}
+    ctx = runtime.ctx
+    body = {"status": "ok" if not problems else "degraded", "problems": problems, "topic": ctx.topics.source,
+            "partitions": ctx.partitions, "assigned": runtime.stream.assigned if runtime.stream else []}
     return self.json(body, status=200 if not problems else 503)
+
+
+@app.on_after_configured.connect
+def add_pages(sender: Any, **kwargs: Any) -> None:
+    """The worker's pages; registered once configured, because ``app.page`` reads the configuration."""
+    app.page("/metrics")(metrics_page)
+    app.page("/healthz")(healthz)

@@ -7,7 +7,9 @@ Faust's own stream delivery is not used for the source topic, for two measured r
 the same family as faust-streaming issues #216/#221/#253, reproduced by
 ``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
-commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``.
+commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
+consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
+aiokafka ones), so the rules below are also checked in-process (``tests/test_agents_delivery.py``).
 
 Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
 
@@ -43,7 +45,7 @@ from agents import metrics as m
 from agents.alerts import Webhook
 from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import Sink
-from agents.state import TrackTable
+from agents.state import TrackTable, changelog_reader
 from agents.validate import dead_letter
 
 log = logging.getLogger("agents")
@@ -81,35 +83,40 @@ class _Rebalance(ConsumerRebalanceListener):
 class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
-    def __init__(self, *, bootstrap: str, group: str, topics: Topics, pipeline: Pipeline, sinks: list[Sink],
-                 bulk_size: int, bulk_within: float, webhook: Webhook | None = None) -> None:
-        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+    def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
+                 sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None) -> None:
+        """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
+        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones."""
+        self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within = bulk_size, bulk_within
-        self.table = TrackTable(bootstrap, topics.changelog)
         self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
         self.inflight: deque[asyncio.Task[None]] = deque()
         self.committed: dict[int, int] = {}  # source partition -> next offset committed by this worker
         self.seq = 0
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()  # held while a fetched batch is being scheduled (rebalance waits for it)
         self._stopping = asyncio.Event()
         # Set once the assigned partitions' states are recovered; cleared while a rebalance is under way.
         # aiokafka may hand out records before on_partitions_assigned returned, so the loop waits for it.
         self._ready = asyncio.Event()
 
+    @classmethod
+    def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, **kwargs: Any) -> "SourceStream":
+        """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``."""
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                    max_batch_size=1 << 20, max_request_size=8 << 20)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            max_poll_interval_ms=600_000)  # a long Elasticsearch outage must not evict the worker
+        table = TrackTable(topics.changelog, lambda: changelog_reader(bootstrap))
+        return cls(consumer=consumer, producer=producer, table=table, topics=topics, bulk_size=bulk_size, **kwargs)
+
     # --- lifecycle ---
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                         max_batch_size=1 << 20, max_request_size=8 << 20)
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=self.bulk_size, fetch_max_wait_ms=100,
-            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
-            max_poll_interval_ms=600_000)  # a long Elasticsearch outage must not evict the worker
         self.consumer.subscribe([self.topics.source], listener=_Rebalance(self))
         await self.consumer.start()
 
@@ -120,10 +127,8 @@ class SourceStream:
             async with self._lock:
                 await self._drain()
         finally:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+            await self.consumer.stop()
+            await self.producer.stop()
 
     @property
     def stopping(self) -> bool:
@@ -131,8 +136,6 @@ class SourceStream:
 
     @property
     def assigned(self) -> list[int]:
-        if self.consumer is None:
-            return []
         return sorted(tp.partition for tp in self.consumer.assignment() if tp.topic == self.topics.source)
 
     # --- rebalance ---
@@ -150,7 +153,6 @@ class SourceStream:
         self.table.drop(self.table.partitions - set(partitions))
         self.pending_states.clear()
         await self.table.recover(partitions)
-        assert self.consumer is not None
         self.committed = {}
         for p in partitions:
             self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
@@ -165,7 +167,6 @@ class SourceStream:
     # --- the loop ---
 
     async def run(self) -> None:
-        assert self.consumer is not None
         try:
             while not self._stopping.is_set():
                 messages = await self._fetch()
@@ -195,15 +196,20 @@ class SourceStream:
 
     async def _fetch(self) -> list[Incoming]:
         """Up to ``bulk_size`` records: wait at most ``bulk_within`` for the first, then take what is buffered."""
-        assert self.consumer is not None
         out: list[Incoming] = []
         deadline = time.monotonic() + self.bulk_within
         while len(out) < self.bulk_size and not self._stopping.is_set():
-            remaining = deadline - time.monotonic()
-            timeout_ms = max(0, int(remaining * 1000)) if not out else 0
+            if out:
+                timeout_ms = 0  # take what is already buffered
+            else:
+                # Whole milliseconds: a zero wait would return at once without yielding to the event loop,
+                # and an idle worker polling that way starves its own /healthz and signal handling.
+                timeout_ms = int((deadline - time.monotonic()) * 1000)
+                if timeout_ms <= 0:
+                    break
             batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.bulk_size - len(out))
             if not batches:
-                if out or remaining <= 0:
+                if out:
                     break
                 continue
             for tp, records in batches.items():
@@ -234,7 +240,6 @@ class SourceStream:
         """Send and wait until Kafka acknowledged every message (an error fails the batch, uncommitted)."""
         if not messages:
             return
-        assert self.producer is not None
         send = self.producer.send
         parts = partitions or [None] * len(messages)
         futures = [await send(topic, value, key=key, partition=p) for (key, value), p in zip(messages, parts)]
@@ -295,7 +300,6 @@ class SourceStream:
                  time.perf_counter() - t_commit)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self.consumer is not None
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -309,8 +313,6 @@ class SourceStream:
     def lag(self) -> dict[int, int]:
         """Messages behind the end of each assigned source partition (by committed position)."""
         out: dict[int, int] = {}
-        if self.consumer is None:
-            return out
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
             if highwater is None:

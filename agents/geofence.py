@@ -8,8 +8,8 @@ point, covering fences by lookup, and one vectorised prepared ``shapely.intersec
 few (point, fence) pairs in boundary cells. No Python loop runs over fences or points at query time.
 
 Why not an STRtree query per batch: it needs a shapely Point per position and evaluates the predicate
-for every bounding-box candidate; measured at ~0.6 M points/s against 1,000 fences on this machine,
-against several M/s for the grid (bench/geofence_throughput.py keeps the STRtree as a baseline).
+for every bounding-box candidate, which measured several times slower than the grid
+(``python -m bench.geofence_throughput`` keeps the STRtree as a baseline; figures in docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -134,10 +134,6 @@ class Geofences:
         for s, e in zip(starts[~single].tolist(), ends[~single].tolist()):
             out[int(pi[s])] = tuple(ids[j] for j in fi[s:e].tolist())
         return out
-
-    def count_inside(self, lon: np.ndarray, lat: np.ndarray) -> int:
-        """Number of (point, fence) hits; what the benchmark times (no per-point Python objects)."""
-        return int(self.pairs(lon, lat)[0].size)
 
 
 MAX_CELLS = 1 << 20

@@ -1,58 +1,25 @@
-"""The observation index: a template with an explicit mapping generated from the preset, daily indices
-behind one alias.
+"""The observation index: a template with the document model's mapping, daily indices behind one alias.
 
-Documents go to ``<IOT_INDEX>-YYYY.MM.DD`` by event time (UTC), so the same event always lands in the
-same index under the same ``_id``; the template gives every such index the alias ``<IOT_INDEX>``, which
-is what readers (web, tests) query.
+Documents go to the daily index of their event time (:mod:`geoiot.documents`), so the same event
+always lands in the same index under the same ``_id``; the template gives every such index the alias
+``<IOT_INDEX>``, which is what readers (web, tests) query.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, BadRequestError
 
 from geoiot.config import Settings
+from geoiot.documents import index_pattern, mapping_for
 from geoiot.schema import Preset
-
-_ES_TYPES = {
-    "string": {"type": "keyword", "ignore_above": 256},
-    "int": {"type": "long"},
-    "float": {"type": "double"},
-    "bool": {"type": "boolean"},
-    "time": {"type": "date", "format": "epoch_millis||strict_date_optional_time"},
-}
-
-# Fields the agents add to every observation, beside the preset's own.
-DERIVED_MAPPING: dict[str, dict[str, Any]] = {
-    "geometry": {"type": "geo_point"},
-    "geofences": {"type": "keyword"},
-    "geohash": {"type": "keyword"},
-    "speed_mps": {"type": "double"},
-    "heading_deg": {"type": "double"},
-    "distance_m": {"type": "double"},
-    "ingested_at": {"type": "date", "format": "epoch_millis"},
-}
-
-
-def mapping_for(preset: Preset) -> dict[str, Any]:
-    """Explicit mapping: dynamic fields are refused so a typo cannot silently create a field."""
-    properties = {name: dict(_ES_TYPES[kind]) for name, kind in preset.fields}
-    properties.update(DERIVED_MAPPING)
-    return {"dynamic": "false", "properties": properties}
-
-
-def index_for(base: str, time_ms: int) -> str:
-    """The daily index an event of ``time_ms`` belongs to."""
-    day = datetime.fromtimestamp(time_ms / 1000, tz=timezone.utc)
-    return f"{base}-{day:%Y.%m.%d}"
 
 
 def template_body(settings: Settings, preset: Preset, index: str | None = None) -> dict[str, Any]:
     base = index or settings.iot_index
     return {
-        "index_patterns": [f"{base}-*"],
+        "index_patterns": [index_pattern(base)],
         "priority": 200,
         "template": {
             "settings": {
@@ -67,8 +34,28 @@ def template_body(settings: Settings, preset: Preset, index: str | None = None) 
     }
 
 
+class IndexSetupError(RuntimeError):
+    """Elasticsearch refused the index template (an overlapping template, a bad setting); the message says which."""
+
+
 async def ensure_index(es: AsyncElasticsearch, settings: Settings, preset: Preset, index: str | None = None) -> None:
     """Create or update the template (idempotent); existing daily indices keep their mapping."""
     base = index or settings.iot_index
     body = template_body(settings, preset, base)
-    await es.indices.put_index_template(name=base, **body)
+    try:
+        await es.indices.put_index_template(name=base, **body)
+    except BadRequestError as exc:  # not worth retrying: the request itself is refused
+        reason = _reason(exc)
+        hint = ("; choose an IOT_INDEX whose pattern no other template matches, or delete the other template"
+                if "overlapping" in reason or "matching patterns" in reason else "")
+        raise IndexSetupError(f"Elasticsearch refused the index template {base!r} (IOT_INDEX={settings.iot_index}, "
+                              f"pattern {index_pattern(base)}): {reason}{hint}") from None
+
+
+def _reason(exc: BadRequestError) -> str:
+    """Elasticsearch's own explanation of a refused request, without the response dump."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict):
+        return str(error.get("reason") or error.get("type") or exc.message)
+    return str(error or exc.message)

@@ -1,12 +1,16 @@
 """One batch of raw messages -> bulk actions, alerts, dead letters and new track states.
 
 Faust-free (the agent in :mod:`agents.app` does the I/O), so the whole per-event logic is unit
-tested without Kafka. Geofences are computed for the whole batch at once; track state is advanced
-in arrival order, which per track is offset order because messages are keyed by track id.
+tested without Kafka; the Spark job runs it too. Any event that cannot be decoded, is outside the
+event-time bounds, would get an ``_id`` Elasticsearch refuses, or makes the annotation fail becomes
+a dead letter with its reason; the rest of the batch goes on. Geofences are computed for the whole
+batch at once; track state is advanced in arrival order, which per track is offset order because
+messages are keyed by track id.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from agents import documents
 from agents.alerts import transitions
 from agents.geofence import Geofences
 from agents.tracks import State, advance_batch
 from agents.validate import Observation, decode
+from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
+from geoiot.timeparse import EventTimeBounds
+
+log = logging.getLogger("agents.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,41 +58,88 @@ class Pipeline:
     index: str
     tz: tzinfo = timezone.utc
     filter_inside: bool = False
+    bounds: EventTimeBounds = field(default_factory=EventTimeBounds)
 
     def process(self, messages: Sequence[Incoming], get_state: Callable[[str], State | None]) -> BatchResult:
+        """The batch's effects; an event that cannot be processed is a dead letter, never the batch's end."""
         out = BatchResult()
+        now = int(time.time() * 1000)
         valid: list[tuple[Incoming, Observation]] = []
         for msg in messages:
             try:
                 obs = decode(self.preset, msg.value, self.tz)
+                problem = self.bounds.problem(obs.time_ms, now)
+                if problem is not None:
+                    raise InvalidRecord(problem)
+                documents.index_for(self.index, obs.time_ms)
+                documents.doc_id(obs.track, obs.time_ms)
             except InvalidRecord as exc:
                 out.dead.append((msg, exc.reason))
+                continue
+            except Exception as exc:  # a bug or an input nobody foresaw: this event only
+                out.dead.append((msg, f"cannot decode the event: {type(exc).__name__}: {exc}"))
                 continue
             valid.append((msg, obs))
             out.nulled += len(obs.nulled)
         out.valid = len(valid)
         if not valid:
             return out
+        try:
+            self._annotate(valid, get_state, now, out)
+        except Exception as exc:
+            log.warning("batch annotation failed (%s: %s); redoing it event by event", type(exc).__name__, exc)
+            self._annotate_one_by_one(valid, get_state, now, out)
+        return out
+
+    def _annotate_one_by_one(self, valid: list[tuple[Incoming, Observation]],
+                             get_state: Callable[[str], State | None], now: int, out: BatchResult) -> None:
+        """The batch computation failed: redo it event by event so only the failing events become dead letters."""
+        out.actions, out.alerts, out.states, out.sources, out.filtered = [], [], {}, {}, 0
+
+        def state_of(track: str) -> State | None:
+            newer = out.states.get(track)
+            return newer[1] if newer is not None else get_state(track)
+
+        for item in valid:
+            try:
+                one = BatchResult()
+                self._annotate([item], state_of, now, one)
+            except Exception as exc:
+                out.dead.append((item[0], f"cannot annotate the event: {type(exc).__name__}: {exc}"))
+                out.valid -= 1
+                continue
+            out.actions += one.actions
+            out.alerts += one.alerts
+            out.states.update(one.states)
+            out.sources.update(one.sources)
+            out.filtered += one.filtered
+
+    def _annotate(self, valid: list[tuple[Incoming, Observation]], get_state: Callable[[str], State | None],
+                  now: int, out: BatchResult) -> None:
         lon = np.fromiter((o.lon for _, o in valid), dtype=np.float64, count=len(valid))
         lat = np.fromiter((o.lat for _, o in valid), dtype=np.float64, count=len(valid))
         inside = self.fences.containing(lon, lat)
         observations = [o for _, o in valid]
         motion = advance_batch([o.track for o in observations], [o.time_ms for o in observations],
                                [o.lon for o in observations], [o.lat for o in observations], inside, get_state)
-        for track, (i, state) in motion.states.items():
-            out.states[track] = (valid[i][0].partition, state)
-        now = int(time.time() * 1000)
         changes = motion.transitions
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
+        actions, alerts, sources, filtered = [], [], {}, 0
         for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
             change = changes.get(i)
             if change is not None:
-                out.alerts.extend(transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat))
+                alerts.extend(transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat))
             if self.filter_inside and not fences:
-                out.filtered += 1
+                filtered += 1
                 continue
-            doc = documents.build_values(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
+            doc = documents.build(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
             action = documents.action(self.index, obs.track, obs.time_ms, doc)
-            out.actions.append(action)
-            out.sources[(action["_index"], action["_id"])] = msg
-        return out
+            actions.append(action)
+            sources[(action["_index"], action["_id"])] = msg
+        # Only a complete computation is kept, so a failure above leaves ``out`` as it was.
+        for track, (i, state) in motion.states.items():
+            out.states[track] = (valid[i][0].partition, state)
+        out.actions += actions
+        out.alerts += alerts
+        out.sources.update(sources)
+        out.filtered += filtered

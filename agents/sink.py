@@ -1,7 +1,9 @@
 """Sinks of the agents: Elasticsearch (bulk, idempotent ids, retried until it succeeds) and stdout.
 
-``write(actions)`` returns only when every action is stored or permanently refused (a 4xx such as a
-mapping error, returned to the caller for the dead-letter topic). Rejections that may pass later
+``write(actions)`` first creates the daily indices the actions need (at most ``max_new_indices`` per
+call; actions for more are refused with the reason), then returns only when every action is stored
+or permanently refused (a 4xx such as a mapping error, returned to the caller for the dead-letter
+topic; a request refused as a whole is split until the refused document is alone). Rejections that may pass later
 (429, 5xx) and connection errors are retried with capped exponential back-off for as long as it
 takes, so an Elasticsearch outage only grows the consumer lag: the agent acks the batch's offsets
 only after ``write`` returned.
@@ -63,8 +65,11 @@ class ElasticsearchSink:
     def __init__(self, client: AsyncElasticsearch, *, initial_backoff: float = 0.2, max_backoff: float = 10.0,
                  on_retry: Callable[[str], None] | None = None,
                  on_bulk: Callable[[float, int], None] | None = None,
-                 setup: Callable[[AsyncElasticsearch], Any] | None = None) -> None:
+                 setup: Callable[[AsyncElasticsearch], Any] | None = None,
+                 max_new_indices: int = 10) -> None:
         self.client = client
+        self.max_new_indices = max_new_indices
+        self._existing: set[str] = set()  # indices known to exist: created or found by this sink
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.on_retry = on_retry or (lambda reason: None)
@@ -106,7 +111,43 @@ class ElasticsearchSink:
         self.on_retry(reason)
         log.warning("elasticsearch unavailable (%s), attempt %d; retrying with back-off", reason, attempt)
 
+    async def _prepare_indices(self, actions: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Rejected]:
+        """Create the batch's missing indices before the bulk request, at most ``max_new_indices`` of them.
+
+        The bulk request would otherwise create every missing index itself, inside one request, with
+        no bound: a batch of events spread over years exhausts the cluster's shards. Actions for the
+        indices beyond the cap are refused with the reason (dead letters), the earliest days kept.
+        """
+        wanted = sorted({a["_index"] for a in actions} - self._existing)
+        refused: set[str] = set()
+        created = 0
+        for name in wanted:
+            exists = await self._retrying(f"index {name}", lambda: self.client.indices.exists(index=name))
+            if exists:
+                self._existing.add(name)
+                continue
+            if created >= self.max_new_indices:
+                refused.add(name)
+                continue
+            await self._retrying(f"create index {name}", lambda: self.client.options(ignore_status=400)
+                                 .indices.create(index=name))
+            self._existing.add(name)
+            created += 1
+        if created:
+            log.info("created %d daily index(es) ahead of the bulk request", created)
+        if not refused:
+            return list(actions), []
+        reason = (f"the batch needs more than IOT_MAX_NEW_INDICES={self.max_new_indices} new daily indices; "
+                  "this event's index was not created")
+        log.warning("%d daily index(es) not created: over IOT_MAX_NEW_INDICES=%d", len(refused), self.max_new_indices)
+        return ([a for a in actions if a["_index"] not in refused],
+                [(a, reason) for a in actions if a["_index"] in refused])
+
     async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
+        pending, rejected = await self._prepare_indices(actions)
+        return rejected + await self._write(pending)
+
+    async def _write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
         pending = list(actions)
         rejected: Rejected = []
         attempt = 0
@@ -133,7 +174,11 @@ class ElasticsearchSink:
             except (TransportError, ApiError) as exc:
                 status = getattr(exc, "status_code", None)
                 if isinstance(exc, ApiError) and status not in RETRY_STATUS:
-                    # The whole request is refused (e.g. 400 on a malformed body): every document is.
+                    # The whole request is refused (e.g. 400 on a malformed body): halve it until the
+                    # document it refuses is alone, so its neighbours are stored.
+                    if len(pending) > 1:
+                        half = len(pending) // 2
+                        return rejected + await self._write(pending[:half]) + await self._write(pending[half:])
                     return rejected + [(a, f"elasticsearch refused the request: {status} {exc}") for a in pending]
                 attempt += 1
                 self._failing(f"bulk: {type(exc).__name__} {status or ''}".strip(), attempt)

@@ -37,7 +37,8 @@ from geoiot.schema import load_preset
 log = logging.getLogger("agents.spark_job")
 
 ENVS = ("KAFKA_BOOTSTRAP", "ES_URL", "IOT_APP_ID", "IOT_SCHEMA", "IOT_TOPIC", "IOT_INDEX", "IOT_DLQ_TOPIC",
-        "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR")
+        "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR",
+        "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_MAX_NEW_INDICES", "IOT_RETENTION_DAYS")
 
 
 def emit(event: str, **fields: Any) -> None:

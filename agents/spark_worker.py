@@ -3,8 +3,8 @@
 No pyspark import here: Spark hands :func:`partition_function`'s closure pandas chunks of Kafka rows
 (``key, value, topic, partition, offset``) through ``mapInPandas``; each chunk goes through the very
 same :class:`agents.pipeline.Pipeline` the Faust agents run (validate -> geofences -> document ->
-deterministic bulk action), is bulk-indexed with the agents' :class:`agents.sink.ElasticsearchSink`
-(same retry rules), and what comes back to Spark is only the dead letters (built by
+deterministic bulk action, the same per-event dead letters and event-time bounds), is bulk-indexed with the agents' :class:`agents.sink.ElasticsearchSink`
+(same retry rules, same bounded index creation), and what comes back to Spark is only the dead letters (built by
 :func:`agents.validate.dead_letter`, the agents' message shape) and one row of counts per chunk.
 
 Track-dependent fields (``speed_mps``, ``heading_deg``, ``distance_m``) and geofence enter/exit
@@ -26,14 +26,14 @@ from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import ElasticsearchSink, Sink, es_client
 from agents.validate import dead_letter
 from geoiot.config import Settings
+from geoiot.documents import MOTION_FIELDS
 from geoiot.schema import load_preset
-from geoiot.timeparse import zone
+from geoiot.timeparse import EventTimeBounds, zone
 
 # What mapInPandas returns: dead letters (kind "dlq": key, value) and per-chunk counts (kind "stats").
 OUTPUT_SCHEMA = ("kind string, key binary, value binary, "
                  "messages long, indexed long, dead long, filtered long, rejected long")
 OUTPUT_COLUMNS = ("kind", "key", "value", "messages", "indexed", "dead", "filtered", "rejected")
-TRACK_FIELDS = ("speed_mps", "heading_deg", "distance_m")
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,18 @@ class JobContext:
     geofence_filter: bool
     es_hosts: tuple[str, ...]
     bulk_size: int
+    bounds: EventTimeBounds = EventTimeBounds()
+    max_new_indices: int = 10
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobContext":
         return cls(settings.iot_schema, settings.iot_geofences, settings.iot_index, settings.iot_timezone,
-                   settings.iot_geofence_filter, tuple(settings.es_hosts), max(1, settings.iot_bulk_size))
+                   settings.iot_geofence_filter, tuple(settings.es_hosts), max(1, settings.iot_bulk_size),
+                   EventTimeBounds.from_settings(settings), settings.iot_max_new_indices)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(load_preset(self.schema), Geofences.load(self.geofences), self.index, zone(self.timezone),
-                        self.geofence_filter)
+                        self.geofence_filter, self.bounds)
 
 
 def no_state(track: str) -> None:
@@ -68,7 +71,7 @@ def annotate(pipeline: Pipeline, messages: Sequence[Incoming]) -> BatchResult:
     result = pipeline.process(messages, no_state)
     for action in result.actions:
         source = action["_source"]
-        for name in TRACK_FIELDS:
+        for name in MOTION_FIELDS:
             source[name] = None
     return result
 
@@ -92,7 +95,7 @@ class Worker:
         self.ctx = ctx
         self.pipeline = ctx.pipeline()
         self.loop = asyncio.new_event_loop()
-        self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)))
+        self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)), max_new_indices=ctx.max_new_indices)
 
     def write(self, actions: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Bulk-index in slices of IOT_BULK_SIZE; returns what Elasticsearch refused for good."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,12 +27,22 @@ def changelog_topic(app_id: str) -> str:
     return f"{app_id}-tracks-changelog"
 
 
-class TrackTable:
-    """``track -> state`` for the source partitions this worker holds."""
+def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer for reading changelog partitions from their beginning (not started)."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+
+class TrackTable:
+    """``track -> state`` for the source partitions this worker holds.
+
+    ``open_reader`` makes a new, not started consumer for each recovery (:func:`changelog_reader`; a fake
+    with the same methods in unit tests).
+    """
+
+    def __init__(self, topic: str, open_reader: Callable[[], Any]) -> None:
         self.topic = topic
+        self.open_reader = open_reader
         self._by_partition: dict[int, dict[str, State]] = {}
         self._partition_of: dict[str, int] = {}
 
@@ -66,8 +77,7 @@ class TrackTable:
             return 0
         started = time.perf_counter()
         tps = [TopicPartition(self.topic, p) for p in wanted]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+        consumer = self.open_reader()
         await consumer.start()
         read = 0
         try:

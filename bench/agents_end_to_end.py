@@ -13,7 +13,7 @@ Three measurements in one run, on the same generated events (``python -m replay 
    searchable - its event time (resolution 0.1 s), with the index's refresh interval at 1 s; a sample
    document never seen inside the window counts as infinite (``missed``).
 
-    .venv/bin/python bench/agents_end_to_end.py --events 1000000 [--latency-rate 5000 --latency-seconds 20]
+    .venv/bin/python -m bench.agents_end_to_end --events 1000000 [--latency-rate 5000 --latency-seconds 20]
 
 Needs the local stack; creates and deletes its own topics and indices.
 """
@@ -37,19 +37,17 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from agents.geofence import Geofences
+from agents.index import ensure_index
+from agents.pipeline import Incoming, Pipeline
+from agents.sink import ElasticsearchSink, es_client
+from geoiot import config, topics
+from geoiot.malloc import keep_freed_heap
+from geoiot.schema import load_preset, parse_row
+from bench.procstat import cpu_seconds, service_pids
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from agents.geofence import Geofences  # noqa: E402
-from agents.index import ensure_index  # noqa: E402
-from agents.pipeline import Incoming, Pipeline  # noqa: E402
-from agents.sink import ElasticsearchSink, es_client  # noqa: E402
-from geoiot import config  # noqa: E402
-from geoiot.malloc import keep_freed_heap  # noqa: E402
-from procstat import cpu_seconds, service_pids  # noqa: E402
-from geoiot.schema import load_preset, parse_row  # noqa: E402
 
 PY = sys.executable
 
@@ -117,24 +115,11 @@ def indexed(workers) -> float:
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-    await asyncio.sleep(2)
+    await topics.ensure_topic(bootstrap, topics.TopicSpec(name, partitions))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, prefix=prefix)
 
 
 async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -> float:

@@ -6,7 +6,7 @@ Produces N small JSON events (3 partitions), then times from first to last event
    explicit ``ack`` per event (as agents/app.py does): mode ``faust-take``;
 3. a Faust agent iterating the stream one event at a time (auto ack): mode ``faust-iter``.
 
-    .venv/bin/python bench/agents_faust_delivery.py [faust-take faust-iter]     (FB_N=100000 events)
+    .venv/bin/python -m bench.agents_faust_delivery [faust-take faust-iter]     (FB_N=100000 events)
     FB_FAST=1 ... : EXPERIMENT, not used by the agents: replaces ``Consumer.wait_first`` (4 asyncio tasks
     per message in faust's ``_drain_messages``) with an inline first step; see docs/BENCHMARKS.md (Agents).
 
@@ -119,11 +119,10 @@ if MODE.startswith("faust"):
         app.main()
 else:
     from aiokafka import AIOKafkaProducer, AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from geoiot import topics
     import subprocess, orjson
     async def produce(topic):
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOT); await admin.start()
-        await admin.create_topics([NewTopic(topic, 3, 1)]); await admin.close()
+        await topics.ensure_topic(BOOT, topics.TopicSpec(topic, 3))
         p = AIOKafkaProducer(bootstrap_servers=BOOT, linger_ms=5, max_batch_size=262144); await p.start()
         futs = []
         for i in range(N):
@@ -147,10 +146,4 @@ else:
     for mode in sys.argv[1:] or ["faust-take", "faust-iter"]:
         env = dict(os.environ, FB_MODE=mode, FB_TOPIC=topic)
         subprocess.run([sys.executable, __file__], env=env, timeout=300, cwd=__import__("tempfile").gettempdir())
-    async def delete(topic):
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOT); await admin.start()
-        try:
-            await admin.delete_topics([topic])
-        finally:
-            await admin.close()
-    asyncio.run(delete(topic))
+    asyncio.run(topics.delete_topics(BOOT, [topic]))

@@ -1,6 +1,6 @@
 """CPU a caller spends per search: elasticsearch-py (as the web server uses it) against a bare aiohttp session.
 
-    .venv/bin/python bench/es_client_cost.py --index bench-web [--requests 300 --rounds 3]
+    .venv/bin/python -m bench.es_client_cost --index bench-web [--requests 300 --rounds 3]
 
 The same /api/aggregate query of the city view (bench/web_aggregate_latency.py) sent sequentially both ways,
 alternating; prints this process's CPU time and wall time per request. It answers whether the client library
@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from geoiot import config  # noqa: E402
-from geoiot.schema import load_preset  # noqa: E402
-from web import params, queries  # noqa: E402
-from web.app import ES_CONNECTIONS  # noqa: E402
-from web.geo import precision_for_zoom  # noqa: E402
-from web_aggregate_latency import T0, view_bbox  # noqa: E402
+from bench.web_aggregate_latency import T0, view_bbox
+from geoiot import config
+from geoiot.schema import load_preset
+from web import params, queries
+from web.app import ES_CONNECTIONS
+from web.geo import precision_for_zoom
 
 
 async def main() -> None:

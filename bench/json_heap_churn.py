@@ -1,6 +1,6 @@
 """What glibc's heap trimming costs a batch of JSON documents, with and without ``geoiot.malloc``.
 
-    .venv/bin/python bench/json_heap_churn.py [--batch 2000 --rounds 20 --repeat 3]
+    .venv/bin/python -m bench.json_heap_churn [--batch 2000 --rounds 20 --repeat 3]
 
 A worker serialises a batch of documents with ``orjson.dumps`` and keeps every result until the bulk
 request is sent, then frees them all. This times exactly that (µs per document) in fresh processes, one
@@ -25,13 +25,13 @@ CHILD = r"""
 import json, sys, time
 import orjson
 from geoiot.malloc import keep_freed_heap
-from agents.documents import action, build_values
+from geoiot.documents import action, build
 mode, batch, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 applied = keep_freed_heap() if mode == "tuned" else False
 record = {"taxiId": "123", "observationTime": 1356998400000, "longitude": -73.9, "latitude": 40.7,
           "passengerCount": 2, "tripDistance": 1.5, "medallion": "53A13043B026C48BBF33FEFF9243A8F5",
           "vendor_id": "VTS", "rate_code": 1, "store_and_fwd_flag": None}
-docs = [action("idx", "123", 1356998400000 + i, build_values(record, -73.9, 40.7, ["jfk"], 1.0, 2.0, 3.0, 5))["_source"]
+docs = [action("idx", "123", 1356998400000 + i, build(record, -73.9, 40.7, ["jfk"], 1.0, 2.0, 3.0, 5))["_source"]
         for i in range(batch)]
 dumps = orjson.dumps
 def kept():

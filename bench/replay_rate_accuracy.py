@@ -5,7 +5,7 @@ every message back and uses the Kafka record timestamps (set by the producer at 
 achieved rate over the whole run and per one-second window. The requested rate is the baseline: the
 figures are ratios to it. A replay that sleeps per message, or drifts, shows up as a ratio below 1.
 
-    .venv/bin/python bench/replay_rate_accuracy.py [--rate 2000] [--seconds 30] [--bootstrap localhost:9092]
+    .venv/bin/python -m bench.replay_rate_accuracy [--rate 2000] [--seconds 30] [--bootstrap localhost:9092]
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+
+from geoiot import topics
+from replay.generate import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from replay.generate import write_csv  # noqa: E402
 
 
 async def read_timestamps(bootstrap: str, topic: str, expected: int) -> list[int]:
@@ -46,12 +45,7 @@ async def read_timestamps(bootstrap: str, topic: str, expected: int) -> list[int
 
 
 async def drop_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
+    await topics.delete_topics(bootstrap, [topic])
 
 
 def main() -> None:

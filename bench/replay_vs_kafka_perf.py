@@ -8,7 +8,7 @@ with the producer defaults (what ``kafka-producer-perf-test`` does out of the bo
 batch size and linger as the replay's producer. Prints events/s of all three and the ratios. The order
 of the runs rotates from round to round so none always gets the warmer broker.
 
-    .venv/bin/python bench/replay_vs_kafka_perf.py [--rows 1000000] [--rounds 1] [--bootstrap localhost:9092]
+    .venv/bin/python -m bench.replay_vs_kafka_perf [--rows 1000000] [--rounds 1] [--bootstrap localhost:9092]
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ import uuid
 from pathlib import Path
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from geoiot import topics as kafka_topics
+from geoiot.schema import load_preset
+from replay.generate import write_csv
+from replay.reader import Rejected, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from geoiot.schema import load_preset  # noqa: E402
-from replay.generate import write_csv  # noqa: E402
-from replay.reader import Rejected, read_records  # noqa: E402
 
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".stack"))
 BATCH_BYTES = 960 * 1024
@@ -66,16 +65,11 @@ def record_size(path: Path, sample: int = 20_000) -> int:
 
 
 async def topics(bootstrap: str, names: list[str], create: bool) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with kafka_topics.admin_client(bootstrap) as admin:
         if create:
-            await admin.create_topics([NewTopic(n, num_partitions=3, replication_factor=1) for n in names])
-            await asyncio.sleep(1.0)
+            await kafka_topics.ensure(admin, [kafka_topics.TopicSpec(n, 3) for n in names])
         else:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+            await kafka_topics.delete(admin, names)
 
 
 def run_replay(path: Path, topic: str, bootstrap: str, rows: int, workers: int = 1) -> dict:

@@ -1,6 +1,6 @@
 """Sustained events/s of the Spark job against the Faust agents, on the same generated events, same run.
 
-    .venv/bin/python bench/spark_vs_faust.py --tracks 1000 --points 1000   # 1,000,000 events
+    .venv/bin/python -m bench.spark_vs_faust --tracks 1000 --points 1000   # 1,000,000 events
 
 Steps: ``python -m replay generate`` -> ``python -m replay constant --max-rate`` into a fresh topic
 (once); then, one after the other so they do not share the 2 cores, a Faust worker into index A and
@@ -12,6 +12,7 @@ alias count. Topics and indices are deleted at the end. Needs the local stack (i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -25,11 +26,10 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from agents import spark_launch
+from geoiot import config, topics
 
-from agents import spark_launch  # noqa: E402
-from geoiot import config  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -134,12 +134,8 @@ def main() -> int:
             es.options(ignore_status=404).indices.delete(index=f"{index_f}*,{index_s}*", expand_wildcards="all")
             es.options(ignore_status=404).indices.delete_index_template(name=index_f)
             es.options(ignore_status=404).indices.delete_index_template(name=index_s)
-            subprocess.run([sys.executable, "-c", (
-                "import asyncio,sys\nfrom aiokafka.admin import AIOKafkaAdminClient\n"
-                "async def m():\n a=AIOKafkaAdminClient(bootstrap_servers=sys.argv[1]);await a.start()\n"
-                " try:\n  await a.delete_topics(sys.argv[2:])\n except Exception as e: print(e)\n"
-                " await a.close()\nasyncio.run(m())"), settings.kafka_bootstrap, topic, f"{topic}-dlq",
-                f"{topic}-alerts", f"bench-faust-{tag}-tracks-changelog"], env=env)
+            asyncio.run(topics.delete_topics(settings.kafka_bootstrap, [
+                topic, f"{topic}-dlq", f"{topic}-alerts", f"bench-faust-{tag}-tracks-changelog"]))
         es.close()
 
 

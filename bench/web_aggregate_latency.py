@@ -1,8 +1,8 @@
 """Latency of /api/aggregate (through `python -m web`) against the same Elasticsearch query sent directly.
 
-    .venv/bin/python bench/web_aggregate_latency.py --docs 1000000
+    .venv/bin/python -m bench.web_aggregate_latency --docs 1000000
 
-Indexes ``--docs`` generated observations (web.sample, like the agents' documents) into ``--index`` once
+Indexes ``--docs`` generated observations (tests.support.observations: the agents' documents) into ``--index`` once
 (re-used when it already holds that many), starts the web server as a subprocess, then for city (zoom 11)
 and street (zoom 16) views over Manhattan measures p50/p95 with 1 and 20 concurrent clients, for both paths,
 in the same run. Every request has a distinct ``end`` (1 ms apart, past the data) so neither the server's
@@ -38,17 +38,16 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from agents.index import ensure_index  # noqa: E402
-from geoiot import config  # noqa: E402
-from geoiot.health import wait_healthy  # noqa: E402
-from geoiot.schema import load_preset  # noqa: E402
-from web import params, queries  # noqa: E402
-from web.app import ES_CONNECTIONS  # noqa: E402
-from web.geo import precision_for_zoom  # noqa: E402
-from web.sample import bulk_index, walk  # noqa: E402
-from procstat import cpu_seconds, service_pids  # noqa: E402
+from agents.index import ensure_index
+from geoiot import config
+from tests.support.health import wait_healthy
+from geoiot.schema import load_preset
+from web import params, queries
+from web.app import ES_CONNECTIONS
+from web.geo import precision_for_zoom
+from tests.support.observations import bulk_index, walk
+from bench.procstat import cpu_seconds, service_pids
 
 CENTER = (-73.97, 40.76)
 VIEWPORT = (1280, 800)  # px

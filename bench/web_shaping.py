@@ -1,6 +1,6 @@
 """Per-request Python cost of /api/aggregate's answer: parse the Elasticsearch response, shape GeoJSON, gzip.
 
-    .venv/bin/python bench/web_shaping.py --index bench-web
+    .venv/bin/python -m bench.web_shaping --index bench-web
 
 Fetches the real responses of the city (zoom 11) and street (zoom 16) views of bench/web_aggregate_latency.py
 once, then times in one process, alternating, the server's path (orjson parse of the filter_path-trimmed
@@ -15,25 +15,19 @@ import argparse
 import gzip
 import json
 import statistics
-import sys
 import time
 import zlib
-from pathlib import Path
 
 import orjson
 from elasticsearch import Elasticsearch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from geoiot import config  # noqa: E402
-from geoiot.schema import load_preset  # noqa: E402
-from web import params, queries  # noqa: E402
-from web.app import gzip_body  # noqa: E402
-from web.geo import cell_feature, precision_for_zoom  # noqa: E402
-from web.routes import aggregate_payload  # noqa: E402
-from web_aggregate_latency import T0, view_bbox  # noqa: E402
+from bench.web_aggregate_latency import T0, view_bbox
+from geoiot import config
+from geoiot.schema import load_preset
+from web import params, queries
+from web.app import gzip_body
+from web.geo import cell_feature, precision_for_zoom
+from web.routes import aggregate_payload
 
 
 def reference(raw: bytes, precision: int) -> bytes:

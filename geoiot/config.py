@@ -2,20 +2,144 @@
 
 Every component (replay, agents, web, the Spark job, the Marathon apps) reads its settings through
 :func:`load`, so a variable means the same thing everywhere and the README table is generated from
-:data:`SETTINGS`.
+:data:`SETTINGS`. Every setting also says which values it accepts (a range, a set of choices or a
+format); :func:`load` refuses anything else with a :class:`ConfigError` naming the variable, which each
+component prints as one line before it exits non-zero, so a typo never starts a component that then
+misbehaves (``IOT_BULK_WITHIN=0`` used to busy-spin the worker).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from geoiot.timeparse import zone
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_GEOFENCES = PACKAGE_DIR / "presets" / "geofences-jfk.geojson"
+SINKS = ("elasticsearch", "stdout")  # what IOT_SINKS may name
+# Below this the worker's fetch wait (whole milliseconds) rounds to nothing or to a few, and an idle
+# worker polls Kafka hundreds of times per second: IOT_BULK_WITHIN=0 busy-spun its event loop so that
+# /healthz and SIGTERM went unanswered. 10 ms keeps idle polling at most 100 per second and is far
+# below any useful batching window.
+MIN_BULK_WITHIN = 0.01
+MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch never waits longer
+
+
+def _number(value: float) -> str:
+    return f"{int(value)}" if float(value).is_integer() else f"{value:g}"
+
+
+class ConfigError(ValueError):
+    """A setting has a value outside what it accepts; the message names the variable and the rule."""
+
+
+Check = Callable[[Any], "str | None"]  # None when the value is acceptable, else what is wrong with it
+
+
+def _text(value: str) -> str | None:
+    """not empty"""
+    return None if value.strip() else "must not be empty"
+
+
+def _any_text(value: str) -> str | None:
+    """any text"""
+    return None
+
+
+def _host_ports(value: str) -> str | None:
+    """host:port, comma-separated"""
+    hosts = [h.strip() for h in value.split(",")]
+    for host in hosts:
+        name, sep, port = host.rpartition(":")
+        if not sep or not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+            return f"must be host:port[,host:port...] with ports 1-65535 (got {host!r})"
+    return None
+
+
+def _http_urls(value: str) -> str | None:
+    """http(s) URLs, comma-separated"""
+    for url in (u.strip() for u in value.split(",")):
+        parsed = urlparse(url)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = -1
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1 or port == 0:
+            return f"must be http(s)://host[:port] URLs, comma-separated (got {url!r})"
+    return None
+
+
+def _optional_url(value: str) -> str | None:
+    """empty or an http(s) URL"""
+    return None if not value else _http_urls(value)
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _topic(value: str) -> str | None:
+    """Kafka topic name"""
+    if not _TOPIC.fullmatch(value) or value in (".", ".."):
+        return "must be a Kafka topic name: 1-249 of the characters A-Z a-z 0-9 . _ -"
+    return None
+
+
+def _app_id(value: str) -> str | None:
+    """1-200 of A-Z a-z 0-9 . _ -"""
+    # It names the consumer group and the changelog topic "<IOT_APP_ID>-tracks-changelog".
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", value):
+        return "must be 1-200 of the characters A-Z a-z 0-9 . _ - (it names a Kafka group and topic)"
+    return None
+
+
+def _index(value: str) -> str | None:
+    """Elasticsearch index name, lower case"""
+    # Elasticsearch's index name rules, leaving room for the daily suffix "-YYYY.MM.DD".
+    if (not value or value != value.lower() or value[0] in "-_+." or len(value.encode()) > 240
+            or any(c in value for c in '\\/*?"<>| ,#:')):
+        return ("must be an Elasticsearch index name: lower case, at most 240 bytes, not starting with - _ + ., "
+                'without spaces or any of \\ / * ? " < > | , # :')
+    return None
+
+
+def _sinks(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names or any(n not in SINKS for n in names):
+        return f"must name one or more of {', '.join(SINKS)}, comma-separated"
+    return None
+
+
+_sinks.__doc__ = ", ".join(SINKS)
+
+
+def _es_time(value: str) -> str | None:
+    """Elasticsearch time value (1s, 500ms, -1)"""
+    if value == "-1" or re.fullmatch(r"\d+(nanos|micros|ms|s|m|h|d)", value):
+        return None
+    return "must be an Elasticsearch time value such as 1s, 500ms or 30s (or -1 to turn refresh off)"
+
+
+def _time_zone(value: str) -> str | None:
+    """IANA time zone name"""
+    try:
+        zone(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _tile_url(value: str) -> str | None:
+    """empty (no tiles) or a URL template with {z} {x} {y}"""
+    if value and not all(part in value for part in ("{z}", "{x}", "{y}")):
+        return "must be empty (no tiles) or a tile URL template with {z}, {x} and {y}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -27,6 +151,38 @@ class Setting:
     help: str
     type: type = str
     cli: str | None = None  # flag name when it differs from the variable without its IOT_ prefix
+    minimum: float | None = None
+    maximum: float | None = None
+    check: Check | None = None  # for strings: the format; numbers use minimum/maximum
+
+    @property
+    def allowed(self) -> str:
+        """The accepted values, in words (the README table's column)."""
+        if self.type is bool:
+            return "true / false"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{_number(self.minimum)} to {_number(self.maximum)}"
+        if self.minimum is not None:
+            return f"at least {_number(self.minimum)}"
+        if self.maximum is not None:
+            return f"at most {_number(self.maximum)}"
+        return (self.check.__doc__ or "").strip() if self.check is not None else ""
+
+    def validate(self, value: Any) -> Any:
+        """``value`` when it is acceptable; a :class:`ConfigError` naming the variable otherwise."""
+        problem: str | None = None
+        if self.type in (int, float) and not isinstance(value, bool):
+            if self.type is float and value != value:
+                problem = "must be a number"
+            elif self.minimum is not None and value < self.minimum:
+                problem = f"must be at least {_number(self.minimum)}"
+            elif self.maximum is not None and value > self.maximum:
+                problem = f"must be at most {_number(self.maximum)}"
+        elif self.check is not None:
+            problem = self.check(value)
+        if problem:
+            raise ConfigError(f"{self.env}={value!r} {problem}")
+        return value
 
     @property
     def attr(self) -> str:
@@ -45,48 +201,77 @@ class Setting:
                 return True
             if value in {"0", "false", "no", "off", ""}:
                 return False
-            raise ValueError(f"{self.env}={raw!r} is not a boolean (use true or false)")
+            raise ConfigError(f"{self.env}={raw!r} is not a boolean (use true or false)")
         if self.type is int:
             try:
                 return int(raw)
             except ValueError:
-                raise ValueError(f"{self.env}={raw!r} is not an integer") from None
+                raise ConfigError(f"{self.env}={raw!r} is not an integer") from None
         if self.type is float:
             try:
                 return float(raw)
             except ValueError:
-                raise ValueError(f"{self.env}={raw!r} is not a number") from None
+                raise ConfigError(f"{self.env}={raw!r} is not a number") from None
         return raw
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("KAFKA_BOOTSTRAP", "localhost:9092", "Kafka bootstrap servers (host:port[,host:port])", str, "--bootstrap"),
-    Setting("ES_URL", "http://localhost:9200", "Elasticsearch URL (comma-separated for several nodes)"),
-    Setting("IOT_APP_ID", "geoiot", "Faust app id, also the Kafka consumer group of the agents"),
-    Setting("IOT_SCHEMA", "taxi", "Schema preset: a shipped name (taxi) or a path to a .toml/.json preset"),
-    Setting("IOT_TOPIC", "taxi", "Source topic of position reports"),
-    Setting("IOT_INDEX", "taxi", "Elasticsearch index (alias) for observations"),
-    Setting("IOT_DLQ_TOPIC", "taxi-dlq", "Dead-letter topic for invalid events, with their reason"),
-    Setting("IOT_ALERTS_TOPIC", "taxi-alerts", "Topic of geofence enter/exit alerts"),
-    Setting("IOT_GEOFENCES", str(DEFAULT_GEOFENCES), "GeoJSON FeatureCollection of geofences"),
+    Setting("KAFKA_BOOTSTRAP", "localhost:9092", "Kafka bootstrap servers (host:port[,host:port])", str, "--bootstrap",
+            check=_host_ports),
+    Setting("ES_URL", "http://localhost:9200", "Elasticsearch URL (comma-separated for several nodes)",
+            check=_http_urls),
+    Setting("IOT_APP_ID", "geoiot", "Faust app id, also the Kafka consumer group of the agents", check=_app_id),
+    Setting("IOT_SCHEMA", "taxi", "Schema preset: a shipped name (taxi) or a path to a .toml/.json preset",
+            check=_text),
+    Setting("IOT_TOPIC", "taxi", "Source topic of position reports", check=_topic),
+    Setting("IOT_INDEX", "taxi", "Elasticsearch index (alias) for observations", check=_index),
+    Setting("IOT_DLQ_TOPIC", "taxi-dlq", "Dead-letter topic for invalid events, with their reason", check=_topic),
+    Setting("IOT_ALERTS_TOPIC", "taxi-alerts", "Topic of geofence enter/exit alerts", check=_topic),
+    Setting("IOT_GEOFENCES", str(DEFAULT_GEOFENCES), "GeoJSON FeatureCollection of geofences", check=_text),
     Setting("IOT_GEOFENCE_FILTER", False, "Keep only observations inside some geofence", bool),
-    Setting("IOT_WEBHOOK_URL", "", "POST every geofence alert to this URL when set"),
-    Setting("IOT_SINKS", "elasticsearch", "Comma-separated sinks of the agents: elasticsearch, stdout"),
-    Setting("IOT_PARTITIONS", 3, "Partitions of topics created by the tools", int),
-    Setting("IOT_REPLICATION", 1, "Replication factor of topics created by the tools", int),
-    Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int),
-    Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int),
-    Setting("IOT_INDEX_REFRESH", "1s", "Refresh interval of the observation index"),
-    Setting("IOT_BULK_SIZE", 2000, "Documents per Elasticsearch bulk request (at most)", int),
-    Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float),
-    Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset"),
-    Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port"),
-    Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host"),
-    Setting("WORKER_WEB_PORT", 6066, "Port of the agents worker's /healthz and /metrics", int),
-    Setting("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "Tile URL template of the map"),
-    Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int),
-    Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int),
-    Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)"),
+    Setting("IOT_WEBHOOK_URL", "", "POST every geofence alert to this URL when set", check=_optional_url),
+    Setting("IOT_SINKS", "elasticsearch", "Comma-separated sinks of the agents: elasticsearch, stdout", check=_sinks),
+    Setting("IOT_PARTITIONS", 3, "Partitions of topics created by the tools", int, minimum=1, maximum=10000),
+    Setting("IOT_REPLICATION", 1, "Replication factor of topics created by the tools", int, minimum=1, maximum=32767),
+    Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int, minimum=1, maximum=1024),
+    Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int, minimum=0, maximum=100),
+    Setting("IOT_INDEX_REFRESH", "1s", "Refresh interval of the observation index", check=_es_time),
+    Setting("IOT_BULK_SIZE", 2000, "Documents per Elasticsearch bulk request (at most)", int, minimum=1,
+            maximum=100_000),
+    Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
+            maximum=MAX_BULK_WITHIN),
+    Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone),
+    Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535),
+    Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host", check=_text),
+    Setting("WORKER_WEB_PORT", 6066, "Port of the agents worker's /healthz and /metrics", int, minimum=1,
+            maximum=65535),
+    Setting("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "Tile URL template of the map",
+            check=_tile_url),
+    Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int, minimum=100, maximum=3_600_000),
+    Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int,
+            minimum=0, maximum=1_000_000),
+    Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)",
+            check=_any_text),
+    Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float,
+            minimum=0.01, maximum=3_652_059),  # years 1-9999
+    Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float,
+            minimum=0, maximum=3_652_059),
+    Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int,
+            minimum=1, maximum=1000),  # Elasticsearch's default shard limit is 1000 per data node
+    Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
+            minimum=0, maximum=3_652_059),
+    Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int,
+            minimum=1, maximum=1024),
+    Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int,
+            minimum=0, maximum=100_000),
+    Setting("WEB_QUEUE_TIMEOUT", 3.0, "Seconds a request may wait for a search slot before 503 busy", float,
+            minimum=0, maximum=60),
+    Setting("WEB_MAX_GRID_CELLS", 65536, "Most geohash cells an aggregation may cover (bbox x precision)", int,
+            minimum=1, maximum=10_000_000),
+    Setting("WEB_HEADER_TIMEOUT", 15.0, "Seconds a connection may go without a complete request head (idle keep-alive too)", float,
+            minimum=0.1, maximum=3600),
+    Setting("WEB_BODY_TIMEOUT", 5.0, "Seconds the web server spends reading a request body it does not use", float,
+            minimum=0.1, maximum=3600),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -123,6 +308,16 @@ class Settings:
     map_refresh_ms: int
     map_marker_threshold: int
     spark_checkpoint_dir: str
+    iot_max_event_age_days: float
+    iot_max_event_ahead_days: float
+    iot_max_new_indices: int
+    iot_retention_days: int
+    web_es_concurrency: int
+    web_es_queue: int
+    web_queue_timeout: float
+    web_max_grid_cells: int
+    web_header_timeout: float
+    web_body_timeout: float
 
     @property
     def es_hosts(self) -> list[str]:
@@ -148,6 +343,8 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
             raise TypeError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = value
+    for setting in SETTINGS:
+        setting.validate(values[setting.attr])
     return Settings(**values)
 
 
@@ -172,8 +369,8 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
 
 def markdown_table() -> str:
     """The README's configuration table, so documentation cannot drift from code."""
-    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    rows = ["| Variable | Flag | Default | Accepts | Meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         default = "geoiot/presets/geofences-jfk.geojson" if s.env == "IOT_GEOFENCES" else s.default
-        rows.append(f"| `{s.env}` | `{s.flag}` | `{default!s}` | {s.help} |")
+        rows.append(f"| `{s.env}` | `{s.flag}` | `{default!s}` | {s.allowed} | {s.help} |")
     return "\n".join(rows)

@@ -3,9 +3,9 @@
 Our processes allocate and free the same few megabytes per batch (JSON bytes from orjson, bulk bodies,
 Kafka records). orjson builds each result in a buffer too large for Python's small-object allocator, so
 every document lands in glibc's heap. With glibc's defaults the top of the heap is trimmed (returned to
-the kernel) as soon as a batch is freed and page-faulted back in by the next one; on this project's
-benchmark machine that made ``orjson.dumps`` of a document kept with its batch cost ~12 us instead of
-~2.6 us (``bench/json_heap_churn.py``).
+the kernel) as soon as a batch is freed and page-faulted back in by the next one, which makes
+``orjson.dumps`` of a document kept with its batch several times dearer (``python -m bench.json_heap_churn``;
+the figures are in docs/BENCHMARKS.md).
 Raising the trim threshold and the top pad keeps those pages: resident memory stays at the batch's high
 water mark plus at most ``TRIM_THRESHOLD`` bytes. It is what the ``MALLOC_TRIM_THRESHOLD_`` /
 ``MALLOC_TOP_PAD_`` / ``MALLOC_MMAP_THRESHOLD_`` environment variables do, applied from inside the

@@ -1,10 +1,14 @@
-"""Turn the time notations found in position files into epoch milliseconds (UTC)."""
+"""Turn the time notations found in position files into epoch milliseconds (UTC), and say which
+event times are valid (:class:`EventTimeBounds`)."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 # Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
@@ -56,6 +60,8 @@ def parse_time(value: str | int | float, tz: tzinfo = timezone.utc) -> int:
     if text[0] in "+-" or text[0].isdigit():
         try:
             return epoch_to_ms(float(text)) if _looks_numeric(text) else _parse_iso(text, tz)
+        except TimeParseError:
+            raise
         except (ValueError, OverflowError) as exc:
             raise TimeParseError(f"time {value!r} is not ISO 8601 or epoch: {exc}") from None
     raise TimeParseError(f"time {value!r} is not ISO 8601 or epoch")
@@ -70,9 +76,49 @@ def _parse_iso(text: str, tz: tzinfo) -> int:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return (parsed - _EPOCH) // _ONE_MS
+    ms = (parsed - _EPOCH) // _ONE_MS
+    if not _MIN_MS <= ms <= _MAX_MS:  # e.g. 0001-01-01T00:00+01:00 is in the year 0 UTC
+        raise TimeParseError(f"time {text!r} is outside the years 1-9999 UTC")
+    return ms
+
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class EventTimeBounds:
+    """What a valid event time is, relative to now: the one rule replay and the agents apply.
+
+    An event older than ``max_age_days`` or more than ``max_ahead_days`` in the future is refused
+    (replay skips it, the agents dead-letter it), so no input can create a daily index for the year 1
+    or 9999. With a retention period, events retention would delete at once are refused too.
+    """
+
+    max_age_days: float = 36525.0
+    max_ahead_days: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "EventTimeBounds":
+        age = settings.iot_max_event_age_days
+        if settings.iot_retention_days > 0:
+            age = min(age, float(settings.iot_retention_days))
+        return cls(age, settings.iot_max_event_ahead_days)
+
+    def problem(self, time_ms: int, now_ms: int | None = None) -> str | None:
+        """Why ``time_ms`` is not a valid event time now, or None when it is."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        if time_ms < now - self.max_age_days * DAY_MS:
+            return (f"event time {format_ms(time_ms)} is more than {self.max_age_days:g} days old "
+                    "(IOT_MAX_EVENT_AGE_DAYS, IOT_RETENTION_DAYS)")
+        if time_ms > now + self.max_ahead_days * DAY_MS:
+            return (f"event time {format_ms(time_ms)} is more than {self.max_ahead_days:g} days ahead "
+                    "(IOT_MAX_EVENT_AHEAD_DAYS)")
+        return None
 
 
 def format_ms(ms: int) -> str:
-    """ISO 8601 UTC text of epoch ms, for logs and documents meant for people."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC text of epoch ms, for reasons and logs meant for people (epoch ms when out of range)."""
+    try:
+        return (_EPOCH + ms * _ONE_MS).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except OverflowError:
+        return f"{ms} ms"

@@ -1,8 +1,21 @@
-"""Create the pipeline's topics (source, dead-letter, alerts): the one-shot set-up step of a deployment.
+"""Kafka topics: the one module that looks topics up, creates them and checks what exists against what was asked.
 
-Idempotent, so a scheduler may run it again at will: a topic that already exists is reported, not an
-error. On a cluster the broker may come up after this task starts, hence ``--wait``: keep retrying the
-connection for that many seconds before failing with a clear message and a non-zero exit.
+Replay (its target topic), the agents (source, dead-letter, alerts, changelog), ``python -m geoiot.topics``,
+the tests and the benchmarks all go through :func:`ensure`, so the rules hold everywhere:
+
+* Topics are listed before they are described: a metadata request naming a missing topic makes a
+  broker with ``auto.create.topics.enable=true`` (Kafka's default) create it with the broker's default
+  partition count, and the partitions asked for would silently be lost.
+* A missing topic is created with the requested partitions, replication and configs (the changelog
+  is compacted), and is usable only once every partition has a leader, so :func:`ensure` waits for that.
+* A topic that exists is never altered; what differs from the request (fewer partitions, another
+  ``cleanup.policy``) is returned as :attr:`TopicResult.problems` for the caller to report as an
+  error or a warning.
+
+As a command it is the one-shot set-up step of a deployment. Idempotent, so a scheduler may run it
+again at will: a topic that already exists is reported, not an error. On a cluster the broker may
+come up after this task starts, hence ``--wait``: keep retrying the connection for that many seconds
+before failing with a clear message and a non-zero exit.
 
     python -m geoiot.topics [--bootstrap HOST:PORT] [--partitions N] [--replication N] [--wait S]
     python -m geoiot.topics --check      # exit 0 only when every topic exists (a health check)
@@ -14,16 +27,23 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from geoiot import config
 
 ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION")
+COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
+DEFAULT_TIMEOUT = 30.0
+
+T = TypeVar("T")
 
 
 class TopicsError(RuntimeError):
@@ -31,10 +51,33 @@ class TopicsError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TopicSpec:
+    """A topic as asked for: created like this when missing, compared with this when it exists."""
+
+    name: str
+    partitions: int
+    replication: int = 1
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """A topic as it exists: its partition count, whether every partition has a leader, the configs read."""
+
+    name: str
+    partitions: int
+    leaders: bool
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TopicResult:
+    """What :func:`ensure` found or did for one topic."""
+
     name: str
     status: str  # "created" | "exists"
     partitions: int
+    problems: tuple[str, ...] = ()  # how an existing topic differs from its spec
 
 
 def log(event: str, **fields: object) -> None:
@@ -48,96 +91,212 @@ def topic_names(settings: config.Settings) -> list[str]:
     return list(dict.fromkeys([settings.iot_topic, settings.iot_dlq_topic, settings.iot_alerts_topic]))
 
 
-async def connect(bootstrap: str, wait: float) -> AIOKafkaAdminClient:
+async def _within(what: str, bootstrap: str, timeout: float, call: Awaitable[T]) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except asyncio.TimeoutError:
+        raise TopicsError(f"Kafka at {bootstrap} did not answer within {timeout:g}s ({what})") from None
+    except TopicsError:
+        raise
+    except KafkaConnectionError as exc:
+        raise TopicsError(f"cannot reach Kafka at {bootstrap} (KAFKA_BOOTSTRAP / --bootstrap) ({what}): {exc}") from None
+    except (KafkaError, OSError) as exc:
+        raise TopicsError(f"Kafka at {bootstrap} ({what}): {type(exc).__name__}: {exc}") from None
+
+
+async def connect(bootstrap: str, wait: float = 0.0, timeout: float = DEFAULT_TIMEOUT,
+                  on_retry: Callable[[int], None] | None = None) -> AIOKafkaAdminClient:
     """An admin client bootstrapped from ``bootstrap``, retrying for up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
     attempt = 0
     while True:
         attempt += 1
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="geoiot-topics")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="geoiot-topics",
+                                    request_timeout_ms=int(timeout * 1000))
         try:
-            await admin.start()
+            await _within("connect", bootstrap, timeout, admin.start())
             return admin
-        except KafkaConnectionError as exc:
+        except TopicsError as exc:
             await admin.close()
             if time.monotonic() >= deadline:
-                raise TopicsError(
-                    f"cannot reach Kafka at {bootstrap} (KAFKA_BOOTSTRAP / --bootstrap)"
-                    f" after {attempt} attempt(s): {exc}"
-                ) from None
-            log("kafka_unreachable", bootstrap=bootstrap, attempt=attempt, retry_in_s=1.0)
+                raise TopicsError(f"{exc} after {attempt} attempt(s)") from None
+            if on_retry is not None:
+                on_retry(attempt)
             await asyncio.sleep(1.0)
 
 
-async def existing_partitions(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, int]:
-    """Partition counts of those of ``names`` that exist.
+@asynccontextmanager
+async def admin_client(bootstrap: str, wait: float = 0.0, timeout: float = DEFAULT_TIMEOUT,
+                       on_retry: Callable[[int], None] | None = None) -> AsyncIterator[AIOKafkaAdminClient]:
+    """:func:`connect`, closed on exit."""
+    admin = await connect(bootstrap, wait, timeout, on_retry)
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
-    Topics are listed before they are described: a metadata request naming a missing topic makes a
-    broker with ``auto.create.topics.enable`` create it with its default partition count.
-    """
-    present = set(await admin.list_topics())
-    wanted = [n for n in names if n in present]
-    if not wanted:
+
+def _bootstrap(admin: AIOKafkaAdminClient) -> str:
+    """The servers the client was bootstrapped from, for error messages (aiokafka keeps them private)."""
+    servers = getattr(getattr(admin, "_client", None), "_bootstrap_servers", None) or "?"
+    return servers if isinstance(servers, str) else ",".join(map(str, servers))
+
+
+async def _configs(admin: AIOKafkaAdminClient, names: Sequence[str], keys: Sequence[str],
+                   timeout: float) -> dict[str, dict[str, str]]:
+    if not names or not keys:
         return {}
-    described = await admin.describe_topics(wanted)
-    found: dict[str, int] = {}
-    for topic in described:
-        if topic.get("error_code", 0) == 0:
-            found[topic["topic"]] = len(topic.get("partitions", []))
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n, {k: None for k in keys}) for n in names]
+    responses = await _within("describe configs", _bootstrap(admin), timeout, admin.describe_configs(resources))
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code, _message, _kind, name, entries = resource[:5]
+            if error_code == 0:
+                found[name] = {entry[0]: entry[1] for entry in entries}
     return found
 
 
-async def ensure_topics(admin: AIOKafkaAdminClient, names: Sequence[str], partitions: int, replication: int,
-                        configs: dict[str, str] | None = None) -> list[TopicResult]:
-    """Create whichever of ``names`` are missing (with ``configs``); existing topics are left exactly as they are."""
-    if partitions < 1 or replication < 1:
-        raise TopicsError(f"partitions ({partitions}) and replication ({replication}) must be at least 1")
-    before = await existing_partitions(admin, names)
-    missing = [n for n in names if n not in before]
-    results = [TopicResult(n, "exists", before[n]) for n in names if n in before]
+async def describe(admin: AIOKafkaAdminClient, names: Sequence[str], config_keys: Sequence[str] = (),
+                   timeout: float = DEFAULT_TIMEOUT) -> dict[str, TopicState]:
+    """Those of ``names`` that exist, never creating one (listed first: see the module docstring)."""
+    bootstrap = _bootstrap(admin)
+    present = set(await _within("list topics", bootstrap, timeout, admin.list_topics()))
+    wanted = [n for n in dict.fromkeys(names) if n in present]
+    if not wanted:
+        return {}
+    described = await _within("describe topics", bootstrap, timeout, admin.describe_topics(wanted))
+    configs = await _configs(admin, wanted, config_keys, timeout)
+    found: dict[str, TopicState] = {}
+    for topic in described:
+        if topic.get("error_code", 0) != 0:
+            continue
+        parts = topic.get("partitions") or []
+        found[topic["topic"]] = TopicState(topic["topic"], len(parts),
+                                           bool(parts) and all(p.get("leader", -1) >= 0 for p in parts),
+                                           configs.get(topic["topic"], {}))
+    return found
+
+
+def differences(spec: TopicSpec, state: TopicState) -> tuple[str, ...]:
+    """How an existing topic differs from what was asked, in words a Kafka user acts on."""
+    problems = []
+    if state.partitions < spec.partitions:
+        problems.append(f"topic {spec.name!r} has {state.partitions} partitions, fewer than the {spec.partitions} "
+                        "asked for (an existing topic is never altered)")
+    for key, value in spec.configs.items():
+        actual = state.configs.get(key)
+        if actual != value:
+            problems.append(f"topic {spec.name!r} has {key}={actual}, not {value}")
+    return tuple(problems)
+
+
+async def wait_for_leaders(admin: AIOKafkaAdminClient, names: Sequence[str],
+                           timeout: float = DEFAULT_TIMEOUT) -> dict[str, int]:
+    """Partition counts once every partition of every named (existing) topic has a leader.
+
+    Topic creation returns before the partitions have leaders; producing earlier fails.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        states = await describe(admin, names, timeout=timeout)
+        waiting = [n for n in names if n not in states or not states[n].leaders]
+        if not waiting:
+            return {n: states[n].partitions for n in names}
+        if loop.time() > deadline:
+            raise TopicsError(f"topic(s) {', '.join(waiting)} have no leader for every partition after {timeout:g}s")
+        await asyncio.sleep(0.1)
+
+
+async def ensure(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec],
+                 timeout: float = DEFAULT_TIMEOUT) -> list[TopicResult]:
+    """Create whichever topics are missing, wait for their leaders, and compare the others with their spec."""
+    for spec in specs:
+        if spec.partitions < 1 or spec.replication < 1:
+            raise TopicsError(f"topic {spec.name!r}: partitions ({spec.partitions}) and replication "
+                              f"({spec.replication}) must be at least 1")
+    bootstrap = _bootstrap(admin)
+    keys = sorted({k for spec in specs for k in spec.configs})
+    before = await describe(admin, [s.name for s in specs], keys, timeout)
+    missing = [s for s in specs if s.name not in before]
+    results = {s.name: TopicResult(s.name, "exists", before[s.name].partitions, differences(s, before[s.name]))
+               for s in specs if s.name in before}
+    raced: list[TopicSpec] = []
     if missing:
-        response = await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=replication, topic_configs=configs or {})
-             for n in missing]
-        )
+        response = await _within("create topics", bootstrap, timeout, admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication,
+                      topic_configs=dict(s.configs)) for s in missing]))
         failures = []
+        by_name = {s.name: s for s in missing}
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
             message = entry[2] if len(entry) > 2 else None
             error = for_code(code)
             if code == 0:
-                results.append(TopicResult(name, "created", partitions))
-            elif error is TopicAlreadyExistsError:  # created concurrently by another run
-                results.append(TopicResult(name, "exists", partitions))
+                results[name] = TopicResult(name, "created", by_name[name].partitions)
+            elif error is TopicAlreadyExistsError:  # created concurrently (another run, or auto-creation)
+                raced.append(by_name[name])
             else:
                 failures.append(f"{name!r}: {error.__name__}: {message or error.description}")
         if failures:
-            done = ", ".join(f"{r.name} ({r.status})" for r in results) or "none"
+            done = ", ".join(f"{r.name} ({r.status})" for r in results.values()) or "none"
             raise TopicsError(f"cannot create topic {'; '.join(failures)} (topics ready: {done})")
-    order = {n: i for i, n in enumerate(names)}
-    return sorted(results, key=lambda r: order[r.name])
+    await wait_for_leaders(admin, [s.name for s in specs], timeout)
+    if raced:
+        now = await describe(admin, [s.name for s in raced], keys, timeout)
+        for spec in raced:
+            results[spec.name] = TopicResult(spec.name, "exists", now[spec.name].partitions,
+                                             differences(spec, now[spec.name]))
+    return [results[s.name] for s in specs]
+
+
+async def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = DEFAULT_TIMEOUT) -> TopicResult:
+    """:func:`ensure` for one topic with a client of its own (replay, benchmarks)."""
+    async with admin_client(bootstrap, timeout=timeout) as admin:
+        [result] = await ensure(admin, [spec], timeout)
+    return result
+
+
+async def delete(admin: AIOKafkaAdminClient, names: Sequence[str] = (), prefix: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """Delete those of ``names`` (and of the topics starting with ``prefix``) that exist; returns them."""
+    bootstrap = _bootstrap(admin)
+    present = await _within("list topics", bootstrap, timeout, admin.list_topics())
+    doomed = sorted(t for t in present if t in set(names) or (prefix is not None and t.startswith(prefix)))
+    if doomed:
+        await _within("delete topics", bootstrap, timeout, admin.delete_topics(doomed))
+    return doomed
+
+
+async def delete_topics(bootstrap: str, names: Sequence[str] = (), prefix: str | None = None,
+                        timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+    """:func:`delete` with a client of its own (benchmarks cleaning up)."""
+    async with admin_client(bootstrap, timeout=timeout) as admin:
+        return await delete(admin, names, prefix, timeout)
 
 
 async def run(settings: config.Settings, wait: float, check: bool) -> int:
     names = topic_names(settings)
-    admin = await connect(settings.kafka_bootstrap, wait)
-    try:
+
+    def retrying(attempt: int) -> None:
+        log("kafka_unreachable", bootstrap=settings.kafka_bootstrap, attempt=attempt, retry_in_s=1.0)
+
+    async with admin_client(settings.kafka_bootstrap, wait, on_retry=retrying) as admin:
         if check:
-            found = await existing_partitions(admin, names)
+            found = await describe(admin, names)
             missing = [n for n in names if n not in found]
             if missing:
                 log("topics_missing", topics=missing, bootstrap=settings.kafka_bootstrap)
                 return 1
-            log("topics_present", topics={n: found[n] for n in names})
+            log("topics_present", topics={n: found[n].partitions for n in names})
             return 0
-        results = await ensure_topics(admin, names, settings.iot_partitions, settings.iot_replication)
-        for r in results:
+        specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
+        for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
-            if r.status == "exists" and r.partitions < settings.iot_partitions:
-                log("topic_has_fewer_partitions", topic=r.name, partitions=r.partitions, wanted=settings.iot_partitions)
+            for problem in r.problems:
+                log("topic_differs", topic=r.name, problem=problem)
         return 0
-    finally:
-        await admin.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

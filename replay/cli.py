@@ -1,7 +1,10 @@
 """``python -m replay constant|timestamp|generate``: argument parsing, progress, summary, exit codes.
 
-Exit codes: 0 done, 1 runtime error (broker unreachable, unreadable file), 2 usage error or
-``--strict`` met a bad row, 130 interrupted by Ctrl-C (after flushing and printing the summary).
+Exit codes: 0 done (bad rows, oversized ones included, are skipped and counted, not errors);
+1 runtime error: broker unreachable at start, unreadable file, a damaged (truncated or corrupt)
+file, messages not acknowledged, or a broker that acknowledged nothing within --delivery-timeout;
+2 usage error or ``--strict`` met a bad row; 130 interrupted by Ctrl-C. Every exit after the start
+prints the summary (its ``error`` says why a run ended early).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from geoiot import config
+from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
+from replay.producer import DEFAULT_DELIVERY_TIMEOUT_S
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("replay")
@@ -34,7 +39,7 @@ def _non_negative(kind: type, noun: str) -> Callable[[str], Any]:
     return parse
 
 
-_positive_float = _non_negative(float, "a number")
+_non_negative_float = _non_negative(float, "a number")
 _positive_int = _non_negative(int, "an integer")
 
 
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
     config.add_flags(common, ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION",
-                              "IOT_TIMEZONE"])
+                              "IOT_TIMEZONE", "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_RETENTION_DAYS"])
     common.add_argument("--partitioner", choices=("hash", "balanced"), default="hash",
                         help="hash: Kafka's murmur2 of the track id (default); balanced: new tracks to the least-loaded partition")
     common.add_argument("--retime", choices=("keep", "now"), default="keep",
@@ -54,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--strict", action="store_true", help="stop at the first bad row with exit code 2")
     common.add_argument("--rejects", metavar="FILE", help="write bad rows as JSON Lines {line, reason, row}")
     common.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object, last line of stdout")
-    common.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S",
+    common.add_argument("--connect-timeout", type=_non_negative_float, default=10.0, metavar="S",
                         help="seconds to wait for Kafka at start (default 10)")
+    common.add_argument("--delivery-timeout", type=_non_negative_float, default=DEFAULT_DELIVERY_TIMEOUT_S, metavar="S",
+                        help="through a broker outage, retry a batch this long before stopping with the summary "
+                             f"and exit code 1 (default {DEFAULT_DELIVERY_TIMEOUT_S:g}, Kafka's delivery.timeout.ms)")
     common.add_argument("--linger-ms", type=_positive_int, default=10, help="producer linger (default 10)")
     common.add_argument("--batch-bytes", type=_positive_int, default=960 * 1024, help="producer batch size (default 960 KiB)")
     noise = common.add_mutually_exclusive_group()
@@ -65,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     const = sub.add_parser("constant", parents=[common], help="send N events every interval (or as fast as possible)",
                            description="Play the file at a constant rate, in batches scheduled on a monotonic clock.")
     pace = const.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive_float, metavar="EV_PER_S", help="events per second (0 = as fast as possible)")
+    pace.add_argument("--rate", type=_non_negative_float, metavar="EV_PER_S", help="events per second (0 = as fast as possible)")
     pace.add_argument("--max-rate", action="store_true", help="as fast as possible")
     pace.add_argument("--events-per-interval", type=_positive_int, metavar="N", help="events per batch (default 100)")
-    const.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="batch period (default 1000)")
+    const.add_argument("--interval-ms", type=_non_negative_float, metavar="MS", help="batch period (default 1000)")
     const.add_argument("--loop", action="store_true", help="start over at the end of the file")
     const.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                        help="max rate only: N processes share the partitions (default 1)")
@@ -76,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts = sub.add_parser("timestamp", parents=[common], help="send each unique timestamp group, then wait",
                         description="Play each group of consecutive rows sharing a timestamp, then wait.")
     when = ts.add_mutually_exclusive_group()
-    when.add_argument("--interval-ms", type=_positive_float, metavar="MS", help="wait between groups (default 3000)")
-    when.add_argument("--speedup", type=_positive_float, metavar="X", help="the file's real gaps divided by X")
+    when.add_argument("--interval-ms", type=_non_negative_float, metavar="MS", help="wait between groups (default 3000)")
+    when.add_argument("--speedup", type=_non_negative_float, metavar="X", help="the file's real gaps divided by X")
 
     gen = sub.add_parser("generate", help="write deterministic taxi tracks (headerless 19-column CSV)",
                          description="Deterministic vehicle tracks in the original taxi layout; same seed, same bytes.")
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, metavar="FILE", help="output file (.gz for gzip)")
     gen.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", help="area (default NYC: -74.05,40.58,-73.75,40.88)")
     gen.add_argument("--start", default="2013-01-01 00:00:00", metavar="TIME", help="time of the first report (UTC)")
-    gen.add_argument("--jfk-share", type=_positive_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
+    gen.add_argument("--jfk-share", type=_non_negative_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
     return parser
 
 
@@ -121,7 +129,7 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     from geoiot.schema import SchemaError, load_preset
-    from geoiot.timeparse import zone
+    from geoiot.timeparse import EventTimeBounds, zone
     from replay.pacing import rate_from_batches
     from replay.runner import ReplayOptions
 
@@ -154,9 +162,11 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     return ReplayOptions(
         path=args.file, topic=settings.iot_topic, bootstrap=settings.kafka_bootstrap, mode=args.command,
         preset=preset, tz=tz, rate=rate, interval_s=interval_s, speedup=speedup, retime=args.retime,
+        time_bounds=EventTimeBounds.from_settings(settings),
         loop=getattr(args, "loop", False), limit=args.limit, partitioner=args.partitioner,
         partitions=settings.iot_partitions, replication=settings.iot_replication, strict=args.strict,
-        rejects=args.rejects, connect_timeout=args.connect_timeout, linger_ms=args.linger_ms,
+        rejects=args.rejects, connect_timeout=args.connect_timeout, delivery_timeout=args.delivery_timeout,
+        linger_ms=args.linger_ms,
         batch_bytes=args.batch_bytes)
 
 
@@ -214,6 +224,13 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
         summary = replay.summary()  # zero counts when nothing was sent; still one JSON line for scripts
         summary["error"] = str(exc)
         return EXIT_ERROR, summary
+    except Exception as exc:  # a bug or an error nobody foresaw: still one line and the summary, not a traceback
+        log.debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(exc).__name__}: {exc} (-v shows where)"
+        print(f"replay: error: {message}", file=sys.stderr)
+        summary = replay.summary()
+        summary["error"] = message
+        return EXIT_ERROR, summary
     finally:
         progress.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -221,6 +238,9 @@ async def _run(options: Any, args: argparse.Namespace) -> tuple[int, dict[str, A
     if summary["failed"]:
         print(f"replay: error: {summary['failed']} messages were not acknowledged: {summary.get('error')}",
               file=sys.stderr)
+        code = EXIT_ERROR
+    elif summary.get("error"):
+        print(f"replay: error: {summary['error']}", file=sys.stderr)
         code = EXIT_ERROR
     wanted = summary.get("requested_rate")
     if wanted and summary["achieved_rate"] < 0.98 * wanted and not summary["interrupted"]:
@@ -243,9 +263,11 @@ def _run_workers(options: Any, workers: int) -> tuple[int, dict[str, Any] | None
                             "interrupted": False}
     for message in errors:
         print(f"replay: error: {message}", file=sys.stderr)
+    if summary is not None and not errors and summary.get("error"):
+        print(f"replay: error: {summary['error']}", file=sys.stderr)
     if summary is None:
         return EXIT_ERROR, None
-    if errors or summary["failed"]:
+    if errors or summary["failed"] or summary.get("error"):
         return EXIT_ERROR, summary
     return (EXIT_INTERRUPTED if summary["interrupted"] else EXIT_OK), summary
 
@@ -258,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args, parser)
     options = _options(args, parser)
     keep_freed_heap()  # one orjson.dumps per row: see geoiot.malloc
+    quiet_repeats()  # with --verbose, a broker outage: aiokafka's errors once per period, with a count
     from replay.summary import human, to_json
 
     try:

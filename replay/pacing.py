@@ -7,7 +7,6 @@ fractional rates are exact over time and one late batch does not lose events: th
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Iterator
@@ -75,13 +74,6 @@ class Clock:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
-
-    async def sleep_until(self, offset: float) -> float:
-        """Wait until ``offset`` seconds after the start; returns how late we are (>= 0) when we get there."""
-        delay = offset - self.elapsed()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return max(0.0, self.elapsed() - offset)
 
     def rebase(self, offset: float) -> None:
         """Make ``offset`` be now: forgive a backlog that cannot be caught up without a burst."""

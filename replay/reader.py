@@ -1,5 +1,8 @@
 """Read position files (CSV with or without header, JSON Lines; plain or gzip) into wire-format records.
 
+A UTF-8 byte-order mark is dropped. A damaged file (truncated or corrupt gzip, a read error) yields
+every complete line before the damage, rejects the incomplete last one, then raises DamagedFile.
+
 The shared core (:mod:`geoiot.schema`) defines what a valid record is; this module only makes the
 common case fast: a per-preset converter with a cache of parsed times (rows of one file repeat the
 same few timestamps), falling back to :func:`geoiot.schema.typed_record` whenever anything is
@@ -12,6 +15,7 @@ import csv
 import gzip
 import io
 import itertools
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
@@ -21,7 +25,7 @@ from typing import IO, Any
 import orjson
 
 from geoiot.schema import InvalidRecord, Preset, parse_row, typed_record
-from geoiot.timeparse import TimeParseError, parse_time
+from geoiot.timeparse import EventTimeBounds, TimeParseError, parse_time
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -34,6 +38,7 @@ class Rejected:
     line_no: int
     reason: str
     raw: str
+    kind: str | None = None  # the summary's skip_reasons key, when the reason text does not tell it
 
 
 class FastConverter:
@@ -46,9 +51,10 @@ class FastConverter:
 
     _TIME_CACHE_LIMIT = 200_000
 
-    def __init__(self, preset: Preset, tz: tzinfo = timezone.utc) -> None:
+    def __init__(self, preset: Preset, tz: tzinfo = timezone.utc, bounds: EventTimeBounds | None = None) -> None:
         self.preset = preset
         self.tz = tz
+        self.bounds = bounds
         self.names = preset.names
         self._times: dict[str, int] = {}
         self._strings = self._compile()
@@ -60,6 +66,8 @@ class FastConverter:
             ms = parse_time(text, self.tz)  # raises TimeParseError
             if not INT64_MIN <= ms <= INT64_MAX:
                 raise TimeParseError(f"time {text!r} is out of range")
+            if self.bounds is not None and self.bounds.problem(ms) is not None:
+                raise TimeParseError(text)  # the slow path rejects the row with the reason
             if len(self._times) >= self._TIME_CACHE_LIMIT:
                 self._times.clear()
             self._times[text] = ms
@@ -131,6 +139,9 @@ class FastConverter:
                 if name == self.preset.time:
                     raise InvalidRecord(f"{name} {value} is out of range")
                 out[name] = None
+        problem = None if self.bounds is None else self.bounds.problem(out[self.preset.time])
+        if problem is not None:
+            raise InvalidRecord(problem)
         return out
 
 
@@ -138,14 +149,89 @@ def _bad() -> Any:
     raise ValueError
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Text stream of a plain or gzip file (gzip told by its magic bytes, not only the suffix)."""
+class DamagedFile(ValueError):
+    """The file could not be read to its end; every complete line before the damage was yielded."""
+
+    def __init__(self, path: str | Path, lines: int, cause: str) -> None:
+        super().__init__(f"{path} is damaged after line {lines}: {cause}")
+        self.path, self.lines, self.cause = str(path), lines, cause
+
+
+_DAMAGE = (EOFError, zlib.error, OSError)  # truncated gzip, corrupt deflate data, BadGzipFile / CRC / EIO
+
+
+class _Guard(io.RawIOBase):
+    """Bytes of a (possibly damaged) stream, passed on only up to the last newline seen.
+
+    A truncated or corrupt stream then ends cleanly at a line boundary instead of raising in the
+    middle of the text layer (where the partial line would be lost); ``damage`` says what happened
+    and ``partial`` holds the incomplete line. Works per chunk, off the per-line hot path.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.damage: str | None = None
+        self.partial = b""
+        self.lines = 0  # newlines passed on
+        self._out = memoryview(b"")
+        self._tail = bytearray()
+        self._eof = False
+        # read1: a gzip read() would drop what it decompressed before the damage, read1 returns it first
+        self._read = getattr(inner, "read1", inner.read)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            if self._eof:
+                return 0
+            try:
+                data = self._read(self.CHUNK)
+            except _DAMAGE as exc:
+                kind = "corrupt gzip data" if isinstance(exc, zlib.error) else type(exc).__name__
+                self.damage = f"{kind}: {exc}" if str(exc) else kind
+                self.partial, self._tail, self._eof = bytes(self._tail), bytearray(), True
+                continue
+            if not data:
+                self._out, self._tail, self._eof = memoryview(bytes(self._tail)), bytearray(), True
+                continue
+            cut = data.rfind(b"\n") + 1
+            if not cut:  # still inside one long line
+                self._tail += data
+                continue
+            chunk = bytes(self._tail) + data[:cut] if self._tail else data[:cut]
+            self._tail = bytearray(data[cut:])
+            self.lines += chunk.count(b"\n")
+            self._out = memoryview(chunk)
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+def _open(path: str | Path) -> tuple[IO[str], _Guard]:
     path = Path(path)
     with path.open("rb") as probe:
         magic = probe.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return path.open("r", encoding="utf-8", errors="replace", newline="")
+    raw: IO[bytes] = gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb", buffering=0)
+    guard = _Guard(raw)
+    # utf-8-sig: a byte-order mark (Excel, Notepad) would otherwise be part of the first field
+    text = io.TextIOWrapper(io.BufferedReader(guard, _Guard.CHUNK), encoding="utf-8-sig", errors="replace",
+                            newline="")
+    return text, guard
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Text stream of a plain or gzip file (gzip told by its magic bytes, not only the suffix), BOM dropped."""
+    return _open(path)[0]
 
 
 def detect_format(path: str | Path, first_line: str) -> str:
@@ -167,15 +253,17 @@ def _split(line: str) -> list[str]:
 Owns = Callable[[Any], bool]  # given a row's raw track id (None when unknown): is this reader its owner?
 
 
-def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc,
-                 owns: Owns | None = None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc, owns: Owns | None = None,
+                 bounds: EventTimeBounds | None = None) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     """Yield (line number, wire object or Rejected) for every non-blank line of the file, in order.
 
     With ``owns``, rows whose raw track id it refuses are skipped before conversion: several worker
     processes then share one file, each converting (and counting) only the rows of its own partitions.
+    With ``bounds``, rows whose event time the agents would refuse (:class:`EventTimeBounds`) are rejected.
     """
-    converter = FastConverter(preset, tz)
-    with open_text(path) as stream:
+    converter = FastConverter(preset, tz, bounds)
+    stream, guard = _open(path)
+    with stream:
         lines = enumerate(stream, 1)
         for line_no, line in lines:
             text = line.rstrip("\r\n")
@@ -183,13 +271,20 @@ def read_records(path: str | Path, preset: Preset, tz: tzinfo = timezone.utc,
                 continue
             if detect_format(path, text) == "jsonl":
                 yield from _jsonl(itertools.chain([(line_no, line)], lines), converter, owns)
-                return
+                break
             head = [h.strip() for h in _split(text)]
             if preset.track in head and preset.time in head:
                 yield from _csv_with_header(lines, converter, head, owns)
             else:
                 yield from _csv(itertools.chain([(line_no, line)], lines), converter, owns)
-            return
+            break
+    if guard.damage is not None:
+        partial = guard.partial.decode("utf-8", errors="replace").rstrip("\r")
+        if partial.strip() and (owns is None or owns(None)):
+            line_no = guard.lines + 1
+            yield line_no, Rejected(line_no, f"incomplete last line: the file ends inside it ({guard.damage})",
+                                    partial, "incomplete")
+        raise DamagedFile(path, guard.lines, guard.damage)
 
 
 def _jsonl(lines: Iterator[tuple[int, str]], converter: FastConverter,

@@ -2,7 +2,10 @@
 timestamp-driven (each unique timestamp group, at a fixed interval or at the file's pace / speedup).
 
 Both read the file lazily, skip and count bad rows, route every track to one partition, and count
-as sent only what Kafka acknowledged. ``run`` is the Python API the CLI, tests and benchmarks share.
+as sent only what Kafka acknowledged. A damaged file or a broker that acknowledges nothing within the
+delivery timeout ends the run early but normally: the summary then has ``error``, and every row taken
+from the file (up to ``last_line``) is counted as sent, skipped or failed. ``run`` is the Python API
+the CLI, tests and benchmarks share.
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ from typing import IO, Any
 
 import orjson
 
+from geoiot.logs import QuietLog
 from geoiot.schema import Preset, load_preset
+from geoiot.timeparse import EventTimeBounds
 from replay.pacing import Clock, Timestamps, batch_interval, constant_schedule
 from replay.partitioning import make_partitioner
-from replay.producer import DEFAULT_BATCH_BYTES, DEFAULT_LINGER_MS, BatchingProducer, ensure_topic
-from replay.reader import Rejected, read_records
+from replay.producer import (DEFAULT_BATCH_BYTES, DEFAULT_DELIVERY_TIMEOUT_S, DEFAULT_LINGER_MS, BatchingProducer,
+                             ReplayError, ensure_topic, oversize_reason)
+from replay.reader import DamagedFile, Rejected, read_records
 from replay.summary import Stats, build_summary
 
 log = logging.getLogger("replay")
 
 MAX_RATE_CHUNK = 2000  # records converted between two hand-overs to the producer at max rate
 BEHIND_LIMIT_S = 1.0  # a backlog beyond this is dropped from the schedule (and reported), not burst out
+BEHIND_LOG_PERIOD_S = 10.0
 
 
 class StrictStop(Exception):
@@ -53,6 +60,7 @@ class ReplayOptions:
     interval_s: float | None = None  # constant: batch period (default from the rate); timestamp: group gap
     speedup: float | None = None  # timestamp: file gaps divided by this
     retime: str = "keep"  # keep | now
+    time_bounds: EventTimeBounds | None = None  # rows outside are rejected (only with retime keep)
     loop: bool = False
     limit: int | None = None
     partitioner: str = "hash"
@@ -61,6 +69,7 @@ class ReplayOptions:
     strict: bool = False
     rejects: str | Path | None = None
     connect_timeout: float = 10.0
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT_S
     linger_ms: int = DEFAULT_LINGER_MS
     batch_bytes: int = DEFAULT_BATCH_BYTES
     progress_every_s: float = 5.0
@@ -82,6 +91,8 @@ class Replay:
         self._rejects_out: IO[str] | None = None
         self._owns: Callable[[Any], bool] | None = None
         self.on_reject: Callable[[Rejected], None] | None = None
+        self._line_no = 0  # file line of the record last taken from records()
+        self._behind = QuietLog(log, BEHIND_LOG_PERIOD_S)
 
     # --- source -------------------------------------------------------------------------------
 
@@ -90,17 +101,25 @@ class Replay:
         o = self.o
         while True:
             valid = 0
-            for _line_no, item in read_records(o.path, self.preset, o.tz, self._owns):
-                if type(item) is Rejected:
-                    self._reject(item)
-                    continue
-                valid += 1
-                yield item
+            self.stats.last_line = 0
+            try:
+                for line_no, item in read_records(o.path, self.preset, o.tz, self._owns,
+                                                  o.time_bounds if o.retime == "keep" else None):
+                    if type(item) is Rejected:
+                        self._reject(item)
+                        continue
+                    valid += 1
+                    self._line_no = line_no
+                    yield item
+            except DamagedFile as exc:  # what came before the damage was yielded: end the run there
+                self.stats.error = str(exc)
+                return
             if not o.loop or valid == 0 or self.stop.is_set():
                 return
 
     def _reject(self, rejected: Rejected) -> None:
         reported = self.stats.reject(rejected)
+        self.stats.last_line = max(self.stats.last_line, rejected.line_no)
         if self._rejects_out is not None:
             self._rejects_out.write(json.dumps({"line": rejected.line_no, "reason": rejected.reason,
                                                 "row": rejected.raw}) + "\n")
@@ -113,24 +132,44 @@ class Replay:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _emit(self, chunk: Iterable[dict[str, Any]], partition_of: Callable[[bytes], int]) -> int:
-        """Serialise and append a chunk of records to their partitions' batches; returns the count."""
+    def _emit(self, chunk: Iterable[dict[str, Any]], partition_of: Callable[[bytes], int],
+              lines: list[int] | None = None) -> int:
+        """Serialise and append a chunk of records to their partitions' batches; returns how many were
+        taken (queued or skipped as too large). ``lines``: the records' file lines, when the chunk was
+        read ahead (else the line of each is the one records() just yielded)."""
         producer = self.producer
         assert producer is not None
         append = producer.append
         dumps = orjson.dumps
         track = self.preset.track
-        n = 0
+        # the value holds the track id (the key) too, so a value under half the payload always fits
+        half_payload = producer.max_payload // 2
+        n = oversized = 0
         now_ms = time.time_ns() // 1_000_000 if self.o.retime == "now" else None
         time_field = self.preset.time
-        for record in chunk:
-            if now_ms is not None:
-                record[time_field] = now_ms
-            key = record[track].encode()
-            append(partition_of(key), key, dumps(record))
-            n += 1
-        self.stats.queued += n
+        try:
+            for record in chunk:
+                n += 1
+                if now_ms is not None:
+                    record[time_field] = now_ms
+                key = record[track].encode()
+                value = dumps(record)
+                if len(value) > half_payload and (size := producer.too_large(key, value)) is not None:
+                    oversized += 1  # before the skip: --strict raises there
+                    self._skip_oversized(value, size, lines[n - 1] if lines else self._line_no)
+                    continue
+                append(partition_of(key), key, value)
+        finally:
+            self.stats.queued += n - oversized
+            if n:
+                self.stats.last_line = max(self.stats.last_line, lines[n - 1] if lines else self._line_no)
         return n
+
+    def _skip_oversized(self, value: bytes, size: int, line_no: int) -> None:
+        """Count and report a row no Kafka request could carry: skipped alone, before it joins a batch."""
+        assert self.producer is not None
+        reason = oversize_reason(size, self.producer.max_request_size)
+        self._reject(Rejected(line_no, reason, value.decode(), "size"))
 
     async def _sleep_until(self, clock: Clock, offset: float) -> float:
         delay = offset - clock.elapsed()
@@ -160,8 +199,8 @@ class Replay:
             if late > max(BEHIND_LIMIT_S, 2 * interval):
                 self.stats.behind_warnings += 1
                 achieved = self.stats.queued / max(clock.elapsed(), 1e-9)
-                log.warning("cannot keep up: %.1fs behind schedule, achieved %.0f of %.0f events/s; "
-                            "dropping the backlog from the schedule", late, achieved, rate)
+                self._behind.warning("behind", "cannot keep up: %.1fs behind schedule, achieved %.0f of %.0f "
+                                     "events/s; dropping the backlog from the schedule", late, achieved, rate)
                 clock.rebase(offset)
             sent = self._emit(itertools.islice(records, count), partition_of) if count else 0
             await producer.dispatch(all_open=True)
@@ -177,15 +216,30 @@ class Replay:
             pace = Timestamps(speedup=self.o.speedup)
         else:
             pace = Timestamps(interval_s=3.0 if self.o.interval_s is None else self.o.interval_s)
-        time_field = self.preset.time
         clock = Clock()
-        for group_time, group in itertools.groupby(records, key=lambda r: r[time_field]):
-            batch = list(group)
+        for group_time, batch, lines in self._groups(records):
             await self._sleep_until(clock, pace.deadline(group_time))
             if self.stop.is_set():
                 break
-            self._emit(batch, partition_of)
+            self._emit(batch, partition_of, lines)
             await producer.dispatch(all_open=True)
+
+    def _groups(self, records: Iterator[dict[str, Any]]) -> Iterator[tuple[Any, list[dict[str, Any]], list[int]]]:
+        """Runs of consecutive records sharing a time, with their file lines."""
+        time_field = self.preset.time
+        batch: list[dict[str, Any]] = []
+        lines: list[int] = []
+        current: Any = None
+        for record in records:
+            value = record[time_field]
+            if batch and value != current:
+                yield current, batch, lines
+                batch, lines = [], []
+            current = value
+            batch.append(record)
+            lines.append(self._line_no)
+        if batch:
+            yield current, batch, lines
 
     async def run(self) -> dict[str, Any]:
         """Replay the file; returns the summary. Raises ReplayError / StrictStop for the CLI to report."""
@@ -209,7 +263,7 @@ class Replay:
             self._owns = owns
             partition_of = partitioner.assigned.__getitem__  # already routed (and counted) by owns()
         self.producer = BatchingProducer(o.bootstrap, o.topic, linger_ms=o.linger_ms, batch_bytes=o.batch_bytes,
-                                         connect_timeout=o.connect_timeout)
+                                         connect_timeout=o.connect_timeout, delivery_timeout=o.delivery_timeout)
         await self.producer.start()
         self._rejects_out = open(o.rejects, "w", encoding="utf-8") if o.rejects else None
         self.stats.started = time.monotonic()
@@ -217,18 +271,25 @@ class Replay:
         if o.limit is not None:
             records = itertools.islice(records, o.limit)
         try:
-            if o.mode == "constant":
-                await self._constant(records, partition_of)
-            elif o.mode == "timestamp":
-                await self._timestamp(records, partition_of)
-            else:
-                raise ValueError(f"unknown mode {o.mode!r}")
+            try:
+                if o.mode == "constant":
+                    await self._constant(records, partition_of)
+                elif o.mode == "timestamp":
+                    await self._timestamp(records, partition_of)
+                else:
+                    raise ValueError(f"unknown mode {o.mode!r}")
+            except ReplayError:
+                if not self.producer.gave_up:
+                    raise
+                # Kafka acknowledged nothing within the delivery timeout: every queued row is counted
+                # failed; the run ends here with its summary (the error is in it)
         finally:
             try:
                 await self.producer.stop()  # flushes: every queued message is acknowledged or failed
             finally:
                 self.stats.finished = time.monotonic()
                 self.stats.interrupted = self.stop.is_set()
+                self._behind.flush()
                 if self._rejects_out is not None:
                     self._rejects_out.close()
         return self.summary()
@@ -237,8 +298,11 @@ class Replay:
         delivery = self.producer.delivery if self.producer else None
         acked = dict(delivery.acked) if delivery else {}
         summary = build_summary(self.stats, acked, delivery.failed if delivery else 0)
+        errors = [self.stats.error] if self.stats.error else []
         if delivery is not None and delivery.error is not None:
-            summary["error"] = str(delivery.error) or type(delivery.error).__name__
+            errors.append(str(delivery.error) or type(delivery.error).__name__)
+        if errors:
+            summary["error"] = "; ".join(errors)
         return summary
 
     def progress(self) -> tuple[int, int, int]:

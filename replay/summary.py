@@ -27,13 +27,15 @@ class Stats:
     paced_seconds: float | None = None  # constant mode: schedule time covered by the batches sent
     interrupted: bool = False
     behind_warnings: int = 0
+    last_line: int = 0  # file line of the last row taken (sent, skipped or failed); of the last pass with --loop
+    error: str | None = None  # why the run ended early on the input side (a damaged file)
 
     core: tuple[str, str, str, str] = ("track", "time", "lon", "lat")  # the preset's core field names
 
     def reject(self, rejected: Rejected) -> bool:
         """Count a bad row; True when it is one of the first few that get reported."""
         self.skipped += 1
-        kind = reason_kind(rejected.reason, self.core)
+        kind = rejected.kind or reason_kind(rejected.reason, self.core)
         self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
         if len(self.first_rejects) < MAX_REPORTED_REJECTS:
             self.first_rejects.append(rejected)
@@ -45,7 +47,8 @@ class Stats:
 
 
 def reason_kind(reason: str, core: tuple[str, str, str, str]) -> str:
-    """Category of a rejection reason for per-kind counts: columns, json, track, time, longitude, latitude."""
+    """Category of a rejection reason for per-kind counts: columns, json, track, time, longitude, latitude
+    (rows rejected for other causes name their kind in ``Rejected.kind``: size, incomplete)."""
     if "columns" in reason:
         return "columns"
     if "JSON" in reason:
@@ -73,6 +76,7 @@ def build_summary(stats: Stats, acked: dict[int, int], failed: int) -> dict[str,
         "skip_reasons": dict(sorted(stats.skip_reasons.items())),
         "rejects": [{"line": r.line_no, "reason": r.reason} for r in stats.first_rejects],
         "interrupted": stats.interrupted,
+        "last_line": stats.last_line,
     }
     if stats.mode == "constant":
         summary["requested_rate"] = stats.requested_rate  # None = max rate

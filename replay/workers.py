@@ -50,7 +50,8 @@ def merge(summaries: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
                   events_per_s=round(sent / seconds, 1) if seconds > 0 else 0.0,
                   partitions={p: partitions[p] for p in sorted(partitions, key=int)},
                   skip_reasons=dict(sorted(reasons.items())), rejects=rejects,
-                  interrupted=any(s["interrupted"] for s in summaries), workers=len(summaries))
+                  interrupted=any(s["interrupted"] for s in summaries), workers=len(summaries),
+                  last_line=max(s["last_line"] for s in summaries))
     if "achieved_rate" in merged:
         merged["achieved_rate"] = merged["events_per_s"]
     errors = [s["error"] for s in summaries if s.get("error")]

@@ -7,7 +7,6 @@ Every test gets its own topics and indices, deleted afterwards, so tests never s
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -18,10 +17,10 @@ from urllib.parse import urlparse
 
 import pytest
 import pytest_asyncio
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from geoiot import config
+from geoiot import config, topics
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "infra" / "local" / "stack"
@@ -82,19 +81,6 @@ async def es(stack: config.Settings) -> AsyncIterator[AsyncElasticsearch]:
     await client.close()
 
 
-async def wait_for_topic(admin: AIOKafkaAdminClient, name: str, partitions: int, timeout: float = 30) -> None:
-    """Topic creation returns before every partition has a leader; producing earlier fails."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        described = await admin.describe_topics([name])
-        parts = described[0].get("partitions", []) if described else []
-        if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"topic {name} has no leaders after {timeout}s")
-        await asyncio.sleep(0.1)
-
-
 TopicFactory = Callable[..., Awaitable[str]]
 
 
@@ -105,17 +91,16 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFact
 
     async def make(prefix: str = "t", partitions: int = 3) -> str:
         name = unique_name(prefix)
-        await kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        await wait_for_topic(kafka_admin, name, partitions)
+        [result] = await topics.ensure(kafka_admin, [topics.TopicSpec(name, partitions)])
+        assert result.status == "created", result
         created.append(name)
         return name
 
     yield make
-    if created:
-        try:
-            await kafka_admin.delete_topics(created)
-        except Exception:  # a test that deleted its own topic, or a broker restart: nothing to clean
-            pass
+    try:
+        await topics.delete(kafka_admin, created)
+    except Exception:  # a broker restart: nothing to clean
+        pass
 
 
 IndexFactory = Callable[..., Awaitable[str]]

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
 from agents.validate import original_bytes
+from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
 
@@ -247,15 +248,15 @@ async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
         # exact count, no duplicates, exact geofences (shapely directly), motion fields
         assert await wait_count(es, index, len(recs)) == len(recs)
         docs = {d["_id"]: d["_source"] for d in await all_docs(es, index)}
-        assert set(docs) == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
+        assert set(docs) == {documents.doc_id(r['taxiId'], r['observationTime']) for r in recs}
         for r in recs:
-            doc = docs[f"{r['taxiId']}:{r['observationTime']}"]
-            assert doc["geofences"] == expected_fences(r, fences), r
-            assert doc["geometry"] == {"lat": r["latitude"], "lon": r["longitude"]}
-            assert doc["passengerCount"] == r["passengerCount"] and len(doc["geohash"]) == 12
+            doc = docs[documents.doc_id(r['taxiId'], r['observationTime'])]
+            assert doc[documents.GEOFENCES] == expected_fences(r, fences), r
+            assert doc[documents.GEOMETRY] == {"lat": r["latitude"], "lon": r["longitude"]}
+            assert doc["passengerCount"] == r["passengerCount"] and len(doc[documents.GEOHASH]) == 12
         tracks = {r["taxiId"] for r in recs}
-        assert sum(1 for d in docs.values() if d["speed_mps"] is None) == len(tracks)  # first report of each
-        assert any(d["geofences"] == ["a-west", "jfk"] for d in docs.values())  # overlapping fences, sorted
+        assert sum(1 for d in docs.values() if d[documents.SPEED] is None) == len(tracks)  # first report of each
+        assert any(d[documents.GEOFENCES] == ["a-west", "jfk"] for d in docs.values())  # overlapping fences, sorted
 
         # dead letters: every bad message, with its reason and original bytes
         dead = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], len(BAD_VALUES))]
@@ -297,11 +298,11 @@ async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
         worker = Worker(env, output_dir / f"{topic}.log").start()
         assert await wait_count(es, index, len(recs) + len(later)) == len(recs) + len(later)
         resp = await es.search(index=index, size=len(later),
-                               query={"terms": {"_id": [f"{r['taxiId']}:{r['observationTime']}" for r in later]}})
+                               query={"terms": {"_id": [documents.doc_id(r['taxiId'], r['observationTime']) for r in later]}})
         hits = [h["_source"] for h in resp["hits"]["hits"]]
         assert len(hits) == len(later)
         for h in hits:
-            assert h["speed_mps"] == pytest.approx(h["distance_m"] / 10.0) and h["distance_m"] > 50
+            assert h[documents.SPEED] == pytest.approx(h[documents.DISTANCE] / 10.0) and h[documents.DISTANCE] > 50
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
@@ -342,7 +343,7 @@ async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka
         assert await wait_count(es, index, len(recs), settle=4) == len(recs)
         docs = await all_docs(es, index)
         assert len(docs) == len(recs)
-        assert {d["_id"] for d in docs} == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
+        assert {d["_id"] for d in docs} == {documents.doc_id(r['taxiId'], r['observationTime']) for r in recs}
         # alerts are at least once: every transition is there (duplicates allowed after the kill)
         _, fences = fence_file(tmp_path)
         want = set(expected_alerts(recs, fences[:1]))
@@ -405,8 +406,8 @@ async def test_rebalance_moves_partitions_and_their_track_state(stack, es, kafka
         assert sorted(health(second)["assigned"]) == [0, 1, 2]
         docs = await all_docs(es, index)
         assert len(docs) == len(recs)
-        assert {d["_id"] for d in docs} == {f"{r['taxiId']}:{r['observationTime']}" for r in recs}
-        without_motion = sorted(d["_source"]["taxiId"] for d in docs if d["_source"]["speed_mps"] is None)
+        assert {d["_id"] for d in docs} == {documents.doc_id(r['taxiId'], r['observationTime']) for r in recs}
+        without_motion = sorted(d["_source"]["taxiId"] for d in docs if d["_source"][documents.SPEED] is None)
         assert without_motion == sorted({r["taxiId"] for r in recs})
     finally:
         if source.poll() is None:
@@ -510,9 +511,7 @@ async def changelog_config(kafka_admin, topic: str) -> dict[str, str]:
 async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(stack, kafka_admin, new_topic,
                                                                               agent_env, output_dir):
     """The worker creates the track-state changelog compacted, with the source's partitions, and refuses
-    to start (clear message, non-zero exit) on a changelog with fewer partitions than the source."""
-    from aiokafka.admin import NewTopic
-
+    to start (one line, non-zero exit) on a changelog with fewer partitions or without compaction."""
     topic = await new_topic("agents-log", partitions=3)
     env = agent_env(topic)
     worker = Worker(env, output_dir / f"{topic}.log").start()
@@ -523,9 +522,14 @@ async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(st
         described = await kafka_admin.describe_topics([changelog])
         assert len(described[0]["partitions"]) == 3
 
-        other = agent_env(topic, IOT_APP_ID=f"{topic}-small")
-        await kafka_admin.create_topics([NewTopic(f"{topic}-small-tracks-changelog", 1, 1)])
-        with pytest.raises(AssertionError, match="has 1 partitions, the source topic 3"):
-            Worker(other, output_dir / f"{topic}-small.log").start(timeout=60)
+        await topics.ensure(kafka_admin, [topics.TopicSpec(f"{topic}-small-tracks-changelog", 1),
+                                          topics.TopicSpec(f"{topic}-kept-tracks-changelog", 3)])
+        for app_id, problem in ((f"{topic}-small", "has 1 partitions, fewer than the 3"),
+                                (f"{topic}-kept", "has cleanup.policy=delete, not compact")):
+            with pytest.raises(AssertionError, match=problem) as failed:
+                Worker(agent_env(topic, IOT_APP_ID=app_id), output_dir / f"{app_id}.log").start(timeout=60)
+            assert "worker exited with 1" in str(failed.value)
+            assert [line for line in str(failed.value).splitlines() if line.startswith("agents: ")] == [
+                next(line for line in str(failed.value).splitlines() if problem in line)]
     finally:
         await cleanup_topics(kafka_admin, [f"{topic}-"])

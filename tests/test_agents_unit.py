@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 
 import numpy as np
 import orjson
@@ -15,14 +16,13 @@ from elasticsearch.helpers import expand_action
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
-from agents import documents
 from agents.alerts import Webhook, transitions
 from agents.geofence import GeofenceError, Geofences
-from agents.index import index_for
 from agents.pipeline import Incoming, Pipeline
 from agents.sink import serialized_action
 from agents.tracks import HISTORY, advance, advance_batch, bearing_deg, haversine_m
 from agents.validate import dead_letter, decode, original_bytes
+from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
 
@@ -304,16 +304,40 @@ def test_advance_batch_equals_advance_report_by_report(reports, saved):
 def test_document_and_action():
     obs = decode(PRESET, raw())
     _, motion = advance(None, obs.time_ms, obs.lon, obs.lat, ())
-    doc = documents.build(obs.record, obs.lon, obs.lat, ("jfk",), motion, ingested_at=5)
+    doc = documents.build(obs.record, obs.lon, obs.lat, ("jfk",), motion.distance_m, motion.speed_mps,
+                          motion.heading_deg, ingested_at=5)
     assert doc["geometry"] == {"lat": 40.76, "lon": -73.97} and doc["geofences"] == ["jfk"]
     assert len(doc["geohash"]) == 12 and doc["geohash"].startswith("dr5ru")
     act = documents.action("obs", obs.track, obs.time_ms, doc)
-    assert act["_id"] == "7:1357000000000" and act["_index"] == index_for("obs", obs.time_ms) == "obs-2013.01.01"
+    assert act["_id"] == "7:1357000000000" and act["_index"] == "obs-2013.01.01"
 
 
 @given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
-def test_action_index_is_the_daily_index_of_the_event_time(time_ms):
-    assert documents.action("obs", "t", time_ms, {})["_index"] == index_for("obs", time_ms)
+def test_daily_index_holds_the_day_of_the_event_time(time_ms):
+    # Independent of how the name is formatted: the day the name says contains the event time.
+    name = documents.action("obs", "t", time_ms, {})["_index"]
+    start = documents.index_day_ms("obs", name)
+    assert start is not None and start <= time_ms < start + documents.DAY_MS
+
+
+@pytest.mark.parametrize("time_ms", [-62_135_596_800_001, 253_402_300_800_000])
+def test_no_daily_index_outside_the_years_1_to_9999(time_ms):
+    with pytest.raises(InvalidRecord, match="no daily index"):
+        documents.index_for("obs", time_ms)
+
+
+def test_index_day_ignores_other_names():
+    assert [documents.index_day_ms("obs", n) for n in ("obs", "obs-x", "obsa-2013.01.01", "obs-2013.02.30",
+                                                       "obs-2013.01.01-x")] == [None] * 5
+    assert documents.index_day_ms("obs", "obs-2013.01.02") == 1_357_084_800_000
+
+
+def test_doc_id_refuses_what_elasticsearch_refuses():
+    assert documents.doc_id("a" * 498, 1_357_000_000_000) == "a" * 498 + ":1357000000000"  # 512 bytes
+    with pytest.raises(InvalidRecord, match="exceeds Elasticsearch's 512"):
+        documents.doc_id("a" * 499, 1_357_000_000_000)
+    with pytest.raises(InvalidRecord):
+        documents.doc_id("é" * 250, 1_357_000_000_000)  # 250 characters, 500 bytes + 14
 
 
 def test_transitions_exits_first():
@@ -351,6 +375,45 @@ def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alert
     assert again.alerts == [] and again.states == {}
     strip = lambda acts: [{k: v for k, v in a["_source"].items() if k != "ingested_at"} for a in acts]
     assert strip(again.actions)[1:] == strip(first.actions)[1:]
+
+
+def test_pipeline_dead_letters_events_outside_the_event_time_bounds_and_keeps_the_rest():
+    values = [raw(taxiId="a"), raw(taxiId="b", observationTime="0001-01-01T00:00:00+01:00"),
+              raw(taxiId="c", observationTime="9999-12-31T23:59:59-01:00"),
+              raw(taxiId="d", observationTime="0001-01-01T00:00:00Z"),
+              raw(taxiId="e", observationTime=int(time.time() * 1000) + 3 * 86_400_000), raw(taxiId="f")]
+    result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
+    assert [a["_source"]["taxiId"] for a in result.actions] == ["a", "f"]
+    reasons = {m.offset: r for m, r in result.dead}
+    assert sorted(reasons) == [1, 2, 3, 4]
+    assert "outside the years 1-9999" in reasons[1] and "outside the years 1-9999" in reasons[2]
+    assert "days old" in reasons[3] and "days ahead" in reasons[4]
+    assert {a["_index"] for a in result.actions} == {"obs-2013.01.01"}
+
+
+def test_pipeline_dead_letters_an_id_elasticsearch_would_refuse():
+    values = [raw(taxiId=str(i)) for i in range(3)] + [raw(taxiId="x" * 600)]
+    result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
+    assert len(result.actions) == 3 and [(m.offset, "exceeds Elasticsearch's 512" in r) for m, r in result.dead] == [(3, True)]
+
+
+def test_pipeline_isolates_an_event_whose_annotation_fails():
+    class Fussy(Geofences):
+        def containing(self, lon, lat):
+            if any(x == 1.25 for x in lon):
+                raise RuntimeError("cannot place it")
+            return super().containing(lon, lat)
+
+    fences = Fussy.from_geometries(["zone"], [box(1, 1, 2, 2)])
+    values = [raw(taxiId="x", observationTime=T0 + 1000 * i, longitude=lon, latitude=1.5)
+              for i, lon in enumerate((0.5, 1.25, 1.5))]
+    result = Pipeline(PRESET, fences, "obs").process(_msgs(values), {}.get)
+    assert [(m.offset, r) for m, r in result.dead] == [(1, "cannot annotate the event: RuntimeError: cannot place it")]
+    assert [a["_source"]["geofences"] for a in result.actions] == [[], ["zone"]]
+    assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000)]
+    assert result.valid == 2 and result.states["x"][1]["t"] == T0 + 2000
+    alone = Pipeline(PRESET, fences, "obs").process(_msgs(values[1:2]), {}.get)
+    assert [m.offset for m, _ in alone.dead] == [0] and alone.actions == [] and alone.valid == 0
 
 
 # --- webhook ---------------------------------------------------------------------------------------

@@ -47,9 +47,26 @@ def test_malformed_environment_names_the_variable(env: dict[str, str]) -> None:
         config.load(env)
 
 
-def test_every_setting_is_in_the_markdown_table() -> None:
-    table = config.markdown_table()
-    assert all(f"`{s.env}`" in table for s in config.SETTINGS)
+# Non-default values for the settings with a format (an "x" prefix would not be one of their values).
+OTHER_VALUES = {"ES_URL": "http://es.example:9201", "IOT_WEBHOOK_URL": "http://hook.example/alerts",
+                "IOT_SINKS": "stdout", "IOT_INDEX_REFRESH": "5s", "IOT_TIMEZONE": "America/New_York"}
+
+
+@pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.env)
+def test_every_setting_is_read_from_its_variable_and_its_flag(setting: config.Setting) -> None:
+    # Another value than the default, through the environment and through the flag the table derives.
+    if setting.type is bool:
+        raw, value, argv = ("false", False, [setting.flag.replace("--", "--no-", 1)]) if setting.default \
+            else ("true", True, [setting.flag])
+    else:
+        value = (setting.default + setting.type(7) if setting.type in (int, float)
+                 else OTHER_VALUES.get(setting.env, f"x{setting.default}"))
+        raw = str(value)
+        argv = [setting.flag, raw]
+    assert getattr(config.load({setting.env: raw}), setting.attr) == value != setting.default
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, [setting.env])
+    assert getattr(config.from_args(parser.parse_args(argv), {}), setting.attr) == value
 
 
 # --- schema presets -----------------------------------------------------------------------------
@@ -198,7 +215,7 @@ async def test_wait_healthy_waits_for_200_and_names_the_last_answer_when_it_neve
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from geoiot.health import wait_healthy
+    from tests.support.health import wait_healthy
 
     calls = {"n": 0}
 

@@ -10,7 +10,6 @@ expects.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.util
 import json
@@ -307,15 +306,11 @@ def check_faust(argv: list[str]) -> None:
     app_path = ctx.params.get("app")
     assert app_path, "faust needs -A <module>"
     module, _, attr = app_path.partition(":")
-    # Importing agents.app runs its pre-flight checks against Kafka and Elasticsearch, so read the module
-    # instead: it must exist and bind the named attribute to a faust.App(...) call.
-    spec = importlib.util.find_spec(module)
-    assert spec and spec.origin, f"faust -A {app_path}: module {module} does not exist"
-    tree = ast.parse(Path(spec.origin).read_text())
-    bound = {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
-             and isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "faust.App"
-             for target in node.targets if isinstance(target, ast.Name)}
-    assert (attr or "app") in bound, f"{app_path} is not bound to a faust.App"
+    # Importing the app module does no I/O (its pre-flight runs at worker start), so import it.
+    import faust
+
+    found = getattr(importlib.import_module(module), attr or "app", None)
+    assert isinstance(found, faust.App), f"{app_path} is not a faust.App"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2 deprecates protected_args
         pending = [*ctx.protected_args, *ctx.args]

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -306,24 +307,34 @@ async def _stack(*args: str, timeout: float = 300) -> None:
     assert proc.returncode == 0, err.decode()
 
 
+async def _start_paced_replay(path: Path, topic: str, seed: int, env: dict[str, str],
+                              *extra: str) -> asyncio.subprocess.Process:
+    write_csv(path, 20, 1000, seed=seed)  # 20,000 rows at 200/s: far longer than the tests let it run
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200", "--json-summary",
+        *extra, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _with_broker_down(bootstrap: str, during: Awaitable[Any]) -> Any:
+    """Stop Kafka (the stack's own command), await ``during``, then start Kafka again whatever happened."""
+    try:
+        await _stack("down", "kafka")
+        assert not _kafka_answers(bootstrap)
+        return await during
+    finally:
+        await _stack("up", "kafka")
+
+
 @pytest.mark.slow
 async def test_broker_restart_mid_run_loses_nothing(new_topic, stack, python_env, tmp_path: Path) -> None:
     """Stop Kafka (the stack's own command) during a replay and start it again: the producer retries;
     what Kafka acknowledged is exactly what a consumer reads, per partition in file order, no duplicates."""
     topic = await new_topic("replay-hiccup", partitions=2)
     path = tmp_path / "r.csv"
-    write_csv(path, 20, 1000, seed=10)  # 20,000 rows at 200/s: far longer than the test lets it run
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--rate", "200", "--json-summary",
-        cwd=ROOT, env=python_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await _start_paced_replay(path, topic, 10, python_env)
     try:
         await asyncio.sleep(1.5)
-        try:
-            await _stack("down", "kafka")
-            assert not _kafka_answers(stack.kafka_bootstrap)
-            await asyncio.sleep(1.0)
-        finally:
-            await _stack("up", "kafka")
+        await _with_broker_down(stack.kafka_bootstrap, asyncio.sleep(1.0))
         await asyncio.sleep(3.0)  # the replay carries on after the broker is back
         assert proc.returncode is None, "replay ended during the broker restart"
     finally:
@@ -364,3 +375,101 @@ async def test_workers_split_partitions_and_agree_with_one_process(new_topic, st
     assert two["workers"] == 2 and two["sent"] == one["sent"] == good
     assert two["skipped"] == one["skipped"] == sum(bad.values()) and two["skip_reasons"] == one["skip_reasons"]
     assert two["partitions"] == one["partitions"] and two["rejects"] == one["rejects"]
+
+
+# --- issue 16: no single input stops the replay ---------------------------------------------------
+
+async def test_byte_order_mark_csv_with_header_is_replayed(new_topic, stack, python_env, tmp_path: Path) -> None:
+    """Row 6: with a BOM the header was not recognised and every row skipped, with exit code 0."""
+    topic = await new_topic("replay-bom", partitions=2)
+    plain = tmp_path / "plain.csv"
+    write_csv(plain, 3, 4, seed=11)
+    # The track id first (where the BOM lands), the other columns not in the preset's order
+    order = [0, *reversed(range(1, len(TAXI.names)))]
+    rows = [",".join(v.split(",")[i] for i in order) for v in plain.read_text().splitlines()]
+    text = "\n".join([",".join(TAXI.names[i] for i in order), *rows]) + "\n"
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeff".encode() + text.encode())
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary"], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert summary["sent"] == 12 and summary["skipped"] == 0
+    check_delivery(await consume(stack.kafka_bootstrap, topic, 12), expected_records(plain), 2)
+
+
+async def test_truncated_gzip_sends_what_precedes_the_damage_and_summarises(new_topic, stack, python_env,
+                                                                          tmp_path: Path) -> None:
+    """Row 7: a truncated .gz died with EOFError and no summary; now the complete rows before the damage are
+    sent, the line it ends inside is skipped, the summary says where, and the exit code is 1."""
+    topic = await new_topic("replay-cut", partitions=2)
+    whole = tmp_path / "whole.csv"
+    write_csv(whole, 10, 300, seed=12)
+    data = gzip.compress(whole.read_bytes())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary"], python_env)
+    assert code == 1, err
+    assert "Traceback" not in err and "damaged" in err
+    summary = last_json(out)
+    complete = summary["sent"]
+    assert 0 < complete < 3000 and summary["failed"] == 0
+    assert summary["skipped"] == 1 and summary["skip_reasons"] == {"incomplete": 1}
+    assert summary["last_line"] == complete + 1 and f"after line {complete}" in summary["error"]
+    check_delivery(await consume(stack.kafka_bootstrap, topic, complete), expected_records(whole)[:complete], 2)
+
+
+async def test_oversized_row_is_skipped_alone(new_topic, stack, python_env, tmp_path: Path) -> None:
+    """Row 8: a row over the producer's request size failed its whole batch (its neighbours reported failed)."""
+    topic = await new_topic("replay-big", partitions=1)  # one partition: the big row shares a batch with all
+    plain = tmp_path / "plain.csv"
+    write_csv(plain, 4, 10, seed=13)
+    lines = plain.read_text().splitlines()
+    cols = lines[17].split(",")
+    cols[TAXI.names.index("medallion")] = "M" * 1_100_000
+    lines[17] = ",".join(cols)
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = await run_cli(["constant", str(path), "--topic", topic, "--max-rate", "--json-summary",
+                                    "--rejects", str(rejects)], python_env)
+    assert code == 0, err
+    summary = last_json(out)
+    assert (summary["sent"], summary["skipped"], summary["failed"]) == (39, 1, 0)
+    assert summary["skip_reasons"] == {"size": 1} and summary["rejects"][0]["line"] == 18
+    assert "maximum request size" in summary["rejects"][0]["reason"]
+    [reject] = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert reject["line"] == 18 and len(reject["row"]) > 1_100_000
+    expected = [r for i, r in enumerate(expected_records(plain)) if i != 17]
+    check_delivery(await consume(stack.kafka_bootstrap, topic, 39), expected, 1)
+
+
+@pytest.mark.slow
+async def test_broker_outage_beyond_the_delivery_timeout_ends_with_the_summary(new_topic, stack, python_env,
+                                                                               tmp_path: Path) -> None:
+    """Row 7: an outage longer than the producer's timeout (60 s then) ended in a KafkaTimeoutError
+    traceback and no summary. Now, after --delivery-timeout (here 5 s instead of the default 120 s),
+    the run stops with exit code 1 and the summary: rows up to ``last_line`` are each sent or failed,
+    and exactly the sent ones are in the topic."""
+    topic = await new_topic("replay-outage", partitions=2)
+    path = tmp_path / "o.csv"
+    proc = await _start_paced_replay(path, topic, 14, python_env, "--delivery-timeout", "5")
+    try:
+        await asyncio.sleep(1.5)
+        # the replay ends while the broker is still down
+        out, err = await _with_broker_down(stack.kafka_bootstrap, asyncio.wait_for(proc.communicate(), 60))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "--delivery-timeout" in text
+    assert text.count("has not taken a batch") <= 2  # quiet: one warning per period while it waits
+    summary = last_json(out.decode())
+    assert summary["sent"] > 0 and summary["failed"] > 0 and summary["skipped"] == 0
+    assert summary["sent"] + summary["failed"] == summary["last_line"]  # every row taken is accounted for
+    assert "acknowledged no batch for 5s" in summary["error"]
+    messages = await consume(stack.kafka_bootstrap, topic, summary["sent"], timeout=60, settle=2.0)
+    assert len(messages) == summary["sent"]
+    sent = {orjson.dumps(r) for r in expected_records(path)[: summary["last_line"]]}
+    assert {m.value for m in messages} <= sent

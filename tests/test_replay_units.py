@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,13 +16,14 @@ from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, shape
 
 from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.logs import QuietLog
 from geoiot.schema import InvalidRecord, load_preset, parse_row, typed_record
 from geoiot.timeparse import parse_time
 from replay.cli import build_parser, main
 from replay.generate import MAX_SPEED, make_tracks, write_csv
 from replay.pacing import Timestamps, batch_interval, constant_schedule, rate_from_batches
 from replay.partitioning import BalancedPartitioner, HashPartitioner, kafka_partition, make_partitioner
-from replay.reader import FastConverter, Rejected, read_records
+from replay.reader import DamagedFile, FastConverter, Rejected, open_text, read_records
 from replay.summary import reason_kind
 
 TAXI = load_preset("taxi")
@@ -93,6 +95,102 @@ def test_bad_rows_are_rejected_with_line_numbers_and_reasons(tmp_path: Path) -> 
 def test_invalid_json_lines_are_rejected(tmp_path: Path) -> None:
     out = list(read_records(_write(tmp_path / "x.jsonl", '{"taxiId": "1"\n[1, 2]\n'), TAXI))
     assert [reason_kind(r.reason, TAXI.core) for _, r in out] == ["json", "json"]
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_byte_order_mark_is_dropped_in_every_layout(tmp_path: Path, gz: bool) -> None:
+    """Issue 16 row 6: a BOM made a phantom track "\ufeff0", hid the header, and broke the first JSON line."""
+    values = dict(zip(TAXI.names, GOOD.split(",")))
+    header = ",".join(TAXI.names) + "\n" + GOOD + "\n"
+    obj = dict(values, longitude=-73.968073, latitude=40.765454)
+    for name, text in [("headerless.csv", GOOD + "\n" + GOOD + "\n"), ("header.csv", header),
+                       ("lines.jsonl", json.dumps(obj) + "\n" + json.dumps(obj) + "\n")]:
+        without = list(read_records(_write(tmp_path / f"no-{name}", text, gz), TAXI))
+        with_bom = list(read_records(_write(tmp_path / f"bom-{name}", BOM + text, gz), TAXI))
+        assert with_bom == without, name
+        assert not [r for _, r in with_bom if isinstance(r, Rejected)], name
+        assert all(r["taxiId"] == "0" for _, r in with_bom), name
+
+
+def _damaged_copies(tmp_path: Path) -> tuple[list[str], bytes]:
+    lines = [",".join([str(i % 7)] + GOOD.split(",")[1:]) for i in range(3000)]
+    return lines, gzip.compress(("\n".join(lines) + "\n").encode())
+
+
+def test_a_truncated_gzip_yields_every_complete_line_then_says_where_it_ends(tmp_path: Path) -> None:
+    """Issue 16 row 7: a truncated .gz raised EOFError mid-file (the replay died without a summary)."""
+    lines, data = _damaged_copies(tmp_path)
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    out: list[tuple[int, object]] = []
+    with pytest.raises(DamagedFile) as damaged:
+        for item in read_records(path, TAXI):
+            out.append(item)
+    good = [(n, r) for n, r in out if not isinstance(r, Rejected)]
+    rejected = [r for _, r in out if isinstance(r, Rejected)]
+    assert 0 < len(good) < len(lines) and damaged.value.lines == len(good)
+    intact = list(read_records(_write(tmp_path / "all.csv", "\n".join(lines) + "\n"), TAXI))
+    assert good == intact[: len(good)]  # exactly the file's prefix, in order
+    [partial] = rejected  # the line the file ends inside: rejected, never sent half
+    assert partial.line_no == len(good) + 1 and partial.kind == "incomplete"
+    assert lines[len(good)].startswith(partial.raw) and partial.raw != lines[len(good)]
+    assert "EOFError" in str(damaged.value) and f"after line {len(good)}" in str(damaged.value)
+
+
+def test_corrupt_gzip_data_is_a_damaged_file_not_a_zlib_error(tmp_path: Path) -> None:
+    _, data = _damaged_copies(tmp_path)
+    broken = bytearray(data)
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        broken[i] ^= 0x5A
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(bytes(broken))
+    with pytest.raises(DamagedFile) as damaged:  # whichever way the damage shows (bad data, CRC, early end)
+        list(read_records(path, TAXI))
+    assert str(path) in str(damaged.value)
+    (tmp_path / "notgz.csv.gz").write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    with pytest.raises(DamagedFile, match="after line 0"):
+        list(read_records(tmp_path / "notgz.csv.gz", TAXI))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\ufeff"), max_size=40)
+                | st.just("x" * 200_000), max_size=30), st.booleans(), st.booleans())
+def test_guarded_stream_reads_exactly_what_the_text_layer_would(lines: list[str], final_newline: bool,
+                                                                gz: bool) -> None:
+    """The damage guard holds bytes back to a line end: for an intact file it must change nothing."""
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    raw = text.encode()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f"
+        path.write_bytes(gzip.compress(raw) if gz else raw)
+        with open_text(path) as stream:
+            assert stream.read() == text
+
+
+def test_quiet_log_logs_once_per_period_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    quiet = QuietLog(logging.getLogger("quiet-test"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="quiet-test"):
+        logged = []
+        for second in range(25):  # an error every 0.1 s for 25 s
+            for tenth in range(10):
+                now[0] = second + tenth / 10
+                logged.append(quiet.warning("down", "broker %s down", "b1"))
+        quiet.warning("other", "another kind is not held back by the first")
+        quiet.flush()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(logged) == 3  # at 0 s, 10 s and 20 s
+    assert messages[0] == "broker b1 down"
+    assert messages[1] == "broker b1 down (99 more like this in the last 10s)"
+    assert messages[2] == "broker b1 down (99 more like this in the last 10s)"
+    assert messages[3] == "another kind is not held back by the first"
+    assert messages[4] == "down: 49 more like this were not logged"
+    assert len(messages) == 5
 
 
 _cell = st.one_of(st.sampled_from(["", " ", "1", "3.0", "nan", "inf", "-0", "1e3", "1E100", "9" * 25, "1e30", "x",
@@ -284,3 +382,29 @@ def test_generate_cli_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFix
         main(["constant", str(out), "--schema", "nope"])
     assert exc.value.code == 2
     assert "unknown schema preset" in capsys.readouterr().err
+
+
+def test_replay_and_the_agents_refuse_the_same_event_times_with_the_same_reason(tmp_path: Path) -> None:
+    from agents.geofence import Geofences
+    from agents.pipeline import Incoming, Pipeline
+    from geoiot.timeparse import EventTimeBounds
+    from replay.reader import read_records
+
+    preset = load_preset("taxi")
+    times = ["2013-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+             "0001-01-01T00:00:00Z", "2999-01-01T00:00:00Z"]
+    lines = [json.dumps({"taxiId": str(i), "observationTime": t, "longitude": 1.0, "latitude": 1.0})
+             for i, t in enumerate(times)]
+    path = tmp_path / "times.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    bounds = EventTimeBounds(max_age_days=36525, max_ahead_days=1)
+    replayed = [getattr(item, "reason", None) for _, item in read_records(path, preset, bounds=bounds)]
+    messages = [Incoming(line.encode(), None, "t", 0, i) for i, line in enumerate(lines)]
+    result = Pipeline(preset, Geofences.from_geometries([], []), "obs", bounds=bounds).process(messages, {}.get)
+    dead = dict.fromkeys(range(len(times)))
+    dead.update({m.offset: reason for m, reason in result.dead})
+    assert replayed[0] is None and all(replayed[1:])
+    assert replayed == list(dead.values())
+    # Without bounds (e.g. --retime now rewrites the times), only the years 1-9999 UTC rule remains.
+    unbounded = [getattr(item, "reason", None) for _, item in read_records(path, preset)]
+    assert [r is None for r in unbounded] == [True, False, False, True, True]

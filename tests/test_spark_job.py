@@ -29,7 +29,7 @@ from conftest import ROOT, unique_name
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
 
 from agents import spark_launch  # noqa: E402
-from agents.spark_worker import TRACK_FIELDS  # noqa: E402
+from geoiot.documents import INGESTED_AT, MOTION_FIELDS  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ INVALID = [b"not json", b"[1, 2]", json.dumps({"taxiId": "x", "longitude": 1, "l
            json.dumps({"taxiId": "y", "observationTime": "2013-01-01 00:00:00", "longitude": 200,
                        "latitude": 40}).encode()]
 BATCH_CAP = 100  # records per micro-batch: the input takes several batches, so a kill lands mid-stream
-NOT_COMPARED = set(TRACK_FIELDS) | {"ingested_at"}
+NOT_COMPARED = set(MOTION_FIELDS) | {INGESTED_AT}
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
         assert s_index.removeprefix(index_spark) == f_index.removeprefix(index_faust)
         assert {k: v for k, v in s_doc.items() if k not in NOT_COMPARED} == \
                {k: v for k, v in f_doc.items() if k not in NOT_COMPARED}, doc_id
-        assert all(s_doc[k] is None for k in TRACK_FIELDS)
+        assert all(s_doc[k] is None for k in MOTION_FIELDS)
 
     # Same dead letters (the Spark job may repeat the killed batch's: at least once, nothing lost).
     def letters(msgs: list[dict[str, Any]]) -> set[tuple[Any, ...]]:

@@ -19,10 +19,11 @@ from agents.pipeline import Incoming  # noqa: E402
 from agents.sink import StdoutSink  # noqa: E402
 from agents.spark_job import (BatchCounts, build_parser, checkpoint_dir, needs_kafka_v1_source,  # noqa: E402
                               progress_fields)
-from agents.spark_worker import (OUTPUT_COLUMNS, TRACK_FIELDS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
+from agents.spark_worker import (OUTPUT_COLUMNS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
                                  incoming)
 from agents.validate import dead_letter  # noqa: E402
 from geoiot import config  # noqa: E402
+from geoiot.documents import INGESTED_AT, MOTION_FIELDS  # noqa: E402
 
 JFK_INSIDE = (-73.7781, 40.6413)  # the terminal area, inside the shipped JFK fence
 MANHATTAN = (-73.9855, 40.7580)
@@ -56,9 +57,9 @@ def test_annotate_is_the_agents_pipeline_without_track_fields() -> None:
     # The second report moved the track inside the batch: the agents compute its motion, Spark must not.
     assert faust.actions[1]["_source"]["distance_m"] > 0
     for action in spark.actions:
-        assert all(action["_source"][name] is None for name in TRACK_FIELDS)
+        assert all(action["_source"][name] is None for name in MOTION_FIELDS)
     for s, f in zip(spark.actions, faust.actions):
-        same = {k for k in f["_source"] if k not in TRACK_FIELDS and k != "ingested_at"}
+        same = {k for k in f["_source"] if k not in MOTION_FIELDS and k != INGESTED_AT}
         assert {k: s["_source"][k] for k in same} == {k: f["_source"][k] for k in same}
     assert [(m.offset, reason) for m, reason in spark.dead] == [(12, faust.dead[0][1])]
 
@@ -92,6 +93,22 @@ def test_worker_outputs_dead_letters_and_counts() -> None:
     assert (stats["messages"], stats["indexed"], stats["dead"], stats["filtered"]) == (4, 1, 2, 1)
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [d["_id"] for d in written] == ["a:1356998400000"]
+
+
+def test_worker_dead_letters_what_the_agents_dead_letter_and_indexes_the_rest() -> None:
+    """Same per-event rules as the Faust agents: event-time bounds and ids Elasticsearch would refuse."""
+    stream = io.BytesIO()
+    worker = Worker(ctx(iot_max_event_age_days=36525.0), sink=StdoutSink(stream))
+    out = worker.process(chunk([event("a", "2013-01-01 00:00:00", *MANHATTAN),
+                                event("b", "0001-01-01T00:00:00+01:00", *MANHATTAN),
+                                event("c", "0001-01-01T00:00:00Z", *MANHATTAN),
+                                event("x" * 600, "2013-01-01 00:00:00", *MANHATTAN),
+                                event("d", "2013-01-01 00:00:00", *MANHATTAN)]))
+    reasons = [json.loads(v)["reason"] for v in out[out["kind"] == "dlq"]["value"]]
+    assert len(reasons) == 3 and "outside the years 1-9999 UTC" in reasons[0]
+    assert "days old" in reasons[1] and "exceeds Elasticsearch's 512" in reasons[2]
+    written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [d["_id"] for d in written] == ["a:1356998400000", "d:1356998400000"]
 
 
 def test_bad_configuration_is_refused_before_spark_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

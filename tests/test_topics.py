@@ -1,15 +1,17 @@
-"""`python -m geoiot.topics` against the real Kafka: creates, is idempotent, and fails clearly."""
+"""geoiot.topics against the real Kafka (with auto.create.topics.enable=true, Kafka's default): the command
+creates, is idempotent and fails clearly; replay and the worker's topics get the partitions and configs asked."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from geoiot import config, topics
-from conftest import ROOT, unique_name, wait_for_topic
+from conftest import ROOT, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +21,7 @@ async def names(kafka_admin: AIOKafkaAdminClient):
     base = unique_name("deploy")
     names = [base, f"{base}-dlq", f"{base}-alerts"]
     yield names
-    present = set(await kafka_admin.list_topics())
-    doomed = [n for n in names if n in present]
-    if doomed:
-        await kafka_admin.delete_topics(doomed)
+    await topics.delete(kafka_admin, names)
 
 
 def _env(stack: config.Settings, python_env: dict[str, str], names: list[str], **extra: str) -> dict[str, str]:
@@ -42,14 +41,14 @@ async def test_creates_all_three_topics_with_partitions_then_is_idempotent(stack
     first = _run([], env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count('"event":"topic_created"') == 3
-    for name in names:
-        await wait_for_topic(kafka_admin, name, 4)
+    assert await topics.wait_for_leaders(kafka_admin, names) == {n: 4 for n in names}
 
     # A second run (the scheduler restarting the task) changes nothing and succeeds; a flag beats the env.
     second = _run(["--partitions", "6"], env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count('"event":"topic_exists"') == 3
-    assert "topic_has_fewer_partitions" in second.stdout
+    assert second.stdout.count('"event":"topic_differs"') == 3
+    assert "has 4 partitions, fewer than the 6 asked for" in second.stdout
     described = {t["topic"]: len(t["partitions"]) for t in await kafka_admin.describe_topics(names)}
     assert described == {n: 4 for n in names}
 
@@ -85,3 +84,70 @@ def test_unreachable_broker_fails_with_a_clear_message(python_env):
 def test_topic_names_are_deduplicated():
     settings = config.load({"IOT_TOPIC": "a", "IOT_DLQ_TOPIC": "a", "IOT_ALERTS_TOPIC": "b"})
     assert topics.topic_names(settings) == ["a", "b"]
+
+
+async def _broker_config(admin: AIOKafkaAdminClient, key: str) -> str:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    broker = (await admin.describe_cluster())["brokers"][0]["node_id"]
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(broker), {key: None})])
+    [(_, _, _, _, entries)] = response.resources
+    return {entry[0]: entry[1] for entry in entries}[key]
+
+
+async def test_replay_creates_a_new_topic_with_the_partitions_asked_on_an_auto_creating_broker(
+        stack, kafka_admin, python_env, tmp_path):
+    # Kafka's default, as users have it: a metadata request naming a missing topic creates it.
+    assert await _broker_config(kafka_admin, "auto.create.topics.enable") == "true"
+    assert int(await _broker_config(kafka_admin, "num.partitions")) != 6
+    from replay.generate import write_csv
+
+    path = tmp_path / "new.csv"
+    write_csv(path, 12, 5, seed=3)
+    name = unique_name("replay-new")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "replay", "constant", str(path), "--topic", name, "--partitions", "6",
+             "--partitioner", "balanced", "--bootstrap", stack.kafka_bootstrap, "--json-summary"],
+            cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        [described] = await kafka_admin.describe_topics([name])
+        assert len(described["partitions"]) == 6
+        assert len(orjson.loads(result.stdout.strip().splitlines()[-1])["partitions"]) == 6
+    finally:
+        await topics.delete(kafka_admin, [name])
+
+
+async def test_replay_into_an_existing_topic_with_fewer_partitions_warns_and_uses_them(
+        stack, kafka_admin, new_topic, python_env, tmp_path):
+    from replay.generate import write_csv
+
+    name = await new_topic("replay-few", partitions=2)
+    path = tmp_path / "few.csv"
+    write_csv(path, 12, 5, seed=4)
+    result = subprocess.run(
+        [sys.executable, "-m", "replay", "constant", str(path), "--topic", name, "--partitions", "6", "--max-rate",
+         "--bootstrap", stack.kafka_bootstrap, "--json-summary"],
+        cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"topic {name!r} has 2 partitions, fewer than the 6 asked for" in result.stderr
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sent"] == 60 and set(summary["partitions"]) <= {"0", "1"}
+    [described] = await kafka_admin.describe_topics([name])
+    assert len(described["partitions"]) == 2  # an existing topic is never altered
+
+
+async def test_ensure_reports_a_changelog_without_compaction_and_creates_one_with_it(stack, kafka_admin):
+    base = unique_name("ensure")
+    plain, compacted = f"{base}-plain", f"{base}-compacted"
+    try:
+        await topics.ensure(kafka_admin, [topics.TopicSpec(plain, 1)])
+        results = await topics.ensure(kafka_admin, [topics.TopicSpec(plain, 1, configs=topics.COMPACTED),
+                                                     topics.TopicSpec(compacted, 2, configs=topics.COMPACTED)])
+        assert [(r.status, r.partitions) for r in results] == [("exists", 1), ("created", 2)]
+        assert results[0].problems == (f"topic {plain!r} has cleanup.policy=delete, not compact",)
+        assert results[1].problems == ()
+        again = await topics.ensure(kafka_admin, [topics.TopicSpec(compacted, 2, configs=topics.COMPACTED)])
+        assert again[0].status == "exists" and again[0].problems == ()
+    finally:
+        await topics.delete(kafka_admin, prefix=f"{base}-")

@@ -31,13 +31,14 @@ from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
 from agents.index import ensure_index
+from geoiot import documents
 from geoiot.config import Settings
-from geoiot.health import wait_healthy
+from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
 from web import openapi
 from web.app import METRICS, init_app
 from web.geo import precision_for_zoom
-from web.sample import bulk_index, document, on_grid, walk
+from tests.support.observations import bulk_index, document, on_grid, walk
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ def expected_cells(docs: list[dict[str, Any]], box: tuple[float, float, float, f
             continue
         if (start is not None and t < start) or (end is not None and t > end):
             continue
-        if fence is not None and fence not in d["geofences"]:
+        if fence is not None and fence not in d[documents.GEOFENCES]:
             continue
         cells[geohash.encode(d[PRESET.lat], d[PRESET.lon], precision)] += 1
     return cells
@@ -140,16 +141,16 @@ async def test_cell_counts_equal_direct_counts_and_polygons_are_the_cells(client
 
 
 async def test_zoom_maps_to_the_documented_precision_and_iso_times_work(client: TestClient, data: Data) -> None:
-    body = await get_json(client, "/api/aggregate", zoom=11, start="2013-01-01T21:00:00Z",
-                          end="2013-01-02T01:00:00+00:00")
+    body = await get_json(client, "/api/aggregate", zoom=11, bbox=",".join(map(str, VIEW)),
+                          start="2013-01-01T21:00:00Z", end="2013-01-02T01:00:00+00:00")
     assert body["precision"] == precision_for_zoom(11)
-    expected = expected_cells(data.docs, (-180, -90, 180, 90), body["precision"], T0, T0 + 4 * 3_600_000)
+    expected = expected_cells(data.docs, VIEW, body["precision"], T0, T0 + 4 * 3_600_000)
     assert {f["id"]: f["properties"]["count"] for f in body["features"]} == dict(expected)
 
 
 async def test_fence_filter(client: TestClient, data: Data) -> None:
-    body = await get_json(client, "/api/aggregate", precision=6, fence="zone-a")
-    expected = expected_cells(data.docs, (-180, -90, 180, 90), 6, fence="zone-a")
+    body = await get_json(client, "/api/aggregate", precision=6, fence="zone-a", bbox=",".join(map(str, VIEW)))
+    expected = expected_cells(data.docs, VIEW, 6, fence="zone-a")
     assert sum(expected.values()) > 20
     assert {f["id"]: f["properties"]["count"] for f in body["features"]} == dict(expected)
 
@@ -171,11 +172,11 @@ async def test_observations_newest_first_with_properties(client: TestClient, dat
     assert body["total"] == len(inside) and len(body["features"]) == 50
     times = [f["properties"][PRESET.time] for f in body["features"]]
     assert times == sorted(times, reverse=True) and times[0] == max(d[PRESET.time] for d in inside)
-    by_id = {f"{d[PRESET.track]}-{d[PRESET.time]}": d for d in inside}
+    by_id = {documents.doc_id(d[PRESET.track], d[PRESET.time]): d for d in inside}
     for f in body["features"]:
         doc = by_id[f["id"]]
         assert f["geometry"]["coordinates"] == [doc[PRESET.lon], doc[PRESET.lat]]
-        assert f["properties"]["speed_mps"] == doc["speed_mps"] and f["properties"]["geofences"] == doc["geofences"]
+        assert f["properties"][documents.SPEED] == doc[documents.SPEED] and f["properties"][documents.GEOFENCES] == doc[documents.GEOFENCES]
 
 
 async def test_track_is_a_time_ordered_linestring(client: TestClient, data: Data) -> None:

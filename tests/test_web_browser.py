@@ -23,7 +23,7 @@ from elasticsearch import AsyncElasticsearch
 from agents.index import ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from web.sample import bulk_index, walk
+from tests.support.observations import bulk_index, walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

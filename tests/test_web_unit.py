@@ -12,15 +12,18 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from openapi_spec_validator import validate
 
+from geoiot import config, documents
 from geoiot.schema import load_preset
 from web import openapi, params, queries
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_feature, cell_feature_json, cell_ring, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_feature, cell_ring, grid_cells, precision_for_zoom, zoom_table
+from web.limiter import Busy, Limiter
 from web.params import BadRequest
 from web.routes import aggregate_payload
-from web.sample import on_grid
+from tests.support.observations import on_grid
 
 PRESET = load_preset("taxi")
+MAX_GRID_CELLS = config.load({}).web_max_grid_cells
 lons = st.floats(-180, 180, allow_nan=False)
 lats = st.floats(-90, 90, allow_nan=False)
 
@@ -70,12 +73,6 @@ cells = st.text("0123456789bcdefghjkmnpqrstuvwxyz", min_size=1, max_size=12)
 centroids = st.none() | st.tuples(lons, lats)
 
 
-@given(cells, st.integers(0, 2**40), centroids)
-def test_pre_serialised_cell_feature_is_exactly_the_json_of_the_feature(cell: str, count: int,
-                                                                       centroid: tuple[float, float] | None) -> None:
-    assert cell_feature_json(cell, count, centroid) == orjson.dumps(cell_feature(cell, count, centroid))
-
-
 @given(st.lists(st.tuples(cells, st.integers(1, 10**6), centroids), max_size=20, unique_by=lambda t: t[0]),
        st.integers(0, 10**6), st.integers(1, 12))
 def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
@@ -100,7 +97,7 @@ def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
 ])
 def test_bad_aggregate_queries(query: dict[str, str], fragment: str) -> None:
     with pytest.raises(BadRequest, match=fragment):
-        params.aggregate_params(MultiDict(query))
+        params.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
 
 
 def test_repeated_parameter_and_limit_bounds() -> None:
@@ -118,15 +115,16 @@ def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
 
 def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian() -> None:
     p = params.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
-                                           "fence": "jfk"}))
+                                           "fence": "jfk"}), MAX_GRID_CELLS)
     body = queries.aggregate_body(PRESET, p)
     flt = body["query"]["bool"]["filter"]
-    box = flt[0]["geo_bounding_box"]["geometry"]
+    box = flt[0]["geo_bounding_box"][documents.GEOMETRY]
     assert box == {"top_left": {"lat": 10.0, "lon": 170.0}, "bottom_right": {"lat": -10.0, "lon": -170.0}}
     assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
-    assert flt[2] == {"term": {"geofences": "jfk"}}
+    assert flt[2] == {"term": {documents.GEOFENCES: "jfk"}}
     assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
-    assert queries.aggregate_body(PRESET, params.aggregate_params(MultiDict()))["query"] == {"match_all": {}}
+    everything = params.aggregate_params(MultiDict(), MAX_GRID_CELLS)
+    assert queries.aggregate_body(PRESET, everything)["query"] == {"match_all": {}}
 
 
 def test_openapi_document_is_valid_openapi() -> None:
@@ -170,3 +168,67 @@ def test_compressed_bodies_are_standard_gzip_and_deflate(body: bytes) -> None:
 
     assert gzip.decompress(gzip_body(body, "gzip")) == body
     assert zlib.decompress(gzip_body(body, "deflate")) == body
+
+
+def _cells_touching(box: tuple[float, float, float, float], precision: int) -> int:
+    """Every geohash cell of ``precision`` whose closed bounds meet the closed box, by enumeration."""
+    w, s, e, n = box
+    alphabet = "0123456789bcdefghjkmnpqrstuvwxyz"
+    cells = [""]
+    for _ in range(precision):
+        cells = [c + a for c in cells for a in alphabet]
+    count = 0
+    for c in cells:
+        b = geohash.bbox(c)
+        lon_meets = (b["w"] <= e and b["e"] >= w) if w <= e else (b["e"] >= w or b["w"] <= e)
+        # the grid counts a cell whose west edge is the box's east edge; so do half-open cells here
+        count += lon_meets and b["s"] <= n and b["n"] >= s
+    return count
+
+
+@given(st.integers(-180, 179), st.integers(-90, 89), st.integers(1, 200), st.integers(1, 100), st.integers(1, 2))
+def test_grid_cells_counts_the_cells_a_box_touches(west: int, south: int, width: int, height: int,
+                                                   precision: int) -> None:
+    # box edges a little inside whole degrees, never on a cell edge of precision 1 or 2
+    w, s = west + 0.3, south + 0.3
+    e = (w + width + 180) % 360 - 180 if w + width > 180 else w + width
+    n = min(s + height, 89.7)
+    assert grid_cells(w, s, e, n, precision) == _cells_touching((w, s, e, n), precision)
+
+
+def test_precision_is_lowered_until_the_grid_fits_and_the_world_fits_at_1() -> None:
+    world = params.WORLD
+    assert params.bounded_precision(world, 12, 65_536) == 3  # 32**3 = 32,768 cells; 32**4 is over
+    assert params.bounded_precision(world, 12, 1) == 1
+    city = params.parse_bbox("-74.0,40.65,-73.8,40.85")
+    assert params.bounded_precision(city, 7, 65_536) == 7
+    assert grid_cells(*city.as_list(), 8) > 65_536 and params.bounded_precision(city, 8, 65_536) == 7
+
+
+async def test_limiter_admits_limit_queues_queue_and_sheds_the_rest() -> None:
+    limiter = Limiter(limit=2, queue=1, wait=0.2)
+    release = asyncio.Event()
+    admitted: list[int] = []
+
+    async def hold(i: int) -> None:
+        async with limiter.slot():
+            admitted.append(i)
+            await release.wait()
+
+    holders = [asyncio.create_task(hold(i)) for i in range(2)]
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(hold(2))
+    await asyncio.sleep(0)
+    assert (limiter.in_flight, limiter.queued) == (2, 1)
+    with pytest.raises(Busy) as full:
+        async with limiter.slot():
+            pass
+    assert full.value.reason == "queue_full" and "busy" in str(full.value)
+    with pytest.raises(Busy) as late:  # the queued one waits at most 0.2 s
+        await waiter
+    assert late.value.reason == "queue_timeout" and limiter.queued == 0
+    release.set()
+    await asyncio.gather(*holders)
+    assert admitted == [0, 1] and limiter.in_flight == 0
+    async with limiter.slot():  # free again
+        assert limiter.in_flight == 1

@@ -10,15 +10,16 @@ import os
 import signal
 import sys
 
-from aiohttp import web
-
 from geoiot import config
 from geoiot.config import Settings
+from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
+from web import server
 from web.app import init_app
 
 FLAGS = ["ES_URL", "IOT_INDEX", "IOT_SCHEMA", "WEB_PORT", "WEB_HOST", "KAFKA_BOOTSTRAP", "IOT_ALERTS_TOPIC",
-         "IOT_GEOFENCES", "MAP_TILE_URL", "MAP_REFRESH_MS", "MAP_MARKER_THRESHOLD"]
+         "IOT_GEOFENCES", "MAP_TILE_URL", "MAP_REFRESH_MS", "MAP_MARKER_THRESHOLD", "WEB_ES_CONCURRENCY",
+         "WEB_ES_QUEUE", "WEB_QUEUE_TIMEOUT", "WEB_MAX_GRID_CELLS", "WEB_HEADER_TIMEOUT", "WEB_BODY_TIMEOUT"]
 log = logging.getLogger("web")
 
 
@@ -40,8 +41,11 @@ def serve(settings: Settings, *, reuse_port: bool, use_uvloop: bool) -> None:
     url = f"http://{settings.web_host}:{settings.web_port}/"
     log.info(json.dumps({"event": "listening", "url": url, "index": settings.iot_index, "es": settings.es_url,
                          "pid": os.getpid(), "loop": kind}))
-    web.run_app(init_app(settings), host=settings.web_host, port=settings.web_port, access_log=None,
-                print=None, reuse_port=reuse_port or None, loop=loop)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(server.run(init_app(settings), settings, reuse_port=reuse_port))
+    finally:
+        loop.close()
 
 
 def run_workers(settings: Settings, workers: int, use_uvloop: bool) -> None:
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search otherwise
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its own reconnect noise; we log one line per retry
     keep_freed_heap()  # per-request JSON churn: see geoiot.malloc
+    quiet_repeats()  # the alerts consumer reconnects in a loop while Kafka is away: see geoiot.logs
     if args.workers == 1:
         serve(settings, reuse_port=False, use_uvloop=args.uvloop)
     else:

@@ -1,7 +1,8 @@
 """The aiohttp application: state, middlewares, Elasticsearch client and alerts consumer lifecycles.
 
 Layout follows aio-libs' demos: ``init_app(settings)`` builds the app; resources that need closing live
-in ``cleanup_ctx``; routes are in ``web.routes``.
+in ``cleanup_ctx``; the API's routes are in ``web.routes``, the typed state keys both share in ``web.keys``
+(imports run one way: app -> routes -> keys); the HTTP server around it is ``web.server``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
-from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, ConnectionTimeout, TransportError
 from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
-from geoiot.schema import Preset, load_preset
-from web import alerts
+from geoiot.schema import load_preset
+from web import alerts, routes
 from web.cache import TTLCache
+from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
+from web.limiter import Busy, Limiter
 from web.metrics import Metrics
 from web.params import BadRequest
+from web.responses import error_response
 
 log = logging.getLogger("web")
 
@@ -40,28 +43,15 @@ _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/s
 # to a body ~25 % larger (12 kB instead of 10 kB), which is the better trade on a local network.
 GZIP_LEVEL = 1
 _MIN_COMPRESS = 512
-# Concurrent connections to Elasticsearch (the client's default is 10, which queues a busy server's searches).
+# Concurrent connections to Elasticsearch (the client's default is 10, which queues a busy server's searches);
+# the searches themselves are bounded by WEB_ES_CONCURRENCY (web.limiter), below this.
 ES_CONNECTIONS = 32
-
-SETTINGS = web.AppKey("settings", Settings)
-PRESET = web.AppKey("preset", Preset)
-ES = web.AppKey("es", AsyncElasticsearch)
-METRICS = web.AppKey("metrics", Metrics)
-CACHE = web.AppKey("cache", TTLCache)
-ALERTS = web.AppKey("alerts", alerts.AlertBuffer)
-FENCES = web.AppKey("fences", dict)
+# Seconds one Elasticsearch request may take; a timeout is answered 504, not "unreachable".
+ES_TIMEOUT = 10
+# What a shed request is told to wait before retrying (seconds).
+RETRY_AFTER = 1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200, raw: bytes | None = None) -> web.Response:
-    """JSON through orjson (fast on large FeatureCollections); ``raw`` is already-serialised JSON."""
-    body = raw if raw is not None else orjson.dumps(data)
-    return web.Response(body=body, status=status, content_type="application/json")
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
 
 
 @web.middleware
@@ -113,11 +103,19 @@ async def compress(request: web.Request, handler: Handler) -> web.StreamResponse
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure as JSON: 400 bad input, 404/405, 503 when Elasticsearch is unreachable, never a trace."""
+    """Every failure as JSON: 400 bad input, 404/405, 503 busy (shed) or Elasticsearch unreachable, 504
+    Elasticsearch too slow, never a trace."""
     try:
-        return await handler(request)
+        response = await handler(request)
+        if isinstance(response, web.FileResponse) and not _static_file_exists(request):
+            # aiohttp finds a missing file only while sending, and then sends an empty octet-stream 404
+            raise web.HTTPNotFound()
+        return response
     except BadRequest as exc:
         return error_response(400, str(exc))
+    except Busy as exc:
+        request.app[METRICS].shed.labels(exc.reason).inc()
+        return error_response(503, str(exc), {hdrs.RETRY_AFTER: str(RETRY_AFTER)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -133,14 +131,25 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if status == 429 or status >= 500:
             return error_response(503, f"elasticsearch unavailable (HTTP {status})")
         return error_response(502, f"elasticsearch refused the query (HTTP {status})")
+    except ConnectionTimeout as exc:  # it may well be up, only slow: say what happened
+        log.warning(json.dumps({"event": "es_timeout", "path": request.path, "error": str(exc)[:300]}))
+        return error_response(504, f"elasticsearch did not answer within {ES_TIMEOUT} s",
+                              {hdrs.RETRY_AFTER: str(RETRY_AFTER)})
     except TransportError as exc:
         log.warning(json.dumps({"event": "es_unreachable", "path": request.path, "error": str(exc)[:300]}))
-        return error_response(503, "elasticsearch unreachable")
+        return error_response(503, "elasticsearch unreachable", {hdrs.RETRY_AFTER: str(RETRY_AFTER)})
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s", request.path)
         return error_response(500, "internal error")
+
+
+def _static_file_exists(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    if isinstance(resource, web.StaticResource):
+        return (Path(resource.get_info()["directory"]) / request.match_info["filename"]).is_file()
+    return True  # our own FileResponses (the index page) name a file that exists when the app starts
 
 
 def load_fences(path: str) -> dict[str, Any]:
@@ -160,7 +169,7 @@ def load_fences(path: str) -> dict[str, Any]:
 async def es_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Elasticsearch client per app; few retries, so an outage answers 503 quickly instead of hanging."""
     settings = app[SETTINGS]
-    client = AsyncElasticsearch(settings.es_hosts, request_timeout=10, max_retries=1, retry_on_timeout=False,
+    client = AsyncElasticsearch(settings.es_hosts, request_timeout=ES_TIMEOUT, max_retries=1, retry_on_timeout=False,
                                 connections_per_node=ES_CONNECTIONS, serializer=OrjsonSerializer())
     app[ES] = client
     log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
@@ -184,12 +193,13 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
 def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool = True,
              alerts_maxlen: int = 1000) -> web.Application:
     """The web application for ``settings``; ``cache_ttl=0`` disables the aggregation cache (benchmarks)."""
-    from web import routes  # routes import the keys above
-
     app = web.Application(middlewares=[observe, compress, errors])
     app[SETTINGS] = settings
     app[PRESET] = load_preset(settings.iot_schema)
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics = Metrics()
+    app[LIMITER] = limiter = Limiter(settings.web_es_concurrency, settings.web_es_queue, settings.web_queue_timeout)
+    metrics.queued.set_function(lambda: limiter.queued)
+    metrics.in_flight.set_function(lambda: limiter.in_flight)
     app[CACHE] = TTLCache(cache_ttl)
     app[ALERTS] = alerts.AlertBuffer(alerts_maxlen)
     app[FENCES] = load_fences(settings.iot_geofences)
@@ -197,4 +207,24 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
     routes.setup(app)
+    add_static_routes(app)
     return app
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def add_static_routes(app: web.Application) -> None:
+    """The map's page, its files and the vendored Leaflet (found next to the package, see STATIC_DIR)."""
+    r = app.router
+    r.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        r.add_static("/static", STATIC_DIR)
+    for prefix, folder in VENDOR.items():
+        path = NODE_MODULES / folder
+        if path.is_dir():
+            r.add_static(prefix, path)
+        else:
+            log.warning(json.dumps({"event": "vendor_missing", "path": str(path),
+                                    "hint": "run `npm ci` at the repository root; the map needs Leaflet"}))

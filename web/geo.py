@@ -82,7 +82,25 @@ def cell_prefix(cell: str) -> bytes:
     return prefix
 
 
-def cell_feature_json(cell: str, count: int, centroid: tuple[float, float] | None) -> bytes:
-    """``cell_feature`` already serialised (byte-for-byte what orjson makes of it)."""
-    tail = b"null" if centroid is None else orjson.dumps(centroid)
-    return b"%s%d,\"centroid\":%s}}" % (cell_prefix(cell), count, tail)
+def cell_size(precision: int) -> tuple[float, float]:
+    """(width, height) in degrees of a geohash cell: 5 bits per character, longitude taking the odd one."""
+    bits = 5 * precision
+    return 360 / 2 ** ((bits + 1) // 2), 180 / 2 ** (bits // 2)
+
+
+def _span(low: float, high: float, origin: float, size: float, count: int) -> int:
+    # cell indices of both ends; the box's edge at +180 / +90 belongs to the last cell, not one past it
+    last = min(count - 1, int((high - origin) // size))
+    return min(count, last - min(count - 1, int((low - origin) // size)) + 1)
+
+
+def grid_cells(min_lon: float, min_lat: float, max_lon: float, max_lat: float, precision: int) -> int:
+    """How many geohash cells of ``precision`` a box touches (``min_lon > max_lon`` crosses the antimeridian):
+    what an aggregation over it may have to build, whatever the data."""
+    width, height = cell_size(precision)
+    columns, rows = round(360 / width), round(180 / height)
+    if min_lon <= max_lon:
+        across = _span(min_lon, max_lon, -180, width, columns)
+    else:
+        across = min(columns, _span(min_lon, 180, -180, width, columns) + _span(-180, max_lon, -180, width, columns))
+    return across * _span(min_lat, max_lat, -90, height, rows)

@@ -30,6 +30,12 @@ class Metrics:
                               registry=r)
         self.alerts_bad = Counter("geoiot_web_alerts_invalid_total", "Alert messages that were not JSON objects",
                                   registry=r)
+        self.shed = Counter("geoiot_web_shed_total", "Requests refused with 503 busy before reaching Elasticsearch",
+                            ["reason"], registry=r)
+        self.queued = Gauge("geoiot_web_es_queued", "Requests waiting for a search slot", registry=r)
+        self.in_flight = Gauge("geoiot_web_es_in_flight", "Searches running on Elasticsearch", registry=r)
+        self.queue_wait = Histogram("geoiot_web_es_queue_wait_seconds", "Time a search waited for a slot",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.alerts_up = Gauge("geoiot_web_alerts_consumer_up", "1 while the alerts consumer is connected",
                                registry=r)
 

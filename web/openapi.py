@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from web.geo import zoom_table
-from web.params import DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_LIMIT
+from web.params import DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_LIMIT, TIME_PATTERN, TOKEN_PATTERN, BBOX_PATTERN
 
-_TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude) or ISO 8601 "
-                        "(UTC unless an offset is given); inclusive.",
-         "schema": {"type": "string"}}
+_TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude; at most 13 digits) "
+                        "or an ISO 8601 date of the years 1000-8999 with optional time and offset (UTC unless "
+                        "an offset is given); inclusive.",
+         "schema": {"type": "string", "pattern": TIME_PATTERN}}
 
 
 def _param(name: str, description: str, schema: dict[str, Any], where: str = "query",
@@ -19,10 +20,13 @@ def _param(name: str, description: str, schema: dict[str, Any], where: str = "qu
 
 
 _BBOX = _param("bbox", "minLon,minLat,maxLon,maxLat, inclusive; minLon > maxLon crosses the antimeridian. "
-               "Default: the whole world.", {"type": "string", "example": "-74.05,40.6,-73.75,40.9"})
+               "minLat must not exceed maxLat. Default: the whole world.",
+               {"type": "string", "pattern": BBOX_PATTERN, "example": "-74.05,40.6,-73.75,40.9"})
 _START = _param("start", "Window start. " + _TIME["description"], _TIME["schema"])
 _END = _param("end", "Window end, not before start. " + _TIME["description"], _TIME["schema"])
-_FENCE = _param("fence", "Only observations inside this geofence id.", {"type": "string", "maxLength": 256})
+# track and fence ids: the server's own pattern (web.params), whole-string
+_TOKEN = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": TOKEN_PATTERN}
+_FENCE = _param("fence", "Only observations inside this geofence id.", _TOKEN)
 _LIMIT = _param("limit", f"At most this many results (1..{MAX_LIMIT}).",
                 {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})
 
@@ -77,7 +81,11 @@ def _json(ref: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-_ERRORS = {"400": _json("Error", "Invalid parameters"), "503": _json("Error", "Elasticsearch unreachable")}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+_ERRORS = {"400": _json("Error", "Invalid parameters"),
+           "503": {**_json("Error", "Server busy (too many searches running and waiting: load shed before "
+                                    "Elasticsearch), or Elasticsearch unreachable"), "headers": _RETRY_AFTER},
+           "504": {**_json("Error", "Elasticsearch did not answer in time"), "headers": _RETRY_AFTER}}
 
 
 def document() -> dict[str, Any]:
@@ -90,13 +98,17 @@ def document() -> dict[str, Any]:
                                 "built by the server from validated parameters; unknown parameters are refused."},
         "paths": {
             "/api/extent": {"get": {"summary": "Time span, count and bounding box of all observations",
-                                    "responses": {"200": _json("Extent", "The extent"), "503": _ERRORS["503"]}}},
+                                    "responses": {"200": _json("Extent", "The extent"), **_ERRORS}}},
             "/api/aggregate": {"get": {
                 "summary": "Observations in view counted per geohash cell (GeoJSON polygons)",
                 "parameters": [_BBOX,
-                               _param("precision", f"Geohash precision 1..12 (default {DEFAULT_PRECISION}).",
+                               _param("precision", f"Geohash precision 1..12 (default {DEFAULT_PRECISION}). The "
+                                      "grid over bbox may have at most WEB_MAX_GRID_CELLS cells (default 65,536): "
+                                      "a finer precision is lowered until it fits, and the answer's precision "
+                                      "says which was used.",
                                       {"type": "integer", "minimum": 1, "maximum": 12}),
-                               _param("zoom", f"Map zoom 0..22 instead of precision; zoom->precision: {zooms}.",
+                               _param("zoom", f"Map zoom 0..22 instead of precision; zoom->precision: {zooms} "
+                                      "(lowered like precision).",
                                       {"type": "integer", "minimum": 0, "maximum": 22}),
                                _START, _END, _FENCE],
                 "responses": {"200": _json("CellCollection", "Cells with counts and centroids"), **_ERRORS}}},
@@ -106,7 +118,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json("PointCollection", "Observations"), **_ERRORS}}},
             "/api/tracks/{id}": {"get": {
                 "summary": "One track in time order as a LineString",
-                "parameters": [_param("id", "Track id", {"type": "string"}, "path", True), _START, _END,
+                "parameters": [_param("id", "Track id", _TOKEN, "path", True), _START, _END,
                                _param("limit", f"At most this many points (default {MAX_LIMIT}).",
                                       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})],
                 "responses": {"200": _json("Track", "The track"), "404": _json("Error", "No such track"),
@@ -120,10 +132,12 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json("Alerts", "Alerts"), "400": _ERRORS["400"]}}},
             "/api/config": {"get": {"summary": "Map settings: tile URL, refresh period, marker threshold, zoom table",
                                     "responses": {"200": {"description": "Settings",
-                                                          "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                                                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                                                 "400": _ERRORS["400"]}}},
             "/api/geofences": {"get": {"summary": "The geofences as a GeoJSON FeatureCollection",
                                        "responses": {"200": {"description": "Geofences",
-                                                             "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                                                             "content": {"application/json": {"schema": {"type": "object"}}}},
+                                                 "400": _ERRORS["400"]}}},
             "/api/openapi.json": {"get": {"summary": "This document",
                                           "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "200 when Elasticsearch answers, 503 otherwise",

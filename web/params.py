@@ -13,12 +13,26 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from geoiot.timeparse import TimeParseError, parse_time
-from web.geo import MAX_ZOOM, precision_for_zoom
+from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1_000
 DEFAULT_PRECISION = 5
-_TOKEN = re.compile(r"^[\w.:@+\-/ ]{1,256}$")  # track and fence ids: printable, no control characters
+# Track and fence ids: printable, no control characters; the OpenAPI document publishes the same pattern.
+# Matched whole (fullmatch): with ``re.match``, ``$`` also matched before a trailing newline.
+TOKEN_PATTERN = r"^[\w.:@+\-/ ]{1,256}$"
+_TOKEN = re.compile(TOKEN_PATTERN.removeprefix("^").removesuffix("$"))
+# Times: epoch ms or s (told apart by magnitude; 13 digits at most, so within the years 1-9999), or ISO 8601
+# dates of the years 1000-8999 with an optional time and offset. Published in the OpenAPI document, so what
+# a client may send is exactly what the document says.
+_YEAR, _MONTH, _DAY = "(1[0-9]{3}|[2-8][0-9]{3})", "(0[1-9]|1[0-2])", "(0[1-9]|[12][0-9]|3[01])"
+_CLOCK, _OFFSET = "([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?", "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+TIME_PATTERN = f"^(-?[0-9]{{1,13}}|{_YEAR}-{_MONTH}-{_DAY}([T ]{_CLOCK}{_OFFSET}?)?)$"
+_TIME = re.compile(TIME_PATTERN.removeprefix("^").removesuffix("$"))
+_LON = "-?(180(\\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\\.[0-9]+)?)"
+_LAT = "-?(90(\\.0+)?|[0-8]?[0-9](\\.[0-9]+)?)"
+# The bbox's shape and ranges (minLat <= maxLat is checked by parse_bbox: no pattern can say it).
+BBOX_PATTERN = f"^{_LON},{_LAT},{_LON},{_LAT}$"
 
 
 class BadRequest(ValueError):
@@ -145,6 +159,9 @@ def parse_time_param(text: str | None, name: str) -> int | None:
     """Epoch ms (or seconds, by magnitude) or ISO 8601 (UTC unless an offset is given)."""
     if text is None:
         return None
+    if not _TIME.fullmatch(text):
+        raise BadRequest(f"{name} {text[:40]!r} is not epoch ms or s (at most 13 digits) nor an ISO 8601 date "
+                         "(years 1000-8999, optional time and offset)")
     try:
         return parse_time(text)
     except (TimeParseError, OverflowError, ValueError) as exc:
@@ -177,15 +194,27 @@ def parse_token(text: str | None, name: str) -> str | None:
     """A track or fence id: 1..256 characters of letters, digits and ``_.:@+-/`` or space."""
     if text is None:
         return None
-    if not _TOKEN.match(text):
+    if not _TOKEN.fullmatch(text):
         raise BadRequest(f"{name} {text[:40]!r} must be 1..256 letters, digits, spaces or _.:@+-/")
     return text
 
 
-def aggregate_params(query: Query) -> AggregateParams:
+def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
+    """The highest precision up to ``precision`` whose grid over ``bbox`` has at most ``max_cells`` cells
+    (never below 1): an aggregation's cost grows with the cells it may build, so a wide view at a fine
+    precision is answered at a coarser one, and the answer's ``precision`` says which."""
+    while precision > 1 and grid_cells(*bbox.as_list(), precision) > max_cells:
+        precision -= 1
+    return precision
+
+
+def aggregate_params(query: Query, max_cells: int) -> AggregateParams:
+    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS)."""
     q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"})
-    return AggregateParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
-                           parse_precision(q.get("precision"), q.get("zoom")), parse_token(q.get("fence"), "fence"))
+    bbox = parse_bbox(q.get("bbox"))
+    precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells)
+    return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
+                           parse_token(q.get("fence"), "fence"))
 
 
 def observation_params(query: Query) -> ObservationParams:

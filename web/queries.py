@@ -1,6 +1,7 @@
 """Every Elasticsearch request body the API sends, built from validated parameters only.
 
-Nothing from the HTTP request is forwarded: field names come from the schema preset, values from the
+Nothing from the HTTP request is forwarded: field names come from the schema preset and the document
+model (:mod:`geoiot.documents`), values from the
 dataclasses of ``web.params``. Each function returns the keyword arguments of ``AsyncElasticsearch.search``.
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from geoiot.documents import GEOFENCES, GEOMETRY
 from geoiot.schema import Preset
 from web.params import WORLD, AggregateParams, BBox, ObservationParams, TrackParams, Window
 
-GEO_FIELD = "geometry"
-FENCE_FIELD = "geofences"
+GEO_FIELD = GEOMETRY
+FENCE_FIELD = GEOFENCES
 # geohash_grid returns at most this many cells (the most populated first); the map's zoom table keeps a
 # view to a few hundred cells, and Elasticsearch's search.max_buckets (65,536) is far above it.
 MAX_CELLS = 10_000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -11,24 +10,29 @@ import orjson
 from aiohttp import web
 
 from web import openapi, params, queries
-from web.app import (ALERTS, CACHE, ES, FENCES, METRICS, NODE_MODULES, PRESET, SETTINGS, STATIC_DIR, VENDOR,
-                     json_response)
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
+from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
+from web.responses import json_response
 
 log = logging.getLogger("web")
 
 
 async def search(request: web.Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Run one search on the index alias, timed per query kind."""
+    """Run one search on the index alias in a slot of the limiter (web.limiter.Busy when none comes soon),
+    timed per query kind."""
     app = request.app
-    began = time.perf_counter()
-    try:
-        response = await app[ES].search(index=app[SETTINGS].iot_index, **body)
-    except Exception as exc:
-        app[METRICS].es_errors.labels(name, type(exc).__name__).inc()
-        raise
-    finally:
-        app[METRICS].es_latency.labels(name).observe(time.perf_counter() - began)
+    metrics = app[METRICS]
+    queued = time.perf_counter()
+    async with app[LIMITER].slot():
+        began = time.perf_counter()
+        metrics.queue_wait.observe(began - queued)
+        try:
+            response = await app[ES].search(index=app[SETTINGS].iot_index, **body)
+        except Exception as exc:
+            metrics.es_errors.labels(name, type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.es_latency.labels(name).observe(time.perf_counter() - began)
     return response.body
 
 
@@ -73,7 +77,7 @@ def aggregate_payload(resp: dict[str, Any], precision: int) -> bytes:
 
 
 async def aggregate(request: web.Request) -> web.Response:
-    p = params.aggregate_params(request.query)
+    p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells)
     body = queries.aggregate_body(request.app[PRESET], p)
     key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -86,7 +90,7 @@ async def aggregate(request: web.Request) -> web.Response:
 
 
 def _position(preset: Any, source: dict[str, Any]) -> list[float] | None:
-    geometry = source.pop("geometry", None)
+    geometry = source.pop(queries.GEO_FIELD, None)
     if isinstance(geometry, dict) and "lon" in geometry and "lat" in geometry:
         return [geometry["lon"], geometry["lat"]]
     lon, lat = source.get(preset.lon), source.get(preset.lat)
@@ -176,11 +180,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": ctype})
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
-
-
 def setup(app: web.Application) -> None:
+    """The API's routes (the map's page and files are web.app's: it knows where they are)."""
     r = app.router
     r.add_get("/api/extent", extent)
     r.add_get("/api/aggregate", aggregate)
@@ -192,13 +193,3 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/openapi.json", openapi_json)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
-    r.add_get("/", index)
-    if STATIC_DIR.is_dir():
-        r.add_static("/static", STATIC_DIR)
-    for prefix, folder in VENDOR.items():
-        path = NODE_MODULES / folder
-        if path.is_dir():
-            r.add_static(prefix, path)
-        else:
-            log.warning(json.dumps({"event": "vendor_missing", "path": str(path),
-                                    "hint": "run `npm ci` at the repository root; the map needs Leaflet"}))

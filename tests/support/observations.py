@@ -1,4 +1,5 @@
-"""Generated observations shaped like the agents' documents, for the web tests, benchmark and demos.
+"""Generated observations built by the agents' own document code (:mod:`geoiot.documents`), for the web
+tests and benchmarks.
 
 Coordinates are put on Elasticsearch's geo_point grid (odd multiples of 180/2**32 and 360/2**32 degrees),
 so the stored point is exactly the generated one and never sits on a geohash cell edge: per-cell counts
@@ -12,11 +13,10 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import geohash
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
-from agents.index import index_for
+from geoiot import documents
 from geoiot.schema import Preset
 
 LAT_STEP = 180.0 / 2**32
@@ -33,13 +33,10 @@ def on_grid(lon: float, lat: float) -> tuple[float, float]:
 
 def document(preset: Preset, track: str, time_ms: int, lon: float, lat: float, fences: list[str],
              speed: float = 0.0, heading: float = 0.0, distance: float = 0.0) -> dict[str, Any]:
-    """One observation as the agents index it: preset fields plus the derived ones."""
-    doc: dict[str, Any] = {name: None for name in preset.names}
-    doc.update({preset.track: track, preset.time: time_ms, preset.lon: lon, preset.lat: lat,
-                "geometry": {"lat": lat, "lon": lon}, "geofences": sorted(fences),
-                "geohash": geohash.encode(lat, lon, 12), "speed_mps": speed, "heading_deg": heading,
-                "distance_m": distance})
-    return doc
+    """One observation as the agents index it (:func:`geoiot.documents.build`); ingested at its event time."""
+    record: dict[str, Any] = {name: None for name in preset.names}
+    record.update({preset.track: track, preset.time: time_ms, preset.lon: lon, preset.lat: lat})
+    return documents.build(record, lon, lat, sorted(fences), distance, speed, heading, ingested_at=time_ms)
 
 
 def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_400_000, step_ms: int = 5_000,
@@ -69,12 +66,11 @@ def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_
 
 async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: Iterator[dict[str, Any]],
                      chunk_size: int = 5_000) -> int:
-    """Index documents into the daily indices of ``base`` with the agents' deterministic ids; returns the count."""
+    """Index documents into the daily indices of ``base`` with the agents' bulk actions; returns the count."""
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         for doc in docs:
-            time_ms = doc[preset.time]
-            yield {"_index": index_for(base, time_ms), "_id": f"{doc[preset.track]}-{time_ms}", "_source": doc}
+            yield documents.action(base, doc[preset.track], doc[preset.time], doc)
 
     count = 0
     async for ok, item in async_streaming_bulk(es, actions(), chunk_size=chunk_size, max_retries=5,

@@ -1,0 +1,111 @@
+"""Retention: delete the daily observation indices older than ``IOT_RETENTION_DAYS`` (0 keeps everything).
+
+Run it once or every N seconds::
+
+    python -m agents.retention [--index taxi] [--retention-days 30] [--every 3600] [--dry-run]
+
+The worker runs the same task every hour when ``IOT_RETENTION_DAYS`` is set. An index is deleted when
+the whole day it holds is older than the retention period; only names of the form
+``<IOT_INDEX>-YYYY.MM.DD`` (:mod:`geoiot.documents`) are considered. Deleting is idempotent: a second
+run finds nothing to delete, and an index already gone is not an error. The alias ``<IOT_INDEX>``
+stays on the remaining daily indices, so readers keep working (and the agents refuse events that
+retention would delete at once, see :class:`geoiot.timeparse.EventTimeBounds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from elasticsearch import AsyncElasticsearch
+
+from geoiot import config
+from geoiot.documents import DAY_MS, index_day_ms, index_pattern
+
+ENVS = ("ES_URL", "IOT_INDEX", "IOT_RETENTION_DAYS")
+
+
+def expired(base: str, names: Sequence[str], retention_days: int, now_ms: int) -> list[str]:
+    """The daily indices of ``base`` among ``names`` whose whole day is older than ``retention_days``."""
+    if retention_days <= 0:
+        return []
+    cutoff = now_ms - retention_days * DAY_MS
+    out = []
+    for name in names:
+        day = index_day_ms(base, name)
+        if day is not None and day + DAY_MS <= cutoff:
+            out.append(name)
+    return sorted(out)
+
+
+async def delete_expired(es: AsyncElasticsearch, base: str, retention_days: int, now_ms: int | None = None,
+                         dry_run: bool = False) -> list[str]:
+    """Delete (or only list, with ``dry_run``) the expired daily indices of ``base``; returns their names."""
+    if retention_days <= 0:
+        return []
+    found = await es.indices.get(index=index_pattern(base), expand_wildcards="open,closed",
+                                 ignore_unavailable=True, allow_no_indices=True, filter_path="*.settings.index.uuid")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    names = expired(base, list(found.body or {}), retention_days, now)
+    if not dry_run:
+        for start in range(0, len(names), 50):  # keep the request line short
+            await es.options(ignore_status=404).indices.delete(index=",".join(names[start:start + 50]))
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agents.retention", description=__doc__.splitlines()[0])
+    config.add_flags(parser, ENVS)
+    parser.add_argument("--every", type=float, default=0, metavar="SECONDS",
+                        help="run again every SECONDS (default 0: once)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    return parser
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"ts": round(time.time(), 3), "component": "retention", "event": event, **fields}), flush=True)
+
+
+async def run(settings: config.Settings, every: float, dry_run: bool) -> int:
+    es = AsyncElasticsearch(settings.es_hosts, request_timeout=60)
+    try:
+        while True:
+            try:
+                names = await delete_expired(es, settings.iot_index, settings.iot_retention_days, dry_run=dry_run)
+                emit("retention", index=settings.iot_index, retention_days=settings.iot_retention_days,
+                     dry_run=dry_run, deleted=names)
+            except Exception as exc:  # Elasticsearch down: say so; a periodic run tries again
+                emit("retention_failed", index=settings.iot_index, error=f"{type(exc).__name__}: {exc}")
+                if every <= 0:
+                    return 1
+            if every <= 0:
+                return 0
+            await asyncio.sleep(every)
+    finally:
+        await es.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.from_args(args)
+    except ValueError as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 2
+    if settings.iot_retention_days <= 0:
+        emit("retention", index=settings.iot_index, retention_days=settings.iot_retention_days, deleted=[],
+             note="IOT_RETENTION_DAYS is 0: every index is kept")
+        if args.every <= 0:
+            return 0
+    try:
+        return asyncio.run(run(settings, args.every, args.dry_run))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The Elasticsearch document of an observation: field names, ``_id``, daily index name and mapping.
+
+The one home of this contract: the Faust agents and the Spark job build documents with it, the web
+queries read its field names, retention parses its index names, and the tests and benchmarks index
+documents built by it, so a change to the document shape shows everywhere at once.
+
+``_id`` is ``"<track>:<time_ms>"`` and the index is the daily index of the event time (UTC), so a
+redelivered event overwrites its own document instead of adding one: at-least-once delivery plus
+idempotent writes gives effectively-once documents.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import geohash
+
+from geoiot.schema import InvalidRecord, Preset
+
+# Fields the agents add to every observation, beside the preset's own.
+GEOMETRY = "geometry"
+GEOFENCES = "geofences"
+GEOHASH = "geohash"
+SPEED = "speed_mps"
+HEADING = "heading_deg"
+DISTANCE = "distance_m"
+INGESTED_AT = "ingested_at"
+MOTION_FIELDS = (SPEED, HEADING, DISTANCE)  # need the track's previous report
+GEOHASH_PRECISION = 12
+
+DERIVED_MAPPING: dict[str, dict[str, Any]] = {
+    GEOMETRY: {"type": "geo_point"},
+    GEOFENCES: {"type": "keyword"},
+    GEOHASH: {"type": "keyword"},
+    SPEED: {"type": "double"},
+    HEADING: {"type": "double"},
+    DISTANCE: {"type": "double"},
+    INGESTED_AT: {"type": "date", "format": "epoch_millis"},
+}
+
+_ES_TYPES = {
+    "string": {"type": "keyword", "ignore_above": 256},
+    "int": {"type": "long"},
+    "float": {"type": "double"},
+    "bool": {"type": "boolean"},
+    "time": {"type": "date", "format": "epoch_millis||strict_date_optional_time"},
+}
+
+# Elasticsearch refuses an _id longer than this many UTF-8 bytes, and with it the whole bulk request.
+MAX_ID_BYTES = 512
+DAY_MS = 86_400_000
+
+
+def mapping_for(preset: Preset) -> dict[str, Any]:
+    """Explicit mapping: dynamic fields are refused so a typo cannot silently create a field."""
+    properties = {name: dict(_ES_TYPES[kind]) for name, kind in preset.fields}
+    properties.update(DERIVED_MAPPING)
+    return {"dynamic": "false", "properties": properties}
+
+
+def doc_id(track: str, time_ms: int) -> str:
+    """The deterministic ``_id``; InvalidRecord when Elasticsearch would refuse it (too long)."""
+    value = f"{track}:{time_ms}"
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidRecord(f"document id of {len(value.encode('utf-8'))} bytes exceeds Elasticsearch's "
+                            f"{MAX_ID_BYTES} (the track id is too long)")
+    return value
+
+
+def index_pattern(base: str) -> str:
+    """The daily indices of ``base`` (what the template and retention match)."""
+    return f"{base}-*"
+
+
+@lru_cache(maxsize=4096)
+def _daily(base: str, day: int) -> str:
+    date = datetime.fromtimestamp(day * 86_400, tz=timezone.utc)
+    return f"{base}-{date:%Y.%m.%d}"
+
+
+def index_for(base: str, time_ms: int) -> str:
+    """The daily index an event of ``time_ms`` belongs to; InvalidRecord outside the years 1-9999."""
+    # UTC days are exactly DAY_MS long in epoch time, so the index is a function of the day number.
+    try:
+        return _daily(base, time_ms // DAY_MS)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRecord(f"event time {time_ms} ms has no daily index (outside the years 1-9999)") from None
+
+
+_DAY_SUFFIX = re.compile(r"-(\d{1,4})\.(\d{2})\.(\d{2})$")
+
+
+def index_day_ms(base: str, name: str) -> int | None:
+    """Start (epoch ms, UTC) of the day a daily index of ``base`` holds; None for any other name."""
+    if not name.startswith(base + "-"):
+        return None
+    match = _DAY_SUFFIX.fullmatch(name, len(base))
+    if match is None:
+        return None
+    try:
+        day = datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(day.timestamp()) * 1000
+
+
+def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
+          speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None) -> dict[str, Any]:
+    """The preset's fields plus geometry, geofences, motion, geohash and ingestion time."""
+    doc = dict(record)
+    doc[GEOMETRY] = {"lat": lat, "lon": lon}
+    doc[GEOFENCES] = list(fences)
+    doc[SPEED] = speed_mps
+    doc[HEADING] = heading_deg
+    doc[DISTANCE] = distance_m
+    doc[GEOHASH] = geohash.encode(lat, lon, precision=GEOHASH_PRECISION)
+    doc[INGESTED_AT] = int(time.time() * 1000) if ingested_at is None else ingested_at
+    return doc
+
+
+def action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """A bulk ``index`` action: overwrites the document of the same event if it exists."""
+    return {"_op_type": "index", "_index": index_for(base, time_ms), "_id": doc_id(track, time_ms), "_source": doc}

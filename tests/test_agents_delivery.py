@@ -1,0 +1,284 @@
+"""The delivery rules of agents.consumer.SourceStream and agents.state.TrackTable, in-process.
+
+The stream takes its consumer and producer from outside, so these tests drive it with small fakes of
+the part of aiokafka's interface it calls, and check its own rules: per batch, sinks and dead letters
+before the changelog before the commit; commits in batch order; nothing committed after a failed
+batch; a refused commit is not fatal; recovery reads the changelog to its end. They do not claim to
+test Kafka: tests/test_agents_integration.py does that (SIGKILL, rebalance, outages) on the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
+
+from agents.consumer import SourceStream, Topics
+from agents.geofence import Geofences
+from agents.pipeline import Pipeline
+from agents.state import TrackTable
+from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.schema import load_preset
+
+TOPICS = Topics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog")
+PRESET = load_preset("taxi")
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    offset: int
+
+
+def position(track: str, n: int) -> bytes:
+    return orjson.dumps({"taxiId": track, "observationTime": 1_357_000_000_000 + n * 1000,
+                         "longitude": -73.97 + n * 1e-4, "latitude": 40.76})
+
+
+class FakeConsumer:
+    """Serves each prepared batch from ``getmany`` followed by an empty fetch (so each is a batch of the
+    stream), then nothing; records commits in order."""
+
+    def __init__(self, log: list[Any], batches: list[dict[int, list[Record]]], partitions: tuple[int, ...] = (0,),
+                 refuse_commits: bool = False) -> None:
+        self.log, self.batches, self.partitions = log, list(batches), partitions
+        self.refuse_commits = refuse_commits
+        self.listener: Any = None
+        self.timeouts: list[int] = []
+        self._between = False
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    async def start(self) -> None:
+        await self.listener.on_partitions_assigned([TopicPartition(TOPICS.source, p) for p in self.partitions])
+
+    async def stop(self) -> None:
+        self.log.append(("consumer_stopped",))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPICS.source, p) for p in self.partitions}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        self.timeouts.append(timeout_ms)
+        self._between = not self._between
+        if self.batches and self._between:
+            return {TopicPartition(TOPICS.source, p): records for p, records in self.batches.pop(0).items()}
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.refuse_commits:
+            raise CommitFailedError("rebalanced")
+        self.log.append(("commit", {tp.partition: o for tp, o in offsets.items()}))
+
+
+class FakeProducer:
+    """Acknowledges every send; ``hold[topic]`` (an Event) delays the acknowledgements of that topic."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.sent: dict[str, list[tuple[bytes | None, bytes, int | None]]] = defaultdict(list)
+        self.hold: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> Any:
+        self.sent[topic].append((key, value, partition))
+
+        async def ack() -> None:
+            if topic in self.hold:
+                await self.hold[topic].wait()
+            self.log.append((topic, len(self.sent[topic])))
+
+        return asyncio.ensure_future(ack())
+
+
+class FakeSink:
+    """Stores actions; fails the write of the batches whose number is in ``fail``; ``gates`` hold writes."""
+
+    name = "fake"
+
+    def __init__(self, log: list[Any], fail: set[int] = frozenset(), gates: dict[int, asyncio.Event] | None = None):
+        self.log, self.fail, self.gates = log, fail, gates or {}
+        self.writes = 0
+        self.stored: list[dict[str, Any]] = []
+
+    async def write(self, actions: list[dict[str, Any]]) -> list[Any]:
+        self.writes += 1
+        n = self.writes
+        if n in self.gates:
+            await self.gates[n].wait()
+        if n in self.fail:
+            raise RuntimeError(f"write {n} failed")
+        self.stored.extend(actions)
+        self.log.append(("sink", n, len(actions)))
+        return []
+
+
+class FakeReader:
+    """A changelog consumer for TrackTable.recover: serves ``records[p]`` then reports its end."""
+
+    def __init__(self, records: dict[int, list[Record]]) -> None:
+        self.records = records
+        self.positions: dict[TopicPartition, int] = {}
+        self.stopped = False
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.positions = {tp: 0 for tp in tps}
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.positions[tp] = 0
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.records.get(tp.partition, [])) for tp in tps}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+        out = {}
+        for tp in tps:
+            pending = self.records.get(tp.partition, [])[self.positions[tp]:]
+            if pending:
+                out[tp] = pending[:2]  # a few at a time, as a fetch would
+                self.positions[tp] += len(out[tp])
+        return out
+
+
+def stream(consumer: FakeConsumer, producer: FakeProducer, sinks: list[FakeSink], reader: FakeReader | None = None,
+           bulk_within: float = 0.01) -> SourceStream:
+    table = TrackTable(TOPICS.changelog, lambda: reader or FakeReader({}))
+    return SourceStream(consumer=consumer, producer=producer, table=table, topics=TOPICS,
+                        pipeline=Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), "obs"),
+                        sinks=sinks, bulk_size=100, bulk_within=bulk_within)
+
+
+async def run_until(s: SourceStream, done: Any, timeout: float = 10.0) -> None:
+    """Run the stream until ``done()`` holds, then stop it (which drains and commits what is in flight)."""
+    await s.start()
+    task = asyncio.ensure_future(s.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not done() and not task.done():
+                await asyncio.sleep(0.005)
+    finally:
+        await s.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    if task.done() and task.exception() is not None:
+        raise task.exception()
+
+
+def batch(offset: int, *tracks: str) -> dict[int, list[Record]]:
+    return {0: [Record(t.encode(), position(t, offset + i), offset + i) for i, t in enumerate(tracks)]}
+
+
+async def test_sink_writes_then_changelog_then_commit_for_every_batch() -> None:
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a", "b"), batch(2, "a", "c", "d")])
+    producer, sink = FakeProducer(log), FakeSink(log)
+    s = stream(consumer, producer, [sink])
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
+    # State writes (one per track) and commits strictly alternate by batch: a batch's states are
+    # written after the previous batch committed, and it commits after its states were acknowledged.
+    steps = [e[0] for e in log if e[0] in (TOPICS.changelog, "commit")]
+    assert steps == [TOPICS.changelog] * 2 + ["commit"] + [TOPICS.changelog] * 3 + ["commit"]
+    # Each batch was stored in the sink before its first state write (the next batch may be stored earlier:
+    # pipelining).
+    changelog_at = [i for i, e in enumerate(log) if e[0] == TOPICS.changelog]
+    assert log.index(("sink", 1, 2)) < changelog_at[0] and log.index(("sink", 2, 3)) < changelog_at[2]
+    assert [e[1] for e in log if e[0] == "commit"] == [{0: 2}, {0: 5}]
+    assert s.committed == {0: 5}
+    assert len(sink.stored) == 5
+    # Changelog records go to the source partition of their events, keyed by the track.
+    assert {orjson.loads(k) for k, _, p in producer.sent[TOPICS.changelog] if p == 0} == {"a", "b", "c", "d"}
+
+
+async def test_commits_stay_in_batch_order_when_a_later_batch_is_stored_first() -> None:
+    log: list[Any] = []
+    first_write = asyncio.Event()
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b")])
+    sink = FakeSink(log, gates={1: first_write})
+    s = stream(consumer, FakeProducer(log), [sink])
+
+    async def release_when_second_stored() -> None:
+        while not any(e[:2] == ("sink", 2) for e in log):
+            await asyncio.sleep(0.005)
+        assert not any(e[0] == "commit" for e in log)  # batch 2 stored, but it waits for batch 1
+        first_write.set()
+
+    releaser = asyncio.ensure_future(release_when_second_stored())
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
+    await releaser
+    assert [e[1] for e in log if e[0] == "commit"] == [{0: 1}, {0: 2}]
+    assert log.index(("sink", 2, 1)) < log.index(("sink", 1, 1))
+
+
+async def test_a_failed_batch_commits_neither_itself_nor_any_later_batch() -> None:
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b"), batch(2, "c")])
+    s = stream(consumer, FakeProducer(log), [FakeSink(log, fail={1})])
+    with pytest.raises(RuntimeError, match="write 1 failed"):
+        await run_until(s, lambda: False, timeout=5.0)
+    assert not [e for e in log if e[0] == "commit"]
+    assert s.committed == {0: 0}
+    assert not [e for e in log if e[0] == TOPICS.changelog]  # states are written only for stored batches
+
+
+async def test_a_commit_refused_after_a_rebalance_is_not_fatal_and_not_counted() -> None:
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a", "b")], refuse_commits=True)
+    sink = FakeSink(log)
+    s = stream(consumer, FakeProducer(log), [sink])
+    await run_until(s, lambda: len(sink.stored) == 2 and not s.inflight)
+    assert s.committed == {0: 0}  # the new owner re-delivers from the older commit
+
+
+async def test_an_idle_stream_waits_for_records_instead_of_spinning() -> None:
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [])
+    s = stream(consumer, FakeProducer(log), [FakeSink(log)], bulk_within=0.05)
+    await s.start()
+    task = asyncio.ensure_future(s.run())
+    await asyncio.sleep(0.3)
+    await s.stop()
+    await asyncio.gather(task, return_exceptions=True)
+    assert consumer.timeouts and all(t > 0 for t in consumer.timeouts[:-1])
+
+
+async def test_recovery_reads_the_changelog_to_its_end_and_applies_tombstones() -> None:
+    state = {"time": 1, "lon": 0.0, "lat": 0.0}
+    reader = FakeReader({0: [Record(orjson.dumps("a"), orjson.dumps(state), 0),
+                             Record(orjson.dumps("b"), orjson.dumps(state), 1),
+                             Record(orjson.dumps("a"), None, 2),
+                             Record(orjson.dumps("c"), orjson.dumps(state), 3)],
+                         1: [Record(orjson.dumps("d"), orjson.dumps(state), 0)]})
+    table = TrackTable(TOPICS.changelog, lambda: reader)
+    assert await table.recover([0, 1]) == 5
+    assert reader.stopped
+    assert table.get("a") is None and table.get("b") == state and table.get("d") == state
+    assert len(table) == 3 and table.partitions == {0, 1}
+    assert await table.recover([0]) == 0  # partitions already held are not read again
+    table.drop([0])
+    assert table.get("b") is None and table.get("d") == state

@@ -1,0 +1,23 @@
+"""The typed keys of the application's shared state, in a module of their own so that ``web.app`` (which
+fills them) and ``web.routes`` (which reads them) both import them and never each other."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from elasticsearch import AsyncElasticsearch
+
+from geoiot.config import Settings
+from geoiot.schema import Preset
+from web.alerts import AlertBuffer
+from web.cache import TTLCache
+from web.limiter import Limiter
+from web.metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+PRESET = web.AppKey("preset", Preset)
+ES = web.AppKey("es", AsyncElasticsearch)
+METRICS = web.AppKey("metrics", Metrics)
+CACHE = web.AppKey("cache", TTLCache)
+ALERTS = web.AppKey("alerts", AlertBuffer)
+FENCES = web.AppKey("fences", dict)
+LIMITER = web.AppKey("limiter", Limiter)
