@@ -11,7 +11,9 @@ Every micro-batch (``foreachBatch`` over the Kafka source) runs ``mapInPandas`` 
 bulk-indexes into the same daily indices under the same deterministic ``_id``s; invalid events go to
 IOT_DLQ_TOPIC in the agents' dead-letter shape (through Spark's Kafka sink). Offsets live in the
 checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes
-at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact.
+at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact
+(on Spark 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). One ``progress`` line per
+micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on (PROMETHEUS_CONF).
 Per-track fields (speed, heading, distance) and alerts are not computed here (null).
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +62,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# SPARK-55271 (apache/spark#55236): the Kafka connector's V2 source of Spark 4.1.0-4.1.2 throws
+# "Cannot invoke IterableOps.map ... Option.get() is null" when it reports progress for a batch it did
+# not plan itself, i.e. the in-flight batch a restarted query redoes from offsets/N after a crash. That
+# NPE kills every restart after a crash mid-batch. The V1 Kafka source (same options, same checkpoint
+# layout and offsets) has no such code path; 4.1.3 and 4.2.0 fix the V2 one.
+KAFKA_V1_CONF = ("spark.sql.streaming.disabledV2MicroBatchReaders", "org.apache.spark.sql.kafka010.KafkaSourceProvider")
+KAFKA_V2_METRICS_NPE = ((4, 1, 0), (4, 1, 3))  # affected Spark versions: [first, fixed)
+
+
+# Spark's own Prometheus endpoints on the driver's UI port (spark.ui.port, default 4040): /metrics/prometheus
+# (driver metrics, with the streaming query's gauges from spark.sql.streaming.metricsEnabled) and
+# /metrics/executors/prometheus. Defaults only: a --conf of spark-submit wins.
+PROMETHEUS_CONF = {
+    "spark.ui.prometheus.enabled": "true",
+    "spark.metrics.conf.*.sink.prometheusServlet.class": "org.apache.spark.metrics.sink.PrometheusServlet",
+    "spark.metrics.conf.*.sink.prometheusServlet.path": "/metrics/prometheus",
+    "spark.metrics.appStatusSource.enabled": "true",
+    "spark.sql.streaming.metricsEnabled": "true",
+}
+
+
+def needs_kafka_v1_source(spark_version: str) -> bool:
+    """Whether this Spark's Kafka V2 source fails restarts after a crash mid-batch (SPARK-55271)."""
+    parts = re.match(r"(\d+)\.(\d+)\.(\d+)", spark_version)
+    if parts is None:
+        return False
+    first, fixed = KAFKA_V2_METRICS_NPE
+    return first <= tuple(int(n) for n in parts.groups()) < fixed
+
+
+def use_restartable_kafka_source(spark: Any) -> str:
+    """Select the V1 Kafka source on Spark versions whose V2 one cannot restart (unless set by the user).
+
+    Returns which source the job reads with, for the start log line.
+    """
+    key, value = KAFKA_V1_CONF
+    chosen = spark.conf.get(key, "")
+    if not chosen and needs_kafka_v1_source(spark.version):
+        spark.conf.set(key, value)
+        chosen = value
+    return "v1" if "KafkaSourceProvider" in chosen else "v2"
+
+
 def checkpoint_dir(settings: config.Settings) -> str:
     """SPARK_CHECKPOINT_DIR, or .stack/spark-checkpoints/<IOT_APP_ID> under the working directory.
 
@@ -85,7 +131,69 @@ def ensure_template(settings: config.Settings) -> None:
     asyncio.run(run())
 
 
-def batch_writer(settings: config.Settings):  # -> Callable[[DataFrame, int], None]
+class BatchCounts:
+    """The foreachBatch counts of the last few batches, until their progress line takes them (bounded)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self.counts: dict[int, dict[str, Any]] = {}
+
+    def record(self, batch_id: int, counts: dict[str, Any]) -> None:
+        self.counts[batch_id] = counts
+        while len(self.counts) > self.keep:
+            del self.counts[min(self.counts)]
+
+    def take(self, batch_id: int) -> dict[str, Any]:
+        return self.counts.pop(batch_id, {})
+
+
+def progress_fields(progress: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """The fields of the per-batch progress line, from Spark's ``StreamingQueryProgress`` and our counts.
+
+    Rows in, state rows and durations are Spark's own figures; indexed, dead letters (and any other count
+    the batch function recorded, e.g. alerts) are the job's.
+    """
+    state = progress.stateOperators or []
+    return {"batch": progress.batchId, "rows_in": progress.numInputRows,
+            **{k: v for k, v in counts.items() if k != "messages"},
+            "state_rows": sum(op.numRowsTotal for op in state),
+            "state_bytes": sum(op.memoryUsedBytes for op in state),
+            "duration_ms": (progress.durationMs or {}).get("triggerExecution"),
+            "durations_ms": dict(progress.durationMs or {}),
+            "rows_per_s": round(progress.processedRowsPerSecond or 0.0, 1),
+            "end_offsets": {s.description: parsed(s.endOffset) for s in progress.sources}}
+
+
+def parsed(offset: Any) -> Any:
+    """A source's offset as the JSON it is (Kafka: {topic: {partition: offset}}), else as given."""
+    try:
+        return json.loads(offset) if isinstance(offset, str) else offset
+    except ValueError:
+        return offset
+
+
+def progress_logger(counts: BatchCounts) -> Any:  # -> pyspark StreamingQueryListener
+    """A listener that emits one ``progress`` line per micro-batch (Spark calls it on the driver)."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class ProgressLogger(StreamingQueryListener):
+        def onQueryStarted(self, event: Any) -> None:
+            pass
+
+        def onQueryProgress(self, event: Any) -> None:
+            progress = event.progress
+            emit("progress", **progress_fields(progress, counts.take(progress.batchId)))
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            pass
+
+    return ProgressLogger()
+
+
+def batch_writer(settings: config.Settings, counts: BatchCounts | None = None):  # -> Callable[[DataFrame, int], None]
     """The ``foreachBatch`` function: annotate + index on executors, dead letters to Kafka, one log line."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -110,12 +218,16 @@ def batch_writer(settings: config.Settings):  # -> Callable[[DataFrame, int], No
         finally:
             out.unpersist()
         emit("batch", batch=batch_id, seconds=round(time.perf_counter() - started, 3), **stats)
+        if counts is not None:
+            counts.record(batch_id, stats)
 
     return write
 
 
 def start(spark: Any, settings: config.Settings, args: argparse.Namespace) -> Any:
-    """Start the streaming query (Kafka source -> foreachBatch)."""
+    """Start the streaming query (Kafka source -> foreachBatch), with its per-batch progress line."""
+    counts = BatchCounts()
+    spark.streams.addListener(progress_logger(counts))
     reader = (spark.readStream.format("kafka")
               .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
               .option("subscribe", settings.iot_topic)
@@ -126,7 +238,7 @@ def start(spark: Any, settings: config.Settings, args: argparse.Namespace) -> An
     writer = (reader.load().writeStream
               .queryName(f"{settings.iot_app_id}-spark")
               .option("checkpointLocation", checkpoint_dir(settings))
-              .foreachBatch(batch_writer(settings)))
+              .foreachBatch(batch_writer(settings, counts)))
     writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=args.trigger_interval)
     return writer.start()
 
@@ -141,14 +253,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"spark_job: {exc}", file=sys.stderr)
         return 2
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     ensure_template(settings)
     level = os.environ.get("SPARK_LOG_LEVEL", "WARN")
-    spark = SparkSession.builder.appName(f"{settings.iot_app_id}-spark").config("spark.log.level", level).getOrCreate()
+    conf = SparkConf()
+    for key, value in PROMETHEUS_CONF.items():
+        conf.setIfMissing(key, value)
+    spark = (SparkSession.builder.appName(f"{settings.iot_app_id}-spark").config(conf=conf)
+             .config("spark.log.level", level).getOrCreate())
     spark.sparkContext.setLogLevel(level)
+    kafka_source = use_restartable_kafka_source(spark)
     emit("start", topic=settings.iot_topic, index=settings.iot_index, dlq=settings.iot_dlq_topic,
-         checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master)
+         checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
+         spark=spark.version, kafka_source=kafka_source, ui=spark.sparkContext.uiWebUrl)
     query = start(spark, settings, args)
     try:
         query.awaitTermination()

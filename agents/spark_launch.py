@@ -33,7 +33,10 @@ def connector_jars() -> str:
         jars = sorted(str(p) for p in cached.glob("*.jar"))
         if jars:
             return ",".join(jars)
-    result = subprocess.run([str(STACK), "spark-jars"], capture_output=True, text=True, timeout=900)
+    # The connector must be this pyspark's version (its bugs and fixes are per release, see
+    # spark_job.KAFKA_V2_METRICS_NPE); the script alone would guess from <checkout>/.venv or a default.
+    env = dict(os.environ, SPARK_VERSION=os.environ.get("SPARK_VERSION") or pyspark.__version__)
+    result = subprocess.run([str(STACK), "spark-jars"], capture_output=True, text=True, timeout=900, env=env)
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(f"infra/local/stack spark-jars failed:\n{result.stderr}")
     return result.stdout.strip().splitlines()[-1]

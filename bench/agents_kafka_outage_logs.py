@@ -5,7 +5,7 @@ It stops and restarts Kafka, so it needs a stack of its own, never the shared on
     cp -a .stack/m2 .stack/kafka-* .stack/es-dist /tmp/own-stack/
     STACK_DIR=/tmp/own-stack KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 ES_PORT=19200 \\
         ES_TRANSPORT_PORT=19300 infra/local/stack up
-    python bench/agents_kafka_outage_logs.py --stack-dir /tmp/own-stack --baseline /path/to/main/checkout
+    python -m bench.agents_kafka_outage_logs --stack-dir /tmp/own-stack --baseline /path/to/main/checkout
 
 For each checkout: create the topics, start ``faust -A agents.app worker``, wait for /healthz, stop
 Kafka for ``--outage`` seconds, start it again, wait ``--settle`` seconds, stop the worker; report the

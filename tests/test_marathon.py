@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import re
 import runpy
 import shlex
@@ -113,7 +114,7 @@ def test_elasticsearch_app_matches_the_client_major_version() -> None:
     es = load(MARATHON / "elasticsearch.json")
     version = es["container"]["docker"]["image"].rsplit(":", 1)[1]
     assert version.split(".")[0] == elasticsearch.__versionstr__.split(".")[0], "server and client majors must match"
-    vip = es["container"]["portMappings"][0]["labels"]["VIP_0"]
+    vip = es["portDefinitions"][0]["labels"]["VIP_0"]
     name, port = vip.strip("/").split(":")
     assert DCOS_ES == f"http://{name}.marathon.l4lb.thisdcos.directory:{port}"
 
@@ -541,3 +542,48 @@ def test_replication_matches_what_the_failover_tests_prove() -> None:
         assert replication == settings["default_replication_factor"] == 3 <= brokers
         assert settings["min_insync_replicas"] == replication - 1, "one broker may be lost without refusing writes"
     assert int(load(MARATHON / "agents.json")["env"]["IOT_INDEX_REPLICAS"]) == 1
+
+
+def es_settings(app: dict[str, Any]) -> dict[str, str]:
+    """The ``-Esetting=value`` arguments of the Elasticsearch app (its image's ``eswrapper`` takes them)."""
+    assert app["args"][0] == "eswrapper"
+    pairs = [arg.removeprefix("-E").split("=", 1) for arg in app["args"][1:]]
+    assert all(arg.startswith("-E") for arg in app["args"][1:]) and all(len(p) == 2 for p in pairs)
+    return dict(pairs)
+
+
+def test_elasticsearch_has_more_nodes_than_any_app_asks_replicas() -> None:
+    """A replica is never placed on its primary's node: with IOT_INDEX_REPLICAS=r the index is green (and
+    survives losing r nodes, tests/test_failover.py) only on at least r + 1 data nodes of one cluster."""
+    es = load(MARATHON / "elasticsearch.json")
+    settings = es_settings(es)
+    replicas = max(int(a.get("env", {}).get("IOT_INDEX_REPLICAS", config.load({}).iot_index_replicas)) for a in all_apps())
+    if replicas >= 1:
+        assert es["instances"] > replicas, f"{es['instances']} Elasticsearch node(s) cannot hold {replicas} replica(s)"
+        assert settings.get("discovery.type") != "single-node", "a single-node cluster never places a replica"
+        # One node per agent, or two copies of a shard could share a host (and the fixed ports would clash).
+        assert ["hostname", "UNIQUE"] in es["constraints"]
+
+
+def test_elasticsearch_nodes_find_each_other_and_bootstrap_one_cluster() -> None:
+    es = load(MARATHON / "elasticsearch.json")
+    settings = es_settings(es)
+    if es["instances"] == 1:
+        return
+    # Host networking: each node publishes its agent's address, and 9300 is the same port on every agent.
+    assert es["networks"] == [{"mode": "host"}] and es["requirePorts"] is True
+    ports = {p["name"]: p["port"] for p in es["portDefinitions"]}
+    assert ports == {"http": int(settings["http.port"]), "transport": int(settings["transport.port"])}
+    assert es["healthChecks"][0]["portIndex"] == 0  # http
+    # Mesos-DNS answers <task>-<group>.marathon.mesos with the address of every task of the app.
+    *group, name = es["id"].strip("/").split("/")
+    assert settings["discovery.seed_hosts"] == f"{name}-{'-'.join(reversed(group))}.marathon.mesos:{ports['transport']}"
+    # The first election counts exactly the agents the tasks are pinned to: a majority of them must meet.
+    masters = settings["cluster.initial_master_nodes"].split(",")
+    assert len(set(masters)) == len(masters) == es["instances"]
+    likes = [c[2] for c in es["constraints"] if c[:2] == ["hostname", "LIKE"]]
+    assert len(likes) == 1 and sorted(h for h in masters if re.fullmatch(likes[0], h)) == sorted(masters)
+    assert not any(re.fullmatch(likes[0], h) for h in ("agent-4.example.internal", masters[0] + "x"))
+    # A rolling update keeps a majority of the master-eligible nodes (and a copy of every shard) up.
+    keep = math.ceil(es["upgradeStrategy"]["minimumHealthCapacity"] * es["instances"])  # Marathon rounds up
+    assert keep > es["instances"] / 2 and es["upgradeStrategy"]["maximumOverCapacity"] == 0

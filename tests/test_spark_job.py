@@ -3,8 +3,9 @@ and a job killed mid-stream and restarted ends with exactly the expected documen
 
 One generated input (``python -m replay generate``, produced with ``python -m replay constant --max-rate``,
 plus a few invalid raw messages) goes through the Faust worker into one index and through the Spark
-job into another. The Spark job is capped at a few records per micro-batch, SIGKILLed once its first
-batch is committed, and restarted from its checkpoint.
+job into another. The Spark job is capped at a few records per micro-batch, SIGKILLed while a batch is
+in flight (planned in ``offsets/N``, not yet in ``commits/N``: the crash window Spark's write-ahead log is
+for), and restarted from its checkpoint, which must redo exactly that batch.
 """
 
 from __future__ import annotations
@@ -119,9 +120,52 @@ def spark_env(python_env: dict[str, str], settings: Any, topic: str, index: str,
     return env
 
 
-def batches(log: Path) -> list[dict[str, Any]]:
+def batch_ids(folder: Path) -> list[int]:
+    """The batch ids of one checkpoint log folder (offsets/ or commits/); temp files are not batches."""
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def in_flight(ck: Path) -> int | None:
+    """The batch planned but not committed, once at least one batch is committed (else None)."""
+    planned, committed = batch_ids(ck / "offsets"), batch_ids(ck / "commits")
+    if committed and planned and planned[-1] > committed[-1]:
+        return planned[-1]
+    return None
+
+
+def dump_checkpoint(ck: Path) -> str:
+    """Every file of a checkpoint with its size and text, for the person reading a failure."""
+    out = []
+    for path in sorted(p for p in ck.rglob("*") if p.is_file()):
+        text = path.read_bytes()[:2000].decode("utf-8", "replace")
+        out.append(f"== {path.relative_to(ck)} ({path.stat().st_size} bytes)\n{text}")
+    return "\n".join(out)
+
+
+async def kill_in_flight(spark: subprocess.Popen[bytes], ck: Path, log: Path, timeout: float = 180) -> int:
+    """SIGKILL the job's process group while a batch is in flight; returns that batch's id.
+
+    The group is frozen (SIGSTOP) first and the checkpoint read again, so the kill lands in the
+    window for certain: if the commit won the race, the job is resumed and the next batch waited for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        assert spark.poll() is None, f"the Spark job exited before a batch was in flight:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"no batch in flight after {timeout}s:\n{log.read_text()[-4000:]}"
+        if in_flight(ck) is not None:
+            os.killpg(spark.pid, signal.SIGSTOP)
+            batch = in_flight(ck)
+            if batch is not None:
+                os.killpg(spark.pid, signal.SIGKILL)
+                spark.wait(30)
+                return batch
+            os.killpg(spark.pid, signal.SIGCONT)
+        await asyncio.sleep(0.05)
+
+
+def batches(log: Path, event: str = "batch") -> list[dict[str, Any]]:
     lines = [line for line in log.read_text().splitlines() if line.startswith("{") and '"spark_job"' in line]
-    return [e for e in map(json.loads, lines) if e["event"] == "batch"]
+    return [e for e in map(json.loads, lines) if e["event"] == event]
 
 
 async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
@@ -149,32 +193,33 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
         job = ["--once", "--max-offsets-per-trigger", str(BATCH_CAP)]
         first_log, second_log = output_dir / "spark-test-run1.log", output_dir / "spark-test-run2.log"
 
-        # Run 1: killed (SIGKILL, no clean shutdown) right after its first batch is committed.
+        # Run 1: killed (SIGKILL, no clean shutdown) while a batch after the first is in flight.
         with open(first_log, "wb") as out:
             spark = subprocess.Popen(spark_launch.command(job, jars), cwd=ROOT, env=env, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + 180
-            while not (ck / "commits" / "0").exists():
-                assert spark.poll() is None, f"the Spark job exited early:\n{first_log.read_text()[-4000:]}"
-                assert time.monotonic() < deadline, f"no committed batch:\n{first_log.read_text()[-4000:]}"
-                await asyncio.sleep(0.1)
-            assert spark.poll() is None, "the job finished before it could be killed; lower BATCH_CAP"
+            killed_in = await kill_in_flight(spark, ck, first_log)
         finally:
-            os.killpg(spark.pid, signal.SIGKILL)
-            spark.wait(30)
+            if spark.poll() is None:
+                os.killpg(spark.pid, signal.SIGKILL)
+                spark.wait(30)
+        (output_dir / "spark-test-checkpoint-at-kill.txt").write_text(dump_checkpoint(ck))
         done = batches(first_log)
         assert done and done[0]["batch"] == 0
         indexed_before = (await es.count(index=index_spark))["count"]
         assert 0 < indexed_before < valid
 
-        # Run 2: resumes from the checkpoint (no batch 0 again) and finishes.
+        # Run 2: resumes from the checkpoint: redoes the batch in flight (no earlier one) and finishes.
         with open(second_log, "wb") as out:
             result = subprocess.run(spark_launch.command(job, jars), cwd=ROOT, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, timeout=300)
         assert result.returncode == 0, second_log.read_text()[-4000:]
         resumed = batches(second_log)
-        assert resumed and resumed[0]["batch"] >= 1, "the restarted job did not resume from its checkpoint"
+        assert resumed and resumed[0]["batch"] == killed_in, "the restarted job did not redo the batch in flight"
+        # One progress line (Spark's StreamingQueryProgress) per micro-batch, with the batch's own counts.
+        progress = {p["batch"]: p for p in batches(second_log, "progress")}
+        assert {b["batch"]: (b["messages"], b["indexed"]) for b in resumed} == \
+               {n: (p["rows_in"], p["indexed"]) for n, p in progress.items()}
         assert sum(b["messages"] for b in done + resumed) >= valid + len(INVALID)
 
         await es.indices.refresh(index=index_spark)

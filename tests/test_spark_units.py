@@ -17,7 +17,8 @@ pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
 
 from agents.pipeline import Incoming  # noqa: E402
 from agents.sink import StdoutSink  # noqa: E402
-from agents.spark_job import build_parser, checkpoint_dir  # noqa: E402
+from agents.spark_job import (BatchCounts, build_parser, checkpoint_dir, needs_kafka_v1_source,  # noqa: E402
+                              progress_fields)
 from agents.spark_worker import (OUTPUT_COLUMNS, JobContext, Worker, annotate, dead_letters,  # noqa: E402
                                  incoming)
 from agents.validate import dead_letter  # noqa: E402
@@ -135,3 +136,47 @@ def test_flags_mirror_settings_and_trigger_modes() -> None:
     assert args.once and args.max_offsets_per_trigger == 50
     default = build_parser().parse_args([])
     assert not default.once and default.trigger_interval == "1 second" and default.starting_offsets == "earliest"
+
+
+@pytest.mark.parametrize(("version", "v1"), [
+    ("3.5.7", False), ("4.0.1", False), ("4.1.0", True), ("4.1.1", True), ("4.1.2", True), ("4.1.3", False),
+    ("4.2.0", False), ("4.1.1.dev0", True), ("unknown", False)])
+def test_v1_kafka_source_only_where_the_v2_one_cannot_restart(version: str, v1: bool) -> None:
+    # SPARK-55271: the V2 source of 4.1.0-4.1.2 throws on the batch a restarted query redoes.
+    assert needs_kafka_v1_source(version) is v1
+
+
+def progress_json(batch: int, rows: int, state_rows: tuple[int, ...]) -> dict[str, object]:
+    """A StreamingQueryProgress as Spark 4.1 serialises it (only the fields the log line reads vary)."""
+    state = [{"operatorName": "transformWithStateInPandasExec", "numRowsTotal": n, "numRowsUpdated": n,
+              "allUpdatesTimeMs": 1, "numRowsRemoved": 0, "allRemovalsTimeMs": 0, "commitTimeMs": 2,
+              "memoryUsedBytes": 100 * n, "numRowsDroppedByWatermark": 0, "numShufflePartitions": 2,
+              "numStateStoreInstances": 2, "customMetrics": {}} for n in state_rows]
+    source = {"description": "KafkaV2[Subscribe[t]]", "startOffset": '{"t":{"0":0}}',
+              "endOffset": '{"t":{"0":%d}}' % rows, "latestOffset": '{"t":{"0":500}}', "numInputRows": rows,
+              "inputRowsPerSecond": 10.0, "processedRowsPerSecond": 20.04, "metrics": {}}
+    return {"id": "6b1c7d25-1c4f-4a47-8a2b-2f1d0f3f5e11", "runId": "0f6f6f84-7c3e-4d8e-9a7c-54a3b8d2a9e0",
+            "name": "q", "timestamp": "2026-12-02T01:00:00.000Z", "batchId": batch, "batchDuration": 1500,
+            "durationMs": {"addBatch": 1200, "triggerExecution": 1500}, "stateOperators": state,
+            "sources": [source], "sink": {"description": "ForeachBatchSink", "numOutputRows": -1, "metrics": {}},
+            "numInputRows": rows, "inputRowsPerSecond": 10.0, "processedRowsPerSecond": 20.04}
+
+
+def test_progress_line_joins_spark_progress_and_the_batch_counts() -> None:
+    listener = pytest.importorskip("pyspark.sql.streaming.listener")
+    progress = listener.StreamingQueryProgress.fromJson(progress_json(7, 30, (4, 5)))
+    counts = BatchCounts()
+    counts.record(7, {"messages": 30, "indexed": 28, "dead": 2, "alerts": 3})
+    fields = progress_fields(progress, counts.take(7))
+    assert fields["batch"] == 7 and fields["rows_in"] == 30
+    assert (fields["indexed"], fields["dead"], fields["alerts"]) == (28, 2, 3)
+    assert (fields["state_rows"], fields["state_bytes"], fields["duration_ms"]) == (9, 900, 1500)
+    assert fields["end_offsets"] == {"KafkaV2[Subscribe[t]]": {"t": {"0": 30}}}
+    assert counts.take(7) == {}, "a batch's counts are logged once"
+
+
+def test_batch_counts_stay_bounded_when_progress_never_comes() -> None:
+    counts = BatchCounts(keep=3)
+    for batch in range(10):
+        counts.record(batch, {"indexed": batch})
+    assert sorted(counts.counts) == [7, 8, 9]
