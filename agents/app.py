@@ -208,6 +208,7 @@ def make_sinks(ctx: WorkerContext) -> list[Sink]:
                 es_client(ctx.settings.es_hosts),
                 on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
+                on_conflict=m.LATEST_STALE.inc,
                 setup=lambda client: ensure_index(client, ctx.settings, ctx.preset),
                 max_new_indices=ctx.settings.iot_max_new_indices))
         else:

@@ -20,6 +20,9 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   offset (crash between the two): the re-delivered events are then "not newer" than the recovered
   state, produce no second alert (it was delivered before the state was written) and get the same
   motion fields from the state's short history (:mod:`agents.tracks`).
+* Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes in
+  the same request; a stale one (409) is counted by the sink, one refused otherwise is counted and
+  logged but not dead-lettered (the observation of the same event is stored or dead-lettered itself).
 * Pipelining: while a batch is being stored the next one is fetched, processed against the states of
   the batches still in flight, and its writes start; at most ``FLUSHES_IN_FLIGHT`` batches are in
   flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
@@ -254,7 +257,8 @@ class SourceStream:
         t_write = time.perf_counter()
         outcomes = await asyncio.gather(self._send_all(self.topics.dlq, dead),
                                         self._send_all(self.topics.alerts, alerts),
-                                        *(sink.write(result.actions) for sink in self.sinks))
+                                        *(sink.write(result.actions + result.latest if sink.keeps_latest
+                                                     else result.actions) for sink in self.sinks))
         for a in result.alerts:
             m.ALERTS.labels(a["event"]).inc()
             if self.webhook is not None:
@@ -262,9 +266,15 @@ class SourceStream:
         rejected_total = 0
         late: list[tuple[bytes | None, bytes]] = []
         for sink, rejected in zip(self.sinks, outcomes[2:]):
-            m.INDEXED.labels(sink.name).inc(len(result.actions) - len(rejected))
-            rejected_total += len(rejected)
-            for action, reason in rejected:
+            observations = [(a, r) for a, r in rejected if (a["_index"], a["_id"]) in result.sources]
+            if len(observations) < len(rejected):  # the event's fate is its observation's: no dead letter
+                m.LATEST_REFUSED.inc(len(rejected) - len(observations))
+                log.warning("%s refused %d latest-position write(s), e.g. %s", sink.name,
+                            len(rejected) - len(observations),
+                            next(r for a, r in rejected if (a["_index"], a["_id"]) not in result.sources))
+            m.INDEXED.labels(sink.name).inc(len(result.actions) - len(observations))
+            rejected_total += len(observations)
+            for action, reason in observations:
                 msg = result.sources[(action["_index"], action["_id"])]
                 late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
                                                   msg.partition, msg.offset, msg.key)))

@@ -3,6 +3,10 @@
 Documents go to the daily index of their event time (:mod:`geoiot.documents`), so the same event
 always lands in the same index under the same ``_id``; the template gives every such index the alias
 ``<IOT_INDEX>``, which is what readers (web, tests) query.
+
+The latest-position index ``<IOT_INDEX>-latest`` (one document per track, :mod:`geoiot.documents`) gets
+its own template with the same mapping and no alias: the daily pattern ``<IOT_INDEX>-*`` matches its
+name too, so its template has a higher priority (Elasticsearch applies only the highest-priority match).
 """
 
 from __future__ import annotations
@@ -12,25 +16,44 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch, BadRequestError
 
 from geoiot.config import Settings
-from geoiot.documents import index_pattern, mapping_for
+from geoiot.documents import index_pattern, latest_index, mapping_for
 from geoiot.schema import Preset
+
+
+DAILY_PRIORITY = 200
+LATEST_PRIORITY = DAILY_PRIORITY + 1  # above the daily template, whose pattern matches the latest index's name
 
 
 def template_body(settings: Settings, preset: Preset, index: str | None = None) -> dict[str, Any]:
     base = index or settings.iot_index
     return {
         "index_patterns": [index_pattern(base)],
-        "priority": 200,
+        "priority": DAILY_PRIORITY,
         "template": {
-            "settings": {
-                "number_of_shards": settings.iot_index_shards,
-                "number_of_replicas": settings.iot_index_replicas,
-                "refresh_interval": settings.iot_index_refresh,
-            },
+            "settings": _index_settings(settings),
             "mappings": mapping_for(preset),
             "aliases": {base: {}},
         },
         "_meta": {"managed_by": "geoiot", "schema": preset.name},
+    }
+
+
+def latest_template_body(settings: Settings, preset: Preset, index: str | None = None) -> dict[str, Any]:
+    """The latest index's template: the observation mapping, no alias (``<base>`` must not count it twice)."""
+    base = index or settings.iot_index
+    return {
+        "index_patterns": [latest_index(base)],
+        "priority": LATEST_PRIORITY,
+        "template": {"settings": _index_settings(settings), "mappings": mapping_for(preset)},
+        "_meta": {"managed_by": "geoiot", "schema": preset.name},
+    }
+
+
+def _index_settings(settings: Settings) -> dict[str, Any]:
+    return {
+        "number_of_shards": settings.iot_index_shards,
+        "number_of_replicas": settings.iot_index_replicas,
+        "refresh_interval": settings.iot_index_refresh,
     }
 
 
@@ -39,17 +62,21 @@ class IndexSetupError(RuntimeError):
 
 
 async def ensure_index(es: AsyncElasticsearch, settings: Settings, preset: Preset, index: str | None = None) -> None:
-    """Create or update the template (idempotent); existing daily indices keep their mapping."""
+    """Create or update both templates and create the latest index (idempotent); existing indices keep
+    their mapping."""
     base = index or settings.iot_index
-    body = template_body(settings, preset, base)
-    try:
-        await es.indices.put_index_template(name=base, **body)
-    except BadRequestError as exc:  # not worth retrying: the request itself is refused
-        reason = _reason(exc)
-        hint = ("; choose an IOT_INDEX whose pattern no other template matches, or delete the other template"
-                if "overlapping" in reason or "matching patterns" in reason else "")
-        raise IndexSetupError(f"Elasticsearch refused the index template {base!r} (IOT_INDEX={settings.iot_index}, "
-                              f"pattern {index_pattern(base)}): {reason}{hint}") from None
+    for name, pattern, body in ((base, index_pattern(base), template_body(settings, preset, base)),
+                                (latest_index(base), latest_index(base), latest_template_body(settings, preset, base))):
+        try:
+            await es.indices.put_index_template(name=name, **body)
+        except BadRequestError as exc:  # not worth retrying: the request itself is refused
+            reason = _reason(exc)
+            hint = ("; choose an IOT_INDEX whose pattern no other template matches, or delete the other template"
+                    if "overlapping" in reason or "matching patterns" in reason else "")
+            raise IndexSetupError(f"Elasticsearch refused the index template {name!r} (IOT_INDEX={settings.iot_index}, "
+                                  f"pattern {pattern}): {reason}{hint}") from None
+    # Created here, not by the sink's first bulk request: it must never count against IOT_MAX_NEW_INDICES.
+    await es.options(ignore_status=400).indices.create(index=latest_index(base))
 
 
 def _reason(exc: BadRequestError) -> str:

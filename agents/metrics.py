@@ -12,6 +12,10 @@ NULLED = Counter("geoiot_agent_nulled_attributes_total", "Attributes stored as n
 FILTERED = Counter("geoiot_agent_filtered_total", "Valid events dropped by the geofence filter")
 ALERTS = Counter("geoiot_agent_alerts_total", "Geofence alerts emitted", ["event"])
 WEBHOOK = Counter("geoiot_agent_webhook_total", "Webhook deliveries by outcome", ["outcome"])
+LATEST_STALE = Counter("geoiot_agent_latest_stale_total",
+                       "Latest-position writes Elasticsearch refused as not newer (version conflict)")
+LATEST_REFUSED = Counter("geoiot_agent_latest_refused_total",
+                         "Latest-position writes a sink refused for good (the observation's own outcome stands)")
 SINK_RETRIES = Counter("geoiot_agent_sink_retries_total", "Sink attempts that failed and were retried", ["sink"])
 BULK_SECONDS = Histogram("geoiot_agent_bulk_duration_seconds", "Duration of one sink write", ["sink"],
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

@@ -6,6 +6,12 @@ event-time bounds, would get an ``_id`` Elasticsearch refuses, or makes the anno
 a dead letter with its reason; the rest of the batch goes on. Geofences are computed for the whole
 batch at once; track state is advanced in arrival order, which per track is offset order because
 messages are keyed by track id.
+
+Each batch also gives at most one latest-position write per track (:func:`geoiot.documents.latest_action`):
+the newest indexed observation of that track in the batch (on equal event times the later message,
+whose document is the one the observation index keeps). In geofence filter mode it is the newest
+observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
+last position inside one (its time says how old it is; the exit alert says it left).
 """
 
 from __future__ import annotations
@@ -49,6 +55,18 @@ class BatchResult:
     filtered: int = 0  # valid but outside every fence in filter mode
     nulled: int = 0  # attributes stored as null because they could not be coerced
     sources: dict[tuple[str, str], Incoming] = field(default_factory=dict)  # (_index, _id) -> message
+    latest: list[dict[str, Any]] = field(default_factory=list)  # one latest-position action per track
+    newest: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # track -> (time_ms, document)
+
+
+def keep_newest(newest: dict[str, tuple[int, dict[str, Any]]], track: str, time_ms: int,
+                doc: dict[str, Any]) -> None:
+    """Keep ``doc`` as the track's newest unless an older report: on a tie the later one wins, as in the index."""
+    if not documents.keeps_latest(time_ms):
+        return
+    seen = newest.get(track)
+    if seen is None or time_ms >= seen[0]:
+        newest[track] = (time_ms, doc)
 
 
 @dataclass
@@ -89,12 +107,14 @@ class Pipeline:
         except Exception as exc:
             log.warning("batch annotation failed (%s: %s); redoing it event by event", type(exc).__name__, exc)
             self._annotate_one_by_one(valid, get_state, now, out)
+        out.latest = [documents.latest_action(self.index, track, time_ms, doc)
+                      for track, (time_ms, doc) in out.newest.items()]
         return out
 
     def _annotate_one_by_one(self, valid: list[tuple[Incoming, Observation]],
                              get_state: Callable[[str], State | None], now: int, out: BatchResult) -> None:
         """The batch computation failed: redo it event by event so only the failing events become dead letters."""
-        out.actions, out.alerts, out.states, out.sources, out.filtered = [], [], {}, {}, 0
+        out.actions, out.alerts, out.states, out.sources, out.filtered, out.newest = [], [], {}, {}, 0, {}
 
         def state_of(track: str) -> State | None:
             newer = out.states.get(track)
@@ -113,6 +133,8 @@ class Pipeline:
             out.states.update(one.states)
             out.sources.update(one.sources)
             out.filtered += one.filtered
+            for track, (time_ms, doc) in one.newest.items():
+                keep_newest(out.newest, track, time_ms, doc)
 
     def _annotate(self, valid: list[tuple[Incoming, Observation]], get_state: Callable[[str], State | None],
                   now: int, out: BatchResult) -> None:
@@ -125,6 +147,7 @@ class Pipeline:
         changes = motion.transitions
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         actions, alerts, sources, filtered = [], [], {}, 0
+        newest: dict[str, tuple[int, dict[str, Any]]] = {}
         for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
             change = changes.get(i)
             if change is not None:
@@ -136,6 +159,7 @@ class Pipeline:
             action = documents.action(self.index, obs.track, obs.time_ms, doc)
             actions.append(action)
             sources[(action["_index"], action["_id"])] = msg
+            keep_newest(newest, obs.track, obs.time_ms, doc)
         # Only a complete computation is kept, so a failure above leaves ``out`` as it was.
         for track, (i, state) in motion.states.items():
             out.states[track] = (valid[i][0].partition, state)
@@ -143,3 +167,5 @@ class Pipeline:
         out.alerts += alerts
         out.sources.update(sources)
         out.filtered += filtered
+        for track, (time_ms, doc) in newest.items():
+            keep_newest(out.newest, track, time_ms, doc)

@@ -7,6 +7,10 @@ topic; a request refused as a whole is split until the refused document is alone
 (429, 5xx) and connection errors are retried with capped exponential back-off for as long as it
 takes, so an Elasticsearch outage only grows the consumer lag: the agent acks the batch's offsets
 only after ``write`` returned.
+
+Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) travel in the
+same bulk request. Their version conflict (409) only means Elasticsearch holds a report as new or newer:
+it is counted (``on_conflict``), neither retried nor returned as refused.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ Rejected = list[tuple[dict[str, Any], str]]  # (action, reason)
 
 class Sink(Protocol):
     name: str
+    keeps_latest: bool  # whether the latest-position actions are written to it too
 
     async def start(self) -> None: ...
 
@@ -46,11 +51,19 @@ class Sink(Protocol):
 def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
     """The helper's ``expand_action_callback``: both bulk lines as orjson bytes, which the client sends as is.
 
-    Our actions carry only ``_op_type``, ``_index``, ``_id`` and ``_source``. The helpers' default ``expand_action``
-    copies each one and probes it for twenty metadata keys: 13 % of a worker's CPU (py-spy, 1 worker draining).
+    Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
+    ``version`` and ``version_type``. The helpers' default ``expand_action`` copies each one and probes it for
+    twenty metadata keys: 13 % of a worker's CPU (py-spy, 1 worker draining).
     """
-    header = {action.get("_op_type", "index"): {"_index": action["_index"], "_id": action["_id"]}}
-    return orjson.dumps(header), orjson.dumps(action["_source"])
+    meta = {"_index": action["_index"], "_id": action["_id"]}
+    if "version_type" in action:
+        meta["version"], meta["version_type"] = action["version"], action["version_type"]
+    return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
+
+
+def is_stale(action: dict[str, Any], status: Any) -> bool:
+    """A versioned write refused because the stored document is as new or newer: nothing to retry or report."""
+    return status == 409 and "version_type" in action
 
 
 def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
@@ -61,10 +74,12 @@ def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsear
 
 class ElasticsearchSink:
     name = "elasticsearch"
+    keeps_latest = True
 
     def __init__(self, client: AsyncElasticsearch, *, initial_backoff: float = 0.2, max_backoff: float = 10.0,
                  on_retry: Callable[[str], None] | None = None,
                  on_bulk: Callable[[float, int], None] | None = None,
+                 on_conflict: Callable[[int], None] | None = None,
                  setup: Callable[[AsyncElasticsearch], Any] | None = None,
                  max_new_indices: int = 10) -> None:
         self.client = client
@@ -74,6 +89,7 @@ class ElasticsearchSink:
         self.max_backoff = max_backoff
         self.on_retry = on_retry or (lambda reason: None)
         self.on_bulk = on_bulk or (lambda seconds, n: None)
+        self.on_conflict = on_conflict or (lambda n: None)
         self._setup = setup
         self.healthy_since: float | None = None
         self.failing_since: float | None = None
@@ -155,6 +171,7 @@ class ElasticsearchSink:
             started = time.perf_counter()
             by_key = {(a["_index"], a["_id"]): a for a in pending}
             retry: list[dict[str, Any]] = []
+            stale = 0
             try:
                 async for ok, item in async_streaming_bulk(
                         self.client, pending, chunk_size=max(1, len(pending)), max_retries=3,
@@ -169,6 +186,8 @@ class ElasticsearchSink:
                         continue
                     if info.get("status") in RETRY_STATUS:
                         retry.append(action)
+                    elif is_stale(action, info.get("status")):
+                        stale += 1
                     else:
                         rejected.append((action, f"elasticsearch refused the document: {_error_text(info)}"))
             except (TransportError, ApiError) as exc:
@@ -185,6 +204,8 @@ class ElasticsearchSink:
                 await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
                 continue
             self.on_bulk(time.perf_counter() - started, len(pending))
+            if stale:
+                self.on_conflict(stale)
             if retry:
                 attempt += 1
                 self._failing(f"{len(retry)} document(s) rejected with a retryable status", attempt)
@@ -206,6 +227,7 @@ class StdoutSink:
     """One JSON line per document on stdout (the original task's console output)."""
 
     name = "stdout"
+    keeps_latest = False  # the console shows the observations; a latest position is one of them
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout.buffer

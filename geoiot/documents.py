@@ -7,6 +7,11 @@ documents built by it, so a change to the document shape shows everywhere at onc
 ``_id`` is ``"<track>:<time_ms>"`` and the index is the daily index of the event time (UTC), so a
 redelivered event overwrites its own document instead of adding one: at-least-once delivery plus
 idempotent writes gives effectively-once documents.
+
+Beside the daily indices, ``<base>-latest`` (:func:`latest_index`) holds one document per track: its
+newest indexed observation, ``_id`` the track id, written with external versioning on the event time
+(:func:`latest_action`), so Elasticsearch itself refuses (409) an older or re-delivered report. The
+latest index has no alias: readers of ``<base>`` never see it twice.
 """
 
 from __future__ import annotations
@@ -87,8 +92,17 @@ def doc_id(track: str, time_ms: int) -> str:
 
 
 def index_pattern(base: str) -> str:
-    """The daily indices of ``base`` (what the template and retention match)."""
+    """The daily indices of ``base`` (what the template and retention match; it matches the latest index too,
+    whose own template has a higher priority, and whose name is no day for retention)."""
     return f"{base}-*"
+
+
+LATEST_SUFFIX = "-latest"
+
+
+def latest_index(base: str) -> str:
+    """The index of each track's newest observation, beside the daily indices of ``base``."""
+    return f"{base}{LATEST_SUFFIX}"
 
 
 @lru_cache(maxsize=4096)
@@ -140,3 +154,15 @@ def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str],
 def action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
     """A bulk ``index`` action: overwrites the document of the same event if it exists."""
     return {"_op_type": "index", "_index": index_for(base, time_ms), "_id": doc_id(track, time_ms), "_source": doc}
+
+
+def keeps_latest(time_ms: int) -> bool:
+    """Whether a report can be a latest position: external versions are non-negative (no event before 1970)."""
+    return time_ms >= 0
+
+
+def latest_action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """A bulk ``index`` action of the track's latest document, versioned by the event time: Elasticsearch
+    refuses it with 409 when the stored document is as new or newer (a stale report, not an error)."""
+    return {"_op_type": "index", "_index": latest_index(base), "_id": track, "version": time_ms,
+            "version_type": "external", "_source": doc}

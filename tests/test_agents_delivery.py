@@ -113,6 +113,7 @@ class FakeSink:
     """Stores actions; fails the write of the batches whose number is in ``fail``; ``gates`` hold writes."""
 
     name = "fake"
+    keeps_latest = False
 
     def __init__(self, log: list[Any], fail: set[int] = frozenset(), gates: dict[int, asyncio.Event] | None = None):
         self.log, self.fail, self.gates = log, fail, gates or {}

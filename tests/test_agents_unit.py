@@ -416,6 +416,56 @@ def test_pipeline_isolates_an_event_whose_annotation_fails():
     assert [m.offset for m, _ in alone.dead] == [0] and alone.actions == [] and alone.valid == 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(reports=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), min_size=1, max_size=30))
+def test_pipeline_writes_one_latest_per_track_the_newest_report(reports):
+    """Any arrival order: one latest action per track, the newest report's document, versioned by its time;
+    on equal times the later message (whose document the observation index keeps)."""
+    values = [raw(taxiId=t, observationTime=T0 + 1000 * dt, longitude=-73.9 + i * 1e-4) for i, (t, dt) in enumerate(reports)]
+    result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
+    newest: dict[str, tuple[int, int]] = {}  # track -> (time, arrival)
+    for i, (t, dt) in enumerate(reports):
+        if t not in newest or T0 + 1000 * dt >= newest[t][0]:
+            newest[t] = (T0 + 1000 * dt, i)
+    assert sorted(a["_id"] for a in result.latest) == sorted(newest)
+    stored = {a["_id"]: a["_source"] for a in result.actions}  # the last action of an _id is what the index keeps
+    for action in result.latest:
+        time_ms, i = newest[action["_id"]]
+        assert action["_index"] == documents.latest_index("obs") == "obs-latest"
+        assert action["version"] == time_ms and action["version_type"] == "external"
+        assert action["_source"]["longitude"] == pytest.approx(-73.9 + i * 1e-4)
+        assert action["_source"] == stored[documents.doc_id(action["_id"], time_ms)]
+    assert {(a["_index"], a["_id"]) for a in result.latest}.isdisjoint(result.sources)  # never dead-lettered
+
+
+def test_pipeline_latest_in_filter_mode_is_the_newest_report_inside_a_fence():
+    fences = Geofences.from_geometries(["zone"], [box(1, 1, 2, 2)])
+    path = [(0.5, 0.5), (1.5, 1.5), (1.7, 1.7), (2.5, 2.5)]
+    values = [raw(taxiId="x", observationTime=T0 + 1000 * i, longitude=x, latitude=y) for i, (x, y) in enumerate(path)]
+    every = Pipeline(PRESET, fences, "obs").process(_msgs(values), {}.get)
+    assert [(a["version"], a["_source"]["geofences"]) for a in every.latest] == [(T0 + 3000, [])]
+    inside = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values), {}.get)
+    assert [(a["version"], a["_source"]["geofences"]) for a in inside.latest] == [(T0 + 2000, ["zone"])]
+    outside = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values[3:]), {}.get)
+    assert outside.latest == [] and outside.actions == []
+
+
+def test_pipeline_latest_skips_dead_letters_and_events_before_1970():
+    class Fussy(Geofences):
+        def containing(self, lon, lat):
+            if any(x == 1.25 for x in lon):
+                raise RuntimeError("cannot place it")
+            return super().containing(lon, lat)
+
+    values = [raw(taxiId="x", observationTime=T0, longitude=0.5), raw(taxiId="x", observationTime=T0 + 5000, longitude=1.25),
+              raw(taxiId="y", observationTime="1969-12-31T23:00:00Z"), raw(taxiId="x", observationTime=T0 + 1000),
+              b"{bad"]
+    result = Pipeline(PRESET, Fussy.from_geometries(["zone"], [box(1, 1, 2, 2)]), "obs").process(_msgs(values), {}.get)
+    assert sorted(m.offset for m, _ in result.dead) == [1, 4]
+    assert len(result.actions) == 3  # the observation before 1970 is indexed; it cannot be a versioned latest
+    assert [(a["_id"], a["version"]) for a in result.latest] == [("x", T0 + 1000)]
+
+
 # --- webhook ---------------------------------------------------------------------------------------
 
 async def test_webhook_retries_then_delivers_and_counts_failures():
@@ -492,9 +542,12 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63
                            max_leaves=8)
 
 
-@given(source=st.dictionaries(st.text(), json_values, max_size=6), index=st.text(min_size=1), doc_id=st.text(min_size=1))
-def test_serialized_action_is_the_helpers_expansion_in_bytes(source, index, doc_id):
+@given(source=st.dictionaries(st.text(), json_values, max_size=6), index=st.text(min_size=1), doc_id=st.text(min_size=1),
+       version=st.none() | st.integers(0, 2**63 - 1))
+def test_serialized_action_is_the_helpers_expansion_in_bytes(source, index, doc_id, version):
     action = {"_op_type": "index", "_index": index, "_id": doc_id, "_source": source}
+    if version is not None:
+        action.update(version=version, version_type="external")
     header, body = serialized_action(action)
     expected_header, expected_body = expand_action(action)
     assert orjson.loads(header) == expected_header and orjson.loads(body) == expected_body
