@@ -283,3 +283,35 @@ async def test_recovery_reads_the_changelog_to_its_end_and_applies_tombstones() 
     assert await table.recover([0]) == 0  # partitions already held are not read again
     table.drop([0])
     assert table.get("b") is None and table.get("d") == state
+
+
+class RefusingLatestSink(FakeSink):
+    """Keeps latest positions and refuses for good the latest write of track ``a`` and the observation at offset 1."""
+
+    name = "refusing"
+    keeps_latest = True
+
+    async def write(self, actions: list[dict[str, Any]]) -> list[Any]:
+        await super().write(actions)
+        return [(a, "elasticsearch refused the document: 400 mapper_parsing_exception: no")
+                for a in actions if (a["_index"] == "obs-latest" and a["_id"] == "a") or a["_id"].endswith(":1357000001000")]
+
+
+async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_no_dead_letter() -> None:
+    from agents import metrics as m
+
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a", "b", "a")])
+    producer, plain, keeping = FakeProducer(log), FakeSink(log), RefusingLatestSink(log)
+    refused_before = m.LATEST_REFUSED._value.get()
+    indexed_before = m.INDEXED.labels("refusing")._value.get()
+    s = stream(consumer, producer, [plain, keeping])
+    await run_until(s, lambda: any(e[0] == "commit" for e in log))
+    assert [a["_index"] for a in plain.stored] == ["obs-2013.01.01"] * 3
+    latest = [a for a in keeping.stored if a["_index"] == "obs-latest"]
+    assert sorted((a["_id"], a["version"]) for a in latest) == [("a", 1_357_000_002_000), ("b", 1_357_000_001_000)]
+    # only the refused observation (offset 1, track b) is a dead letter; the refused latest write is counted
+    assert [orjson.loads(v)["offset"] for _, v, _ in producer.sent[TOPICS.dlq]] == [1]
+    assert m.LATEST_REFUSED._value.get() - refused_before == 1
+    assert m.INDEXED.labels("refusing")._value.get() - indexed_before == 2
+    assert s.committed == {0: 3}

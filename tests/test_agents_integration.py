@@ -533,3 +533,118 @@ async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(st
                 next(line for line in str(failed.value).splitlines() if problem in line)]
     finally:
         await cleanup_topics(kafka_admin, [f"{topic}-"])
+
+def newest_reports(recs: list[dict]) -> dict[str, dict]:
+    """Each track's newest report (on equal times the later one, as the agents keep it)."""
+    newest: dict[str, dict] = {}
+    for r in recs:
+        seen = newest.get(r["taxiId"])
+        if seen is None or r["observationTime"] >= seen["observationTime"]:
+            newest[r["taxiId"]] = r
+    return newest
+
+
+async def latest_docs(es, base: str) -> dict[str, tuple[int, dict]]:
+    """The latest index: track -> (its document's version, its source)."""
+    index = documents.latest_index(base)
+    await es.indices.refresh(index=index)
+    resp = await es.search(index=index, size=10_000, version=True)
+    return {h["_id"]: (h["_version"], h["_source"]) for h in resp["hits"]["hits"]}
+
+
+def assert_latest_is(latest: dict[str, tuple[int, dict]], newest: dict[str, dict]) -> None:
+    assert set(latest) == set(newest)
+    for track, r in newest.items():
+        version, source = latest[track]
+        assert version == r["observationTime"] == source["observationTime"], track
+        assert source[documents.GEOMETRY] == {"lat": r["latitude"], "lon": r["longitude"]}, track
+        assert {k: source[k] for k in r} == r, track
+
+
+async def test_latest_positions_through_pipeline_and_sink_older_reports_only_conflict(stack, es, new_index, tmp_path):
+    """The latest index holds each track's newest report; re-sent and older reports are version conflicts
+    (counted exactly, never refused), their observations are all indexed, and ``<base>`` counts no latest."""
+    import dataclasses
+
+    from agents.geofence import Geofences
+    from agents.index import ensure_index
+    from agents.pipeline import Incoming, Pipeline
+    from agents.sink import ElasticsearchSink, es_client
+
+    base = new_index("latest")
+    await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET)
+    recs = records(generate(tmp_path, tracks=12, points=25, seed=21))
+    newest = newest_reports(recs)
+    pipeline = Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), base)
+    conflicts: list[int] = []
+    sink = ElasticsearchSink(es_client(stack.es_hosts), on_conflict=conflicts.append)
+    states: dict = {}
+
+    async def send(batch: list[dict]) -> None:
+        messages = [Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i) for i, r in enumerate(batch)]
+        result = pipeline.process(messages, states.get)
+        assert result.dead == [] and len(result.latest) == len({r["taxiId"] for r in batch})
+        states.update({t: s for t, (_, s) in result.states.items()})
+        assert await sink.write(result.actions + result.latest) == []
+
+    try:
+        for start in range(0, len(recs), 70):  # batches cutting tracks anywhere
+            await send(recs[start:start + 70])
+        assert sum(conflicts) == 0
+        await es.indices.refresh(index=base)
+        assert (await es.count(index=base))["count"] == len(recs)  # the alias does not hold the latest index
+        assert_latest_is(await latest_docs(es, base), newest)
+
+        await send(list(reversed(recs)))  # every report again, newest first: one stale write per track
+        older = [dict(r, observationTime=r["observationTime"] - 1, longitude=r["longitude"] + 0.01)
+                 for r in newest.values()]  # older than the newest, and new observations
+        await send(older)
+        assert conflicts == [len(newest), len(newest)]
+        await es.indices.refresh(index=base)
+        assert (await es.count(index=base))["count"] == len(recs) + len(older)
+        assert_latest_is(await latest_docs(es, base), newest)
+
+        newer = [dict(r, observationTime=r["observationTime"] + 1000, latitude=r["latitude"] + 0.001)
+                 for r in list(newest.values())[:5]]
+        await send(newer)
+        assert conflicts == [len(newest), len(newest)]
+        assert_latest_is(await latest_docs(es, base), {**newest, **newest_reports(newer)})
+    finally:
+        await sink.stop()
+
+
+async def test_worker_keeps_the_newest_report_per_track_across_resends(stack, es, kafka_admin, new_topic, agent_env,
+                                                                       tmp_path, output_dir):
+    topic = await new_topic("agents-latest", partitions=3)
+    env = agent_env(topic)
+    base = env["IOT_INDEX"]
+    data = generate(tmp_path, tracks=15, points=40, seed=23)
+    recs = records(data)
+    newest = newest_reports(recs)
+    worker = Worker(env, output_dir / f"{topic}.log")
+    try:
+        replay(data, topic, env)
+        worker.start()
+        assert await wait_count(es, base, len(recs)) == len(recs)
+        assert_latest_is(await latest_docs(es, base), newest)
+        assert worker.metrics().get("geoiot_agent_latest_stale_total", 0) == 0
+
+        # the same reports again and one older report per track: only conflicts, all observations indexed
+        replay(data, topic, env)
+        older = [dict(r, observationTime=r["observationTime"] - 1) for r in newest.values()]
+        await produce_raw(stack.kafka_bootstrap, topic, [(r["taxiId"].encode(), orjson.dumps(r)) for r in older])
+        deadline = time.monotonic() + 90
+        while worker.metrics()["geoiot_agent_events_total"] < 2 * len(recs) + len(older):
+            assert time.monotonic() < deadline, "the re-sent events were not consumed"
+            await asyncio.sleep(0.5)
+        assert await wait_count(es, base, len(recs) + len(older)) == len(recs) + len(older)
+        assert_latest_is(await latest_docs(es, base), newest)
+        metrics = worker.metrics()
+        assert metrics["geoiot_agent_latest_stale_total"] >= len(newest)  # at least one per track, one per batch
+        assert metrics["geoiot_agent_latest_refused_total"] == 0
+        assert metrics["geoiot_agent_dead_lettered_total"] == 0
+        assert metrics['geoiot_agent_indexed_total{sink="elasticsearch"}'] == 2 * len(recs) + len(older)
+        assert await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], 0, timeout=3) == []
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
