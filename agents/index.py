@@ -4,9 +4,8 @@ Documents go to the daily index of their event time (:mod:`geoiot.documents`), s
 always lands in the same index under the same ``_id``; the template gives every such index the alias
 ``<IOT_INDEX>``, which is what readers (web, tests) query.
 
-The latest-position index ``<IOT_INDEX>-latest`` (one document per track, :mod:`geoiot.documents`) gets
-its own template with the same mapping and no alias: the daily pattern ``<IOT_INDEX>-*`` matches its
-name too, so its template has a higher priority (Elasticsearch applies only the highest-priority match).
+The latest-position index ``<IOT_INDEX>_latest`` (one document per track, :mod:`geoiot.documents`) gets
+its own template with the same mapping and no alias, so a bulk request recreates it alike if it is deleted.
 """
 
 from __future__ import annotations
@@ -20,15 +19,14 @@ from geoiot.documents import index_pattern, latest_index, mapping_for
 from geoiot.schema import Preset
 
 
-DAILY_PRIORITY = 200
-LATEST_PRIORITY = DAILY_PRIORITY + 1  # above the daily template, whose pattern matches the latest index's name
+PRIORITY = 200
 
 
 def template_body(settings: Settings, preset: Preset, index: str | None = None) -> dict[str, Any]:
     base = index or settings.iot_index
     return {
         "index_patterns": [index_pattern(base)],
-        "priority": DAILY_PRIORITY,
+        "priority": PRIORITY,
         "template": {
             "settings": _index_settings(settings),
             "mappings": mapping_for(preset),
@@ -43,7 +41,7 @@ def latest_template_body(settings: Settings, preset: Preset, index: str | None =
     base = index or settings.iot_index
     return {
         "index_patterns": [latest_index(base)],
-        "priority": LATEST_PRIORITY,
+        "priority": PRIORITY,
         "template": {"settings": _index_settings(settings), "mappings": mapping_for(preset)},
         "_meta": {"managed_by": "geoiot", "schema": preset.name},
     }

@@ -8,10 +8,11 @@ documents built by it, so a change to the document shape shows everywhere at onc
 redelivered event overwrites its own document instead of adding one: at-least-once delivery plus
 idempotent writes gives effectively-once documents.
 
-Beside the daily indices, ``<base>-latest`` (:func:`latest_index`) holds one document per track: its
+Beside the daily indices, ``<base>_latest`` (:func:`latest_index`) holds one document per track: its
 newest indexed observation, ``_id`` the track id, written with external versioning on the event time
 (:func:`latest_action`), so Elasticsearch itself refuses (409) an older or re-delivered report. The
-latest index has no alias: readers of ``<base>`` never see it twice.
+latest index has no alias and is outside ``<base>-*`` (so neither the alias, nor retention, nor a Kibana
+data view ``<base>-*`` ever counts a report twice).
 """
 
 from __future__ import annotations
@@ -92,12 +93,11 @@ def doc_id(track: str, time_ms: int) -> str:
 
 
 def index_pattern(base: str) -> str:
-    """The daily indices of ``base`` (what the template and retention match; it matches the latest index too,
-    whose own template has a higher priority, and whose name is no day for retention)."""
+    """The daily indices of ``base`` (what the template and retention match)."""
     return f"{base}-*"
 
 
-LATEST_SUFFIX = "-latest"
+LATEST_SUFFIX = "_latest"  # "_", not "-": outside index_pattern(base)
 
 
 def latest_index(base: str) -> str:

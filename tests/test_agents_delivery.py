@@ -294,7 +294,7 @@ class RefusingLatestSink(FakeSink):
     async def write(self, actions: list[dict[str, Any]]) -> list[Any]:
         await super().write(actions)
         return [(a, "elasticsearch refused the document: 400 mapper_parsing_exception: no")
-                for a in actions if (a["_index"] == "obs-latest" and a["_id"] == "a") or a["_id"].endswith(":1357000001000")]
+                for a in actions if (a["_index"] == "obs_latest" and a["_id"] == "a") or a["_id"].endswith(":1357000001000")]
 
 
 async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_no_dead_letter() -> None:
@@ -308,7 +308,7 @@ async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_
     s = stream(consumer, producer, [plain, keeping])
     await run_until(s, lambda: any(e[0] == "commit" for e in log))
     assert [a["_index"] for a in plain.stored] == ["obs-2013.01.01"] * 3
-    latest = [a for a in keeping.stored if a["_index"] == "obs-latest"]
+    latest = [a for a in keeping.stored if a["_index"] == "obs_latest"]
     assert sorted((a["_id"], a["version"]) for a in latest) == [("a", 1_357_000_002_000), ("b", 1_357_000_001_000)]
     # only the refused observation (offset 1, track b) is a dead letter; the refused latest write is counted
     assert [orjson.loads(v)["offset"] for _, v, _ in producer.sent[TOPICS.dlq]] == [1]

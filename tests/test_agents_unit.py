@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import math
 import os
 import time
@@ -431,7 +432,8 @@ def test_pipeline_writes_one_latest_per_track_the_newest_report(reports):
     stored = {a["_id"]: a["_source"] for a in result.actions}  # the last action of an _id is what the index keeps
     for action in result.latest:
         time_ms, i = newest[action["_id"]]
-        assert action["_index"] == documents.latest_index("obs") == "obs-latest"
+        assert action["_index"] == documents.latest_index("obs") == "obs_latest"
+        assert not fnmatch.fnmatch(action["_index"], documents.index_pattern("obs"))
         assert action["version"] == time_ms and action["version_type"] == "external"
         assert action["_source"]["longitude"] == pytest.approx(-73.9 + i * 1e-4)
         assert action["_source"] == stored[documents.doc_id(action["_id"], time_ms)]
