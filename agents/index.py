@@ -84,3 +84,12 @@ def _reason(exc: BadRequestError) -> str:
     if isinstance(error, dict):
         return str(error.get("reason") or error.get("type") or exc.message)
     return str(error or exc.message)
+
+
+async def drop_index(es: AsyncElasticsearch, base: str) -> None:
+    """Delete everything :func:`ensure_index` and the agents made for ``base``: the daily indices, the latest
+    index and both templates (tests and benchmarks clean up with it)."""
+    await es.options(ignore_status=404).indices.delete(index=f"{index_pattern(base)},{latest_index(base)}",
+                                                       expand_wildcards="all", ignore_unavailable=True)
+    for name in (base, latest_index(base)):
+        await es.options(ignore_status=404).indices.delete_index_template(name=name)

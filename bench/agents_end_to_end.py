@@ -39,7 +39,7 @@ import numpy as np
 import orjson
 
 from agents.geofence import Geofences
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from agents.pipeline import Incoming, Pipeline
 from agents.sink import ElasticsearchSink, es_client
 from geoiot import config, topics
@@ -147,8 +147,7 @@ async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -
     CPU[f"ceiling_c{concurrency}"] = meter.stop()
     await client.indices.refresh(index=index)
     count = (await client.count(index=index))["count"]
-    await client.options(ignore_status=404).indices.delete(index=f"{index}*")
-    await client.options(ignore_status=404).indices.delete_index_template(name=index)
+    await drop_index(client, index)
     await client.close()
     assert count == len(values), f"ceiling indexed {count} of {len(values)}"
     return len(values) / elapsed

@@ -39,7 +39,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot import config
 from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
@@ -236,8 +236,7 @@ async def main() -> None:
         if restore is not None:
             restore()
         if args.drop:
-            await es.options(ignore_status=404).indices.delete(index=f"{args.index}-*")
-            await es.options(ignore_status=404).indices.delete_index_template(name=args.index)
+            await drop_index(es, args.index)
         await es.close()
 
     print(f"\n{count:,} indexed observations; p50/p95 in ms; ratio = web / direct\n")

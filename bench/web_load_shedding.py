@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot import config
 from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
@@ -69,8 +69,7 @@ async def prepare(settings: config.Settings, n: int) -> None:
 async def drop(settings: config.Settings) -> None:
     es = AsyncElasticsearch(settings.es_hosts)
     try:
-        await es.options(ignore_status=404).indices.delete(index=f"{settings.iot_index}-*")
-        await es.options(ignore_status=404).indices.delete_index_template(name=settings.iot_index)
+        await drop_index(es, settings.iot_index)
     finally:
         await es.close()
 

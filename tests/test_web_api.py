@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from tests.support.health import wait_healthy
@@ -84,8 +84,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     assert await bulk_index(es, name, PRESET, iter(docs)) == len(docs)
     await es.indices.refresh(index=name)
     yield Data(name, docs, settings)
-    await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
-    await es.options(ignore_status=404).indices.delete_index_template(name=name)
+    await drop_index(es, name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

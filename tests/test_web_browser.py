@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from tests.support.observations import bulk_index, walk
@@ -88,8 +88,7 @@ async def server(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, 
         proc.terminate()
         proc.wait(10)
         log.close()
-        await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
-        await es.options(ignore_status=404).indices.delete_index_template(name=name)
+        await drop_index(es, name)
 
 
 STATE = """() => { const s = window.geoiotMap; return {mode: s.mode, cells: s.cells, markers: s.markers,

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
@@ -51,8 +51,7 @@ async def index(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[str]:
     assert await bulk_index(es, name, PRESET, walk(PRESET, 2_000, tracks=20, start_ms=T0, seed=3)) == 2_000
     await es.indices.refresh(index=name)
     yield name
-    await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
-    await es.options(ignore_status=404).indices.delete_index_template(name=name)
+    await drop_index(es, name)
 
 
 @pytest.fixture(scope="module")

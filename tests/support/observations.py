@@ -17,7 +17,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
-from agents.index import ensure_index
+from agents.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import Preset
@@ -94,5 +94,4 @@ async def indexed(es: AsyncElasticsearch, settings: Settings, preset: Preset,
         await es.indices.refresh(index=f"{name}*")
         yield
     finally:
-        await es.options(ignore_status=404).indices.delete(index=f"{name}*", expand_wildcards="all")
-        await es.options(ignore_status=404).indices.delete_index_template(name=name)
+        await drop_index(es, name)
