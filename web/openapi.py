@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from geoiot.documents import GEOFENCES, HEADING, SPEED
 from web.geo import zoom_table
 from web.params import (BBOX_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES, MAX_FILTERS, MAX_LIMIT,
                         MAX_TRACK_POINTS, RANGE_TYPES, TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
@@ -77,6 +78,22 @@ _SCHEMAS: dict[str, Any] = {
             "geometry": {"type": "object", "properties": {"type": {"const": "Point"},
                                                           "coordinates": _POSITION}},
             "properties": {"type": "object"}}}}}},
+    "LatestCollection": {"type": "object", "required": ["type", "features", "total"], "properties": {
+        "type": {"const": "FeatureCollection"},
+        "total": {"type": "integer", "minimum": 0, "description": "Tracks in view passing the filters"},
+        "features": {"type": "array", "items": {"type": "object", "required": ["type", "id", "geometry", "properties"],
+                                                "properties": {
+            "type": {"const": "Feature"}, "id": {"type": "string", "description": "The track id"},
+            "geometry": {"type": "object", "required": ["type", "coordinates"],
+                         "properties": {"type": {"const": "Point"}, "coordinates": _POSITION}},
+            "properties": {"type": "object",
+                           "required": ["track", "time", SPEED, HEADING, GEOFENCES, "attributes"], "properties": {
+                "track": {"type": "string"},
+                "time": {"type": "integer", "description": "Event time of the newest report, epoch ms"},
+                SPEED: {"type": ["number", "null"], "description": "m/s; null on a track's first report"},
+                HEADING: {"type": ["number", "null"], "description": "Degrees clockwise from north"},
+                GEOFENCES: {"type": "array", "items": {"type": "string"}},
+                "attributes": {"type": "object", "description": "Every other attribute of the report"}}}}}}}},
     "Track": {"type": "object", "required": ["type", "geometry", "properties"], "properties": {
         "type": {"const": "Feature"},
         "geometry": {"type": "object", "properties": {"type": {"enum": ["LineString", "Point"]}}},
@@ -138,6 +155,14 @@ def document() -> dict[str, Any]:
                 "summary": "Observations in view as GeoJSON points, newest first",
                 "parameters": [_BBOX, _START, _END, _LIMIT, _FENCE, _WHERE],
                 "responses": {"200": _json("PointCollection", "Observations"), **_ERRORS}}},
+            "/api/latest": {"get": {
+                "summary": "Current positions: the newest report of each track in view, newest first (GeoJSON "
+                           "points)",
+                "description": "Read from the agents' latest-position index (one document per track, never "
+                               "overwritten by an older report). A track that passes the filters now is "
+                               "returned with its newest report; filters apply to that report.",
+                "parameters": [_BBOX, _LIMIT, _WHERE],
+                "responses": {"200": _json("LatestCollection", "Current positions"), **_ERRORS}}},
             "/api/tracks/{id}": {"get": {
                 "summary": "One track in time order as a LineString, paged through the window "
                            "(properties.complete says whether it is whole)",

@@ -145,6 +145,15 @@ class TrackParams:
 
 
 @dataclass(frozen=True)
+class LatestParams:
+    """The current positions (newest report per track) in view that pass every ``where`` filter."""
+
+    bbox: BBox
+    limit: int
+    where: tuple[Filter, ...] = ()
+
+
+@dataclass(frozen=True)
 class AlertParams:
     since: int | None
     limit: int
@@ -353,6 +362,12 @@ def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS
     return TrackParams(token, parse_window(q.get("start"), q.get("end")),
                        parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
                        parse_where(query.getall("where", []), fields))
+
+
+def latest_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> LatestParams:
+    q = single(query, {"bbox", "limit"}, {"where"})
+    return LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
+                        parse_where(query.getall("where", []), fields))
 
 
 def alert_params(query: Query) -> AlertParams:

@@ -11,7 +11,8 @@ from typing import Any
 
 from geoiot.documents import GEOFENCES, GEOMETRY
 from geoiot.schema import Preset
-from web.params import WORLD, AggregateParams, BBox, Filter, ObservationParams, OneOf, TrackParams, Window
+from web.params import (WORLD, AggregateParams, BBox, Filter, LatestParams, ObservationParams, OneOf, TrackParams,
+                        Window)
 
 GEO_FIELD = GEOMETRY
 FENCE_FIELD = GEOFENCES
@@ -102,6 +103,18 @@ def observations_body(preset: Preset, p: ObservationParams) -> dict[str, Any]:
         "size": p.limit,
         "track_total_hits": True,
         "query": filters(preset, p.bbox, p.window, p.fence, p.where),
+        "sort": [{preset.time: {"order": "desc", "unmapped_type": "date"}}],
+    }
+
+
+def latest_body(preset: Preset, p: LatestParams) -> dict[str, Any]:
+    """The newest ``limit`` current positions in view, for the latest index (geoiot.documents.latest_index):
+    one document per track, so the hits are tracks and the total counts the tracks in view."""
+    return {
+        **SEARCH_OPTIONS,
+        "size": p.limit,
+        "track_total_hits": True,
+        "query": filters(preset, p.bbox, Window(), None, p.where),
         "sort": [{preset.time: {"order": "desc", "unmapped_type": "date"}}],
     }
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from geoiot.documents import field_types
+from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_index
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
 from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
@@ -18,9 +18,9 @@ from web.responses import json_response
 log = logging.getLogger("web")
 
 
-async def search(request: web.Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Run one search on the index alias in a slot of the limiter (web.limiter.Busy when none comes soon),
-    timed per query kind."""
+async def search(request: web.Request, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
+    """Run one search on the index alias (or ``index``) in a slot of the limiter (web.limiter.Busy when none
+    comes soon), timed per query kind."""
     app = request.app
     metrics = app[METRICS]
     queued = time.perf_counter()
@@ -28,7 +28,7 @@ async def search(request: web.Request, name: str, body: dict[str, Any]) -> dict[
         began = time.perf_counter()
         metrics.queue_wait.observe(began - queued)
         try:
-            response = await app[ES].search(index=app[SETTINGS].iot_index, **body)
+            response = await app[ES].search(index=index or app[SETTINGS].iot_index, **body)
         except Exception as exc:
             metrics.es_errors.labels(name, type(exc).__name__).inc()
             raise
@@ -112,6 +112,32 @@ async def observations(request: web.Request) -> web.Response:
             continue
         features.append({"type": "Feature", "id": hit["_id"],
                          "geometry": {"type": "Point", "coordinates": position}, "properties": source})
+    return json_response({"type": "FeatureCollection", "total": _total(resp), "features": features})
+
+
+def latest_feature(preset: Any, source: dict[str, Any]) -> dict[str, Any] | None:
+    """A track's current position as a GeoJSON Point: track, time, speed, heading and fences named, every
+    other attribute of its document under ``attributes``."""
+    position = _position(preset, source)
+    if position is None:
+        return None
+    track = source.pop(preset.track, None)
+    time_ms = source.pop(preset.time, None)
+    for name in (preset.lon, preset.lat):
+        source.pop(name, None)
+    props = {"track": track, "time": time_ms, SPEED: source.pop(SPEED, None), HEADING: source.pop(HEADING, None),
+             GEOFENCES: source.pop(GEOFENCES, None) or [], "attributes": source}
+    return {"type": "Feature", "id": track, "geometry": {"type": "Point", "coordinates": position},
+            "properties": props}
+
+
+async def latest(request: web.Request) -> web.Response:
+    """Current positions: the newest report of each track in view (the agents' latest index), newest first."""
+    preset = request.app[PRESET]
+    p = params.latest_params(request.query, field_types(preset))
+    resp = await search(request, "latest", queries.latest_body(preset, p), latest_index(request.app[SETTINGS].iot_index))
+    features = [f for f in (latest_feature(preset, dict(hit.get("_source", {})))
+                            for hit in resp.get("hits", {}).get("hits", [])) if f is not None]
     return json_response({"type": "FeatureCollection", "total": _total(resp), "features": features})
 
 
@@ -206,6 +232,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/extent", extent)
     r.add_get("/api/aggregate", aggregate)
     r.add_get("/api/observations", observations)
+    r.add_get("/api/latest", latest)
     r.add_get("/api/tracks/{id}", track)
     r.add_get("/api/alerts", recent_alerts)
     r.add_get("/api/geofences", geofences)
