@@ -398,13 +398,16 @@ def test_pipeline_dead_letters_an_id_elasticsearch_would_refuse():
     assert len(result.actions) == 3 and [(m.offset, "exceeds Elasticsearch's 512" in r) for m, r in result.dead] == [(3, True)]
 
 
-def test_pipeline_isolates_an_event_whose_annotation_fails():
-    class Fussy(Geofences):
-        def containing(self, lon, lat):
-            if any(x == 1.25 for x in lon):
-                raise RuntimeError("cannot place it")
-            return super().containing(lon, lat)
+class Fussy(Geofences):
+    """Fences whose batch computation fails on a longitude of 1.25 (as an unforeseen input would)."""
 
+    def containing(self, lon, lat):
+        if any(x == 1.25 for x in lon):
+            raise RuntimeError("cannot place it")
+        return super().containing(lon, lat)
+
+
+def test_pipeline_isolates_an_event_whose_annotation_fails():
     fences = Fussy.from_geometries(["zone"], [box(1, 1, 2, 2)])
     values = [raw(taxiId="x", observationTime=T0 + 1000 * i, longitude=lon, latitude=1.5)
               for i, lon in enumerate((0.5, 1.25, 1.5))]
@@ -453,12 +456,6 @@ def test_pipeline_latest_in_filter_mode_is_the_newest_report_inside_a_fence():
 
 
 def test_pipeline_latest_skips_dead_letters_and_events_before_1970():
-    class Fussy(Geofences):
-        def containing(self, lon, lat):
-            if any(x == 1.25 for x in lon):
-                raise RuntimeError("cannot place it")
-            return super().containing(lon, lat)
-
     values = [raw(taxiId="x", observationTime=T0, longitude=0.5), raw(taxiId="x", observationTime=T0 + 5000, longitude=1.25),
               raw(taxiId="y", observationTime="1969-12-31T23:00:00Z"), raw(taxiId="x", observationTime=T0 + 1000),
               b"{bad"]
