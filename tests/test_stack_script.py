@@ -33,6 +33,8 @@ def test_a_taken_port_names_the_variable_to_change(tmp_path: Path) -> None:
         result = run_stack(tmp_path, "up", "kafka", KAFKA_PORT=str(port))
     assert result.returncode != 0
     assert f"port {port} is taken by another process" in result.stderr and "KAFKA_PORT=" in result.stderr
+    # the kernel handed out that port from its ephemeral range, which a restart can lose to a client socket
+    assert f"KAFKA_PORT={port} lies in the ephemeral port range" in result.stdout
 
 
 def test_missing_java_names_the_fix(tmp_path: Path) -> None:
