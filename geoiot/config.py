@@ -250,6 +250,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int, minimum=100, maximum=3_600_000),
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int,
             minimum=0, maximum=1_000_000),
+    Setting("MAP_STALE_MS", 300_000, "The map fades a track with no report for this many milliseconds", int,
+            minimum=1000, maximum=31_622_400_000),  # up to a leap year
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)",
             check=_any_text),
     Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float,
@@ -307,6 +309,7 @@ class Settings:
     map_tile_url: str
     map_refresh_ms: int
     map_marker_threshold: int
+    map_stale_ms: int
     spark_checkpoint_dir: str
     iot_max_event_age_days: float
     iot_max_event_ahead_days: float

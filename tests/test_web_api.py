@@ -259,6 +259,7 @@ async def test_healthz_metrics_openapi_and_static(client: TestClient) -> None:
     assert fences["type"] == "FeatureCollection" and fences["features"][0]["id"] == "jfk"
     cfg = await get_json(client, "/api/config")
     assert cfg["markerThreshold"] == 1000 and cfg["schema"]["time"] == PRESET.time
+    assert cfg["staleMs"] == 300_000  # MAP_STALE_MS
 
 
 async def test_responses_are_gzipped_when_accepted(client: TestClient) -> None:

@@ -179,7 +179,7 @@ def document() -> dict[str, Any]:
                                _param("limit", "At most this many (default 100).",
                                       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})],
                 "responses": {"200": _json("Alerts", "Alerts"), "400": _ERRORS["400"]}}},
-            "/api/config": {"get": {"summary": "Map settings: tile URL, refresh period, marker threshold, zoom table",
+            "/api/config": {"get": {"summary": "Map settings: tile URL, refresh period, marker threshold, stale time, zoom table, filterable fields",
                                     "responses": {"200": {"description": "Settings",
                                                           "content": {"application/json": {"schema": {"type": "object"}}}},
                                                  "400": _ERRORS["400"]}}},

@@ -196,6 +196,7 @@ async def map_config(request: web.Request) -> web.Response:
         "tileAttribution": "&copy; OpenStreetMap contributors" if "openstreetmap" in url else "",
         "refreshMs": settings.map_refresh_ms,
         "markerThreshold": settings.map_marker_threshold,
+        "staleMs": settings.map_stale_ms,  # the map's default for fading a track without recent reports
         "zoomPrecision": zoom_table(),
         "maxLimit": params.MAX_LIMIT,
         "index": settings.iot_index,
