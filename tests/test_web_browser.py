@@ -115,7 +115,7 @@ async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url + "/#z=11&lat=40.75&lon=-73.90", wait_until="domcontentloaded")
+            await page.goto(url + "/#z=11&lat=40.75&lon=-73.90&view=density", wait_until="domcontentloaded")
 
             # Above the threshold: cells whose counts add up to everything in view.
             state = await settled(page)

@@ -2,14 +2,20 @@
 
 Shared by the install test and the image test: both run a server that is not the checkout's (a wheel in a
 fresh venv, a container) and must serve the same files as the checkout's static/ and node_modules/.
+Also runs the checkout's own server for the browser tests (``web_server``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from web import assets
@@ -66,3 +72,33 @@ def assert_map_served(base_url: str) -> list[str]:
         assert status == 200, f"GET {path} answered {status}"
         assert body == checkout_file(path).read_bytes(), f"{path} differs from the checkout's file"
     return paths
+
+
+def free_port() -> int:
+    """A port the kernel just handed out and released (outside the stack's fixed ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def web_server(python_env: dict[str, str], env: dict[str, str], log_path: Path,
+               timeout: float = 20) -> Iterator[str]:
+    """``python -m web`` of this checkout with ``env`` on a free loopback port, until healthy; yields its URL
+    and stops it afterwards (its output goes to ``log_path``)."""
+    port = free_port()
+    full = dict(python_env, WEB_PORT=str(port), WEB_HOST="127.0.0.1", MAP_TILE_URL="", **env)
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "web"], cwd=ROOT, env=full, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_until_200(url + "/healthz", timeout, alive=lambda: proc.poll() is None)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
