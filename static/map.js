@@ -15,7 +15,9 @@
 
   const $ = (id) => document.getElementById(id);
   const COUNT_COLORS = ["#ffffb2", "#fed976", "#feb24c", "#fd8d3c", "#f03b20", "#bd0026"];
-  const SPEED_CLASSES = [[2, "#2c7bb6"], [5, "#abd9e9"], [10, "#fdae61"], [20, "#f46d43"], [Infinity, "#d7191c"]];
+  // m/s: walking, cycling, town and highway traffic, then trains and aircraft (a flight preset too gets colours)
+  const SPEED_CLASSES = [[2, "#313695"], [5, "#4575b4"], [10, "#74add1"], [20, "#fee090"], [40, "#fdae61"],
+                         [100, "#f46d43"], [200, "#d73027"], [Infinity, "#7f0000"]];
   const FENCE_COLORS = ["#7b3294", "#e66101", "#008837", "#0571b0", "#ca0020", "#5e3c99", "#a6611a"];
   const NO_FENCE = "#8c8c8c";
   const RANGE_KINDS = ["int", "float", "time"];
@@ -88,7 +90,7 @@
   const markerLimit = () => Math.max(1, state.config.markerThreshold);
 
   // --- layers -------------------------------------------------------------------------------------
-  let cellLayer, markerLayer, labelLayer, nowLayer, trailLayer, heatLayer, legend;
+  let cellLayer, markerLayer, labelLayer, nowLayer, trailLayer, trailRenderer, heatLayer, legend;
   const nowMarkers = new Map(); // track -> L.marker
 
   function countBreaks(counts) {
@@ -289,6 +291,7 @@
     advanceClock(features);
     state.now = new Map(features.map((f) => [String(f.properties.track ?? f.id), f]));
     syncNow();
+    followTrail();
   }
   // A pushed change: these features are new positions; a track that left the subscribed view goes.
   function mergeNow(features, bbox) {
@@ -301,6 +304,12 @@
       if (inLon && lat >= s && lat <= n) state.now.set(track, f); else state.now.delete(track);
     }
     syncNow();
+    followTrail();
+  }
+  // The shown trail follows its track: a newer report redraws the last minutes up to it.
+  function followTrail() {
+    const t = state.trail, f = t && state.now.get(t.track);
+    if (f && !t.loading && typeof f.properties.time === "number" && f.properties.time > t.end) showTrail(t.track);
   }
 
   // --- trails ---------------------------------------------------------------------------------------
@@ -331,7 +340,8 @@
         const color = speedColor(v);
         speeds.push(v); colors.push(color);
         L.polyline([[coords[i - 1][1], near(coords[i - 1][0])], [coords[i][1], near(coords[i][0])]],
-                   { color, weight: 4, opacity: 0.9, interactive: false, className: "trail-segment" }).addTo(trailLayer);
+                   { color, weight: 4, opacity: 0.9, interactive: false, className: "trail-segment",
+                     renderer: trailRenderer }).addTo(trailLayer);
       }
       state.trail = { track, loading: false, start, end, points: coords.length, segments: colors.length,
                       speeds, colors, complete: body.properties.complete };
@@ -654,6 +664,9 @@
     }, 1000);
   }
 
+  state.speedColor = (v) => speedColor(v);
+  state.fenceColor = (ids) => fenceColor(ids);
+
   // --- start --------------------------------------------------------------------------------------
   async function main() {
     state.config = await getJSON("/api/config");
@@ -672,6 +685,7 @@
     labelLayer = L.layerGroup().addTo(map);
     markerLayer = L.layerGroup().addTo(map);
     trailLayer = L.layerGroup().addTo(map);
+    trailRenderer = L.svg({ padding: 0.5 }); // its own SVG pane: each segment an element (styled, inspectable)
     nowLayer = L.layerGroup().addTo(map);
     getJSON("/api/geofences").then((fc) => {
       L.geoJSON(fc, { interactive: false, style: { color: "#7b3294", weight: 2, fill: false, dashArray: "4 3" } })
