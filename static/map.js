@@ -293,16 +293,11 @@
     syncNow();
     followTrail();
   }
-  // A pushed change: these features are new positions; a track that left the subscribed view goes.
-  function mergeNow(features, bbox) {
+  // A pushed change: these features are new positions, the tracks in `removed` left the view (or the filters).
+  function mergeNow(features, removed) {
     advanceClock(features);
-    const [w, s, e, n] = bbox;
-    for (const f of features) {
-      const [lon, lat] = f.geometry.coordinates;
-      const inLon = w <= e ? lon >= w && lon <= e : lon >= w || lon <= e;
-      const track = String(f.properties.track ?? f.id);
-      if (inLon && lat >= s && lat <= n) state.now.set(track, f); else state.now.delete(track);
-    }
+    for (const track of removed || []) state.now.delete(String(track));
+    for (const f of features) state.now.set(String(f.properties.track ?? f.id), f);
     syncNow();
     followTrail();
   }
@@ -384,9 +379,9 @@
         if (err.status === 400 && /source/.test(err.message)) state.latestCells = false; else throw err;
       }
     }
-    if (sseLive()) { syncNow(); nowTotal(state.now.size, state.now.size); return; }
+    if (sseLive() && !state.pendingFull) { syncNow(); nowTotal(state.total, state.now.size); return; }
     const fc = await getJSON(`/api/latest?bbox=${bbox}&limit=${markerLimit()}${whereQuery()}`, signal);
-    state.polls += 1;
+    state.polls += 1; state.pendingFull = false;
     replaceNow(fc.features);
     nowTotal(fc.total, fc.features.length);
   }
@@ -486,28 +481,38 @@
     if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
     closeEvents();
     state.sseUrl = url; state.sse = "connecting"; showConnection();
-    const es = new EventSource(url);
+    // a new view's stream resumes the alerts after the last event of the previous one
+    const es = new EventSource(url + (state.lastEventId ? "&last_event_id=" + encodeURIComponent(state.lastEventId) : ""));
     events = es;
-    const subscribed = state.bbox.slice();
     es.onopen = () => {
       if (events !== es) return;
       state.sse = "open"; state.sseFailures = 0; showConnection();
     };
+    // `latest`: {total, full, removed, features}; `full` (the first one, and after this client lost some)
+    // is the whole view, the others what changed. Paused, the map holds still and takes the next full view.
     es.addEventListener("latest", (e) => {
       if (events !== es) return;
+      if (e.lastEventId) state.lastEventId = e.lastEventId;
       let fc;
       try { fc = JSON.parse(e.data); } catch (err) { return; }
       const features = Array.isArray(fc.features) ? fc.features : [];
       state.ssePushes += 1;
-      const first = !state.sseFirst;
-      state.sseFirst = true;
-      if (!nowMode() || state.mode === "now-cells") return; // drawn by the next refresh when it matters
-      if (state.paused) { advanceClock(features); return; }
-      if (first) replaceNow(features); else mergeNow(features, subscribed);
-      nowTotal(first && typeof fc.total === "number" ? fc.total : state.now.size, state.now.size);
+      if (fc.full) state.sseFirst = true;
+      if (!state.sseFirst) return; // a change to a view this page has not had whole yet
+      if (!nowMode() || state.mode === "now-cells" || state.paused) {
+        state.pendingFull = true; // drawn from the next full answer or poll
+        return;
+      }
+      if (fc.full) replaceNow(features); else mergeNow(features, fc.removed);
+      nowTotal(typeof fc.total === "number" ? fc.total : state.now.size, state.now.size);
+    });
+    es.addEventListener("gap", () => {
+      if (events !== es) return;
+      refreshAlerts(); // alerts older than the server keeps for a resume: the recent ones from the poll
     });
     es.addEventListener("alert", (e) => {
       if (events !== es) return;
+      if (e.lastEventId) state.lastEventId = e.lastEventId;
       try {
         const alert = JSON.parse(e.data);
         state.sseAlerts += 1;
@@ -716,6 +721,7 @@
     $("pause").addEventListener("click", () => {
       state.paused = !state.paused;
       $("pause").textContent = state.paused ? "Resume" : "Pause";
+      if (!state.paused) refresh();
     });
     $("heat").addEventListener("change", (e) => { state.heat = e.target.checked; writeHash(); refresh(); });
     $("colorBy").addEventListener("change", (e) => {
@@ -745,7 +751,7 @@
     });
     setInterval(() => {
       if (state.paused || state.playing || document.hidden) return;
-      if (nowMode() && state.mode === "now" && sseLive()) { syncNow(); return; } // pushed: restyle only
+      if (nowMode() && state.mode === "now" && sseLive() && !state.pendingFull) { syncNow(); return; } // pushed
       refresh();
     }, state.config.refreshMs);
 

@@ -23,13 +23,15 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from agents.geofence import Geofences
 from agents.index import drop_index, ensure_index
 from agents.pipeline import Incoming, Pipeline
 from agents.sink import ElasticsearchSink, es_client
-from geoiot import documents
+from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
 from tests.support.presets import FLIGHTS, FLIGHTS_DATA
@@ -140,8 +142,8 @@ class Served:
 @asynccontextmanager
 async def served(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, str], output_dir: Path,
                  preset: Preset, schema: str, reports: list[Report], env: dict[str, str] | None = None,
-                 ) -> AsyncIterator[Served]:
-    name = f"webnow-{uuid.uuid4().hex[:10]}"
+                 name: str | None = None) -> AsyncIterator[Served]:
+    name = name or f"webnow-{uuid.uuid4().hex[:10]}"
     settings = dataclasses.replace(stack, iot_index=name, iot_schema=schema)
     await ensure_index(es, settings, preset)
     try:
@@ -437,6 +439,73 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
         after = await page.evaluate("() => window.geoiotMap.trail")
         assert after["points"] == ROUNDS + 1 and after["segments"] == ROUNDS
         assert await page.locator("path.trail-segment").count() == ROUNDS
+        assert errors == []
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def taxi_pushed(stack: Settings, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
+                      python_env: dict[str, str], output_dir: Path) -> AsyncIterator[Served]:
+    """The taxi data on a server whose page never polls within a test (MAP_REFRESH_MS one hour), whose event
+    views refresh twice a second, with an existing alerts topic."""
+    name = f"webpush-{uuid.uuid4().hex[:10]}"
+    [created] = await topics.ensure(kafka_admin, [topics.TopicSpec(f"{name}-alerts", 1)])
+    assert created.status == "created", created
+    try:
+        async with served(stack, es, python_env, output_dir, TAXI, "taxi", taxi_reports(), name=name,
+                          env={"MAP_REFRESH_MS": "3600000", "WEB_SSE_REFRESH": "0.5"}) as s:
+            yield s
+    finally:
+        await topics.delete(kafka_admin, [f"{name}-alerts"])
+
+
+async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pushed: Served, es: AsyncElasticsearch,
+                                                                          stack: Settings, output_dir: Path) -> None:
+    served = taxi_pushed
+    async with browser_page("about:blank") as (_, page, errors):
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        await page.goto(served.url + "/", wait_until="domcontentloaded")
+        await page.wait_for_function("() => window.geoiotMap.sse === 'open' && window.geoiotMap.sseFirst && "
+                                     f"window.geoiotMap.mode === 'now' && window.geoiotMap.markers === {TRACKS}",
+                                     timeout=20_000)
+        assert "live (pushed)" in await page.locator("#connection").inner_text()
+        await page.wait_for_timeout(1500)  # the first refresh and its alerts poll are over
+        mark = len(requests)
+
+        # an alert on the topic the server reads: in the panel, from the stream
+        alert = {"track": "cab-007", "fence": "jfk", "event": "enter", "time": T0 + ROUNDS * STEP_MS,
+                 "lon": JFK[0], "lat": JFK[1]}
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(f"{served.index}-alerts", orjson.dumps(alert), key=b"cab-007")
+        finally:
+            await producer.stop()
+        item = page.locator('#alerts li[data-via="sse"]', has_text="cab-007")
+        await item.wait_for(timeout=20_000)
+        assert "enter jfk: cab-007" in await item.inner_text()
+
+        # a newer report of one track: its arrow moves, pushed
+        latest = await latest_docs(es, served.index)
+        track = f"cab-{TRACKS - 5:03d}"
+        doc = latest[track]
+        moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] - 0.002, 6),
+                 TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 2, "vendor_id": doc["vendor_id"]}
+        await write_reports(stack.es_hosts, TAXI, served.index, [moved])
+        await es.indices.refresh(index=documents.latest_index(served.index))
+        await page.wait_for_function(
+            f"() => {{ const f = window.geoiotMap.now.get('{track}'); return f && f.properties.time === {moved[TAXI.time]}; }}",
+            timeout=20_000)
+        arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
+        assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
+        assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
+
+        api = [u for u in requests[mark:] if "/api/" in u]
+        assert api == [], api  # neither came from a poll
+        state = await page.evaluate("() => ({polls: window.geoiotMap.polls, pushes: window.geoiotMap.ssePushes, "
+                                    "alerts: window.geoiotMap.sseAlerts})")
+        assert state["polls"] <= 1 and state["pushes"] >= 2 and state["alerts"] >= 1
+        await page.screenshot(path=str(output_dir / "web_now_pushed.png"))
         assert errors == []
 
 
