@@ -144,7 +144,8 @@ async def served(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, 
                  preset: Preset, schema: str, reports: list[Report], env: dict[str, str] | None = None,
                  name: str | None = None) -> AsyncIterator[Served]:
     name = name or f"webnow-{uuid.uuid4().hex[:10]}"
-    settings = dataclasses.replace(stack, iot_index=name, iot_schema=schema)
+    # refreshed by the tests only: a new report shows in the latest and the observation indices at once
+    settings = dataclasses.replace(stack, iot_index=name, iot_schema=schema, iot_index_refresh="-1")
     await ensure_index(es, settings, preset)
     try:
         await write_reports(stack.es_hosts, preset, name, reports)
@@ -426,7 +427,7 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
         moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] + 0.001, 6),
                  TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 1, "vendor_id": doc["vendor_id"]}
         await write_reports(stack.es_hosts, TAXI, taxi.index, [moved])
-        await es.indices.refresh(index=documents.latest_index(taxi.index))
+        await es.indices.refresh(index=f"{taxi.index}*")
         await page.wait_for_function(
             f"() => {{ const f = window.geoiotMap.now.get('{track}'); return f && f.properties.time === {moved[TAXI.time]}; }}",
             timeout=15_000)
@@ -492,7 +493,7 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] - 0.002, 6),
                  TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 2, "vendor_id": doc["vendor_id"]}
         await write_reports(stack.es_hosts, TAXI, served.index, [moved])
-        await es.indices.refresh(index=documents.latest_index(served.index))
+        await es.indices.refresh(index=f"{served.index}*")
         await page.wait_for_function(
             f"() => {{ const f = window.geoiotMap.now.get('{track}'); return f && f.properties.time === {moved[TAXI.time]}; }}",
             timeout=20_000)
