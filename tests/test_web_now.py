@@ -17,6 +17,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -338,10 +339,39 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
         await page2.wait_for_function("() => document.querySelector('#filterError').textContent !== ''")
         assert "passengerCount" in await page2.locator("#filterError").inner_text()
 
+        # the density view takes the same filters: its total is Elasticsearch's count of the observations
+        obs_direct = (await es.count(index=taxi.index, query=query)).body["count"]
+        await page.select_option("#viewMode", "density")
+        state = await settled(page)
+        assert state["mode"] in ("cells", "markers") and state["total"] == obs_direct > direct
+        await page.select_option("#viewMode", "now")
+        await settled(page)
+
         # cleared: every track again
         await page.click("#clearFilters")
         state = await settled(page)
         assert state["where"] == [] and state["markers"] == TRACKS and "where=" not in page.url
+
+        # ranges on a float and on a time field (a datetime-local input, UTC)
+        latest = await latest_docs(es, taxi.index)
+        clock = max(d[TAXI.time] for d in latest.values())
+        since = clock - 120_000
+        query = {"bool": {"filter": [{"range": {documents.SPEED: {"gte": 5.0, "lte": 20.0}}},
+                                     {"range": {TAXI.time: {"gte": since}}}]}}
+        direct = (await es.count(index=documents.latest_index(taxi.index), query=query)).body["count"]
+        assert 0 < direct < TRACKS - STOPPED
+        for field in (documents.SPEED, TAXI.time):
+            await page.select_option("#filterField", field)
+            await page.click("#addFilter")
+        await page.fill(f".filter-row[data-field={documents.SPEED}] .f-min", "5")
+        await page.fill(f".filter-row[data-field={documents.SPEED}] .f-max", "20")
+        iso = datetime.fromtimestamp(since / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        await page.fill(f".filter-row[data-field={TAXI.time}] .f-min", iso)
+        await page.click("#applyFilters")
+        state = await settled(page)
+        assert state["where"] == [f"{documents.SPEED}:5..20", f"{TAXI.time}:>={iso}"]
+        assert state["markers"] == state["total"] == direct
+        await check_arrows(page, await latest_docs(es, taxi.index, query), taxi.preset)
         assert errors == []
 
 
