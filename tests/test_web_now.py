@@ -436,6 +436,31 @@ async def test_a_clicked_track_shows_its_popup_and_draws_its_trail(taxi: Served,
         assert errors == []
 
 
+async def test_zoomed_out_the_now_mode_counts_current_tracks_per_cell(taxi: Served, python_env: dict[str, str],
+                                                                    es: AsyncElasticsearch, output_dir: Path) -> None:
+    latest = await latest_docs(es, taxi.index)
+    env = {"IOT_INDEX": taxi.index, "MAP_REFRESH_MS": "1000", "MAP_MARKER_THRESHOLD": "10",
+           "IOT_ALERTS_TOPIC": f"{taxi.index}-alerts"}
+    with web_server(python_env, env, output_dir / "web_now_cells_server.log") as url:
+        async with browser_page(url + "/#z=11&lat=40.75&lon=-73.90") as (_, page, errors):
+            await page.wait_for_function("() => window.geoiotMap.mode === 'now-cells'", timeout=15_000)
+            state = await settled(page)
+            in_view = [t for t, d in latest.items() if in_bbox(d, state["bbox"])]
+            assert len(in_view) > 10
+            cells = await page.evaluate("() => ({cells: window.geoiotMap.cells, sum: window.geoiotMap.cellCountSum})")
+            assert cells["sum"] == state["total"] == len(in_view) and cells["cells"] > 1
+            assert "tracks per cell" in await page.locator(".legend").inner_text()
+            assert await page.locator(".track-icon").count() == 0
+            await page.screenshot(path=str(output_dir / "web_now_cells.png"))
+            # closer in, at most the threshold: arrows again
+            doc = latest[f"cab-{TRACKS - 1:03d}"]  # at JFK, with two others
+            await page.evaluate(f"() => window.geoiotMap.map.setView([{doc[TAXI.lat]}, {doc[TAXI.lon]}], 15)")
+            state = await settled(page)
+            in_view = [t for t, d in latest.items() if in_bbox(d, state["bbox"])]
+            assert 0 < len(in_view) <= 10 and state["mode"] == "now" and state["markers"] == len(in_view)
+            assert errors == []
+
+
 async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(taxi: Served, es: AsyncElasticsearch,
                                                                              stack: Settings) -> None:
     async with browser_page("about:blank") as (_, page, errors):
