@@ -562,6 +562,21 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
                                     "alerts: window.geoiotMap.sseAlerts})")
         assert state["polls"] <= 1 and state["pushes"] >= 2 and state["alerts"] >= 1
         await page.screenshot(path=str(output_dir / "web_now_pushed.png"))
+
+        # a filter goes into the stream's subscription too, which resumes after the last event seen
+        query = {"term": {"vendor_id": "VTS"}}
+        direct = (await es.count(index=documents.latest_index(served.index), query=query)).body["count"]
+        mark = len(requests)
+        await page.select_option("#filterField", "vendor_id")
+        await page.click("#addFilter")
+        await page.fill(".filter-row[data-field=vendor_id] .f-values", "VTS")
+        await page.click("#applyFilters")
+        await page.wait_for_function("() => window.geoiotMap.sse === 'open' && window.geoiotMap.sseFirst && "
+                                     f"window.geoiotMap.markers === {direct}", timeout=20_000)
+        streams = [u for u in requests[mark:] if "/api/events?" in u]
+        assert len(streams) == 1 and "where=vendor_id%3AVTS" in streams[0] and "last_event_id=" in streams[0]
+        assert sorted(a["track"] for a in await page.evaluate(ARROWS)) == \
+            sorted(await latest_docs(es, served.index, query))
         assert errors == []
 
 
