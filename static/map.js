@@ -554,7 +554,11 @@
   function addFilterRow(field, expr) {
     const kind = state.config.fields[field];
     if (!kind) return;
-    const parsed = expr ? parseExpr(kind, expr) : {};
+    let parsed = expr ? parseExpr(kind, expr) : {};
+    // what the row's inputs cannot show (equality on a float or time, a time with an offset) stays as typed
+    const local = /^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?$/;
+    if (parsed.values !== undefined && !VALUE_KINDS.includes(kind)) parsed = { raw: expr };
+    if (kind === "time" && [parsed.min, parsed.max].some((t) => t && !local.test(timeInput(t)))) parsed = { raw: expr };
     const row = document.createElement("div");
     row.className = "filter-row";
     row.dataset.field = field;

@@ -372,6 +372,21 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
         assert state["where"] == [f"{documents.SPEED}:5..20", f"{TAXI.time}:>={iso}"]
         assert state["markers"] == state["total"] == direct
         await check_arrows(page, await latest_docs(es, taxi.index, query), taxi.preset)
+
+        # expressions the inputs cannot show (a strict bound, a float equality) come back from the URL as typed
+        page3 = await browser.new_page(viewport={"width": 1280, "height": 860})
+        await page3.goto(taxi.url + "/#view=now&where=speed_mps%3A%3E5&where=rate_code%3A1%7C2", wait_until="domcontentloaded")
+        await page3.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.refreshes > 0",
+                                      timeout=15_000)
+        assert await page3.input_value(".filter-row[data-field=speed_mps] .f-raw") == ">5"
+        assert await page3.input_value(".filter-row[data-field=rate_code] .f-values") == "1|2"
+        query = {"bool": {"filter": [{"range": {documents.SPEED: {"gt": 5}}}, {"terms": {"rate_code": [1, 2]}}]}}
+        direct = (await es.count(index=documents.latest_index(taxi.index), query=query)).body["count"]
+        state3 = await page3.evaluate(STATE)
+        assert state3["where"] == ["speed_mps:>5", "rate_code:1|2"] and state3["markers"] == direct > 0
+        await page3.click("#applyFilters")  # applied again unchanged: the same
+        state3 = await settled(page3)
+        assert state3["where"] == ["speed_mps:>5", "rate_code:1|2"] and state3["markers"] == direct
         assert errors == []
 
 
