@@ -211,7 +211,8 @@
   function arrowIcon(track, lk) {
     const shape = lk.heading === null
       ? `<circle cx="10" cy="10" r="5" fill="${lk.color}" stroke="#222" stroke-width="1.2"/>`
-      : `<path d="M10 1.5 L16 17 L10 13 L4 17 Z" fill="${lk.color}" stroke="#222" stroke-width="1.2" stroke-linejoin="round"/>`;
+      : `<path d="M10 1.5 L16 17 L10 13 L4 17 Z" fill="${lk.color}" stroke="#222" stroke-width="1.2"` +
+        ` stroke-linejoin="round"/>`;
     const rotate = lk.heading === null ? "" : ` style="transform: rotate(${lk.heading.toFixed(2)}deg)"`;
     return L.divIcon({
       className: "track-icon" + (lk.stale ? " stale" : ""), iconSize: [20, 20], iconAnchor: [10, 10],
@@ -240,7 +241,8 @@
     };
     const names = Object.keys(fields).filter((n) => n !== "geohash");
     for (const n of Object.keys(a)) if (!names.includes(n)) names.push(n);
-    const rows = names.map((n) => `<tr data-field="${esc(n)}"><td>${esc(n)}</td><td>${esc(show(n, value(n)))}</td></tr>`);
+    const rows = names.map((n) =>
+      `<tr data-field="${esc(n)}"><td>${esc(n)}</td><td>${esc(show(n, value(n)))}</td></tr>`);
     const stale = look(f).stale ? ' <span class="stale-tag">stale</span>' : "";
     return `<b>${esc(p.track)}</b>${stale}<table class="popup-table">${rows.join("")}</table>` +
            `<p class="small trail-note">trail: last ${state.trailMin} min</p>`;
@@ -482,7 +484,8 @@
     closeEvents();
     state.sseUrl = url; state.sse = "connecting"; showConnection();
     // a new view's stream resumes the alerts after the last event of the previous one
-    const es = new EventSource(url + (state.lastEventId ? "&last_event_id=" + encodeURIComponent(state.lastEventId) : ""));
+    const resume = state.lastEventId ? "&last_event_id=" + encodeURIComponent(state.lastEventId) : "";
+    const es = new EventSource(url + resume);
     events = es;
     es.onopen = () => {
       if (events !== es) return;
@@ -547,7 +550,10 @@
   }
   // A time bound in the text a datetime-local input shows (UTC, seconds); other forms stay as typed.
   function timeInput(text) {
-    if (/^-?\d{1,13}$/.test(text)) { const ms = Math.abs(+text) < 1e11 ? +text * 1000 : +text; return fmtTime(ms).slice(0, 19); }
+    if (/^-?\d{1,13}$/.test(text)) { // epoch s or ms, told apart by magnitude as the server does
+      const ms = Math.abs(+text) < 1e11 ? +text * 1000 : +text;
+      return ms % 1000 === 0 ? fmtTime(ms).slice(0, 19) : text;
+    }
     const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?)Z?$/.exec(text);
     return m ? m[1] : text;
   }
@@ -563,7 +569,7 @@
     row.className = "filter-row";
     row.dataset.field = field;
     row.dataset.kind = kind;
-    const inputType = kind === "time" ? "datetime-local" : kind === "string" ? "text" : "text";
+    const inputType = kind === "time" ? "datetime-local" : "text";
     let html = `<span class="filter-name" title="${esc(kind)}">${esc(field)}</span>`;
     if (parsed.raw !== undefined) {
       html += `<input class="f-raw" type="text" value="${esc(parsed.raw)}" aria-label="${esc(field)} expression">`;
@@ -578,13 +584,14 @@
       if (RANGE_KINDS.includes(kind)) {
         const conv = kind === "time" ? timeInput : (x) => x;
         const step = kind === "time" ? ' step="1"' : "";
-        html += `<input class="f-min" type="${inputType}"${step} placeholder="min" value="${esc(conv(parsed.min || ""))}" ` +
-                `aria-label="${esc(field)} at least">` +
-                `<input class="f-max" type="${inputType}"${step} placeholder="max" value="${esc(conv(parsed.max || ""))}" ` +
-                `aria-label="${esc(field)} at most">`;
+        const bound = (cls, text, label) => `<input class="${cls}" type="${inputType}"${step} ` +
+          `placeholder="${cls === "f-min" ? "min" : "max"}" value="${esc(conv(text || ""))}" ` +
+          `aria-label="${esc(field)} ${label}">`;
+        html += bound("f-min", parsed.min, "at least") + bound("f-max", parsed.max, "at most");
       }
     }
-    html += `<button type="button" class="f-remove" title="remove this filter" aria-label="remove ${esc(field)}">×</button>`;
+    html += `<button type="button" class="f-remove" title="remove this filter" aria-label="remove ${esc(field)}">` +
+            "×</button>";
     row.innerHTML = html;
     row.querySelector(".f-remove").addEventListener("click", () => row.remove());
     $("filterRows").appendChild(row);
@@ -593,7 +600,8 @@
   function panelWhere() {
     const out = [];
     for (const row of $("filterRows").querySelectorAll(".filter-row")) {
-      const f = row.dataset.field, val = (cls) => { const el = row.querySelector(cls); return el ? el.value.trim() : ""; };
+      const f = row.dataset.field;
+      const val = (cls) => { const el = row.querySelector(cls); return el ? el.value.trim() : ""; };
       if (val(".f-raw")) out.push(`${f}:${val(".f-raw")}`);
       if (val(".f-values")) out.push(`${f}:${val(".f-values")}`);
       const min = val(".f-min"), max = val(".f-max");
@@ -732,7 +740,9 @@
       state.colorBy = e.target.value; writeHash();
       if (state.mode === "now") syncNow(); else refresh();
     });
-    $("viewMode").addEventListener("change", (e) => { state.view = e.target.value; clearTrail(); writeHash(); refresh(); });
+    $("viewMode").addEventListener("change", (e) => {
+      state.view = e.target.value; clearTrail(); writeHash(); refresh();
+    });
     $("staleMin").addEventListener("change", (e) => {
       const v = Number(e.target.value);
       if (!(v > 0)) { e.target.value = String(+(state.staleMs / 60000).toFixed(4)); return; }

@@ -212,9 +212,10 @@ async def settled(page: Any) -> dict[str, Any]:
 # The drawn arrows: track, rotation (from the computed CSS transform), fill, stale, and where the icon's
 # centre is against where the map puts the track's position.
 ARROWS = """() => [...document.querySelectorAll('.track-icon svg.track-arrow')].map((svg) => {
-  const m = new DOMMatrixReadOnly(getComputedStyle(svg).transform === 'none' ? undefined : getComputedStyle(svg).transform);
+  const t = getComputedStyle(svg).transform, m = new DOMMatrixReadOnly(t === 'none' ? undefined : t);
   const f = window.geoiotMap.now.get(svg.dataset.track);
-  const map = window.geoiotMap.map, box = svg.getBoundingClientRect(), mbox = map.getContainer().getBoundingClientRect();
+  const map = window.geoiotMap.map, box = svg.getBoundingClientRect();
+  const mbox = map.getContainer().getBoundingClientRect();
   const p = map.latLngToContainerPoint([f.geometry.coordinates[1], f.geometry.coordinates[0]]);
   return {track: svg.dataset.track, angle: Math.atan2(m.b, m.a) * 180 / Math.PI,
           fill: svg.firstElementChild.getAttribute('fill'), stale: svg.parentElement.classList.contains('stale'),
@@ -375,7 +376,8 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
 
         # expressions the inputs cannot show (a strict bound, a float equality) come back from the URL as typed
         page3 = await browser.new_page(viewport={"width": 1280, "height": 860})
-        await page3.goto(taxi.url + "/#view=now&where=speed_mps%3A%3E5&where=rate_code%3A1%7C2", wait_until="domcontentloaded")
+        await page3.goto(taxi.url + "/#view=now&where=speed_mps%3A%3E5&where=rate_code%3A1%7C2",
+                         wait_until="domcontentloaded")
         await page3.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.refreshes > 0",
                                       timeout=15_000)
         assert await page3.input_value(".filter-row[data-field=speed_mps] .f-raw") == ">5"
@@ -408,7 +410,8 @@ async def check_trail(page: Any, es: AsyncElasticsearch, served: Served, track: 
     await page.wait_for_selector(".leaflet-popup-content table")
     shown = await page.locator(".leaflet-popup-content tr").evaluate_all("(rows) => rows.map((r) => r.dataset.field)")
     assert set(fields) <= set(shown), (fields, shown)
-    await page.wait_for_function(f"() => window.geoiotMap.trail && window.geoiotMap.trail.track === {orjson.dumps(track).decode()}"
+    await page.wait_for_function("() => window.geoiotMap.trail && window.geoiotMap.trail.track === "
+                                 f"{orjson.dumps(track).decode()}"
                                  " && !window.geoiotMap.trail.loading", timeout=15_000)
     trail = await page.evaluate("() => window.geoiotMap.trail")
     end = (await latest_docs(es, served.index))[track][preset.time]
@@ -420,8 +423,8 @@ async def check_trail(page: Any, es: AsyncElasticsearch, served: Served, track: 
     hits = [h["_source"] for h in resp.body["hits"]["hits"]]
     assert len(hits) >= 3
     assert (trail["start"], trail["end"], trail["points"], trail["segments"]) == (start, end, len(hits), len(hits) - 1)
-    speeds = [metres((a[preset.lon], a[preset.lat]), (b[preset.lon], b[preset.lat])) / ((b[preset.time] - a[preset.time]) / 1000)
-              for a, b in zip(hits, hits[1:])]
+    speeds = [metres((a[preset.lon], a[preset.lat]), (b[preset.lon], b[preset.lat]))
+              / ((b[preset.time] - a[preset.time]) / 1000) for a, b in zip(hits, hits[1:])]
     colors = [await page.evaluate("(v) => window.geoiotMap.speedColor(v)", v) for v in speeds]
     assert trail["colors"] == colors
     assert [round(v, 6) for v in trail["speeds"]] == [round(v, 6) for v in speeds]
@@ -499,7 +502,8 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
         await write_reports(stack.es_hosts, TAXI, taxi.index, [moved])
         await es.indices.refresh(index=f"{taxi.index}*")
         await page.wait_for_function(
-            f"() => {{ const f = window.geoiotMap.now.get('{track}'); return f && f.properties.time === {moved[TAXI.time]}; }}",
+            f"() => {{ const f = window.geoiotMap.now.get('{track}'); "
+            f"return f && f.properties.time === {moved[TAXI.time]}; }}",
             timeout=15_000)
         arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
         assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
@@ -565,7 +569,8 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         await write_reports(stack.es_hosts, TAXI, served.index, [moved])
         await es.indices.refresh(index=f"{served.index}*")
         await page.wait_for_function(
-            f"() => {{ const f = window.geoiotMap.now.get('{track}'); return f && f.properties.time === {moved[TAXI.time]}; }}",
+            f"() => {{ const f = window.geoiotMap.now.get('{track}'); "
+            f"return f && f.properties.time === {moved[TAXI.time]}; }}",
             timeout=20_000)
         arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
         assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
