@@ -274,6 +274,16 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.1, maximum=3600),
     Setting("WEB_BODY_TIMEOUT", 5.0, "Seconds the web server spends reading a request body it does not use", float,
             minimum=0.1, maximum=3600),
+    Setting("WEB_SSE_REFRESH", 1.0, "Seconds between two searches of one /api/events view (shared by its clients)",
+            float, minimum=0.1, maximum=3600),
+    Setting("WEB_SSE_QUEUE", 64, "Events one /api/events client may have waiting; beyond, its oldest are dropped",
+            int, minimum=1, maximum=100_000),
+    Setting("WEB_SSE_RING", 1000, "Recent alerts kept for /api/alerts and Last-Event-ID resumes of /api/events",
+            int, minimum=1, maximum=1_000_000),
+    Setting("WEB_SSE_PING", 15.0, "Seconds between keep-alive comments on /api/events", float,
+            minimum=0.1, maximum=3600),
+    Setting("WEB_SSE_MAX_CLIENTS", 10_000, "Open /api/events streams at most; beyond, 503 busy with Retry-After",
+            int, minimum=1, maximum=1_000_000),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -321,6 +331,11 @@ class Settings:
     web_max_grid_cells: int
     web_header_timeout: float
     web_body_timeout: float
+    web_sse_refresh: float
+    web_sse_queue: int
+    web_sse_ring: int
+    web_sse_ping: float
+    web_sse_max_clients: int
 
     @property
     def es_hosts(self) -> list[str]:

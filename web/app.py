@@ -23,9 +23,9 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from web import alerts, assets, routes
+from web import alerts, assets, events, routes
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
 from web.limiter import Busy, Limiter
 from web.metrics import Metrics
 from web.params import BadRequest
@@ -84,7 +84,7 @@ async def compress(request: web.Request, handler: Handler) -> web.StreamResponse
     """gzip (else deflate) for text-like responses when the client accepts it; small bodies go as they are."""
     response = await handler(request)
     ctype = response.content_type or ""
-    if response.status >= 300 or not ctype.startswith(_COMPRESSIBLE):
+    if response.status >= 300 or not ctype.startswith(_COMPRESSIBLE) or ctype == "text/event-stream":
         return response
     accept = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
     coding = "gzip" if "gzip" in accept else "deflate" if "deflate" in accept else None
@@ -190,8 +190,30 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         pass
 
 
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The event streams' fan-out (web.events): its views search through the app's limiter and client."""
+
+    async def fetch(p: Any) -> tuple[int, list[dict[str, Any]]]:
+        return await routes.latest_features(app, p, "sse_view")
+
+    settings, metrics = app[SETTINGS], app[METRICS]
+    hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
+                                queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
+                                counters=events.Counters(metrics))
+    metrics.sse_clients.set_function(lambda: hub.clients)
+    metrics.sse_views.set_function(lambda: len(hub.views))
+    yield
+    await hub.close()
+
+
+async def close_streams(app: web.Application) -> None:
+    """At shutdown, end the event streams at once (else the server would wait for them to time out)."""
+    if HUB in app:
+        await app[HUB].close()
+
+
 def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool = True,
-             alerts_maxlen: int = 1000) -> web.Application:
+             alerts_maxlen: int | None = None) -> web.Application:
     """The web application for ``settings``; ``cache_ttl=0`` disables the aggregation cache (benchmarks)."""
     app = web.Application(middlewares=[observe, compress, errors])
     app[SETTINGS] = settings
@@ -201,11 +223,13 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     metrics.queued.set_function(lambda: limiter.queued)
     metrics.in_flight.set_function(lambda: limiter.in_flight)
     app[CACHE] = TTLCache(cache_ttl)
-    app[ALERTS] = alerts.AlertBuffer(alerts_maxlen)
+    app[ALERTS] = alerts.AlertBuffer(alerts_maxlen or settings.web_sse_ring)
     app[FENCES] = load_fences(settings.iot_geofences)
     app.cleanup_ctx.append(es_ctx)
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
+    app.cleanup_ctx.append(hub_ctx)
+    app.on_shutdown.append(close_streams)
     routes.setup(app)
     add_static_routes(app)
     return app

@@ -10,6 +10,7 @@ from geoiot.config import Settings
 from geoiot.schema import Preset
 from web.alerts import AlertBuffer
 from web.cache import TTLCache
+from web.events import Hub
 from web.limiter import Limiter
 from web.metrics import Metrics
 
@@ -21,3 +22,4 @@ CACHE = web.AppKey("cache", TTLCache)
 ALERTS = web.AppKey("alerts", AlertBuffer)
 FENCES = web.AppKey("fences", dict)
 LIMITER = web.AppKey("limiter", Limiter)
+HUB = web.AppKey("hub", Hub)

@@ -36,6 +36,14 @@ class Metrics:
         self.in_flight = Gauge("geoiot_web_es_in_flight", "Searches running on Elasticsearch", registry=r)
         self.queue_wait = Histogram("geoiot_web_es_queue_wait_seconds", "Time a search waited for a slot",
                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.sse_clients = Gauge("geoiot_web_sse_clients", "Open /api/events streams", registry=r)
+        self.sse_views = Gauge("geoiot_web_sse_views", "Distinct views the /api/events streams watch", registry=r)
+        self.sse_searches = Counter("geoiot_web_sse_searches_total",
+                                    "Searches of /api/events views (one per view per refresh period)", registry=r)
+        self.sse_search_errors = Counter("geoiot_web_sse_search_errors_total",
+                                         "Searches of /api/events views that failed", registry=r)
+        self.sse_dropped = Counter("geoiot_web_sse_dropped_total",
+                                   "Events dropped from a slow client's full queue (its oldest)", ["kind"], registry=r)
         self.alerts_up = Gauge("geoiot_web_alerts_consumer_up", "1 while the alerts consumer is connected",
                                registry=r)
 

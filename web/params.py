@@ -154,6 +154,15 @@ class LatestParams:
 
 
 @dataclass(frozen=True)
+class EventParams:
+    """A stream of /api/events: the view whose latest positions it carries (normalised, so equal views are
+    one key of the shared fan-out) and where its alerts resume (partition -> offset; None: new alerts only)."""
+
+    view: LatestParams
+    resume: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass(frozen=True)
 class AlertParams:
     since: int | None
     limit: int
@@ -368,6 +377,41 @@ def latest_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> Latest
     q = single(query, {"bbox", "limit"}, {"where"})
     return LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
                         parse_where(query.getall("where", []), fields))
+
+
+# The resume token of /api/events (web.alerts.format_cursor): partition:offset, comma-separated.
+CURSOR_PATTERN = r"^[0-9]{1,6}:[0-9]{1,19}(,[0-9]{1,6}:[0-9]{1,19}){0,1023}$"
+_CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def parse_cursor(text: str, name: str) -> tuple[tuple[int, int], ...]:
+    """A resume token as sorted (partition, offset) pairs, each partition once."""
+    if not _CURSOR.fullmatch(text):
+        raise BadRequest(f"{name} {text[:40]!r} is not a resume token of this server (partition:offset, "
+                         "comma-separated)")
+    pairs = [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
+    cursor = dict(pairs)
+    if len(cursor) != len(pairs):
+        raise BadRequest(f"{name} {text[:40]!r} names a partition twice")
+    return tuple(sorted(cursor.items()))
+
+
+def normal_view(p: LatestParams) -> LatestParams:
+    """``p`` with its filters in one order and each once: views that select the same are equal."""
+    return LatestParams(p.bbox, p.limit, tuple(sorted(set(p.where), key=repr)))
+
+
+def event_params(query: Query, last_event_id: str | None, fields: Mapping[str, str] = NO_FIELDS) -> EventParams:
+    """/api/events: the /api/latest parameters, and the resume token from the ``Last-Event-ID`` header (which
+    a browser's EventSource sends when it reconnects) or else from ``last_event_id`` (for a new stream, e.g.
+    after the view changed, that must not miss the alerts in between)."""
+    q = single(query, {"bbox", "limit", "last_event_id"}, {"where"})
+    view = normal_view(LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
+                                    parse_where(query.getall("where", []), fields)))
+    if last_event_id is not None and last_event_id.strip() != "":
+        return EventParams(view, parse_cursor(last_event_id.strip(), "Last-Event-ID"))
+    token = q.get("last_event_id", "")
+    return EventParams(view, parse_cursor(token, "last_event_id") if token else None)
 
 
 def alert_params(query: Query) -> AlertParams:

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp_sse import EventSourceResponse
 
 from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_index
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
-from web.keys import ALERTS, CACHE, ES, FENCES, LIMITER, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.limiter import Busy
 from web.responses import json_response
 
 log = logging.getLogger("web")
+# The reconnection delay a browser's EventSource is told (the stream's first line), in ms.
+SSE_RETRY_MS = 3000
+# Seconds one event may take to be written before a stalled client is cut off (its queue drops meanwhile).
+SSE_SEND_TIMEOUT = 30.0
 
 
 async def search(request: web.Request, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
     """Run one search on the index alias (or ``index``) in a slot of the limiter (web.limiter.Busy when none
     comes soon), timed per query kind."""
-    app = request.app
+    return await app_search(request.app, name, body, index)
+
+
+async def app_search(app: web.Application, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
+    """:func:`search` for the application's own tasks (the event streams' views)."""
     metrics = app[METRICS]
     queued = time.perf_counter()
     async with app[LIMITER].slot():
@@ -131,14 +142,53 @@ def latest_feature(preset: Any, source: dict[str, Any]) -> dict[str, Any] | None
             "properties": props}
 
 
-async def latest(request: web.Request) -> web.Response:
-    """Current positions: the newest report of each track in view (the agents' latest index), newest first."""
-    preset = request.app[PRESET]
-    p = params.latest_params(request.query, field_types(preset))
-    resp = await search(request, "latest", queries.latest_body(preset, p), latest_index(request.app[SETTINGS].iot_index))
+async def latest_features(app: web.Application, p: params.LatestParams,
+                          name: str = "latest") -> tuple[int, list[dict[str, Any]]]:
+    """The tracks in view (total) and the current positions of the first ``limit`` of them, newest first."""
+    preset = app[PRESET]
+    resp = await app_search(app, name, queries.latest_body(preset, p), latest_index(app[SETTINGS].iot_index))
     features = [f for f in (latest_feature(preset, dict(hit.get("_source", {})))
                             for hit in resp.get("hits", {}).get("hits", [])) if f is not None]
-    return json_response({"type": "FeatureCollection", "total": _total(resp), "features": features})
+    return _total(resp), features
+
+
+async def latest(request: web.Request) -> web.Response:
+    """Current positions: the newest report of each track in view (the agents' latest index), newest first."""
+    p = params.latest_params(request.query, field_types(request.app[PRESET]))
+    total, features = await latest_features(request.app, p)
+    return json_response({"type": "FeatureCollection", "total": total, "features": features})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: alerts as they are read, and the view's latest positions as they change (the
+    shared fan-out of web.events). A bad query is a 400 before the stream starts."""
+    app = request.app
+    settings = app[SETTINGS]
+    p = params.event_params(request.query, request.headers.get(hdrs.LAST_EVENT_ID), field_types(app[PRESET]))
+    hub = app[HUB]
+    try:
+        sub = hub.subscribe(p.view, None if p.resume is None else dict(p.resume))
+    except OverflowError as exc:
+        raise Busy("sse_clients", f"server busy: {exc}") from None
+    except RuntimeError as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc)) from None
+    log.info(json.dumps({"event": "sse_open", "clients": hub.clients, "views": len(hub.views),
+                         "resume": p.resume is not None}))
+    resp = EventSourceResponse(ping_interval=settings.web_sse_ping, send_timeout=SSE_SEND_TIMEOUT)
+    try:
+        await resp.prepare(request)
+        await resp.write(f"retry: {SSE_RETRY_MS}\r\n\r\n".encode())
+        while not sub.closed and resp.is_connected():
+            for event in await sub.get(settings.web_sse_ping):
+                await resp.send(event.data, id=event.id, event=event.kind)
+    except (ConnectionError, TimeoutError, RuntimeError):
+        pass  # the client went away, or stalled past SSE_SEND_TIMEOUT and was cut off
+    finally:
+        hub.unsubscribe(sub)
+        if resp.prepared and resp.is_connected():
+            resp.stop_streaming()
+        log.info(json.dumps({"event": "sse_close", "clients": hub.clients, "dropped": sub.dropped}))
+    return resp
 
 
 async def track(request: web.Request) -> web.Response:
@@ -234,6 +284,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/aggregate", aggregate)
     r.add_get("/api/observations", observations)
     r.add_get("/api/latest", latest)
+    r.add_get("/api/events", events)
     r.add_get("/api/tracks/{id}", track)
     r.add_get("/api/alerts", recent_alerts)
     r.add_get("/api/geofences", geofences)
