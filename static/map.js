@@ -615,10 +615,13 @@
     $("filterSummary").textContent = state.where.length ? state.where.join(" AND ") : "none";
   }
   function setFilters(where) {
+    const changed = JSON.stringify(where) !== JSON.stringify(state.where);
     state.where = where;
     showFilterSummary();
-    clearTrail();
-    state.now = new Map(); clearNow();
+    if (changed) { // other tracks: nothing drawn stays; the stream of the new filters starts afresh
+      clearTrail();
+      state.now = new Map(); clearNow();
+    }
     writeHash(); refresh();
   }
   function buildFilterPanel() {
@@ -765,7 +768,10 @@
     });
     setInterval(() => {
       if (state.paused || state.playing || document.hidden) return;
-      if (nowMode() && state.mode === "now" && sseLive() && !state.pendingFull) { syncNow(); return; } // pushed
+      if (nowMode() && state.mode === "now" && sseLive() && !state.pendingFull) {
+        syncNow(); state.refreshes += 1; // pushed: restyled (staleness moves on), no request
+        return;
+      }
       refresh();
     }, state.config.refreshMs);
 
