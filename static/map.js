@@ -93,14 +93,17 @@
   let cellLayer, markerLayer, labelLayer, nowLayer, trailLayer, trailRenderer, heatLayer, legend;
   const nowMarkers = new Map(); // track -> L.marker
 
+  // Geometric class breaks up to the largest count, each once (small counts give fewer classes, spread
+  // over the whole palette).
   function countBreaks(counts) {
     const max = Math.max(1, ...counts);
-    return COUNT_COLORS.map((_, i) => Math.max(1, Math.round(Math.pow(max, i / COUNT_COLORS.length))));
+    return [...new Set(COUNT_COLORS.map((_, i) => Math.max(1, Math.round(Math.pow(max, i / COUNT_COLORS.length)))))];
   }
+  const classColor = (i, n) => COUNT_COLORS[n <= 1 ? 0 : Math.round(i * (COUNT_COLORS.length - 1) / (n - 1))];
   function countColor(count, breaks) {
     let k = 0;
     breaks.forEach((b, i) => { if (count >= b) k = i; });
-    return COUNT_COLORS[k];
+    return classColor(k, breaks.length);
   }
   function showLegend(html) {
     if (legend) legend.remove();
@@ -115,7 +118,8 @@
   }
   function countLegend(breaks, what) {
     return `<b>${what} per cell</b><br>` + breaks.map((b, i) =>
-      `<i style="background:${COUNT_COLORS[i]}"></i>${b}${i + 1 < breaks.length ? "–" + (breaks[i + 1] - 1) : "+"}`
+      `<i style="background:${classColor(i, breaks.length)}"></i>${b}` +
+      (i + 1 < breaks.length ? (breaks[i + 1] - 1 > b ? "–" + (breaks[i + 1] - 1) : "") : "+")
     ).join("<br>");
   }
   function clearNow() {

@@ -36,7 +36,7 @@ from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
 from tests.support.presets import FLIGHTS, FLIGHTS_DATA
-from tests.support.served_map import ROOT, web_server
+from tests.support.served_map import ROOT, get, web_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -460,6 +460,10 @@ async def test_zoomed_out_the_now_mode_counts_current_tracks_per_cell(taxi: Serv
     env = {"IOT_INDEX": taxi.index, "MAP_REFRESH_MS": "1000", "MAP_MARKER_THRESHOLD": "10",
            "IOT_ALERTS_TOPIC": f"{taxi.index}-alerts"}
     with web_server(python_env, env, output_dir / "web_now_cells_server.log") as url:
+        status, body = get(url + "/api/aggregate?source=latest&zoom=11")
+        if status == 400 and b"source" in body:  # the API side of issue 14 item 1 (branch webapi) lacks it yet
+            pytest.skip(f"this server has no /api/aggregate?source=latest: {body[:120]!r}")
+        assert status == 200, body[:300]
         async with browser_page(url + "/#z=11&lat=40.75&lon=-73.90") as (_, page, errors):
             await page.wait_for_function("() => window.geoiotMap.mode === 'now-cells'", timeout=15_000)
             state = await settled(page)
