@@ -37,6 +37,10 @@ log = logging.getLogger("web.events")
 # (total tracks in view, their features in the answer's order): what one search of a view gives.
 Fetch = Callable[[LatestParams], Awaitable[tuple[int, list[dict[str, Any]]]]]
 ALERT, LATEST, GAP = "alert", "latest", "gap"
+# The reconnection delay a browser's EventSource is told (the stream's first line), in ms.
+SSE_RETRY_MS = 3000
+# Seconds one event may take to be written before a stalled client is cut off (its queue drops meanwhile).
+SSE_SEND_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,11 @@ from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_inde
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
 from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.events import SSE_RETRY_MS, SSE_SEND_TIMEOUT
 from web.limiter import Busy
 from web.responses import json_response
 
 log = logging.getLogger("web")
-# The reconnection delay a browser's EventSource is told (the stream's first line), in ms.
-SSE_RETRY_MS = 3000
-# Seconds one event may take to be written before a stalled client is cut off (its queue drops meanwhile).
-SSE_SEND_TIMEOUT = 30.0
 
 
 async def search(request: web.Request, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
@@ -92,11 +89,13 @@ async def aggregate(request: web.Request) -> web.Response:
     p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells,
                                 field_types(request.app[PRESET]))
     body = queries.aggregate_body(request.app[PRESET], p)
-    # the key is the whole search body: bbox, window, precision, fence and every where filter
-    key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+    # source=latest counts current tracks (one document each) in the latest index, else observations
+    index = latest_index(request.app[SETTINGS].iot_index) if p.source == params.LATEST_SOURCE else None
+    # the key is the source and the whole search body: bbox, window, precision, fence and every where filter
+    key = p.source + orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
-        return aggregate_payload(await search(request, "aggregate", body), p.precision)
+        return aggregate_payload(await search(request, "aggregate", body, index), p.precision)
 
     payload, cached = await request.app[CACHE].get_or_compute(key, compute)
     request.app[METRICS].cache.labels("hit" if cached else "miss").inc()
