@@ -259,7 +259,8 @@ async def test_n_clients_on_one_view_cost_one_search_per_period(
         await asyncio.sleep(3.0)
         periods = 3.0 / 0.5
         during = hub.counters.searches - searched
-        assert 2 * (periods - 2) <= during <= 2 * (periods + 1), during
+        # at most one search per view per period (a loaded machine may make periods late, never early)
+        assert 2 <= during <= 2 * (periods + 1), during
         await es.indices.refresh(index=index)
         assert await queries() - before == hub.counters.searches  # Elasticsearch saw only the views' searches
         metrics = (await (await http.get(str(server.make_url("/metrics")))).text())
