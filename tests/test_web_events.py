@@ -10,6 +10,9 @@ import asyncio
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +30,7 @@ from agents.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset
+from tests.support.health import wait_healthy
 from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
 from web.app import init_app
@@ -358,3 +362,32 @@ async def test_beyond_max_clients_is_503_busy(data: Data, http: aiohttp.ClientSe
     finally:
         await server.close()
 
+
+
+async def test_sigterm_ends_open_streams_at_once(data: Data, python_env: dict[str, str],
+                                                 http: aiohttp.ClientSession) -> None:
+    """``python -m web`` with streams open stops within seconds (not aiohttp's 60 s graceful wait), exit 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(python_env, IOT_INDEX=data.settings.iot_index, WEB_PORT=str(port), WEB_HOST="127.0.0.1",
+               IOT_ALERTS_TOPIC=data.settings.iot_alerts_topic)
+    proc = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(http, base, timeout=30)
+        responses = [await http.get(f"{base}/api/events") for _ in range(3)]
+        for r in responses:
+            await read_until(r, Stream(), lambda s: s.of("latest"), 10)
+        began = time.monotonic()
+        proc.terminate()
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
+        assert code == 0 and time.monotonic() - began < 10
+        for r in responses:
+            assert (await r.content.read()) is not None  # the streams were ended by the server
+            r.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
