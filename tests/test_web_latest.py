@@ -4,6 +4,7 @@ also after older reports were re-sent, and bbox, where and limit select what a d
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import uuid
@@ -205,3 +206,29 @@ async def latest_like(client: TestClient, path: str, query: list[tuple[str, str]
     resp = await client.get(path, params=query)
     assert resp.status == status
     return await resp.json()
+
+
+async def test_identical_latest_requests_within_a_second_share_one_search(client: TestClient, data: Data,
+                                                                         es: AsyncElasticsearch) -> None:
+    from web.keys import METRICS
+
+    def searches() -> float:
+        return sum(s.value for s in client.app[METRICS].es_latency.collect()[0].samples
+                   if s.name.endswith("_count") and s.labels["query"] == "latest")
+
+    await asyncio.sleep(1.1)  # nothing cached from the other tests
+    query = [("where", "vendor_id:VTS"), ("where", "passengerCount:>=2")]
+    before = searches()
+    answers = await asyncio.gather(*(latest(client, query if i % 2 else query[::-1]) for i in range(10)))
+    assert all(a == answers[0] for a in answers) and searches() - before == 1  # filter order: the same view
+    # a track moves: a cached answer cannot see it, one a second later must
+    index = documents.latest_index(data.settings.iot_index)
+    track, r = next((t, r) for t, r in data.newest.items() if r["vendor_id"] == "VTS" and r["passengerCount"] >= 2)
+    await es.update(index=index, id=track, doc={"passengerCount": 1}, refresh=True)
+    try:
+        assert track in {f["id"] for f in (await latest(client, query))["features"]}
+        await asyncio.sleep(1.1)
+        assert track not in {f["id"] for f in (await latest(client, query))["features"]}
+        assert searches() - before == 2
+    finally:
+        await es.update(index=index, id=track, doc={"passengerCount": r["passengerCount"]}, refresh=True)

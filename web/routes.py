@@ -152,10 +152,19 @@ async def latest_features(app: web.Application, p: params.LatestParams,
 
 
 async def latest(request: web.Request) -> web.Response:
-    """Current positions: the newest report of each track in view (the agents' latest index), newest first."""
-    p = params.latest_params(request.query, field_types(request.app[PRESET]))
-    total, features = await latest_features(request.app, p)
-    return json_response({"type": "FeatureCollection", "total": total, "features": features})
+    """Current positions: the newest report of each track in view (the agents' latest index), newest first.
+    Answers are shared like aggregations (web.cache, 1 s): maps polling one view cost one search."""
+    app = request.app
+    p = params.normal_view(params.latest_params(request.query, field_types(app[PRESET])))
+    key = "latest" + orjson.dumps(queries.latest_body(app[PRESET], p), option=orjson.OPT_SORT_KEYS).decode()
+
+    async def compute() -> bytes:
+        total, features = await latest_features(app, p)
+        return orjson.dumps({"type": "FeatureCollection", "total": total, "features": features})
+
+    payload, cached = await app[CACHE].get_or_compute(key, compute)
+    app[METRICS].latest_cache.labels("hit" if cached else "miss").inc()
+    return json_response(None, raw=payload)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
