@@ -41,7 +41,6 @@ from tests.support.observations import NYC, document, on_grid
 from tests.support.sse import Stream, parse
 
 ROOT = Path(__file__).resolve().parent.parent
-T1 = 1_357_100_000_000  # after every prepared position: the writer's reports are always newer
 
 
 def views(n: int) -> list[str]:
@@ -63,7 +62,8 @@ async def writer(es: AsyncElasticsearch, base: str, tracks: int, per_second: int
     preset = load_preset("taxi")
     rng = random.Random(5)
     w, s, e, n = NYC
-    t, written = T1, 0
+    # now, in ms: after every prepared position and every earlier run's, so no report is refused as older
+    t, written = int(time.time() * 1000), 0
     while not stop.is_set():
         began = time.perf_counter()
         actions = []
