@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
@@ -33,6 +34,7 @@ from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
 from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
+from web import openapi
 from web.app import init_app
 from web.keys import ALERTS, HUB, METRICS
 
@@ -127,6 +129,11 @@ async def produce(producer: AIOKafkaProducer, topic: str, alerts: list[dict[str,
     return sent
 
 
+def schema(name: str) -> dict[str, Any]:
+    doc = openapi.document()
+    return {**doc["components"]["schemas"][name], "components": doc["components"]}
+
+
 def bbox(box: tuple[float, ...]) -> str:
     return ",".join(map(str, box))
 
@@ -183,6 +190,8 @@ async def test_a_token_older_than_the_ring_gets_a_gap_then_what_is_kept(
             stream = Stream()
             await read_until(resp, stream, lambda s: len(s.of("alert")) == 4, 10)
             assert stream.events[0].event == "gap" and stream.events[0].json()["after"] == "0:2"
+            jsonschema.validate(stream.events[0].json(), schema("LatestGap"))
+            assert stream.events[0].json()["kept"] == 4
             assert [e.data.encode() for e in stream.of("alert")] == sent[6:]
         async with http.get(url, headers={"Last-Event-ID": "0:6"}) as resp:  # kept: no gap
             stream = Stream()
@@ -208,6 +217,7 @@ async def test_latest_is_the_whole_view_first_then_only_what_changed(
                 {"geo_bounding_box": {documents.GEOMETRY: {"top_left": {"lat": VIEW[3], "lon": VIEW[0]},
                                                            "bottom_right": {"lat": VIEW[1], "lon": VIEW[2]}}}},
                 {"range": {documents.SPEED: {"gte": 4}}}]}})
+            jsonschema.validate(first, schema("LatestChanges"))
             assert first["full"] is True and first["removed"] == []
             assert {f["id"] for f in first["features"]} == want and first["total"] == direct["count"] == len(want)
             # cab-006 leaves the view, cab-007 enters it, cab-008 reports an older position (never seen)
@@ -219,6 +229,7 @@ async def test_latest_is_the_whole_view_first_then_only_what_changed(
                 document=doc(8, T0, *on_grid(-73.5, 40.75)), refresh=True)
             await read_until(resp, stream, lambda s: len(s.of("latest")) >= 2, 10)
             second = stream.of("latest")[1].json()
+            jsonschema.validate(second, schema("LatestChanges"))
             assert second["full"] is False and second["removed"] == ["cab-006"]
             assert [f["id"] for f in second["features"]] == ["cab-007"]
             assert second["features"][0]["geometry"]["coordinates"] == list(on_grid(-73.95, 40.75))
