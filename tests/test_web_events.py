@@ -360,12 +360,18 @@ async def test_a_bad_query_is_a_400_before_any_stream(data: Data, http: aiohttp.
         await server.close()
 
 
-async def test_beyond_max_clients_is_503_busy(data: Data, http: aiohttp.ClientSession) -> None:
-    server = await serve(dataclasses.replace(data.settings, web_sse_max_clients=2), consume_alerts=False)
+async def test_beyond_max_clients_or_views_is_503_busy(data: Data, http: aiohttp.ClientSession) -> None:
+    server = await serve(dataclasses.replace(data.settings, web_sse_max_clients=3, web_sse_max_views=2),
+                         consume_alerts=False)
     try:
         url = str(server.make_url("/api/events"))
-        open_ = [await http.get(url) for _ in range(2)]
-        async with http.get(url) as resp:
+        open_ = [await http.get(url, params={"limit": str(n)}) for n in (1, 2)]
+        async with http.get(url, params={"limit": "3"}) as resp:  # a third view
+            assert resp.status == 503 and "Retry-After" in resp.headers
+            assert "WEB_SSE_MAX_VIEWS" in (await resp.json())["error"]
+        open_.append(await http.get(url, params={"limit": "2"}))  # a view watched already: welcome
+        assert open_[-1].status == 200
+        async with http.get(url, params={"limit": "1"}) as resp:
             assert resp.status == 503 and "Retry-After" in resp.headers
             assert "WEB_SSE_MAX_CLIENTS" in (await resp.json())["error"]
         for r in open_:
