@@ -39,7 +39,7 @@ from agents.consumer import SourceStream, Topics
 from agents.geofence import Geofences, GeofenceError
 from agents.index import IndexSetupError, ensure_index
 from agents.pipeline import Pipeline
-from agents.retention import delete_expired
+from agents.retention import delete_expired, trim_latest
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
 from geoiot import config, topics
@@ -296,6 +296,9 @@ async def apply_retention() -> None:
         deleted = await delete_expired(client, s.iot_index, s.iot_retention_days)
         if deleted:
             log.info("retention deleted=%d indices=%s", len(deleted), ",".join(deleted))
+        trimmed = await trim_latest(client, s.iot_index, runtime.ctx.preset.time, s.iot_retention_days)
+        if trimmed:
+            log.info("retention deleted=%d latest positions", trimmed)
     except Exception as exc:  # the next period tries again
         log.warning("retention failed: %s: %s", type(exc).__name__, exc)
     finally:

@@ -284,6 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.1, maximum=3600),
     Setting("WEB_SSE_MAX_CLIENTS", 10_000, "Open /api/events streams at most; beyond, 503 busy with Retry-After",
             int, minimum=1, maximum=1_000_000),
+    Setting("WEB_SSE_MAX_VIEWS", 100, "Distinct views the /api/events streams may watch (each a search per period)",
+            int, minimum=1, maximum=100_000),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -336,6 +338,7 @@ class Settings:
     web_sse_ring: int
     web_sse_ping: float
     web_sse_max_clients: int
+    web_sse_max_views: int
 
     @property
     def es_hosts(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Retention against the real Elasticsearch: expired daily indices go, the alias keeps answering."""
+"""Retention against the real Elasticsearch: expired daily indices go, the alias keeps answering, and the latest
+positions older than the retention go with them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 import pytest
 
 from agents.index import ensure_index
-from agents.retention import delete_expired, expired
+from elasticsearch.helpers import async_bulk
+
+from agents.retention import delete_expired, expired, latest_cutoff, latest_delete, trim_latest
 from geoiot import documents
 from geoiot.schema import load_preset
 from tests.support.observations import bulk_index, document
@@ -53,3 +56,43 @@ async def test_retention_deletes_old_daily_indices_idempotently_and_the_alias_ke
     assert '"event": "retention"' in result.stdout
     assert all(documents.index_for(base, t) in result.stdout for t in times[2:])
     assert (await es.options(ignore_status=404).indices.get(index=documents.index_pattern(base))).body == {}
+
+
+def test_latest_positions_go_at_the_same_boundary_as_the_daily_indices() -> None:
+    # a report at time t lies in the daily index of its day; that index goes exactly when t < latest_cutoff
+    for days in (1, 9, 10, 30):
+        cutoff = latest_cutoff(days, NOW)
+        for t in (cutoff - 1, cutoff, cutoff + DAY - 1, NOW - days * DAY, NOW):
+            gone = documents.index_for("obs", t) in expired("obs", [documents.index_for("obs", t)], days, NOW)
+            assert gone == (t < cutoff), (days, t)
+
+
+@pytest.mark.integration
+async def test_retention_trims_the_latest_index_too(stack, es, new_index, python_env):
+    base = new_index("retl")
+    await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET, index=base)
+    cutoff = latest_cutoff(30, NOW)
+    times = {"old": cutoff - DAY, "edge": cutoff - 1, "kept": cutoff, "new": NOW - DAY}
+    actions = [documents.latest_action(base, track, t, document(PRESET, track, t, -73.9, 40.7, []))
+               for track, t in times.items()]
+    await async_bulk(es, actions, refresh=True)
+    latest = documents.latest_index(base)
+    assert await trim_latest(es, base, PRESET.time, 30, NOW, dry_run=True) == 2
+    assert (await es.count(index=latest))["count"] == 4
+    assert await trim_latest(es, base, PRESET.time, 30, NOW) == 2
+    assert await trim_latest(es, base, PRESET.time, 30, NOW) == 0  # idempotent
+    left = await es.search(index=latest, size=10)
+    assert sorted(h["_id"] for h in left["hits"]["hits"]) == ["kept", "new"]
+    assert await trim_latest(es, base, PRESET.time, 0, NOW) == 0  # 0 keeps everything
+    # a search found "new" stale, but a newer report replaced it before the delete: the delete conflicts
+    done = await es.bulk(operations=[latest_delete(latest, "new", latest_cutoff(1, NOW))], refresh=True)
+    assert done["items"][0]["delete"]["status"] == 409
+    assert (await es.count(index=latest))["count"] == 2
+    assert await trim_latest(es, "retl-none-such", PRESET.time, 30, NOW) == 0  # no latest index: nothing
+
+    # the command, on the real clock, with 1 day: "kept" (2023) goes too, "new" is 2023 as well
+    result = subprocess.run([sys.executable, "-m", "agents.retention", "--index", base, "--retention-days", "1"],
+                            env=python_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert '"latest_deleted": 2' in result.stdout
+    assert (await es.count(index=latest))["count"] == 0

@@ -10,11 +10,15 @@ import asyncio
 import dataclasses
 import json
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
@@ -27,8 +31,10 @@ from agents.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset
+from tests.support.health import wait_healthy
 from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
+from web import openapi
 from web.app import init_app
 from web.keys import ALERTS, HUB, METRICS
 
@@ -123,6 +129,11 @@ async def produce(producer: AIOKafkaProducer, topic: str, alerts: list[dict[str,
     return sent
 
 
+def schema(name: str) -> dict[str, Any]:
+    doc = openapi.document()
+    return {**doc["components"]["schemas"][name], "components": doc["components"]}
+
+
 def bbox(box: tuple[float, ...]) -> str:
     return ",".join(map(str, box))
 
@@ -179,6 +190,8 @@ async def test_a_token_older_than_the_ring_gets_a_gap_then_what_is_kept(
             stream = Stream()
             await read_until(resp, stream, lambda s: len(s.of("alert")) == 4, 10)
             assert stream.events[0].event == "gap" and stream.events[0].json()["after"] == "0:2"
+            jsonschema.validate(stream.events[0].json(), schema("LatestGap"))
+            assert stream.events[0].json()["kept"] == 4
             assert [e.data.encode() for e in stream.of("alert")] == sent[6:]
         async with http.get(url, headers={"Last-Event-ID": "0:6"}) as resp:  # kept: no gap
             stream = Stream()
@@ -204,6 +217,7 @@ async def test_latest_is_the_whole_view_first_then_only_what_changed(
                 {"geo_bounding_box": {documents.GEOMETRY: {"top_left": {"lat": VIEW[3], "lon": VIEW[0]},
                                                            "bottom_right": {"lat": VIEW[1], "lon": VIEW[2]}}}},
                 {"range": {documents.SPEED: {"gte": 4}}}]}})
+            jsonschema.validate(first, schema("LatestChanges"))
             assert first["full"] is True and first["removed"] == []
             assert {f["id"] for f in first["features"]} == want and first["total"] == direct["count"] == len(want)
             # cab-006 leaves the view, cab-007 enters it, cab-008 reports an older position (never seen)
@@ -215,6 +229,7 @@ async def test_latest_is_the_whole_view_first_then_only_what_changed(
                 document=doc(8, T0, *on_grid(-73.5, 40.75)), refresh=True)
             await read_until(resp, stream, lambda s: len(s.of("latest")) >= 2, 10)
             second = stream.of("latest")[1].json()
+            jsonschema.validate(second, schema("LatestChanges"))
             assert second["full"] is False and second["removed"] == ["cab-006"]
             assert [f["id"] for f in second["features"]] == ["cab-007"]
             assert second["features"][0]["geometry"]["coordinates"] == list(on_grid(-73.95, 40.75))
@@ -259,7 +274,8 @@ async def test_n_clients_on_one_view_cost_one_search_per_period(
         await asyncio.sleep(3.0)
         periods = 3.0 / 0.5
         during = hub.counters.searches - searched
-        assert 2 * (periods - 2) <= during <= 2 * (periods + 1), during
+        # at most one search per view per period (a loaded machine may make periods late, never early)
+        assert 2 <= during <= 2 * (periods + 1), during
         await es.indices.refresh(index=index)
         assert await queries() - before == hub.counters.searches  # Elasticsearch saw only the views' searches
         metrics = (await (await http.get(str(server.make_url("/metrics")))).text())
@@ -308,16 +324,17 @@ async def test_a_slow_client_drops_its_oldest_while_a_fast_one_keeps_up(
         metrics = await (await http.get(str(server.make_url("/metrics")))).text()
         assert f'geoiot_web_sse_dropped_total{{kind="alert"}} {float(dropped)}' in metrics
         # the slow client now reads: what it gets ends with the newest alert, its oldest missing ones gone
-        received = b""
+        buffer = bytearray()
         try:
-            while sent[-1] not in received[-9000:]:
+            while sent[-1] not in buffer[-2 * len(sent[-1]):]:
                 chunk = await asyncio.wait_for(reader.read(1 << 16), 5)
                 if not chunk:
                     break
-                received += chunk
+                buffer += chunk
         except TimeoutError:
             pass
         writer.close()
+        received = bytes(buffer)
         assert sent[-1] in received
         got = sum(value in received for value in sent)
         assert got == len(sent) - dropped
@@ -343,12 +360,18 @@ async def test_a_bad_query_is_a_400_before_any_stream(data: Data, http: aiohttp.
         await server.close()
 
 
-async def test_beyond_max_clients_is_503_busy(data: Data, http: aiohttp.ClientSession) -> None:
-    server = await serve(dataclasses.replace(data.settings, web_sse_max_clients=2), consume_alerts=False)
+async def test_beyond_max_clients_or_views_is_503_busy(data: Data, http: aiohttp.ClientSession) -> None:
+    server = await serve(dataclasses.replace(data.settings, web_sse_max_clients=3, web_sse_max_views=2),
+                         consume_alerts=False)
     try:
         url = str(server.make_url("/api/events"))
-        open_ = [await http.get(url) for _ in range(2)]
-        async with http.get(url) as resp:
+        open_ = [await http.get(url, params={"limit": str(n)}) for n in (1, 2)]
+        async with http.get(url, params={"limit": "3"}) as resp:  # a third view
+            assert resp.status == 503 and "Retry-After" in resp.headers
+            assert "WEB_SSE_MAX_VIEWS" in (await resp.json())["error"]
+        open_.append(await http.get(url, params={"limit": "2"}))  # a view watched already: welcome
+        assert open_[-1].status == 200
+        async with http.get(url, params={"limit": "1"}) as resp:
             assert resp.status == 503 and "Retry-After" in resp.headers
             assert "WEB_SSE_MAX_CLIENTS" in (await resp.json())["error"]
         for r in open_:
@@ -356,3 +379,32 @@ async def test_beyond_max_clients_is_503_busy(data: Data, http: aiohttp.ClientSe
     finally:
         await server.close()
 
+
+
+async def test_sigterm_ends_open_streams_at_once(data: Data, python_env: dict[str, str],
+                                                 http: aiohttp.ClientSession) -> None:
+    """``python -m web`` with streams open stops within seconds (not aiohttp's 60 s graceful wait), exit 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(python_env, IOT_INDEX=data.settings.iot_index, WEB_PORT=str(port), WEB_HOST="127.0.0.1",
+               IOT_ALERTS_TOPIC=data.settings.iot_alerts_topic)
+    proc = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(http, base, timeout=30)
+        responses = [await http.get(f"{base}/api/events") for _ in range(3)]
+        for r in responses:
+            await read_until(r, Stream(), lambda s: s.of("latest"), 10)
+        began = time.monotonic()
+        proc.terminate()
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
+        assert code == 0 and time.monotonic() - began < 10
+        for r in responses:
+            assert (await r.content.read()) is not None  # the streams were ended by the server
+            r.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,12 +4,15 @@ also after older reports were re-sent, and bbox, where and limit select what a d
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import geohash
 import jsonschema
 import orjson
 import pytest
@@ -166,3 +169,66 @@ async def test_a_bad_query_is_a_400_naming_the_problem(client: TestClient, query
                                                        word: str) -> None:
     body = await latest(client, query, 400)
     assert word in body["error"]
+
+
+@pytest.mark.parametrize("where", [[], ["vendor_id:VTS"], ["passengerCount:>=3", "vendor_id:CMT"]])
+async def test_aggregate_source_latest_counts_current_tracks_per_cell(client: TestClient, data: Data,
+                                                                     es: AsyncElasticsearch,
+                                                                     where: list[str]) -> None:
+    keep = {(): lambda r: True, ("vendor_id:VTS",): lambda r: r["vendor_id"] == "VTS",
+            ("passengerCount:>=3", "vendor_id:CMT"): lambda r: r["passengerCount"] >= 3 and r["vendor_id"] == "CMT"}
+    want = [r for r in data.newest.values() if keep[tuple(where)](r)]
+    assert want
+    query = [("source", "latest"), ("precision", "4"), ("bbox", "-74.2,40.5,-73.6,40.95"),
+             *(("where", w) for w in where)]
+    resp = await client.get("/api/aggregate", params=query)
+    body = await resp.json()
+    assert resp.status == 200, body
+    cells = {f["properties"]["geohash"]: f["properties"]["count"] for f in body["features"]}
+    assert cells == Counter(geohash.encode(r["latitude"], r["longitude"], 4) for r in want)
+    assert body["total"] == len(want) and not body["truncated"]
+    # a direct count of the latest index says the same
+    direct = await es.count(index=documents.latest_index(data.settings.iot_index), query={"bool": {"filter": [
+        {"term": {"vendor_id": w.split(":")[1]}} if w.startswith("vendor_id") else
+        {"range": {"passengerCount": {"gte": 3}}} for w in where]}})
+    assert direct["count"] == len(want)
+    # the observations are many more: source=observations (the default) still counts every report
+    obs = await (await client.get("/api/aggregate", params=[("precision", "4"), *(("where", w) for w in where)])).json()
+    assert obs["total"] > body["total"]
+
+
+async def test_aggregate_source_is_validated(client: TestClient) -> None:
+    body = await latest_like(client, "/api/aggregate", [("source", "newest")], 400)
+    assert "source" in body["error"] and "latest" in body["error"]
+
+
+async def latest_like(client: TestClient, path: str, query: list[tuple[str, str]], status: int) -> Any:
+    resp = await client.get(path, params=query)
+    assert resp.status == status
+    return await resp.json()
+
+
+async def test_identical_latest_requests_within_a_second_share_one_search(client: TestClient, data: Data,
+                                                                         es: AsyncElasticsearch) -> None:
+    from web.keys import METRICS
+
+    def searches() -> float:
+        return sum(s.value for s in client.app[METRICS].es_latency.collect()[0].samples
+                   if s.name.endswith("_count") and s.labels["query"] == "latest")
+
+    await asyncio.sleep(1.1)  # nothing cached from the other tests
+    query = [("where", "vendor_id:VTS"), ("where", "passengerCount:>=2")]
+    before = searches()
+    answers = await asyncio.gather(*(latest(client, query if i % 2 else query[::-1]) for i in range(10)))
+    assert all(a == answers[0] for a in answers) and searches() - before == 1  # filter order: the same view
+    # a track moves: a cached answer cannot see it, one a second later must
+    index = documents.latest_index(data.settings.iot_index)
+    track, r = next((t, r) for t, r in data.newest.items() if r["vendor_id"] == "VTS" and r["passengerCount"] >= 2)
+    await es.update(index=index, id=track, doc={"passengerCount": 1}, refresh=True)
+    try:
+        assert track in {f["id"] for f in (await latest(client, query))["features"]}
+        await asyncio.sleep(1.1)
+        assert track not in {f["id"] for f in (await latest(client, query))["features"]}
+        assert searches() - before == 2
+    finally:
+        await es.update(index=index, id=track, doc={"passengerCount": r["passengerCount"]}, refresh=True)

@@ -168,7 +168,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("where, named", BAD)
-@pytest.mark.parametrize("path", ["/api/aggregate", "/api/observations", "/api/tracks/track-0001"])
+@pytest.mark.parametrize("path", ["/api/aggregate", "/api/observations", "/api/tracks/track-0001", "/api/latest",
+                                  "/api/events"])
 async def test_malformed_where_is_400_naming_it(client: TestClient, path: str, where: list[str], named: str) -> None:
     body = await get_json(client, path, [("where", w) for w in where], 400)
     jsonschema.validate(body, openapi.document()["components"]["schemas"]["Error"])

@@ -3,8 +3,8 @@
 The consumer runs as a background task of the app. It has no consumer group (every server keeps its own
 copy) and starts from the last ``maxlen`` messages of each partition (WEB_SSE_RING), after what it already
 holds when it reconnects. Each alert keeps its partition and offset: /api/events resumes a stream from them
-(``Last-Event-ID`` is the offsets read so far), so a token means the same on every server and after a restart. Kafka being down or the topic not
-existing yet never stops the server: the task logs, waits and retries with back-off.
+(``Last-Event-ID`` is the offsets read so far), so a token means the same on every server and after a
+restart. Kafka being down or the topic not existing yet never stops the server: the task logs, waits and retries with back-off.
 """
 
 from __future__ import annotations
@@ -74,12 +74,13 @@ class AlertBuffer:
     def start_partition(self, partition: int, start: int, end: int) -> int:
         """The consumer's position on ``partition`` whose messages span up to ``end`` (exclusive): the offset
         to read from (after what the ring holds already, and no more than ``maxlen`` back). What lies before it
-        and is not in the ring is recorded as lost; messages before ``end`` are the backlog, not live."""
+        and is not in the ring is recorded as lost; at the first start, messages before ``end`` are the
+        backlog, not live."""
         begin = max(start, end - self.maxlen, self._positions.get(partition, -1) + 1)
         if begin - 1 > self._positions.get(partition, -1):
             self._positions[partition] = begin - 1
             self._lost[partition] = max(self._lost.get(partition, -1), begin - 1)
-        self._live_from[partition] = max(end, self._live_from.get(partition, 0))
+        self._live_from.setdefault(partition, end)  # a reconnect's catch-up is news to the streams: live
         return begin
 
     def add(self, alert: dict[str, Any], partition: int = 0, offset: int | None = None,

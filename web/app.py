@@ -199,6 +199,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[SETTINGS], app[METRICS]
     hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
                                 queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
+                                max_views=settings.web_sse_max_views,
                                 counters=events.Counters(metrics))
     metrics.sse_clients.set_function(lambda: hub.clients)
     metrics.sse_views.set_function(lambda: len(hub.views))

@@ -37,6 +37,10 @@ log = logging.getLogger("web.events")
 # (total tracks in view, their features in the answer's order): what one search of a view gives.
 Fetch = Callable[[LatestParams], Awaitable[tuple[int, list[dict[str, Any]]]]]
 ALERT, LATEST, GAP = "alert", "latest", "gap"
+# The reconnection delay a browser's EventSource is told (the stream's first line), in ms.
+SSE_RETRY_MS = 3000
+# Seconds one event may take to be written before a stalled client is cut off (its queue drops meanwhile).
+SSE_SEND_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -178,12 +182,13 @@ class Hub:
     """Every open stream and view of one server."""
 
     def __init__(self, fetch: Fetch, alerts: AlertBuffer, *, period: float, queue_size: int,
-                 max_clients: int, counters: Counters | None = None) -> None:
+                 max_clients: int, max_views: int = 100, counters: Counters | None = None) -> None:
         self.fetch = fetch
         self.alerts = alerts
         self.period = period
         self.queue_size = queue_size
         self.max_clients = max_clients
+        self.max_views = max_views  # each view is a search per period and its answer in memory
         self.counters = counters or Counters()
         self.views: dict[LatestParams, View] = {}
         self.subscribers: set[Subscriber] = set()
@@ -200,11 +205,15 @@ class Hub:
 
     def subscribe(self, view: LatestParams, resume: dict[int, int] | None = None) -> Subscriber:
         """A new stream of ``view``; with ``resume``, first the alerts of the ring after it (and a ``gap``
-        event before them when some are no longer kept). Raises OverflowError at WEB_SSE_MAX_CLIENTS."""
+        event before them when some are no longer kept). Raises OverflowError at WEB_SSE_MAX_CLIENTS streams
+        or, for a view not watched yet, at WEB_SSE_MAX_VIEWS views."""
         if self.closed:
             raise RuntimeError("the server is shutting down")
         if len(self.subscribers) >= self.max_clients:
             raise OverflowError(f"{self.max_clients} event streams are open already (WEB_SSE_MAX_CLIENTS)")
+        if view not in self.views and len(self.views) >= self.max_views:
+            raise OverflowError(f"{self.max_views} distinct views are watched already (WEB_SSE_MAX_VIEWS); "
+                                "watch one of them or poll /api/latest")
         # no await from here to the end: nothing can be read between the backlog and the registration
         sub = Subscriber(self.queue_size, self.counters, None if resume is None else dict(resume))
         if resume is not None:

@@ -26,6 +26,8 @@ class Metrics:
                                  ["query", "kind"], registry=r)
         self.cache = Counter("geoiot_web_aggregate_cache_total", "Aggregation cache lookups",
                              ["result"], registry=r)
+        self.latest_cache = Counter("geoiot_web_latest_cache_total", "/api/latest answer cache lookups",
+                                    ["result"], registry=r)
         self.alerts = Counter("geoiot_web_alerts_received_total", "Alerts read from the alerts topic",
                               registry=r)
         self.alerts_bad = Counter("geoiot_web_alerts_invalid_total", "Alert messages that were not JSON objects",

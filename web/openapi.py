@@ -7,9 +7,11 @@ from typing import Any
 
 from geoiot.documents import GEOFENCES, HEADING, SPEED
 from web.geo import zoom_table
-from web.params import (BBOX_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES, MAX_FILTERS, MAX_LIMIT,
-                        MAX_TRACK_POINTS, RANGE_TYPES, TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
+from web.params import (BBOX_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES,
+                        MAX_FILTERS, MAX_LIMIT, MAX_TRACK_POINTS, OBSERVATIONS_SOURCE, RANGE_TYPES, SOURCES,
+                        TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
 from web.queries import TRACK_PAGE
+from web.events import SSE_RETRY_MS
 
 _TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude; at most 13 digits) "
                         "or an ISO 8601 date of the years 1000-8999 with optional time and offset (UTC unless "
@@ -107,6 +109,19 @@ _SCHEMAS: dict[str, Any] = {
             "truncated": {"type": "boolean", "description": "Not complete: limit (or the bound "
                                                             f"{MAX_TRACK_POINTS}) stopped it"},
             "times": {"type": "array", "items": {"type": "integer"}}}}}},
+    "LatestChanges": {"type": "object", "required": ["type", "features", "total", "full", "removed"],
+                      "description": "The data of an /api/events `latest` event",
+                      "properties": {
+        "type": {"const": "FeatureCollection"},
+        "total": {"type": "integer", "minimum": 0, "description": "Tracks in view now"},
+        "full": {"type": "boolean", "description": "features is the whole view (replace); else only what "
+                                                   "changed (upsert by id)"},
+        "removed": {"type": "array", "items": {"type": "string"}, "description": "Tracks that left the view"},
+        "features": {"$ref": "#/components/schemas/LatestCollection/properties/features"}}},
+    "LatestGap": {"type": "object", "required": ["after", "kept", "message"], "properties": {
+        "after": {"type": "string", "description": "The token the client resumed after"},
+        "kept": {"type": "integer", "minimum": 0, "description": "Alerts kept after it, sent next"},
+        "message": {"type": "string"}}},
     "Alerts": {"type": "object", "required": ["alerts", "connected"], "properties": {
         "connected": {"type": "boolean"},
         "alerts": {"type": "array", "items": {"type": "object", "properties": {
@@ -149,7 +164,12 @@ def document() -> dict[str, Any]:
                                _param("zoom", f"Map zoom 0..22 instead of precision; zoom->precision: {zooms} "
                                       "(lowered like precision).",
                                       {"type": "integer", "minimum": 0, "maximum": 22}),
-                               _START, _END, _FENCE, _WHERE],
+                               _START, _END, _FENCE, _WHERE,
+                               _param("source", "What is counted: observations (every report, the default) or "
+                                      "latest (current tracks: each track's newest report, from the latest-position "
+                                      "index, for zoomed-out views of the fleet now). Filters apply to what is "
+                                      "counted.", {"type": "string", "enum": list(SOURCES),
+                                                   "default": OBSERVATIONS_SOURCE})],
                 "responses": {"200": _json("CellCollection", "Cells with counts and centroids"), **_ERRORS}}},
             "/api/observations": {"get": {
                 "summary": "Observations in view as GeoJSON points, newest first",
@@ -163,6 +183,32 @@ def document() -> dict[str, Any]:
                                "returned with its newest report; filters apply to that report.",
                 "parameters": [_BBOX, _LIMIT, _WHERE],
                 "responses": {"200": _json("LatestCollection", "Current positions"), **_ERRORS}}},
+            "/api/events": {"get": {
+                "summary": "Server-Sent Events: geofence alerts as the server reads them, and the view's latest "
+                           "positions as they change",
+                "description": (
+                    "A text/event-stream; the first line is `retry: " + str(SSE_RETRY_MS) + "`, and a comment "
+                    "`: ping` keeps it alive every WEB_SSE_PING s. Events: `alert` (id: resume token; data: the "
+                    "alert JSON exactly as on the alerts topic; every alert, whatever the view), `latest` (id: "
+                    "the current token; data: a LatestChanges FeatureCollection of the view's features that "
+                    "changed since the last push, the whole view when `full`; none when nothing changed) and "
+                    "`gap` (a resume token older than the server's ring, WEB_SSE_RING: some alerts are lost; "
+                    "data: LatestGap; what is kept follows). The view is searched once per WEB_SSE_REFRESH s "
+                    "for all its clients. A client's queue holds WEB_SSE_QUEUE events: a slow client loses its "
+                    "oldest (counted in /metrics) and gets the whole view again at the next push."),
+                "parameters": [_BBOX, _LIMIT, _WHERE,
+                               _param("last_event_id", "Resume after this token (a new stream, e.g. when the view "
+                                      "changed); the Last-Event-ID header, sent by a reconnecting EventSource, "
+                                      "wins over it. Without either, only alerts read from now on.",
+                                      {"type": "string", "pattern": CURSOR_PATTERN}),
+                               _param("Last-Event-ID", "Resume token, as the browser sends it on a reconnect.",
+                                      {"type": "string", "pattern": CURSOR_PATTERN}, "header")],
+                "responses": {"200": {"description": "The event stream (see the description; data schemas: "
+                                                     "LatestChanges, LatestGap)",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "400": _ERRORS["400"],
+                              "503": {**_json("Error", "Too many streams open (WEB_SSE_MAX_CLIENTS)"),
+                                      "headers": _RETRY_AFTER}}}},
             "/api/tracks/{id}": {"get": {
                 "summary": "One track in time order as a LineString, paged through the window "
                            "(properties.complete says whether it is whole)",

@@ -118,6 +118,11 @@ class Range:
 Filter = Union[OneOf, Range]
 
 
+# /api/aggregate?source=: what is counted per cell; observations (every report) or latest (current tracks).
+OBSERVATIONS_SOURCE, LATEST_SOURCE = "observations", "latest"
+SOURCES = (OBSERVATIONS_SOURCE, LATEST_SOURCE)
+
+
 @dataclass(frozen=True)
 class AggregateParams:
     bbox: BBox
@@ -125,6 +130,7 @@ class AggregateParams:
     precision: int
     fence: str | None
     where: tuple[Filter, ...] = ()
+    source: str = OBSERVATIONS_SOURCE
 
 
 @dataclass(frozen=True)
@@ -350,11 +356,15 @@ def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
 def aggregate_params(query: Query, max_cells: int, fields: Mapping[str, str] = NO_FIELDS) -> AggregateParams:
     """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS); ``fields``: what
     ``where`` may filter (geoiot.documents.field_types of the preset)."""
-    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence"}, {"where"})
+    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence", "source"}, {"where"})
     bbox = parse_bbox(q.get("bbox"))
     precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells)
+    source = q.get("source", OBSERVATIONS_SOURCE)
+    if source not in SOURCES:
+        raise BadRequest(f"source {source[:40]!r} must be one of {', '.join(SOURCES)}")
     return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
-                           parse_token(q.get("fence"), "fence"), parse_where(query.getall("where", []), fields))
+                           parse_token(q.get("fence"), "fence"), parse_where(query.getall("where", []), fields),
+                           source)
 
 
 def observation_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> ObservationParams:

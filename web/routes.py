@@ -15,14 +15,11 @@ from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_inde
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
 from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.events import SSE_RETRY_MS, SSE_SEND_TIMEOUT
 from web.limiter import Busy
 from web.responses import json_response
 
 log = logging.getLogger("web")
-# The reconnection delay a browser's EventSource is told (the stream's first line), in ms.
-SSE_RETRY_MS = 3000
-# Seconds one event may take to be written before a stalled client is cut off (its queue drops meanwhile).
-SSE_SEND_TIMEOUT = 30.0
 
 
 async def search(request: web.Request, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
@@ -92,11 +89,13 @@ async def aggregate(request: web.Request) -> web.Response:
     p = params.aggregate_params(request.query, request.app[SETTINGS].web_max_grid_cells,
                                 field_types(request.app[PRESET]))
     body = queries.aggregate_body(request.app[PRESET], p)
-    # the key is the whole search body: bbox, window, precision, fence and every where filter
-    key = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+    # source=latest counts current tracks (one document each) in the latest index, else observations
+    index = latest_index(request.app[SETTINGS].iot_index) if p.source == params.LATEST_SOURCE else None
+    # the key is the source and the whole search body: bbox, window, precision, fence and every where filter
+    key = p.source + orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
-        return aggregate_payload(await search(request, "aggregate", body), p.precision)
+        return aggregate_payload(await search(request, "aggregate", body, index), p.precision)
 
     payload, cached = await request.app[CACHE].get_or_compute(key, compute)
     request.app[METRICS].cache.labels("hit" if cached else "miss").inc()
@@ -153,10 +152,19 @@ async def latest_features(app: web.Application, p: params.LatestParams,
 
 
 async def latest(request: web.Request) -> web.Response:
-    """Current positions: the newest report of each track in view (the agents' latest index), newest first."""
-    p = params.latest_params(request.query, field_types(request.app[PRESET]))
-    total, features = await latest_features(request.app, p)
-    return json_response({"type": "FeatureCollection", "total": total, "features": features})
+    """Current positions: the newest report of each track in view (the agents' latest index), newest first.
+    Answers are shared like aggregations (web.cache, 1 s): maps polling one view cost one search."""
+    app = request.app
+    p = params.normal_view(params.latest_params(request.query, field_types(app[PRESET])))
+    key = "latest" + orjson.dumps(queries.latest_body(app[PRESET], p), option=orjson.OPT_SORT_KEYS).decode()
+
+    async def compute() -> bytes:
+        total, features = await latest_features(app, p)
+        return orjson.dumps({"type": "FeatureCollection", "total": total, "features": features})
+
+    payload, cached = await app[CACHE].get_or_compute(key, compute)
+    app[METRICS].latest_cache.labels("hit" if cached else "miss").inc()
+    return json_response(None, raw=payload)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -169,7 +177,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         sub = hub.subscribe(p.view, None if p.resume is None else dict(p.resume))
     except OverflowError as exc:
-        raise Busy("sse_clients", f"server busy: {exc}") from None
+        raise Busy("sse_views" if "VIEWS" in str(exc) else "sse_clients", f"server busy: {exc}") from None
     except RuntimeError as exc:
         raise web.HTTPServiceUnavailable(text=str(exc)) from None
     log.info(json.dumps({"event": "sse_open", "clients": hub.clients, "views": len(hub.views),

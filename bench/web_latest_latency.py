@@ -1,0 +1,161 @@
+"""Latency of /api/latest (through `python -m web`) over 10,000 tracks, against the same Elasticsearch query
+sent directly, in the same run.
+
+    .venv/bin/python -m bench.web_latest_latency [--tracks 10000] [--requests 300]
+
+Writes ``--tracks`` latest positions (one per track, the agents' latest action, geoiot.documents) spread over
+New York into ``<index>_latest``, starts the web server as a subprocess, then for a city view (zoom 11 over
+Manhattan, the default limit of 1,000 positions) and a street view (zoom 15) measures p50/p95 with 1 and 20
+concurrent clients on both paths, alternating them so both see the same machine load. Every request has its
+own bbox (shifted by 1e-6 degree each), so the server's 1 s answer cache cannot serve it: this measures the
+query path. A last case, "shared", has the 20 clients ask for one city view, as screens watching one fleet do:
+there the cache coalesces them (the direct path still searches every time). The client asks for gzip as
+browsers do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+from elasticsearch.serializer import OrjsonSerializer
+
+from agents.index import drop_index, ensure_index
+from bench.web_aggregate_latency import pct, run, view_bbox
+from geoiot import config, documents
+from geoiot.schema import load_preset
+from tests.support.health import wait_healthy
+from tests.support.observations import NYC, document, on_grid
+from web import params, queries
+from web.app import ES_CONNECTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_356_998_400_000
+
+
+async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int) -> int:
+    """``tracks`` latest positions (re-used when the latest index holds that many already)."""
+    preset = load_preset(settings.iot_schema)
+    await ensure_index(es, settings, preset, index=settings.iot_index)
+    index = documents.latest_index(settings.iot_index)
+    have = (await es.count(index=index))["count"]
+    if have == tracks:
+        return have
+    rng = random.Random(14)
+    w, s, e, n = NYC
+
+    def actions() -> Any:
+        for i in range(tracks):
+            lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
+            t = T0 + rng.randrange(0, 3_600_000)
+            doc = document(preset, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30),
+                           heading=rng.uniform(0, 360))
+            yield documents.latest_action(settings.iot_index, doc[preset.track], t, doc)
+
+    await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
+    await es.indices.refresh(index=index)
+    return (await es.count(index=index))["count"]
+
+
+def shifted(bbox: list[float], i: int) -> str:
+    d = (i % 1000) * 1e-6
+    return ",".join(f"{v + d:.6f}" for v in bbox)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tracks", type=int, default=10_000)
+    parser.add_argument("--index", default="bench-latest")
+    parser.add_argument("--requests", type=int, default=300, help="requests per (path, view, clients) case")
+    parser.add_argument("--drop", action="store_true", help="delete the benchmark indices afterwards")
+    args = parser.parse_args()
+
+    settings = config.load(iot_index=args.index)
+    preset = load_preset(settings.iot_schema)
+    es = AsyncElasticsearch(settings.es_hosts, request_timeout=60, connections_per_node=ES_CONNECTIONS,
+                            serializer=OrjsonSerializer())
+    count = await prepare(es, settings, args.tracks)
+    latest = documents.latest_index(args.index)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(ROOT),
+               IOT_ALERTS_TOPIC=f"{args.index}-alerts")
+    server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    try:
+        async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip"},
+                                         connector=aiohttp.TCPConnector(limit=100)) as http:
+            await wait_healthy(http, base)
+            for name, zoom in (("city", 11), ("street", 15), ("shared", 11)):
+                bbox = view_bbox(zoom)
+                shift = (lambda i: 0) if name == "shared" else (lambda i: i)
+
+                async def direct(i: int) -> None:
+                    p = params.LatestParams(params.parse_bbox(shifted(bbox, shift(i))), params.DEFAULT_LIMIT)
+                    resp = await es.search(index=latest, **queries.latest_body(preset, p))
+                    assert "hits" in resp.body
+
+                server_ms: list[float] = []
+
+                async def via_web(i: int) -> None:
+                    async with http.get(f"{base}/api/latest", params={"bbox": shifted(bbox, shift(i))}) as r:
+                        assert r.status == 200, await r.text()
+                        await r.read()
+                        server_ms.append(float(r.headers["Server-Timing"].removeprefix("app;dur=")))
+
+                async with http.get(f"{base}/api/latest", params={"bbox": shifted(bbox, 0)}) as r:
+                    sample = await r.json()
+                for clients in ((20,) if name == "shared" else (1, 20)):
+                    n = args.requests if clients == 1 else args.requests * 3
+                    case: dict[str, Any] = {"view": name, "zoom": zoom, "tracks_in_view": sample["total"],
+                                            "returned": len(sample["features"]), "clients": clients,
+                                            "requests": n}
+                    await run(clients, 20, direct)  # warm-up
+                    await run(clients, 20, via_web)
+                    lat: dict[str, list[float]] = {"direct": [], "web": []}
+                    server_ms.clear()
+                    for half in range(2):  # alternate the paths: both see the same machine load
+                        for label, call in (("direct", direct), ("web", via_web)):
+                            lat[label] += await run(clients, n // 2, lambda i: call(half * n + i))
+                    for label in lat:
+                        case[f"{label}_p50_ms"] = round(pct(lat[label], 50), 2)
+                        case[f"{label}_p95_ms"] = round(pct(lat[label], 95), 2)
+                    case["server_p50_ms"] = round(pct(server_ms, 50), 2)
+                    case["server_p95_ms"] = round(pct(server_ms, 95), 2)
+                    case["p95_ratio"] = round(case["web_p95_ms"] / case["direct_p95_ms"], 2)
+                    results.append(case)
+                    print(json.dumps(case), file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(10)
+        if args.drop:
+            await drop_index(es, args.index)
+        await es.close()
+
+    print(f"\n{count:,} tracks in the latest index; p50/p95 in ms; ratio = web / direct\n")
+    print("| view (zoom) | tracks in view | returned | clients | direct p50 / p95 | web p50 / p95 | ratio p95 | "
+          "server p50 / p95 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in results:
+        print(f"| {c['view']} ({c['zoom']}) | {c['tracks_in_view']:,} | {c['returned']:,} | {c['clients']} | "
+              f"{c['direct_p50_ms']} / {c['direct_p95_ms']} | {c['web_p50_ms']} / {c['web_p95_ms']} | "
+              f"{c['p95_ratio']} | {c['server_p50_ms']} / {c['server_p95_ms']} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
