@@ -734,6 +734,8 @@
     $("staleMin").value = String(+(state.staleMs / 60000).toFixed(4));
     $("trailMin").value = String(state.trailMin);
     buildFilterPanel();
+    renderAlerts();
+    refreshAlerts(); // the history: a new stream carries only alerts from now on
 
     map.on("moveend", () => { writeHash(); refresh(); });
     map.on("click", () => clearTrail());
