@@ -6,15 +6,22 @@ nothing is downloaded at job start)::
     spark-submit --master 'local[2]' --driver-memory 1g \\
         --jars "$(infra/local/stack spark-jars)" agents/spark_job.py [--once] [flags]
 
-Every micro-batch (``foreachBatch`` over the Kafka source) runs ``mapInPandas`` with
-:mod:`agents.spark_worker`, i.e. the same :class:`agents.pipeline.Pipeline` as the Faust agents, and
-bulk-indexes into the same daily indices under the same deterministic ``_id``s; invalid events go to
-IOT_DLQ_TOPIC in the agents' dead-letter shape (through Spark's Kafka sink). Offsets live in the
-checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes
-at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact
-(on Spark 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). One ``progress`` line per
-micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on (PROMETHEUS_CONF).
-Per-track fields (speed, heading, distance) and alerts are not computed here (null).
+Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark_worker`'s state function
+(``applyInPandasWithState``): each track's rows, in Kafka order, go through the same
+:class:`agents.pipeline.Pipeline` as the Faust agents with ``get_state`` fed from Spark's state store
+(the agents' track state dict, checkpointed with the offsets), so speed, heading, distance, geofences,
+alerts and latest positions are the worker's. ``foreachBatch`` then bulk-indexes observations and
+latest positions on the executors (``mapInPandas``, the agents' sink, the same deterministic ``_id``s
+and external versions) and writes dead letters (IOT_DLQ_TOPIC) and alerts (IOT_ALERTS_TOPIC) with
+Spark's Kafka sink, and POSTs the alerts to IOT_WEBHOOK_URL from the driver (:class:`DriverWebhook`),
+all before Spark commits the batch: at least once. Offsets and states live in the checkpoint
+(SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes at most the
+one in flight, whose documents overwrite themselves (same ids) and whose alerts may repeat (on Spark
+4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). Track states end after
+IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`, Spark's ``ProcessingTimeTimeout``). One ``progress`` line
+per micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on
+(PROMETHEUS_CONF). A checkpoint of the job before it kept track state cannot be reused (the query
+gained a stateful operator): start it with a new SPARK_CHECKPOINT_DIR.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ def emit(event: str, **fields: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spark-submit agents/spark_job.py",
-        description="Run the agents' validation, geofencing and indexing as a Spark Structured Streaming job.")
+        description="Run the agents' analytics (validation, geofences, track state, alerts, indexing) as a Spark "
+                    "Structured Streaming job.")
     config.add_flags(parser, ENVS)
     parser.add_argument("--once", action="store_true",
                         help="process everything available now (trigger availableNow), then exit")

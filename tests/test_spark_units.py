@@ -348,3 +348,39 @@ def test_group_key_path_reads_the_track_field() -> None:
 def test_state_defaults_keep_the_state_store_small_and_batches_with_data() -> None:
     assert STATE_CONF["spark.sql.shuffle.partitions"] == "4"
     assert STATE_CONF["spark.sql.streaming.noDataMicroBatches.enabled"] == "false"
+
+
+def test_driver_webhook_posts_alerts_with_the_agents_retry_rules() -> None:
+    """The driver's webhook is the agents' Webhook: a 503 is retried, a 400 is not, outcomes are counted."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agents.spark_job import DriverWebhook
+
+    received: list[dict[str, object]] = []
+    answers = iter([503, 200, 400])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(next(answers, 200))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = DriverWebhook(f"http://127.0.0.1:{server.server_address[1]}/alerts")
+    hook.hook.backoff = 0.01
+    try:
+        hook.submit([{"track": "a", "event": "enter"}, {"track": "b", "event": "exit"}])
+        deadline = time.monotonic() + 10
+        while sum(hook.outcomes.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        hook.stop()
+        server.shutdown()
+    assert hook.outcomes == {"sent": 1, "failed": 1}
+    assert [r["track"] for r in received] == ["a", "a", "b"]  # a: 503 then 200; b: 400, not retried
