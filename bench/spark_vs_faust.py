@@ -113,16 +113,20 @@ def analytics(es: Elasticsearch, index: str, bootstrap: str, alerts_topic: str) 
 
 
 def alerts_count(bootstrap: str, topic: str) -> int:
-    """Messages in a topic (sum of its partitions' end offsets; the topic is fresh)."""
+    """Messages in a topic (sum of its partitions' end offsets; the topic is fresh), 0 when it does not exist."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def count() -> int:
+        async with topics.admin_client(bootstrap) as admin:
+            found = await topics.describe(admin, [topic])
+        if topic not in found:
+            return 0
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            parts = [TopicPartition(topic, p) for p in range(found[topic].partitions)]
             consumer.assign(parts)
-            return sum((await consumer.end_offsets(parts)).values()) if parts else 0
+            return sum((await consumer.end_offsets(parts)).values())
         finally:
             try:
                 await consumer.stop()
