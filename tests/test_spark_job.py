@@ -45,7 +45,8 @@ INVALID = [b"not json", b"[1, 2]", json.dumps({"taxiId": "x", "longitude": 1, "l
 BATCH_CAP = 100  # records per micro-batch: the input takes several batches, so a kill lands mid-stream
 NOT_COMPARED = {INGESTED_AT}
 DUPLICATES, LATE = 12, 12  # re-sent reports, and reports re-sent later with an earlier time (out of order)
-RETURN_TRIP = [(-73.9855, 40.7580), (-73.7781, 40.6413)]  # Manhattan, then JFK's terminals: every track
+MANHATTAN, JFK = (-73.9855, 40.7580), (-73.7781, 40.6413)  # outside and inside the shipped JFK fence
+RETURN_TRIP = [MANHATTAN, JFK]  # out of the fence and back in: every track
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +330,67 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
     spark_dead = letters(await read_topic(settings, dlq_spark, len(INVALID)))
     assert len(faust_dead) == len(INVALID)
     assert spark_dead == faust_dead
+
+
+async def test_idle_tracks_end_alike_on_spark_and_in_the_worker(
+        stack: Any, es: Any, kafka_admin: Any, new_topic: Any, new_index: Any, python_env: dict[str, str],
+        output_dir: Path, tmp_path: Path, jars: str) -> None:
+    """IOT_TRACK_IDLE_TIMEOUT: tracks silent for longer than it start afresh on both paths (no motion, no exit)."""
+    settings, timeout, tracks = stack, 4, 3
+    source = await new_topic("idle-src", partitions=3)
+    dlq_f, dlq_s = await new_topic("idle-dlq-f"), await new_topic("idle-dlq-s")
+    alerts_f, alerts_s = await new_topic("idle-alerts-f"), await new_topic("idle-alerts-s")
+    index_f, index_s = new_index("idle-faust"), new_index("idle-spark")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+
+    async def send(seconds: list[int], lon: float, lat: float) -> None:
+        for n in range(tracks):
+            for s in seconds:
+                event = {"taxiId": f"idle{n}", "observationTime": 1_356_998_400_000 + s * 1000,
+                         "longitude": lon + s * 1e-5, "latitude": lat, "passengerCount": 1}
+                await producer.send_and_wait(source, json.dumps(event).encode(), key=f"idle{n}".encode(), partition=n)
+
+    faust_log = output_dir / "spark-idle-faust.log"
+    faust_env = dict(python_env, KAFKA_BOOTSTRAP=settings.kafka_bootstrap, ES_URL=settings.es_url, IOT_TOPIC=source,
+                     IOT_INDEX=index_f, IOT_DLQ_TOPIC=dlq_f, IOT_ALERTS_TOPIC=alerts_f, IOT_APP_ID=unique_name("idle"),
+                     WORKER_WEB_PORT=str(free_port()), IOT_TRACK_IDLE_TIMEOUT=str(timeout))
+    env = spark_env(python_env, settings, source, index_s, dlq_s, alerts_s, tmp_path / "checkpoint")
+    env["IOT_TRACK_IDLE_TIMEOUT"] = str(timeout)
+    logs = [output_dir / "spark-idle-run1.log", output_dir / "spark-idle-run2.log"]
+    with open(faust_log, "wb") as out:
+        faust = subprocess.Popen([sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info"],
+                                 cwd=ROOT, env=faust_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await send([0, 1, 2, 3], *JFK)  # inside the fence
+        for part, expect in enumerate((4 * tracks, 5 * tracks)):
+            if part == 1:
+                await asyncio.sleep(timeout + 2)  # both stored part 0 before: every track is idle now
+                await send([10], *MANHATTAN)  # outside: an exit, had the state survived
+            await wait_count(es, index_f, expect, faust, faust_log)
+            with open(logs[part], "wb") as out:
+                result = subprocess.run(spark_launch.command(["--once"], jars), cwd=ROOT, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, timeout=300)
+            assert result.returncode == 0, logs[part].read_text()[-4000:]
+    finally:
+        await producer.stop()
+        os.killpg(faust.pid, signal.SIGTERM)
+        try:
+            faust.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(faust.pid, signal.SIGKILL)
+        try:
+            await kafka_admin.delete_topics([f"{faust_env['IOT_APP_ID']}-tracks-changelog"])
+        except Exception:
+            pass
+    spark_docs, faust_docs = await all_docs(es, index_s), await all_docs(es, index_f)
+    assert len(spark_docs) == 5 * tracks and spark_docs.keys() == faust_docs.keys()
+    for doc_id, (_, s_doc) in spark_docs.items():
+        assert {k: v for k, v in s_doc.items() if k != INGESTED_AT} == \
+               {k: v for k, v in faust_docs[doc_id][1].items() if k != INGESTED_AT}, doc_id
+    after = [src for doc_id, (_, src) in spark_docs.items() if doc_id.endswith(":1356998410000")]
+    assert len(after) == tracks and all(src["distance_m"] is None for src in after), "idle tracks start afresh"
+    # The first report of a track has no transitions, so had a state survived the pause, its exit would be here.
+    alerts = {(m["track"], m["event"]) for m in await read_topic(settings, alerts_f, 1, timeout=3)}
+    assert alerts == {(m["track"], m["event"]) for m in await read_topic(settings, alerts_s, 1, timeout=3)} == set()
+    assert sum(p["ended"] for p in batches(logs[1], "progress")) == tracks
