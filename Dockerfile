@@ -17,7 +17,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:20-bookworm-slim
 ARG MAVEN_IMAGE=maven:3.9-eclipse-temurin-17
 # Spark 3.5 is the last Spark line with a Mesos scheduler (removed in Spark 4.0); the driver and the
-# executors of the Spark app use it to run against the Mesos master as the original demo did.
+# executors of the Spark app use it to run against the Mesos master as the original demo did. The stateful
+# job is tested on this line with these pandas/pyarrow/numpy bounds (README, "Spark").
 ARG SPARK_MESOS_VERSION=3.5.7
 
 # ---------------------------------------------------------------- the map's third-party assets
@@ -87,7 +88,7 @@ USER root
 RUN apt-get update \
  && apt-get install -y --no-install-recommends default-jre-headless procps \
  && rm -rf /var/lib/apt/lists/* \
- && /opt/venv/bin/pip install --no-cache-dir "pyspark==${SPARK_MESOS_VERSION}" "pandas>=2.2" "pyarrow>=15"
+ && /opt/venv/bin/pip install --no-cache-dir "pyspark==${SPARK_MESOS_VERSION}" "pandas>=2.2,<2.3" "pyarrow>=15,<20" "numpy<2.3"
 COPY --from=sparkjars /jars/ /opt/venv/lib/python3.11/site-packages/pyspark/jars/
 # spark-submit takes the job as a file; the installed package is its import path.
 COPY agents/spark_job.py /app/agents/spark_job.py

@@ -237,7 +237,8 @@ class Observations(Service):
             bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
             pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
                               EventTimeBounds.from_settings(s)),
-            sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook)
+            sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
+            idle_timeout=s.iot_track_idle_timeout)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
         log.info("agents started topic=%s partitions=%d group=%s index=%s sinks=%s fences=%d filter=%s",

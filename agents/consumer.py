@@ -104,8 +104,10 @@ class SourceStream:
         self._ready = asyncio.Event()
 
     @classmethod
-    def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, **kwargs: Any) -> "SourceStream":
-        """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``."""
+    def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, idle_timeout: float = 0.0,
+                **kwargs: Any) -> "SourceStream":
+        """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
+        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`)."""
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                     max_batch_size=1 << 20, max_request_size=8 << 20)
         consumer = AIOKafkaConsumer(
@@ -113,7 +115,7 @@ class SourceStream:
             auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
             max_poll_interval_ms=600_000)  # a long Elasticsearch outage must not evict the worker
-        table = TrackTable(topics.changelog, lambda: changelog_reader(bootstrap))
+        table = TrackTable(topics.changelog, lambda: changelog_reader(bootstrap), idle_timeout=idle_timeout)
         return cls(consumer=consumer, producer=producer, table=table, topics=topics, bulk_size=bulk_size, **kwargs)
 
     # --- lifecycle ---
@@ -290,6 +292,9 @@ class SourceStream:
             if pending is not None and pending[0] == batch.seq:
                 del self.pending_states[track]
             changes.append((orjson.dumps(track), orjson.dumps(state)))
+            partitions.append(partition)
+        for partition, track in self.table.evict_idle(keep=self.pending_states.__contains__):  # tombstones
+            changes.append((orjson.dumps(track), None))
             partitions.append(partition)
         t_state = time.perf_counter()
         await self._send_all(self.topics.changelog, changes, partitions)  # changelog partition = source partition

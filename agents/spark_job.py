@@ -6,15 +6,22 @@ nothing is downloaded at job start)::
     spark-submit --master 'local[2]' --driver-memory 1g \\
         --jars "$(infra/local/stack spark-jars)" agents/spark_job.py [--once] [flags]
 
-Every micro-batch (``foreachBatch`` over the Kafka source) runs ``mapInPandas`` with
-:mod:`agents.spark_worker`, i.e. the same :class:`agents.pipeline.Pipeline` as the Faust agents, and
-bulk-indexes into the same daily indices under the same deterministic ``_id``s; invalid events go to
-IOT_DLQ_TOPIC in the agents' dead-letter shape (through Spark's Kafka sink). Offsets live in the
-checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes
-at most the one in flight, whose documents overwrite themselves (same ids), so the index stays exact
-(on Spark 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). One ``progress`` line per
-micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on (PROMETHEUS_CONF).
-Per-track fields (speed, heading, distance) and alerts are not computed here (null).
+Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark_worker`'s state function
+(``applyInPandasWithState``): each track's rows, in Kafka order, go through the same
+:class:`agents.pipeline.Pipeline` as the Faust agents with ``get_state`` fed from Spark's state store
+(the agents' track state dict, checkpointed with the offsets), so speed, heading, distance, geofences,
+alerts and latest positions are the worker's. ``foreachBatch`` then bulk-indexes observations and
+latest positions on the executors (``mapInPandas``, the agents' sink, the same deterministic ``_id``s
+and external versions) and writes dead letters (IOT_DLQ_TOPIC) and alerts (IOT_ALERTS_TOPIC) with
+Spark's Kafka sink, and POSTs the alerts to IOT_WEBHOOK_URL from the driver (:class:`DriverWebhook`),
+all before Spark commits the batch: at least once. Offsets and states live in the checkpoint
+(SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes at most the
+one in flight, whose documents overwrite themselves (same ids) and whose alerts may repeat (on Spark
+4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). Track states end after
+IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`, Spark's ``ProcessingTimeTimeout``). One ``progress`` line
+per micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on
+(PROMETHEUS_CONF). A checkpoint of the job before it kept track state cannot be reused (the query
+gained a stateful operator): start it with a new SPARK_CHECKPOINT_DIR.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ log = logging.getLogger("agents.spark_job")
 
 ENVS = ("KAFKA_BOOTSTRAP", "ES_URL", "IOT_APP_ID", "IOT_SCHEMA", "IOT_TOPIC", "IOT_INDEX", "IOT_DLQ_TOPIC",
         "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR",
-        "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_MAX_NEW_INDICES", "IOT_RETENTION_DAYS")
+        "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_MAX_NEW_INDICES", "IOT_RETENTION_DAYS",
+        "IOT_ALERTS_TOPIC", "IOT_WEBHOOK_URL", "IOT_TRACK_IDLE_TIMEOUT")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -49,7 +57,8 @@ def emit(event: str, **fields: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spark-submit agents/spark_job.py",
-        description="Run the agents' validation, geofencing and indexing as a Spark Structured Streaming job.")
+        description="Run the agents' analytics (validation, geofences, track state, alerts, indexing) as a Spark "
+                    "Structured Streaming job.")
     config.add_flags(parser, ENVS)
     parser.add_argument("--once", action="store_true",
                         help="process everything available now (trigger availableNow), then exit")
@@ -81,6 +90,14 @@ PROMETHEUS_CONF = {
     "spark.metrics.appStatusSource.enabled": "true",
     "spark.sql.streaming.metricsEnabled": "true",
 }
+
+
+# The state store's partitions: Spark's default of 200 shuffle partitions means 200 state store instances
+# (and tasks) per micro-batch; a few per core serve (fixed in the checkpoint at the first run). No micro-batch
+# without data: the processing-time timeout of the track state would otherwise run one every trigger
+# interval (and an availableNow run would never end); idle groups are removed by the next batch with data,
+# as the worker evicts idle tracks when it stores a batch. Defaults only: a --conf of spark-submit wins.
+STATE_CONF = {"spark.sql.shuffle.partitions": "4", "spark.sql.streaming.noDataMicroBatches.enabled": "false"}
 
 
 def needs_kafka_v1_source(spark_version: str) -> bool:
@@ -193,28 +210,58 @@ def progress_logger(counts: BatchCounts) -> Any:  # -> pyspark StreamingQueryLis
     return ProgressLogger()
 
 
-def batch_writer(settings: config.Settings, counts: BatchCounts | None = None):  # -> Callable[[DataFrame, int], None]
-    """The ``foreachBatch`` function: annotate + index on executors, dead letters to Kafka, one log line."""
+class DriverWebhook:
+    """The agents' :class:`agents.alerts.Webhook` (same queue, timeout, retries) on an event loop of its own thread."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from agents.alerts import Webhook
+
+        self.outcomes: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self.hook = Webhook(url, on_result=self._count)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="webhook", daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.hook.start(), self.loop).result(30)
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def submit(self, alerts: list[dict[str, Any]]) -> None:
+        """Queue the alerts (never blocks; a full queue drops and counts, as in the worker)."""
+        for alert in alerts:
+            self.loop.call_soon_threadsafe(self.hook.submit, alert)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.hook.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
+                 webhook: DriverWebhook | None = None):  # -> Callable[[DataFrame, int], None]
+    """The ``foreachBatch`` function over the state function's rows: index on executors, then dead letters and
+    alerts to Kafka (and the webhook), before Spark commits the batch (so at least once), and one log line."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from agents.spark_worker import OUTPUT_SCHEMA, JobContext, partition_function
+    from agents.spark_worker import WRITE_COUNTS, WRITE_SCHEMA, JobContext, write_function
 
-    ctx = JobContext.from_settings(settings)
-    function = partition_function(ctx)
+    function = write_function(JobContext.from_settings(settings))
 
     def write(batch: Any, batch_id: int) -> None:
         started = time.perf_counter()
-        out = batch.select("key", "value", "topic", "partition", "offset").mapInPandas(function, OUTPUT_SCHEMA)
-        out = out.persist(StorageLevel.MEMORY_AND_DISK)
+        out = batch.mapInPandas(function, WRITE_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = out.where(F.col("kind") == "stats").agg(
-                *(F.coalesce(F.sum(c), F.lit(0)).alias(c)
-                  for c in ("messages", "indexed", "dead", "filtered", "rejected"))).first().asDict()
-            if stats["dead"]:
-                (out.where(F.col("kind") == "dlq").select("key", "value").write.format("kafka")
-                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-                 .option("topic", settings.iot_dlq_topic).save())
+                *(F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in WRITE_COUNTS)).first().asDict()
+            if stats["dead"] or stats["alerts"]:
+                (out.where(F.col("kind").isin("dlq", "alert")).select("topic", "key", "value").write.format("kafka")
+                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap).save())
+            if webhook is not None and stats["alerts"]:
+                webhook.submit([json.loads(r.value) for r in out.where(F.col("kind") == "alert").select("value")
+                                .collect()])
         finally:
             out.unpersist()
         emit("batch", batch=batch_id, seconds=round(time.perf_counter() - started, 3), **stats)
@@ -224,8 +271,26 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None): 
     return write
 
 
-def start(spark: Any, settings: config.Settings, args: argparse.Namespace) -> Any:
-    """Start the streaming query (Kafka source -> foreachBatch), with its per-batch progress line."""
+def tracks(spark: Any, settings: config.Settings, source: Any) -> Any:
+    """Kafka rows -> per-track state function (applyInPandasWithState) -> its rows, see :mod:`agents.spark_worker`."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.streaming.state import GroupStateTimeout
+
+    from agents.spark_worker import STATE_OUTPUT_SCHEMA, STATE_SCHEMA, JobContext, group_function, group_key_path
+
+    preset = load_preset(settings.iot_schema)
+    track = F.coalesce(F.trim(F.get_json_object(F.col("value").cast("string"), group_key_path(preset.track))),
+                       F.lit(""))
+    rows = source.select("key", "value", "topic", "partition", "offset", track.alias("track"))
+    # Always the processing-time timeout, so IOT_TRACK_IDLE_TIMEOUT can change (0 included) on one checkpoint.
+    return rows.groupBy("track").applyInPandasWithState(
+        group_function(JobContext.from_settings(settings)), STATE_OUTPUT_SCHEMA, STATE_SCHEMA, "update",
+        GroupStateTimeout.ProcessingTimeTimeout)
+
+
+def start(spark: Any, settings: config.Settings, args: argparse.Namespace,
+          webhook: DriverWebhook | None = None) -> Any:
+    """Start the streaming query (Kafka source -> track state -> foreachBatch), with its per-batch progress line."""
     counts = BatchCounts()
     spark.streams.addListener(progress_logger(counts))
     reader = (spark.readStream.format("kafka")
@@ -235,10 +300,11 @@ def start(spark: Any, settings: config.Settings, args: argparse.Namespace) -> An
               .option("failOnDataLoss", "false"))
     if args.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
-    writer = (reader.load().writeStream
+    writer = (tracks(spark, settings, reader.load()).writeStream
               .queryName(f"{settings.iot_app_id}-spark")
+              .outputMode("update")
               .option("checkpointLocation", checkpoint_dir(settings))
-              .foreachBatch(batch_writer(settings, counts)))
+              .foreachBatch(batch_writer(settings, counts, webhook)))
     writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=args.trigger_interval)
     return writer.start()
 
@@ -259,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_template(settings)
     level = os.environ.get("SPARK_LOG_LEVEL", "WARN")
     conf = SparkConf()
-    for key, value in PROMETHEUS_CONF.items():
+    for key, value in {**PROMETHEUS_CONF, **STATE_CONF}.items():
         conf.setIfMissing(key, value)
     spark = (SparkSession.builder.appName(f"{settings.iot_app_id}-spark").config(conf=conf)
              .config("spark.log.level", level).getOrCreate())
@@ -268,13 +334,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit("start", topic=settings.iot_topic, index=settings.iot_index, dlq=settings.iot_dlq_topic,
          checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
          spark=spark.version, kafka_source=kafka_source, ui=spark.sparkContext.uiWebUrl)
-    query = start(spark, settings, args)
+    webhook = DriverWebhook(settings.iot_webhook_url) if settings.iot_webhook_url else None
+    query = start(spark, settings, args, webhook)
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
         query.stop()
+    finally:
+        if webhook is not None:
+            webhook.stop()
     last = query.lastProgress or {}
-    emit("stop", last_batch=last.get("batchId"))
+    emit("stop", last_batch=last.get("batchId"), webhook=webhook.outcomes if webhook else None)
     spark.stop()
     return 0
 

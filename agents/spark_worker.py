@@ -1,15 +1,26 @@
-"""Executor side of the Spark job: one Kafka partition's rows -> the agents' pipeline -> Elasticsearch.
+"""Executor side of the Spark job: the agents' pipeline per track with Spark's state, then Elasticsearch.
 
-No pyspark import here: Spark hands :func:`partition_function`'s closure pandas chunks of Kafka rows
-(``key, value, topic, partition, offset``) through ``mapInPandas``; each chunk goes through the very
-same :class:`agents.pipeline.Pipeline` the Faust agents run (validate -> geofences -> document ->
-deterministic bulk action, the same per-event dead letters and event-time bounds), is bulk-indexed with the agents' :class:`agents.sink.ElasticsearchSink`
-(same retry rules, same bounded index creation), and what comes back to Spark is only the dead letters (built by
-:func:`agents.validate.dead_letter`, the agents' message shape) and one row of counts per chunk.
+No pyspark import here (Spark hands these closures pandas frames), so all of it is unit tested without
+Spark. Two steps per micro-batch:
 
-Track-dependent fields (``speed_mps``, ``heading_deg``, ``distance_m``) and geofence enter/exit
-alerts need per-track state across batches, which this job does not keep: they are stored as null
-so a document never depends on where a micro-batch happened to start.
+1. :func:`group_function`, the ``applyInPandasWithState`` function: the Kafka rows of one track (the
+   group key is the track field read from the value, :func:`group_key_path`), put in Kafka order
+   (topic, partition, offset), go through the very same :meth:`agents.pipeline.Pipeline.process` the
+   Faust agents run, with ``get_state`` fed from the group's state in Spark's state store: the
+   :mod:`agents.tracks` state dict of each track with the time it was last updated
+   (:data:`STATE_SCHEMA`). Tracks idle longer than IOT_TRACK_IDLE_TIMEOUT are dropped first
+   (:mod:`agents.idle`, the worker's rule); Spark's ``ProcessingTimeTimeout`` removes groups nobody
+   reports for. What comes out is rows (:data:`STATE_OUTPUT_SCHEMA`): the bulk actions of the
+   observations and of the latest positions, the dead letters and the alerts (both in the agents'
+   message shapes) and one row of counts.
+2. :func:`write_function`, a ``mapInPandas`` over those rows: bulk-indexes observations and latest
+   positions with the agents' :class:`agents.sink.ElasticsearchSink` (same retry rules, same bounded
+   index creation, external versions for the latest positions: a 409 is counted, not dead-lettered),
+   turns observations Elasticsearch refused for good into dead letters, and passes dead letters and
+   alerts on with their topic (:data:`WRITE_SCHEMA`) for Spark's Kafka sink.
+
+A group normally holds one track; the state is a mapping so that a value whose track field reads
+differently in JSON and in the preset (e.g. ``7`` and ``"7"``) is still processed correctly.
 """
 
 from __future__ import annotations
@@ -19,21 +30,34 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pandas as pd
 
+from agents import idle
 from agents.geofence import Geofences
 from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import ElasticsearchSink, Sink, es_client
+from agents.tracks import State
 from agents.validate import dead_letter
 from geoiot.config import Settings
-from geoiot.documents import MOTION_FIELDS
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone
 
-# What mapInPandas returns: dead letters (kind "dlq": key, value) and per-chunk counts (kind "stats").
-OUTPUT_SCHEMA = ("kind string, key binary, value binary, "
-                 "messages long, indexed long, dead long, filtered long, rejected long")
-OUTPUT_COLUMNS = ("kind", "key", "value", "messages", "indexed", "dead", "filtered", "rejected")
+# The group state: JSON {track: [updated_ms, state]} (state: agents.tracks' dict; updated_ms: the batch
+# timestamp of the micro-batch that last moved it).
+STATE_SCHEMA = "tracks string"
+COUNTS = ("messages", "dead", "filtered", "alerts", "ended")
+# Rows of the state function: kind "doc" (value: the bulk action; key, raw, src, partition, offset: its
+# message, for a dead letter if Elasticsearch refuses it), "latest" (value: the action), "dlq" and
+# "alert" (key, value: the Kafka message), "stats" (the counts).
+STATE_OUTPUT_SCHEMA = ("kind string, key binary, value binary, raw binary, src string, partition int, offset long, "
+                       + ", ".join(f"{c} long" for c in COUNTS))
+STATE_COLUMNS = ("kind", "key", "value", "raw", "src", "partition", "offset", *COUNTS)
+# Rows of the write step: "dlq"/"alert" with their topic for Spark's Kafka sink, and "stats".
+WRITE_COUNTS = ("messages", "indexed", "dead", "filtered", "rejected", "alerts", "ended", "latest", "latest_stale",
+                "latest_refused")
+WRITE_SCHEMA = "kind string, topic string, key binary, value binary, " + ", ".join(f"{c} long" for c in WRITE_COUNTS)
+WRITE_COLUMNS = ("kind", "topic", "key", "value", *WRITE_COUNTS)
 
 
 @dataclass(frozen=True)
@@ -49,31 +73,27 @@ class JobContext:
     bulk_size: int
     bounds: EventTimeBounds = EventTimeBounds()
     max_new_indices: int = 10
+    dlq_topic: str = "taxi-dlq"
+    alerts_topic: str = "taxi-alerts"
+    idle_timeout: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobContext":
         return cls(settings.iot_schema, settings.iot_geofences, settings.iot_index, settings.iot_timezone,
                    settings.iot_geofence_filter, tuple(settings.es_hosts), max(1, settings.iot_bulk_size),
-                   EventTimeBounds.from_settings(settings), settings.iot_max_new_indices)
+                   EventTimeBounds.from_settings(settings), settings.iot_max_new_indices, settings.iot_dlq_topic,
+                   settings.iot_alerts_topic, settings.iot_track_idle_timeout)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(load_preset(self.schema), Geofences.load(self.geofences), self.index, zone(self.timezone),
                         self.geofence_filter, self.bounds)
 
 
-def no_state(track: str) -> None:
-    """Spark keeps no track state: every report is seen as a track's first."""
-    return None
-
-
-def annotate(pipeline: Pipeline, messages: Sequence[Incoming]) -> BatchResult:
-    """The agents' pipeline over one chunk, minus the track-dependent fields (nulled, see module doc)."""
-    result = pipeline.process(messages, no_state)
-    for action in result.actions:
-        source = action["_source"]
-        for name in MOTION_FIELDS:
-            source[name] = None
-    return result
+def group_key_path(field: str) -> str:
+    """The JSON path of the preset's track field, for Spark's ``get_json_object`` (the group key)."""
+    if field.replace("_", "").isalnum():
+        return f"$.{field}"
+    return "$['" + field.replace("\\", "\\\\").replace("'", "\\'") + "']"
 
 
 def incoming(chunk: pd.DataFrame) -> list[Incoming]:
@@ -88,6 +108,71 @@ def dead_letters(dead: Sequence[tuple[Incoming, str]]) -> list[tuple[bytes | Non
     return [(m.key, dead_letter(m.value, reason, m.topic, m.partition, m.offset, m.key)) for m, reason in dead]
 
 
+Held = dict[str, list[Any]]  # track -> [updated_ms, state]
+
+
+def advance_group(pipeline: Pipeline, messages: Sequence[Incoming], held: Held, now_ms: int,
+                  idle_timeout: float) -> tuple[BatchResult, Held, int]:
+    """One group's reports through the agents' pipeline against its held states.
+
+    Returns the pipeline's result, the states to hold now and how many ended idle (:mod:`agents.idle`).
+    """
+    alive = {t: v for t, v in held.items() if not idle.expired(v[0], now_ms, idle_timeout)}
+    ended = len(held) - len(alive)
+
+    def get_state(track: str) -> State | None:
+        entry = alive.get(track)
+        return None if entry is None else entry[1]
+
+    result = pipeline.process(messages, get_state)
+    for track, (_, state) in result.states.items():
+        alive[track] = [now_ms, state]
+    return result, alive, ended
+
+
+def timeout_duration(held: Held, now_ms: int, idle_timeout: float) -> int | None:
+    """Milliseconds until Spark's processing-time timeout should remove the group (None: no timeout).
+
+    Spark times a group out when its timeout timestamp (now + duration) is below the batch timestamp:
+    at the newest track's :func:`agents.idle.ends_at`, the same boundary the function applies itself.
+    """
+    if not held or not idle.timeout_ms(idle_timeout):
+        return None
+    ends = idle.ends_at(max(v[0] for v in held.values()), idle_timeout)
+    return max(1, ends - now_ms)
+
+
+def state_rows(result: BatchResult, messages: int, ended: int) -> pd.DataFrame:
+    """The state function's output rows for one group's result (see :data:`STATE_OUTPUT_SCHEMA`)."""
+    rows: dict[str, list[Any]] = {c: [] for c in STATE_COLUMNS}
+
+    def add(kind: str, key: Any = None, value: Any = None, msg: Incoming | None = None,
+            counts: Sequence[int] = (0,) * len(COUNTS)) -> None:
+        for column, item in zip(STATE_COLUMNS, (kind, key, value, None if msg is None else msg.value,
+                                                None if msg is None else msg.topic,
+                                                None if msg is None else msg.partition,
+                                                None if msg is None else msg.offset, *counts)):
+            rows[column].append(item)
+
+    for action in result.actions:
+        msg = result.sources[(action["_index"], action["_id"])]
+        add("doc", msg.key, orjson.dumps(action), msg)
+    for action in result.latest:
+        add("latest", None, orjson.dumps(action))
+    for key, value in dead_letters(result.dead):
+        add("dlq", key, value)
+    for alert in result.alerts:
+        add("alert", alert["track"].encode(), orjson.dumps(alert))
+    add("stats", counts=(messages, len(result.dead), result.filtered, len(result.alerts), ended))
+    return pd.DataFrame(rows, columns=list(STATE_COLUMNS))
+
+
+def ordered(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """A group's rows in Kafka order (topic, partition, offset), whatever order the shuffle gave them."""
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return frame.sort_values(["topic", "partition", "offset"], kind="stable")
+
+
 class Worker:
     """Per Python-worker state: the pipeline (preset, loaded fences) and an Elasticsearch sink on one loop."""
 
@@ -95,7 +180,12 @@ class Worker:
         self.ctx = ctx
         self.pipeline = ctx.pipeline()
         self.loop = asyncio.new_event_loop()
-        self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)), max_new_indices=ctx.max_new_indices)
+        self.stale = 0
+        self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)), max_new_indices=ctx.max_new_indices,
+                                                    on_conflict=self._count_stale)
+
+    def _count_stale(self, n: int) -> None:
+        self.stale += n
 
     def write(self, actions: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Bulk-index in slices of IOT_BULK_SIZE; returns what Elasticsearch refused for good."""
@@ -104,23 +194,45 @@ class Worker:
             rejected += self.loop.run_until_complete(self.sink.write(actions[start:start + self.ctx.bulk_size]))
         return rejected
 
-    def process(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        messages = incoming(chunk)
-        result = annotate(self.pipeline, messages)
-        rejected = self.write(result.actions)
-        dead = list(result.dead)
-        # Same reason text as the agents give documents a sink refused for good.
-        dead += [(result.sources[(a["_index"], a["_id"])], f"{self.sink.name}: {reason}") for a, reason in rejected]
-        letters = dead_letters(dead)
-        rows: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
-        for key, value in letters:
-            for column, item in zip(OUTPUT_COLUMNS, ("dlq", key, value, 0, 0, 0, 0, 0)):
+    def group(self, held: Held, frames: Sequence[pd.DataFrame], now_ms: int) -> tuple[pd.DataFrame, Held]:
+        """The state function's work for one group: its output rows and the states to hold."""
+        frame = ordered(frames)
+        messages = incoming(frame)
+        result, alive, ended = advance_group(self.pipeline, messages, held, now_ms, self.ctx.idle_timeout)
+        return state_rows(result, len(messages), ended), alive
+
+    def store(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """The write step over one chunk of state-function rows (see :data:`WRITE_SCHEMA`)."""
+        kinds = chunk["kind"]
+        docs = chunk[kinds == "doc"]
+        observations = [orjson.loads(v) for v in docs["value"]]
+        latest = [orjson.loads(v) for v in chunk.loc[kinds == "latest", "value"]]
+        messages = {(a["_index"], a["_id"]): Incoming(raw, key, src, int(p), int(o))
+                    for a, key, raw, src, p, o in zip(observations, docs["key"], docs["raw"], docs["src"],
+                                                      docs["partition"], docs["offset"])}
+        stale_before = self.stale
+        rejected = self.write(observations + latest)
+        refused = [(messages[(a["_index"], a["_id"])], f"{self.sink.name}: {reason}") for a, reason in rejected
+                   if (a["_index"], a["_id"]) in messages]
+        latest_refused = len(rejected) - len(refused)
+        stats = chunk[kinds == "stats"]
+        sums = {c: int(stats[c].sum()) for c in COUNTS}
+        rows: dict[str, list[Any]] = {c: [] for c in WRITE_COLUMNS}
+
+        def add(kind: str, topic: str | None, key: Any, value: Any, counts: Sequence[int]) -> None:
+            for column, item in zip(WRITE_COLUMNS, (kind, topic, key, value, *counts)):
                 rows[column].append(item)
-        stats = ("stats", None, None, len(messages), len(result.actions) - len(rejected), len(dead), result.filtered,
-                 len(rejected))
-        for column, item in zip(OUTPUT_COLUMNS, stats):
-            rows[column].append(item)
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+        zeros = (0,) * len(WRITE_COUNTS)
+        passed = chunk[kinds.isin(("dlq", "alert"))]
+        for kind, key, value in zip(passed["kind"], passed["key"], passed["value"]):
+            add(kind, self.ctx.dlq_topic if kind == "dlq" else self.ctx.alerts_topic, key, value, zeros)
+        for key, value in dead_letters(refused):
+            add("dlq", self.ctx.dlq_topic, key, value, zeros)
+        add("stats", None, None, None, (sums["messages"], len(observations) - len(refused), sums["dead"] + len(refused),
+                                        sums["filtered"], len(refused), sums["alerts"], sums["ended"], len(latest),
+                                        self.stale - stale_before, latest_refused))
+        return pd.DataFrame(rows, columns=list(WRITE_COLUMNS))
 
 
 _WORKERS: dict[JobContext, Worker] = {}
@@ -134,13 +246,44 @@ def worker_for(ctx: JobContext) -> Worker:
     return worker
 
 
-def partition_function(ctx: JobContext) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` function of the job."""
+def empty_state_rows(ended: int) -> pd.DataFrame:
+    """Only the counts row (a group removed by Spark's timeout)."""
+    return state_rows(BatchResult(), 0, ended)
+
+
+def group_function(ctx: JobContext) -> Callable[[Any, Iterator[pd.DataFrame], Any], Iterator[pd.DataFrame]]:
+    """The ``applyInPandasWithState`` function of the job (``state``: pyspark's GroupState)."""
+
+    def run(key: Any, frames: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
+        held: Held = orjson.loads(state.get[0]) if state.exists else {}
+        if state.hasTimedOut:  # nobody of the group reported for IOT_TRACK_IDLE_TIMEOUT: its states end
+            state.remove()
+            yield empty_state_rows(len(held))
+            return
+        chunks = [f for f in frames if len(f)]
+        if not chunks:
+            return
+        now_ms = state.getCurrentProcessingTimeMs()
+        rows, alive = worker_for(ctx).group(held, chunks, now_ms)
+        if alive:
+            state.update((orjson.dumps(alive).decode(),))
+            duration = timeout_duration(alive, now_ms, ctx.idle_timeout)
+            if duration is not None:
+                state.setTimeoutDuration(duration)
+        elif state.exists:
+            state.remove()
+        yield rows
+
+    return run
+
+
+def write_function(ctx: JobContext) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function of the write step."""
 
     def run(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         worker = worker_for(ctx)
         for chunk in chunks:
             if len(chunk):
-                yield worker.process(chunk)
+                yield worker.store(chunk)
 
     return run

@@ -6,6 +6,11 @@ worker that is assigned source partition ``p`` recovers exactly the tracks of ``
 changelog partition ``p`` to its end before it processes any event of ``p``. This is the contract
 of a Faust table (same topic name, same key and value encoding: JSON), kept here because the
 agents consume the source topic with aiokafka directly (see :mod:`agents.consumer`).
+
+Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
+put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a
+track idle longer than the timeout, and :meth:`TrackTable.evict_idle` drops such tracks so that the
+caller writes their tombstones to the changelog.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents import idle
 from agents.tracks import State
 
 log = logging.getLogger("agents.state")
@@ -40,11 +46,17 @@ class TrackTable:
     with the same methods in unit tests).
     """
 
-    def __init__(self, topic: str, open_reader: Callable[[], Any]) -> None:
+    def __init__(self, topic: str, open_reader: Callable[[], Any], *, idle_timeout: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``idle_timeout``: seconds (0: never), see :mod:`agents.idle`; ``clock``: wall-clock seconds."""
         self.topic = topic
         self.open_reader = open_reader
+        self.idle_timeout = idle_timeout
+        self.clock = clock
         self._by_partition: dict[int, dict[str, State]] = {}
         self._partition_of: dict[str, int] = {}
+        self._updated: dict[str, int] = {}  # track -> wall-clock ms of its last put
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._partition_of)
@@ -53,22 +65,60 @@ class TrackTable:
     def partitions(self) -> set[int]:
         return set(self._by_partition)
 
-    def get(self, track: str) -> State | None:
-        partition = self._partition_of.get(track)
-        return None if partition is None else self._by_partition[partition].get(track)
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
-    def put(self, partition: int, track: str, state: State) -> None:
+    def get(self, track: str) -> State | None:
+        """The track's state; none when it idled longer than the timeout (the report starts it afresh)."""
+        partition = self._partition_of.get(track)
+        if partition is None:
+            return None
+        if self.idle_timeout and idle.expired(self._updated.get(track), self._now_ms(), self.idle_timeout):
+            return None
+        return self._by_partition[partition].get(track)
+
+    def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> None:
         old = self._partition_of.get(track)
         if old is not None and old != partition:  # the producer's partitioner changed: follow the events
             self._by_partition.get(old, {}).pop(track, None)
         self._by_partition.setdefault(partition, {})[track] = state
         self._partition_of[track] = partition
+        self._updated[track] = self._now_ms() if updated_ms is None else updated_ms
+
+    def _remove(self, track: str) -> None:
+        partition = self._partition_of.pop(track, None)
+        if partition is not None:
+            self._by_partition.get(partition, {}).pop(track, None)
+        self._updated.pop(track, None)
+
+    def evict_idle(self, keep: Callable[[str], bool] = lambda track: False,
+                   every: float | None = None) -> list[tuple[int, str]]:
+        """Drop the tracks idle longer than the timeout (unless ``keep(track)``); returns (partition, track).
+
+        The caller writes a tombstone for each to the changelog partition, so recovery does not bring them
+        back. Sweeps at most once per ``every`` seconds (default: a tenth of the timeout, at most a minute).
+        """
+        if not self.idle_timeout:
+            return []
+        now = self.clock()
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + (min(60.0, self.idle_timeout / 10) if every is None else every)
+        now_ms = int(now * 1000)
+        gone = [(self._partition_of[track], track) for track, updated in self._updated.items()
+                if idle.expired(updated, now_ms, self.idle_timeout) and not keep(track)]
+        for _, track in gone:
+            self._remove(track)
+        if gone:
+            log.info("idle tracks evicted count=%d tracks=%d timeout=%gs", len(gone), len(self), self.idle_timeout)
+        return gone
 
     def drop(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             for track in self._by_partition.pop(partition, {}):
                 if self._partition_of.get(track) == partition:
                     del self._partition_of[track]
+                    self._updated.pop(track, None)
 
     async def recover(self, partitions: Iterable[int]) -> int:
         """Read the changelog partitions from the beginning to their current end; returns records read."""
@@ -96,10 +146,11 @@ class TrackTable:
                         read += 1
                         track = orjson.loads(message.key)
                         if message.value is None:  # tombstone
-                            self._by_partition[tp.partition].pop(track, None)
-                            self._partition_of.pop(track, None)
-                        else:
-                            self.put(tp.partition, track, orjson.loads(message.value))
+                            self._remove(track)
+                        else:  # last updated when the state was written (the record's timestamp, ms)
+                            stamp = getattr(message, "timestamp", None)
+                            self.put(tp.partition, track, orjson.loads(message.value),
+                                     stamp if isinstance(stamp, int) and stamp > 0 else None)
                 for tp in list(todo):
                     if await consumer.position(tp) >= ends[tp]:
                         todo.discard(tp)

@@ -262,6 +262,8 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=1000),  # Elasticsearch's default shard limit is 1000 per data node
     Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
             minimum=0, maximum=3_652_059),
+    Setting("IOT_TRACK_IDLE_TIMEOUT", 86400.0, "Seconds (processing time) after its last update that a track's state ends "
+            "(0: never; see agents/idle.py)", float, minimum=0, maximum=31_536_000),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int,
             minimum=1, maximum=1024),
     Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int,
@@ -327,6 +329,7 @@ class Settings:
     iot_max_event_ahead_days: float
     iot_max_new_indices: int
     iot_retention_days: int
+    iot_track_idle_timeout: float
     web_es_concurrency: int
     web_es_queue: int
     web_queue_timeout: float
