@@ -20,6 +20,8 @@ ARG MAVEN_IMAGE=maven:3.9-eclipse-temurin-17
 # executors of the Spark app use it to run against the Mesos master as the original demo did. The stateful
 # job is tested on this line with these pandas/pyarrow/numpy bounds (README, "Spark").
 ARG SPARK_MESOS_VERSION=3.5.7
+# What the job needs beside pyspark on that line; `make test` builds its 3.5 venv from these two ARGs too.
+ARG SPARK_MESOS_PINS="pandas>=2.2,<2.3 pyarrow>=15,<20 numpy<2.3"
 
 # ---------------------------------------------------------------- the map's third-party assets
 FROM ${NODE_IMAGE} AS assets
@@ -84,11 +86,12 @@ RUN mvn -q dependency:copy-dependencies -DoutputDirectory=/jars \
 # ---------------------------------------------------------------- runtime + Spark (docker build --target spark)
 FROM runtime AS spark
 ARG SPARK_MESOS_VERSION
+ARG SPARK_MESOS_PINS
 USER root
 RUN apt-get update \
  && apt-get install -y --no-install-recommends default-jre-headless procps \
  && rm -rf /var/lib/apt/lists/* \
- && /opt/venv/bin/pip install --no-cache-dir "pyspark==${SPARK_MESOS_VERSION}" "pandas>=2.2,<2.3" "pyarrow>=15,<20" "numpy<2.3"
+ && /opt/venv/bin/pip install --no-cache-dir "pyspark==${SPARK_MESOS_VERSION}" ${SPARK_MESOS_PINS}
 COPY --from=sparkjars /jars/ /opt/venv/lib/python3.11/site-packages/pyspark/jars/
 # spark-submit takes the job as a file; the installed package is its import path.
 COPY agents/spark_job.py /app/agents/spark_job.py

@@ -6,14 +6,28 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := infra/local/stack
+# The Spark line of the DC/OS image (3.5.x, the last with Mesos) gets a venv of its own, so `make test`
+# runs the Spark job's tests on it too; version and pins are read from the Dockerfile (their one home).
+SPARK35      := .venv-spark35
+SPARK35_VERSION := $(shell sed -n 's/^ARG SPARK_MESOS_VERSION=//p' Dockerfile)
+SPARK35_PINS := $(shell sed -n 's/^ARG SPARK_MESOS_PINS=//p' Dockerfile | tr -d '"')
 
-.PHONY: demo test unit stack stack-down chromium spark-jars failover image clean
+.PHONY: demo test unit stack stack-down chromium spark-jars spark35 failover image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,spark]'
 	@touch $@
+
+$(SPARK35)/.installed: pyproject.toml Dockerfile
+	@test -x $(SPARK35)/bin/python || $(PYTHON) -m venv $(SPARK35)
+	$(SPARK35)/bin/python -m pip install --quiet --upgrade pip
+	$(SPARK35)/bin/python -m pip install --quiet -e . 'pyspark==$(SPARK35_VERSION)' $(foreach p,$(SPARK35_PINS),'$(p)')
+	@touch $@
+
+spark35: $(SPARK35)/.installed
+	@SPARK_VERSION=$(SPARK35_VERSION) $(STACK) spark-jars >/dev/null
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -37,8 +51,10 @@ spark-jars: $(VENV)/.installed
 demo: $(VENV)/.installed node_modules/.installed  # the demo starts the stack itself, so Ctrl-C can stop it too
 	@infra/local/demo
 
-test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars
+test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars spark35
 	$(VENV)/bin/pytest
+	@echo "make: the Spark job's tests again on Spark $(SPARK35_VERSION) (the DC/OS image's line)"
+	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/test_spark_job.py
 
 # The container image (infra/image/build-local: dockerd, Debian bases, docker build) and its run test;
 # `make test` runs this test too.
@@ -54,4 +70,4 @@ unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -m "not integration"
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache test-output
+	rm -rf $(VENV) $(SPARK35) node_modules .pytest_cache test-output
