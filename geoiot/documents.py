@@ -201,10 +201,12 @@ def document_type(preset: Preset) -> type | None:
     and valid, other fields of their type or null, missing ones null, unknown keys dropped), as
     :func:`geoiot.schema.typed_record` would keep them; encoding it gives the document :func:`build` gives
     (the same JSON values). The core fields are the attributes ``c_track``, ``c_time``, ``c_lon``,
-    ``c_lat``; None when a preset field has a derived field's name (the dict path serves that preset).
+    ``c_lat``; None when a preset field has a derived field's name, or a quote, backslash or control
+    character in its name (the dict path serves that preset).
     """
-    if set(preset.names) & set(_DERIVED_ORDER):
-        return None
+    if set(preset.names) & set(_DERIVED_ORDER) or any(
+            '"' in name or "\\" in name or any(ord(c) < 0x20 for c in name) for name in preset.names):
+        return None  # msgspec takes no such field name either
     roles = {preset.track: "track", preset.time: "time", preset.lon: "lon", preset.lat: "lat"}
     fields: list[Any] = []
     rename: dict[str, str] = {}
