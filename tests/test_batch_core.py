@@ -233,3 +233,34 @@ def test_presets_the_struct_cannot_name_still_get_their_documents():
         new, old = run_both(preset, FENCES, values, {})
         assert_same(new, old)
         assert len(new.actions) == 3
+
+
+def taxi_value(track, time_ms, lon, lat):
+    return orjson.dumps({"taxiId": track, "observationTime": time_ms, "longitude": lon, "latitude": lat,
+                         "passengerCount": 1, "tripTimeInSecs": 3, "tripDistance": 0.5, "observationIx": 1,
+                         "medallion": "M", "hack_license": "H", "vendor_id": "VTS", "rate_code": 1,
+                         "store_and_fwd_flag": None, "pickup_datetime": T0, "dropoff_datetime": T0 + 5,
+                         "pickup_longitude": lon, "pickup_latitude": lat, "dropoff_longitude": lon,
+                         "dropoff_latitude": lat})
+
+
+@SETTINGS
+@given(reports=st.lists(st.tuples(st.sampled_from("aaaaabcdef"), st.integers(1, 3), coord, coord.filter(lambda y: abs(y) <= 90)),
+                        max_size=120) | st.lists(st.tuples(st.just("a"), st.integers(1, 3), coord, coord.filter(lambda y: abs(y) <= 90)),
+                                 min_size=33, max_size=40),
+       saved=st.lists(st.tuples(st.sampled_from("aabcxyz"), coord, coord.filter(lambda y: abs(y) <= 90)), max_size=50),
+       filter_inside=st.booleans())
+def test_batch_core_in_time_order_takes_the_array_path_and_equals_the_row_wise_code(reports, saved, filter_inside):
+    """The usual batch (each track's reports in time order, newer than its saved state; histories longer
+    than HISTORY): computed by arrays, never report by report, and still the row-wise result."""
+    clock: dict[str, int] = {}
+    values = []
+    for track, step, lon, lat in reports:
+        clock[track] = clock.get(track, T0) + 1000 * step
+        values.append(taxi_value(track, clock[track], lon, lat))
+    before = [taxi_value(track, T0 - 1000 * (len(saved) - i), lon, lat) for i, (track, lon, lat) in enumerate(saved)]
+    states = saved_states(TAXI, FENCES, before)
+    with mock.patch("agents.tracks._advance_any", side_effect=AssertionError("took the report-by-report path")):
+        new, old = run_both(TAXI, FENCES, values, states, filter_inside)
+    assert_same(new, old)
+    assert new.dead == [] and len(new.states) == len(clock)
