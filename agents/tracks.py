@@ -104,126 +104,10 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
                   fences: Sequence[tuple[str, ...]], get_state: Callable[[str], State | None]) -> BatchMotion:
     """:func:`advance` applied to the reports of a batch in order, with the trigonometry vectorised.
 
-    Same results as calling ``advance`` report by report (a property test holds them equal). The usual
-    batch (each track's reports in time order, all newer than its state) is done by arrays: a stable
-    sort by track gives each report's previous point, numpy every distance, speed and heading, and each
-    track's state is built once from its last points. Any other batch takes one Python pass per report.
+    Same results as calling ``advance`` report by report (a property test holds them equal): one
+    Python pass finds each report's previous point and the fence transitions, then numpy computes
+    every distance, speed and heading at once, and each moved track's state is built once.
     """
-    fast = _advance_in_order(tracks, times, lons, lats, fences, get_state)
-    if fast is not None:
-        return fast
-    return _advance_any(tracks, times, lons, lats, fences, get_state)
-
-
-def _motion_arrays(idx_l: list[int], t0: np.ndarray, lon0: np.ndarray, lat0: np.ndarray, t1: np.ndarray,
-                   lon1: np.ndarray, lat1: np.ndarray, n: int) -> tuple[list[float | None], list[float | None],
-                                                                      list[float | None]]:
-    """Distance, speed and heading of the reports ``idx_l`` from their previous points (None elsewhere)."""
-    distance: list[float | None] = [None] * n
-    speed: list[float | None] = [None] * n
-    heading: list[float | None] = [None] * n
-    p1, p2 = np.radians(lat0), np.radians(lat1)
-    dp, dl = p2 - p1, np.radians(lon1 - lon0)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    dist = 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
-    dt = (t1 - t0) / 1000.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        spd = np.where(dt > 0, dist / np.where(dt > 0, dt, 1.0), np.nan)
-    x = np.sin(dl) * np.cos(p2)
-    y = np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dl)
-    head = np.degrees(np.arctan2(x, y)) % 360.0
-    for k, d, s, h in zip(idx_l, dist.tolist(), spd.tolist(), head.tolist()):
-        distance[k] = d
-        speed[k] = None if s != s else s  # NaN: no time elapsed
-        heading[k] = h if d > 0 else None
-    return distance, speed, heading
-
-
-def _advance_in_order(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
-                      fences: Sequence[tuple[str, ...]], get_state: Callable[[str], State | None]) -> BatchMotion | None:
-    """:func:`advance_batch` when every report moves its track (None otherwise: the caller goes report by report)."""
-    n = len(tracks)
-    if n == 0:
-        return None
-    code_of: dict[str, int] = {}
-    codes = np.fromiter((code_of.setdefault(t, len(code_of)) for t in tracks), dtype=np.intp, count=n)
-    order = np.argsort(codes, kind="stable")
-    t_all = np.asarray(times, dtype=np.int64)
-    sorted_codes, sorted_t = codes[order], t_all[order]
-    first = np.empty(n, dtype=bool)
-    first[0] = True
-    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
-    if not np.all(first[1:] | (sorted_t[1:] > sorted_t[:-1])):
-        return None  # an older or duplicate report inside the batch
-    names = list(code_of)
-    saved = [get_state(track) for track in names]
-    starts = np.flatnonzero(first)
-    first_t = sorted_t[starts].tolist()
-    for state, t in zip(saved, first_t):
-        if state is not None and not t > state["t"]:
-            return None  # a report not newer than the track's state
-    # The previous point of each report: the report before it of its track, else the track's state.
-    prev = np.empty(n, dtype=np.intp)
-    prev[order[1:]] = order[:-1]
-    prev[order[starts]] = -1
-    prev_l = prev.tolist()
-    order_l = order.tolist()
-    starts_l = starts.tolist()
-    ends_l = starts_l[1:] + [n]
-    state_of_first: dict[int, State] = {}
-    for c, state in enumerate(saved):
-        if state is not None:
-            state_of_first[order_l[starts_l[c]]] = state
-    idx_l: list[int] = []
-    t0_l: list[int] = []
-    lon0_l: list[float] = []
-    lat0_l: list[float] = []
-    changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    for i in range(n):
-        j = prev_l[i]
-        if j >= 0:
-            before_f = fences[j]
-            t0_l.append(times[j])
-            lon0_l.append(lons[j])
-            lat0_l.append(lats[j])
-        else:
-            state = state_of_first.get(i)
-            if state is None:
-                continue  # the track's first report: no motion, no transition
-            before_f = tuple(state["fences"])
-            t0_l.append(state["t"])
-            lon0_l.append(state["lon"])
-            lat0_l.append(state["lat"])
-        idx_l.append(i)
-        here = fences[i]
-        if here != before_f:
-            before, after = set(before_f), set(here)
-            if before != after:
-                changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
-    if idx_l:
-        idx = np.asarray(idx_l, dtype=np.intp)
-        distance, speed, heading = _motion_arrays(
-            idx_l, np.asarray(t0_l, dtype=np.int64), np.asarray(lon0_l, dtype=np.float64),
-            np.asarray(lat0_l, dtype=np.float64), t_all[idx], np.asarray(lons, dtype=np.float64)[idx],
-            np.asarray(lats, dtype=np.float64)[idx], n)
-    else:
-        distance, speed, heading = [None] * n, [None] * n, [None] * n
-    states: dict[str, tuple[int, State]] = {}
-    for c, track in enumerate(names):
-        s, e = starts_l[c], ends_l[c]
-        state = saved[c]
-        last = order_l[e - 1]
-        points = [[times[k], lons[k], lats[k]] for k in order_l[max(s, e - HISTORY):e]]
-        if state is not None and len(points) < HISTORY:
-            points = ((state.get("hist") or [[state["t"], state["lon"], state["lat"]]]) + points)[-HISTORY:]
-        states[track] = (last, {"t": times[last], "lon": lons[last], "lat": lats[last], "fences": list(fences[last]),
-                                "hist": points})
-    return BatchMotion(distance, speed, heading, changes, states)
-
-
-def _advance_any(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
-                 fences: Sequence[tuple[str, ...]], get_state: Callable[[str], State | None]) -> BatchMotion:
-    """:func:`advance_batch` for any batch: one Python pass per report."""
     n = len(tracks)
     # Reports with a previous point: their index and that point (Python lists: numpy item stores cost more).
     idx_l: list[int] = []
@@ -266,14 +150,31 @@ def _advance_any(tracks: Sequence[str], times: Sequence[int], lons: Sequence[flo
             lon0_l.append(h[1])
             lat0_l.append(h[2])
 
+    distance: list[float | None] = [None] * n
+    speed: list[float | None] = [None] * n
+    heading: list[float | None] = [None] * n
     if idx_l:
         idx = np.asarray(idx_l, dtype=np.intp)
-        distance, speed, heading = _motion_arrays(
-            idx_l, np.asarray(t0_l, dtype=np.int64), np.asarray(lon0_l, dtype=np.float64),
-            np.asarray(lat0_l, dtype=np.float64), np.asarray(times, dtype=np.int64)[idx],
-            np.asarray(lons, dtype=np.float64)[idx], np.asarray(lats, dtype=np.float64)[idx], n)
-    else:
-        distance, speed, heading = [None] * n, [None] * n, [None] * n
+        t0 = np.asarray(t0_l, dtype=np.int64)
+        lon0 = np.asarray(lon0_l, dtype=np.float64)
+        lat0 = np.asarray(lat0_l, dtype=np.float64)
+        lon1 = np.asarray(lons, dtype=np.float64)[idx]
+        lat1 = np.asarray(lats, dtype=np.float64)[idx]
+        t1 = np.asarray(times, dtype=np.int64)[idx]
+        p1, p2 = np.radians(lat0), np.radians(lat1)
+        dp, dl = p2 - p1, np.radians(lon1 - lon0)
+        a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+        dist = 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
+        dt = (t1 - t0) / 1000.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spd = np.where(dt > 0, dist / np.where(dt > 0, dt, 1.0), np.nan)
+        x = np.sin(dl) * np.cos(p2)
+        y = np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dl)
+        head = np.degrees(np.arctan2(x, y)) % 360.0
+        for k, d, s, h in zip(idx_l, dist.tolist(), spd.tolist(), head.tolist()):
+            distance[k] = d
+            speed[k] = None if s != s else s  # NaN: no time elapsed
+            heading[k] = h if d > 0 else None
 
     states: dict[str, tuple[int, State]] = {}
     for track, cur in cursors.items():

