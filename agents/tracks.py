@@ -115,7 +115,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     lon0_l: list[float] = []
     lat0_l: list[float] = []
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    # track -> [t, lon, lat, fences, saved state, hist to extend, points appended, last moving index]
+    # track -> [t, lon, lat, fences, saved state, hist to extend, indices of the reports appended, last moving
+    # index]; points are built only for the kept history (fewer objects for the cyclic GC to scan)
     cursors: dict[str, list[Any]] = {}
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
@@ -123,7 +124,7 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
         if cur is None:
             state = get_state(track)
             if state is None:
-                cursors[track] = [t, lon, lat, here, None, [], [[t, lon, lat]], i]
+                cursors[track] = [t, lon, lat, here, None, [], [i], i]
                 continue
             cur = cursors[track] = [state["t"], state["lon"], state["lat"], tuple(state["fences"]), state,
                                     state.get("hist") or [[state["t"], state["lon"], state["lat"]]], [], -1]
@@ -137,11 +138,11 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
                 if before != after:
                     changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
             cur[0], cur[1], cur[2], cur[3] = t, lon, lat, here
-            cur[6].append([t, lon, lat])
+            cur[6].append(i)
             cur[7] = i
             continue
         # Older or duplicate: motion against the latest kept point strictly before it.
-        hist = (cur[5] + cur[6])[-HISTORY:] if cur[6] else ((cur[4] or {}).get("hist") or [])
+        hist = _history(cur, times, lons, lats) if cur[6] else ((cur[4] or {}).get("hist") or [])
         j = bisect_left([h[0] for h in hist], t)
         if j > 0:
             h = hist[j - 1]
@@ -180,5 +181,11 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     for track, cur in cursors.items():
         if cur[6]:
             states[track] = (cur[7], {"t": cur[0], "lon": cur[1], "lat": cur[2], "fences": list(cur[3]),
-                                      "hist": (cur[5] + cur[6])[-HISTORY:]})
+                                      "hist": _history(cur, times, lons, lats)})
     return BatchMotion(distance, speed, heading, changes, states)
+
+
+def _history(cur: list[Any], times: Sequence[int], lons: Sequence[float], lats: Sequence[float]) -> list[list[Any]]:
+    """The last HISTORY points: the saved history extended by the reports appended in this batch."""
+    added = [[times[k], lons[k], lats[k]] for k in cur[6][-HISTORY:]]
+    return (cur[5] + added)[-HISTORY:] if len(added) < HISTORY else added

@@ -229,11 +229,19 @@ def document_decoder(preset: Preset) -> msgspec.json.Decoder:
 ENCODER = msgspec.json.Encoder()
 
 
+class Geometry(msgspec.Struct, gc=False):
+    """``{"lat": .., "lon": ..}`` as :func:`build` writes it, without a dict for the cyclic GC to track."""
+
+    lat: float
+    lon: float
+
+
 def fill(doc: Any, lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
          speed_mps: float | None, heading_deg: float | None, ingested_at: int) -> Any:
-    """:func:`build_into` for a :func:`document_type` struct."""
-    doc.d_geometry = {"lat": lat, "lon": lon}
-    doc.d_geofences = list(fences)
+    """:func:`build_into` for a :func:`document_type` struct (the same JSON; ``fences`` is encoded as the array
+    it is, the shared tuples of :meth:`agents.geofence.Geofences.containing` are not copied)."""
+    doc.d_geometry = Geometry(lat, lon)
+    doc.d_geofences = fences
     doc.d_speed_mps = speed_mps
     doc.d_heading_deg = heading_deg
     doc.d_distance_m = distance_m
