@@ -122,7 +122,8 @@ class _Columns:
 class _Part:
     """The annotation of some valid events (all of them, or one when redone event by event)."""
 
-    entries: list[tuple[int, bytes]] = field(default_factory=list)  # (event, document bytes) indexed
+    events: list[int] = field(default_factory=list)  # the events indexed (indices into the columns)
+    sources: list[bytes] = field(default_factory=list)  # their documents' bytes
     alerts: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, tuple[int, State]] = field(default_factory=dict)  # track -> (event, state)
     filtered: int = 0
@@ -232,7 +233,8 @@ class Pipeline:
                 out.dead.append((cols.messages[k], f"cannot annotate the event: {type(exc).__name__}: {exc}"))
                 out.valid -= 1
                 continue
-            total.entries += one.entries
+            total.events += one.events
+            total.sources += one.sources
             total.alerts += one.alerts
             total.states.update(one.states)
             total.filtered += one.filtered
@@ -257,7 +259,7 @@ class Pipeline:
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         records, filter_inside = cols.records, self.filter_inside
         dumps, build_into, encode, fill = orjson.dumps, documents.build_into, documents.ENCODER.encode, documents.fill
-        entries, newest, keeps = part.entries, part.newest, documents.keeps_latest
+        indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
         for i, k in enumerate(events):
             fences = inside[i]
             if filter_inside and not fences:
@@ -268,7 +270,8 @@ class Pipeline:
                 source = dumps(build_into(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
             else:
                 source = encode(fill(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
-            entries.append((k, source))
+            indexed.append(k)
+            sources.append(source)
             t, track = times[i], tracks[i]
             if keeps(t):
                 seen = newest.get(track)
@@ -286,7 +289,7 @@ class Pipeline:
         source_of: dict[int, bytes] = {}
         lines, out_index, out_ids, origins = obs.lines, obs.index, obs.ids, out.origins
         dumps = orjson.dumps
-        for k, source in part.entries:
+        for k, source in zip(part.events, part.sources):
             name = index[k]
             prefix = prefixes.get(name)
             if prefix is None:  # b'{"index":{"_index":"<name>","_id":' as orjson writes the action's metadata

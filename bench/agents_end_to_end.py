@@ -168,7 +168,7 @@ async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, l
     spy = None
     if PYSPY is not None and workers_n == 1:
         PYSPY.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(workers[0][0].pid), "-r", "200",
+        spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--nonblocking", "--pid", str(workers[0][0].pid), "-r", "100",
                                 "-f", "raw", "-o", str(PYSPY / f"{env['IOT_APP_ID']}.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
