@@ -58,7 +58,8 @@ class Sink(Protocol):
 
 
 def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The helper's ``expand_action_callback``: both bulk lines as orjson bytes, which the client sends as is.
+    """Both bulk lines of an action as the helpers' ``expand_action`` would write them, in orjson bytes (the
+    format :class:`agents.bulk.Bulk` entries keep; the tests hold the two equal).
 
     Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
     ``version`` and ``version_type``. The helpers' default ``expand_action`` copies each one and probes it for
@@ -68,11 +69,6 @@ def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
     if "version_type" in action:
         meta["version"], meta["version_type"] = action["version"], action["version_type"]
     return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
-
-
-def is_stale(action: dict[str, Any], status: Any) -> bool:
-    """A versioned write refused because the stored document is as new or newer: nothing to retry or report."""
-    return status == 409 and "version_type" in action
 
 
 def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
