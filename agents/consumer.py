@@ -83,6 +83,14 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.stream.on_assigned([tp.partition for tp in assigned if tp.topic == self.stream.topics.source])
 
 
+def _write(sink: Sink, result: BatchResult) -> Any:
+    """The sink's write of a batch: the prepared bulk request when the sink takes one, else the actions."""
+    write_bulk = getattr(sink, "write_bulk", None)
+    if write_bulk is not None:
+        return write_bulk(result.bulk(sink.keeps_latest))
+    return sink.write(result.actions + result.latest if sink.keeps_latest else result.actions)
+
+
 class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
@@ -259,25 +267,25 @@ class SourceStream:
         t_write = time.perf_counter()
         outcomes = await asyncio.gather(self._send_all(self.topics.dlq, dead),
                                         self._send_all(self.topics.alerts, alerts),
-                                        *(sink.write(result.actions + result.latest if sink.keeps_latest
-                                                     else result.actions) for sink in self.sinks))
+                                        *(_write(sink, result) for sink in self.sinks))
         for a in result.alerts:
             m.ALERTS.labels(a["event"]).inc()
             if self.webhook is not None:
                 self.webhook.submit(a)
         rejected_total = 0
         late: list[tuple[bytes | None, bytes]] = []
+        sources = result.sources if any(outcomes[2:]) else {}
         for sink, rejected in zip(self.sinks, outcomes[2:]):
-            observations = [(a, r) for a, r in rejected if (a["_index"], a["_id"]) in result.sources]
+            observations = [(a, r) for a, r in rejected if (a["_index"], a["_id"]) in sources]
             if len(observations) < len(rejected):  # the event's fate is its observation's: no dead letter
                 m.LATEST_REFUSED.inc(len(rejected) - len(observations))
                 log.warning("%s refused %d latest-position write(s), e.g. %s", sink.name,
                             len(rejected) - len(observations),
-                            next(r for a, r in rejected if (a["_index"], a["_id"]) not in result.sources))
-            m.INDEXED.labels(sink.name).inc(len(result.actions) - len(observations))
+                            next(r for a, r in rejected if (a["_index"], a["_id"]) not in sources))
+            m.INDEXED.labels(sink.name).inc(len(result.observations) - len(observations))
             rejected_total += len(observations)
             for action, reason in observations:
-                msg = result.sources[(action["_index"], action["_id"])]
+                msg = sources[(action["_index"], action["_id"])]
                 late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
                                                   msg.partition, msg.offset, msg.key)))
         await self._send_all(self.topics.dlq, late)
@@ -309,7 +317,7 @@ class SourceStream:
         m.FILTERED.inc(result.filtered)
         log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
                  "(process=%.3f write=%.3f wait=%.3f state=%.3f commit=%.3f)",
-                 n, len(result.actions) - rejected_total, len(dead), result.filtered, rejected_total,
+                 n, len(result.observations) - rejected_total, len(dead), result.filtered, rejected_total,
                  len(result.alerts), len(result.states), time.perf_counter() - batch.started,
                  t_write - batch.started, t_wait - t_write, t_state - t_wait, t_commit - t_state,
                  time.perf_counter() - t_commit)

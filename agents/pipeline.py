@@ -1,4 +1,4 @@
-"""One batch of raw messages -> bulk actions, alerts, dead letters and new track states.
+"""One batch of raw messages -> a prepared bulk request, alerts, dead letters and new track states.
 
 Faust-free (the agent in :mod:`agents.app` does the I/O), so the whole per-event logic is unit
 tested without Kafka; the Spark job runs it too. Any event that cannot be decoded, is outside the
@@ -12,6 +12,12 @@ the newest indexed observation of that track in the batch (on equal event times 
 whose document is the one the observation index keeps). In geofence filter mode it is the newest
 observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
 last position inside one (its time says how old it is; the exit alert says it left).
+
+The batch is computed by columns, not rows (:func:`agents.validate.decode_batch`, then bounds, index names
+and ids over the time column, geofences and motion over arrays) and each document is serialised once, straight
+into its bulk entry (:class:`agents.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
+same bulk-action dicts as before, built only when asked for. ``tests/test_batch_core.py`` holds the result
+equal to the row-wise code it replaced (kept in ``tests/support/rowwise.py``).
 """
 
 from __future__ import annotations
@@ -21,23 +27,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone, tzinfo
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from agents.alerts import transitions
+from agents.bulk import Bulk, meta_line
 from agents.geofence import Geofences
 from agents.tracks import State, advance_batch
-from agents.validate import Observation, decode
+from agents.validate import decode_batch
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
 
 log = logging.getLogger("agents.pipeline")
 
+DAY_MS = documents.DAY_MS
+# An _id of a track id up to this long cannot exceed MAX_ID_BYTES (":" and at most 20 digits of time).
+_SHORT_TRACK = documents.MAX_ID_BYTES // 4 - 21
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+
+class Incoming(NamedTuple):
+    """One raw message. A named tuple: the worker makes one per event, and a frozen dataclass's ``__init__``
+    (``object.__setattr__`` per field) cost four times as much."""
+
     value: bytes | None
     key: bytes | None
     topic: str
@@ -45,28 +59,86 @@ class Incoming:
     offset: int
 
 
-@dataclass
 class BatchResult:
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    """What a batch gives: the prepared bulk entries (observations, latest positions) and everything else.
+
+    ``actions``, ``latest``, ``sources`` and ``newest`` are the bulk-action views of the entries (built on
+    first access and kept, so a caller may change the documents of ``actions`` before writing them).
+    """
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.dead: list[tuple[Incoming, str]] = []
+        self.states: dict[str, tuple[int, State]] = {}  # track -> (partition, new state)
+        self.valid = 0
+        self.filtered = 0  # valid but outside every fence in filter mode
+        self.nulled = 0  # attributes stored as null because they could not be coerced
+        self.observations = Bulk()  # one entry per indexed event, in message order
+        self.origins: list[Incoming] = []  # the message of each observation entry
+        self.latest_bulk = Bulk()  # one latest-position entry per track
+        self._actions: list[dict[str, Any]] | None = None
+        self._latest: list[dict[str, Any]] | None = None
+
+    def bulk(self, latest: bool = True) -> Bulk:
+        """The bulk request of the batch: the observations, then (``latest``) the latest positions."""
+        return self.observations + self.latest_bulk if latest else self.observations
+
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        if self._actions is None:
+            self._actions = self.observations.actions()
+        return self._actions
+
+    @property
+    def latest(self) -> list[dict[str, Any]]:
+        if self._latest is None:
+            self._latest = self.latest_bulk.actions()
+        return self._latest
+
+    @property
+    def sources(self) -> dict[tuple[str, str], Incoming]:
+        """(_index, _id) -> message of every observation (a latest-position entry is never a dead letter)."""
+        return dict(zip(zip(self.observations.index, self.observations.ids), self.origins))
+
+    @property
+    def newest(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """track -> (time_ms, document) of its latest-position entry."""
+        return {a["_id"]: (a["version"], a["_source"]) for a in self.latest}
+
+
+@dataclass(slots=True)
+class _Columns:
+    """The valid events of a batch, by columns."""
+
+    messages: list[Incoming]
+    records: list[dict[str, Any]]
+    tracks: list[str]
+    times: list[int]
+    lons: list[float]
+    lats: list[float]
+    index: list[str]
+    ids: list[str]
+
+
+@dataclass(slots=True)
+class _Part:
+    """The annotation of some valid events (all of them, or one when redone event by event)."""
+
+    events: list[int] = field(default_factory=list)  # the events indexed (indices into the columns)
+    sources: list[bytes] = field(default_factory=list)  # their documents' bytes
     alerts: list[dict[str, Any]] = field(default_factory=list)
-    dead: list[tuple[Incoming, str]] = field(default_factory=list)
-    states: dict[str, tuple[int, State]] = field(default_factory=dict)  # track -> (partition, new state)
-    valid: int = 0
-    filtered: int = 0  # valid but outside every fence in filter mode
-    nulled: int = 0  # attributes stored as null because they could not be coerced
-    sources: dict[tuple[str, str], Incoming] = field(default_factory=dict)  # (_index, _id) -> message
-    latest: list[dict[str, Any]] = field(default_factory=list)  # one latest-position action per track
-    newest: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # track -> (time_ms, document)
+    states: dict[str, tuple[int, State]] = field(default_factory=dict)  # track -> (event, state)
+    filtered: int = 0
+    newest: dict[str, tuple[int, int]] = field(default_factory=dict)  # track -> (time_ms, event)
 
 
-def keep_newest(newest: dict[str, tuple[int, dict[str, Any]]], track: str, time_ms: int,
-                doc: dict[str, Any]) -> None:
-    """Keep ``doc`` as the track's newest unless an older report: on a tie the later one wins, as in the index."""
+def keep_newest(newest: dict[str, tuple[int, int]], track: str, time_ms: int, event: int) -> None:
+    """Keep ``event`` as the track's newest unless an older report: on a tie the later one wins, as in the index."""
     if not documents.keeps_latest(time_ms):
         return
     seen = newest.get(track)
     if seen is None or time_ms >= seen[0]:
-        newest[track] = (time_ms, doc)
+        newest[track] = (time_ms, event)
 
 
 @dataclass
@@ -82,90 +154,158 @@ class Pipeline:
         """The batch's effects; an event that cannot be processed is a dead letter, never the batch's end."""
         out = BatchResult()
         now = int(time.time() * 1000)
-        valid: list[tuple[Incoming, Observation]] = []
-        for msg in messages:
-            try:
-                obs = decode(self.preset, msg.value, self.tz)
-                problem = self.bounds.problem(obs.time_ms, now)
-                if problem is not None:
-                    raise InvalidRecord(problem)
-                documents.index_for(self.index, obs.time_ms)
-                documents.doc_id(obs.track, obs.time_ms)
-            except InvalidRecord as exc:
-                out.dead.append((msg, exc.reason))
-                continue
-            except Exception as exc:  # a bug or an input nobody foresaw: this event only
-                out.dead.append((msg, f"cannot decode the event: {type(exc).__name__}: {exc}"))
-                continue
-            valid.append((msg, obs))
-            out.nulled += len(obs.nulled)
-        out.valid = len(valid)
-        if not valid:
+        cols = self._validate(messages, now, out)
+        out.valid = len(cols.tracks)
+        if not cols.tracks:
             return out
         try:
-            self._annotate(valid, get_state, now, out)
+            part = self._annotate(cols, range(len(cols.tracks)), get_state, now)
         except Exception as exc:
             log.warning("batch annotation failed (%s: %s); redoing it event by event", type(exc).__name__, exc)
-            self._annotate_one_by_one(valid, get_state, now, out)
-        out.latest = [documents.latest_action(self.index, track, time_ms, doc)
-                      for track, (time_ms, doc) in out.newest.items()]
+            part = self._annotate_one_by_one(cols, get_state, now, out)
+        self._collect(cols, part, out)
         return out
 
-    def _annotate_one_by_one(self, valid: list[tuple[Incoming, Observation]],
-                             get_state: Callable[[str], State | None], now: int, out: BatchResult) -> None:
+    def _validate(self, messages: Sequence[Incoming], now: int, out: BatchResult) -> _Columns:
+        """Decode and check the batch by columns; the invalid events become dead letters, in message order."""
+        dec = decode_batch(self.preset, [m.value for m in messages], self.tz)
+        reasons = dec.reasons
+        times = dec.times
+        problems: dict[int, str] = {}  # index into dec's columns -> reason
+        if times:
+            bounds = self.bounds
+            if type(bounds) is EventTimeBounds:  # its rule, by column; a subclass is asked event by event
+                lo, hi = now - bounds.max_age_days * DAY_MS, now + bounds.max_ahead_days * DAY_MS
+                suspects = range(len(times)) if min(times) < lo or max(times) > hi else ()
+            else:
+                suspects = range(len(times))
+            for k in suspects:
+                problem = bounds.problem(times[k], now)
+                if problem is not None:
+                    problems[k] = problem
+            days = (np.asarray(times, dtype=np.int64) // DAY_MS).tolist()
+            names: dict[int, str | None] = {}
+            for day in set(days):
+                try:
+                    names[day] = documents.index_for(self.index, day * DAY_MS)
+                except InvalidRecord as exc:
+                    names[day] = None
+                    for k, d in enumerate(days):
+                        if d == day and k not in problems:
+                            problems[k] = exc.reason
+            tracks = dec.tracks
+            ids = [f"{t}:{ms}" for t, ms in zip(tracks, times)]
+            for k, track in enumerate(tracks):
+                if len(track) > _SHORT_TRACK and k not in problems:
+                    try:
+                        documents.doc_id(track, times[k])
+                    except InvalidRecord as exc:
+                        problems[k] = exc.reason
+            index = [names[d] for d in days]
+        else:
+            ids, index = [], []
+        positions = dec.positions
+        for k, reason in problems.items():
+            reasons[positions[k]] = reason
+        for i in sorted(reasons):
+            out.dead.append((messages[i], reasons[i]))
+        keep = [k for k in range(len(positions)) if k not in problems] if problems else None
+        if dec.nulled:
+            out.nulled = sum(n for i, n in dec.nulled.items() if i not in reasons)
+        if keep is None:
+            return _Columns([messages[i] for i in positions], dec.records, dec.tracks, times, dec.lons, dec.lats,
+                            index, ids)
+        return _Columns([messages[positions[k]] for k in keep], [dec.records[k] for k in keep],
+                        [dec.tracks[k] for k in keep], [times[k] for k in keep], [dec.lons[k] for k in keep],
+                        [dec.lats[k] for k in keep], [index[k] for k in keep], [ids[k] for k in keep])
+
+    def _annotate_one_by_one(self, cols: _Columns, get_state: Callable[[str], State | None], now: int,
+                             out: BatchResult) -> _Part:
         """The batch computation failed: redo it event by event so only the failing events become dead letters."""
-        out.actions, out.alerts, out.states, out.sources, out.filtered, out.newest = [], [], {}, {}, 0, {}
+        total = _Part()
 
         def state_of(track: str) -> State | None:
-            newer = out.states.get(track)
+            newer = total.states.get(track)
             return newer[1] if newer is not None else get_state(track)
 
-        for item in valid:
+        for k in range(len(cols.tracks)):
             try:
-                one = BatchResult()
-                self._annotate([item], state_of, now, one)
+                one = self._annotate(cols, [k], state_of, now)
             except Exception as exc:
-                out.dead.append((item[0], f"cannot annotate the event: {type(exc).__name__}: {exc}"))
+                out.dead.append((cols.messages[k], f"cannot annotate the event: {type(exc).__name__}: {exc}"))
                 out.valid -= 1
                 continue
-            out.actions += one.actions
-            out.alerts += one.alerts
-            out.states.update(one.states)
-            out.sources.update(one.sources)
-            out.filtered += one.filtered
-            for track, (time_ms, doc) in one.newest.items():
-                keep_newest(out.newest, track, time_ms, doc)
+            total.events += one.events
+            total.sources += one.sources
+            total.alerts += one.alerts
+            total.states.update(one.states)
+            total.filtered += one.filtered
+            for track, (time_ms, event) in one.newest.items():
+                keep_newest(total.newest, track, time_ms, event)
+        return total
 
-    def _annotate(self, valid: list[tuple[Incoming, Observation]], get_state: Callable[[str], State | None],
-                  now: int, out: BatchResult) -> None:
-        lon = np.fromiter((o.lon for _, o in valid), dtype=np.float64, count=len(valid))
-        lat = np.fromiter((o.lat for _, o in valid), dtype=np.float64, count=len(valid))
-        inside = self.fences.containing(lon, lat)
-        observations = [o for _, o in valid]
-        motion = advance_batch([o.track for o in observations], [o.time_ms for o in observations],
-                               [o.lon for o in observations], [o.lat for o in observations], inside, get_state)
-        changes = motion.transitions
+    def _annotate(self, cols: _Columns, events: Sequence[int], get_state: Callable[[str], State | None],
+                  now: int) -> _Part:
+        """Geofences, motion, alerts and document bytes of ``events`` (indices into ``cols``); no side effect
+        on ``cols`` beyond the documents written into their records, so a failure can be redone."""
+        whole = len(events) == len(cols.tracks)
+        tracks = cols.tracks if whole else [cols.tracks[k] for k in events]
+        times = cols.times if whole else [cols.times[k] for k in events]
+        lons = cols.lons if whole else [cols.lons[k] for k in events]
+        lats = cols.lats if whole else [cols.lats[k] for k in events]
+        inside = self.fences.containing(np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64))
+        motion = advance_batch(tracks, times, lons, lats, inside, get_state)
+        part = _Part()
+        for i, (entered, exited) in motion.transitions.items():
+            part.alerts.extend(transitions(tracks[i], entered, exited, times[i], lons[i], lats[i]))
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
-        actions, alerts, sources, filtered = [], [], {}, 0
-        newest: dict[str, tuple[int, dict[str, Any]]] = {}
-        for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
-            change = changes.get(i)
-            if change is not None:
-                alerts.extend(transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat))
-            if self.filter_inside and not fences:
-                filtered += 1
+        records, filter_inside = cols.records, self.filter_inside
+        dumps, build_into, encode, fill = orjson.dumps, documents.build_into, documents.ENCODER.encode, documents.fill
+        indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
+        for i, k in enumerate(events):
+            fences = inside[i]
+            if filter_inside and not fences:
+                part.filtered += 1
                 continue
-            doc = documents.build(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
-            action = documents.action(self.index, obs.track, obs.time_ms, doc)
-            actions.append(action)
-            sources[(action["_index"], action["_id"])] = msg
-            keep_newest(newest, obs.track, obs.time_ms, doc)
-        # Only a complete computation is kept, so a failure above leaves ``out`` as it was.
+            record = records[k]
+            if type(record) is dict:
+                source = dumps(build_into(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
+            else:
+                source = encode(fill(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
+            indexed.append(k)
+            sources.append(source)
+            t, track = times[i], tracks[i]
+            if keeps(t):
+                seen = newest.get(track)
+                if seen is None or t >= seen[0]:
+                    newest[track] = (t, k)
         for track, (i, state) in motion.states.items():
-            out.states[track] = (valid[i][0].partition, state)
-        out.actions += actions
-        out.alerts += alerts
-        out.sources.update(sources)
-        out.filtered += filtered
-        for track, (time_ms, doc) in newest.items():
-            keep_newest(out.newest, track, time_ms, doc)
+            part.states[track] = (events[i], state)
+        return part
+
+    def _collect(self, cols: _Columns, part: _Part, out: BatchResult) -> None:
+        """The part's entries as bulk lines, its states by source partition, its latest positions."""
+        messages, index, ids = cols.messages, cols.index, cols.ids
+        obs = out.observations
+        prefixes: dict[str, bytes] = {}
+        source_of: dict[int, bytes] = {}
+        lines, out_index, out_ids, origins = obs.lines, obs.index, obs.ids, out.origins
+        dumps = orjson.dumps
+        for k, source in zip(part.events, part.sources):
+            name = index[k]
+            prefix = prefixes.get(name)
+            if prefix is None:  # b'{"index":{"_index":"<name>","_id":' as orjson writes the action's metadata
+                prefix = prefixes[name] = meta_line(name, "").rsplit(b'"_id":', 1)[0] + b'"_id":'
+            lines.append(prefix + dumps(ids[k]) + b"}}\n" + source + b"\n")
+            out_index.append(name)
+            out_ids.append(ids[k])
+            origins.append(messages[k])
+            source_of[k] = source
+        obs.versions = [None] * len(out_ids)
+        out.alerts += part.alerts
+        out.filtered += part.filtered
+        for track, (k, state) in part.states.items():
+            out.states[track] = (messages[k].partition, state)
+        latest = documents.latest_index(self.index)
+        for track, (time_ms, k) in part.newest.items():
+            out.latest_bulk.append(latest, track, source_of[k], time_ms)

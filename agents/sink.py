@@ -8,6 +8,11 @@ topic; a request refused as a whole is split until the refused document is alone
 takes, so an Elasticsearch outage only grows the consumer lag: the agent acks the batch's offsets
 only after ``write`` returned.
 
+The request is one ``_bulk`` call per batch with a body the pipeline already wrote (:class:`agents.bulk.Bulk`;
+``write(actions)`` serialises dicts into one first); the response's items are matched to the entries by
+position, as Elasticsearch answers them in request order. This replaced ``async_streaming_bulk``, which
+re-serialised, chunked and matched every action in Python (docs/BENCHMARKS.md, "batch core").
+
 Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) travel in the
 same bulk request. Their version conflict (409) only means Elasticsearch holds a report as new or newer:
 it is counted (``on_conflict``), neither retried nor returned as refused.
@@ -25,14 +30,15 @@ from typing import Any, Protocol
 import orjson
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
-from elasticsearch.helpers import async_streaming_bulk
 from elasticsearch.serializer import OrjsonSerializer
+
+from agents.bulk import Bulk
 
 log = logging.getLogger("agents.sink")
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
-# Only what the helper and write() read from a bulk response: a third of its bytes to parse.
-BULK_RESPONSE_FIELDS = ["errors", "items.*._index", "items.*._id", "items.*.status", "items.*.error"]
+# Only what write() reads from a bulk response (items are matched by position): status and error.
+BULK_RESPONSE_FIELDS = ["errors", "items.*.status", "items.*.error"]
 
 Rejected = list[tuple[dict[str, Any], str]]  # (action, reason)
 
@@ -45,11 +51,15 @@ class Sink(Protocol):
 
     async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected: ...
 
+    # Optional: ``async def write_bulk(self, bulk: Bulk) -> Rejected`` takes the prepared request instead
+    # (the consumer uses it when a sink has it).
+
     async def stop(self) -> None: ...
 
 
 def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
-    """The helper's ``expand_action_callback``: both bulk lines as orjson bytes, which the client sends as is.
+    """Both bulk lines of an action as the helpers' ``expand_action`` would write them, in orjson bytes (the
+    format :class:`agents.bulk.Bulk` entries keep; the tests hold the two equal).
 
     Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
     ``version`` and ``version_type``. The helpers' default ``expand_action`` copies each one and probes it for
@@ -59,11 +69,6 @@ def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
     if "version_type" in action:
         meta["version"], meta["version_type"] = action["version"], action["version_type"]
     return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
-
-
-def is_stale(action: dict[str, Any], status: Any) -> bool:
-    """A versioned write refused because the stored document is as new or newer: nothing to retry or report."""
-    return status == 409 and "version_type" in action
 
 
 def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
@@ -127,14 +132,14 @@ class ElasticsearchSink:
         self.on_retry(reason)
         log.warning("elasticsearch unavailable (%s), attempt %d; retrying with back-off", reason, attempt)
 
-    async def _prepare_indices(self, actions: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Rejected]:
+    async def _prepare_indices(self, bulk: Bulk) -> tuple[Bulk, Rejected]:
         """Create the batch's missing indices before the bulk request, at most ``max_new_indices`` of them.
 
         The bulk request would otherwise create every missing index itself, inside one request, with
-        no bound: a batch of events spread over years exhausts the cluster's shards. Actions for the
+        no bound: a batch of events spread over years exhausts the cluster's shards. Entries for the
         indices beyond the cap are refused with the reason (dead letters), the earliest days kept.
         """
-        wanted = sorted({a["_index"] for a in actions} - self._existing)
+        wanted = sorted(set(bulk.index) - self._existing)
         refused: set[str] = set()
         created = 0
         for name in wanted:
@@ -152,44 +157,30 @@ class ElasticsearchSink:
         if created:
             log.info("created %d daily index(es) ahead of the bulk request", created)
         if not refused:
-            return list(actions), []
+            return bulk, []
         reason = (f"the batch needs more than IOT_MAX_NEW_INDICES={self.max_new_indices} new daily indices; "
                   "this event's index was not created")
         log.warning("%d daily index(es) not created: over IOT_MAX_NEW_INDICES=%d", len(refused), self.max_new_indices)
-        return ([a for a in actions if a["_index"] not in refused],
-                [(a, reason) for a in actions if a["_index"] in refused])
+        keep = [i for i, name in enumerate(bulk.index) if name not in refused]
+        return bulk.subset(keep), [(bulk.action(i), reason) for i, name in enumerate(bulk.index) if name in refused]
 
     async def write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
-        pending, rejected = await self._prepare_indices(actions)
+        return await self.write_bulk(Bulk.from_actions(actions))
+
+    async def write_bulk(self, bulk: Bulk) -> Rejected:
+        """Store the prepared request; returns the entries refused for good, as actions with the reason."""
+        if not len(bulk):
+            return []
+        pending, rejected = await self._prepare_indices(bulk)
         return rejected + await self._write(pending)
 
-    async def _write(self, actions: Sequence[dict[str, Any]]) -> Rejected:
-        pending = list(actions)
+    async def _write(self, pending: Bulk) -> Rejected:
         rejected: Rejected = []
         attempt = 0
-        while pending:
+        while len(pending):
             started = time.perf_counter()
-            by_key = {(a["_index"], a["_id"]): a for a in pending}
-            retry: list[dict[str, Any]] = []
-            stale = 0
             try:
-                async for ok, item in async_streaming_bulk(
-                        self.client, pending, chunk_size=max(1, len(pending)), max_retries=3,
-                        initial_backoff=self.initial_backoff, max_backoff=self.max_backoff,
-                        retry_on_status=RETRY_STATUS, raise_on_error=False, raise_on_exception=True,
-                        yield_ok=False, filter_path=BULK_RESPONSE_FIELDS,
-                        expand_action_callback=serialized_action):
-                    _, info = next(iter(item.items()))
-                    action = by_key.get((info.get("_index"), info.get("_id")))
-                    if action is None:  # cannot happen with explicit ids; keep it visible if it does
-                        log.error("bulk failure for an unknown document: %s", info)
-                        continue
-                    if info.get("status") in RETRY_STATUS:
-                        retry.append(action)
-                    elif is_stale(action, info.get("status")):
-                        stale += 1
-                    else:
-                        rejected.append((action, f"elasticsearch refused the document: {_error_text(info)}"))
+                response = await self.client.bulk(operations=pending.body(), filter_path=BULK_RESPONSE_FIELDS)
             except (TransportError, ApiError) as exc:
                 status = getattr(exc, "status_code", None)
                 if isinstance(exc, ApiError) and status not in RETRY_STATUS:
@@ -197,22 +188,42 @@ class ElasticsearchSink:
                     # document it refuses is alone, so its neighbours are stored.
                     if len(pending) > 1:
                         half = len(pending) // 2
-                        return rejected + await self._write(pending[:half]) + await self._write(pending[half:])
-                    return rejected + [(a, f"elasticsearch refused the request: {status} {exc}") for a in pending]
+                        return (rejected + await self._write(pending.subset(range(half)))
+                                + await self._write(pending.subset(range(half, len(pending)))))
+                    return rejected + [(pending.action(0), f"elasticsearch refused the request: {status} {exc}")]
                 attempt += 1
                 self._failing(f"bulk: {type(exc).__name__} {status or ''}".strip(), attempt)
                 await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
                 continue
             self.on_bulk(time.perf_counter() - started, len(pending))
+            body = response.body if hasattr(response, "body") else response
+            retry: list[int] = []
+            stale = 0
+            if body.get("errors"):
+                items = body.get("items") or []
+                if len(items) != len(pending):  # cannot happen: one item per operation, in order
+                    raise RuntimeError(f"bulk response has {len(items)} items for {len(pending)} operations")
+                for i, item in enumerate(items):
+                    info = next(iter(item.values()))
+                    status = info.get("status")
+                    if status is None or status < 300:
+                        continue
+                    if status in RETRY_STATUS:
+                        retry.append(i)
+                    elif status == 409 and pending.versions[i] is not None:
+                        stale += 1  # a versioned write refused: the stored document is as new or newer
+                    else:
+                        rejected.append((pending.action(i), f"elasticsearch refused the document: {_error_text(info)}"))
             if stale:
                 self.on_conflict(stale)
             if retry:
                 attempt += 1
                 self._failing(f"{len(retry)} document(s) rejected with a retryable status", attempt)
                 await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+                pending = pending.subset(retry)
             else:
                 self._ok()
-            pending = retry
+                break
         return rejected
 
 

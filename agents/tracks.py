@@ -109,12 +109,14 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     every distance, speed and heading at once, and each moved track's state is built once.
     """
     n = len(tracks)
-    t0 = np.zeros(n, dtype=np.int64)
-    lon0 = np.zeros(n, dtype=np.float64)
-    lat0 = np.zeros(n, dtype=np.float64)
-    has_prev = np.zeros(n, dtype=bool)
+    # Reports with a previous point: their index and that point (Python lists: numpy item stores cost more).
+    idx_l: list[int] = []
+    t0_l: list[int] = []
+    lon0_l: list[float] = []
+    lat0_l: list[float] = []
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    # track -> [t, lon, lat, fences, saved state, hist to extend, points appended, last moving index]
+    # track -> [t, lon, lat, fences, saved state, hist to extend, indices of the reports appended, last moving
+    # index]; points are built only for the kept history (fewer objects for the cyclic GC to scan)
     cursors: dict[str, list[Any]] = {}
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
@@ -122,47 +124,55 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
         if cur is None:
             state = get_state(track)
             if state is None:
-                cursors[track] = [t, lon, lat, here, None, [], [[t, lon, lat]], i]
+                cursors[track] = [t, lon, lat, here, None, [], [i], i]
                 continue
             cur = cursors[track] = [state["t"], state["lon"], state["lat"], tuple(state["fences"]), state,
                                     state.get("hist") or [[state["t"], state["lon"], state["lat"]]], [], -1]
         if t > cur[0]:
-            t0[i], lon0[i], lat0[i] = cur[0], cur[1], cur[2]
-            has_prev[i] = True
+            idx_l.append(i)
+            t0_l.append(cur[0])
+            lon0_l.append(cur[1])
+            lat0_l.append(cur[2])
             if here != cur[3]:
                 before, after = set(cur[3]), set(here)
                 if before != after:
                     changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
             cur[0], cur[1], cur[2], cur[3] = t, lon, lat, here
-            cur[6].append([t, lon, lat])
+            cur[6].append(i)
             cur[7] = i
             continue
         # Older or duplicate: motion against the latest kept point strictly before it.
-        hist = (cur[5] + cur[6])[-HISTORY:] if cur[6] else ((cur[4] or {}).get("hist") or [])
+        hist = _history(cur, times, lons, lats) if cur[6] else ((cur[4] or {}).get("hist") or [])
         j = bisect_left([h[0] for h in hist], t)
         if j > 0:
-            t0[i], lon0[i], lat0[i] = hist[j - 1]
-            has_prev[i] = True
+            h = hist[j - 1]
+            idx_l.append(i)
+            t0_l.append(h[0])
+            lon0_l.append(h[1])
+            lat0_l.append(h[2])
 
     distance: list[float | None] = [None] * n
     speed: list[float | None] = [None] * n
     heading: list[float | None] = [None] * n
-    idx = np.flatnonzero(has_prev)
-    if idx.size:
+    if idx_l:
+        idx = np.asarray(idx_l, dtype=np.intp)
+        t0 = np.asarray(t0_l, dtype=np.int64)
+        lon0 = np.asarray(lon0_l, dtype=np.float64)
+        lat0 = np.asarray(lat0_l, dtype=np.float64)
         lon1 = np.asarray(lons, dtype=np.float64)[idx]
         lat1 = np.asarray(lats, dtype=np.float64)[idx]
         t1 = np.asarray(times, dtype=np.int64)[idx]
-        p1, p2 = np.radians(lat0[idx]), np.radians(lat1)
-        dp, dl = p2 - p1, np.radians(lon1 - lon0[idx])
+        p1, p2 = np.radians(lat0), np.radians(lat1)
+        dp, dl = p2 - p1, np.radians(lon1 - lon0)
         a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
         dist = 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
-        dt = (t1 - t0[idx]) / 1000.0
+        dt = (t1 - t0) / 1000.0
         with np.errstate(divide="ignore", invalid="ignore"):
             spd = np.where(dt > 0, dist / np.where(dt > 0, dt, 1.0), np.nan)
         x = np.sin(dl) * np.cos(p2)
         y = np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dl)
         head = np.degrees(np.arctan2(x, y)) % 360.0
-        for k, d, s, h in zip(idx.tolist(), dist.tolist(), spd.tolist(), head.tolist()):
+        for k, d, s, h in zip(idx_l, dist.tolist(), spd.tolist(), head.tolist()):
             distance[k] = d
             speed[k] = None if s != s else s  # NaN: no time elapsed
             heading[k] = h if d > 0 else None
@@ -171,5 +181,11 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     for track, cur in cursors.items():
         if cur[6]:
             states[track] = (cur[7], {"t": cur[0], "lon": cur[1], "lat": cur[2], "fences": list(cur[3]),
-                                      "hist": (cur[5] + cur[6])[-HISTORY:]})
+                                      "hist": _history(cur, times, lons, lats)})
     return BatchMotion(distance, speed, heading, changes, states)
+
+
+def _history(cur: list[Any], times: Sequence[int], lons: Sequence[float], lats: Sequence[float]) -> list[list[Any]]:
+    """The last HISTORY points: the saved history extended by the reports appended in this batch."""
+    added = [[times[k], lons[k], lats[k]] for k in cur[6][-HISTORY:]]
+    return (cur[5] + added)[-HISTORY:] if len(added) < HISTORY else added

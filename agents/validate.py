@@ -8,12 +8,15 @@ core fields (track id, time, lon, lat) decide validity, other attributes are coe
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
 from typing import Any
 
+import msgspec
 import orjson
 
+from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset, typed_record
 
 
@@ -47,6 +50,95 @@ def decode(preset: Preset, raw: bytes | bytearray | memoryview | str | None, tz:
     record, nulled = typed_record(preset, obj, tz)
     return Observation(record, record[preset.track], record[preset.time], record[preset.lon], record[preset.lat],
                        tuple(nulled))
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """The valid events of a batch as columns (parallel lists, in message order) and the others' reasons.
+
+    ``records[k]`` is the typed record of message ``positions[k]``: a fresh dict, or an instance of
+    :func:`geoiot.documents.document_type` (the caller completes either into its document); ``reasons`` maps the position of every invalid message to its dead-letter reason.
+    """
+
+    positions: list[int]
+    records: list[dict[str, Any]]
+    tracks: list[str]
+    times: list[int]
+    lons: list[float]
+    lats: list[float]
+    reasons: dict[int, str]
+    nulled: dict[int, int]  # position -> attributes nulled, for the messages that had some
+
+
+def decode_batch(preset: Preset, values: Sequence[bytes | bytearray | memoryview | str | None],
+                 tz: tzinfo = timezone.utc) -> DecodedBatch:
+    """:func:`decode` over a batch: the same records (as values), and the same reasons for the invalid values.
+
+    Each value is first decoded by a compiled msgspec decoder into the preset's document struct
+    (:func:`geoiot.documents.document_type`), whose field types accept exactly the values
+    :func:`geoiot.schema.typed_record` takes as they are (the wire format ``python -m replay`` sends: every
+    field of its type or null, core fields present, strings not empty, ints in 64 bits, times in epoch ms).
+    Anything it refuses, and a track id with surrounding blanks, goes through :func:`decode` itself, so
+    reasons, coercions and nulls are the row-wise ones. Records are structs (fast path) or dicts.
+    """
+    kind = documents.document_type(preset)
+    positions: list[int] = []
+    records: list[Any] = []
+    slow: list[int] = []
+    reasons: dict[int, str] = {}
+    nulled: dict[int, int] = {}
+    if kind is not None:
+        decoder = documents.document_decoder(preset)
+        fast = decoder.decode
+        errors = (msgspec.ValidationError, msgspec.DecodeError)
+        for i, raw in enumerate(values):
+            if type(raw) is bytes:
+                try:
+                    records.append(fast(raw))
+                    positions.append(i)
+                    continue
+                except errors:
+                    pass
+            slow.append(i)
+        tracks = [r.c_track for r in records]
+        times = [r.c_time for r in records]
+        lons = [r.c_lon for r in records]
+        lats = [r.c_lat for r in records]
+        blank = [k for k, t in enumerate(tracks) if t.strip() != t]
+        if blank:  # typed_record strips the track id (and refuses a blank one): the exact path decides
+            for k in reversed(blank):
+                slow.append(positions[k])
+                for column in (positions, records, tracks, times, lons, lats):
+                    del column[k]
+    else:
+        slow = list(range(len(values)))
+        tracks, times, lons, lats = [], [], [], []
+    if slow:
+        exact: list[tuple[int, Observation]] = []
+        for i in slow:
+            try:
+                obs = decode(preset, values[i], tz)
+            except InvalidRecord as exc:
+                reasons[i] = exc.reason
+                continue
+            except Exception as exc:  # a bug or an input nobody foresaw: this event only
+                reasons[i] = f"cannot decode the event: {type(exc).__name__}: {exc}"
+                continue
+            exact.append((i, obs))
+            if obs.nulled:
+                nulled[i] = len(obs.nulled)
+        if exact:
+            merged = sorted([(p, (r, t, ms, x, y)) for p, r, t, ms, x, y in zip(positions, records, tracks, times,
+                                                                                   lons, lats)]
+                            + [(i, (o.record, o.track, o.time_ms, o.lon, o.lat)) for i, o in exact],
+                            key=lambda item: item[0])
+            positions = [p for p, _ in merged]
+            records = [r[0] for _, r in merged]
+            tracks = [r[1] for _, r in merged]
+            times = [r[2] for _, r in merged]
+            lons = [r[3] for _, r in merged]
+            lats = [r[4] for _, r in merged]
+    return DecodedBatch(positions, records, tracks, times, lons, lats, reasons, nulled)
 
 
 def _json_kind(value: Any) -> str:

@@ -15,6 +15,12 @@ Three measurements in one run, on the same generated events (``python -m replay 
 
     .venv/bin/python -m bench.agents_end_to_end --events 1000000 [--latency-rate 5000 --latency-seconds 20]
 
+``--tree DIR`` runs the workers from another checkout (e.g. an older commit unpacked with ``git archive``)
+while the ceiling stays this tree's, so two trees are compared against the same yardstick in alternating
+runs; ``--pyspy DIR`` records each 1-worker run's worker with py-spy (raw stacks, for
+``bench/pyspy_stages.py``). ``cpu_us_per_event`` is CPU time per event of each process group (ES, workers,
+Kafka) over the measured window.
+
 Needs the local stack; creates and deletes its own topics and indices.
 """
 
@@ -48,6 +54,8 @@ from geoiot.schema import load_preset, parse_row
 from bench.procstat import cpu_seconds, service_pids
 
 ROOT = Path(__file__).resolve().parent.parent
+TREE = ROOT  # where the workers run from (--tree)
+PYSPY: Path | None = None
 
 PY = sys.executable
 
@@ -94,7 +102,8 @@ def start_workers(n: int, env: dict[str, str], logdir: Path) -> list[tuple[subpr
         port = free_port()
         log = (logdir / f"{env['IOT_APP_ID']}-{i}.log").open("wb")
         proc = subprocess.Popen([PY, "-m", "faust", "-A", "agents.app", "worker", "-l", os.environ.get("BENCH_LOG", "warn"),
-                                 "--web-port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--web-port", str(port)], cwd=TREE, env=dict(env, PYTHONPATH=str(TREE)),
+                                stdout=log, stderr=subprocess.STDOUT)
         workers.append((proc, port))
     return workers
 
@@ -130,14 +139,14 @@ async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -
     await ensure_index(client, settings, preset, index)
     size = settings.iot_bulk_size
     batches = []
-    for i in range(0, len(values), size):  # documents built up front: only the store is timed
+    for i in range(0, len(values), size):  # request bodies built up front: only the store is timed
         chunk = [Incoming(v, None, "t", 0, i + j) for j, v in enumerate(values[i:i + size])]
-        batches.append(pipe.process(chunk, lambda track: None).actions)
+        batches.append(pipe.process(chunk, lambda track: None).bulk(latest=False))
     queue = list(reversed(batches))
 
     async def run() -> None:
         while queue:
-            await sink.write(queue.pop())
+            await sink.write_bulk(queue.pop())
 
     meter = CpuMeter({**{k: [v] for k, v in service_pids().items()}, "bench": [os.getpid()]})
     meter.start()
@@ -156,6 +165,12 @@ async def ceiling(settings, values: list[bytes], index: str, concurrency: int) -
 async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, logdir: Path) -> tuple[float, int]:
     workers = start_workers(workers_n, env, logdir)
     meter = CpuMeter({**{k: [v] for k, v in service_pids().items()}, "workers": [p.pid for p, _ in workers]})
+    spy = None
+    if PYSPY is not None and workers_n == 1:
+        PYSPY.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--nonblocking", "--pid", str(workers[0][0].pid), "-r", "100",
+                                "-f", "raw", "-o", str(PYSPY / f"{env['IOT_APP_ID']}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = last = None
     try:
         deadline = time.monotonic() + 60 + n / 500
@@ -173,6 +188,12 @@ async def pipeline_rate(settings, env: dict[str, str], workers_n: int, n: int, l
                 raise SystemExit(f"a worker died; see {logdir}")
             await asyncio.sleep(0.25)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
         stop_workers(workers)
     client = es_client(settings.es_hosts)
     await client.indices.refresh(index=env["IOT_INDEX"])
@@ -246,7 +267,11 @@ async def main() -> None:
     ap.add_argument("--latency-seconds", type=int, default=20)
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--only-latency", action="store_true", help="skip the ceiling and throughput runs")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="checkout the workers run from")
+    ap.add_argument("--pyspy", type=Path, default=None, help="record the 1-worker run with py-spy into this directory")
     args = ap.parse_args()
+    global TREE, PYSPY
+    TREE, PYSPY = args.tree.resolve(), args.pyspy
     settings = config.load()
     keep_freed_heap()  # as the workers do: the ceiling runs the same sink code in this process
     run = f"bench-{uuid.uuid4().hex[:6]}"
@@ -290,6 +315,11 @@ async def main() -> None:
         await client.options(ignore_status=404).indices.delete_index_template(name=f"{run}*")
         await client.close()
     results["cores_used"] = CPU
+    results["tree"] = str(TREE)
+    rates = {f"ceiling_c{c}": results.get(f"ceiling_c{c}_ev_per_s") for c in (1, 2)}
+    rates.update({f"pipeline_w{w}": results.get(f"pipeline_w{w}_ev_per_s") for w in (1, 2)})
+    results["cpu_us_per_event"] = {run: {group: round(cores / rates[run] * 1e6, 1) for group, cores in used.items()}
+                                   for run, used in CPU.items() if rates.get(run)}
     if not args.only_latency:
         best = max(results["ceiling_c1_ev_per_s"], results["ceiling_c2_ev_per_s"])
         for w in [int(x) for x in args.workers.split(",")]:

@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import geohash
+import msgspec
 
-from geoiot.schema import InvalidRecord, Preset
+from geoiot.schema import _INT64, InvalidRecord, Preset
+from geoiot.timeparse import _MAX_MS, _MS_THRESHOLD
 
 # Fields the agents add to every observation, beside the preset's own.
 GEOMETRY = "geometry"
@@ -140,7 +142,12 @@ def index_day_ms(base: str, name: str) -> int | None:
 def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
           speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None) -> dict[str, Any]:
     """The preset's fields plus geometry, geofences, motion, geohash and ingestion time."""
-    doc = dict(record)
+    return build_into(dict(record), lon, lat, fences, distance_m, speed_mps, heading_deg, ingested_at)
+
+
+def build_into(doc: dict[str, Any], lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
+               speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None) -> dict[str, Any]:
+    """:func:`build` in place: the batch core turns each freshly decoded record into its document without a copy."""
     doc[GEOMETRY] = {"lat": lat, "lon": lon}
     doc[GEOFENCES] = list(fences)
     doc[SPEED] = speed_mps
@@ -166,3 +173,78 @@ def latest_action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> d
     refuses it with 409 when the stored document is as new or newer (a stale report, not an error)."""
     return {"_op_type": "index", "_index": latest_index(base), "_id": track, "version": time_ms,
             "version_type": "external", "_source": doc}
+
+
+# --- the document as a compiled struct (the batch core's fast path) -------------------------------
+
+_DERIVED_ORDER = (GEOMETRY, GEOFENCES, SPEED, HEADING, DISTANCE, GEOHASH, INGESTED_AT)  # as build() sets them
+_NONEMPTY = Annotated[str, msgspec.Meta(min_length=1)]
+_EPOCH_MS = Annotated[int, msgspec.Meta(ge=_MS_THRESHOLD, le=_MAX_MS)]
+# Per preset type: what geoiot.schema.typed_record takes as it is (anything else it coerces, nulls or refuses).
+_STRUCT_TYPES: dict[str, Any] = {
+    "string": _NONEMPTY,
+    "int": Annotated[int, msgspec.Meta(ge=_INT64[0], le=_INT64[1])],
+    "float": float,  # a JSON int too: typed_record makes it the same float
+    "bool": bool,
+    "time": _EPOCH_MS,
+}
+_CORE_TYPES = {"track": _NONEMPTY, "time": _EPOCH_MS,
+               "lon": Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)],
+               "lat": Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]}
+
+
+@lru_cache(maxsize=16)
+def document_type(preset: Preset) -> type | None:
+    """A msgspec struct of the observation document: the preset's fields in order, then the derived ones.
+
+    Decoding a value into it accepts exactly the records already in the wire format (core fields present
+    and valid, other fields of their type or null, missing ones null, unknown keys dropped), as
+    :func:`geoiot.schema.typed_record` would keep them; encoding it gives the document :func:`build` gives
+    (the same JSON values). The core fields are the attributes ``c_track``, ``c_time``, ``c_lon``,
+    ``c_lat``; None when a preset field has a derived field's name, or a quote, backslash or control
+    character in its name (the dict path serves that preset).
+    """
+    if set(preset.names) & set(_DERIVED_ORDER) or any(
+            '"' in name or "\\" in name or any(ord(c) < 0x20 for c in name) for name in preset.names):
+        return None  # msgspec takes no such field name either
+    roles = {preset.track: "track", preset.time: "time", preset.lon: "lon", preset.lat: "lat"}
+    fields: list[Any] = []
+    rename: dict[str, str] = {}
+    for i, (name, kind) in enumerate(preset.fields):
+        role = roles.get(name)
+        attr = f"c_{role}" if role else f"f{i}"
+        rename[attr] = name
+        fields.append((attr, _CORE_TYPES[role]) if role else (attr, _STRUCT_TYPES[kind] | None, None))
+    for name in _DERIVED_ORDER:
+        rename[f"d_{name}"] = name
+        fields.append((f"d_{name}", Any, None))  # whatever a value holds under this name, build() replaces it
+    return msgspec.defstruct(f"Document_{preset.name}", fields, kw_only=True, rename=rename, gc=False)
+
+
+@lru_cache(maxsize=16)
+def document_decoder(preset: Preset) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(document_type(preset))
+
+
+ENCODER = msgspec.json.Encoder()
+
+
+class Geometry(msgspec.Struct, gc=False):
+    """``{"lat": .., "lon": ..}`` as :func:`build` writes it, without a dict for the cyclic GC to track."""
+
+    lat: float
+    lon: float
+
+
+def fill(doc: Any, lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
+         speed_mps: float | None, heading_deg: float | None, ingested_at: int) -> Any:
+    """:func:`build_into` for a :func:`document_type` struct (the same JSON; ``fences`` is encoded as the array
+    it is, the shared tuples of :meth:`agents.geofence.Geofences.containing` are not copied)."""
+    doc.d_geometry = Geometry(lat, lon)
+    doc.d_geofences = fences
+    doc.d_speed_mps = speed_mps
+    doc.d_heading_deg = heading_deg
+    doc.d_distance_m = distance_m
+    doc.d_geohash = geohash.encode(lat, lon, precision=GEOHASH_PRECISION)
+    doc.d_ingested_at = ingested_at
+    return doc
