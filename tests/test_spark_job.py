@@ -34,7 +34,7 @@ from conftest import ROOT, unique_name
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
 
 from agents import spark_launch  # noqa: E402
-from geoiot.documents import INGESTED_AT, MOTION_FIELDS, latest_index  # noqa: E402
+from geoiot.documents import INGESTED_AT, latest_index  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
@@ -121,22 +121,8 @@ async def read_records(settings: Any, topic: str, expect: int, timeout: float = 
 
 
 async def read_topic(settings: Any, topic: str, expect: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """Every message of ``topic`` (at least ``expect`` of them, waiting up to ``timeout``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0, 1, 2}]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < expect and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            out += [json.loads(r.value) for records in batch.values() for r in records]
-        return out
-    finally:
-        await consumer.stop()
+    """Every message of ``topic`` (at least ``expect`` of them, waiting up to ``timeout``), as JSON."""
+    return [json.loads(value) for _, _, value in await read_records(settings, topic, expect, timeout)]
 
 
 async def all_docs(es: Any, index: str) -> dict[str, tuple[str, dict[str, Any]]]:

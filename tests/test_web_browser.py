@@ -23,22 +23,17 @@ from elasticsearch import AsyncElasticsearch
 from agents.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
+from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser
 from tests.support.observations import bulk_index, walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PRESET = load_preset("taxi")
 T0 = 1_357_000_000_000
 N = 6_000
 ROOT = Path(__file__).resolve().parent.parent
 
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-if not (ROOT / "node_modules" / "leaflet" / "dist" / "leaflet.js").exists():
-    pytest.skip("Leaflet is not installed: run `npm ci` at the repository root", allow_module_level=True)
+skip_unless_browser()
 
 
 def count_in(docs: list[dict[str, Any]], bbox: list[float], start: int | None = None, end: int | None = None) -> int:

@@ -36,7 +36,7 @@ from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
 from web import openapi
 from web.app import init_app
-from web.keys import ALERTS, HUB, METRICS
+from web.keys import ALERTS, HUB
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,6 @@ async def serve(settings: Settings, **kwargs: Any) -> TestServer:
 
 
 async def wait_consumer(server: TestServer) -> None:
-    from web.keys import ALERTS
     for _ in range(200):
         if server.app[ALERTS].connected:
             return

@@ -25,7 +25,6 @@ from agents.geofence import Geofences
 from agents.index import drop_index, ensure_index
 from agents.pipeline import Incoming, Pipeline
 from agents.sink import ElasticsearchSink, es_client
-from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset
 from tests.support.presets import FLIGHTS, FLIGHTS_DATA

@@ -9,13 +9,12 @@ test-output/.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import dataclasses
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,14 +34,12 @@ from agents.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
+from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser
 from tests.support.presets import FLIGHTS, FLIGHTS_DATA
-from tests.support.served_map import ROOT, get, web_server
+from tests.support.served_map import get, web_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TAXI = load_preset("taxi")
 T0 = 1_357_000_000_000
 TRACKS, ROUNDS, STEP_MS = 30, 40, 15_000
@@ -51,10 +48,7 @@ STOP_ROUND = 10
 JFK = (-73.7843, 40.6447)  # the centre of the default geofence
 Report = dict[str, Any]
 
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-if not (ROOT / "node_modules" / "leaflet" / "dist" / "leaflet.js").exists():
-    pytest.skip("Leaflet is not installed: run `npm ci` at the repository root", allow_module_level=True)
+skip_unless_browser()
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -258,7 +252,7 @@ async def test_now_mode_draws_each_track_along_its_heading_faded_when_stale(taxi
     latest = await latest_docs(es, taxi.index)
     assert len(latest) == TRACKS
     async with browser_page(taxi.url + "/") as (_, page, errors):
-        await page.wait_for_function(f"() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
+        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
                                      timeout=15_000)
         state = await settled(page)
         assert state["error"] is None and "view=now" in page.url and "mode=live" in page.url
