@@ -241,7 +241,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
             maximum=MAX_BULK_WITHIN),
     Setting("IOT_FLUSHES_IN_FLIGHT", 3, "Batches a worker stores at once (more: higher rate over the bulk round "
-            "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=8),
+            "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone),
     Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535),
     Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host", check=_text),
