@@ -50,9 +50,9 @@ from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import Sink
 from agents.state import TrackTable, changelog_reader
 from agents.validate import dead_letter
+from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
 
 log = logging.getLogger("agents")
-FLUSHES_IN_FLIGHT = 2  # default batches being stored at once (IOT_FLUSHES_IN_FLIGHT); writes and commits stay in order
 
 
 @dataclass
@@ -96,9 +96,10 @@ class SourceStream:
 
     def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
                  sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
-                 flushes_in_flight: int = FLUSHES_IN_FLIGHT) -> None:
+                 flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
-        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones."""
+        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones.
+        ``flushes_in_flight``: IOT_FLUSHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order)."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within = bulk_size, bulk_within

@@ -30,6 +30,10 @@ SINKS = ("elasticsearch", "stdout")  # what IOT_SINKS may name
 # below any useful batching window.
 MIN_BULK_WITHIN = 0.01
 MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch never waits longer
+# Batches a worker stores at once. One worker's rate is about this many bulk requests per Elasticsearch
+# round trip, not its CPU (docs/BENCHMARKS.md, the analytics core in batches); each one more keeps another
+# batch in memory and is re-delivered after a crash (at least once; documents are idempotent).
+DEFAULT_FLUSHES_IN_FLIGHT = 3
 
 
 def _number(value: float) -> str:
@@ -240,7 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=100_000),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
             maximum=MAX_BULK_WITHIN),
-    Setting("IOT_FLUSHES_IN_FLIGHT", 3, "Batches a worker stores at once (more: higher rate over the bulk round "
+    Setting("IOT_FLUSHES_IN_FLIGHT", DEFAULT_FLUSHES_IN_FLIGHT, "Batches a worker stores at once (more: higher rate over the bulk round "
             "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone),
     Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535),
