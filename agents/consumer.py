@@ -72,6 +72,12 @@ class Batch:
     started: float
 
 
+def make_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The worker's producer (dead letters, alerts, changelog); not started."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                            max_batch_size=1 << 20, max_request_size=8 << 20)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, stream: "SourceStream") -> None:
         self.stream = stream
@@ -119,8 +125,7 @@ class SourceStream:
                 **kwargs: Any) -> "SourceStream":
         """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
         IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`)."""
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                    max_batch_size=1 << 20, max_request_size=8 << 20)
+        producer = make_producer(bootstrap)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
