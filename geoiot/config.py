@@ -30,10 +30,11 @@ SINKS = ("elasticsearch", "stdout")  # what IOT_SINKS may name
 # below any useful batching window.
 MIN_BULK_WITHIN = 0.01
 MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch never waits longer
-# Batches a worker stores at once. One worker's rate is about this many bulk requests per Elasticsearch
-# round trip, not its CPU (docs/BENCHMARKS.md, the analytics core in batches); each one more keeps another
-# batch in memory and is re-delivered after a crash (at least once; documents are idempotent).
-DEFAULT_FLUSHES_IN_FLIGHT = 3
+# Batches a worker stores at once: more lets one worker run more bulk requests per Elasticsearch round trip
+# (a third measured no faster on the shared 2-core machine, docs/BENCHMARKS.md "the analytics core in
+# batches"); each one more keeps another batch in memory and is re-delivered after a crash (at least once;
+# documents are idempotent).
+DEFAULT_FLUSHES_IN_FLIGHT = 2
 
 
 def _number(value: float) -> str:
