@@ -34,6 +34,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -70,6 +71,20 @@ class Batch:
     result: BatchResult
     offsets: dict[TopicPartition, int]  # next offset to commit per partition
     started: float
+
+
+GC_THRESHOLD = (20_000, 10, 10)  # young collections every 20,000 allocations instead of 700
+
+
+def settle_heap() -> None:
+    """After a recovery: move what is alive (modules, clients, the recovered track states) out of the cyclic
+    GC's generations and collect the young generation less often. A batch allocates tens of thousands of
+    short-lived containers that reference counting frees; the collector's scans of them and of the track
+    table cost the worker CPU per event for nothing (docs/BENCHMARKS.md, the analytics core in batches).
+    Frozen objects are still freed by reference counting when dropped (states hold no cycles)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def make_producer(bootstrap: str) -> AIOKafkaProducer:
@@ -177,6 +192,7 @@ class SourceStream:
         self.committed = {}
         for p in partitions:
             self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
+        settle_heap()
         self._ready.set()
         log.info("partitions assigned topic=%s partitions=%s tracks=%d", self.topics.source, partitions,
                  len(self.table))
