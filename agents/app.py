@@ -238,7 +238,7 @@ class Observations(Service):
             pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
                               EventTimeBounds.from_settings(s)),
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
-            idle_timeout=s.iot_track_idle_timeout)
+            idle_timeout=s.iot_track_idle_timeout, flushes_in_flight=s.iot_flushes_in_flight)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
         log.info("agents started topic=%s partitions=%d group=%s index=%s sinks=%s fences=%d filter=%s",

@@ -24,7 +24,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   the same request; a stale one (409) is counted by the sink, one refused otherwise is counted and
   logged but not dead-lettered (the observation of the same event is stored or dead-lettered itself).
 * Pipelining: while a batch is being stored the next one is fetched, processed against the states of
-  the batches still in flight, and its writes start; at most ``FLUSHES_IN_FLIGHT`` batches are in
+  the batches still in flight, and its writes start; at most ``IOT_FLUSHES_IN_FLIGHT`` batches are in
   flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
   before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
@@ -34,6 +34,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -50,9 +51,9 @@ from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import Sink
 from agents.state import TrackTable, changelog_reader
 from agents.validate import dead_letter
+from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
 
 log = logging.getLogger("agents")
-FLUSHES_IN_FLIGHT = 2  # batches being stored at once; state writes and commits stay in order
 
 
 @dataclass
@@ -70,6 +71,26 @@ class Batch:
     result: BatchResult
     offsets: dict[TopicPartition, int]  # next offset to commit per partition
     started: float
+
+
+GC_THRESHOLD = (20_000, 10, 10)  # young collections every 20,000 allocations instead of 700
+
+
+def settle_heap() -> None:
+    """After a recovery: move what is alive (modules, clients, the recovered track states) out of the cyclic
+    GC's generations and collect the young generation less often. A batch allocates tens of thousands of
+    short-lived containers that reference counting frees; the collector's scans of them and of the track
+    table cost the worker CPU per event for nothing (docs/BENCHMARKS.md, the analytics core in batches).
+    Frozen objects are still freed by reference counting when dropped (states hold no cycles)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
+def make_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The worker's producer (dead letters, alerts, changelog); not started."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                            max_batch_size=1 << 20, max_request_size=8 << 20)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -95,12 +116,15 @@ class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
     def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
-                 sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None) -> None:
+                 sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
+                 flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
-        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones."""
+        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones.
+        ``flushes_in_flight``: IOT_FLUSHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order)."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within = bulk_size, bulk_within
+        self.flushes_in_flight = flushes_in_flight
         self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
         self.inflight: deque[asyncio.Task[None]] = deque()
         self.committed: dict[int, int] = {}  # source partition -> next offset committed by this worker
@@ -116,8 +140,7 @@ class SourceStream:
                 **kwargs: Any) -> "SourceStream":
         """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
         IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`)."""
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                    max_batch_size=1 << 20, max_request_size=8 << 20)
+        producer = make_producer(bootstrap)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
@@ -169,6 +192,7 @@ class SourceStream:
         self.committed = {}
         for p in partitions:
             self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
+        settle_heap()
         self._ready.set()
         log.info("partitions assigned topic=%s partitions=%s tracks=%d", self.topics.source, partitions,
                  len(self.table))
@@ -197,7 +221,7 @@ class SourceStream:
                     batch = self.prepare(messages)
                     previous = self.inflight[-1] if self.inflight else None
                     self.inflight.append(asyncio.ensure_future(self.complete(batch, previous)))
-                    while self.inflight and (len(self.inflight) >= FLUSHES_IN_FLIGHT or self.inflight[0].done()):
+                    while self.inflight and (len(self.inflight) >= self.flushes_in_flight or self.inflight[0].done()):
                         await self.inflight.popleft()
         except asyncio.CancelledError:
             raise
@@ -258,6 +282,31 @@ class SourceStream:
         futures = [await send(topic, value, key=key, partition=p) for (key, value), p in zip(messages, parts)]
         await asyncio.gather(*futures)
 
+    async def _send_batches(self, topic: str, messages: list[tuple[bytes, bytes | None]],
+                            partitions: list[int]) -> None:
+        """Like :meth:`_send_all` for many messages to known partitions: one record batch per partition
+        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message, which costs the
+        worker several µs each. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
+        if not messages:
+            return
+        create = getattr(self.producer, "create_batch", None)
+        if create is None:  # a producer without record batches (the in-process fakes)
+            await self._send_all(topic, messages, partitions)
+            return
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for message, partition in zip(messages, partitions):
+            by_partition.setdefault(partition, []).append(message)
+        futures = []
+        for partition, items in by_partition.items():
+            batch = create()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = create()
+                    batch.append(key=key, value=value, timestamp=None)  # a batch's first record always fits
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
     async def complete(self, batch: Batch, previous: asyncio.Future[None] | None) -> None:
         """I/O part of a batch; commits its offsets only after everything is stored, and after the previous batch."""
         result = batch.result
@@ -305,7 +354,7 @@ class SourceStream:
             changes.append((orjson.dumps(track), None))
             partitions.append(partition)
         t_state = time.perf_counter()
-        await self._send_all(self.topics.changelog, changes, partitions)  # changelog partition = source partition
+        await self._send_batches(self.topics.changelog, changes, partitions)  # changelog partition = source partition
         t_commit = time.perf_counter()
         await self._commit(batch.offsets)
         n = len(batch.messages)

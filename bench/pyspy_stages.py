@@ -30,7 +30,7 @@ STAGES: list[tuple[str, str]] = [
                  r"aiohttp/(client|http_writer|connector|streams)"),
     ("fetch", r"SourceStream\._fetch|getmany|aiokafka/consumer/fetcher|Fetcher\.|<genexpr> \(agents/consumer\.py|"
               r"decode.*\(aiokafka/protocol|aiokafka/record"),
-    ("state and commit", r"SourceStream\.complete|_send_all|SourceStream\._commit|\(agents/state\.py|"
+    ("state and commit", r"SourceStream\.complete|_send_all|_send_batches|SourceStream\._commit|\(agents/state\.py|"
                          r"SourceStream\.prepare|dead_letter|aiokafka/producer"),
 ]
 _RULES = [(stage, re.compile(rx)) for stage, rx in STAGES]

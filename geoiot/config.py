@@ -30,6 +30,11 @@ SINKS = ("elasticsearch", "stdout")  # what IOT_SINKS may name
 # below any useful batching window.
 MIN_BULK_WITHIN = 0.01
 MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch never waits longer
+# Batches a worker stores at once: more lets one worker run more bulk requests per Elasticsearch round trip
+# (a third measured no faster on the shared 2-core machine, docs/BENCHMARKS.md "the analytics core in
+# batches"); each one more keeps another batch in memory and is re-delivered after a crash (at least once;
+# documents are idempotent).
+DEFAULT_FLUSHES_IN_FLIGHT = 2
 
 
 def _number(value: float) -> str:
@@ -240,6 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=100_000),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
             maximum=MAX_BULK_WITHIN),
+    Setting("IOT_FLUSHES_IN_FLIGHT", DEFAULT_FLUSHES_IN_FLIGHT, "Batches a worker stores at once (more: higher rate over the bulk round "
+            "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone),
     Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535),
     Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host", check=_text),
@@ -316,6 +323,7 @@ class Settings:
     iot_index_refresh: str
     iot_bulk_size: int
     iot_bulk_within: float
+    iot_flushes_in_flight: int
     iot_timezone: str
     web_port: int
     web_host: str

@@ -109,6 +109,46 @@ class FakeProducer:
         return asyncio.ensure_future(ack())
 
 
+class FakeRecordBatch:
+    """aiokafka's BatchBuilder as the stream uses it: ``append`` gives None once ``limit`` records are in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.records: list[tuple[bytes, bytes | None, Any]] = []
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: Any) -> Any:
+        if len(self.records) >= self.limit:
+            return None
+        self.records.append((key, value, timestamp))
+        return object()
+
+
+class BatchingProducer(FakeProducer):
+    """A FakeProducer that also takes record batches (``create_batch``/``send_batch``), as aiokafka's does;
+    each acknowledged batch is logged as ``(topic, partition, records)``."""
+
+    def __init__(self, log: list[Any], limit: int = 2) -> None:
+        super().__init__(log)
+        self.limit = limit
+        self.batches: list[tuple[str, int, int]] = []
+
+    def create_batch(self) -> FakeRecordBatch:
+        return FakeRecordBatch(self.limit)
+
+    async def send_batch(self, batch: FakeRecordBatch, topic: str, *, partition: int) -> Any:
+        for key, value, timestamp in batch.records:
+            assert timestamp is None  # the producer's clock, as send() would stamp it (idle recovery reads it)
+            self.sent[topic].append((key, value, partition))
+        self.batches.append((topic, partition, len(batch.records)))
+
+        async def ack() -> None:
+            if topic in self.hold:
+                await self.hold[topic].wait()
+            self.log.append((topic, partition, len(batch.records)))
+
+        return asyncio.ensure_future(ack())
+
+
 class FakeSink:
     """Stores actions; fails the write of the batches whose number is in ``fail``; ``gates`` hold writes."""
 
@@ -315,3 +355,38 @@ async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_
     assert m.LATEST_REFUSED._value.get() - refused_before == 1
     assert m.INDEXED.labels("refusing")._value.get() - indexed_before == 2
     assert s.committed == {0: 3}
+
+
+async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_for_all_of_them() -> None:
+    log: list[Any] = []
+    records = {0: [Record(t.encode(), position(t, i), i) for i, t in enumerate("abc")],
+               1: [Record(t.encode(), position(t, i), i) for i, t in enumerate("de")]}
+    consumer = FakeConsumer(log, [records], partitions=(0, 1))
+    producer, sink = BatchingProducer(log, limit=2), FakeSink(log)
+    producer.hold[TOPICS.changelog] = held = asyncio.Event()
+    s = stream(consumer, producer, [sink])
+    await s.start()
+    task = asyncio.ensure_future(s.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(producer.batches) < 3:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            assert not [e for e in log if e[0] == "commit"]  # states sent, not acknowledged: nothing committed
+            held.set()
+            while not [e for e in log if e[0] == "commit"]:
+                await asyncio.sleep(0.005)
+    finally:
+        await s.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    # Partition 0's three states in two batches (the first full at two), partition 1's two in one.
+    assert sorted(producer.batches) == [(TOPICS.changelog, 0, 1), (TOPICS.changelog, 0, 2), (TOPICS.changelog, 1, 2)]
+    assert {(orjson.loads(k), p) for k, _, p in producer.sent[TOPICS.changelog]} == {
+        ("a", 0), ("b", 0), ("c", 0), ("d", 1), ("e", 1)}
+    for key, value, _ in producer.sent[TOPICS.changelog]:  # the same JSON state a per-record send wrote
+        assert value == orjson.dumps(s.table.get(orjson.loads(key)))
+    sink_at = log.index(("sink", 1, 5))
+    acked = [i for i, e in enumerate(log) if e[0] == TOPICS.changelog]
+    commit_at = next(i for i, e in enumerate(log) if e[0] == "commit")
+    assert sink_at < min(acked) and max(acked) < commit_at
+    assert log[commit_at][1] == {0: 3, 1: 2}
