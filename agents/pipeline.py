@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone, tzinfo
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import orjson
@@ -48,9 +49,25 @@ DAY_MS = documents.DAY_MS
 _SHORT_TRACK = documents.MAX_ID_BYTES // 4 - 21
 
 
+class Message(Protocol):
+    """What the pipeline reads of a raw message: aiokafka's ``ConsumerRecord`` (the worker passes its records
+    as they are), :class:`Incoming` elsewhere (the Spark job, tests)."""
+
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
 class Incoming(NamedTuple):
-    """One raw message. A named tuple: the worker makes one per event, and a frozen dataclass's ``__init__``
-    (``object.__setattr__`` per field) cost four times as much."""
+    """One raw message made by the caller (a :class:`Message`). A named tuple: cheaper to make than a frozen
+    dataclass (whose ``__init__`` calls ``object.__setattr__`` per field)."""
 
     value: bytes | None
     key: bytes | None
@@ -68,13 +85,13 @@ class BatchResult:
 
     def __init__(self) -> None:
         self.alerts: list[dict[str, Any]] = []
-        self.dead: list[tuple[Incoming, str]] = []
+        self.dead: list[tuple[Message, str]] = []
         self.states: dict[str, tuple[int, State]] = {}  # track -> (partition, new state)
         self.valid = 0
         self.filtered = 0  # valid but outside every fence in filter mode
         self.nulled = 0  # attributes stored as null because they could not be coerced
         self.observations = Bulk()  # one entry per indexed event, in message order
-        self.origins: list[Incoming] = []  # the message of each observation entry
+        self.origins: list[Message] = []  # the message of each observation entry
         self.latest_bulk = Bulk()  # one latest-position entry per track
         self._actions: list[dict[str, Any]] | None = None
         self._latest: list[dict[str, Any]] | None = None
@@ -96,7 +113,7 @@ class BatchResult:
         return self._latest
 
     @property
-    def sources(self) -> dict[tuple[str, str], Incoming]:
+    def sources(self) -> dict[tuple[str, str], Message]:
         """(_index, _id) -> message of every observation (a latest-position entry is never a dead letter)."""
         return dict(zip(zip(self.observations.index, self.observations.ids), self.origins))
 
@@ -110,7 +127,7 @@ class BatchResult:
 class _Columns:
     """The valid events of a batch, by columns."""
 
-    messages: list[Incoming]
+    messages: list[Message]
     records: list[dict[str, Any]]
     tracks: list[str]
     times: list[int]
@@ -150,7 +167,7 @@ class Pipeline:
     filter_inside: bool = False
     bounds: EventTimeBounds = field(default_factory=EventTimeBounds)
 
-    def process(self, messages: Sequence[Incoming], get_state: Callable[[str], State | None]) -> BatchResult:
+    def process(self, messages: Sequence[Message], get_state: Callable[[str], State | None]) -> BatchResult:
         """The batch's effects; an event that cannot be processed is a dead letter, never the batch's end."""
         out = BatchResult()
         now = int(time.time() * 1000)
@@ -166,7 +183,7 @@ class Pipeline:
         self._collect(cols, part, out)
         return out
 
-    def _validate(self, messages: Sequence[Incoming], now: int, out: BatchResult) -> _Columns:
+    def _validate(self, messages: Sequence[Message], now: int, out: BatchResult) -> _Columns:
         """Decode and check the batch by columns; the invalid events become dead letters, in message order."""
         dec = decode_batch(self.preset, [m.value for m in messages], self.tz)
         reasons = dec.reasons
@@ -253,15 +270,18 @@ class Pipeline:
         times = cols.times if whole else [cols.times[k] for k in events]
         lons = cols.lons if whole else [cols.lons[k] for k in events]
         lats = cols.lats if whole else [cols.lats[k] for k in events]
-        inside = self.fences.containing(np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64))
+        lon_array, lat_array = np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64)
+        inside = self.fences.containing(lon_array, lat_array)
+        cells = documents.geohashes(lat_array, lon_array)
         motion = advance_batch(tracks, times, lons, lats, inside, get_state)
         part = _Part()
         for i, (entered, exited) in motion.transitions.items():
             part.alerts.extend(transitions(tracks[i], entered, exited, times[i], lons[i], lats[i]))
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         records, filter_inside = cols.records, self.filter_inside
-        dumps, build_into, encode, fill = orjson.dumps, documents.build_into, documents.ENCODER.encode, documents.fill
+        dumps, build_into, fill = orjson.dumps, documents.build_into, documents.fill
         indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
+        structs: list[Any] = []  # the documents that are structs, encoded together after the loop
         for i, k in enumerate(events):
             fences = inside[i]
             if filter_inside and not fences:
@@ -269,16 +289,28 @@ class Pipeline:
                 continue
             record = records[k]
             if type(record) is dict:
-                source = dumps(build_into(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
+                sources.append(dumps(build_into(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i],
+                                                now, cells[i])))
             else:
-                source = encode(fill(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now))
+                structs.append(fill(record, lons[i], lats[i], fences, distance[i], speed[i], heading[i], now,
+                                    cells[i]))
+                sources.append(None)
             indexed.append(k)
-            sources.append(source)
             t, track = times[i], tracks[i]
             if keeps(t):
                 seen = newest.get(track)
                 if seen is None or t >= seen[0]:
                     newest[track] = (t, k)
+        if structs:
+            # One call for all of them: msgspec writes one JSON document per line (a newline inside a string is
+            # escaped), cheaper than a call per document.
+            encoded = documents.ENCODER.encode_lines(structs).split(b"\n")
+            encoded.pop()  # after the last newline
+            if len(encoded) == len(sources):
+                part.sources = encoded
+            else:
+                lines = iter(encoded)
+                part.sources = [next(lines) if source is None else source for source in sources]
         for track, (i, state) in motion.states.items():
             part.states[track] = (events[i], state)
         return part
@@ -287,25 +319,29 @@ class Pipeline:
         """The part's entries as bulk lines, its states by source partition, its latest positions."""
         messages, index, ids = cols.messages, cols.index, cols.ids
         obs = out.observations
-        prefixes: dict[str, bytes] = {}
-        source_of: dict[int, bytes] = {}
-        lines, out_index, out_ids, origins = obs.lines, obs.index, obs.ids, out.origins
-        dumps = orjson.dumps
-        for k, source in zip(part.events, part.sources):
-            name = index[k]
-            prefix = prefixes.get(name)
-            if prefix is None:  # b'{"index":{"_index":"<name>","_id":' as orjson writes the action's metadata
-                prefix = prefixes[name] = meta_line(name, "").rsplit(b'"_id":', 1)[0] + b'"_id":'
-            lines.append(prefix + dumps(ids[k]) + b"}}\n" + source + b"\n")
-            out_index.append(name)
-            out_ids.append(ids[k])
-            origins.append(messages[k])
-            source_of[k] = source
-        obs.versions = [None] * len(out_ids)
+        events = part.events
+        kept_ids = [ids[k] for k in events] if len(events) < len(ids) else ids
+        names = [index[k] for k in events] if len(events) < len(index) else index
+        # The _ids as JSON strings, one call for all (one per line: a newline inside a string is escaped).
+        quoted = documents.ENCODER.encode_lines(kept_ids).split(b"\n")
+        quoted.pop()
+        prefixes: dict[str, bytes] = {}  # b'{"index":{"_index":"<name>","_id":' as orjson writes the metadata
+        for name in set(names):
+            prefixes[name] = meta_line(name, "").rsplit(b'"_id":', 1)[0] + b'"_id":'
+        join = b"".join
+        if len(prefixes) == 1:
+            prefix = prefixes[names[0]]
+            obs.metas = [join((prefix, q, b"}}")) for q in quoted]
+        else:
+            obs.metas = [join((prefixes[name], q, b"}}")) for name, q in zip(names, quoted)]
+        obs.sources, obs.index, obs.ids = part.sources, names, kept_ids  # the columns are not used after this
+        obs.versions = [None] * len(kept_ids)
+        out.origins = [messages[k] for k in events]
         out.alerts += part.alerts
         out.filtered += part.filtered
         for track, (k, state) in part.states.items():
             out.states[track] = (messages[k].partition, state)
         latest = documents.latest_index(self.index)
-        for track, (time_ms, k) in part.newest.items():
-            out.latest_bulk.append(latest, track, source_of[k], time_ms)
+        sources = part.sources
+        for track, (time_ms, k) in part.newest.items():  # events ascend: k's document is found by bisection
+            out.latest_bulk.append(latest, track, sources[bisect_left(events, k)], time_ms)

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import geohash
 import msgspec
 
+from geoiot.geohash_batch import encode_many
 from geoiot.schema import _INT64, InvalidRecord, Preset
 from geoiot.timeparse import _MAX_MS, _MS_THRESHOLD
 
@@ -146,16 +147,23 @@ def build(record: dict[str, Any], lon: float, lat: float, fences: Sequence[str],
 
 
 def build_into(doc: dict[str, Any], lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
-               speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None) -> dict[str, Any]:
-    """:func:`build` in place: the batch core turns each freshly decoded record into its document without a copy."""
+               speed_mps: float | None, heading_deg: float | None, ingested_at: int | None = None,
+               cell: str | None = None) -> dict[str, Any]:
+    """:func:`build` in place: the batch core turns each freshly decoded record into its document without a copy
+    (``cell``: the point's geohash when the caller computed it, :func:`geohashes`)."""
     doc[GEOMETRY] = {"lat": lat, "lon": lon}
     doc[GEOFENCES] = list(fences)
     doc[SPEED] = speed_mps
     doc[HEADING] = heading_deg
     doc[DISTANCE] = distance_m
-    doc[GEOHASH] = geohash.encode(lat, lon, precision=GEOHASH_PRECISION)
+    doc[GEOHASH] = geohash.encode(lat, lon, precision=GEOHASH_PRECISION) if cell is None else cell
     doc[INGESTED_AT] = int(time.time() * 1000) if ingested_at is None else ingested_at
     return doc
+
+
+def geohashes(lats: Sequence[float], lons: Sequence[float]) -> list[str]:
+    """The ``geohash`` field of many points (each equal to the one :func:`build` writes), by columns."""
+    return encode_many(lats, lons, GEOHASH_PRECISION)
 
 
 def action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> dict[str, Any]:
@@ -237,14 +245,15 @@ class Geometry(msgspec.Struct, gc=False):
 
 
 def fill(doc: Any, lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
-         speed_mps: float | None, heading_deg: float | None, ingested_at: int) -> Any:
+         speed_mps: float | None, heading_deg: float | None, ingested_at: int, cell: str) -> Any:
     """:func:`build_into` for a :func:`document_type` struct (the same JSON; ``fences`` is encoded as the array
-    it is, the shared tuples of :meth:`agents.geofence.Geofences.containing` are not copied)."""
+    it is, the shared tuples of :meth:`agents.geofence.Geofences.containing` are not copied; ``cell``: the
+    point's geohash, from :func:`geohashes`)."""
     doc.d_geometry = Geometry(lat, lon)
     doc.d_geofences = fences
     doc.d_speed_mps = speed_mps
     doc.d_heading_deg = heading_deg
     doc.d_distance_m = distance_m
-    doc.d_geohash = geohash.encode(lat, lon, precision=GEOHASH_PRECISION)
+    doc.d_geohash = cell
     doc.d_ingested_at = ingested_at
     return doc

@@ -32,9 +32,13 @@ PRESET = load_preset("taxi")
 
 @dataclass
 class Record:
+    """The part of aiokafka's ``ConsumerRecord`` the stream reads."""
+
     key: bytes | None
     value: bytes | None
     offset: int
+    topic: str = TOPICS.source
+    partition: int = 0
 
 
 def position(track: str, n: int) -> bytes:
@@ -76,7 +80,9 @@ class FakeConsumer:
         self.timeouts.append(timeout_ms)
         self._between = not self._between
         if self.batches and self._between:
-            return {TopicPartition(TOPICS.source, p): records for p, records in self.batches.pop(0).items()}
+            served = self.batches.pop(0)
+            assert all(r.partition == p for p, records in served.items() for r in records), "a record's partition"
+            return {TopicPartition(TOPICS.source, p): records for p, records in served.items()}
         await asyncio.sleep(timeout_ms / 1000)
         return {}
 
@@ -360,7 +366,7 @@ async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_
 async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_for_all_of_them() -> None:
     log: list[Any] = []
     records = {0: [Record(t.encode(), position(t, i), i) for i, t in enumerate("abc")],
-               1: [Record(t.encode(), position(t, i), i) for i, t in enumerate("de")]}
+               1: [Record(t.encode(), position(t, i), i, partition=1) for i, t in enumerate("de")]}
     consumer = FakeConsumer(log, [records], partitions=(0, 1))
     producer, sink = BatchingProducer(log, limit=2), FakeSink(log)
     producer.hold[TOPICS.changelog] = held = asyncio.Event()
