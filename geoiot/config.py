@@ -295,6 +295,8 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=1, maximum=1_000_000),
     Setting("WEB_SSE_MAX_VIEWS", 100, "Distinct views the /api/events streams may watch (each a search per period)",
             int, minimum=1, maximum=100_000),
+    Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
+            "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -350,6 +352,7 @@ class Settings:
     web_sse_ping: float
     web_sse_max_clients: int
     web_sse_max_views: int
+    iot_tokens_file: str
 
     @property
     def es_hosts(self) -> list[str]:
