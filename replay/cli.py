@@ -45,7 +45,7 @@ _positive_int = _non_negative(int, "an integer")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m replay", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{constant,timestamp,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{constant,timestamp,generate,dlq}")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", help="area (default NYC: -74.05,40.58,-73.75,40.88)")
     gen.add_argument("--start", default="2013-01-01 00:00:00", metavar="TIME", help="time of the first report (UTC)")
     gen.add_argument("--jfk-share", type=_non_negative_float, default=0.2, help="share of vehicles driving through JFK (default 0.2)")
+    from replay import dlq
+
+    dlq.add_parser(sub, _non_negative_float, _positive_int)
     return parser
 
 
@@ -278,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     if args.command == "generate":
         return _generate(args, parser)
+    if args.command == "dlq":
+        from replay import dlq
+
+        return dlq.main(args, parser, (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED))
     options = _options(args, parser)
     keep_freed_heap()  # one orjson.dumps per row: see geoiot.malloc
     quiet_repeats()  # with --verbose, a broker outage: aiokafka's errors once per period, with a count
