@@ -231,7 +231,8 @@ class Observations(Service):
         for sink in sinks:
             await sink.start()
         if s.iot_webhook_url:
-            self.webhook = Webhook(s.iot_webhook_url, on_result=lambda outcome: m.WEBHOOK.labels(outcome).inc())
+            self.webhook = Webhook.from_settings(s, on_result=lambda outcome: m.WEBHOOK.labels(outcome).inc(),
+                                                 on_circuit=lambda is_open: m.WEBHOOK_CIRCUIT.set(int(is_open)))
             await self.webhook.start()
         stream = SourceStream.connect(
             bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,

@@ -12,6 +12,7 @@ NULLED = Counter("geoiot_agent_nulled_attributes_total", "Attributes stored as n
 FILTERED = Counter("geoiot_agent_filtered_total", "Valid events dropped by the geofence filter")
 ALERTS = Counter("geoiot_agent_alerts_total", "Geofence alerts emitted", ["event"])
 WEBHOOK = Counter("geoiot_agent_webhook_total", "Webhook deliveries by outcome", ["outcome"])
+WEBHOOK_CIRCUIT = Gauge("geoiot_agent_webhook_circuit_open", "1 while the webhook's circuit breaker holds requests back")
 LATEST_STALE = Counter("geoiot_agent_latest_stale_total",
                        "Latest-position writes Elasticsearch refused as not newer (version conflict)")
 LATEST_REFUSED = Counter("geoiot_agent_latest_refused_total",

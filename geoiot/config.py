@@ -297,6 +297,11 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=1, maximum=100_000),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
             "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
+    Setting("IOT_WEBHOOK_CONCURRENCY", 8, "Webhook POSTs in flight at once", int, minimum=1, maximum=1000),
+    Setting("IOT_WEBHOOK_MAX_AGE", 60.0, "Seconds an alert may wait for the webhook; older ones are not sent "
+            "(counted expired)", float, minimum=1, maximum=86400),
+    Setting("IOT_WEBHOOK_COOLDOWN", 5.0, "Seconds the webhook target gets no request after 5 failed attempts in a row, "
+            "before one probe (circuit breaker)", float, minimum=0.1, maximum=3600),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -353,6 +358,9 @@ class Settings:
     web_sse_max_clients: int
     web_sse_max_views: int
     iot_tokens_file: str
+    iot_webhook_concurrency: int
+    iot_webhook_max_age: float
+    iot_webhook_cooldown: float
 
     @property
     def es_hosts(self) -> list[str]:

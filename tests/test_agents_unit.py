@@ -512,8 +512,8 @@ async def test_webhook_submit_never_blocks_when_full():
     outcomes: list[str] = []
     hook = Webhook("http://127.0.0.1:9/x", maxsize=1, on_result=outcomes.append)  # not started: nothing drains
     assert hook.submit({"a": 1}) is True
-    assert hook.submit({"a": 2}) is False
-    assert outcomes == ["dropped"]
+    assert hook.submit({"a": 2}) is False  # the oldest made room: the recent alert is the one kept
+    assert outcomes == ["dropped"] and hook.queue.get_nowait()[1] == {"a": 2}
 
 
 @settings(max_examples=25, deadline=None)
