@@ -1,11 +1,11 @@
 """Delay of webhook alerts behind a dead target: the Webhook of a baseline git ref (main: one alert at a
 time) against this tree's (concurrent, circuit breaker, drop rule), in the same run, same target.
 
-    .venv/bin/python -m bench.webhook_dead_target [--dead 30] [--seconds 60] [--rate 5] [--drain 90]
+    .venv/bin/python -m bench.webhook_dead_target [--dead 30] [--seconds 60] [--rate 5] [--drain 90] [--dead-mode hang|500]
 
 A local aiohttp target answers each POST after ``--rtt`` seconds, except during the first ``--dead``
 seconds, when it accepts requests and never answers (a hung server; such a request stays hung after the
-target recovers, until the client's timeout). Alerts are submitted at ``--rate`` per second for
+target recovers, until the client's timeout), or with ``--dead-mode 500`` answers 500 at once. Alerts are submitted at ``--rate`` per second for
 ``--seconds``; each implementation then gets up to ``--drain`` seconds to deliver what is left. Per alert,
 the delay is the time from ``submit`` to the target's receipt of its delivered POST. Both use their
 defaults (timeout 5 s, 3 retries with back-off 0.5 s; this tree also: 8 in flight, breaker after 5
@@ -39,8 +39,8 @@ def baseline_module(ref: str) -> types.ModuleType:
 
 
 class Target:
-    def __init__(self, dead_until: float, rtt: float) -> None:
-        self.dead_until, self.rtt = dead_until, rtt
+    def __init__(self, dead_until: float, rtt: float, dead_mode: str) -> None:
+        self.dead_until, self.rtt, self.dead_mode = dead_until, rtt, dead_mode
         self.received: dict[int, float] = {}  # alert number -> receipt of its delivered POST
         self.hung = 0
 
@@ -48,6 +48,8 @@ class Target:
         alert = await request.json()
         if time.monotonic() < self.dead_until:
             self.hung += 1
+            if self.dead_mode == "500":
+                return web.Response(status=500)
             await asyncio.sleep(3600)
         await asyncio.sleep(self.rtt)
         self.received.setdefault(alert["n"], time.monotonic())
@@ -63,7 +65,7 @@ def quantiles(values: list[float]) -> str:
 
 async def run(make_hook: Any, args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
-    target = Target(start + args.dead, args.rtt)
+    target = Target(start + args.dead, args.rtt, args.dead_mode)
     app = web.Application()
     app.router.add_post("/hook", target.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
@@ -108,6 +110,8 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="alerts per second")
     parser.add_argument("--rtt", type=float, default=0.1, help="seconds the live target takes per POST")
     parser.add_argument("--drain", type=float, default=90.0, help="seconds left to deliver after the last alert")
+    parser.add_argument("--dead-mode", choices=("hang", "500"), default="hang",
+                        help="while dead, hang (default) or answer 500 at once")
     parser.add_argument("--baseline-ref", default="main")
     args = parser.parse_args()
     from agents.alerts import Webhook
@@ -117,7 +121,7 @@ async def main() -> None:
         f"before ({args.baseline_ref})": await run(lambda url, cb: old(url, on_result=cb), args),
         "after (this tree)": await run(lambda url, cb: Webhook(url, on_result=cb), args),
     }
-    print(f"dead {args.dead:g}s, alerts {args.rate:g}/s for {args.seconds:g}s, rtt {args.rtt:g}s, drain {args.drain:g}s")
+    print(f"dead ({args.dead_mode}) {args.dead:g}s, alerts {args.rate:g}/s for {args.seconds:g}s, rtt {args.rtt:g}s, drain {args.drain:g}s")
     keys = list(next(iter(results.values())))
     print("| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))

@@ -302,6 +302,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(counted expired)", float, minimum=1, maximum=86400),
     Setting("IOT_WEBHOOK_COOLDOWN", 5.0, "Seconds the webhook target gets no request after 5 failed attempts in a row, "
             "before one probe (circuit breaker)", float, minimum=0.1, maximum=3600),
+    Setting("WEB_SSE_VIEW_FEATURES", 2000, "Features one /api/events view holds and pushes at most (a larger limit "
+            "is cut to it)", int, minimum=1, maximum=10_000),
+    Setting("WEB_SSE_FEATURE_BUDGET", 20_000, "Features all /api/events views together may hold (each reserves its "
+            "limit); a new view beyond is 503 busy", int, minimum=1, maximum=10_000_000),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -361,6 +365,8 @@ class Settings:
     iot_webhook_concurrency: int
     iot_webhook_max_age: float
     iot_webhook_cooldown: float
+    web_sse_view_features: int
+    web_sse_feature_budget: int
 
     @property
     def es_hosts(self) -> list[str]:

@@ -50,3 +50,16 @@ def keep_freed_heap() -> bool:
     _applied = all(mallopt(param, value) == 1 for param, value in
                    ((M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD), (M_MMAP_THRESHOLD, MMAP_THRESHOLD)))
     return _applied
+
+
+def release_freed_heap() -> bool:
+    """Hand the heap's free pages back to the kernel now (glibc's ``malloc_trim(0)``), for a process that
+    keeps freed heap (above) after a burst it will not repeat soon; False off glibc. Costs a walk of the heap."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

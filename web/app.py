@@ -22,6 +22,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, ConnectionTimeout, Trans
 from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
+from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
 from web import alerts, assets, events, routes
 from web.cache import TTLCache
@@ -200,9 +201,11 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
                                 queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
                                 max_views=settings.web_sse_max_views,
-                                counters=events.Counters(metrics))
+                                counters=events.Counters(metrics), view_features=settings.web_sse_view_features,
+                                feature_budget=settings.web_sse_feature_budget, release=release_freed_heap)
     metrics.sse_clients.set_function(lambda: hub.clients)
     metrics.sse_views.set_function(lambda: len(hub.views))
+    metrics.sse_features.set_function(lambda: hub.held)
     yield
     await hub.close()
 

@@ -12,6 +12,14 @@ event is sent the whole view at the next period (``full``), so its map is right 
 lost (they are still in /api/alerts and in the ring for a resume). One client's slowness therefore costs
 only that client: the searches and the other queues never wait for it.
 
+The fan-out's cost is bounded by its settings, not by what clients ask: a view holds and pushes at most
+``view_features`` features (WEB_SSE_VIEW_FEATURES; a larger ``limit`` is cut to it, so such views share),
+and all views together reserve at most ``feature_budget`` features (WEB_SSE_FEATURE_BUDGET; each view
+reserves its limit when it starts, so the bound holds before any search): a new view beyond it is refused
+like one beyond WEB_SSE_MAX_VIEWS. The searches per period, the answers held and the events built are
+therefore bounded by the budget. When views end, their memory is handed back to the kernel (``release``,
+once per period at most), since the processes keep freed heap otherwise (geoiot.malloc).
+
 Alerts come from :class:`web.alerts.AlertBuffer` (a listener per hub) and go to every client whatever its
 view. The fetching of a view is passed in (``fetch``), so this module has no Elasticsearch in it.
 """
@@ -19,6 +27,7 @@ view. The fetching of a view is passed in (``fetch``), so this module has no Ela
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import deque
@@ -182,13 +191,19 @@ class Hub:
     """Every open stream and view of one server."""
 
     def __init__(self, fetch: Fetch, alerts: AlertBuffer, *, period: float, queue_size: int,
-                 max_clients: int, max_views: int = 100, counters: Counters | None = None) -> None:
+                 max_clients: int, max_views: int = 100, counters: Counters | None = None,
+                 view_features: int = 10_000, feature_budget: int | None = None,
+                 release: Callable[[], object] | None = None) -> None:
         self.fetch = fetch
         self.alerts = alerts
         self.period = period
         self.queue_size = queue_size
         self.max_clients = max_clients
         self.max_views = max_views  # each view is a search per period and its answer in memory
+        self.view_features = view_features
+        self.feature_budget = feature_budget if feature_budget is not None else max_views * view_features
+        self.release = release
+        self._release_due: asyncio.TimerHandle | None = None
         self.counters = counters or Counters()
         self.views: dict[LatestParams, View] = {}
         self.subscribers: set[Subscriber] = set()
@@ -199,6 +214,20 @@ class Hub:
     def clients(self) -> int:
         return len(self.subscribers)
 
+    @property
+    def reserved(self) -> int:
+        """Features the watched views may hold (the sum of their limits), at most the budget."""
+        return sum(v.params.limit for v in self.views.values())
+
+    @property
+    def held(self) -> int:
+        """Features the watched views hold now."""
+        return sum(len(v.features or ()) for v in self.views.values())
+
+    def bounded(self, view: LatestParams) -> LatestParams:
+        """The view as the fan-out serves it: its limit cut to WEB_SSE_VIEW_FEATURES."""
+        return view if view.limit <= self.view_features else dataclasses.replace(view, limit=self.view_features)
+
     def _on_alert(self, entry: Entry) -> None:
         for sub in self.subscribers:
             sub.offer_alert(entry)
@@ -206,14 +235,20 @@ class Hub:
     def subscribe(self, view: LatestParams, resume: dict[int, int] | None = None) -> Subscriber:
         """A new stream of ``view``; with ``resume``, first the alerts of the ring after it (and a ``gap``
         event before them when some are no longer kept). Raises OverflowError at WEB_SSE_MAX_CLIENTS streams
-        or, for a view not watched yet, at WEB_SSE_MAX_VIEWS views."""
+        or, for a view not watched yet, at WEB_SSE_MAX_VIEWS views or beyond WEB_SSE_FEATURE_BUDGET (the
+        view's limit is first cut to WEB_SSE_VIEW_FEATURES)."""
         if self.closed:
             raise RuntimeError("the server is shutting down")
+        view = self.bounded(view)
         if len(self.subscribers) >= self.max_clients:
             raise OverflowError(f"{self.max_clients} event streams are open already (WEB_SSE_MAX_CLIENTS)")
         if view not in self.views and len(self.views) >= self.max_views:
             raise OverflowError(f"{self.max_views} distinct views are watched already (WEB_SSE_MAX_VIEWS); "
                                 "watch one of them or poll /api/latest")
+        if view not in self.views and self.reserved + view.limit > self.feature_budget:
+            raise OverflowError(f"the watched views hold {self.reserved} of {self.feature_budget} features "
+                                f"(WEB_SSE_FEATURE_BUDGET), this view needs {view.limit}; watch a view with a "
+                                "smaller limit or poll /api/latest")
         # no await from here to the end: nothing can be read between the backlog and the registration
         sub = Subscriber(self.queue_size, self.counters, None if resume is None else dict(resume))
         if resume is not None:
@@ -267,6 +302,19 @@ class Hub:
         finally:  # no watcher left (none can join between the check above and here: no await between)
             if self.views.get(view.params) is view:
                 del self.views[view.params]
+            view.features = None
+            self._release_soon()
+
+    def _release_soon(self) -> None:
+        """Hand freed memory back once the ended views' last events are gone (a period on), once per period."""
+        if self.release is None or self._release_due is not None or self.closed:
+            return
+
+        def run() -> None:
+            self._release_due = None
+            self.release()  # type: ignore[misc]
+
+        self._release_due = asyncio.get_running_loop().call_later(self.period, run)
 
     async def close(self) -> None:
         """End every stream and view (the server is stopping)."""
@@ -279,3 +327,6 @@ class Hub:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.views.clear()
+        if self._release_due is not None:
+            self._release_due.cancel()
+            self._release_due = None

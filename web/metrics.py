@@ -40,6 +40,8 @@ class Metrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.sse_clients = Gauge("geoiot_web_sse_clients", "Open /api/events streams", registry=r)
         self.sse_views = Gauge("geoiot_web_sse_views", "Distinct views the /api/events streams watch", registry=r)
+        self.sse_features = Gauge("geoiot_web_sse_features", "Features the /api/events views hold (at most "
+                                  "WEB_SSE_FEATURE_BUDGET)", registry=r)
         self.sse_searches = Counter("geoiot_web_sse_searches_total",
                                     "Searches of /api/events views (one per view per refresh period)", registry=r)
         self.sse_search_errors = Counter("geoiot_web_sse_search_errors_total",

@@ -177,7 +177,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         sub = hub.subscribe(p.view, None if p.resume is None else dict(p.resume))
     except OverflowError as exc:
-        raise Busy("sse_views" if "VIEWS" in str(exc) else "sse_clients", f"server busy: {exc}") from None
+        reason = "sse_budget" if "BUDGET" in str(exc) else "sse_views" if "VIEWS" in str(exc) else "sse_clients"
+        raise Busy(reason, f"server busy: {exc}") from None
     except RuntimeError as exc:
         raise web.HTTPServiceUnavailable(text=str(exc)) from None
     log.info(json.dumps({"event": "sse_open", "clients": hub.clients, "views": len(hub.views),
