@@ -1,4 +1,4 @@
-"""``python -m replay constant|timestamp|generate``: argument parsing, progress, summary, exit codes.
+"""``python -m replay constant|timestamp|generate|dlq``: argument parsing, progress, summary, exit codes.
 
 Exit codes: 0 done (bad rows, oversized ones included, are skipped and counted, not errors);
 1 runtime error: broker unreachable at start, unreadable file, a damaged (truncated or corrupt)
