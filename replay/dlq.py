@@ -363,6 +363,7 @@ async def _run(opts: Options) -> dict[str, Any]:
     redrive = Redrive(opts)
     try:
         return await redrive.run()
-    except (topics.TopicsError, KafkaError, asyncio.TimeoutError, OSError) as exc:
-        summary = redrive.tally.summary(redrive.producers, f"cannot reach Kafka at {opts.bootstrap}: {exc}")
-        return summary
+    except topics.TopicsError as exc:
+        return redrive.tally.summary(redrive.producers, str(exc))
+    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        return redrive.tally.summary(redrive.producers, f"Kafka at {opts.bootstrap}: {type(exc).__name__}: {exc}")
