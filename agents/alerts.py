@@ -207,7 +207,7 @@ class Webhook:
                         self._good_answer()  # the target is up; it refuses this alert, retrying will not help
                         break
                     self._failed_attempt()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # connection errors, timeouts, and anything else: a failed attempt
                 error = f"{type(exc).__name__}: {exc}"
                 self._failed_attempt()
             if attempt < self.retries:

@@ -9,6 +9,7 @@ source partitions, and Elasticsearch holds exactly every event once. A second re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -68,6 +69,19 @@ async def source_records(bootstrap: str, topic: str, expect: int) -> list:
     return out
 
 
+async def until_committed(kafka_admin, group: str, total: int, timeout: float = 60) -> None:
+    """Wait until the worker's group committed ``total`` offsets (so the next worker starts after them)."""
+    deadline = time.monotonic() + timeout
+    committed = -1
+    while time.monotonic() < deadline:
+        offsets = await kafka_admin.list_consumer_group_offsets(group)
+        committed = sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+        if committed >= total:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"group {group} committed {committed} of {total} offsets")
+
+
 async def test_dead_letters_of_a_temporary_condition_are_redriven_once_it_is_gone(
         stack, es, kafka_admin, new_topic, agent_env, output_dir):
     topic = await new_topic("redrive", partitions=3)
@@ -82,6 +96,7 @@ async def test_dead_letters_of_a_temporary_condition_are_redriven_once_it_is_gon
     try:
         assert await wait_count(es, env["IOT_INDEX"], 20, timeout=90, settle=2) == 20
         letters = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, dlq, 35, timeout=60)]
+        await until_committed(kafka_admin, env["IOT_APP_ID"], 55)
     finally:
         worker.stop()
     assert len(letters) == 35
