@@ -211,16 +211,18 @@ def progress_logger(counts: BatchCounts) -> Any:  # -> pyspark StreamingQueryLis
 
 
 class DriverWebhook:
-    """The agents' :class:`agents.alerts.Webhook` (same queue, timeout, retries) on an event loop of its own thread."""
+    """The agents' :class:`agents.alerts.Webhook` (same queue, concurrency, breaker and drop rule, from the same
+    IOT_WEBHOOK_* settings when given) on an event loop of its own thread."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, settings: Any = None) -> None:
         import threading
 
         from agents.alerts import Webhook
 
         self.outcomes: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
-        self.hook = Webhook(url, on_result=self._count)
+        self.hook = (Webhook(url, on_result=self._count) if settings is None
+                     else Webhook.from_settings(settings, on_result=self._count))
         self.thread = threading.Thread(target=self.loop.run_forever, name="webhook", daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.hook.start(), self.loop).result(30)
@@ -334,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit("start", topic=settings.iot_topic, index=settings.iot_index, dlq=settings.iot_dlq_topic,
          checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
          spark=spark.version, kafka_source=kafka_source, ui=spark.sparkContext.uiWebUrl)
-    webhook = DriverWebhook(settings.iot_webhook_url) if settings.iot_webhook_url else None
+    webhook = DriverWebhook(settings.iot_webhook_url, settings) if settings.iot_webhook_url else None
     query = start(spark, settings, args, webhook)
     try:
         query.awaitTermination()
