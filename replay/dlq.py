@@ -6,7 +6,9 @@ command reads the dead-letter topic from its start up to the end offsets it find
 added meanwhile, e.g. events dead-lettered again, wait for the next run), keeps the letters selected by
 reason, time (the letter's Kafka timestamp: when it was dead-lettered) and source partition, and re-sends
 each original value with its original key to its source topic and partition, at a bounded rate, with the
-replay's producer (acks=all, idempotence). Re-sending twice is harmless: the documents' ``_id`` is
+replay's producer (acks=all, idempotence). A letter that keeps only the start of a value over 900 kB takes
+the whole value and key from the source topic at the partition and offset it names (when that offset is
+still there and its value starts with the letter's). Re-sending twice is harmless: the documents' ``_id`` is
 ``<track>:<epoch ms>``, so an event stored twice overwrites itself.
 
 Nothing is committed and no consumer group is used: a run is a read of the topic, repeatable at will.
@@ -22,7 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -46,8 +48,8 @@ SKIP_KINDS = {
     "topic": "its source topic is not one of --source-topic",
     "not_a_letter": "not a dead letter (not JSON, or no topic/partition/offset/original)",
     "no_value": "the original message had no value: nothing to re-send",
-    "truncated": "the letter keeps only the start of a value over 900 kB; the whole one is in the source "
-                 "topic at the partition and offset it names",
+    "truncated": "the letter keeps only the start of a value over 900 kB, and the source topic no longer holds "
+                 "the whole one at the partition and offset it names",
     "no_topic": "its source topic (or that partition of it) does not exist",
     "too_large": "over the producer's maximum request size",
     "limit": "beyond --limit",
@@ -184,6 +186,7 @@ class Redrive:
         self._schedule = constant_schedule(options.rate, batch_interval(options.rate))
         self._allowance = 0
         self._interval = batch_interval(options.rate)
+        self._source: Any = None  # a consumer of the source topics, for truncated letters
 
     async def run(self) -> dict[str, Any]:
         error: str | None = None
@@ -233,6 +236,32 @@ class Redrive:
                         left.discard(tp)
         finally:
             await consumer.stop()
+            if self._source is not None:
+                await self._source.stop()
+
+    async def _whole(self, letter: Letter) -> Letter | None:
+        """A truncated letter completed from the source topic: the key and value at its partition and offset,
+        when still there and starting with the letter's bytes; None otherwise."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if self._source is None:
+            self._source = AIOKafkaConsumer(bootstrap_servers=self.o.bootstrap, group_id=None,
+                                            enable_auto_commit=False, auto_offset_reset="none")
+            await asyncio.wait_for(self._source.start(), self.o.connect_timeout)
+        tp = TopicPartition(letter.topic, letter.partition)
+        self._source.assign([tp])
+        begin = (await self._source.beginning_offsets([tp]))[tp]
+        end = (await self._source.end_offsets([tp]))[tp]
+        if not begin <= letter.offset < end:
+            return None
+        self._source.seek(tp, letter.offset)
+        deadline = asyncio.get_running_loop().time() + self.o.connect_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for msg in (await self._source.getmany(tp, timeout_ms=1000, max_records=1)).get(tp, []):
+                if msg.offset != letter.offset or msg.value is None or not msg.value.startswith(letter.value or b""):
+                    return None  # compacted away, or another message: not the letter's value
+                return replace(letter, key=msg.key, value=msg.value, truncated=False)
+        return None
 
     async def _one(self, admin: Any, msg: Any) -> None:
         tally = self.tally
@@ -243,6 +272,10 @@ class Redrive:
             tally.skipped("not_a_letter", msg.partition, msg.offset)
             return
         kind = self.o.selection.skip(letter, msg.timestamp)
+        if kind == "truncated" and await self._partition_count(admin, letter.topic) > letter.partition:
+            whole = await self._whole(letter)
+            if whole is not None:
+                letter, kind = whole, None
         if kind is None and await self._partition_count(admin, letter.topic) <= letter.partition:
             kind = "no_topic"
         if kind is None and self.o.limit is not None and tally.selected >= self.o.limit:

@@ -5,6 +5,7 @@ IOT_MAX_EVENT_AHEAD_DAYS=1) sit in the dead-letter topic beside events that are 
 latitude of 200). A dry run says exactly what would be re-sent and what skipped; then a worker with a
 wider bound takes over, the redrive re-sends the selected letters' original keys and values to their
 source partitions, and Elasticsearch holds exactly every event once. A second redrive changes nothing.
+A letter truncated for its size is completed from the source topic while the source still holds it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 
 from geoiot import documents
 from test_agents_integration import (ROOT, Worker, agent_env, all_docs, cleanup_topics,  # noqa: F401 (fixture)
-                                     read_topic, wait_count)
+                                     produce_raw, read_topic, wait_count)
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +156,40 @@ async def test_dead_letters_of_a_temporary_condition_are_redriven_once_it_is_gon
             second[r.key] = second.get(r.key, []) + [r.timestamp]
     stamps = sorted(times[1] for times in second.values())
     assert stamps[-1] - stamps[0] >= 1000
+
+
+async def test_a_truncated_letter_is_redriven_whole_from_the_source_while_the_source_holds_it(
+        stack, es, kafka_admin, new_topic, agent_env, output_dir):
+    """A value over 900 kB (an event padded with 950 kB of blanks) is dead-lettered with only its start; the
+    redrive takes the whole value from the source topic at the letter's offset, and once that offset is
+    deleted from the source, skips the letter as ``truncated``."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import RecordsToDelete
+
+    topic = await new_topic("redrive-big", partitions=1)
+    env = agent_env(topic, IOT_MAX_EVENT_AHEAD_DAYS="1")
+    ahead = (int(time.time() * 1000) // 1000) * 1000 + 3 * DAY_MS
+    big = orjson.dumps(event("big", ahead))[:-1] + b" " * 950_000 + b"}"
+    small = orjson.dumps(event("small", ahead))
+    await produce_raw(stack.kafka_bootstrap, topic, [(b"big", big), (b"small", small)])
+    worker = Worker(env, output_dir / f"{topic}.log").start()
+    try:
+        letters = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], 2, timeout=60)]
+        await until_committed(kafka_admin, env["IOT_APP_ID"], 2)
+    finally:
+        worker.stop()
+    assert sorted(bool(letter.get("original_truncated")) for letter in letters) == [False, True]
+    worker = Worker(dict(env, IOT_MAX_EVENT_AHEAD_DAYS="10"), output_dir / f"{topic}-wider.log").start()
+    try:
+        summary = redrive(env, "--reason", "days ahead")
+        assert (summary["read"], summary["resent"], summary["skipped"]) == (2, 2, 0)
+        assert await wait_count(es, env["IOT_INDEX"], 2, timeout=90, settle=2) == 2
+        records = await source_records(stack.kafka_bootstrap, topic, 4)
+        assert [(r.key, r.value) for r in records[2:]] == [(b"big", big), (b"small", small)]  # the exact bytes
+
+        await kafka_admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=1)})
+        gone = redrive(env, "--reason", "days ahead", "--dry-run")
+        assert (gone["selected"], gone["skip_reasons"]) == (1, {"truncated": 1})
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
