@@ -2,7 +2,7 @@
 and the latency of a small /api/latest, for the server of a baseline git ref (main) and of this tree, in the
 same run on the same index.
 
-    .venv/bin/python -m bench.web_events_large_views [--tracks 50000] [--views 20] [--seconds 20]
+    .venv/bin/python -m bench.web_events_large_views [--tracks 50000] [--views 20] [--seconds 20] [--skip-baseline]
 
 Writes ``--tracks`` latest positions over New York (re-used when the index holds that many), then for each
 source tree starts ``python -m web`` (settings at their defaults), measures a small /api/latest (a distinct
@@ -170,6 +170,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--index", default="bench-sse-views")
     parser.add_argument("--baseline-ref", default="main")
+    parser.add_argument("--skip-baseline", action="store_true", help="only this tree (e.g. to try WEB_SSE_* settings)")
     args = parser.parse_args()
     settings = config.load(iot_index=args.index)
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=120)
@@ -177,11 +178,14 @@ async def main() -> None:
         print(f"{await prepare(es, settings, args.tracks)} latest positions in {args.index}", flush=True)
     finally:
         await es.close()
-    archive = subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, check=True, capture_output=True).stdout
-    with tempfile.TemporaryDirectory(prefix="sse-baseline-") as tmp:
-        tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp, filter="data")
-        results = {f"before ({args.baseline_ref})": await measure(Path(tmp), args.index, args),
-                   "after (this tree)": await measure(ROOT, args.index, args)}
+    archive = b"" if args.skip_baseline else subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, check=True,
+                                                            capture_output=True).stdout
+    results = {}
+    if not args.skip_baseline:
+        with tempfile.TemporaryDirectory(prefix="sse-baseline-") as tmp:
+            tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp, filter="data")
+            results[f"before ({args.baseline_ref})"] = await measure(Path(tmp), args.index, args)
+    results["after (this tree)"] = await measure(ROOT, args.index, args)
     print(f"{args.views} views of limit=10000 over {args.tracks} tracks, {args.seconds:g} s")
     print("| | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
