@@ -187,8 +187,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await resp.prepare(request)
         await resp.write(f"retry: {SSE_RETRY_MS}\r\n\r\n".encode())
-        while not sub.closed and resp.is_connected():
-            for event in await sub.get(settings.web_sse_ping):
+        # A client that left is noticed within a refresh period (its connection's transport is gone), not
+        # only at the next write, so its view, and the view's memory, end soon after.
+        while not sub.closed and resp.is_connected() and request.transport is not None:
+            for event in await sub.get(min(settings.web_sse_ping, settings.web_sse_refresh)):
                 await resp.send(event.data, id=event.id, event=event.kind)
     except (ConnectionError, TimeoutError, RuntimeError):
         pass  # the client went away, or stalled past SSE_SEND_TIMEOUT and was cut off
