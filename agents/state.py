@@ -7,6 +7,20 @@ changelog partition ``p`` to its end before it processes any event of ``p``. Thi
 of a Faust table (same topic name, same key and value encoding: JSON), kept here because the
 agents consume the source topic with aiokafka directly (see :mod:`agents.consumer`).
 
+Partitions added to the source topic: the worker that is assigned a source partition the changelog
+does not have yet first grows the changelog to match (:func:`geoiot.topics.grow`); the new changelog
+partitions are empty. Kafka's default partitioner then sends some tracks to other partitions: such a
+track starts without state on the worker that owns its new partition (its first report there has no
+motion fields and no exit alert), unless the same worker held its old partition, where the state
+follows the track (:meth:`TrackTable.put`) and the old partition gets a tombstone for it.
+
+Compaction (:data:`CHANGELOG_CONFIGS`): Kafka compacts only closed segments, and a log only once its
+dirty share passes ``min.cleanable.dirty.ratio``; with the broker's defaults (1 GiB segments, ratio
+0.5) a changelog of a few hundred MB is never compacted and recovery reads every update ever written.
+Small, time-bounded segments and a low ratio keep recovery near one record per track (plus at most a
+segment and a tenth of dirty records per partition). A changelog created with other values is reported
+at worker start (it still works, recovery reads more); ``kafka-configs --alter`` sets them.
+
 Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
 put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a
 track idle longer than the timeout, and :meth:`TrackTable.evict_idle` drops such tracks so that the
@@ -27,6 +41,15 @@ from agents import idle
 from agents.tracks import State
 
 log = logging.getLogger("agents.state")
+
+
+CHANGELOG_CONFIGS: dict[str, str] = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(8 << 20),  # only closed segments are compacted
+    "segment.ms": str(5 * 60_000),  # a slowly written changelog's segment still closes
+    "min.cleanable.dirty.ratio": "0.1",  # compact once a tenth of the log is superseded updates
+}
+CHANGELOG_REQUIRED = ("cleanup.policy",)  # a changelog without these loses state; the others cost time
 
 
 def changelog_topic(app_id: str) -> str:
@@ -77,15 +100,23 @@ class TrackTable:
             return None
         return self._by_partition[partition].get(track)
 
-    def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> None:
+    def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> int | None:
+        """Store the state; returns the partition the track left when its events moved (partitions added
+        to the source topic), whose changelog should get a tombstone for it, else None."""
         old = self._partition_of.get(track)
-        if old is not None and old != partition:  # the producer's partitioner changed: follow the events
+        moved = old is not None and old != partition
+        if moved:  # the producer's partitioner changed: follow the events
             self._by_partition.get(old, {}).pop(track, None)
         self._by_partition.setdefault(partition, {})[track] = state
         self._partition_of[track] = partition
         self._updated[track] = self._now_ms() if updated_ms is None else updated_ms
+        return old if moved else None
 
-    def _remove(self, track: str) -> None:
+    def _remove(self, track: str, partition: int | None = None) -> None:
+        """Forget a track; with ``partition``, only if it is still kept there (a tombstone of a partition
+        the track left must not remove its state in the partition it moved to)."""
+        if partition is not None and self._partition_of.get(track) != partition:
+            return
         partition = self._partition_of.pop(track, None)
         if partition is not None:
             self._by_partition.get(partition, {}).pop(track, None)
@@ -146,7 +177,7 @@ class TrackTable:
                         read += 1
                         track = orjson.loads(message.key)
                         if message.value is None:  # tombstone
-                            self._remove(track)
+                            self._remove(track, tp.partition)
                         else:  # last updated when the state was written (the record's timestamp, ms)
                             stamp = getattr(message, "timestamp", None)
                             self.put(tp.partition, track, orjson.loads(message.value),

@@ -297,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=1, maximum=100_000),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
             "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
+    Setting("IOT_METADATA_MAX_AGE", 30.0, "Seconds at most before a worker sees partitions added to the source topic "
+            "(it then rebalances and grows the changelog)", float, minimum=1, maximum=3600),
+    Setting("IOT_STALL_TIMEOUT", 60.0, "Seconds a worker may be behind its partitions without committing before "
+            "/healthz says stalled (503)", float, minimum=1, maximum=86400),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -353,6 +357,8 @@ class Settings:
     web_sse_max_clients: int
     web_sse_max_views: int
     iot_tokens_file: str
+    iot_metadata_max_age: float
+    iot_stall_timeout: float
 
     @property
     def es_hosts(self) -> list[str]:

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (InvalidPartitionsError, KafkaConnectionError, KafkaError, TopicAlreadyExistsError,
+                             for_code)
 
 from geoiot import config
 
@@ -249,6 +250,31 @@ async def ensure(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec],
             results[spec.name] = TopicResult(spec.name, "exists", now[spec.name].partitions,
                                              differences(spec, now[spec.name]))
     return [results[s.name] for s in specs]
+
+
+async def grow(admin: AIOKafkaAdminClient, name: str, partitions: int,
+               timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
+    """Give an existing topic at least ``partitions`` partitions; returns (before, after).
+
+    The one alteration this module makes, for the agents' changelog when the source topic grew: the new
+    partitions are empty. Several workers may grow it at once: a count already reached is not an error.
+    """
+    bootstrap = _bootstrap(admin)
+    found = await describe(admin, [name], timeout=timeout)
+    if name not in found:
+        raise TopicsError(f"topic {name!r} does not exist on {bootstrap}; cannot add partitions to it")
+    before = found[name].partitions
+    if before < partitions:
+        try:
+            await _within("create partitions", bootstrap, timeout,
+                          admin.create_partitions({name: NewPartitions(partitions)}))
+        except TopicsError as exc:
+            if InvalidPartitionsError.__name__ not in str(exc):  # grown concurrently by another worker
+                raise
+    after = (await wait_for_leaders(admin, [name], timeout))[name]
+    if after < partitions:
+        raise TopicsError(f"topic {name!r} has {after} partitions after asking for {partitions}")
+    return before, after
 
 
 async def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = DEFAULT_TIMEOUT) -> TopicResult:
