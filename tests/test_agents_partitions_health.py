@@ -144,8 +144,9 @@ async def fill_changelog(bootstrap: str, topic: str, tracks: int, updates: int) 
         for n in range(updates):
             batch = producer.create_batch()
             for i in range(tracks):
-                key, value = orjson.dumps(f"t{i}"), orjson.dumps({"time": 1_357_000_000_000 + n, "lon": -73.9,
-                                                                   "lat": 40.7, "fences": [], "history": []})
+                t = 1_357_000_000_000 + n * 1000
+                key, value = orjson.dumps(f"t{i}"), orjson.dumps({"t": t, "lon": -73.9, "lat": 40.7, "fences": [],
+                                                                   "hist": [[t, -73.9, 40.7]]})
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     futures.append(await producer.send_batch(batch, topic, partition=0))
                     batch = producer.create_batch()
