@@ -41,7 +41,7 @@ from agents.index import IndexSetupError, ensure_index
 from agents.pipeline import Pipeline
 from agents.retention import delete_expired, trim_latest
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
-from agents.state import CHANGELOG_CONFIGS, CHANGELOG_REQUIRED, changelog_topic
+from agents.state import changelog_topic
 from geoiot import config, topics
 from geoiot.logs import WORKER_LOGGERS, quiet_repeats
 from geoiot.malloc import keep_freed_heap
@@ -92,7 +92,7 @@ async def check_topics(ctx: WorkerContext) -> None:
 
     A changelog with fewer partitions than the source (partitions added while no worker ran) is grown
     (:mod:`agents.state`); one that is not compacted is refused; other configs that differ from
-    :data:`agents.state.CHANGELOG_CONFIGS` are reported (recovery reads more) but accepted."""
+    :data:`geoiot.topics.CHANGELOG_CONFIGS` are reported (recovery reads more) but accepted."""
     s = ctx.settings
     try:
         async with topics.admin_client(s.kafka_bootstrap, timeout=PREFLIGHT_TIMEOUT) as admin:
@@ -104,11 +104,11 @@ async def check_topics(ctx: WorkerContext) -> None:
             ctx.partitions = found[ctx.topics.source].partitions
             outputs = [topics.TopicSpec(n, ctx.partitions, s.iot_replication)
                        for n in dict.fromkeys([ctx.topics.dlq, ctx.topics.alerts])]
-            changelog = topics.TopicSpec(ctx.topics.changelog, ctx.partitions, s.iot_replication, CHANGELOG_CONFIGS)
+            changelog = topics.TopicSpec(ctx.topics.changelog, ctx.partitions, s.iot_replication, topics.CHANGELOG_CONFIGS)
             *made, state = await topics.ensure(admin, [*outputs, changelog], PREFLIGHT_TIMEOUT)
             required = topics.differences(
-                topics.TopicSpec(changelog.name, 0, configs={k: CHANGELOG_CONFIGS[k] for k in CHANGELOG_REQUIRED}),
-                (await topics.describe(admin, [changelog.name], CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT))[changelog.name])
+                topics.TopicSpec(changelog.name, 0, configs={k: topics.CHANGELOG_CONFIGS[k] for k in topics.CHANGELOG_REQUIRED}),
+                (await topics.describe(admin, [changelog.name], topics.CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT))[changelog.name])
             if required:
                 raise PreflightError(
                     f"{'; '.join(required)}: the changelog must be compacted; delete it (its state is rebuilt "

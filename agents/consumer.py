@@ -46,8 +46,8 @@ import gc
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson

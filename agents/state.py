@@ -14,12 +14,14 @@ track starts without state on the worker that owns its new partition (its first 
 motion fields and no exit alert), unless the same worker held its old partition, where the state
 follows the track (:meth:`TrackTable.put`) and the old partition gets a tombstone for it.
 
-Compaction (:data:`CHANGELOG_CONFIGS`): Kafka compacts only closed segments, and a log only once its
-dirty share passes ``min.cleanable.dirty.ratio``; with the broker's defaults (1 GiB segments, ratio
-0.5) a changelog of a few hundred MB is never compacted and recovery reads every update ever written.
+Compaction (:data:`geoiot.topics.CHANGELOG_CONFIGS`: 8 MiB or 5 min segments, ratio 0.1): Kafka compacts only closed segments, and a log only once its
+dirty share passes ``min.cleanable.dirty.ratio``; with the broker's settings (segments of 1 GiB, 256 MiB in
+infra/local; ratio 0.5) a changelog of a few hundred MB is never compacted and recovery reads every
+update ever written.
 Small, time-bounded segments and a low ratio keep recovery near one record per track (plus at most a
 segment and a tenth of dirty records per partition). A changelog created with other values is reported
-at worker start (it still works, recovery reads more); ``kafka-configs --alter`` sets them.
+at worker start and by ``python -m geoiot.topics`` (it still works, recovery reads more);
+``kafka-configs --alter`` sets them.
 
 Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
 put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a
@@ -39,21 +41,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import idle
 from agents.tracks import State
+from geoiot import topics
 
 log = logging.getLogger("agents.state")
 
 
-CHANGELOG_CONFIGS: dict[str, str] = {
-    "cleanup.policy": "compact",
-    "segment.bytes": str(8 << 20),  # only closed segments are compacted
-    "segment.ms": str(5 * 60_000),  # a slowly written changelog's segment still closes
-    "min.cleanable.dirty.ratio": "0.1",  # compact once a tenth of the log is superseded updates
-}
-CHANGELOG_REQUIRED = ("cleanup.policy",)  # a changelog without these loses state; the others cost time
-
-
-def changelog_topic(app_id: str) -> str:
-    return f"{app_id}-tracks-changelog"
+changelog_topic = topics.changelog_name
 
 
 def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:

@@ -1,5 +1,5 @@
 """Recovery of the track-state changelog: records read and seconds, with Kafka's default compaction settings
-against ``agents.state.CHANGELOG_CONFIGS``, on the real broker (KAFKA_BOOTSTRAP).
+against ``geoiot.topics.CHANGELOG_CONFIGS``, on the real broker (KAFKA_BOOTSTRAP).
 
 Two changelogs of ``--partitions`` partitions are created, one with only ``cleanup.policy=compact`` (what the
 worker created before) and one with the worker's configs; each gets ``--updates`` states of each of
@@ -24,11 +24,11 @@ import zlib
 import orjson
 
 from agents.consumer import make_producer
-from agents.state import CHANGELOG_CONFIGS, TrackTable, changelog_reader
+from agents.state import TrackTable, changelog_reader
 from agents.tracks import advance
 from geoiot import config, topics
 
-CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(CHANGELOG_CONFIGS)}
+CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(topics.CHANGELOG_CONFIGS)}
 
 
 def state_values(updates: int) -> list[bytes]:

@@ -40,8 +40,18 @@ from aiokafka.errors import (InvalidPartitionsError, KafkaConnectionError, Kafka
 
 from geoiot import config
 
-ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION")
+ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION",
+        "IOT_APP_ID")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
+# The agents' track-state changelog (agents.state explains each value): Kafka compacts only closed
+# segments, once their superseded share passes the ratio; these keep recovery near one record per track.
+CHANGELOG_CONFIGS: Mapping[str, str] = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(8 << 20),
+    "segment.ms": str(5 * 60_000),
+    "min.cleanable.dirty.ratio": "0.1",
+}
+CHANGELOG_REQUIRED = ("cleanup.policy",)  # without these the changelog loses state; the others cost recovery time
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -85,6 +95,11 @@ def log(event: str, **fields: object) -> None:
     """One structured line per meaningful event, on stdout (where schedulers collect logs)."""
     sys.stdout.write(orjson.dumps({"ts": round(time.time(), 3), "event": event, **fields}).decode() + "\n")
     sys.stdout.flush()
+
+
+def changelog_name(app_id: str) -> str:
+    """The track-state changelog of the agents' consumer group ``app_id`` (a Faust table's topic name)."""
+    return f"{app_id}-tracks-changelog"
 
 
 def topic_names(settings: config.Settings) -> list[str]:
@@ -316,19 +331,36 @@ async def run(settings: config.Settings, wait: float, check: bool) -> int:
                 log("topics_missing", topics=missing, bootstrap=settings.kafka_bootstrap)
                 return 1
             log("topics_present", topics={n: found[n].partitions for n in names})
+            await check_changelog(admin, settings.iot_app_id, found[settings.iot_topic].partitions)
             return 0
         specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
         for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
             for problem in r.problems:
                 log("topic_differs", topic=r.name, problem=problem)
+            if r.name == settings.iot_topic:
+                await check_changelog(admin, settings.iot_app_id, r.partitions)
         return 0
+
+
+async def check_changelog(admin: AIOKafkaAdminClient, app_id: str, partitions: int) -> tuple[str, ...]:
+    """Log how an existing changelog of ``app_id`` differs from :data:`CHANGELOG_CONFIGS` and the source's
+    ``partitions`` (the worker creates it, grows it and refuses it uncompacted; this only reports)."""
+    name = changelog_name(app_id)
+    found = await describe(admin, [name], list(CHANGELOG_CONFIGS))
+    if name not in found:
+        return ()
+    problems = differences(TopicSpec(name, partitions, configs=CHANGELOG_CONFIGS), found[name])
+    for problem in problems:
+        log("topic_differs", topic=name, problem=problem)
+    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m geoiot.topics",
-        description="Create the source, dead-letter and alerts topics (idempotent).",
+        description="Create the source, dead-letter and alerts topics (idempotent); report how the agents' "
+                    "changelog (IOT_APP_ID) differs from its configs.",
     )
     config.add_flags(parser, ENVS)
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",

@@ -510,11 +510,9 @@ async def changelog_config(kafka_admin, topic: str) -> dict[str, str]:
 
 async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its_configs_checked(
         stack, kafka_admin, new_topic, agent_env, output_dir):
-    """The worker creates the track-state changelog with agents.state's configs and the source's partitions;
+    """The worker creates the track-state changelog with geoiot.topics' CHANGELOG_CONFIGS and the source's partitions;
     a changelog with fewer partitions is grown, one with other compaction settings is named per setting (and
     accepted), and one without compaction is refused (one line, non-zero exit)."""
-    from agents.state import CHANGELOG_CONFIGS
-
     topic = await new_topic("agents-log", partitions=3)
     env = agent_env(topic)
     worker = Worker(env, output_dir / f"{topic}.log").start()
@@ -522,7 +520,7 @@ async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its
     try:
         changelog = f"{env['IOT_APP_ID']}-tracks-changelog"
         config = await changelog_config(kafka_admin, changelog)
-        assert {k: config[k] for k in CHANGELOG_CONFIGS} == CHANGELOG_CONFIGS
+        assert {k: config[k] for k in topics.CHANGELOG_CONFIGS} == topics.CHANGELOG_CONFIGS
         described = await kafka_admin.describe_topics([changelog])
         assert len(described[0]["partitions"]) == 3
 
@@ -535,7 +533,7 @@ async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its
         assert len(described[0]["partitions"]) == 3
         text = log.read_text()
         assert "changelog grown" in text and "partitions=1->3" in text
-        for key in set(CHANGELOG_CONFIGS) - {"cleanup.policy"}:
+        for key in set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"}:
             assert f"topic_differs topic '{small}-tracks-changelog' has {key}=" in text, key
         problem = "has cleanup.policy=delete, not compact"
         app_id = f"{topic}-kept"

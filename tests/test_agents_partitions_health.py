@@ -1,6 +1,6 @@
 """The worker against the real Kafka and Elasticsearch when the source topic grows and when it cannot make
 progress: partitions added under load are consumed (exact counts), ``/healthz`` is 503 while the state is
-recovered and while the worker is stalled, and the changelog gets the compaction configs of agents.state."""
+recovered and while the worker is stalled."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewPartitions
 
 from agents.consumer import make_producer
-from agents.state import CHANGELOG_CONFIGS, changelog_topic
+from agents.state import changelog_topic
 from geoiot import documents, topics
 from test_agents_integration import (ROOT, Worker, agent_env, all_docs, changelog_config, cleanup_topics,  # noqa: F401
                                      generate, records, replay, wait_count)
@@ -165,7 +165,7 @@ async def test_healthz_is_503_while_the_track_state_is_recovered(stack, kafka_ad
     topic = await new_topic("agents-recov", partitions=1)
     env = agent_env(topic)
     changelog = changelog_topic(env["IOT_APP_ID"])
-    await topics.ensure(kafka_admin, [topics.TopicSpec(changelog, 1, configs=CHANGELOG_CONFIGS)])
+    await topics.ensure(kafka_admin, [topics.TopicSpec(changelog, 1, configs=topics.CHANGELOG_CONFIGS)])
     worker = Worker(env, output_dir / f"{topic}.log")
     try:
         written = await fill_changelog(stack.kafka_bootstrap, changelog, tracks=20_000, updates=40)
