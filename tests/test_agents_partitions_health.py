@@ -115,7 +115,7 @@ async def test_partitions_added_under_load_are_consumed_within_the_metadata_boun
         await wait_health(worker, "", 60)
         log = worker.log.read_text()
         assert "KafkaTimeoutError" not in log and "changelog grown" in log
-        print(f"partitions noticed after {noticed:.1f}s (IOT_METADATA_MAX_AGE={bound})")
+        print(f"partitions noticed after {noticed:.1f}s (IOT_METADATA_MAX_AGE={bound}); {total} of {total} indexed")
     finally:
         if source.poll() is None:
             source.kill()
