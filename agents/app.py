@@ -104,11 +104,12 @@ async def check_topics(ctx: WorkerContext) -> None:
             ctx.partitions = found[ctx.topics.source].partitions
             outputs = [topics.TopicSpec(n, ctx.partitions, s.iot_replication)
                        for n in dict.fromkeys([ctx.topics.dlq, ctx.topics.alerts])]
-            changelog = topics.TopicSpec(ctx.topics.changelog, ctx.partitions, s.iot_replication, topics.CHANGELOG_CONFIGS)
+            name, wanted = ctx.topics.changelog, topics.CHANGELOG_CONFIGS
+            changelog = topics.TopicSpec(name, ctx.partitions, s.iot_replication, wanted)
             *made, state = await topics.ensure(admin, [*outputs, changelog], PREFLIGHT_TIMEOUT)
+            found = await topics.describe(admin, [name], topics.CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT)
             required = topics.differences(
-                topics.TopicSpec(changelog.name, 0, configs={k: topics.CHANGELOG_CONFIGS[k] for k in topics.CHANGELOG_REQUIRED}),
-                (await topics.describe(admin, [changelog.name], topics.CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT))[changelog.name])
+                topics.TopicSpec(name, 0, configs={k: wanted[k] for k in topics.CHANGELOG_REQUIRED}), found[name])
             if required:
                 raise PreflightError(
                     f"{'; '.join(required)}: the changelog must be compacted; delete it (its state is rebuilt "

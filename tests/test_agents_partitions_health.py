@@ -75,7 +75,8 @@ async def test_partitions_added_under_load_are_consumed_within_the_metadata_boun
     topic = await new_topic("agents-grow", partitions=2)
     env = agent_env(topic, IOT_METADATA_MAX_AGE=str(bound), IOT_BULK_SIZE="200")
     index = env["IOT_INDEX"]
-    first, second = generate(tmp_path, tracks=40, points=250, seed=31), generate(tmp_path, tracks=40, points=20, seed=32)
+    first = generate(tmp_path, tracks=40, points=500, seed=31)
+    second = generate(tmp_path, tracks=40, points=20, seed=32)
     second_recs = [dict(r, taxiId=f"new-{r['taxiId']}") for r in records(second)]
     recs = records(first)
     worker = Worker(env, output_dir / f"{topic}.log").start()
@@ -165,7 +166,8 @@ async def test_healthz_is_503_while_the_track_state_is_recovered(stack, kafka_ad
     topic = await new_topic("agents-recov", partitions=1)
     env = agent_env(topic)
     changelog = changelog_topic(env["IOT_APP_ID"])
-    await topics.ensure(kafka_admin, [topics.TopicSpec(changelog, 1, configs=topics.CHANGELOG_CONFIGS)])
+    # Not compacted during the test (Kafka's default segments), so recovery reads all it was given.
+    await topics.ensure(kafka_admin, [topics.TopicSpec(changelog, 1, configs=topics.COMPACTED)])
     worker = Worker(env, output_dir / f"{topic}.log")
     try:
         written = await fill_changelog(stack.kafka_bootstrap, changelog, tracks=20_000, updates=40)
@@ -178,7 +180,7 @@ async def test_healthz_is_503_while_the_track_state_is_recovered(stack, kafka_ad
         after, _ = await wait_health(worker, "", 300)
         assert after[-1]["status"] == "ok" and after[-1]["assigned"] == [0]
         recovered = [line for line in worker.log.read_text().splitlines() if "state recovered" in line]
-        assert recovered and "tracks=20000" in recovered[-1], recovered
+        assert recovered and f"records={written} tracks=20000" in recovered[-1], recovered
         print(f"{written} changelog records; {recovered[-1]}")
     finally:
         worker.stop()
