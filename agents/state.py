@@ -17,10 +17,11 @@ follows the track (:meth:`TrackTable.put`) and the old partition gets a tombston
 Compaction (:data:`geoiot.topics.CHANGELOG_CONFIGS`: 8 MiB or 5 min segments, ratio 0.1): Kafka compacts
 only closed segments, and a log only once its dirty share passes ``min.cleanable.dirty.ratio``; with the
 broker's settings (segments of 1 GiB, 256 MiB in infra/local; ratio 0.5) a changelog of a few hundred MB
-is never compacted and recovery reads every update ever written. Small, time-bounded segments and a low ratio keep recovery near one record per track (plus at most a
-segment and a tenth of dirty records per partition). A changelog created with other values is reported
+is never compacted and recovery reads every update ever written. Small, time-bounded segments and a low
+ratio keep recovery near one record per track (plus at most a segment and a tenth of dirty records per
+partition). A changelog created with other values is reported
 at worker start and by ``python -m geoiot.topics`` (it still works, recovery reads more);
-``kafka-configs --alter`` sets them.
+``python -m geoiot.topics --alter-changelog`` sets them.
 
 Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
 put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a

@@ -9,6 +9,7 @@ import sys
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from geoiot import config, topics
 from conftest import ROOT, unique_name
@@ -170,5 +171,22 @@ async def test_the_command_reports_how_an_existing_changelog_differs_from_the_ch
             assert found == sorted(["1", *(set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"})]), differs
         [described] = await kafka_admin.describe_topics([changelog])
         assert len(described["partitions"]) == 1
+
+        # --alter-changelog sets the compaction settings and keeps the topic's own other settings.
+        await kafka_admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog,
+                                                        {"cleanup.policy": "compact", "retention.ms": "123456789"})])
+        altered = _run(["--alter-changelog"], env)
+        assert altered.returncode == 0, altered.stderr
+        events = [orjson.loads(line) for line in altered.stdout.splitlines()]
+        assert sorted(e["config"] for e in events if e["event"] == "topic_altered") == sorted(
+            set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"})
+        assert [e["problem"] for e in events if e["event"] == "topic_differs"] == [
+            f"topic {changelog!r} has 1 partitions, fewer than the 2 asked for (an existing topic is never altered)"]
+        [response] = await kafka_admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)])
+        now = {entry[0]: entry[1] for entry in response.resources[0][4]}
+        assert {k: now[k] for k in topics.CHANGELOG_CONFIGS} == dict(topics.CHANGELOG_CONFIGS)
+        assert now["retention.ms"] == "123456789"
+        again = _run(["--alter-changelog"], env)
+        assert again.returncode == 0 and '"topic_altered"' not in again.stdout, again.stdout
     finally:
         await topics.delete(kafka_admin, [changelog])
