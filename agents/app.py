@@ -125,7 +125,8 @@ async def check_topics(ctx: WorkerContext) -> None:
             log.warning("%s", problem)
     for problem in state.problems:
         if "fewer than" not in problem:  # grown above
-            log.warning("topic_differs %s (recovery reads more records; python -m geoiot.topics --alter-changelog sets it)", problem)
+            log.warning("topic_differs %s (recovery reads more records; python -m geoiot.topics "
+                        "--alter-changelog sets it)", problem)
 
 
 async def check_elasticsearch(ctx: WorkerContext) -> None:

@@ -12,7 +12,8 @@ does not have yet first grows the changelog to match (:func:`geoiot.topics.grow`
 partitions are empty. Kafka's default partitioner then sends some tracks to other partitions: such a
 track starts without state on the worker that owns its new partition (its first report there has no
 motion fields and no exit alert), unless the same worker held its old partition, where the state
-follows the track (:meth:`TrackTable.put`) and the old partition gets a tombstone for it.
+follows the track (:meth:`TrackTable.put`) and the old partition gets a tombstone for it; a recovery
+that reads both partitions keeps the newer state (by record timestamp), in whichever order it reads them.
 
 Compaction (:data:`geoiot.topics.CHANGELOG_CONFIGS`: 8 MiB or 5 min segments, ratio 0.1): Kafka compacts
 only closed segments, and a log only once its dirty share passes ``min.cleanable.dirty.ratio``; with the
@@ -144,6 +145,13 @@ class TrackTable:
                     del self._partition_of[track]
                     self._updated.pop(track, None)
 
+    def _older_than_held(self, track: str, partition: int, updated_ms: int | None) -> bool:
+        """Whether a recovered state is older than the one held for the track from another partition: the
+        partition the track's events left (partitions added), read after the one they moved to."""
+        held = self._partition_of.get(track)
+        return (held is not None and held != partition and updated_ms is not None
+                and updated_ms < self._updated.get(track, 0))
+
     async def recover(self, partitions: Iterable[int]) -> int:
         """Read the changelog partitions from the beginning to their current end; returns records read."""
         wanted = sorted(set(partitions) - self.partitions)
@@ -173,8 +181,10 @@ class TrackTable:
                             self._remove(track, tp.partition)
                         else:  # last updated when the state was written (the record's timestamp, ms)
                             stamp = getattr(message, "timestamp", None)
-                            self.put(tp.partition, track, orjson.loads(message.value),
-                                     stamp if isinstance(stamp, int) and stamp > 0 else None)
+                            updated = stamp if isinstance(stamp, int) and stamp > 0 else None
+                            if self._older_than_held(track, tp.partition, updated):
+                                continue
+                            self.put(tp.partition, track, orjson.loads(message.value), updated)
                 for tp in list(todo):
                     if await consumer.position(tp) >= ends[tp]:
                         todo.discard(tp)

@@ -39,6 +39,7 @@ class Record:
     offset: int
     topic: str = TOPICS.source
     partition: int = 0
+    timestamp: int | None = None  # ms, as the broker stamps a record
 
 
 def position(track: str, n: int) -> bytes:
@@ -206,7 +207,8 @@ class FakeReader:
 
     async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
         out = {}
-        for tp in tps:
+        order = list(self.records)
+        for tp in sorted(tps, key=lambda tp: order.index(tp.partition) if tp.partition in order else len(order)):
             pending = self.records.get(tp.partition, [])[self.positions[tp]:]
             if pending:
                 out[tp] = pending[:2]  # a few at a time, as a fetch would
@@ -413,14 +415,17 @@ async def test_a_track_whose_events_move_partition_leaves_a_tombstone_that_recov
     assert sent == [("a", False, 0), ("a", True, 0), ("a", False, 1)]
     assert s.table.get("a")["t"] == orjson.loads(position("a", 1))["observationTime"]
     old, new = {"time": 1, "lon": 0.0, "lat": 0.0}, {"time": 2, "lon": 0.0, "lat": 0.0}
-    # Partition 1 is read before partition 0's tombstone (two records per fetch and partition).
-    reader = FakeReader({0: [Record(orjson.dumps("a"), orjson.dumps(old), 0),
-                             Record(orjson.dumps("b"), orjson.dumps(old), 1),
-                             Record(orjson.dumps("a"), None, 2)],
-                         1: [Record(orjson.dumps("a"), orjson.dumps(new), 0)]})
-    table = TrackTable(TOPICS.changelog, lambda: reader)
-    await table.recover([0, 1])
-    assert table.get("a") == new and table.get("b") == old
+    stamp = 1_700_000_000_000
+    for first in (0, 1):  # which partition a fetch hands over first
+        # Partition 1 is read before partition 0's tombstone (two records per fetch and partition).
+        records = {0: [Record(orjson.dumps("a"), orjson.dumps(old), 0, timestamp=stamp),
+                       Record(orjson.dumps("b"), orjson.dumps(old), 1, timestamp=stamp),
+                       Record(orjson.dumps("a"), None, 2, timestamp=stamp + 5)],
+                   1: [Record(orjson.dumps("a"), orjson.dumps(new), 0, timestamp=stamp + 5)]}
+        reader = FakeReader(dict(sorted(records.items(), key=lambda item: item[0] != first)))
+        table = TrackTable(TOPICS.changelog, lambda: reader)
+        await table.recover([0, 1])
+        assert table.get("a") == new and table.get("b") == old, first
 
 
 class LaggingConsumer(FakeConsumer):
