@@ -88,7 +88,11 @@ def load_context(environ: Mapping[str, str] | None = None) -> WorkerContext:
 
 
 async def check_topics(ctx: WorkerContext) -> None:
-    """The source topic must exist; dead-letter, alerts and the compacted changelog are created like it."""
+    """The source topic must exist; dead-letter, alerts and the compacted changelog are created like it.
+
+    A changelog with fewer partitions than the source (partitions added while no worker ran) is grown
+    (:mod:`agents.state`); one that is not compacted is refused; other configs that differ from
+    :data:`geoiot.topics.CHANGELOG_CONFIGS` are reported (recovery reads more) but accepted."""
     s = ctx.settings
     try:
         async with topics.admin_client(s.kafka_bootstrap, timeout=PREFLIGHT_TIMEOUT) as admin:
@@ -100,17 +104,29 @@ async def check_topics(ctx: WorkerContext) -> None:
             ctx.partitions = found[ctx.topics.source].partitions
             outputs = [topics.TopicSpec(n, ctx.partitions, s.iot_replication)
                        for n in dict.fromkeys([ctx.topics.dlq, ctx.topics.alerts])]
-            changelog = topics.TopicSpec(ctx.topics.changelog, ctx.partitions, s.iot_replication, topics.COMPACTED)
+            name, wanted = ctx.topics.changelog, topics.CHANGELOG_CONFIGS
+            changelog = topics.TopicSpec(name, ctx.partitions, s.iot_replication, wanted)
             *made, state = await topics.ensure(admin, [*outputs, changelog], PREFLIGHT_TIMEOUT)
+            found = await topics.describe(admin, [name], topics.CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT)
+            required = topics.differences(
+                topics.TopicSpec(name, 0, configs={k: wanted[k] for k in topics.CHANGELOG_REQUIRED}), found[name])
+            if required:
+                raise PreflightError(
+                    f"{'; '.join(required)}: the changelog must be compacted; delete it (its state is rebuilt "
+                    "from new events) or use a new IOT_APP_ID")
+            if state.partitions < ctx.partitions:
+                before, after = await topics.grow(admin, changelog.name, ctx.partitions, PREFLIGHT_TIMEOUT)
+                log.warning("changelog grown topic=%s partitions=%d->%d (the new partitions start empty)",
+                            changelog.name, before, after)
     except topics.TopicsError as exc:
         raise PreflightError(str(exc)) from None
     for result in made:
         for problem in result.problems:
             log.warning("%s", problem)
-    if state.problems:
-        raise PreflightError(
-            f"{'; '.join(state.problems)}: the changelog must be compacted and have the source topic's "
-            f"{ctx.partitions} partitions; delete it (its state is rebuilt from new events) or use a new IOT_APP_ID")
+    for problem in state.problems:
+        if "fewer than" not in problem:  # grown above
+            log.warning("topic_differs %s (recovery reads more records; python -m geoiot.topics "
+                        "--alter-changelog sets it)", problem)
 
 
 async def check_elasticsearch(ctx: WorkerContext) -> None:
@@ -239,7 +255,8 @@ class Observations(Service):
             pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
                               EventTimeBounds.from_settings(s)),
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
-            idle_timeout=s.iot_track_idle_timeout, flushes_in_flight=s.iot_flushes_in_flight)
+            idle_timeout=s.iot_track_idle_timeout, flushes_in_flight=s.iot_flushes_in_flight,
+            metadata_max_age=s.iot_metadata_max_age, stall_timeout=s.iot_stall_timeout)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
         log.info("agents started topic=%s partitions=%d group=%s index=%s sinks=%s fences=%d filter=%s",
@@ -285,6 +302,7 @@ async def report_lag() -> None:
     _lag_partitions.clear()
     _lag_partitions.update(current)
     m.TRACKS.set(len(stream.table))
+    stream.problems()  # notes a lag of zero as progress, so that a burst after idling is not a stall
 
 
 @app.timer(interval=3600.0, on_leader=True)
@@ -316,6 +334,8 @@ async def healthz(self: Any, request: Any) -> Any:
     problems = []
     if not runtime.started:
         problems.append("starting")
+    elif runtime.stream is not None:
+        problems.extend(runtime.stream.problems())
     for sink in runtime.sinks:
         failing = getattr(sink, "failing_since", None)
         if failing is not None and time.monotonic() - failing > 30:

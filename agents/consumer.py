@@ -29,6 +29,14 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
   newly assigned partitions are consumed, their track states are recovered from the changelog.
+* Partitions added to the source topic: the consumer refreshes its metadata at least every
+  ``IOT_METADATA_MAX_AGE`` seconds, so the group rebalances within that bound; a worker assigned a
+  partition the changelog lacks grows the changelog first (new partitions empty, see :mod:`agents.state`),
+  so recovery never asks for a changelog partition that does not exist.
+
+Health (:meth:`SourceStream.problems`, served by ``/healthz``): not healthy until the first assignment is
+recovered, while a rebalance or a recovery is under way, and when the assigned partitions have a lag but
+nothing was committed for ``IOT_STALL_TIMEOUT`` seconds (progress is a commit, or a lag of zero).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import gc
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +60,7 @@ from agents.pipeline import BatchResult, Message, Pipeline
 from agents.sink import Sink
 from agents.state import TrackTable, changelog_reader
 from agents.validate import dead_letter
+from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
 
 log = logging.getLogger("agents")
@@ -117,10 +127,14 @@ class SourceStream:
 
     def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
                  sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
-                 flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT) -> None:
+                 flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT,
+                 grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
         the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones.
-        ``flushes_in_flight``: IOT_FLUSHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order)."""
+        ``flushes_in_flight``: IOT_FLUSHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
+        ``grow_changelog(n)``: gives the changelog at least ``n`` partitions (before a recovery needs them).
+        ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within = bulk_size, bulk_within
@@ -134,20 +148,36 @@ class SourceStream:
         # Set once the assigned partitions' states are recovered; cleared while a rebalance is under way.
         # aiokafka may hand out records before on_partitions_assigned returned, so the loop waits for it.
         self._ready = asyncio.Event()
+        self.grow_changelog, self.stall_timeout, self.clock = grow_changelog, stall_timeout, clock
+        self.assigned_once = False
+        self.recovering: tuple[list[int], float] | None = None  # partitions being recovered, since when
+        self.rebalancing_since: float | None = None
+        self.progress_at = clock()  # last commit, or last time no assigned partition had a lag
 
     @classmethod
     def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, idle_timeout: float = 0.0,
-                **kwargs: Any) -> "SourceStream":
+                metadata_max_age: float = 30.0, **kwargs: Any) -> "SourceStream":
         """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
-        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`)."""
+        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
         producer = make_producer(bootstrap)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
             session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            metadata_max_age_ms=int(metadata_max_age * 1000),  # how soon added partitions are seen
             max_poll_interval_ms=600_000)  # a long Elasticsearch outage must not evict the worker
         table = TrackTable(topics.changelog, lambda: changelog_reader(bootstrap), idle_timeout=idle_timeout)
-        return cls(consumer=consumer, producer=producer, table=table, topics=topics, bulk_size=bulk_size, **kwargs)
+
+        async def grow_changelog(partitions: int) -> None:
+            async with kafka_topics.admin_client(bootstrap) as admin:
+                before, after = await kafka_topics.grow(admin, topics.changelog, partitions)
+            if after > before:
+                log.warning("changelog grown topic=%s partitions=%d->%d (the new partitions start empty)",
+                            topics.changelog, before, after)
+            await producer.client.force_metadata_update()  # the producer checks a partition against its metadata
+
+        return cls(consumer=consumer, producer=producer, table=table, topics=topics, bulk_size=bulk_size,
+                   grow_changelog=grow_changelog, **kwargs)
 
     # --- lifecycle ---
 
@@ -178,6 +208,7 @@ class SourceStream:
 
     async def on_revoked(self, partitions: list[int]) -> None:
         self._ready.clear()
+        self.rebalancing_since = self.clock()
         async with self._lock:
             try:
                 await self._drain()
@@ -188,11 +219,18 @@ class SourceStream:
     async def on_assigned(self, partitions: list[int]) -> None:
         self.table.drop(self.table.partitions - set(partitions))
         self.pending_states.clear()
-        await self.table.recover(partitions)
-        self.committed = {}
-        for p in partitions:
-            self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
+        self.recovering = (sorted(partitions), self.clock())
+        try:
+            if partitions and self.grow_changelog is not None:
+                await self.grow_changelog(max(partitions) + 1)
+            await self.table.recover(partitions)
+            self.committed = {}
+            for p in partitions:
+                self.committed[p] = await self.consumer.committed(TopicPartition(self.topics.source, p)) or 0
+        finally:
+            self.recovering = None
         settle_heap()
+        self.assigned_once, self.rebalancing_since, self.progress_at = True, None, self.clock()
         self._ready.set()
         log.info("partitions assigned topic=%s partitions=%s tracks=%d", self.topics.source, partitions,
                  len(self.table))
@@ -345,7 +383,10 @@ class SourceStream:
             await previous  # raises if an earlier batch failed: this one is not committed either
         changes, partitions = [], []
         for track, (partition, state) in result.states.items():
-            self.table.put(partition, track, state)
+            left = self.table.put(partition, track, state)
+            if left is not None:  # its events moved to another partition: the old one forgets it
+                changes.append((orjson.dumps(track), None))
+                partitions.append(left)
             pending = self.pending_states.get(track)
             if pending is not None and pending[0] == batch.seq:
                 del self.pending_states[track]
@@ -382,6 +423,7 @@ class SourceStream:
             return
         for tp, offset in offsets.items():
             self.committed[tp.partition] = offset
+        self.progress_at = self.clock()
 
     def lag(self) -> dict[int, int]:
         """Messages behind the end of each assigned source partition (by committed position)."""
@@ -392,3 +434,21 @@ class SourceStream:
                 continue
             out[tp.partition] = max(0, highwater - self.committed.get(tp.partition, 0))
         return out
+
+    def problems(self) -> list[str]:
+        """Why the stream is not making progress now (empty: healthy); see the module docstring."""
+        now = self.clock()
+        if self.recovering is not None:
+            partitions, since = self.recovering
+            return [f"recovering track state of partitions {partitions} for {now - since:.0f}s"]
+        if not self.assigned_once:
+            return ["waiting for partitions from the consumer group"]
+        if self.rebalancing_since is not None:
+            return [f"rebalancing for {now - self.rebalancing_since:.0f}s"]
+        behind = sum(self.lag().values())
+        if not behind:
+            self.progress_at = now
+            return []
+        if now - self.progress_at > self.stall_timeout:
+            return [f"stalled: {behind} messages behind and nothing committed for {now - self.progress_at:.0f}s"]
+        return []

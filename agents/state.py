@@ -7,6 +7,23 @@ changelog partition ``p`` to its end before it processes any event of ``p``. Thi
 of a Faust table (same topic name, same key and value encoding: JSON), kept here because the
 agents consume the source topic with aiokafka directly (see :mod:`agents.consumer`).
 
+Partitions added to the source topic: the worker that is assigned a source partition the changelog
+does not have yet first grows the changelog to match (:func:`geoiot.topics.grow`); the new changelog
+partitions are empty. Kafka's default partitioner then sends some tracks to other partitions: such a
+track starts without state on the worker that owns its new partition (its first report there has no
+motion fields and no exit alert), unless the same worker held its old partition, where the state
+follows the track (:meth:`TrackTable.put`) and the old partition gets a tombstone for it; a recovery
+that reads both partitions keeps the newer state (by record timestamp), in whichever order it reads them.
+
+Compaction (:data:`geoiot.topics.CHANGELOG_CONFIGS`: 8 MiB or 5 min segments, ratio 0.1): Kafka compacts
+only closed segments, and a log only once its dirty share passes ``min.cleanable.dirty.ratio``; with the
+broker's settings (segments of 1 GiB, 256 MiB in infra/local; ratio 0.5) a changelog of a few hundred MB
+is never compacted and recovery reads every update ever written. Small, time-bounded segments and a low
+ratio keep recovery near one record per track (plus at most a segment and a tenth of dirty records per
+partition). A changelog created with other values is reported
+at worker start and by ``python -m geoiot.topics`` (it still works, recovery reads more);
+``python -m geoiot.topics --alter-changelog`` sets them.
+
 Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
 put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a
 track idle longer than the timeout, and :meth:`TrackTable.evict_idle` drops such tracks so that the
@@ -25,12 +42,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import idle
 from agents.tracks import State
+from geoiot import topics
 
 log = logging.getLogger("agents.state")
 
 
-def changelog_topic(app_id: str) -> str:
-    return f"{app_id}-tracks-changelog"
+changelog_topic = topics.changelog_name
 
 
 def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:
@@ -77,15 +94,23 @@ class TrackTable:
             return None
         return self._by_partition[partition].get(track)
 
-    def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> None:
+    def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> int | None:
+        """Store the state; returns the partition the track left when its events moved (partitions added
+        to the source topic), whose changelog should get a tombstone for it, else None."""
         old = self._partition_of.get(track)
-        if old is not None and old != partition:  # the producer's partitioner changed: follow the events
+        moved = old is not None and old != partition
+        if moved:  # the producer's partitioner changed: follow the events
             self._by_partition.get(old, {}).pop(track, None)
         self._by_partition.setdefault(partition, {})[track] = state
         self._partition_of[track] = partition
         self._updated[track] = self._now_ms() if updated_ms is None else updated_ms
+        return old if moved else None
 
-    def _remove(self, track: str) -> None:
+    def _remove(self, track: str, partition: int | None = None) -> None:
+        """Forget a track; with ``partition``, only if it is still kept there (a tombstone of a partition
+        the track left must not remove its state in the partition it moved to)."""
+        if partition is not None and self._partition_of.get(track) != partition:
+            return
         partition = self._partition_of.pop(track, None)
         if partition is not None:
             self._by_partition.get(partition, {}).pop(track, None)
@@ -120,6 +145,13 @@ class TrackTable:
                     del self._partition_of[track]
                     self._updated.pop(track, None)
 
+    def _older_than_held(self, track: str, partition: int, updated_ms: int | None) -> bool:
+        """Whether a recovered state is older than the one held for the track from another partition: the
+        partition the track's events left (partitions added), read after the one they moved to."""
+        held = self._partition_of.get(track)
+        return (held is not None and held != partition and updated_ms is not None
+                and updated_ms < self._updated.get(track, 0))
+
     async def recover(self, partitions: Iterable[int]) -> int:
         """Read the changelog partitions from the beginning to their current end; returns records read."""
         wanted = sorted(set(partitions) - self.partitions)
@@ -146,11 +178,13 @@ class TrackTable:
                         read += 1
                         track = orjson.loads(message.key)
                         if message.value is None:  # tombstone
-                            self._remove(track)
+                            self._remove(track, tp.partition)
                         else:  # last updated when the state was written (the record's timestamp, ms)
                             stamp = getattr(message, "timestamp", None)
-                            self.put(tp.partition, track, orjson.loads(message.value),
-                                     stamp if isinstance(stamp, int) and stamp > 0 else None)
+                            updated = stamp if isinstance(stamp, int) and stamp > 0 else None
+                            if self._older_than_held(track, tp.partition, updated):
+                                continue
+                            self.put(tp.partition, track, orjson.loads(message.value), updated)
                 for tp in list(todo):
                     if await consumer.position(tp) >= ends[tp]:
                         todo.discard(tp)

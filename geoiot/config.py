@@ -306,6 +306,10 @@ SETTINGS: tuple[Setting, ...] = (
             "is cut to it)", int, minimum=1, maximum=10_000),
     Setting("WEB_SSE_FEATURE_BUDGET", 20_000, "Features all /api/events views together may hold (each reserves its "
             "limit); a new view beyond is 503 busy", int, minimum=1, maximum=10_000_000),
+    Setting("IOT_METADATA_MAX_AGE", 30.0, "Seconds at most before a worker sees partitions added to the source topic "
+            "(it then rebalances and grows the changelog)", float, minimum=1, maximum=3600),
+    Setting("IOT_STALL_TIMEOUT", 60.0, "Seconds a worker may be behind its partitions without committing before "
+            "/healthz says stalled (503)", float, minimum=1, maximum=86400),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -367,6 +371,8 @@ class Settings:
     iot_webhook_cooldown: float
     web_sse_view_features: int
     web_sse_feature_budget: int
+    iot_metadata_max_age: float
+    iot_stall_timeout: float
 
     @property
     def es_hosts(self) -> list[str]:

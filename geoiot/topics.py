@@ -19,6 +19,7 @@ before failing with a clear message and a non-zero exit.
 
     python -m geoiot.topics [--bootstrap HOST:PORT] [--partitions N] [--replication N] [--wait S]
     python -m geoiot.topics --check      # exit 0 only when every topic exists (a health check)
+    python -m geoiot.topics --alter-changelog   # also give IOT_APP_ID's changelog the compaction settings
 """
 
 from __future__ import annotations
@@ -33,14 +34,25 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (InvalidPartitionsError, KafkaConnectionError, KafkaError, TopicAlreadyExistsError,
+                             for_code)
 
 from geoiot import config
 
-ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION")
+ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION",
+        "IOT_APP_ID")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
+# The agents' track-state changelog (agents.state explains each value): Kafka compacts only closed
+# segments, once their superseded share passes the ratio; these keep recovery near one record per track.
+CHANGELOG_CONFIGS: Mapping[str, str] = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(8 << 20),
+    "segment.ms": str(5 * 60_000),
+    "min.cleanable.dirty.ratio": "0.1",
+}
+CHANGELOG_REQUIRED = ("cleanup.policy",)  # without these the changelog loses state; the others cost recovery time
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -84,6 +96,11 @@ def log(event: str, **fields: object) -> None:
     """One structured line per meaningful event, on stdout (where schedulers collect logs)."""
     sys.stdout.write(orjson.dumps({"ts": round(time.time(), 3), "event": event, **fields}).decode() + "\n")
     sys.stdout.flush()
+
+
+def changelog_name(app_id: str) -> str:
+    """The track-state changelog of the agents' consumer group ``app_id`` (a Faust table's topic name)."""
+    return f"{app_id}-tracks-changelog"
 
 
 def topic_names(settings: config.Settings) -> list[str]:
@@ -251,6 +268,61 @@ async def ensure(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec],
     return [results[s.name] for s in specs]
 
 
+async def grow(admin: AIOKafkaAdminClient, name: str, partitions: int,
+               timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
+    """Give an existing topic at least ``partitions`` partitions; returns (before, after).
+
+    The one alteration this module makes, for the agents' changelog when the source topic grew: the new
+    partitions are empty. Several workers may grow it at once: a count already reached is not an error.
+    """
+    bootstrap = _bootstrap(admin)
+    found = await describe(admin, [name], timeout=timeout)
+    if name not in found:
+        raise TopicsError(f"topic {name!r} does not exist on {bootstrap}; cannot add partitions to it")
+    before = found[name].partitions
+    if before < partitions:
+        try:
+            await _within("create partitions", bootstrap, timeout,
+                          admin.create_partitions({name: NewPartitions(partitions)}))
+        except TopicsError as exc:
+            if InvalidPartitionsError.__name__ not in str(exc):  # grown concurrently by another worker
+                raise
+    after = (await wait_for_leaders(admin, [name], timeout))[name]
+    if after < partitions:
+        raise TopicsError(f"topic {name!r} has {after} partitions after asking for {partitions}")
+    return before, after
+
+
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs' config source of a setting made on the topic itself
+
+
+async def alter(admin: AIOKafkaAdminClient, name: str, configs: Mapping[str, str],
+                timeout: float = DEFAULT_TIMEOUT) -> dict[str, tuple[str | None, str]]:
+    """Set ``configs`` on an existing topic, keeping its other own settings; returns {key: (old, new)} changed.
+
+    Kafka's AlterConfigs request (the one aiokafka sends) replaces the whole set of a topic's own settings,
+    so they are read first and sent again beside the new values (a change made by someone else between
+    the two requests would be lost)."""
+    bootstrap = _bootstrap(admin)
+    resource = ConfigResource(ConfigResourceType.TOPIC, name, None)
+    responses = await _within("describe configs", bootstrap, timeout, admin.describe_configs([resource]))
+    [(error_code, message, _kind, _name, entries)] = [r[:5] for response in responses for r in response.resources]
+    if error_code:
+        raise TopicsError(f"topic {name!r}: {for_code(error_code).__name__}: {message}")
+    effective = {e[0]: e[1] for e in entries}
+    own = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG}
+    if any(value is None for value in own.values()):  # a sensitive setting is not readable, so not kept
+        raise TopicsError(f"topic {name!r} has settings that cannot be read back; alter it with kafka-configs")
+    changed = {k: (effective.get(k), v) for k, v in configs.items() if effective.get(k) != v}
+    if changed:
+        altered = ConfigResource(ConfigResourceType.TOPIC, name, {**own, **configs})
+        for response in await _within("alter configs", bootstrap, timeout, admin.alter_configs([altered])):
+            for code, text, *_ in response.resources:
+                if code:
+                    raise TopicsError(f"topic {name!r}: {for_code(code).__name__}: {text}")
+    return changed
+
+
 async def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = DEFAULT_TIMEOUT) -> TopicResult:
     """:func:`ensure` for one topic with a client of its own (replay, benchmarks)."""
     async with admin_client(bootstrap, timeout=timeout) as admin:
@@ -276,7 +348,7 @@ async def delete_topics(bootstrap: str, names: Sequence[str] = (), prefix: str |
         return await delete(admin, names, prefix, timeout)
 
 
-async def run(settings: config.Settings, wait: float, check: bool) -> int:
+async def run(settings: config.Settings, wait: float, check: bool, alter_changelog: bool = False) -> int:
     names = topic_names(settings)
 
     def retrying(attempt: int) -> None:
@@ -290,25 +362,59 @@ async def run(settings: config.Settings, wait: float, check: bool) -> int:
                 log("topics_missing", topics=missing, bootstrap=settings.kafka_bootstrap)
                 return 1
             log("topics_present", topics={n: found[n].partitions for n in names})
+            await check_changelog(admin, settings.iot_app_id, found[settings.iot_topic].partitions)
             return 0
         specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
         for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
             for problem in r.problems:
                 log("topic_differs", topic=r.name, problem=problem)
+            if r.name == settings.iot_topic:
+                if alter_changelog:
+                    await alter_changelog_configs(admin, settings.iot_app_id)
+                await check_changelog(admin, settings.iot_app_id, r.partitions)
         return 0
+
+
+async def alter_changelog_configs(admin: AIOKafkaAdminClient, app_id: str) -> None:
+    """Give an existing changelog of ``app_id`` the compaction settings of :data:`CHANGELOG_CONFIGS` that are
+    safe to change on a live topic (not ``cleanup.policy``: a changelog that is not compacted is refused by
+    the worker, and changing it is the operator's decision)."""
+    name = changelog_name(app_id)
+    if name not in await describe(admin, [name]):
+        return
+    safe = {k: v for k, v in CHANGELOG_CONFIGS.items() if k not in CHANGELOG_REQUIRED}
+    for key, (old, new) in (await alter(admin, name, safe)).items():
+        log("topic_altered", topic=name, config=key, old=old, new=new)
+
+
+async def check_changelog(admin: AIOKafkaAdminClient, app_id: str, partitions: int) -> tuple[str, ...]:
+    """Log how an existing changelog of ``app_id`` differs from :data:`CHANGELOG_CONFIGS` and the source's
+    ``partitions`` (the worker creates it, grows it and refuses it uncompacted; this only reports)."""
+    name = changelog_name(app_id)
+    found = await describe(admin, [name], list(CHANGELOG_CONFIGS))
+    if name not in found:
+        return ()
+    problems = differences(TopicSpec(name, partitions, configs=CHANGELOG_CONFIGS), found[name])
+    for problem in problems:
+        log("topic_differs", topic=name, problem=problem)
+    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m geoiot.topics",
-        description="Create the source, dead-letter and alerts topics (idempotent).",
+        description="Create the source, dead-letter and alerts topics (idempotent); report how the agents' "
+                    "changelog (IOT_APP_ID) differs from its configs.",
     )
     config.add_flags(parser, ENVS)
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="keep retrying an unreachable broker for this long (default 0: fail at once)")
     parser.add_argument("--check", action="store_true",
                         help="only check that every topic exists (exit 1 otherwise); creates nothing")
+    parser.add_argument("--alter-changelog", action="store_true",
+                        help="set the changelog's compaction settings (segment size and age, dirty ratio) to the "
+                             "agents' (recovery reads about one record per track once compacted)")
     return parser
 
 
@@ -316,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = config.from_args(args)
-        return asyncio.run(run(settings, args.wait, args.check))
+        return asyncio.run(run(settings, args.wait, args.check, args.alter_changelog))
     except (TopicsError, ValueError) as exc:
         print(f"geoiot.topics: error: {exc}", file=sys.stderr)
         return 2

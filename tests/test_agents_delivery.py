@@ -39,6 +39,7 @@ class Record:
     offset: int
     topic: str = TOPICS.source
     partition: int = 0
+    timestamp: int | None = None  # ms, as the broker stamps a record
 
 
 def position(track: str, n: int) -> bytes:
@@ -206,7 +207,8 @@ class FakeReader:
 
     async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
         out = {}
-        for tp in tps:
+        order = list(self.records)
+        for tp in sorted(tps, key=lambda tp: order.index(tp.partition) if tp.partition in order else len(order)):
             pending = self.records.get(tp.partition, [])[self.positions[tp]:]
             if pending:
                 out[tp] = pending[:2]  # a few at a time, as a fetch would
@@ -396,3 +398,89 @@ async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_fo
     commit_at = next(i for i, e in enumerate(log) if e[0] == "commit")
     assert sink_at < min(acked) and max(acked) < commit_at
     assert log[commit_at][1] == {0: 3, 1: 2}
+
+
+async def test_a_track_whose_events_move_partition_leaves_a_tombstone_that_recovery_applies_to_that_partition_only(
+        ) -> None:
+    """Partitions added to the source topic move a track's events: its state follows on this worker, its old
+    changelog partition gets a tombstone, and recovering both partitions keeps the newer state whatever the
+    order in which the two partitions are read."""
+    log: list[Any] = []
+    moved = {1: [Record(b"a", position("a", 1), 0, partition=1)]}
+    consumer = FakeConsumer(log, [batch(0, "a"), moved], partitions=(0, 1))
+    producer = FakeProducer(log)
+    s = stream(consumer, producer, [FakeSink(log)])
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
+    sent = [(orjson.loads(k), v is None, p) for k, v, p in producer.sent[TOPICS.changelog]]
+    assert sent == [("a", False, 0), ("a", True, 0), ("a", False, 1)]
+    assert s.table.get("a")["t"] == orjson.loads(position("a", 1))["observationTime"]
+    old, new = {"time": 1, "lon": 0.0, "lat": 0.0}, {"time": 2, "lon": 0.0, "lat": 0.0}
+    stamp = 1_700_000_000_000
+    for first in (0, 1):  # which partition a fetch hands over first
+        # Partition 1 is read before partition 0's tombstone (two records per fetch and partition).
+        records = {0: [Record(orjson.dumps("a"), orjson.dumps(old), 0, timestamp=stamp),
+                       Record(orjson.dumps("b"), orjson.dumps(old), 1, timestamp=stamp),
+                       Record(orjson.dumps("a"), None, 2, timestamp=stamp + 5)],
+                   1: [Record(orjson.dumps("a"), orjson.dumps(new), 0, timestamp=stamp + 5)]}
+        reader = FakeReader(dict(sorted(records.items(), key=lambda item: item[0] != first)))
+        table = TrackTable(TOPICS.changelog, lambda: reader)
+        await table.recover([0, 1])
+        assert table.get("a") == new and table.get("b") == old, first
+
+
+class LaggingConsumer(FakeConsumer):
+    """A consumer whose partitions end at offset 10."""
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return 10
+
+
+class GatedReader(FakeReader):
+    """A changelog reader whose recovery waits for ``gate``."""
+
+    def __init__(self, log: list[Any], gate: asyncio.Event) -> None:
+        super().__init__({})
+        self.log, self.gate = log, gate
+
+    async def start(self) -> None:
+        self.log.append(("reader_started",))
+        await self.gate.wait()
+
+
+async def test_problems_say_recovering_then_stalled_while_behind_without_commits_and_clear_with_progress() -> None:
+    """The health rule of SourceStream.problems, on a fake clock: waiting for the group, recovering (after the
+    changelog was grown to the assigned partitions), stalled once behind without a commit for longer than the
+    stall timeout, and healthy again when nothing is behind."""
+    log: list[Any] = []
+    now = [100.0]
+    gate = asyncio.Event()
+    consumer = LaggingConsumer(log, [], partitions=(0, 2))
+    table = TrackTable(TOPICS.changelog, lambda: GatedReader(log, gate))
+
+    async def grow(partitions: int) -> None:
+        log.append(("grow", partitions))
+
+    s = SourceStream(consumer=consumer, producer=FakeProducer(log), table=table, topics=TOPICS,
+                     pipeline=Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), "obs"), sinks=[FakeSink(log)],
+                     bulk_size=100, bulk_within=0.01, grow_changelog=grow, stall_timeout=30.0, clock=lambda: now[0])
+    assert s.problems() == ["waiting for partitions from the consumer group"]
+    starting = asyncio.ensure_future(s.start())
+    while ("reader_started",) not in log:
+        await asyncio.sleep(0.005)
+    now[0] += 7
+    assert s.problems() == ["recovering track state of partitions [0, 2] for 7s"]
+    assert log.index(("grow", 3)) < log.index(("reader_started",))  # the changelog partition exists first
+    gate.set()
+    await starting
+    assert s.problems() == []  # behind by 20, but the assignment just now is progress
+    now[0] += 31
+    assert s.problems() == ["stalled: 20 messages behind and nothing committed for 31s"]
+    consumer.highwater = lambda tp: None  # nothing known to be behind: no stall
+    assert s.problems() == []
+    consumer.highwater = lambda tp: 10
+    now[0] += 29
+    assert s.problems() == []  # the lag of zero above counted as progress
+    await s.on_revoked([0, 2])
+    now[0] += 4
+    assert s.problems() == ["rebalancing for 4s"]
+    await s.stop()

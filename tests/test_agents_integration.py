@@ -508,31 +508,43 @@ async def changelog_config(kafka_admin, topic: str) -> dict[str, str]:
     return {entry[0]: entry[1] for entry in resource[4]}
 
 
-async def test_the_changelog_is_compacted_and_must_have_the_source_partitions(stack, kafka_admin, new_topic,
-                                                                              agent_env, output_dir):
-    """The worker creates the track-state changelog compacted, with the source's partitions, and refuses
-    to start (one line, non-zero exit) on a changelog with fewer partitions or without compaction."""
+async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its_configs_checked(
+        stack, kafka_admin, new_topic, agent_env, output_dir):
+    """The worker creates the track-state changelog with geoiot.topics' CHANGELOG_CONFIGS and the source's partitions;
+    a changelog with fewer partitions is grown, one with other compaction settings is named per setting (and
+    accepted), and one without compaction is refused (one line, non-zero exit)."""
     topic = await new_topic("agents-log", partitions=3)
     env = agent_env(topic)
     worker = Worker(env, output_dir / f"{topic}.log").start()
     worker.stop()
     try:
         changelog = f"{env['IOT_APP_ID']}-tracks-changelog"
-        assert (await changelog_config(kafka_admin, changelog))["cleanup.policy"] == "compact"
+        config = await changelog_config(kafka_admin, changelog)
+        assert {k: config[k] for k in topics.CHANGELOG_CONFIGS} == topics.CHANGELOG_CONFIGS
         described = await kafka_admin.describe_topics([changelog])
         assert len(described[0]["partitions"]) == 3
 
-        await topics.ensure(kafka_admin, [topics.TopicSpec(f"{topic}-small-tracks-changelog", 1),
+        small = f"{topic}-small"
+        await topics.ensure(kafka_admin, [topics.TopicSpec(f"{small}-tracks-changelog", 1, configs=topics.COMPACTED),
                                           topics.TopicSpec(f"{topic}-kept-tracks-changelog", 3)])
-        for app_id, problem in ((f"{topic}-small", "has 1 partitions, fewer than the 3"),
-                                (f"{topic}-kept", "has cleanup.policy=delete, not compact")):
-            with pytest.raises(AssertionError, match=problem) as failed:
-                Worker(agent_env(topic, IOT_APP_ID=app_id), output_dir / f"{app_id}.log").start(timeout=60)
-            assert "worker exited with 1" in str(failed.value)
-            assert [line for line in str(failed.value).splitlines() if line.startswith("agents: ")] == [
-                next(line for line in str(failed.value).splitlines() if problem in line)]
+        log = output_dir / f"{small}.log"
+        Worker(agent_env(topic, IOT_APP_ID=small), log).start(timeout=60).stop()
+        described = await kafka_admin.describe_topics([f"{small}-tracks-changelog"])
+        assert len(described[0]["partitions"]) == 3
+        text = log.read_text()
+        assert "changelog grown" in text and "partitions=1->3" in text
+        for key in set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"}:
+            assert f"topic_differs topic '{small}-tracks-changelog' has {key}=" in text, key
+        problem = "has cleanup.policy=delete, not compact"
+        app_id = f"{topic}-kept"
+        with pytest.raises(AssertionError, match=problem) as failed:
+            Worker(agent_env(topic, IOT_APP_ID=app_id), output_dir / f"{app_id}.log").start(timeout=60)
+        assert "worker exited with 1" in str(failed.value)
+        assert [line for line in str(failed.value).splitlines() if line.startswith("agents: ")] == [
+            next(line for line in str(failed.value).splitlines() if problem in line)]
     finally:
         await cleanup_topics(kafka_admin, [f"{topic}-"])
+
 
 def newest_reports(recs: list[dict]) -> dict[str, dict]:
     """Each track's newest report (on equal times the later one, as the agents keep it)."""

@@ -9,6 +9,7 @@ import sys
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from geoiot import config, topics
 from conftest import ROOT, unique_name
@@ -25,7 +26,7 @@ async def names(kafka_admin: AIOKafkaAdminClient):
 
 
 def _env(stack: config.Settings, python_env: dict[str, str], names: list[str], **extra: str) -> dict[str, str]:
-    env = dict(python_env, KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
+    env = dict(python_env, KAFKA_BOOTSTRAP=stack.kafka_bootstrap, IOT_APP_ID=f"{names[0]}-app",
                IOT_TOPIC=names[0], IOT_DLQ_TOPIC=names[1], IOT_ALERTS_TOPIC=names[2])
     env.update(extra)
     return env
@@ -151,3 +152,41 @@ async def test_ensure_reports_a_changelog_without_compaction_and_creates_one_wit
         assert again[0].status == "exists" and again[0].problems == ()
     finally:
         await topics.delete(kafka_admin, prefix=f"{base}-")
+
+
+async def test_the_command_reports_how_an_existing_changelog_differs_from_the_changelog_configs(
+        stack, kafka_admin, python_env, names):
+    """A changelog made with only cleanup.policy=compact (what the worker made before) and too few partitions:
+    each difference is one topic_differs line, and the changelog is left as it is."""
+    changelog = topics.changelog_name(f"{names[0]}-app")
+    try:
+        await topics.ensure(kafka_admin, [topics.TopicSpec(changelog, 1, configs=topics.COMPACTED)])
+        env = _env(stack, python_env, names, IOT_PARTITIONS="2")
+        for args in ([], ["--check"]):
+            result = _run(args, env)
+            assert result.returncode == 0, result.stderr
+            differs = [orjson.loads(line) for line in result.stdout.splitlines() if '"topic_differs"' in line]
+            assert {d["topic"] for d in differs} == {changelog}
+            found = sorted(d["problem"].split(" has ")[1].split("=")[0].split(" ")[0] for d in differs)
+            assert found == sorted(["1", *(set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"})]), differs
+        [described] = await kafka_admin.describe_topics([changelog])
+        assert len(described["partitions"]) == 1
+
+        # --alter-changelog sets the compaction settings and keeps the topic's own other settings.
+        await kafka_admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog,
+                                                        {"cleanup.policy": "compact", "retention.ms": "123456789"})])
+        altered = _run(["--alter-changelog"], env)
+        assert altered.returncode == 0, altered.stderr
+        events = [orjson.loads(line) for line in altered.stdout.splitlines()]
+        assert sorted(e["config"] for e in events if e["event"] == "topic_altered") == sorted(
+            set(topics.CHANGELOG_CONFIGS) - {"cleanup.policy"})
+        assert [e["problem"] for e in events if e["event"] == "topic_differs"] == [
+            f"topic {changelog!r} has 1 partitions, fewer than the 2 asked for (an existing topic is never altered)"]
+        [response] = await kafka_admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)])
+        now = {entry[0]: entry[1] for entry in response.resources[0][4]}
+        assert {k: now[k] for k in topics.CHANGELOG_CONFIGS} == dict(topics.CHANGELOG_CONFIGS)
+        assert now["retention.ms"] == "123456789"
+        again = _run(["--alter-changelog"], env)
+        assert again.returncode == 0 and '"topic_altered"' not in again.stdout, again.stdout
+    finally:
+        await topics.delete(kafka_admin, [changelog])
