@@ -297,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=1, maximum=100_000),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
             "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
+    Setting("WEB_OGC_SCANS", 4, "OGC API items searches (pages of a scan) running at once; beyond, they queue like "
+            "other searches and are shed with 503 busy", int, minimum=1, maximum=1024),
+    Setting("WEB_OGC_CURSOR_SECRET", "", "Key that signs the OGC API's next-page cursors (give every web instance "
+            "behind one address the same); empty: a random key per process", check=_any_text),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -353,6 +357,8 @@ class Settings:
     web_sse_max_clients: int
     web_sse_max_views: int
     iot_tokens_file: str
+    web_ogc_scans: int
+    web_ogc_cursor_secret: str
 
     @property
     def es_hosts(self) -> list[str]:

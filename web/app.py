@@ -23,7 +23,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from web import alerts, assets, events, routes
+from web import alerts, assets, events, ogc, routes
 from web.cache import TTLCache
 from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
 from web.limiter import Busy, Limiter
@@ -232,6 +232,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)
+    ogc.setup(app)
     add_static_routes(app)
     return app
 
