@@ -232,3 +232,19 @@ async def test_a_cursor_is_bound_to_its_query_and_cannot_be_edited(client: TestC
     payload, mac = token.split(".")
     forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + mac
     await get(client, ITEMS, 400, limit=5, filter="passengerCount = 1", cursor=forged)
+
+
+async def test_scans_beyond_the_bound_are_shed_with_503_and_counted(data: Data) -> None:
+    from web.app import METRICS
+    from web.ogc.keys import SCANS
+    settings = dataclasses.replace(data.settings, web_ogc_scans=1, web_es_queue=0)
+    app = init_app(settings, consume_alerts=False)
+    async with TestClient(TestServer(app)) as c:
+        async with app[SCANS].slot():  # a scan in flight: the one slot is taken and no request may wait
+            resp = await c.get(ITEMS, params={"limit": "5"})
+            body = await resp.json()
+            assert resp.status == 503 and resp.headers["Retry-After"] and "busy" in body["error"]
+            assert (await c.get("/ogc/collections")).status == 200  # not a scan: not bounded by it
+        assert (await c.get(ITEMS, params={"limit": "5"})).status == 200
+        shed = app[METRICS].shed.labels("queue_full")._value.get()
+        assert shed == 1

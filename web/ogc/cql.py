@@ -9,6 +9,7 @@ parser runs (the parser recurses).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -91,7 +92,9 @@ def parse(text: str, language: str, fields: Mapping[str, str]) -> Filter:
             raise BadRequest("a cql2-json filter is a JSON object (an operation) or a boolean")
     try:
         tree = cql2.Expr(source).to_json()
-    except Exception as exc:  # cql2 raises ParseError/ValidationError/ValueError with the parser's message
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise
+    except BaseException as exc:  # ParseError, ValidationError, ValueError; a Rust panic is a BaseException
         raise BadRequest(f"filter is not valid {language}: {' '.join(str(exc).split())[:300]}") from None
     depth, nodes = _json_size(tree)
     if depth > MAX_DEPTH or nodes > MAX_NODES:
