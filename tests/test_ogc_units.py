@@ -103,7 +103,7 @@ def test_in_box_across_the_antimeridian_is_the_api_bbox_query() -> None:
 KEY = b"k" * 32
 
 
-@given(st.one_of(st.none(), st.lists(st.one_of(st.integers(), st.text(max_size=30)), max_size=3)),
+@given(st.one_of(st.none(), st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=30)), max_size=3)),
        st.integers(0, 10**9), st.integers(0, 10**9))
 def test_cursors_round_trip_and_edits_are_refused(after: list | None, offset: int, matched: int) -> None:
     scope = cursors.query_scope("observations", ["q"])
@@ -143,3 +143,36 @@ def test_format_negotiation() -> None:
     assert negotiate(None, None) == "json" and negotiate("html", "application/json") == "html"
     with pytest.raises(BadRequest):
         negotiate("xml", None)
+
+
+@given(st.integers(-62_135_596_800_000, 253_402_300_799_999))
+def test_rfc3339_equals_datetime_formatting(ms: int) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from web.ogc.views import rfc3339
+    when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+    assert rfc3339(ms) == when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+async def test_prefetched_pages_are_bounded_and_a_failure_is_a_miss() -> None:
+    import asyncio
+
+    from web.ogc.prefetch import Prefetched
+
+    async def value(v: int) -> int:
+        await asyncio.sleep(0.01)
+        return v
+
+    async def fail() -> int:
+        raise RuntimeError("search failed")
+
+    pages: Prefetched[int] = Prefetched(2)
+    pages.start("a", value(1))
+    pages.start("b", value(2))
+    pages.start("c", fail())  # the oldest ("a") is dropped
+    assert await pages.take("a") is None
+    assert await pages.take("b") == 2 and await pages.take("b") is None  # taken once
+    assert await pages.take("c") is None
+    pages.start("d", value(4))
+    pages.close()
+    assert await pages.take("d") is None

@@ -12,7 +12,8 @@ from aiohttp import web
 from web.keys import METRICS, SETTINGS
 from web.limiter import Limiter
 from web.ogc import routes
-from web.ogc.keys import CURSOR_KEY, SCANS
+from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
+from web.ogc.prefetch import Prefetched
 
 
 def setup(app: web.Application) -> None:
@@ -22,5 +23,11 @@ def setup(app: web.Application) -> None:
     app[SCANS] = Limiter(settings.web_ogc_scans, settings.web_es_queue, settings.web_queue_timeout)
     secret = settings.web_ogc_cursor_secret
     app[CURSOR_KEY] = hashlib.sha256(secret.encode()).digest() if secret else secrets.token_bytes(32)
+    app[PREFETCH] = Prefetched(settings.web_ogc_scans)  # a next page per scan slot at most
+
+    async def close(app: web.Application) -> None:
+        app[PREFETCH].close()
+
+    app.on_cleanup.append(close)
     app[METRICS].ogc_scans.set_function(lambda: app[SCANS].in_flight)
     routes.setup(app)

@@ -15,13 +15,13 @@ from shapely.geometry import box, shape
 
 from geoiot.documents import GEOMETRY, field_types, latest_index
 from web import queries
-from web.keys import ALERTS, CACHE, FENCES, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, FENCES, METRICS, PRESET, SETTINGS
 from web.ogc import cursor as cursors
 from web.ogc import views
-from web.ogc.keys import CURSOR_KEY, SCANS
+from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
 from web.ogc.params import ItemsParams, format_params, items_params
 from web.params import WORLD, BBox, Window, parse_token
-from web.routes import search
+from web.routes import app_search, search
 
 PREFIX = "/ogc"
 
@@ -167,16 +167,24 @@ def _time_fields(app: web.Application) -> tuple[str, ...]:
     return tuple(name for name, kind in field_types(app[PRESET]).items() if kind == "time")
 
 
-def es_feature(hit: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any] | None:
-    """A stored document as a GeoJSON Point feature: id the document _id, times as RFC 3339."""
+def es_feature(hit: dict[str, Any], times: tuple[str, ...], seen: dict[Any, str | None] | None = None
+               ) -> dict[str, Any] | None:
+    """A stored document as a GeoJSON Point feature: id the document _id, times as RFC 3339 (``seen``: the
+    times already formatted for this page; the reports of one moment share theirs)."""
     props = hit["_source"]
     point = props.pop(GEOMETRY, None)
     if not isinstance(point, dict):
         return None
+    seen = {} if seen is None else seen
     for name in times:
         value = props.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            props[name] = views.rfc3339(value)
+        if value is None:
+            continue
+        text = seen.get(value)
+        if text is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            text = seen[value] = views.rfc3339(value)
+        if text is not None:
+            props[name] = text
     return {"type": "Feature", "id": hit["_id"], "geometry": {"type": "Point", "coordinates": [point["lon"], point["lat"]]},
             "properties": props}
 
@@ -202,6 +210,28 @@ def _collection_links(request: web.Request, c: Collection, p: ItemsParams, kind:
         views.link(f"{base_url(request)}/collections/{c.id}", "collection", views.JSON, c.title)]
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a scan, shaped: its features as serialised GeoJSON, how many, where the next starts."""
+
+    features: bytes
+    count: int  # features (hits without a position are left out)
+    returned: int  # hits
+    after: list[Any] | None
+    total: int
+
+
+async def fetch_page(app: web.Application, index: str, body: dict[str, Any]) -> Page:
+    """Search one page in a scan slot (WEB_OGC_SCANS, then the server's limiter) and shape its features."""
+    async with app[SCANS].slot():
+        resp = await app_search(app, "ogc_items", body, index)
+    hits = resp.get("hits", {}).get("hits", [])
+    times, seen = _time_fields(app), {}
+    features = [f for f in (es_feature(h, times, seen) for h in hits) if f is not None]
+    return Page(orjson.dumps(features), len(features), len(hits), hits[-1]["sort"] if hits else None,
+                int(resp.get("hits", {}).get("total", {}).get("value", 0)))
+
+
 async def items(request: web.Request) -> web.Response:
     c = _collection(request)
     app = request.app
@@ -209,32 +239,38 @@ async def items(request: web.Request) -> web.Response:
     scope = cursors.query_scope(c.id, [p.bbox.as_list(), [p.window.start, p.window.end], repr(p.where)])
     key = app[CURSOR_KEY]
     position = cursors.decode(key, scope, p.cursor) if p.cursor is not None else None
+    offset = position.offset if position else 0
     if c.index is not None:
-        body = queries.page_body(app[PRESET], p.bbox, p.window, p.where, p.limit,
-                                 position.after if position else None, position is None)
-        async with app[SCANS].slot():
-            resp = await search(request, "ogc_items", body, c.index(app))
-        hits = resp.get("hits", {}).get("hits", [])
-        matched = position.matched if position else int(resp.get("hits", {}).get("total", {}).get("value", 0))
-        times = _time_fields(app)
-        features = [f for f in (es_feature(h, times) for h in hits) if f is not None]
-        after = hits[-1]["sort"] if hits else None
+        index = c.index(app)
+        page = await app[PREFETCH].take((p.cursor, p.limit)) if p.cursor is not None else None
+        app[METRICS].ogc_prefetch.labels("none" if p.cursor is None else "hit" if page else "miss").inc()
+        if page is None:
+            page = await fetch_page(app, index, queries.page_body(app[PRESET], p.bbox, p.window, p.where, p.limit,
+                                                                  position.after if position else None,
+                                                                  position is None))
+        matched = position.matched if position else page.total
+        returned, after, features, count = page.returned, page.after, page.features, page.count
     else:
         selected = [f for f, ms in c.features(app)  # type: ignore[misc]
                     if _in_box(p.bbox, f["geometry"]) and _in_window(p.window, ms)]
-        start = position.offset if position else 0
-        features = selected[start:start + p.limit]
-        matched, after, hits = len(selected), None, features
-    offset = (position.offset if position else 0) + len(hits)
+        chosen = selected[offset:offset + p.limit]
+        matched, returned, after, features = len(selected), len(chosen), None, orjson.dumps(chosen)
+        count = returned
     kind = views.HTML if p.fmt == "html" else views.GEOJSON
     links = _collection_links(request, c, p, kind)
-    if hits and offset < matched:
-        token = cursors.encode(key, scope, cursors.Cursor(after, offset, matched))
+    if returned and offset + returned < matched:
+        token = cursors.encode(key, scope, cursors.Cursor(after, offset + returned, matched))
         links.append(views.link(str(request.url.update_query(cursor=token)), "next", kind, "next page"))
-    doc = {"type": "FeatureCollection", "features": features, "links": links,
-           "timeStamp": views.rfc3339(time.time() * 1000), "numberMatched": matched,
-           "numberReturned": len(features)}
-    return answer(request, doc, views.GEOJSON, p.fmt, f"Features of {c.id}")
+        if c.index is not None and p.fmt == "json":
+            app[PREFETCH].start((token, p.limit), fetch_page(app, c.index(app), queries.page_body(
+                app[PRESET], p.bbox, p.window, p.where, p.limit, after, False)))
+    tail = {"links": links, "timeStamp": views.rfc3339(time.time() * 1000), "numberMatched": matched,
+            "numberReturned": count}
+    if p.fmt == "html":
+        doc = {"type": "FeatureCollection", "features": orjson.loads(features), **tail}
+        return answer(request, doc, views.GEOJSON, p.fmt, f"Features of {c.id}")
+    body = b"".join((b'{"type":"FeatureCollection","features":', features, b",", orjson.dumps(tail)[1:]))
+    return web.Response(body=body, headers={"Content-Type": views.GEOJSON})
 
 
 async def feature(request: web.Request) -> web.Response:
