@@ -178,12 +178,10 @@ def es_feature(hit: dict[str, Any], times: tuple[str, ...], seen: dict[Any, str 
     seen = {} if seen is None else seen
     for name in times:
         value = props.get(name)
-        if value is None:
-            continue
-        text = seen.get(value)
-        if text is None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            text = seen[value] = views.rfc3339(value)
-        if text is not None:
+        if type(value) is int or type(value) is float:  # else as stored (an ISO string, a list)
+            text = seen.get(value)
+            if text is None:
+                text = seen[value] = views.rfc3339(value)
             props[name] = text
     return {"type": "Feature", "id": hit["_id"], "geometry": {"type": "Point", "coordinates": [point["lon"], point["lat"]]},
             "properties": props}
