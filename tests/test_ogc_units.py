@@ -176,3 +176,27 @@ async def test_prefetched_pages_are_bounded_and_a_failure_is_a_miss() -> None:
     pages.start("d", value(4))
     pages.close()
     assert await pages.take("d") is None
+
+
+@given(st.text(max_size=40), st.integers(0, 253_402_300_799_999), st.one_of(st.none(), st.integers(0, 2**40)))
+def test_shaped_features_are_the_documents_with_times_as_rfc3339(vendor: str, t: int, pickup: int | None) -> None:
+    import orjson
+
+    from geoiot.documents import GEOMETRY
+    from tests.support.observations import document
+    from web.ogc.shape import shaper
+    from web.ogc.views import rfc3339
+
+    preset = load_preset("taxi")
+    doc = document(preset, "t-1", t, -73.9, 40.7, ["f"])
+    doc["vendor_id"] = vendor + '","observationTime":5'  # a string that looks like a time member
+    doc["pickup_datetime"] = pickup
+    source = {k: v for k, v in doc.items() if k != GEOMETRY}  # what the search returns (_source excludes)
+    body = orjson.dumps({"hits": {"total": {"value": 1}, "hits": [
+        {"_index": "i", "_id": f"t-1:{t}", "_score": None, "_source": source, "sort": [t, "t-1"]}]}})
+    shaped = shaper(preset)(body)
+    times = [n for n, k in FIELDS.items() if k == "time"]
+    want = {k: (rfc3339(v) if k in times and isinstance(v, int) else v) for k, v in source.items()}
+    assert orjson.loads(shaped.features) == [{"type": "Feature", "id": f"t-1:{t}", "properties": want,
+                                              "geometry": {"type": "Point", "coordinates": [-73.9, 40.7]}}]
+    assert (shaped.count, shaped.returned, shaped.after, shaped.total) == (1, 1, [t, "t-1"], 1)

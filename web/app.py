@@ -25,7 +25,7 @@ from geoiot.config import Settings
 from geoiot.schema import load_preset
 from web import alerts, assets, events, ogc, routes
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, RAW_ES, SETTINGS
 from web.limiter import Busy, Limiter
 from web.metrics import Metrics
 from web.params import BadRequest
@@ -172,9 +172,13 @@ async def es_ctx(app: web.Application) -> AsyncIterator[None]:
     client = AsyncElasticsearch(settings.es_hosts, request_timeout=ES_TIMEOUT, max_retries=1, retry_on_timeout=False,
                                 connections_per_node=ES_CONNECTIONS, serializer=OrjsonSerializer())
     app[ES] = client
+    app[RAW_ES] = raw = AsyncElasticsearch(settings.es_hosts, request_timeout=ES_TIMEOUT, max_retries=1,
+                                           retry_on_timeout=False, connections_per_node=ES_CONNECTIONS,
+                                           serializers=ogc.RAW_SERIALIZERS)
     log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
     yield
     await client.close()
+    await raw.close()
 
 
 async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -211,6 +211,7 @@ def page_body(preset: Preset, bbox: BBox, window: Window, where: tuple[Filter, .
         **SEARCH_OPTIONS,
         "size": size,
         "track_total_hits": count,
+        "_source": {"excludes": [GEO_FIELD]},  # the position is the preset's lon/lat (web.ogc.shape)
         "query": filters(preset, bbox, window, None, where),
         "sort": [{preset.time: {"order": "asc", "unmapped_type": "date"}},
                  {preset.track: {"order": "asc", "unmapped_type": "keyword"}}],
@@ -222,4 +223,4 @@ def page_body(preset: Preset, bbox: BBox, window: Window, where: tuple[Filter, .
 
 def ids_body(feature_id: str) -> dict[str, Any]:
     """The document whose ``_id`` is ``feature_id`` (on the alias: whichever daily index holds it)."""
-    return {**SEARCH_OPTIONS, "size": 1, "query": {"ids": {"values": [feature_id]}}}
+    return {**SEARCH_OPTIONS, "size": 1, "_source": {"excludes": [GEO_FIELD]}, "query": {"ids": {"values": [feature_id]}}}

@@ -8,12 +8,23 @@ import hashlib
 import secrets
 
 from aiohttp import web
+from elasticsearch.serializer import OrjsonSerializer
 
 from web.keys import METRICS, SETTINGS
 from web.limiter import Limiter
 from web.ogc import routes
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
 from web.ogc.prefetch import Prefetched
+
+
+class RawJson(OrjsonSerializer):
+    """Requests as JSON, answers left as their bytes."""
+
+    def loads(self, data: bytes) -> bytes:  # type: ignore[override]
+        return bytes(data)
+
+
+RAW_SERIALIZERS = {"application/json": RawJson(), "application/vnd.elasticsearch+json": RawJson()}
 
 
 def setup(app: web.Application) -> None:

@@ -15,11 +15,12 @@ from shapely.geometry import box, shape
 
 from geoiot.documents import GEOMETRY, field_types, latest_index
 from web import queries
-from web.keys import ALERTS, CACHE, FENCES, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, FENCES, METRICS, PRESET, RAW_ES, SETTINGS
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
 from web.ogc.params import ItemsParams, format_params, items_params
+from web.ogc.shape import Shaped, shaper
 from web.params import WORLD, BBox, Window, parse_token
 from web.routes import app_search, search
 
@@ -163,30 +164,6 @@ async def queryables(request: web.Request) -> web.Response:
     return answer(request, doc, views.SCHEMA, fmt, f"Queryables of {c.id}")
 
 
-def _time_fields(app: web.Application) -> tuple[str, ...]:
-    return tuple(name for name, kind in field_types(app[PRESET]).items() if kind == "time")
-
-
-def es_feature(hit: dict[str, Any], times: tuple[str, ...], seen: dict[Any, str | None] | None = None
-               ) -> dict[str, Any] | None:
-    """A stored document as a GeoJSON Point feature: id the document _id, times as RFC 3339 (``seen``: the
-    times already formatted for this page; the reports of one moment share theirs)."""
-    props = hit["_source"]
-    point = props.pop(GEOMETRY, None)
-    if not isinstance(point, dict):
-        return None
-    seen = {} if seen is None else seen
-    for name in times:
-        value = props.get(name)
-        if type(value) is int or type(value) is float:  # else as stored (an ISO string, a list)
-            text = seen.get(value)
-            if text is None:
-                text = seen[value] = views.rfc3339(value)
-            props[name] = text
-    return {"type": "Feature", "id": hit["_id"], "geometry": {"type": "Point", "coordinates": [point["lon"], point["lat"]]},
-            "properties": props}
-
-
 def _in_box(bbox: BBox, geometry: dict[str, Any]) -> bool:
     if bbox == WORLD:
         return True
@@ -208,26 +185,11 @@ def _collection_links(request: web.Request, c: Collection, p: ItemsParams, kind:
         views.link(f"{base_url(request)}/collections/{c.id}", "collection", views.JSON, c.title)]
 
 
-@dataclass(frozen=True)
-class Page:
-    """One page of a scan, shaped: its features as serialised GeoJSON, how many, where the next starts."""
-
-    features: bytes
-    count: int  # features (hits without a position are left out)
-    returned: int  # hits
-    after: list[Any] | None
-    total: int
-
-
-async def fetch_page(app: web.Application, index: str, body: dict[str, Any]) -> Page:
+async def fetch_page(app: web.Application, index: str, body: dict[str, Any]) -> Shaped:
     """Search one page in a scan slot (WEB_OGC_SCANS, then the server's limiter) and shape its features."""
     async with app[SCANS].slot():
-        resp = await app_search(app, "ogc_items", body, index)
-    hits = resp.get("hits", {}).get("hits", [])
-    times, seen = _time_fields(app), {}
-    features = [f for f in (es_feature(h, times, seen) for h in hits) if f is not None]
-    return Page(orjson.dumps(features), len(features), len(hits), hits[-1]["sort"] if hits else None,
-                int(resp.get("hits", {}).get("total", {}).get("value", 0)))
+        raw = await app_search(app, "ogc_items", body, index, RAW_ES)
+    return shaper(app[PRESET])(raw)
 
 
 async def items(request: web.Request) -> web.Response:
@@ -282,9 +244,9 @@ async def feature(request: web.Request) -> web.Response:
     except ValueError:
         fid = ""
     if fid and c.index is not None:
-        resp = await search(request, "ogc_feature", queries.ids_body(fid), c.index(app))
-        hits = resp.get("hits", {}).get("hits", [])
-        found = es_feature(hits[0], _time_fields(app)) if hits else None
+        raw = await app_search(app, "ogc_feature", queries.ids_body(fid), c.index(app), RAW_ES)
+        shaped = orjson.loads(shaper(app[PRESET])(raw).features)
+        found = shaped[0] if shaped else None
     elif fid:
         found = next((dict(f) for f, _ in c.features(app) if str(f.get("id")) == fid), None)  # type: ignore[misc]
     if found is None:
