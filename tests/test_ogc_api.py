@@ -248,3 +248,13 @@ async def test_scans_beyond_the_bound_are_shed_with_503_and_counted(data: Data) 
         assert (await c.get(ITEMS, params={"limit": "5"})).status == 200
         shed = app[METRICS].shed.labels("queue_full")._value.get()
         assert shed == 1
+
+
+async def test_the_openapi_document_is_valid_openapi_30(client: TestClient) -> None:
+    from openapi_spec_validator import validate
+    doc = await get(client, "/ogc/api")
+    assert doc["openapi"].startswith("3.0")
+    validate(doc)
+    limit = next(p for p in doc["paths"]["/collections/{collectionId}/items"]["get"]["parameters"]
+                 if p["name"] == "limit")
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 10}

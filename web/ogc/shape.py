@@ -1,6 +1,6 @@
 """A page of Elasticsearch hits as GeoJSON features, from the response's bytes: msgspec reads the envelope
-and each position, and the document's own JSON becomes the feature's properties as it is, times rewritten in
-place as RFC 3339. The dict-per-hit path (parse, rebuild, serialise) cost more than the search itself.
+and each document's position and times, and the document's own JSON becomes the feature's properties as it
+is, its epoch-ms times replaced in place by RFC 3339 strings. The dict-per-hit path (parse, rebuild, serialise) cost more than the search itself.
 
 The search excludes ``geometry`` from ``_source`` (web.queries.page_body); the position is the preset's
 lon/lat fields, which the agents write with the same values. Pure: no I/O.
@@ -8,7 +8,6 @@ lon/lat fields, which the agents write with the same values. Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -53,34 +52,30 @@ class Shaped:
 @lru_cache(maxsize=16)
 def shaper(preset: Preset) -> Callable[[bytes], Shaped]:
     """The function that shapes a search response's bytes for ``preset``."""
-    position = msgspec.json.Decoder(msgspec.defstruct(
-        "Position", [("lon", Any, None), ("lat", Any, None)], rename={"lon": preset.lon, "lat": preset.lat}))
-    response = msgspec.json.Decoder(_Response)
     times = [name for name, kind in field_types(preset).items() if kind == "time"]
-    # a time member of the (compact, flat) document: a quote right after { or , is never inside a string
-    pattern = re.compile(rb'(?<=[{,])"(' + b"|".join(re.escape(orjson.dumps(t)[1:-1]) for t in times)
-                         + rb')":(-?[0-9]{1,16})(?=[,}])') if times else None
+    names = {"lon": preset.lon, "lat": preset.lat, **{f"t{i}": t for i, t in enumerate(times)}}
+    members = msgspec.json.Decoder(msgspec.defstruct("Members", [(a, Any, None) for a in names], rename=names))
+    response = msgspec.json.Decoder(_Response)
+    keys = [(f"t{i}", orjson.dumps(t)) for i, t in enumerate(times)]  # attribute, quoted member name
 
     def shape(body: bytes) -> Shaped:
         resp = response.decode(body)
-        seen: dict[bytes, bytes] = {}
-
-        def when(m: re.Match[bytes]) -> bytes:
-            ms = m.group(2)
-            text = seen.get(ms)
-            if text is None:
-                text = seen[ms] = b'"%s"' % rfc3339(int(ms)).encode()  # type: ignore[union-attr]
-            return b'"%s":%s' % (m.group(1), text)
-
+        seen: dict[int, bytes] = {}
         parts: list[bytes] = []
         for hit in resp.hits.hits:
-            raw = bytes(hit.source)
-            pos = position.decode(raw)
-            lon, lat = pos.lon, pos.lat
-            if not isinstance(lon, (int, float)) or not isinstance(lat, (int, float)) \
-                    or isinstance(lon, bool) or isinstance(lat, bool):
+            props = bytes(hit.source)
+            doc = members.decode(props)
+            lon, lat = doc.lon, doc.lat
+            if type(lon) not in (int, float) or type(lat) not in (int, float):
                 continue
-            props = pattern.sub(when, raw) if pattern is not None else raw
+            for attr, key in keys:
+                ms = getattr(doc, attr)
+                if type(ms) is int:
+                    text = seen.get(ms)
+                    if text is None:
+                        text = seen[ms] = b'"%s"' % rfc3339(ms).encode()  # type: ignore[union-attr]
+                    # the member as the compact JSON holds it: a quoted name is never inside a string
+                    props = props.replace(b"%s:%d" % (key, ms), b"%s:%s" % (key, text), 1)
             parts.append(b'{"type":"Feature","id":%s,"geometry":{"type":"Point","coordinates":[%s,%s]},'
                          b'"properties":%s}' % (orjson.dumps(hit.id), orjson.dumps(lon), orjson.dumps(lat), props))
         hits = resp.hits.hits
