@@ -13,13 +13,13 @@ import orjson
 from aiohttp import web
 from shapely.geometry import box, shape
 
-from geoiot.documents import GEOMETRY, field_types, latest_index
+from geoiot.documents import field_types, latest_index
 from web import queries
 from web.keys import ALERTS, CACHE, FENCES, METRICS, PRESET, RAW_ES, SETTINGS
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
-from web.ogc.params import ItemsParams, format_params, items_params
+from web.ogc.params import format_params, items_params
 from web.ogc.shape import Shaped, shaper
 from web.params import WORLD, BBox, Window, parse_token
 from web.routes import app_search, search
@@ -111,7 +111,8 @@ async def _extent(request: web.Request, c: Collection) -> tuple[list[float] | No
             return None, None
         x0, y0, x1, y1 = shape({"type": "GeometryCollection",
                                 "geometries": [f["geometry"] for f, _ in features]}).bounds
-        return [x0, y0, x1, y1], None
+        times = [ms for _, ms in features if ms is not None]
+        return [x0, y0, x1, y1], (views.rfc3339(min(times)), views.rfc3339(max(times))) if times else None
     index = c.index(app)  # type: ignore[misc]
 
     async def compute() -> bytes:
@@ -132,8 +133,6 @@ async def _extent(request: web.Request, c: Collection) -> tuple[list[float] | No
 
 async def _collection_doc(request: web.Request, c: Collection, kind: str) -> dict[str, Any]:
     bbox, interval = await _extent(request, c)
-    if c.id == "alerts":
-        interval = (None, None)
     return views.collection(base_url(request), c.id, c.title, c.description, bbox, interval, kind)
 
 
@@ -179,9 +178,9 @@ def _in_window(window: Window, ms: int | None) -> bool:
     return ms is None or ((window.start is None or ms >= window.start) and (window.end is None or ms <= window.end))
 
 
-def _collection_links(request: web.Request, c: Collection, p: ItemsParams, kind: str) -> list[dict[str, str]]:
+def _collection_links(request: web.Request, c: Collection, kind: str) -> list[dict[str, str]]:
     url = request.url.with_query({k: v for k, v in request.query.items() if k != "f"})
-    return views._self_links(str(url), kind) + [
+    return views.self_links(str(url), kind) + [
         views.link(f"{base_url(request)}/collections/{c.id}", "collection", views.JSON, c.title)]
 
 
@@ -217,7 +216,7 @@ async def items(request: web.Request) -> web.Response:
         matched, returned, after, features = len(selected), len(chosen), None, orjson.dumps(chosen)
         count = returned
     kind = views.HTML if p.fmt == "html" else views.GEOJSON
-    links = _collection_links(request, c, p, kind)
+    links = _collection_links(request, c, kind)
     if returned and offset + returned < matched:
         token = cursors.encode(key, scope, cursors.Cursor(after, offset + returned, matched))
         links.append(views.link(str(request.url.update_query(cursor=token)), "next", kind, "next page"))
@@ -253,7 +252,7 @@ async def feature(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no feature {fid[:60]!r} in {c.id}")
     url = f"{base_url(request)}/collections/{c.id}/items/{fid}"
     kind = views.HTML if fmt == "html" else views.GEOJSON
-    found["links"] = views._self_links(url, kind) + [
+    found["links"] = views.self_links(url, kind) + [
         views.link(f"{base_url(request)}/collections/{c.id}", "collection", views.JSON, c.title)]
     return answer(request, found, views.GEOJSON, fmt, f"{c.id} {fid}")
 

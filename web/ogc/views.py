@@ -65,7 +65,7 @@ def link(href: str, rel: str, kind: str, title: str | None = None) -> dict[str, 
     return out
 
 
-def _self_links(url: str, kind: str) -> list[dict[str, str]]:
+def self_links(url: str, kind: str) -> list[dict[str, str]]:
     """``self`` in the answer's format and ``alternate`` in the other (``url`` without ``f``)."""
     sep = "&" if "?" in url else "?"
     other = HTML if kind != HTML else JSON
@@ -76,7 +76,7 @@ def _self_links(url: str, kind: str) -> list[dict[str, str]]:
 
 def landing(base: str, kind: str) -> dict[str, Any]:
     return {"title": "geoiot", "description": "Position reports of moving things, as OGC API - Features",
-            "links": [*_self_links(base + "/", kind),
+            "links": [*self_links(base + "/", kind),
                       link(base + "/api", "service-desc", OPENAPI, "the API definition (OpenAPI 3.0)"),
                       link(base + "/api?f=html", "service-doc", HTML, "the API definition as a page"),
                       link(base + "/conformance", "conformance", JSON, "conformance classes"),
@@ -96,7 +96,7 @@ def collection(base: str, cid: str, title: str, description: str, bbox: Sequence
         extent["temporal"] = {"interval": [list(interval)], "trs": GREGORIAN}
     return {"id": cid, "title": title, "description": description, "itemType": "feature", "crs": [CRS84],
             "extent": extent,
-            "links": [*_self_links(url, kind),
+            "links": [*self_links(url, kind),
                       link(f"{url}/items?f=json", "items", GEOJSON, f"the features of {cid}"),
                       link(f"{url}/items?f=html", "items", HTML, f"the features of {cid} as a page"),
                       link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables", SCHEMA,
@@ -104,7 +104,7 @@ def collection(base: str, cid: str, title: str, description: str, bbox: Sequence
 
 
 def collections(base: str, items: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    return {"links": _self_links(base + "/collections", kind), "collections": items}
+    return {"links": self_links(base + "/collections", kind), "collections": items}
 
 
 def queryables(base: str, cid: str, fields: Mapping[str, str], point: bool = True) -> dict[str, Any]:
