@@ -224,3 +224,28 @@ async def test_owslib_collections_queryables_and_cql2_filters(big: Served, es: A
         direct = (await es.count(index=big.index, query=query))["count"]
         assert 0 < direct < direct_all
         assert api.collection_items("observations", limit=1, **params)["numberMatched"] == direct
+
+
+# --- QGIS ----------------------------------------------------------------------------------------------------
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+async def test_qgis_loads_the_latest_layer_with_every_track(big: Served, es: AsyncElasticsearch,
+                                                           tmp_path: Path) -> None:
+    import os
+    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("Debian's python3-qgis is not installed (make test installs it: apt-get install -y python3-qgis)")
+    from geoiot.documents import latest_index
+    direct = (await es.count(index=latest_index(big.index)))["count"]
+    assert direct == len({d[PRESET.track] for d in big.docs})
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime))
+    env.pop("PYTHONPATH", None)
+    run = subprocess.run([str(SYSTEM_PYTHON), str(ROOT / "tests" / "support" / "qgis_count.py"), f"{big.url}/ogc",
+                          "latest"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    count, iterated = map(int, run.stdout.split()[-2:])
+    assert count == iterated == direct
