@@ -12,7 +12,7 @@ SPARK35      := .venv-spark35
 SPARK35_VERSION := $(shell sed -n 's/^ARG SPARK_MESOS_VERSION=//p' Dockerfile)
 SPARK35_PINS := $(shell sed -n 's/^ARG SPARK_MESOS_PINS=//p' Dockerfile | tr -d '"')
 
-.PHONY: demo test unit stack stack-down chromium spark-jars spark35 failover image clean
+.PHONY: demo test unit stack stack-down chromium gdal qgis spark-jars spark35 failover image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,18 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || { echo "make: cannot install chromium; run: sudo apt-get install -y chromium" >&2; exit 1; }; }
 
+# Debian's GDAL (ogrinfo, ogr2ogr with the OAPIF driver) is a client of the OGC API tests (tests/test_ogc_clients.py).
+gdal:
+	@command -v ogr2ogr >/dev/null || { echo "installing Debian's gdal-bin for the OGC API client tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin >/dev/null) \
+	  || { echo "make: cannot install gdal-bin; run: sudo apt-get install -y gdal-bin" >&2; exit 1; }; }
+
+# Debian's QGIS (python3-qgis, headless) loads an OGC API layer in tests/test_ogc_clients.py.
+qgis:
+	@/usr/bin/python3 -c "import qgis.core" 2>/dev/null || { echo "installing Debian's python3-qgis for the OGC API client tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-qgis qgis-providers >/dev/null) \
+	  || { echo "make: cannot install python3-qgis; run: sudo apt-get install -y python3-qgis qgis-providers" >&2; exit 1; }; }
+
 stack:
 	@$(STACK) up
 
@@ -51,7 +63,7 @@ spark-jars: $(VENV)/.installed
 demo: $(VENV)/.installed node_modules/.installed  # the demo starts the stack itself, so Ctrl-C can stop it too
 	@infra/local/demo
 
-test: $(VENV)/.installed node_modules/.installed chromium stack spark-jars spark35
+test: $(VENV)/.installed node_modules/.installed chromium gdal qgis stack spark-jars spark35
 	$(VENV)/bin/pytest
 	@echo "make: the Spark job's tests again on Spark $(SPARK35_VERSION) (the DC/OS image's line)"
 	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/test_spark_job.py

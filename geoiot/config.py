@@ -310,6 +310,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(it then rebalances and grows the changelog)", float, minimum=1, maximum=3600),
     Setting("IOT_STALL_TIMEOUT", 60.0, "Seconds a worker may be behind its partitions without committing before "
             "/healthz says stalled (503)", float, minimum=1, maximum=86400),
+    Setting("WEB_OGC_SCANS", 4, "OGC API items searches (pages of a scan) running at once; beyond, they queue like "
+            "other searches and are shed with 503 busy", int, minimum=1, maximum=1024),
+    Setting("WEB_OGC_CURSOR_SECRET", "", "Key that signs the OGC API's next-page cursors (give every web instance "
+            "behind one address the same); empty: a random key per process", check=_any_text),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -373,6 +377,8 @@ class Settings:
     web_sse_feature_budget: int
     iot_metadata_max_age: float
     iot_stall_timeout: float
+    web_ogc_scans: int
+    web_ogc_cursor_secret: str
 
     @property
     def es_hosts(self) -> list[str]:

@@ -24,9 +24,9 @@ from elasticsearch.serializer import OrjsonSerializer
 from geoiot.config import Settings
 from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
-from web import alerts, assets, events, routes
+from web import alerts, assets, events, ogc, routes
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, RAW_ES, SETTINGS
 from web.limiter import Busy, Limiter
 from web.metrics import Metrics
 from web.params import BadRequest
@@ -173,9 +173,13 @@ async def es_ctx(app: web.Application) -> AsyncIterator[None]:
     client = AsyncElasticsearch(settings.es_hosts, request_timeout=ES_TIMEOUT, max_retries=1, retry_on_timeout=False,
                                 connections_per_node=ES_CONNECTIONS, serializer=OrjsonSerializer())
     app[ES] = client
+    app[RAW_ES] = raw = AsyncElasticsearch(settings.es_hosts, request_timeout=ES_TIMEOUT, max_retries=1,
+                                           retry_on_timeout=False, connections_per_node=ES_CONNECTIONS,
+                                           serializers=ogc.RAW_SERIALIZERS)
     log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
     yield
     await client.close()
+    await raw.close()
 
 
 async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -235,6 +239,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)
+    ogc.setup(app)
     add_static_routes(app)
     return app
 

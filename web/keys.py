@@ -17,6 +17,8 @@ from web.metrics import Metrics
 SETTINGS = web.AppKey("settings", Settings)
 PRESET = web.AppKey("preset", Preset)
 ES = web.AppKey("es", AsyncElasticsearch)
+# the same cluster, answers left as bytes (web.ogc.shape reads pages of hits from them)
+RAW_ES = web.AppKey("raw_es", AsyncElasticsearch)
 METRICS = web.AppKey("metrics", Metrics)
 CACHE = web.AppKey("cache", TTLCache)
 ALERTS = web.AppKey("alerts", AlertBuffer)

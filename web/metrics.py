@@ -48,6 +48,9 @@ class Metrics:
                                          "Searches of /api/events views that failed", registry=r)
         self.sse_dropped = Counter("geoiot_web_sse_dropped_total",
                                    "Events dropped from a slow client's full queue (its oldest)", ["kind"], registry=r)
+        self.ogc_scans = Gauge("geoiot_web_ogc_scans_in_flight", "OGC API items searches running", registry=r)
+        self.ogc_prefetch = Counter("geoiot_web_ogc_prefetch_total", "OGC API next pages: fetched ahead (hit), "
+                                    "not (miss), first pages (none)", ["result"], registry=r)
         self.alerts_up = Gauge("geoiot_web_alerts_consumer_up", "1 while the alerts consumer is connected",
                                registry=r)
 

@@ -115,7 +115,52 @@ class Range:
     include_high: bool = True
 
 
-Filter = Union[OneOf, Range]
+@dataclass(frozen=True)
+class IsNull:
+    """The attribute is missing or null (CQL2 ``IS NULL``)."""
+
+    field: str
+
+
+@dataclass(frozen=True)
+class Like:
+    """A string attribute matches ``pattern``: ``%`` any run of characters, ``_`` one, ``\\`` escapes (CQL2)."""
+
+    field: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class InBox:
+    """The position lies in the box (a box crossing the antimeridian too)."""
+
+    bbox: BBox
+
+
+@dataclass(frozen=True)
+class InShape:
+    """The position lies in a validated GeoJSON Point, LineString or Polygon (or a multi of them), WGS 84."""
+
+    geometry: tuple[str, str]  # (type, coordinates as canonical JSON): hashable, so views stay comparable
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple["Filter", ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple["Filter", ...]
+
+
+@dataclass(frozen=True)
+class Negation:
+    part: "Filter"
+
+
+# ``where`` parameters give OneOf and Range; CQL2 filters (web.ogc.cql) give the whole tree.
+Filter = Union[OneOf, Range, IsNull, Like, InBox, InShape, AllOf, AnyOf, Negation]
 
 
 # /api/aggregate?source=: what is counted per cell; observations (every report) or latest (current tracks).

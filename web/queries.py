@@ -11,8 +11,10 @@ from typing import Any
 
 from geoiot.documents import GEOFENCES, GEOMETRY
 from geoiot.schema import Preset
-from web.params import (WORLD, AggregateParams, BBox, Filter, LatestParams, ObservationParams, OneOf, TrackParams,
-                        Window)
+import orjson
+
+from web.params import (WORLD, AggregateParams, AllOf, AnyOf, BBox, Filter, InBox, InShape, IsNull, LatestParams, Like,
+                        Negation, ObservationParams, OneOf, TrackParams, Window)
 
 GEO_FIELD = GEOMETRY
 FENCE_FIELD = GEOFENCES
@@ -47,9 +49,44 @@ def time_filter(preset: Preset, window: Window) -> dict[str, Any] | None:
     return {"range": {preset.time: {**bounds, "format": "epoch_millis"}}}
 
 
+def _like(pattern: str) -> str:
+    """A CQL2 LIKE pattern as an Elasticsearch wildcard: % -> *, _ -> ?, the rest literal."""
+    out, escaped = [], False
+    for c in pattern:
+        if escaped:
+            out.append("\\" + c if c in "*?\\" else c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == "%":
+            out.append("*")
+        elif c == "_":
+            out.append("?")
+        else:
+            out.append("\\" + c if c in "*?" else c)
+    return "".join(out)
+
+
 def attribute_filter(f: Filter) -> dict[str, Any]:
-    """One validated ``where`` filter as a term, terms or range query on its field (a field name of the
-    preset or the document model: web.params checked it against geoiot.documents.field_types)."""
+    """One validated filter as an Elasticsearch query: ``where`` filters (OneOf, Range) as a term, terms or
+    range query on their field (a field name of the preset or the document model: web.params checked it
+    against geoiot.documents.field_types); CQL2's tree (web.ogc.cql) as bool queries around them."""
+    if isinstance(f, AllOf):
+        return {"bool": {"filter": [attribute_filter(p) for p in f.parts]}}
+    if isinstance(f, AnyOf):
+        return {"bool": {"should": [attribute_filter(p) for p in f.parts], "minimum_should_match": 1}}
+    if isinstance(f, Negation):
+        return {"bool": {"must_not": [attribute_filter(f.part)]}}
+    if isinstance(f, IsNull):
+        return {"bool": {"must_not": [{"exists": {"field": f.field}}]}}
+    if isinstance(f, Like):
+        return {"wildcard": {f.field: {"value": _like(f.pattern)}}}
+    if isinstance(f, InBox):
+        return bbox_filter(f.bbox) or {"exists": {"field": GEO_FIELD}}
+    if isinstance(f, InShape):
+        kind, coordinates = f.geometry
+        return {"geo_shape": {GEO_FIELD: {"shape": {"type": kind, "coordinates": orjson.loads(coordinates)},
+                                          "relation": "intersects"}}}
     if isinstance(f, OneOf):
         if f.kind == "time":  # a date field's exact instants, read as epoch ms whatever its own format
             return {"bool": {"should": [{"range": {f.field: {"gte": v, "lte": v, "format": "epoch_millis"}}}
@@ -148,8 +185,9 @@ def track_body(preset: Preset, p: TrackParams, size: int = TRACK_PAGE, after: in
     return body
 
 
-def extent_body(preset: Preset) -> dict[str, Any]:
-    """First and last time, count and bounding box of everything indexed."""
+def extent_body(preset: Preset, wrap: bool = True) -> dict[str, Any]:
+    """First and last time, count and bounding box of everything indexed; ``wrap``: the box may cross the
+    antimeridian (the tightest box), else it spans the longitudes between (what every client reads right)."""
     return {
         **SEARCH_OPTIONS,
         "size": 0,
@@ -158,6 +196,31 @@ def extent_body(preset: Preset) -> dict[str, Any]:
         "aggs": {
             "start": {"min": {"field": preset.time}},
             "end": {"max": {"field": preset.time}},
-            "bounds": {"geo_bounds": {"field": GEO_FIELD, "wrap_longitude": True}},
+            "bounds": {"geo_bounds": {"field": GEO_FIELD, "wrap_longitude": wrap}},
         },
     }
+
+
+def page_body(preset: Preset, bbox: BBox, window: Window, where: tuple[Filter, ...], size: int,
+              after: list[Any] | None, count: bool) -> dict[str, Any]:
+    """One page of a scan in (time, track) order, the next after ``after`` (search_after, no deep ``from``):
+    a track has one document per time (``_id`` is track:time), and the latest index one per track, so the
+    pair is a complete sort key that neither skips nor repeats a document. ``count``: count every match
+    (the first page; later pages carry the count in their cursor)."""
+    body: dict[str, Any] = {
+        **SEARCH_OPTIONS,
+        "size": size,
+        "track_total_hits": count,
+        "_source": {"excludes": [GEO_FIELD]},  # the position is the preset's lon/lat (web.ogc.shape)
+        "query": filters(preset, bbox, window, None, where),
+        "sort": [{preset.time: {"order": "asc", "unmapped_type": "date"}},
+                 {preset.track: {"order": "asc", "unmapped_type": "keyword"}}],
+    }
+    if after is not None:
+        body["search_after"] = after
+    return body
+
+
+def ids_body(feature_id: str) -> dict[str, Any]:
+    """The document whose ``_id`` is ``feature_id`` (on the alias: whichever daily index holds it)."""
+    return {**SEARCH_OPTIONS, "size": 1, "_source": {"excludes": [GEO_FIELD]}, "query": {"ids": {"values": [feature_id]}}}

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.web import AppKey
+from elasticsearch import AsyncElasticsearch
 from aiohttp_sse import EventSourceResponse
 
 from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_index
@@ -28,15 +30,17 @@ async def search(request: web.Request, name: str, body: dict[str, Any], index: s
     return await app_search(request.app, name, body, index)
 
 
-async def app_search(app: web.Application, name: str, body: dict[str, Any], index: str | None = None) -> dict[str, Any]:
-    """:func:`search` for the application's own tasks (the event streams' views)."""
+async def app_search(app: web.Application, name: str, body: dict[str, Any], index: str | None = None,
+                     client: AppKey[AsyncElasticsearch] = ES) -> Any:
+    """:func:`search` for the application's own tasks (the event streams' views); ``client``: the key of the
+    Elasticsearch client (web.keys.RAW_ES answers bytes)."""
     metrics = app[METRICS]
     queued = time.perf_counter()
     async with app[LIMITER].slot():
         began = time.perf_counter()
         metrics.queue_wait.observe(began - queued)
         try:
-            response = await app[ES].search(index=index or app[SETTINGS].iot_index, **body)
+            response = await app[client].search(index=index or app[SETTINGS].iot_index, **body)
         except Exception as exc:
             metrics.es_errors.labels(name, type(exc).__name__).inc()
             raise
