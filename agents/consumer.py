@@ -364,6 +364,7 @@ class SourceStream:
         m.INVALID.inc(len(dead))
         m.DEAD_LETTERED.inc(len(dead) + len(late))
         m.NULLED.inc(result.nulled)
+        m.KEY_MISMATCH.inc(result.key_mismatch)
         m.FILTERED.inc(result.filtered)
         log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
                  "(process=%.3f write=%.3f wait=%.3f state=%.3f commit=%.3f)",
