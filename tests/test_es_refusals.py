@@ -235,10 +235,13 @@ async def test_indices_deleted_meanwhile_come_back_only_within_the_new_index_cap
 
 # --- item 5: the latest position of a track is one of its stored observations ------------------------------
 
-async def test_a_latest_position_is_always_a_stored_observation_and_waits_out_a_block(stack, es, new_index):
+@pytest.mark.parametrize("blocked", [False, True], ids=["unblocked", "latest index write-blocked"])
+async def test_a_latest_position_is_always_a_stored_observation_and_waits_out_a_block(stack, es, new_index,
+                                                                                      blocked):
     """Track a: its newest report is refused (mapping): before, the latest index still showed it; now the
-    newest stored one. Track b: its only report is refused: no latest position. Track c: the latest index is
-    write-blocked for a while: before, its latest write was counted as refused and lost; now it waits."""
+    newest stored one. Track b: its only report is refused: before, it had a latest position; now none.
+    Blocked: the latest index is write-blocked for a while: before, the latest writes were counted as
+    refused and lost; now they wait."""
     base = new_index("latest")
     await ensure_index(es, config.load({"IOT_INDEX": base}), PRESET, base)
     latest = documents.latest_index(base)
@@ -249,30 +252,36 @@ async def test_a_latest_position_is_always_a_stored_observation_and_waits_out_a_
                 "_source": source}
 
     refused = {"passengerCount": "many"}  # an integer field: document_parsing_exception
-    observations = [obs("a", T0), obs("a", T0 + 1000, **refused), obs("b", T0, **refused), obs("c", T0 + 5)]
+    day = documents.DAY_MS  # track d: its newest report needs a second new daily index, over the cap of 1
+    observations = [obs("a", T0), obs("a", T0 + 1000, **refused), obs("b", T0, **refused), obs("c", T0 + 5),
+                    obs("d", T0 + 2 * day), obs("d", T0 + 3 * day)]
     newest = [documents.latest_action(base, "a", T0 + 1000, observations[1]["_source"]),
               documents.latest_action(base, "b", T0, observations[2]["_source"]),
-              documents.latest_action(base, "c", T0 + 5, observations[3]["_source"])]
+              documents.latest_action(base, "c", T0 + 5, observations[3]["_source"]),
+              documents.latest_action(base, "d", T0 + 3 * day, observations[5]["_source"])]
     conflicts: list[int] = []
-    sink = Counting(stack.es_hosts, on_conflict=conflicts.append)
+    sink = Counting(stack.es_hosts, on_conflict=conflicts.append, max_new_indices=1)
     await sink.write([obs("z", T0)])  # indices known, so only the latest index's block is in the way
-    await es.indices.put_settings(index=latest, settings={"index.blocks.write": True})
+    await es.indices.put_settings(index=latest, settings={"index.blocks.write": True if blocked else None})
     try:
         task = asyncio.ensure_future(sink.write(observations + newest))
-        await asyncio.sleep(3)
-        assert not task.done(), f"a blocked latest write was given up: {task.result()}"
+        if blocked:
+            await asyncio.sleep(3)
+            assert not task.done(), f"a blocked latest write was given up: {task.result()}"
     finally:
         await es.indices.put_settings(index=latest, settings={"index.blocks.write": None})
     try:
         rejected = await asyncio.wait_for(task, 120)
     finally:
         await sink.stop()
-    assert sorted(a["_id"] for a, _ in rejected) == [documents.doc_id("a", T0 + 1000), documents.doc_id("b", T0)]
-    assert all("document_parsing_exception" in reason for _, reason in rejected)
+    reasons = {a["_id"]: reason for a, reason in rejected}
+    assert sorted(reasons) == sorted(documents.doc_id(*r) for r in (("a", T0 + 1000), ("b", T0), ("d", T0 + 3 * day)))
+    assert "IOT_MAX_NEW_INDICES=1" in reasons.pop(documents.doc_id("d", T0 + 3 * day))
+    assert all("document_parsing_exception" in reason for reason in reasons.values())
     await es.indices.refresh(index=latest)
     hits = (await es.search(index=latest, size=10, version=True))["hits"]["hits"]
     positions = {h["_id"]: (h["_version"], h["_source"]["observationTime"]) for h in hits}
-    assert positions == {"a": (T0, T0), "c": (T0 + 5, T0 + 5)}, positions
+    assert positions == {"a": (T0, T0), "c": (T0 + 5, T0 + 5), "d": (T0 + 2 * day, T0 + 2 * day)}, positions
     assert not conflicts
 
 
