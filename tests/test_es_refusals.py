@@ -27,7 +27,7 @@ from agents.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
 from geoiot.schema import load_preset
 from test_agents_integration import Worker, agent_env, cleanup_topics, health, read_topic, wait_count  # noqa: F401
-from test_poison_events import event, produce_together
+from test_poison_events import daily_indices, event, produce_together
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +333,38 @@ async def test_a_worker_waits_out_a_write_block_with_health_degraded_and_nothing
     assert committed_during <= 1000 and committed_after == 3000
     assert "degraded" in statuses and statuses[0] == "ok" and recovered == "ok"
     assert retries > 0
+
+
+async def test_retention_against_a_worker_without_it_cannot_make_the_next_batch_bypass_the_cap(
+        stack, es, kafka_admin, new_topic, agent_env, output_dir, python_env):
+    """`python -m agents.retention` deletes the days a worker (without IOT_RETENTION_DAYS) knows; the next batch
+    needs those 2 days and 2 new ones, with IOT_MAX_NEW_INDICES=2. Before: all 4 existed afterwards (the bulk
+    request re-created the deleted ones itself); now 2 are created and the rest are dead letters."""
+    import subprocess
+    import sys
+
+    from test_agents_integration import ROOT
+
+    topic = await new_topic("retcap", partitions=1)
+    env = agent_env(topic, IOT_MAX_NEW_INDICES="2")
+    base = env["IOT_INDEX"]
+    day = documents.DAY_MS
+    worker = Worker(env, output_dir / f"{topic}.log").start()
+    try:
+        await produce_together(stack.kafka_bootstrap, topic, [event("a", T0), event("a", T0 + day)])
+        assert await wait_count(es, base, 2, timeout=90, settle=1) == 2
+        result = subprocess.run([sys.executable, "-m", "agents.retention", "--index", base, "--retention-days", "1"],
+                                cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and documents.index_for(base, T0) in result.stdout, result
+        assert await daily_indices(es, base) == []
+        await produce_together(stack.kafka_bootstrap, topic, [event("a", T0 + d * day + 1) for d in range(4)])
+        letters = [orjson.loads(v) for v in await read_topic(stack.kafka_bootstrap, env["IOT_DLQ_TOPIC"], 2,
+                                                              timeout=90)]
+        indexed = await wait_count(es, base, 2, timeout=60, settle=2)
+        indices = await daily_indices(es, base)
+        running = worker.proc.poll() is None
+    finally:
+        worker.stop()
+        await cleanup_topics(kafka_admin, [f"{topic}-"])
+    assert running and len(indices) == 2 and indexed == 2
+    assert len(letters) == 2 and all("IOT_MAX_NEW_INDICES=2" in letter["reason"] for letter in letters)
