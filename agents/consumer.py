@@ -20,9 +20,10 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   offset (crash between the two): the re-delivered events are then "not newer" than the recovered
   state, produce no second alert (it was delivered before the state was written) and get the same
   motion fields from the state's short history (:mod:`agents.tracks`).
-* Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes in
-  the same request; a stale one (409) is counted by the sink, one refused otherwise is counted and
-  logged but not dead-lettered (the observation of the same event is stored or dead-lettered itself).
+* Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
+  its observations, and write them once those are stored (a latest position is a stored observation);
+  a stale one (409) is counted by the sink, one refused for good is counted and logged but not
+  dead-lettered (the observation of the same event is stored or dead-lettered itself).
 * Pipelining: while a batch is being stored the next one is fetched, processed against the states of
   the batches still in flight, and its writes start; at most ``IOT_FLUSHES_IN_FLIGHT`` batches are in
   flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
@@ -405,6 +406,7 @@ class SourceStream:
         m.INVALID.inc(len(dead))
         m.DEAD_LETTERED.inc(len(dead) + len(late))
         m.NULLED.inc(result.nulled)
+        m.KEY_MISMATCH.inc(result.key_mismatch)
         m.FILTERED.inc(result.filtered)
         log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
                  "(process=%.3f write=%.3f wait=%.3f state=%.3f commit=%.3f)",

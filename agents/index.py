@@ -2,7 +2,8 @@
 
 Documents go to the daily index of their event time (:mod:`geoiot.documents`), so the same event
 always lands in the same index under the same ``_id``; the template gives every such index the alias
-``<IOT_INDEX>``, which is what readers (web, tests) query.
+``<IOT_INDEX>``, which is what readers (web, tests) query. The template forbids auto-creation: a daily
+index exists only once the sink created it, within ``IOT_MAX_NEW_INDICES`` (:mod:`agents.sink`).
 
 The latest-position index ``<IOT_INDEX>_latest`` (one document per track, :mod:`geoiot.documents`) gets
 its own template with the same mapping and no alias, so a bulk request recreates it alike if it is deleted.
@@ -27,6 +28,9 @@ def template_body(settings: Settings, preset: Preset, index: str | None = None) 
     return {
         "index_patterns": [index_pattern(base)],
         "priority": PRIORITY,
+        # Only the sink creates daily indices (through IOT_MAX_NEW_INDICES): a bulk request for a day deleted
+        # meanwhile (retention) gets index_not_found, which the sink answers by creating it within the cap.
+        "allow_auto_create": False,
         "template": {
             "settings": _index_settings(settings),
             "mappings": mapping_for(preset),

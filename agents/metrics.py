@@ -9,6 +9,8 @@ INDEXED = Counter("geoiot_agent_indexed_total", "Documents acknowledged by a sin
 INVALID = Counter("geoiot_agent_invalid_total", "Messages that failed validation")
 DEAD_LETTERED = Counter("geoiot_agent_dead_lettered_total", "Messages written to the dead-letter topic")
 NULLED = Counter("geoiot_agent_nulled_attributes_total", "Attributes stored as null because they could not be coerced")
+KEY_MISMATCH = Counter("geoiot_agent_key_mismatch_total",
+                       "Events whose Kafka key differs from their track id (stored under the value's track id)")
 FILTERED = Counter("geoiot_agent_filtered_total", "Valid events dropped by the geofence filter")
 ALERTS = Counter("geoiot_agent_alerts_total", "Geofence alerts emitted", ["event"])
 WEBHOOK = Counter("geoiot_agent_webhook_total", "Webhook deliveries by outcome", ["outcome"])

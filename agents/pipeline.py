@@ -90,6 +90,7 @@ class BatchResult:
         self.valid = 0
         self.filtered = 0  # valid but outside every fence in filter mode
         self.nulled = 0  # attributes stored as null because they could not be coerced
+        self.key_mismatch = 0  # valid events whose Kafka key is not their track id (the value's track id wins)
         self.observations = Bulk()  # one entry per indexed event, in message order
         self.origins: list[Message] = []  # the message of each observation entry
         self.latest_bulk = Bulk()  # one latest-position entry per track
@@ -149,6 +150,19 @@ class _Part:
     newest: dict[str, tuple[int, int]] = field(default_factory=dict)  # track -> (time_ms, event)
 
 
+def key_mismatches(messages: Sequence[Message], tracks: Sequence[str]) -> int:
+    """Messages whose Kafka key is set and is not the UTF-8 of their value's track id.
+
+    The rule (README, "Kafka key"): the value's track id wins (it is what is validated, stored and tracked);
+    such events are counted, not dead-lettered. A message without a key is not counted."""
+    n = 0
+    for msg, track in zip(messages, tracks):
+        key = msg.key
+        if key is not None and key != track.encode():
+            n += 1
+    return n
+
+
 def keep_newest(newest: dict[str, tuple[int, int]], track: str, time_ms: int, event: int) -> None:
     """Keep ``event`` as the track's newest unless an older report: on a tie the later one wins, as in the index."""
     if not documents.keeps_latest(time_ms):
@@ -173,6 +187,7 @@ class Pipeline:
         now = int(time.time() * 1000)
         cols = self._validate(messages, now, out)
         out.valid = len(cols.tracks)
+        out.key_mismatch = key_mismatches(cols.messages, cols.tracks)
         if not cols.tracks:
             return out
         try:
@@ -192,7 +207,7 @@ class Pipeline:
         if times:
             bounds = self.bounds
             if type(bounds) is EventTimeBounds:  # its rule, by column; a subclass is asked event by event
-                lo, hi = now - bounds.max_age_days * DAY_MS, now + bounds.max_ahead_days * DAY_MS
+                lo, hi = bounds.window(now)
                 suspects = range(len(times)) if min(times) < lo or max(times) > hi else ()
             else:
                 suspects = range(len(times))

@@ -31,8 +31,9 @@ from collections.abc import Sequence
 from elasticsearch import AsyncElasticsearch
 
 from geoiot import config
-from geoiot.documents import DAY_MS, index_day_ms, index_pattern, latest_index
+from geoiot.documents import index_day_ms, index_pattern, latest_index
 from geoiot.schema import load_preset
+from geoiot.timeparse import retention_cutoff
 
 ENVS = ("ES_URL", "IOT_INDEX", "IOT_SCHEMA", "IOT_RETENTION_DAYS")
 
@@ -41,11 +42,11 @@ def expired(base: str, names: Sequence[str], retention_days: int, now_ms: int) -
     """The daily indices of ``base`` among ``names`` whose whole day is older than ``retention_days``."""
     if retention_days <= 0:
         return []
-    cutoff = now_ms - retention_days * DAY_MS
+    cutoff = retention_cutoff(retention_days, now_ms)
     out = []
     for name in names:
         day = index_day_ms(base, name)
-        if day is not None and day + DAY_MS <= cutoff:
+        if day is not None and day < cutoff:
             out.append(name)
     return sorted(out)
 
@@ -67,7 +68,7 @@ async def delete_expired(es: AsyncElasticsearch, base: str, retention_days: int,
 
 def latest_cutoff(retention_days: int, now_ms: int) -> int:
     """Latest positions older than this (epoch ms) go: the start of the first day :func:`expired` keeps."""
-    return (now_ms - retention_days * DAY_MS) // DAY_MS * DAY_MS
+    return retention_cutoff(retention_days, now_ms)
 
 
 def stale_latest_query(time_field: str, retention_days: int, now_ms: int) -> dict[str, object]:

@@ -2,20 +2,26 @@
 
 ``write(actions)`` first creates the daily indices the actions need (at most ``max_new_indices`` per
 call; actions for more are refused with the reason), then returns only when every action is stored
-or permanently refused (a 4xx such as a mapping error, returned to the caller for the dead-letter
-topic; a request refused as a whole is split until the refused document is alone). Rejections that may pass later
-(429, 5xx) and connection errors are retried with capped exponential back-off for as long as it
-takes, so an Elasticsearch outage only grows the consumer lag: the agent acks the batch's offsets
-only after ``write`` returned.
+or refused for good. What is retried and what is refused is decided in one place, :mod:`agents.es_errors`:
+whatever the cluster will accept later (blocks, a closed or missing index, unassigned shards, no master,
+429/5xx, connection errors) is retried with capped exponential back-off for as long as it takes, so it only
+grows the consumer lag (the agent acks the batch's offsets only after ``write`` returned); only a refusal of
+the document itself (a mapping error, a refused ``_id``) is returned to the caller for the dead-letter topic.
+A request refused as a whole is retried whole when the refusal is temporary (never split), and split until
+the refused document is alone when it is not. The daily index template forbids auto-creation
+(:mod:`agents.index`), so an index deleted meanwhile comes back as ``index_not_found`` and is created again
+here, through the same cap.
 
 The request is one ``_bulk`` call per batch with a body the pipeline already wrote (:class:`agents.bulk.Bulk`;
 ``write(actions)`` serialises dicts into one first); the response's items are matched to the entries by
 position, as Elasticsearch answers them in request order. This replaced ``async_streaming_bulk``, which
 re-serialised, chunked and matched every action in Python (docs/BENCHMARKS.md, "batch core").
 
-Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) travel in the
-same bulk request. Their version conflict (409) only means Elasticsearch holds a report as new or newer:
-it is counted (``on_conflict``), neither retried nor returned as refused.
+Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) are written
+after the observations of the same call are stored, so a latest position is always a stored observation: the
+entry of a refused observation is replaced by the newest stored observation of its track in the call (or
+dropped when there is none). Their version conflict (409) only means Elasticsearch holds a report as new
+or newer: it is counted (``on_conflict``), neither retried nor returned as refused.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from elasticsearch.exceptions import ApiError, TransportError
 from elasticsearch.serializer import OrjsonSerializer
 
 from agents.bulk import Bulk
+from agents.es_errors import Fate, error_type, fate, response_error
+from geoiot.documents import doc_id, id_parts, keeps_latest
 
 log = logging.getLogger("agents.sink")
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
 # Only what write() reads from a bulk response (items are matched by position): status and error.
 BULK_RESPONSE_FIELDS = ["errors", "items.*.status", "items.*.error"]
 
@@ -114,12 +121,15 @@ class ElasticsearchSink:
                 self._ok()
                 return result
             except (TransportError, ApiError) as exc:
-                status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
-                if isinstance(exc, ApiError) and status not in RETRY_STATUS:
+                status, error = _status_and_error(exc)
+                if isinstance(exc, ApiError) and fate(status, error) is Fate.REFUSE:
                     raise
                 attempt += 1
-                self._failing(f"{what}: {type(exc).__name__} {status or ''}".strip(), attempt)
-                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+                self._failing(f"{what}: {_describe(exc, status, error)}", attempt)
+                await self._backoff(attempt)
+
+    async def _backoff(self, attempt: int) -> None:
+        await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
 
     def _ok(self) -> None:
         if self.failing_since is not None:
@@ -132,8 +142,9 @@ class ElasticsearchSink:
         self.on_retry(reason)
         log.warning("elasticsearch unavailable (%s), attempt %d; retrying with back-off", reason, attempt)
 
-    async def _prepare_indices(self, bulk: Bulk) -> tuple[Bulk, Rejected]:
-        """Create the batch's missing indices before the bulk request, at most ``max_new_indices`` of them.
+    async def _prepare_indices(self, bulk: Bulk, budget: list[int]) -> tuple[Bulk, Rejected]:
+        """Create the batch's missing indices before the bulk request, at most ``budget[0]`` of them (taken
+        from it: one call of :meth:`write_bulk` creates at most ``max_new_indices``, re-creations included).
 
         The bulk request would otherwise create every missing index itself, inside one request, with
         no bound: a batch of events spread over years exhausts the cluster's shards. Entries for the
@@ -147,12 +158,13 @@ class ElasticsearchSink:
             if exists:
                 self._existing.add(name)
                 continue
-            if created >= self.max_new_indices:
+            if budget[0] <= 0:
                 refused.add(name)
                 continue
             await self._retrying(f"create index {name}", lambda: self.client.options(ignore_status=400)
                                  .indices.create(index=name))
             self._existing.add(name)
+            budget[0] -= 1
             created += 1
         if created:
             log.info("created %d daily index(es) ahead of the bulk request", created)
@@ -168,13 +180,27 @@ class ElasticsearchSink:
         return await self.write_bulk(Bulk.from_actions(actions))
 
     async def write_bulk(self, bulk: Bulk) -> Rejected:
-        """Store the prepared request; returns the entries refused for good, as actions with the reason."""
+        """Store the prepared request; returns the entries refused for good, as actions with the reason.
+
+        Observations first, then the latest positions of what was stored (see the module's docstring)."""
         if not len(bulk):
             return []
-        pending, rejected = await self._prepare_indices(bulk)
-        return rejected + await self._write(pending)
+        budget = [self.max_new_indices]
+        latest = [i for i, v in enumerate(bulk.versions) if v is not None]
+        if not latest or len(latest) == len(bulk):
+            return await self._store(bulk, budget)
+        latest_set = set(latest)
+        observations = bulk.subset(i for i in range(len(bulk)) if i not in latest_set)
+        rejected = await self._store(observations, budget)
+        return rejected + await self._store(stored_latest(observations, bulk.subset(latest), rejected), budget)
 
-    async def _write(self, pending: Bulk) -> Rejected:
+    async def _store(self, bulk: Bulk, budget: list[int]) -> Rejected:
+        if not len(bulk):
+            return []
+        pending, rejected = await self._prepare_indices(bulk, budget)
+        return rejected + await self._write(pending, budget)
+
+    async def _write(self, pending: Bulk, budget: list[int]) -> Rejected:
         rejected: Rejected = []
         attempt = 0
         while len(pending):
@@ -182,22 +208,25 @@ class ElasticsearchSink:
             try:
                 response = await self.client.bulk(operations=pending.body(), filter_path=BULK_RESPONSE_FIELDS)
             except (TransportError, ApiError) as exc:
-                status = getattr(exc, "status_code", None)
-                if isinstance(exc, ApiError) and status not in RETRY_STATUS:
-                    # The whole request is refused (e.g. 400 on a malformed body): halve it until the
-                    # document it refuses is alone, so its neighbours are stored.
+                status, error = _status_and_error(exc)
+                if isinstance(exc, ApiError) and fate(status, error) is Fate.REFUSE:
+                    # The whole request is refused for something in it (e.g. 400 on an _id over 512 bytes):
+                    # halve it until the document it refuses is alone, so its neighbours are stored.
                     if len(pending) > 1:
                         half = len(pending) // 2
-                        return (rejected + await self._write(pending.subset(range(half)))
-                                + await self._write(pending.subset(range(half, len(pending)))))
+                        return (rejected + await self._write(pending.subset(range(half)), budget)
+                                + await self._write(pending.subset(range(half, len(pending))), budget))
                     return rejected + [(pending.action(0), f"elasticsearch refused the request: {status} {exc}")]
+                # Temporary (a cluster block, no master, an outage): the same request again, never split.
                 attempt += 1
-                self._failing(f"bulk: {type(exc).__name__} {status or ''}".strip(), attempt)
-                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
+                self._failing(f"bulk: {_describe(exc, status, error)}", attempt)
+                await self._backoff(attempt)
                 continue
             self.on_bulk(time.perf_counter() - started, len(pending))
             body = response.body if hasattr(response, "body") else response
             retry: list[int] = []
+            missing: set[str] = set()
+            why: dict[str, int] = {}
             stale = 0
             if body.get("errors"):
                 items = body.get("items") or []
@@ -208,23 +237,68 @@ class ElasticsearchSink:
                     status = info.get("status")
                     if status is None or status < 300:
                         continue
-                    if status in RETRY_STATUS:
-                        retry.append(i)
-                    elif status == 409 and pending.versions[i] is not None:
+                    error = info.get("error")
+                    if status == 409 and pending.versions[i] is not None:
                         stale += 1  # a versioned write refused: the stored document is as new or newer
+                    elif fate(status, error) is Fate.RETRY:
+                        retry.append(i)
+                        kind = error_type(error) or str(status)
+                        why[kind] = why.get(kind, 0) + 1
+                        if kind == "index_not_found_exception":
+                            missing.add(pending.index[i])
                     else:
                         rejected.append((pending.action(i), f"elasticsearch refused the document: {_error_text(info)}"))
             if stale:
                 self.on_conflict(stale)
-            if retry:
-                attempt += 1
-                self._failing(f"{len(retry)} document(s) rejected with a retryable status", attempt)
-                await asyncio.sleep(min(self.max_backoff, self.initial_backoff * 2 ** min(attempt - 1, 16)))
-                pending = pending.subset(retry)
-            else:
+            if not retry:
                 self._ok()
                 break
+            attempt += 1
+            self._failing(f"{len(retry)} document(s) refused for now: "
+                          + ", ".join(f"{n} {kind}" for kind, n in sorted(why.items())), attempt)
+            pending = pending.subset(retry)
+            if missing:  # deleted since it was created or found: create it again, within the cap
+                self._existing -= missing
+                pending, refused = await self._prepare_indices(pending, budget)
+                rejected += refused
+            await self._backoff(attempt)
         return rejected
+
+
+def stored_latest(observations: Bulk, latest: Bulk, rejected: Rejected) -> Bulk:
+    """The latest-position entries to write once ``observations`` are stored except ``rejected``: an entry
+    whose own observation (in ``observations``) was refused is replaced by the newest stored observation of
+    its track there, or dropped when there is none, so a latest position is always a stored observation."""
+    refused = {action["_id"] for action, _ in rejected if "version_type" not in action}
+    if not refused:
+        return latest
+    newest: dict[str, tuple[int, int]] = {}  # track -> (time ms, entry) of its newest stored observation
+    for i, obs_id in enumerate(observations.ids):
+        if obs_id in refused or observations.versions[i] is not None:
+            continue
+        track, ms = id_parts(obs_id)
+        seen = newest.get(track)
+        if keeps_latest(ms) and (seen is None or ms >= seen[0]):
+            newest[track] = (ms, i)
+    out = Bulk()
+    for j, track in enumerate(latest.ids):
+        version = latest.versions[j]
+        if version is None or doc_id(track, version) not in refused:
+            out.append(latest.index[j], track, latest.sources[j], version)
+            continue
+        fallback = newest.get(track)
+        if fallback is not None:
+            out.append(latest.index[j], track, observations.sources[fallback[1]], fallback[0])
+    return out
+
+
+def _status_and_error(exc: Exception) -> tuple[int | None, Any]:
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
+    return (status if isinstance(status, int) else None), response_error(getattr(exc, "body", None))
+
+
+def _describe(exc: Exception, status: int | None, error: Any) -> str:
+    return " ".join(str(part) for part in (type(exc).__name__, status, error_type(error)) if part)
 
 
 def _error_text(info: dict[str, Any]) -> str:

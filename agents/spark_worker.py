@@ -34,9 +34,10 @@ import orjson
 import pandas as pd
 
 from agents import idle
+from agents.bulk import Bulk
 from agents.geofence import Geofences
 from agents.pipeline import BatchResult, Incoming, Pipeline
-from agents.sink import ElasticsearchSink, Sink, es_client
+from agents.sink import ElasticsearchSink, Sink, es_client, stored_latest
 from agents.tracks import State
 from agents.validate import dead_letter
 from geoiot.config import Settings
@@ -211,7 +212,10 @@ class Worker:
                     for a, key, raw, src, p, o in zip(observations, docs["key"], docs["raw"], docs["src"],
                                                       docs["partition"], docs["offset"])}
         stale_before = self.stale
-        rejected = self.write(observations + latest)
+        rejected = self.write(observations)
+        if rejected:  # a latest position must be a stored observation, as in the agents' sink
+            latest = stored_latest(Bulk.from_actions(observations), Bulk.from_actions(latest), rejected).actions()
+        rejected += self.write(latest)
         refused = [(messages[(a["_index"], a["_id"])], f"{self.sink.name}: {reason}") for a, reason in rejected
                    if (a["_index"], a["_id"]) in messages]
         latest_refused = len(rejected) - len(refused)

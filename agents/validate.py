@@ -8,6 +8,8 @@ core fields (track id, time, lon, lat) decide validity, other attributes are coe
 from __future__ import annotations
 
 import base64
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timezone, tzinfo
@@ -41,15 +43,54 @@ def decode(preset: Preset, raw: bytes | bytearray | memoryview | str | None, tz:
         raise InvalidRecord("empty value")
     if isinstance(raw, memoryview):
         raw = raw.tobytes()
+    unusable: list[str] = []
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecord(f"not JSON: {exc}") from None
+        obj = _loads_unusual(raw, exc)
+        if isinstance(obj, dict):
+            unusable = _null_unusable(preset, obj)
     if not isinstance(obj, dict):
         raise InvalidRecord(f"not a JSON object but a {_json_kind(obj)}")
     record, nulled = typed_record(preset, obj, tz)
     return Observation(record, record[preset.track], record[preset.time], record[preset.lon], record[preset.lat],
-                       tuple(nulled))
+                       tuple(unusable + nulled))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_unusual(raw: bytes | bytearray | str, error: Exception) -> Any:
+    """Valid JSON that orjson refuses for a value it cannot hold: a number beyond a double (``1e400``) or a
+    lone surrogate escape (``"\\ud800"``). The standard library reads those (as inf, and as a str that is not
+    UTF-8); anything else it refuses too is not JSON, with orjson's reason (NaN and Infinity are not JSON)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRecord(f"not JSON: {error}") from None
+
+
+def _null_unusable(preset: Preset, obj: dict[str, Any]) -> list[str]:
+    """Null the preset's non-core attributes holding what no document can store (a non-finite number, a string
+    that is not UTF-8) and return their names; a track id that is not UTF-8 is invalid (the core decides)."""
+    core = {preset.track, preset.time, preset.lon, preset.lat}
+    nulled: list[str] = []
+    for name, _ in preset.fields:
+        value = obj.get(name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+                continue
+            except UnicodeEncodeError:
+                if name == preset.track:
+                    raise InvalidRecord(f"{name} is not valid Unicode (a lone surrogate)") from None
+        elif not (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if name not in core:  # a non-finite core time, lon or lat is refused by the core rules with its reason
+            obj[name] = None
+            nulled.append(name)
+    return nulled
 
 
 @dataclass(slots=True)

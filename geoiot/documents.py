@@ -95,6 +95,12 @@ def doc_id(track: str, time_ms: int) -> str:
     return value
 
 
+def id_parts(doc_id_: str) -> tuple[str, int]:
+    """The track id and event time (epoch ms) of an ``_id`` made by :func:`doc_id`."""
+    track, _, ms = doc_id_.rpartition(":")
+    return track, int(ms)
+
+
 def index_pattern(base: str) -> str:
     """The daily indices of ``base`` (what the template and retention match)."""
     return f"{base}-*"

@@ -83,6 +83,18 @@ def _parse_iso(text: str, tz: tzinfo) -> int:
 
 
 DAY_MS = 86_400_000
+# Every reason of EventTimeBounds.problem starts with it (replay counts those rows under the kind "bounds").
+BOUNDS_REASON_PREFIX = "event time "
+
+
+def retention_cutoff(retention_days: int, now_ms: int) -> int:
+    """The start (epoch ms, UTC) of the oldest day that ``IOT_RETENTION_DAYS`` keeps now.
+
+    The one boundary of retention: a daily index whose day starts before it is deleted
+    (:func:`agents.retention.expired`), a latest position older than it goes, and an event older than it is
+    refused (:class:`EventTimeBounds`), so an event is refused exactly when retention would delete its day.
+    """
+    return (now_ms - retention_days * DAY_MS) // DAY_MS * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -91,27 +103,37 @@ class EventTimeBounds:
 
     An event older than ``max_age_days`` or more than ``max_ahead_days`` in the future is refused
     (replay skips it, the agents dead-letter it), so no input can create a daily index for the year 1
-    or 9999. With a retention period, events retention would delete at once are refused too.
+    or 9999. With a retention period, an event in a day retention deletes now is refused too
+    (:func:`retention_cutoff`: the same boundary as retention's, whole days).
     """
 
     max_age_days: float = 36525.0
     max_ahead_days: float = 1.0
+    retention_days: int = 0
 
     @classmethod
     def from_settings(cls, settings: Any) -> "EventTimeBounds":
-        age = settings.iot_max_event_age_days
-        if settings.iot_retention_days > 0:
-            age = min(age, float(settings.iot_retention_days))
-        return cls(age, settings.iot_max_event_ahead_days)
+        return cls(settings.iot_max_event_age_days, settings.iot_max_event_ahead_days,
+                   max(0, int(settings.iot_retention_days)))
+
+    def window(self, now_ms: int) -> tuple[float, float]:
+        """The oldest and newest valid event times now (epoch ms, inclusive)."""
+        oldest = now_ms - self.max_age_days * DAY_MS
+        if self.retention_days > 0:
+            oldest = max(oldest, retention_cutoff(self.retention_days, now_ms))
+        return oldest, now_ms + self.max_ahead_days * DAY_MS
 
     def problem(self, time_ms: int, now_ms: int | None = None) -> str | None:
         """Why ``time_ms`` is not a valid event time now, or None when it is."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
+        if self.retention_days > 0 and time_ms < retention_cutoff(self.retention_days, now):
+            return (f"{BOUNDS_REASON_PREFIX}{format_ms(time_ms)} is in a day IOT_RETENTION_DAYS={self.retention_days} deletes "
+                    f"(before {format_ms(retention_cutoff(self.retention_days, now))})")
         if time_ms < now - self.max_age_days * DAY_MS:
-            return (f"event time {format_ms(time_ms)} is more than {self.max_age_days:g} days old "
-                    "(IOT_MAX_EVENT_AGE_DAYS, IOT_RETENTION_DAYS)")
+            return (f"{BOUNDS_REASON_PREFIX}{format_ms(time_ms)} is more than {self.max_age_days:g} days old "
+                    "(IOT_MAX_EVENT_AGE_DAYS)")
         if time_ms > now + self.max_ahead_days * DAY_MS:
-            return (f"event time {format_ms(time_ms)} is more than {self.max_ahead_days:g} days ahead "
+            return (f"{BOUNDS_REASON_PREFIX}{format_ms(time_ms)} is more than {self.max_ahead_days:g} days ahead "
                     "(IOT_MAX_EVENT_AHEAD_DAYS)")
         return None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from geoiot.timeparse import BOUNDS_REASON_PREFIX
 from replay.reader import Rejected
 
 MAX_REPORTED_REJECTS = 5
@@ -47,8 +48,11 @@ class Stats:
 
 
 def reason_kind(reason: str, core: tuple[str, str, str, str]) -> str:
-    """Category of a rejection reason for per-kind counts: columns, json, track, time, longitude, latitude
-    (rows rejected for other causes name their kind in ``Rejected.kind``: size, incomplete)."""
+    """Category of a rejection reason for per-kind counts: columns, json, track, time, longitude, latitude,
+    bounds (an event time outside :class:`geoiot.timeparse.EventTimeBounds`); rows rejected for other causes
+    name their kind in ``Rejected.kind``: size, incomplete."""
+    if reason.startswith(BOUNDS_REASON_PREFIX) and "IOT_" in reason:
+        return "bounds"
     if "columns" in reason:
         return "columns"
     if "JSON" in reason:

@@ -69,11 +69,19 @@ def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_
 
 async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: Iterator[dict[str, Any]],
                      chunk_size: int = 5_000) -> int:
-    """Index documents into the daily indices of ``base`` with the agents' bulk actions; returns the count."""
+    """Index documents into the daily indices of ``base`` with the agents' bulk actions; returns the count.
+
+    Each daily index is created before its first document, as the agents' sink does (the template forbids
+    auto-creation, agents/index.py)."""
+    created: set[str] = set()
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         for doc in docs:
-            yield documents.action(base, doc[preset.track], doc[preset.time], doc)
+            action = documents.action(base, doc[preset.track], doc[preset.time], doc)
+            if action["_index"] not in created:
+                await es.options(ignore_status=400).indices.create(index=action["_index"])
+                created.add(action["_index"])
+            yield action
 
     count = 0
     async for ok, item in async_streaming_bulk(es, actions(), chunk_size=chunk_size, max_retries=5,
