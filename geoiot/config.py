@@ -96,6 +96,11 @@ def _topic(value: str) -> str | None:
     return None
 
 
+def _optional_topic(value: str) -> str | None:
+    """empty or a Kafka topic name"""
+    return None if not value else _topic(value)
+
+
 def _app_id(value: str) -> str | None:
     """1-200 of A-Z a-z 0-9 . _ -"""
     # It names the consumer group and the changelog topic "<IOT_APP_ID>-tracks-changelog".
@@ -297,6 +302,8 @@ SETTINGS: tuple[Setting, ...] = (
             int, minimum=1, maximum=100_000),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
             "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
+    Setting("IOT_FENCES_TOPIC", "", "Compacted topic of the live geofences (geoiot/fences.py); empty: <IOT_TOPIC>-fences",
+            check=_optional_topic),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -353,10 +360,16 @@ class Settings:
     web_sse_max_clients: int
     web_sse_max_views: int
     iot_tokens_file: str
+    iot_fences_topic: str
 
     @property
     def es_hosts(self) -> list[str]:
         return [h.strip() for h in self.es_url.split(",") if h.strip()]
+
+    @property
+    def fences_topic(self) -> str:
+        """IOT_FENCES_TOPIC, derived from the source topic when unset (so each source has its own fences)."""
+        return self.iot_fences_topic or f"{self.iot_topic}-fences"
 
     @property
     def sinks(self) -> list[str]:

@@ -39,8 +39,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from geoiot import config
 
-ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION")
+ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION",
+        "IOT_FENCES_TOPIC")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
+FENCE_PARTITIONS = 1  # one order for every fence change (geoiot.fences)
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -89,6 +91,11 @@ def log(event: str, **fields: object) -> None:
 def topic_names(settings: config.Settings) -> list[str]:
     """Source, dead-letter and alerts topics, without duplicates, in that order."""
     return list(dict.fromkeys([settings.iot_topic, settings.iot_dlq_topic, settings.iot_alerts_topic]))
+
+
+def fence_spec(settings: config.Settings) -> TopicSpec:
+    """The live geofences' topic (geoiot.fences): compacted, one partition, whatever IOT_PARTITIONS says."""
+    return TopicSpec(settings.fences_topic, FENCE_PARTITIONS, settings.iot_replication, COMPACTED)
 
 
 async def _within(what: str, bootstrap: str, timeout: float, call: Awaitable[T]) -> T:
@@ -292,6 +299,7 @@ async def run(settings: config.Settings, wait: float, check: bool) -> int:
             log("topics_present", topics={n: found[n].partitions for n in names})
             return 0
         specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
+        specs.append(fence_spec(settings))
         for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
             for problem in r.problems:
@@ -302,7 +310,7 @@ async def run(settings: config.Settings, wait: float, check: bool) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m geoiot.topics",
-        description="Create the source, dead-letter and alerts topics (idempotent).",
+        description="Create the source, dead-letter, alerts and (compacted) fence topics (idempotent).",
     )
     config.add_flags(parser, ENVS)
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
