@@ -40,6 +40,10 @@ class Geofences:
     _rank: np.ndarray = field(repr=False)  # position of each fence id in sorted order
     _grid: "_Grid | None" = field(repr=False, default=None)
     _singles: tuple[tuple[str], ...] = field(repr=False, default=())
+    # Live fences (agents.fence_follower): each fence's version, and the version of the tombstone of each fence
+    # deleted; empty for fences from a file. Alerts carry them (:meth:`describe`).
+    versions: Mapping[str, int] = field(repr=False, default_factory=dict)
+    removed: Mapping[str, int] = field(repr=False, default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,6 +107,16 @@ class Geofences:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise GeofenceError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_geojson(data, str(path))
+
+    def describe(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """An enter/exit alert with the fence's ``version`` (None for a file's fences) and ``removed``: True on
+        the exit from a fence that was deleted (the track's first report after the deletion)."""
+        fence = alert["fence"]
+        version = self.versions.get(fence)
+        removed = version is None and fence in self.removed
+        alert["version"] = self.removed[fence] if removed else version
+        alert["removed"] = removed
+        return alert
 
     def pairs(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(point index, fence index) of every point inside (or on the boundary of) a fence."""

@@ -178,3 +178,12 @@ async def seed(settings: Settings, path: str | Path, timeout: float = START_TIME
     log.info(json.dumps({"event": "fences_seeded", "topic": settings.fences_topic, "file": str(path),
                          "written": written, "unchanged": not plan}))
     return written
+
+
+async def prepare(settings: Settings) -> tuple[str, ...]:
+    """What a runtime does before it follows the fences: create the topic when missing, seed it from
+    IOT_GEOFENCES. Returns how an existing topic differs from its spec (for the caller to log); a
+    :class:`geoiot.fences.FenceError` for an unusable file, a :class:`geoiot.topics.TopicsError` for Kafka."""
+    result = await ensure(settings)
+    await seed(settings, settings.iot_geofences)
+    return result.problems

@@ -63,9 +63,9 @@ async def connect(service: FenceService) -> None:
     s = service.settings
     while True:
         try:
-            await fence_topic.ensure(s)
             try:
-                await fence_topic.seed(s, s.iot_geofences)
+                for problem in await fence_topic.prepare(s):
+                    log.warning(json.dumps({"event": "topic_differs", "problem": problem}))
             except fences.FenceError as exc:  # an unusable file: the topic's fences are served as they are
                 log.warning(json.dumps({"event": "geofences_unreadable", "path": s.iot_geofences,
                                         "error": str(exc)[:300]}))
