@@ -1,4 +1,4 @@
-"""Geofencing throughput: points tested per second against 1, 100 and 1,000 fences (one core).
+"""Geofencing throughput: points tested per second against 1, 100, 1,000 and 10,000 fences (one core).
 
 Baselines measured in the same run, on the same points:
 * ``numpy-bbox``: a pure numpy bounding-box test of every point against one box (memory-bound floor
@@ -12,7 +12,7 @@ lookups, one prepared ``intersects_xy`` call for points in boundary cells) and `
 the agent puts into documents). Fences are 32-gon discs of 150-600 m scattered over New York City
 (plus JFK), points uniform over the same area, in batches of the agent's bulk size.
 
-    .venv/bin/python -m bench.geofence_throughput [--points 1000000] [--batch 1000] [--repeat 3]
+    .venv/bin/python -m bench.geofence_throughput [--points 1000000] [--batch 1000] [--repeat 3] [--sizes 1,100,1000,10000]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def fences(n: int, rng: np.random.Generator) -> Geofences:
     y = rng.uniform(NYC[1], NYC[3], n - 1)
     r = rng.uniform(150, 600, n - 1) / 111_000
     discs = shapely.buffer(shapely.points(x, y), r, quad_segs=8)
-    return Geofences.from_geometries(["jfk"] + [f"f{i:04d}" for i in range(n - 1)], [jfk, *discs])
+    return Geofences.from_geometries(["jfk"] + [f"f{i:05d}" for i in range(n - 1)], [jfk, *discs])
 
 
 def rate(fun, lon, lat, batch: int, repeat: int) -> tuple[float, int]:
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sizes", default="1,100,1000,10000", help="fence counts, comma-separated")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     lon = rng.uniform(NYC[0], NYC[2], args.points)
@@ -72,7 +73,7 @@ def main() -> None:
     r, h = rate(lambda x, y: int(np.count_nonzero(shapely.intersects_xy(jfk, x, y))), lon, lat, args.batch, args.repeat)
     rows.append(("intersects_xy-1 (baseline)", 1, r, h))
     base = r
-    for n in (1, 100, 1000):
+    for n in (int(v) for v in args.sizes.split(",")):
         f = one if n == 1 else fences(n, rng)
         tree = shapely.STRtree(f.geometries)
         r, h = rate(lambda x, y: int(tree.query(shapely.points(x, y), predicate="intersects").shape[1]),
