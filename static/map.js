@@ -711,11 +711,7 @@
     trailLayer = L.layerGroup().addTo(map);
     trailRenderer = L.svg({ padding: 0.5 }); // its own SVG pane: each segment an element (styled, inspectable)
     nowLayer = L.layerGroup().addTo(map);
-    getJSON("/api/geofences").then((fc) => {
-      L.geoJSON(fc, { interactive: false, style: { color: "#7b3294", weight: 2, fill: false, dashArray: "4 3" } })
-        .addTo(map);
-      state.fences = fc.features.length;
-    }).catch(() => { state.fences = 0; });
+    window.geoiotFences.start(map, state.config.refreshMs); // static/fences.js: drawn, followed, edited with a token
 
     const ext = await getJSON("/api/extent").catch(() => null);
     if (ext && typeof ext.end === "number") state.clock = ext.end;

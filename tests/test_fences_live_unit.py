@@ -3,10 +3,13 @@ the worker builds from the fence topic's records (agents.fence_follower.Shapes).
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
+from hypothesis import given, settings, strategies as st
 from shapely.geometry import box, mapping
 
 from agents.fence_follower import Shapes
+from agents.geofence import Geofences
 from agents.pipeline import Incoming, Pipeline
 from geoiot import fences
 from geoiot.schema import load_preset
@@ -78,8 +81,6 @@ def test_created_changed_and_deleted_fences_give_the_documented_alerts_at_the_ne
 
 
 def test_file_fences_have_no_version_and_an_unchanged_fence_keeps_its_shape():
-    from agents.geofence import Geofences
-
     plain = Geofences.from_geometries(["z"], [box(0, 0, 1, 1)])
     assert plain.describe({"fence": "z", "event": "exit"}) == {"fence": "z", "event": "exit", "version": None,
                                                                 "removed": False}
@@ -95,3 +96,25 @@ def test_file_fences_have_no_version_and_an_unchanged_fence_keeps_its_shape():
     assert two.versions == {"a": 0, "b": 2} and topic.index().ids == ("a", "b")
     topic.delete("a")
     assert topic.index().ids == ("b",) and topic.index().removed == {"a": 3}
+
+
+@given(st.lists(st.tuples(st.floats(0, 9), st.floats(0, 9), st.floats(0.1, 2)), min_size=2, max_size=12),
+       st.integers(0, 11), st.floats(-3, 12), st.floats(-3, 12))
+@settings(max_examples=40, deadline=None)
+def test_a_rebuild_that_keeps_cells_equals_an_index_from_scratch(boxes, which, x, y):
+    topic = Topic()
+    for k, (x0, y0, size) in enumerate(boxes):
+        topic.put(f"f{k}", box(x0, y0, x0 + size, y0 + size))
+    first = topic.index()
+    which %= len(boxes)
+    topic.put(f"f{which}", box(x, y, x + 0.7, y + 0.4))  # moved, maybe out of the frame (then a new one)
+    kept = topic.index()
+    scratch = Shapes().index(dict(topic.fs.fences), dict(topic.fs.removed))
+    if first.frame.suits(len(boxes), scratch.bounds):
+        assert kept.frame is first.frame  # only the moved fence was placed again
+    rng = np.random.default_rng(len(boxes))
+    lon, lat = rng.uniform(-3, 13, 2000), rng.uniform(-3, 13, 2000)
+    assert kept.containing(lon, lat) == scratch.containing(lon, lat)
+    placed = Geofences.from_geometries(kept.ids, list(kept.geometries), kept.frame)  # every fence placed anew
+    assert placed.frame is kept.frame
+    assert [(f.tolist(), e.tolist()) for f, e in kept.cells] == [(f.tolist(), e.tolist()) for f, e in placed.cells]
