@@ -153,7 +153,9 @@
     const saved = sessionStorage.getItem(TOKEN_KEY) || "";
     if (input) {
       input.value = saved;
-      input.addEventListener("change", () => setToken(input.value.trim()));
+      input.addEventListener("change", () => {
+        if (input.value.trim() !== fences.token) setToken(input.value.trim()); // not again on blur: it would end a drawing
+      });
     }
     setToken(saved);
     poll(true);
