@@ -437,7 +437,8 @@
   const alertKey = (a) => [a.track, a.fence, a.event, a.time].join("\u0001");
   function renderAlerts() {
     $("alerts").innerHTML = state.alerts.map((a) =>
-      `<li class="${esc(a.event)}" data-via="${esc(a.via)}">${esc(a.event)} ${esc(a.fence)}: ${esc(a.track)}` +
+      `<li class="${esc(a.event)}" data-via="${esc(a.via)}">${esc(a.event)} ${esc(a.fence)}` +
+      (a.removed ? " (fence removed)" : "") + `: ${esc(a.track)}` +
       (typeof a.time === "number" ? ` <span>${fmtTime(a.time)}</span>` : "") + "</li>").join("") ||
       `<li>${state.alertsConnected === false ? "alerts stream not connected" : "none yet"}</li>`;
   }

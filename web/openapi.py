@@ -128,6 +128,9 @@ _SCHEMAS: dict[str, Any] = {
         "alerts": {"type": "array", "items": {"type": "object", "properties": {
             "track": {"type": "string"}, "fence": {"type": "string"}, "event": {"enum": ["enter", "exit"]},
             "time": {"type": "integer"}, "lon": {"type": "number"}, "lat": {"type": "number"},
+            "version": {"type": ["integer", "null"], "description": "The fence's version (of its tombstone when "
+                                                                    "removed); null for fences from a file"},
+            "removed": {"type": "boolean", "description": "The exit from a fence that was deleted"},
             "received": {"type": "integer"}}}}}},
     **{  # the live geofences (geoiot.fences)
         "FenceInput": {"type": "object", "required": ["type", "geometry"],
