@@ -7,6 +7,9 @@ Baselines measured in the same run, on the same points:
 * ``STRtree``: ``shapely.STRtree.query(points, predicate="intersects")`` over the same fences (the
   textbook way; it needs a Point per position).
 
+Above 1,000 fences, also at the density of the 1,000-fence case (fences and points over an area grown in
+proportion): the cost of more fences apart from that of more fences per point.
+
 Measured: ``agents.geofence.Geofences.pairs`` (uniform grid of covering/boundary fences, numpy
 lookups, one prepared ``intersects_xy`` call for points in boundary cells) and ``containing`` (the same plus the sorted id tuples
 the agent puts into documents). Fences are 32-gon discs of 150-600 m scattered over New York City
@@ -30,12 +33,19 @@ from geoiot.config import DEFAULT_GEOFENCES
 NYC = (-74.05, 40.58, -73.75, 40.88)
 
 
-def fences(n: int, rng: np.random.Generator) -> Geofences:
+def scaled(area: tuple[float, float, float, float], factor: float) -> tuple[float, float, float, float]:
+    """``area`` grown from its south-west corner so that it is ``factor`` times as large."""
+    w, s, e, n = area
+    k = factor ** 0.5
+    return w, s, w + (e - w) * k, s + (n - s) * k
+
+
+def fences(n: int, rng: np.random.Generator, area: tuple[float, float, float, float] = NYC) -> Geofences:
     jfk = shapely.from_geojson(json.dumps(json.loads(DEFAULT_GEOFENCES.read_text())["features"][0]["geometry"]))
     if n == 1:
         return Geofences.from_geometries(["jfk"], [jfk])
-    x = rng.uniform(NYC[0], NYC[2], n - 1)
-    y = rng.uniform(NYC[1], NYC[3], n - 1)
+    x = rng.uniform(area[0], area[2], n - 1)
+    y = rng.uniform(area[1], area[3], n - 1)
     r = rng.uniform(150, 600, n - 1) / 111_000
     discs = shapely.buffer(shapely.points(x, y), r, quad_segs=8)
     return Geofences.from_geometries(["jfk"] + [f"f{i:05d}" for i in range(n - 1)], [jfk, *discs])
@@ -83,6 +93,14 @@ def main() -> None:
         rows.append(("Geofences.pairs", n, r, h))
         r2, _ = rate(lambda x, y: len(f.containing(x, y)), lon, lat, args.batch, args.repeat)
         rows.append(("Geofences.containing", n, r2, h))
+        if n > 1000:  # the same density of fences as at 1,000: fences and points over an area n/1000 as large
+            area = scaled(NYC, n / 1000)
+            f = fences(n, rng, area)
+            lon2, lat2 = rng.uniform(area[0], area[2], args.points), rng.uniform(area[1], area[3], args.points)
+            r, h = rate(lambda x, y: int(f.pairs(x, y)[0].size), lon2, lat2, args.batch, args.repeat)
+            rows.append(("Geofences.pairs, 1k density", n, r, h))
+            r2, _ = rate(lambda x, y: len(f.containing(x, y)), lon2, lat2, args.batch, args.repeat)
+            rows.append(("Geofences.containing, 1k den.", n, r2, h))
     print(f"points={args.points} batch={args.batch} repeat={args.repeat} (best of), one thread")
     print(f"{'method':<28} {'fences':>6} {'points/s':>12} {'hits':>9} {'vs intersects_xy-1':>18}")
     for name, n, r, h in rows:
