@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -139,3 +141,21 @@ async def test_put_change_and_delete_answer_after_kafka_and_show_at_once(fence_a
     assert resp.status == 200 and (await resp.json())["version"] == before + 2
     assert (await client.get("/api/geofences/zone-1")).status == 404
     assert [f["id"] for f in (await (await client.get("/api/geofences")).json())["features"]] == FILE_IDS
+
+
+async def test_without_kafka_the_server_starts_at_once_and_writes_answer_503(stack, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN} fences\n")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    settings = dataclasses.replace(stack, kafka_bootstrap=closed, iot_topic=unique_name("nokafka"),
+                                   iot_tokens_file=str(tokens))
+    began = time.monotonic()
+    async with TestClient(TestServer(init_app(settings, consume_alerts=False))) as client:
+        assert time.monotonic() - began < 10  # not the whole STARTUP_WAIT
+        body = await (await client.get("/api/geofences")).json()
+        assert body["synced"] is False and body["features"] == []
+        resp = await client.put("/api/geofences/zone", json=feature([SQUARE]), headers=bearer(TOKEN))
+        assert resp.status == 503 and "not reachable" in (await resp.json())["error"]
+        assert resp.headers["Retry-After"] == "5"

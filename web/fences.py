@@ -44,6 +44,7 @@ class FenceService:
     follower: fence_topic.FenceFollower
     producer: Any = None  # an AIOKafkaProducer once connected
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    tried: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # the first attempt ended
 
     @property
     def ready(self) -> bool:
@@ -73,6 +74,7 @@ async def connect(service: FenceService) -> None:
             producer = fence_topic.make_producer(s.kafka_bootstrap)
             await producer.start()
             service.producer = producer
+            service.tried.set()
             return
         except asyncio.CancelledError:
             raise
@@ -80,14 +82,19 @@ async def connect(service: FenceService) -> None:
             log.warning(json.dumps({"event": "fences_unavailable", "topic": s.fences_topic,
                                     "error": f"{type(exc).__name__}: {exc}"[:300], "retry_in_s": RETRY}))
             await service.follower.stop()
+            service.tried.set()
             await asyncio.sleep(RETRY)
 
 
 async def fences_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The fence service for the app's lifetime: connected in the background, awaited a little at start."""
+    """The fence service for the app's lifetime, connected in the background. The server starts serving once
+    the first attempt ended (at most STARTUP_WAIT): with the fences when Kafka answers, at once when it is away."""
     service = app[SERVICE]
     service.task = asyncio.create_task(connect(service), name="fences-connect")
-    await asyncio.wait([service.task], timeout=STARTUP_WAIT)
+    try:
+        await asyncio.wait_for(service.tried.wait(), STARTUP_WAIT)
+    except asyncio.TimeoutError:
+        pass
     yield
     service.task.cancel()
     try:
