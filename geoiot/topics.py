@@ -18,7 +18,7 @@ come up after this task starts, hence ``--wait``: keep retrying the connection f
 before failing with a clear message and a non-zero exit.
 
     python -m geoiot.topics [--bootstrap HOST:PORT] [--partitions N] [--replication N] [--wait S]
-    python -m geoiot.topics --check      # exit 0 only when every topic exists (a health check)
+    python -m geoiot.topics --check      # exit 0 only when every topic exists, the fence topic too (a health check)
 """
 
 from __future__ import annotations
@@ -291,6 +291,7 @@ async def run(settings: config.Settings, wait: float, check: bool) -> int:
 
     async with admin_client(settings.kafka_bootstrap, wait, on_retry=retrying) as admin:
         if check:
+            names = [*names, fence_spec(settings).name]
             found = await describe(admin, names)
             missing = [n for n in names if n not in found]
             if missing:

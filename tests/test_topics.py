@@ -3,6 +3,7 @@ creates, is idempotent and fails clearly; replay and the worker's topics get the
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -67,6 +68,12 @@ async def test_check_reports_missing_topics_without_creating_them(stack, kafka_a
 
     assert _run([], env).returncode == 0
     assert _run(["--check"], env).returncode == 0
+    await topics.delete(kafka_admin, [f"{names[0]}-fences"])  # the fence topic is checked too
+    for _ in range(100):  # deletion completes asynchronously on the broker
+        if f"{names[0]}-fences" not in await kafka_admin.list_topics():
+            break
+        await asyncio.sleep(0.1)
+    assert _run(["--check"], env).returncode == 1
 
 
 async def test_impossible_replication_is_a_clear_error(stack, kafka_admin, python_env, names):
