@@ -199,6 +199,21 @@ class FenceSet:
     def __iter__(self) -> Iterator[str]:
         return iter(self.fences)
 
+    def snapshot(self) -> bytes:
+        """The fences in force and those removed, as JSON (what the Spark driver hands its executors)."""
+        return orjson.dumps({"version": self.version, "removed": self.removed,
+                             "fences": [self.fences[f].as_feature() for f in sorted(self.fences)]})
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "FenceSet":
+        """The fence set of a :meth:`snapshot` (its fences were checked when they were read from the topic)."""
+        raw = orjson.loads(data)
+        fences = {}
+        for f in raw["fences"]:
+            version, updated = f.pop("version"), f.pop("updated")
+            fences[f["id"]] = Fence(f, version, updated)
+        return cls(fences, {k: int(v) for k, v in raw["removed"].items()}, version=int(raw["version"]))
+
     def collection(self) -> dict[str, Any]:
         """The fences as a GeoJSON FeatureCollection, ids sorted; ``version``: the newest change applied."""
         return {"type": "FeatureCollection", "version": self.version,

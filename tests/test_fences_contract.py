@@ -117,3 +117,12 @@ def test_a_geofences_file_with_a_bad_fence_names_it():
         fences.features_of_file(bad, "f.json")
     with pytest.raises(fences.FenceError, match="no id"):
         fences.features_of_file({"type": "FeatureCollection", "features": [feature()]}, "f.json")
+
+
+def test_a_snapshot_gives_the_same_fence_set():
+    fs = fences.FenceSet()
+    fs.apply(b"a", fences.encode(fences.check_feature("a", feature()))[1], 0, 100)
+    fs.apply(b"b", fences.encode(fences.check_feature("b", feature(kind="MultiPolygon", coords=[[SQUARE]])))[1], 1, 200)
+    fs.apply(b"a", None, 2, 300)
+    again = fences.FenceSet.from_snapshot(fs.snapshot())
+    assert (again.fences, again.removed, again.version) == (fs.fences, fs.removed, 2)
