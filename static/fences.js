@@ -1,5 +1,6 @@
-// The live geofences on the map: drawn from /api/geofences, followed by polling (each fence carries its
-// version, so only changed fences are redrawn), and, with a token of scope `fences`, drawn, edited and
+// The live geofences on the map: drawn from /api/geofences, fetched again on a `fences` event of /api/events
+// (map.js) or, while that stream is not open, polled (each fence carries its version, so only changed fences are
+// redrawn), and, with a token of scope `fences`, drawn, edited and
 // deleted with Leaflet-Geoman (vendored at /vendor/geoman). Without a token the fences are read-only.
 "use strict";
 (function () {
@@ -159,7 +160,9 @@
     }
     setToken(saved);
     poll(true);
-    fences.timer = setInterval(() => poll(false), fences.pollMs);
+    fences.timer = setInterval(() => { // the fallback: while the event stream is open it pushes `fences` events
+      if (!(window.geoiotMap && window.geoiotMap.sse === "open")) poll(false);
+    }, fences.pollMs);
   }
 
   window.geoiotFences = { start, poll, setToken, state: fences };

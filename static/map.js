@@ -495,6 +495,7 @@
     es.onopen = () => {
       if (events !== es) return;
       state.sse = "open"; state.sseFailures = 0; showConnection();
+      window.geoiotFences.poll(false); // fence changes missed while the stream was not open
     };
     // `latest`: {total, full, removed, features}; `full` (the first one, and after this client lost some)
     // is the whole view, the others what changed. Paused, the map holds still and takes the next full view.
@@ -513,6 +514,9 @@
       }
       if (fc.full) replaceNow(features); else mergeNow(features, fc.removed);
       nowTotal(typeof fc.total === "number" ? fc.total : state.now.size, state.now.size);
+    });
+    es.addEventListener("fences", () => { // a fence changed: static/fences.js fetches them now
+      if (events === es) window.geoiotFences.poll(false);
     });
     es.addEventListener("gap", () => {
       if (events !== es) return;

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from geoiot import topics
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.fences import MAX_VERTICES
+from tests.support.sse import Stream, read_until
 from web.app import init_app
 from conftest import unique_name
 
@@ -159,3 +160,15 @@ async def test_without_kafka_the_server_starts_at_once_and_writes_answer_503(sta
         resp = await client.put("/api/geofences/zone", json=feature([SQUARE]), headers=bearer(TOKEN))
         assert resp.status == 503 and "not reachable" in (await resp.json())["error"]
         assert resp.headers["Retry-After"] == "5"
+
+
+async def test_open_event_streams_are_told_that_fences_changed(fence_app):
+    client, settings = fence_app
+    async with client.get("/api/events", params={"bbox": "-74,40,-73,41"}) as resp:
+        assert resp.status == 200
+        stream = Stream()
+        await read_until(resp, stream, lambda s: s.of("latest"), 30)  # subscribed
+        put = await client.put("/api/geofences/pushed", json=feature([SQUARE]), headers=bearer(TOKEN))
+        version = (await put.json())["version"]
+        await read_until(resp, stream, lambda s: s.of("fences"), 30)
+        assert stream.of("fences")[0].json() == {"version": version, "ids": ["pushed"]}

@@ -24,12 +24,15 @@ from aiohttp import hdrs, web
 from geoiot import fence_topic, fences
 from geoiot.config import Settings
 from geoiot.tokens import Denied, Tokens
+from web.events import Event
+from web.keys import HUB
 from web.params import BadRequest, no_params
 from web.responses import error_response, json_response
 
 log = logging.getLogger("web")
 
 SCOPE = "fences"
+FENCES_EVENT = "fences"  # the /api/events event that tells the map the fences changed
 APPLY_WAIT = 5.0  # seconds a write waits for the mirror to show it before answering anyway
 RETRY = 5.0  # seconds between two attempts to reach the fence topic
 STARTUP_WAIT = 15.0  # seconds the server waits at start for the fences before serving without them
@@ -106,10 +109,21 @@ async def fences_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.producer.stop()
 
 
+def push(app: web.Application, fs: fences.FenceSet, ids: list[str]) -> None:
+    """Tell every open event stream that fences changed (``fences`` event: the newest version and the ids), so
+    maps fetch /api/geofences now instead of at their next poll."""
+    hub = app.get(HUB)
+    if hub is None:
+        return
+    event = Event(FENCES_EVENT, orjson.dumps({"version": fs.version, "ids": ids[:100]}).decode())
+    for sub in list(hub.subscribers):
+        sub.put(event)
+
+
 def setup(app: web.Application, settings: Settings) -> None:
     """The fence service (its lifecycle in ``cleanup_ctx``) and the routes."""
-    app[SERVICE] = FenceService(settings, load_tokens(settings.iot_tokens_file),
-                                fence_topic.FenceFollower(settings.kafka_bootstrap, settings.fences_topic))
+    app[SERVICE] = FenceService(settings, load_tokens(settings.iot_tokens_file), fence_topic.FenceFollower(
+        settings.kafka_bootstrap, settings.fences_topic, lambda fs, ids: push(app, fs, ids)))
     app.cleanup_ctx.append(fences_ctx)
     r = app.router
     r.add_get("/api/geofences", list_fences)

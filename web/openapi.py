@@ -252,7 +252,8 @@ def document() -> dict[str, Any]:
                     "the current token; data: a LatestChanges FeatureCollection of the view's features that "
                     "changed since the last push, the whole view when `full`; none when nothing changed) and "
                     "`gap` (a resume token older than the server's ring, WEB_SSE_RING: some alerts are lost; "
-                    "data: LatestGap; what is kept follows). The view is searched once per WEB_SSE_REFRESH s "
+                    "data: LatestGap; what is kept follows) and `fences` (the geofences changed: data "
+                    "`{\"version\", \"ids\"}`; /api/geofences has them). The view is searched once per WEB_SSE_REFRESH s "
                     "for all its clients. A client's queue holds WEB_SSE_QUEUE events: a slow client loses its "
                     "oldest (counted in /metrics) and gets the whole view again at the next push."),
                 "parameters": [_BBOX, _LIMIT, _WHERE,
