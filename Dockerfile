@@ -44,6 +44,7 @@ COPY static ./static
 # Only the folders the server serves (web.assets.VENDOR); setup.py bundles them into the wheel.
 COPY --from=assets /src/node_modules/leaflet ./node_modules/leaflet
 COPY --from=assets /src/node_modules/leaflet.heat ./node_modules/leaflet.heat
+COPY --from=assets /src/node_modules/@geoman-io/leaflet-geoman-free ./node_modules/@geoman-io/leaflet-geoman-free
 RUN pip install . \
  && cd / && python -c "import geoiot.config, agents, replay, web.app as a; assert (a.STATIC_DIR / 'index.html').is_file(), a.STATIC_DIR"
 

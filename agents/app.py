@@ -36,13 +36,14 @@ from mode import Service
 from agents import metrics as m
 from agents.alerts import Webhook
 from agents.consumer import SourceStream, Topics
+from agents.fence_follower import LiveFences
 from agents.geofence import Geofences, GeofenceError
 from agents.index import IndexSetupError, ensure_index
 from agents.pipeline import Pipeline
 from agents.retention import delete_expired, trim_latest
 from agents.sink import ElasticsearchSink, Sink, StdoutSink, es_client
 from agents.state import changelog_topic
-from geoiot import config, topics
+from geoiot import config, fence_topic, fences, topics
 from geoiot.logs import WORKER_LOGGERS, quiet_repeats
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import Preset, SchemaError, load_preset
@@ -148,9 +149,19 @@ async def check_elasticsearch(ctx: WorkerContext) -> None:
         await client.close()
 
 
+async def check_fences(ctx: WorkerContext) -> None:
+    """The live geofences' topic exists (created like the others) and holds the fences of IOT_GEOFENCES."""
+    try:
+        for problem in await fence_topic.prepare(ctx.settings):
+            log.warning("%s", problem)
+    except (fences.FenceError, topics.TopicsError) as exc:
+        raise PreflightError(str(exc)) from None
+
+
 async def preflight(ctx: WorkerContext) -> None:
     """The checks that need the network, then the process settings; at worker start, before Faust starts."""
     await check_topics(ctx)
+    await check_fences(ctx)
     await check_elasticsearch(ctx)
     os.makedirs(ctx.datadir, exist_ok=True)
     keep_freed_heap()  # per-batch JSON churn: see geoiot.malloc
@@ -237,6 +248,7 @@ class Observations(Service):
     """Batches of raw position reports from the source topic, stored before their offsets are committed."""
 
     webhook: Webhook | None = None
+    live_fences: LiveFences | None = None
 
     async def on_start(self) -> None:
         ctx = runtime.ctx
@@ -250,10 +262,21 @@ class Observations(Service):
             self.webhook = Webhook.from_settings(s, on_result=lambda outcome: m.WEBHOOK.labels(outcome).inc(),
                                                  on_circuit=lambda is_open: m.WEBHOOK_CIRCUIT.set(int(is_open)))
             await self.webhook.start()
+        pipeline = Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
+                            EventTimeBounds.from_settings(s))
+
+        def in_force(index: Geofences) -> None:  # on the loop, between two batches (agents.fence_follower)
+            pipeline.fences = ctx.fences = index
+
+        def applied(index: Geofences, seconds: float) -> None:
+            m.FENCES.set(len(index))
+            m.FENCE_BUILD.observe(seconds)
+
+        self.live_fences = LiveFences(s.kafka_bootstrap, s.fences_topic, in_force, applied)
+        await self.live_fences.start()  # the whole fence topic, before any event
         stream = SourceStream.connect(
             bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
-            pipeline=Pipeline(ctx.preset, ctx.fences, s.iot_index, ctx.tz, s.iot_geofence_filter,
-                              EventTimeBounds.from_settings(s)),
+            pipeline=pipeline,
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
             idle_timeout=s.iot_track_idle_timeout, flushes_in_flight=s.iot_flushes_in_flight,
             metadata_max_age=s.iot_metadata_max_age, stall_timeout=s.iot_stall_timeout)
@@ -280,6 +303,8 @@ class Observations(Service):
             await runtime.stream.stop()
         if self.webhook is not None:
             await self.webhook.stop()
+        if self.live_fences is not None:
+            await self.live_fences.stop()
         for sink in runtime.sinks:
             await sink.stop()
         log.info("agents stopped committed=%s", runtime.stream.committed if runtime.stream else {})

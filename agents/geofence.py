@@ -40,6 +40,10 @@ class Geofences:
     _rank: np.ndarray = field(repr=False)  # position of each fence id in sorted order
     _grid: "_Grid | None" = field(repr=False, default=None)
     _singles: tuple[tuple[str], ...] = field(repr=False, default=())
+    # Live fences (agents.fence_follower): each fence's version, and the version of the tombstone of each fence
+    # deleted; empty for fences from a file. Alerts carry them (:meth:`describe`).
+    versions: Mapping[str, int] = field(repr=False, default_factory=dict)
+    removed: Mapping[str, int] = field(repr=False, default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,7 +83,11 @@ class Geofences:
         return cls.from_geometries(ids, geoms)
 
     @classmethod
-    def from_geometries(cls, ids: Sequence[str], geometries: Sequence[Any]) -> "Geofences":
+    def from_geometries(cls, ids: Sequence[str], geometries: Sequence[Any], frame: "Frame | None" = None,
+                        cells: Sequence["FenceCells | None"] = ()) -> "Geofences":
+        """The index of these fences. ``frame``: a grid frame to keep when it covers every fence (else one is
+        fitted); ``cells``: the cells of fences already computed in that frame (None where not), parallel to
+        ``ids``, so that a rebuild after a change computes only the changed fences' cells."""
         array = np.empty(len(geometries), dtype=object)
         array[:] = list(geometries)
         shapely.prepare(array)
@@ -89,10 +97,21 @@ class Geofences:
         if len(array):
             b = shapely.bounds(array)
             bounds = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
-            grid = _Grid.build(array, bounds)
+            if frame is None or not frame.suits(len(array), bounds):
+                frame, cells = Frame.fit(b, bounds), ()
+            grid = _Grid.build(array, frame, cells)
         else:
             bounds, grid = (np.inf, np.inf, -np.inf, -np.inf), None
         return cls(tuple(ids), array, bounds, rank, grid, tuple((i,) for i in ids))
+
+    @property
+    def frame(self) -> "Frame | None":
+        return None if self._grid is None else self._grid.frame
+
+    @property
+    def cells(self) -> tuple["FenceCells", ...]:
+        """Each fence's cells in :attr:`frame` (to pass to the next :meth:`from_geometries`)."""
+        return () if self._grid is None else self._grid.cells
 
     @classmethod
     def load(cls, path: str | Path) -> "Geofences":
@@ -103,6 +122,16 @@ class Geofences:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise GeofenceError(f"{path}: not valid JSON: {exc}") from None
         return cls.from_geojson(data, str(path))
+
+    def describe(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """An enter/exit alert with the fence's ``version`` (None for a file's fences) and ``removed``: True on
+        the exit from a fence that was deleted (the track's first report after the deletion)."""
+        fence = alert["fence"]
+        version = self.versions.get(fence)
+        removed = version is None and fence in self.removed
+        alert["version"] = self.removed[fence] if removed else version
+        alert["removed"] = removed
+        return alert
 
     def pairs(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(point index, fence index) of every point inside (or on the boundary of) a fence."""
@@ -141,7 +170,9 @@ CELLS_PER_FENCE_EXTENT = 8  # cell edge = median fence extent / this
 
 
 def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((fences, cells))
+    """Fences by cell; ``fences`` is in ascending order (cells listed fence by fence), so a stable sort of the
+    cells keeps each cell's fences ascending (cheaper than sorting on both keys)."""
+    order = np.argsort(cells, kind="stable")
     counts = np.bincount(cells, minlength=ncells)
     ptr = np.zeros(ncells + 1, dtype=np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -163,23 +194,26 @@ def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndar
     return np.repeat(points, counts), idx[pos]
 
 
+FenceCells = tuple[np.ndarray, np.ndarray]  # (cells the fence covers entirely, cells its boundary crosses)
+
+
 @dataclass(frozen=True)
-class _Grid:
+class Frame:
+    """Where the grid lies and how it is cut: the extent, the cell size and count, the box enlargement."""
+
     minx: float
     miny: float
     dx: float
     dy: float
     nx: int
     ny: int
-    full_ptr: np.ndarray
-    full_idx: np.ndarray
-    edge_ptr: np.ndarray
-    edge_idx: np.ndarray
+    eps: float
+    fences: int  # fitted for this many (kept while the count stays within a factor 2)
 
     @classmethod
-    def build(cls, geoms: np.ndarray, bounds: tuple[float, float, float, float]) -> "_Grid":
+    def fit(cls, b: np.ndarray, bounds: tuple[float, float, float, float]) -> "Frame":
+        """The frame for fences of bounds ``b`` (one row each) whose union bbox is ``bounds``."""
         minx, miny, maxx, maxy = bounds
-        b = shapely.bounds(geoms)
         extent = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
         w, h = max(maxx - minx, 1e-9), max(maxy - miny, 1e-9)
         cell = max(extent / CELLS_PER_FENCE_EXTENT, 1e-9)
@@ -189,37 +223,66 @@ class _Grid:
             nx, ny = max(1, int(nx / scale)), max(1, int(ny / scale))
         dx, dy = w / nx, h / ny
         eps = 1e-9 * max(1.0, abs(minx), abs(maxx), abs(miny), abs(maxy)) + 1e-6 * min(dx, dy)
-        full_c, full_f, edge_c, edge_f = [], [], [], []
-        for k, geom in enumerate(geoms):
-            gx0, gy0, gx1, gy1 = b[k]
-            ix0, ix1 = max(0, int((gx0 - minx) / dx) - 1), min(nx - 1, int((gx1 - minx) / dx) + 1)
-            iy0, iy1 = max(0, int((gy0 - miny) / dy) - 1), min(ny - 1, int((gy1 - miny) / dy) + 1)
-            ix, iy = np.meshgrid(np.arange(ix0, ix1 + 1), np.arange(iy0, iy1 + 1), indexing="ij")
-            ix, iy = ix.ravel(), iy.ravel()
-            boxes = shapely.box(minx + ix * dx - eps, miny + iy * dy - eps,
-                                minx + (ix + 1) * dx + eps, miny + (iy + 1) * dy + eps)
-            touch = shapely.intersects(geom, boxes)
-            full = touch & shapely.contains(geom, boxes)
-            cells = ix * ny + iy
-            full_c.append(cells[full])
-            edge_c.append(cells[touch & ~full])
-            full_f.append(np.full(int(full.sum()), k))
-            edge_f.append(np.full(int((touch & ~full).sum()), k))
-        ncells = nx * ny
-        fp, fi = _csr(np.concatenate(full_c), np.concatenate(full_f), ncells)
-        ep, ei = _csr(np.concatenate(edge_c), np.concatenate(edge_f), ncells)
-        return cls(minx, miny, dx, dy, nx, ny, fp, fi, ep, ei)
+        return cls(minx, miny, dx, dy, nx, ny, eps, len(b))
+
+    def suits(self, n: int, bounds: tuple[float, float, float, float]) -> bool:
+        """Whether ``n`` fences of union bbox ``bounds`` may keep this frame (it covers them, sized for about n)."""
+        minx, miny, maxx, maxy = bounds
+        tol = self.eps  # nx * dx may round below the width the frame was fitted to
+        return (self.fences / 2 <= n <= self.fences * 2 and minx >= self.minx - tol and miny >= self.miny - tol
+                and maxx <= self.minx + self.nx * self.dx + tol and maxy <= self.miny + self.ny * self.dy + tol)
+
+    def cells_of(self, geom: Any, gb: np.ndarray) -> FenceCells:
+        """The cells ``geom`` (of bounds ``gb``) covers entirely and those its boundary crosses, decided on cell
+        boxes enlarged by ``eps``."""
+        minx, miny, dx, dy, nx, ny, eps = self.minx, self.miny, self.dx, self.dy, self.nx, self.ny, self.eps
+        gx0, gy0, gx1, gy1 = gb
+        ix0, ix1 = max(0, int((gx0 - minx) / dx) - 1), min(nx - 1, int((gx1 - minx) / dx) + 1)
+        iy0, iy1 = max(0, int((gy0 - miny) / dy) - 1), min(ny - 1, int((gy1 - miny) / dy) + 1)
+        ix, iy = np.meshgrid(np.arange(ix0, ix1 + 1), np.arange(iy0, iy1 + 1), indexing="ij")
+        ix, iy = ix.ravel(), iy.ravel()
+        boxes = shapely.box(minx + ix * dx - eps, miny + iy * dy - eps,
+                            minx + (ix + 1) * dx + eps, miny + (iy + 1) * dy + eps)
+        touch = shapely.intersects(geom, boxes)
+        full = touch & shapely.contains(geom, boxes)
+        cells = ix * ny + iy
+        return cells[full], cells[touch & ~full]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    frame: Frame
+    cells: tuple[FenceCells, ...]  # per fence, in the frame
+    full_ptr: np.ndarray
+    full_idx: np.ndarray
+    edge_ptr: np.ndarray
+    edge_idx: np.ndarray
+
+    @classmethod
+    def build(cls, geoms: np.ndarray, frame: Frame, known: Sequence[FenceCells | None] = ()) -> "_Grid":
+        b = shapely.bounds(geoms)
+        cells = tuple(known[k] if k < len(known) and known[k] is not None else frame.cells_of(geom, b[k])
+                      for k, geom in enumerate(geoms))
+        full_c = np.concatenate([c[0] for c in cells])
+        edge_c = np.concatenate([c[1] for c in cells])
+        full_f = np.repeat(np.arange(len(cells)), [c[0].size for c in cells])
+        edge_f = np.repeat(np.arange(len(cells)), [c[1].size for c in cells])
+        ncells = frame.nx * frame.ny
+        fp, fi = _csr(full_c, full_f, ncells)
+        ep, ei = _csr(edge_c, edge_f, ncells)
+        return cls(frame, cells, fp, fi, ep, ei)
 
     def pairs(self, geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        fx = (lon - self.minx) / self.dx
-        fy = (lat - self.miny) / self.dy
+        f = self.frame
+        fx = (lon - f.minx) / f.dx
+        fy = (lat - f.miny) / f.dy
         # A point up to one cell outside the extent may still touch an enlarged edge cell.
-        near = np.flatnonzero((fx >= -1e-6) & (fx <= self.nx + 1e-6) & (fy >= -1e-6) & (fy <= self.ny + 1e-6))
+        near = np.flatnonzero((fx >= -1e-6) & (fx <= f.nx + 1e-6) & (fy >= -1e-6) & (fy <= f.ny + 1e-6))
         if near.size == 0:
             return near, near
-        ix = np.clip(fx[near].astype(np.int64), 0, self.nx - 1)
-        iy = np.clip(fy[near].astype(np.int64), 0, self.ny - 1)
-        cells = ix * self.ny + iy
+        ix = np.clip(fx[near].astype(np.int64), 0, f.nx - 1)
+        iy = np.clip(fy[near].astype(np.int64), 0, f.ny - 1)
+        cells = ix * f.ny + iy
         pf, ff = _expand(self.full_ptr, self.full_idx, cells, near)
         pe, fe = _expand(self.edge_ptr, self.edge_idx, cells, near)
         if pe.size:

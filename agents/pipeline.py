@@ -290,8 +290,9 @@ class Pipeline:
         cells = documents.geohashes(lat_array, lon_array)
         motion = advance_batch(tracks, times, lons, lats, inside, get_state)
         part = _Part()
+        describe = self.fences.describe  # the fences in force for this batch: their versions, and those removed
         for i, (entered, exited) in motion.transitions.items():
-            part.alerts.extend(transitions(tracks[i], entered, exited, times[i], lons[i], lats[i]))
+            part.alerts.extend(map(describe, transitions(tracks[i], entered, exited, times[i], lons[i], lats[i])))
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         records, filter_inside = cols.records, self.filter_inside
         dumps, build_into, fill = orjson.dumps, documents.build_into, documents.fill

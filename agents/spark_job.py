@@ -46,7 +46,7 @@ log = logging.getLogger("agents.spark_job")
 ENVS = ("KAFKA_BOOTSTRAP", "ES_URL", "IOT_APP_ID", "IOT_SCHEMA", "IOT_TOPIC", "IOT_INDEX", "IOT_DLQ_TOPIC",
         "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR",
         "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_MAX_NEW_INDICES", "IOT_RETENTION_DAYS",
-        "IOT_ALERTS_TOPIC", "IOT_WEBHOOK_URL", "IOT_TRACK_IDLE_TIMEOUT")
+        "IOT_ALERTS_TOPIC", "IOT_WEBHOOK_URL", "IOT_TRACK_IDLE_TIMEOUT", "IOT_FENCES_TOPIC")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -242,9 +242,11 @@ class DriverWebhook:
 
 
 def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
-                 webhook: DriverWebhook | None = None):  # -> Callable[[DataFrame, int], None]
+                 webhook: DriverWebhook | None = None,
+                 fences: Any = None):  # -> Callable[[DataFrame, int], None]
     """The ``foreachBatch`` function over the state function's rows: index on executors, then dead letters and
-    alerts to Kafka (and the webhook), before Spark commits the batch (so at least once), and one log line."""
+    alerts to Kafka (and the webhook), before Spark commits the batch (so at least once), and one log line;
+    ``fences`` (:class:`agents.spark_fences.DriverFences`) keeps the fences unchanged while the batch runs."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -254,6 +256,8 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
 
     def write(batch: Any, batch_id: int) -> None:
         started = time.perf_counter()
+        if fences is not None:
+            fences.hold()  # the state function runs below: one set of fences for the whole batch
         out = batch.mapInPandas(function, WRITE_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = out.where(F.col("kind") == "stats").agg(
@@ -266,6 +270,8 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
                                 .collect()])
         finally:
             out.unpersist()
+            if fences is not None:
+                fences.release()  # changes read meanwhile: in force from the next batch on
         emit("batch", batch=batch_id, seconds=round(time.perf_counter() - started, 3), **stats)
         if counts is not None:
             counts.record(batch_id, stats)
@@ -278,6 +284,7 @@ def tracks(spark: Any, settings: config.Settings, source: Any) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql.streaming.state import GroupStateTimeout
 
+    from agents.spark_fences import snapshot_path
     from agents.spark_worker import STATE_OUTPUT_SCHEMA, STATE_SCHEMA, JobContext, group_function, group_key_path
 
     preset = load_preset(settings.iot_schema)
@@ -286,12 +293,13 @@ def tracks(spark: Any, settings: config.Settings, source: Any) -> Any:
     rows = source.select("key", "value", "topic", "partition", "offset", track.alias("track"))
     # Always the processing-time timeout, so IOT_TRACK_IDLE_TIMEOUT can change (0 included) on one checkpoint.
     return rows.groupBy("track").applyInPandasWithState(
-        group_function(JobContext.from_settings(settings)), STATE_OUTPUT_SCHEMA, STATE_SCHEMA, "update",
+        group_function(JobContext.from_settings(settings, snapshot_path(checkpoint_dir(settings)))),
+        STATE_OUTPUT_SCHEMA, STATE_SCHEMA, "update",
         GroupStateTimeout.ProcessingTimeTimeout)
 
 
 def start(spark: Any, settings: config.Settings, args: argparse.Namespace,
-          webhook: DriverWebhook | None = None) -> Any:
+          webhook: DriverWebhook | None = None, fences: Any = None) -> Any:
     """Start the streaming query (Kafka source -> track state -> foreachBatch), with its per-batch progress line."""
     counts = BatchCounts()
     spark.streams.addListener(progress_logger(counts))
@@ -306,7 +314,7 @@ def start(spark: Any, settings: config.Settings, args: argparse.Namespace,
               .queryName(f"{settings.iot_app_id}-spark")
               .outputMode("update")
               .option("checkpointLocation", checkpoint_dir(settings))
-              .foreachBatch(batch_writer(settings, counts, webhook)))
+              .foreachBatch(batch_writer(settings, counts, webhook, fences)))
     writer = writer.trigger(availableNow=True) if args.once else writer.trigger(processingTime=args.trigger_interval)
     return writer.start()
 
@@ -337,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
          spark=spark.version, kafka_source=kafka_source, ui=spark.sparkContext.uiWebUrl)
     webhook = DriverWebhook(settings.iot_webhook_url, settings) if settings.iot_webhook_url else None
-    query = start(spark, settings, args, webhook)
+    from agents.spark_fences import DriverFences, snapshot_path
+    fences = DriverFences(settings, snapshot_path(checkpoint_dir(settings)))
+    fences.start()  # the whole fence topic, before the first micro-batch
+    query = start(spark, settings, args, webhook, fences)
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
@@ -345,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if webhook is not None:
             webhook.stop()
+        fences.stop()
     last = query.lastProgress or {}
     emit("stop", last_batch=last.get("batchId"), webhook=webhook.outcomes if webhook else None)
     spark.stop()

@@ -26,8 +26,10 @@ differently in JSON and in the preset (e.g. ``7`` and ``"7"``) is still processe
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,12 +37,14 @@ import pandas as pd
 
 from agents import idle
 from agents.bulk import Bulk
+from agents.fence_follower import Shapes
 from agents.geofence import Geofences
 from agents.pipeline import BatchResult, Incoming, Pipeline
 from agents.sink import ElasticsearchSink, Sink, es_client, stored_latest
 from agents.tracks import State
 from agents.validate import dead_letter
 from geoiot.config import Settings
+from geoiot.fences import FenceSet
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone
 
@@ -77,13 +81,14 @@ class JobContext:
     dlq_topic: str = "taxi-dlq"
     alerts_topic: str = "taxi-alerts"
     idle_timeout: float = 0.0
+    fences_snapshot: str = ""  # the driver's snapshot of the live fences (agents.spark_fences); empty: the file's
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "JobContext":
+    def from_settings(cls, settings: Settings, fences_snapshot: str = "") -> "JobContext":
         return cls(settings.iot_schema, settings.iot_geofences, settings.iot_index, settings.iot_timezone,
                    settings.iot_geofence_filter, tuple(settings.es_hosts), max(1, settings.iot_bulk_size),
                    EventTimeBounds.from_settings(settings), settings.iot_max_new_indices, settings.iot_dlq_topic,
-                   settings.iot_alerts_topic, settings.iot_track_idle_timeout)
+                   settings.iot_alerts_topic, settings.iot_track_idle_timeout, fences_snapshot)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(load_preset(self.schema), Geofences.load(self.geofences), self.index, zone(self.timezone),
@@ -180,6 +185,8 @@ class Worker:
     def __init__(self, ctx: JobContext, sink: Sink | None = None) -> None:
         self.ctx = ctx
         self.pipeline = ctx.pipeline()
+        self.shapes = Shapes()
+        self.snapshot_seen: tuple[int, int] | None = None  # (inode, mtime) of the fence snapshot in force
         self.loop = asyncio.new_event_loop()
         self.stale = 0
         self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)), max_new_indices=ctx.max_new_indices,
@@ -195,8 +202,25 @@ class Worker:
             rejected += self.loop.run_until_complete(self.sink.write(actions[start:start + self.ctx.bulk_size]))
         return rejected
 
+    def refresh_fences(self) -> None:
+        """The fences of the driver's latest snapshot, read again only when the file was replaced: the driver
+        replaces it between micro-batches, so every group of a batch sees the same fences (agents.spark_fences)."""
+        path = self.ctx.fences_snapshot
+        if not path:
+            return
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        seen = (st.st_ino, st.st_mtime_ns)
+        if seen != self.snapshot_seen:
+            fs = FenceSet.from_snapshot(Path(path).read_bytes())
+            self.pipeline.fences = self.shapes.index(fs.fences, fs.removed)
+            self.snapshot_seen = seen
+
     def group(self, held: Held, frames: Sequence[pd.DataFrame], now_ms: int) -> tuple[pd.DataFrame, Held]:
         """The state function's work for one group: its output rows and the states to hold."""
+        self.refresh_fences()
         frame = ordered(frames)
         messages = incoming(frame)
         result, alive, ended = advance_group(self.pipeline, messages, held, now_ms, self.ctx.idle_timeout)

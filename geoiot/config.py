@@ -96,6 +96,11 @@ def _topic(value: str) -> str | None:
     return None
 
 
+def _optional_topic(value: str) -> str | None:
+    """empty or a Kafka topic name"""
+    return None if not value else _topic(value)
+
+
 def _app_id(value: str) -> str | None:
     """1-200 of A-Z a-z 0-9 . _ -"""
     # It names the consumer group and the changelog topic "<IOT_APP_ID>-tracks-changelog".
@@ -314,6 +319,8 @@ SETTINGS: tuple[Setting, ...] = (
             "other searches and are shed with 503 busy", int, minimum=1, maximum=1024),
     Setting("WEB_OGC_CURSOR_SECRET", "", "Key that signs the OGC API's next-page cursors (give every web instance "
             "behind one address the same); empty: a random key per process", check=_any_text),
+    Setting("IOT_FENCES_TOPIC", "", "Compacted topic of the live geofences (geoiot/fences.py); empty: <IOT_TOPIC>-fences",
+            check=_optional_topic),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -379,10 +386,16 @@ class Settings:
     iot_stall_timeout: float
     web_ogc_scans: int
     web_ogc_cursor_secret: str
+    iot_fences_topic: str
 
     @property
     def es_hosts(self) -> list[str]:
         return [h.strip() for h in self.es_url.split(",") if h.strip()]
+
+    @property
+    def fences_topic(self) -> str:
+        """IOT_FENCES_TOPIC, derived from the source topic when unset (so each source has its own fences)."""
+        return self.iot_fences_topic or f"{self.iot_topic}-fences"
 
     @property
     def sinks(self) -> list[str]:

@@ -18,7 +18,7 @@ come up after this task starts, hence ``--wait``: keep retrying the connection f
 before failing with a clear message and a non-zero exit.
 
     python -m geoiot.topics [--bootstrap HOST:PORT] [--partitions N] [--replication N] [--wait S]
-    python -m geoiot.topics --check      # exit 0 only when every topic exists (a health check)
+    python -m geoiot.topics --check      # exit 0 only when every topic exists, the fence topic too (a health check)
     python -m geoiot.topics --alter-changelog   # also give IOT_APP_ID's changelog the compaction settings
 """
 
@@ -42,7 +42,7 @@ from aiokafka.errors import (InvalidPartitionsError, KafkaConnectionError, Kafka
 from geoiot import config
 
 ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION",
-        "IOT_APP_ID")
+        "IOT_APP_ID", "IOT_FENCES_TOPIC")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
 # The agents' track-state changelog (agents.state explains each value): Kafka compacts only closed
 # segments, once their superseded share passes the ratio; these keep recovery near one record per track.
@@ -53,6 +53,7 @@ CHANGELOG_CONFIGS: Mapping[str, str] = {
     "min.cleanable.dirty.ratio": "0.1",
 }
 CHANGELOG_REQUIRED = ("cleanup.policy",)  # without these the changelog loses state; the others cost recovery time
+FENCE_PARTITIONS = 1  # one order for every fence change (geoiot.fences)
 DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -106,6 +107,11 @@ def changelog_name(app_id: str) -> str:
 def topic_names(settings: config.Settings) -> list[str]:
     """Source, dead-letter and alerts topics, without duplicates, in that order."""
     return list(dict.fromkeys([settings.iot_topic, settings.iot_dlq_topic, settings.iot_alerts_topic]))
+
+
+def fence_spec(settings: config.Settings) -> TopicSpec:
+    """The live geofences' topic (geoiot.fences): compacted, one partition, whatever IOT_PARTITIONS says."""
+    return TopicSpec(settings.fences_topic, FENCE_PARTITIONS, settings.iot_replication, COMPACTED)
 
 
 async def _within(what: str, bootstrap: str, timeout: float, call: Awaitable[T]) -> T:
@@ -356,6 +362,7 @@ async def run(settings: config.Settings, wait: float, check: bool, alter_changel
 
     async with admin_client(settings.kafka_bootstrap, wait, on_retry=retrying) as admin:
         if check:
+            names = [*names, fence_spec(settings).name]
             found = await describe(admin, names)
             missing = [n for n in names if n not in found]
             if missing:
@@ -365,6 +372,7 @@ async def run(settings: config.Settings, wait: float, check: bool, alter_changel
             await check_changelog(admin, settings.iot_app_id, found[settings.iot_topic].partitions)
             return 0
         specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
+        specs.append(fence_spec(settings))
         for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
             for problem in r.problems:
@@ -404,8 +412,8 @@ async def check_changelog(admin: AIOKafkaAdminClient, app_id: str, partitions: i
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m geoiot.topics",
-        description="Create the source, dead-letter and alerts topics (idempotent); report how the agents' "
-                    "changelog (IOT_APP_ID) differs from its configs.",
+        description="Create the source, dead-letter, alerts and (compacted) fence topics (idempotent); report "
+                    "how the agents' changelog (IOT_APP_ID) differs from its configs.",
     )
     config.add_flags(parser, ENVS)
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",

@@ -437,7 +437,8 @@
   const alertKey = (a) => [a.track, a.fence, a.event, a.time].join("\u0001");
   function renderAlerts() {
     $("alerts").innerHTML = state.alerts.map((a) =>
-      `<li class="${esc(a.event)}" data-via="${esc(a.via)}">${esc(a.event)} ${esc(a.fence)}: ${esc(a.track)}` +
+      `<li class="${esc(a.event)}" data-via="${esc(a.via)}">${esc(a.event)} ${esc(a.fence)}` +
+      (a.removed ? " (fence removed)" : "") + `: ${esc(a.track)}` +
       (typeof a.time === "number" ? ` <span>${fmtTime(a.time)}</span>` : "") + "</li>").join("") ||
       `<li>${state.alertsConnected === false ? "alerts stream not connected" : "none yet"}</li>`;
   }
@@ -494,6 +495,7 @@
     es.onopen = () => {
       if (events !== es) return;
       state.sse = "open"; state.sseFailures = 0; showConnection();
+      window.geoiotFences.poll(false); // fence changes missed while the stream was not open
     };
     // `latest`: {total, full, removed, features}; `full` (the first one, and after this client lost some)
     // is the whole view, the others what changed. Paused, the map holds still and takes the next full view.
@@ -512,6 +514,9 @@
       }
       if (fc.full) replaceNow(features); else mergeNow(features, fc.removed);
       nowTotal(typeof fc.total === "number" ? fc.total : state.now.size, state.now.size);
+    });
+    es.addEventListener("fences", () => { // a fence changed: static/fences.js fetches them now
+      if (events === es) window.geoiotFences.poll(false);
     });
     es.addEventListener("gap", () => {
       if (events !== es) return;
@@ -711,11 +716,7 @@
     trailLayer = L.layerGroup().addTo(map);
     trailRenderer = L.svg({ padding: 0.5 }); // its own SVG pane: each segment an element (styled, inspectable)
     nowLayer = L.layerGroup().addTo(map);
-    getJSON("/api/geofences").then((fc) => {
-      L.geoJSON(fc, { interactive: false, style: { color: "#7b3294", weight: 2, fill: false, dashArray: "4 3" } })
-        .addTo(map);
-      state.fences = fc.features.length;
-    }).catch(() => { state.fences = 0; });
+    window.geoiotFences.start(map, state.config.refreshMs); // static/fences.js: drawn, followed, edited with a token
 
     const ext = await getJSON("/api/extent").catch(() => null);
     if (ext && typeof ext.end === "number") state.clock = ext.end;

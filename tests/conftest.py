@@ -97,8 +97,8 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFact
         return name
 
     yield make
-    try:
-        await topics.delete(kafka_admin, created)
+    try:  # and the live-geofence topic a worker, a web server or the Spark job derives from a source topic
+        await topics.delete(kafka_admin, [*created, *(f"{name}-fences" for name in created)])
     except Exception:  # a broker restart: nothing to clean
         pass
 

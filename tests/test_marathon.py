@@ -493,7 +493,8 @@ def test_image_serves_the_map_assets_the_web_server_expects() -> None:
     # setup.py bundles static/ and the vendored npm folders into the wheel: the build stage must have them.
     assert assets.STATIC in copied_to and "setup.py" in " ".join(rest for word, rest in build if word == "COPY")
     for folder in assets.VENDOR.values():
-        package = folder.split("/")[0]
+        parts = folder.split("/")
+        package = "/".join(parts[:2]) if parts[0].startswith("@") else parts[0]  # npm scopes: @scope/name
         assert f"{assets.NODE_MODULES}/{package}" in copied_to, f"build stage lacks node_modules/{package}"
         assert package in load(ROOT / "package.json")["dependencies"]
     runtime = dict(stages())["runtime"]

@@ -359,12 +359,13 @@ def test_driver_webhook_posts_alerts_with_the_agents_retry_rules() -> None:
     from agents.spark_job import DriverWebhook
 
     received: list[dict[str, object]] = []
-    answers = iter([503, 200, 400])
+    answers = {"a": iter([503, 200]), "b": iter([400])}  # per track: deliveries run concurrently
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(next(answers, 200))
+            alert = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(alert)
+            self.send_response(next(answers[alert["track"]], 200))
             self.end_headers()
 
         def log_message(self, *args: object) -> None:

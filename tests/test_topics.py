@@ -3,6 +3,7 @@ creates, is idempotent and fails clearly; replay and the worker's topics get the
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ async def names(kafka_admin: AIOKafkaAdminClient):
     base = unique_name("deploy")
     names = [base, f"{base}-dlq", f"{base}-alerts"]
     yield names
-    await topics.delete(kafka_admin, names)
+    await topics.delete(kafka_admin, [*names, f"{base}-fences"])
 
 
 def _env(stack: config.Settings, python_env: dict[str, str], names: list[str], **extra: str) -> dict[str, str]:
@@ -41,14 +42,18 @@ async def test_creates_all_three_topics_with_partitions_then_is_idempotent(stack
     env = _env(stack, python_env, names, IOT_PARTITIONS="4")
     first = _run([], env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count('"event":"topic_created"') == 3
+    assert first.stdout.count('"event":"topic_created"') == 4
     assert await topics.wait_for_leaders(kafka_admin, names) == {n: 4 for n in names}
+    # and the live geofences' topic (geoiot.fences): derived from IOT_TOPIC, one partition, compacted
+    fences = f"{names[0]}-fences"
+    [state] = (await topics.describe(kafka_admin, [fences], ["cleanup.policy"])).values()
+    assert (state.partitions, state.configs["cleanup.policy"]) == (1, "compact")
 
     # A second run (the scheduler restarting the task) changes nothing and succeeds; a flag beats the env.
     second = _run(["--partitions", "6"], env)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count('"event":"topic_exists"') == 3
-    assert second.stdout.count('"event":"topic_differs"') == 3
+    assert second.stdout.count('"event":"topic_exists"') == 4
+    assert second.stdout.count('"event":"topic_differs"') == 3  # the fence topic keeps its one partition
     assert "has 4 partitions, fewer than the 6 asked for" in second.stdout
     described = {t["topic"]: len(t["partitions"]) for t in await kafka_admin.describe_topics(names)}
     assert described == {n: 4 for n in names}
@@ -64,6 +69,12 @@ async def test_check_reports_missing_topics_without_creating_them(stack, kafka_a
 
     assert _run([], env).returncode == 0
     assert _run(["--check"], env).returncode == 0
+    await topics.delete(kafka_admin, [f"{names[0]}-fences"])  # the fence topic is checked too
+    for _ in range(100):  # deletion completes asynchronously on the broker
+        if f"{names[0]}-fences" not in await kafka_admin.list_topics():
+            break
+        await asyncio.sleep(0.1)
+    assert _run(["--check"], env).returncode == 1
 
 
 async def test_impossible_replication_is_a_clear_error(stack, kafka_admin, python_env, names):

@@ -24,9 +24,9 @@ from elasticsearch.serializer import OrjsonSerializer
 from geoiot.config import Settings
 from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
-from web import alerts, assets, events, ogc, routes
+from web import alerts, assets, events, fences, ogc, routes
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, RAW_ES, SETTINGS
+from web.keys import ALERTS, CACHE, ES, HUB, LIMITER, METRICS, PRESET, RAW_ES, SETTINGS
 from web.limiter import Busy, Limiter
 from web.metrics import Metrics
 from web.params import BadRequest
@@ -153,20 +153,6 @@ def _static_file_exists(request: web.Request) -> bool:
     return True  # our own FileResponses (the index page) name a file that exists when the app starts
 
 
-def load_fences(path: str) -> dict[str, Any]:
-    """The geofences file for the map; unreadable means no fences drawn, logged, not a failure."""
-    try:
-        data = json.loads(Path(path).read_text())
-        features = [f for f in data.get("features", []) if isinstance(f, dict)]
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning(json.dumps({"event": "geofences_unreadable", "path": path, "error": str(exc)[:200]}))
-        return {"type": "FeatureCollection", "features": []}
-    for f in features:
-        props = f.get("properties") or {}
-        f.setdefault("id", props.get("id"))
-    return {"type": "FeatureCollection", "features": features}
-
-
 async def es_ctx(app: web.Application) -> AsyncIterator[None]:
     """One Elasticsearch client per app; few retries, so an outage answers 503 quickly instead of hanging."""
     settings = app[SETTINGS]
@@ -232,13 +218,13 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     metrics.in_flight.set_function(lambda: limiter.in_flight)
     app[CACHE] = TTLCache(cache_ttl)
     app[ALERTS] = alerts.AlertBuffer(alerts_maxlen or settings.web_sse_ring)
-    app[FENCES] = load_fences(settings.iot_geofences)
     app.cleanup_ctx.append(es_ctx)
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)
+    fences.setup(app, settings)
     ogc.setup(app)
     add_static_routes(app)
     return app

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # URL prefix -> folder inside node_modules: the map's only third-party code, installed by `npm ci`.
-VENDOR = {"/vendor/leaflet": "leaflet/dist", "/vendor/leaflet.heat": "leaflet.heat/dist"}
+VENDOR = {"/vendor/leaflet": "leaflet/dist", "/vendor/leaflet.heat": "leaflet.heat/dist",
+          "/vendor/geoman": "@geoman-io/leaflet-geoman-free/dist"}
 STATIC = "static"
 NODE_MODULES = "node_modules"
 # Folder inside the web package that a built wheel carries; it mirrors the checkout (static/, node_modules/).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from geoiot import fences
 from geoiot.documents import GEOFENCES, HEADING, SPEED
 from web.geo import zoom_table
 from web.params import (BBOX_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES,
@@ -127,7 +128,39 @@ _SCHEMAS: dict[str, Any] = {
         "alerts": {"type": "array", "items": {"type": "object", "properties": {
             "track": {"type": "string"}, "fence": {"type": "string"}, "event": {"enum": ["enter", "exit"]},
             "time": {"type": "integer"}, "lon": {"type": "number"}, "lat": {"type": "number"},
+            "version": {"type": ["integer", "null"], "description": "The fence's version (of its tombstone when "
+                                                                    "removed); null for fences from a file"},
+            "removed": {"type": "boolean", "description": "The exit from a fence that was deleted"},
             "received": {"type": "integer"}}}}}},
+    **{  # the live geofences (geoiot.fences)
+        "FenceInput": {"type": "object", "required": ["type", "geometry"],
+                       "description": "A fence to store: one GeoJSON Feature, Polygon or MultiPolygon, in WGS84, "
+                                      f"closed rings, valid (OGC rules), at most {fences.MAX_VERTICES} vertices, "
+                                      f"at most {fences.MAX_BODY_BYTES} bytes",
+                       "properties": {
+            "type": {"const": "Feature"},
+            "id": {"type": "string", "description": "When given, the fence id of the path"},
+            "geometry": {"type": "object", "required": ["type", "coordinates"], "properties": {
+                "type": {"enum": list(fences.GEOMETRY_TYPES)}, "coordinates": {"type": "array"}}},
+            "properties": {"type": ["object", "null"]}}},
+        "Fence": {"type": "object", "required": ["type", "id", "geometry", "properties", "version", "updated"],
+                  "properties": {
+            "type": {"const": "Feature"}, "id": {"type": "string", "pattern": fences.FENCE_ID_PATTERN},
+            "geometry": {"type": "object", "required": ["type", "coordinates"], "properties": {
+                "type": {"enum": list(fences.GEOMETRY_TYPES)}, "coordinates": {"type": "array"}}},
+            "properties": {"type": "object"},
+            "version": {"type": "integer", "minimum": 0,
+                        "description": "The fence's version: the offset of its record on the fence topic"},
+            "updated": {"type": "integer", "description": "Time of the change, epoch ms (the record's timestamp)"}}},
+        "FenceCollection": {"type": "object", "required": ["type", "features", "version", "synced"], "properties": {
+            "type": {"const": "FeatureCollection"},
+            "version": {"type": "integer", "minimum": -1, "description": "The newest change applied (-1: none)"},
+            "synced": {"type": "boolean", "description": "The server read the fence topic to its end at start"},
+            "features": {"type": "array", "items": {"$ref": "#/components/schemas/Fence"}}}},
+        "FenceDeleted": {"type": "object", "required": ["id", "deleted", "version", "updated"], "properties": {
+            "id": {"type": "string"}, "deleted": {"const": True},
+            "version": {"type": "integer", "minimum": 0}, "updated": {"type": "integer"}}},
+    },
 }
 
 
@@ -142,14 +175,40 @@ _ERRORS = {"400": _json("Error", "Invalid parameters"),
            "504": {**_json("Error", "Elasticsearch did not answer in time"), "headers": _RETRY_AFTER}}
 
 
+_FENCE_ID = _param("id", "Fence id: 1 to 128 of letters, digits and . _ : -, starting with a letter or digit",
+                   {"type": "string", "pattern": fences.FENCE_ID_PATTERN}, "path", True)
+_WRITE_REFUSED = {"400": _json("Error", "The fence or the id is invalid (the message names the problem); nothing "
+                                        "was written"),
+                  "401": _json("Error", "No bearer token"),
+                  "403": _json("Error", "The token is not valid or not of scope fences"),
+                  "503": {**_json("Error", "The fence topic is not reachable; nothing was written"),
+                          "headers": _RETRY_AFTER}}
+_FENCE_OPERATIONS = {
+    "parameters": [_FENCE_ID],
+    "get": {"summary": "One geofence, with its version and time of change",
+            "responses": {"200": _json("Fence", "The fence"), "404": _json("Error", "No such fence"),
+                          "400": _ERRORS["400"]}},
+    "put": {"summary": "Create or replace a geofence; answers once Kafka acknowledged it",
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/FenceInput"}}}},
+            "responses": {"200": _json("Fence", "The fence as stored, with its new version"), **_WRITE_REFUSED}},
+    "delete": {"summary": "Delete a geofence (a tombstone on the fence topic); answers once Kafka acknowledged it",
+               "security": [{"bearer": []}],
+               "responses": {"200": _json("FenceDeleted", "Deleted"), "404": _json("Error", "No such fence"),
+                             **_WRITE_REFUSED}},
+}
+
+
 def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the read-only API."""
+    """The OpenAPI 3.1 document of the API."""
     zooms = ", ".join(f"{r['minZoom']}-{r['maxZoom']}: {r['precision']}" for r in zoom_table())
     return {
         "openapi": "3.1.0",
         "info": {"title": "geoiot web API", "version": "0.1.0",
-                 "description": "Read-only queries over the observation index. Every Elasticsearch query is "
-                                "built by the server from validated parameters; unknown parameters are refused."},
+                 "description": "Queries over the observation index, and the live geofences. Every Elasticsearch "
+                                "query is built by the server from validated parameters; unknown parameters are "
+                                "refused. Fence writes need a bearer token of scope fences."},
         "paths": {
             "/api/extent": {"get": {"summary": "Time span, count and bounding box of all observations",
                                     "responses": {"200": _json("Extent", "The extent"), **_ERRORS}}},
@@ -193,7 +252,8 @@ def document() -> dict[str, Any]:
                     "the current token; data: a LatestChanges FeatureCollection of the view's features that "
                     "changed since the last push, the whole view when `full`; none when nothing changed) and "
                     "`gap` (a resume token older than the server's ring, WEB_SSE_RING: some alerts are lost; "
-                    "data: LatestGap; what is kept follows). The view is searched once per WEB_SSE_REFRESH s "
+                    "data: LatestGap; what is kept follows) and `fences` (the geofences changed: data "
+                    "`{\"version\", \"ids\"}`; /api/geofences has them). The view is searched once per WEB_SSE_REFRESH s "
                     "for all its clients. A client's queue holds WEB_SSE_QUEUE events: a slow client loses its "
                     "oldest (counted in /metrics) and gets the whole view again at the next push."),
                 "parameters": [_BBOX, _LIMIT, _WHERE,
@@ -229,10 +289,11 @@ def document() -> dict[str, Any]:
                                     "responses": {"200": {"description": "Settings",
                                                           "content": {"application/json": {"schema": {"type": "object"}}}},
                                                  "400": _ERRORS["400"]}}},
-            "/api/geofences": {"get": {"summary": "The geofences as a GeoJSON FeatureCollection",
-                                       "responses": {"200": {"description": "Geofences",
-                                                             "content": {"application/json": {"schema": {"type": "object"}}}},
-                                                 "400": _ERRORS["400"]}}},
+            "/api/geofences": {"get": {"summary": "The geofences in force, as a GeoJSON FeatureCollection with each "
+                                              "fence's version and time of change",
+                                       "responses": {"200": _json("FenceCollection", "Geofences"),
+                                                     "400": _ERRORS["400"]}}},
+            "/api/geofences/{id}": _FENCE_OPERATIONS,
             "/api/openapi.json": {"get": {"summary": "This document",
                                           "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "200 when Elasticsearch answers, 503 otherwise",
@@ -240,5 +301,7 @@ def document() -> dict[str, Any]:
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "Text exposition format"}}}},
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": _SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "A token of scope `fences` (IOT_TOKENS_FILE)"}}},
     }

@@ -16,7 +16,7 @@ from aiohttp_sse import EventSourceResponse
 from geoiot.documents import GEOFENCES, HEADING, SPEED, field_types, latest_index
 from web import openapi, params, queries
 from web.geo import CELL_PREFIXES, cell_prefix, zoom_table
-from web.keys import ALERTS, CACHE, ES, FENCES, HUB, LIMITER, METRICS, PRESET, SETTINGS
+from web.keys import ALERTS, CACHE, ES, HUB, LIMITER, METRICS, PRESET, SETTINGS
 from web.events import SSE_RETRY_MS, SSE_SEND_TIMEOUT
 from web.limiter import Busy
 from web.responses import json_response
@@ -247,11 +247,6 @@ async def recent_alerts(request: web.Request) -> web.Response:
     return json_response({"connected": buffer.connected, "alerts": buffer.recent(p.since, p.limit)})
 
 
-async def geofences(request: web.Request) -> web.Response:
-    params.no_params(request.query)
-    return json_response(request.app[FENCES])
-
-
 async def map_config(request: web.Request) -> web.Response:
     params.no_params(request.query)
     settings, preset = request.app[SETTINGS], request.app[PRESET]
@@ -302,7 +297,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/events", events)
     r.add_get("/api/tracks/{id}", track)
     r.add_get("/api/alerts", recent_alerts)
-    r.add_get("/api/geofences", geofences)
     r.add_get("/api/config", map_config)
     r.add_get("/api/openapi.json", openapi_json)
     r.add_get("/healthz", healthz)

@@ -134,7 +134,8 @@ class RowwisePipeline:
         for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
             change = changes.get(i)
             if change is not None:
-                alerts.extend(transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat))
+                alerts.extend(map(self.fences.describe,  # the fence versions (agents.geofence)
+                                  transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat)))
             if self.filter_inside and not fences:
                 filtered += 1
                 continue

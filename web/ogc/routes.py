@@ -15,7 +15,8 @@ from shapely.geometry import box, shape
 
 from geoiot.documents import field_types, latest_index
 from web import queries
-from web.keys import ALERTS, CACHE, FENCES, METRICS, PRESET, RAW_ES, SETTINGS
+from web.fences import SERVICE
+from web.keys import ALERTS, CACHE, METRICS, PRESET, RAW_ES, SETTINGS
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
@@ -40,7 +41,9 @@ class Collection:
 
 
 def _fences(app: web.Application) -> list[tuple[dict[str, Any], int | None]]:
-    return [(f, None) for f in app[FENCES]["features"] if isinstance(f.get("geometry"), dict)]
+    """The web server's mirror of the fence topic; a fence's time is its time of change."""
+    fences = app[SERVICE].follower.fences.fences
+    return [(fences[fid].as_feature(), fences[fid].updated) for fid in sorted(fences)]
 
 
 def _alerts(app: web.Application) -> list[tuple[dict[str, Any], int | None]]:
