@@ -308,3 +308,70 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(stack, mosquitto, n
         (output_dir / f"{topic}.duplicates").write_text(f"{sum(counts.values()) - len(counts)} duplicates\n")
     finally:
         gateway.stop()
+
+
+def stack_cmd(*args: str) -> None:
+    result = subprocess.run([str(Path(__file__).resolve().parent.parent / "infra" / "local" / "stack"), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack, new_topic, tokens_file,
+                                                                            output_dir) -> None:
+    """Kafka stopped for 30 s under HTTP load: 503 with Retry-After meanwhile, every 202'd position in Kafka."""
+    import aiohttp
+
+    topic = await new_topic("ingest-outage", partitions=3)
+    env = gateway_env(stack, topic, tokens_file, INGEST_ACK_TIMEOUT="3")
+    gateway = GatewayProcess(env, output_dir / f"{topic}.log").start()
+    answers: list[tuple[float, float, int, str | None, dict]] = []  # started, ended, status, Retry-After, record
+    stop = asyncio.Event()
+    counter = iter(range(10**9))
+
+    async def client(session: aiohttp.ClientSession, c: int) -> None:
+        while not stop.is_set():
+            record = pos(f"load-{c}", next(counter))
+            started = time.monotonic()
+            try:
+                async with session.post(gateway.url + "/v1/positions", data=orjson.dumps(record),
+                                        headers={"Authorization": f"Bearer {TOKEN_ALL}"}) as r:
+                    await r.read()
+                    answers.append((started, time.monotonic(), r.status, r.headers.get("Retry-After"), record))
+                    if r.status == 503:
+                        await asyncio.sleep(0.2)
+            except aiohttp.ClientError as exc:
+                answers.append((started, time.monotonic(), -1, str(exc), record))
+            await asyncio.sleep(0.02)
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            clients = [asyncio.create_task(client(session, c)) for c in range(4)]
+            await asyncio.sleep(5)
+            await asyncio.to_thread(stack_cmd, "down", "kafka")
+            down = time.monotonic()
+            await asyncio.sleep(30)
+            up = time.monotonic()
+            await asyncio.to_thread(stack_cmd, "up", "kafka")
+            deadline = time.monotonic() + 120
+            while not any(s == 202 and st > up for st, _, s, _, _ in answers):
+                assert time.monotonic() < deadline, "no 202 after Kafka came back"
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(3)
+            stop.set()
+            await asyncio.gather(*clients)
+        statuses = Counter(s for _, _, s, _, _ in answers)
+        assert set(statuses) <= {202, 503}, statuses
+        assert all(ra is not None and int(ra) > 0 for _, _, s, ra, _ in answers if s == 503)
+        during = [s for st, end, s, _, _ in answers if st > down and end < up]
+        assert during and set(during) == {503}, Counter(during)
+        accepted = [r for _, _, s, _, r in answers if s == 202]
+        assert len(accepted) > 10
+        want = expected(accepted)
+        got = await read_messages(stack.kafka_bootstrap, topic, sum(want.values()), timeout=120, settle=5)
+        present = {(k, v) for _, k, v in got}
+        assert set(want) <= present, f"{len(set(want) - present)} positions answered 202 are not in Kafka"
+        (output_dir / f"{topic}.answers").write_text(f"{dict(statuses)}; during the outage {Counter(during)}\n")
+    finally:
+        stop.set()
+        gateway.stop()
