@@ -47,8 +47,9 @@ def subscription(filter_: str, share_group: str) -> str:
     return f"$share/{share_group}/{filter_}" if share_group else filter_
 
 
-def client_for(url: str, client_id: str, queue: int) -> aiomqtt.Client:
-    """A persistent-session MQTT 5 client of the broker at ``url`` (credentials and mqtts:// from the URL)."""
+def client_for(url: str, client_id: str, queue: int, manual_ack: bool = True) -> aiomqtt.Client:
+    """A persistent-session MQTT 5 client of the broker at ``url`` (credentials and mqtts:// from the URL);
+    with ``manual_ack`` it PUBACKs a message only when told to (:meth:`MqttIngest._consume`)."""
     parsed = urlparse(url)
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -61,7 +62,7 @@ def client_for(url: str, client_id: str, queue: int) -> aiomqtt.Client:
         identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
         tls_context=tls, max_queued_incoming_messages=2 * queue, keepalive=30)
     # aiomqtt has no option for it yet (empicano/aiomqtt#345): paho's own manual acknowledgement
-    client._client.manual_ack_set(True)  # noqa: SLF001
+    client._client.manual_ack_set(manual_ack)  # noqa: SLF001
     return client
 
 
