@@ -5,7 +5,7 @@ message is acknowledged to the broker after its record is in Kafka, in the order
 (MQTT's rule). A gateway killed before that leaves the message unacknowledged in its session, and the
 broker delivers it again on the next connection. MQTT 5: the session outlives the connection
 (session expiry), the broker sends at most ``queue`` unacknowledged messages at once (receive maximum:
-the bounded queue), and ``$share/<group>/<filter>`` splits one topic between several gateways.
+the bounded queue; :class:`MqttIngest` warns when a broker sends more), and ``$share/<group>/<filter>`` splits one topic between several gateways.
 A message that cannot become a position (not JSON, no track id, retained) is counted and acknowledged.
 """
 
@@ -60,7 +60,10 @@ def client_for(url: str, client_id: str, queue: int, manual_ack: bool = True) ->
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
-        tls_context=tls, max_queued_incoming_messages=2 * queue, keepalive=30)
+        # aiomqtt drops what does not fit its queue, and a dropped QoS 1 message is never acknowledged (the
+        # session stalls once the receive maximum is used up by such), so its queue is not capped: the receive
+        # maximum bounds it (Mosquitto 2.0 was seen to exceed it when it delivers a session's backlog)
+        tls_context=tls, max_queued_incoming_messages=0, keepalive=30)
     # aiomqtt has no option for it yet (empicano/aiomqtt#345): paho's own manual acknowledgement
     client._client.manual_ack_set(manual_ack)  # noqa: SLF001
     return client
@@ -98,7 +101,11 @@ class MqttIngest:
         pending: deque[_Entry] = deque()
         paho = client._client  # noqa: SLF001
         gateway = self.gateway
-        tasks: set[asyncio.Task] = set()
+        metrics = self.metrics
+        loop = asyncio.get_running_loop()
+        accepted = metrics.accepted.labels("mqtt")
+        accepted_messages = metrics.mqtt_messages.labels("accepted")
+        produce_seconds = metrics.produce.labels("mqtt")
 
         def drain() -> None:  # PUBACKs in arrival order, each once its record is acknowledged by Kafka
             now = time.monotonic()
@@ -106,47 +113,43 @@ class MqttIngest:
                 entry = pending.popleft()
                 if entry.qos:
                     paho.ack(entry.mid, entry.qos)
-                self.metrics.puback_delay.observe(now - entry.arrived)
+                metrics.puback_delay.observe(now - entry.arrived)
 
-        try:
-            async for msg in client.messages:
-                entry = _Entry(msg.mid, msg.qos, time.monotonic())
-                pending.append(entry)
-                out = mqtt_record(gateway.preset, gateway.converter, self.filter, str(msg.topic),
-                                  bytes(msg.payload) if not isinstance(msg.payload, bytes) else msg.payload,
-                                  bool(msg.retain))
-                if isinstance(out, Reject):
-                    self.metrics.mqtt_messages.labels("rejected").inc()
-                    gateway.count_rejects([out], "mqtt")
-                    gateway.quiet.log(logging.INFO, "mqtt-reject", json.dumps(
-                        {"event": "rejected", "source": "mqtt", "topic": str(msg.topic)[:200], "reason": out.reason}))
-                    entry.done = True
-                    drain()
-                    continue
-                task = asyncio.ensure_future(self._deliver(entry, out, drain))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            for task in tasks:
-                task.cancel()
+        def produce(entry: _Entry, key: bytes, value: bytes) -> None:
+            """Into Kafka, again and again until acknowledged (the broker keeps the message meanwhile)."""
+            started = time.monotonic()
 
-    async def _deliver(self, entry: _Entry, record: dict[str, Any], drain: Any) -> None:
-        """Produce until Kafka acknowledges (the message stays unacknowledged to the broker meanwhile)."""
-        key, value = message(self.gateway.preset, record)
-        started = time.monotonic()
-        while True:
-            try:
-                await self.gateway.producer.append(key, value)
-                break
-            except Exception as exc:  # noqa: BLE001 - any produce failure: try again, never PUBACK unacknowledged
-                self.gateway.quiet.warning("mqtt-produce", "Kafka did not take an MQTT position (%s); retrying",
-                                           exc or type(exc).__name__)
-                await asyncio.sleep(RETRY_S)
-        self.metrics.produce.labels("mqtt").observe(time.monotonic() - started)
-        self.metrics.accepted.labels("mqtt").inc()
-        self.metrics.mqtt_messages.labels("accepted").inc()
-        entry.done = True
-        drain()
+            def settled(future: asyncio.Future) -> None:
+                if future.cancelled() or future.exception() is not None:
+                    gateway.quiet.warning("mqtt-produce", "Kafka did not take an MQTT position (%s); retrying",
+                                          "cancelled" if future.cancelled() else future.exception())
+                    loop.call_later(RETRY_S, produce, entry, key, value)
+                    return
+                produce_seconds.observe(time.monotonic() - started)
+                accepted.inc()
+                accepted_messages.inc()
+                entry.done = True
+                drain()
+
+            gateway.producer.append(key, value).add_done_callback(settled)
+
+        async for msg in client.messages:
+            entry = _Entry(msg.mid, msg.qos, time.monotonic())
+            pending.append(entry)
+            if len(pending) > self.queue:
+                gateway.quiet.warning("mqtt-over", "the broker sent %d messages not yet acknowledged, above the "
+                                      "receive maximum %d (MQTT_QUEUE)", len(pending), self.queue)
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+            out = mqtt_record(gateway.preset, gateway.converter, self.filter, str(msg.topic), payload, bool(msg.retain))
+            if isinstance(out, Reject):
+                metrics.mqtt_messages.labels("rejected").inc()
+                gateway.count_rejects([out], "mqtt")
+                gateway.quiet.log(logging.INFO, "mqtt-reject", json.dumps(
+                    {"event": "rejected", "source": "mqtt", "topic": str(msg.topic)[:200], "reason": out.reason}))
+                entry.done = True
+                drain()
+                continue
+            produce(entry, *message(gateway.preset, out))
 
 
 def _safe(url: str) -> str:
