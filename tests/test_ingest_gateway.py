@@ -15,9 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from geoiot import documents
 from geoiot.convert import FastConverter, message
 from geoiot.partitioning import kafka_partition
 from geoiot.schema import load_preset
+from tests.test_agents_integration import Worker, all_docs, cleanup_topics, wait_count
 from tests.support.ingest import GatewayProcess, curl, ensure_mosquitto, mosquitto_pub, mqtt_port, read_messages
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,8 @@ def bearer(token: str) -> list[str]:
     return ["-H", f"Authorization: Bearer {token}"]
 
 
-async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, tokens_file, output_dir) -> None:
+async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, tokens_file, output_dir, es, new_index,
+                                                   python_env, kafka_admin) -> None:
     topic = await new_topic("ingest-exact", partitions=3)
     env = gateway_env(stack, topic, tokens_file, MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position",
                       MQTT_CLIENT_ID=f"{topic}-gw")
@@ -123,6 +126,22 @@ async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, 
         assert m['geoiot_ingest_mqtt_messages_total{outcome="rejected"}'] == 3
         assert sum(v for k, v in m.items() if k.startswith('geoiot_ingest_rejected_total{') and 'source="http"' in k) == 60
         assert m["geoiot_ingest_puback_delay_seconds_count"] == 83
+
+        # and Elasticsearch, through the agents worker, holds exactly the same positions
+        index = new_index("ingest")
+        worker = Worker({**python_env, "IOT_TOPIC": topic, "IOT_APP_ID": f"{topic}-app", "IOT_INDEX": index,
+                         "IOT_DLQ_TOPIC": f"{topic}-dlq", "IOT_ALERTS_TOPIC": f"{topic}-alerts",
+                         "IOT_INDEX_REFRESH": "1s", "IOT_BULK_WITHIN": "0.2"}, output_dir / f"{topic}-worker.log")
+        try:
+            worker.start()
+            total = sum(want.values())
+            assert await wait_count(es, index, total, timeout=180) == total
+            ids = {d["_id"] for d in await all_docs(es, index)}
+            assert ids == {documents.doc_id(r["taxiId"], r["observationTime"]) for r in valid + mqtt_valid}
+            assert worker.metrics()["geoiot_agent_dead_lettered_total"] == 0
+        finally:
+            worker.stop()
+            await cleanup_topics(kafka_admin, [f"{topic}-"])
     finally:
         gateway.stop()
 
