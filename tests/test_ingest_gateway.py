@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -394,3 +395,37 @@ async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack
     finally:
         stop.set()
         gateway.stop()
+
+
+async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_topic, tokens_file, output_dir,
+                                                         tmp_path) -> None:
+    """Two gateways of one MQTT_SHARE_GROUP take each message once between them; HTTPS with a certificate."""
+    topic = await new_topic("ingest-share", partitions=3)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group")
+    first = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-a", **common),
+                           output_dir / f"{topic}-a.log").start()
+    tls_env = gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-b", INGEST_TLS_CERT=str(cert),
+                          INGEST_TLS_KEY=str(key), **common)
+    second = GatewayProcess(tls_env, output_dir / f"{topic}-b.log", ssl.create_default_context(cafile=str(cert)))
+    try:
+        second.start()
+        records = [pos(f"sh-{i % 10}", i) for i in range(400)]
+        for track in sorted({r["taxiId"] for r in records}):
+            mosquitto_pub(f"{topic}/{track}/position", [orjson.dumps({k: v for k, v in r.items() if k != "taxiId"})
+                                                        for r in records if r["taxiId"] == track])
+        over_tls = pos("over-tls", 1)
+        status, text, _ = curl(second.url + "/v1/positions", "--cacert", str(cert), *bearer(TOKEN_ALL),
+                               data=orjson.dumps(over_tls))
+        assert status == 202, text
+        want = expected(records) + expected([over_tls])
+        got = await read_messages(stack.kafka_bootstrap, topic, sum(want.values()), settle=3)
+        assert Counter((k, v) for _, k, v in got) == want
+        key_ = 'geoiot_ingest_accepted_total{source="mqtt"}'
+        a, b = first.metrics().get(key_, 0), second.metrics().get(key_, 0)
+        assert a + b == 400 and a > 0 and b > 0, (a, b)
+    finally:
+        first.stop()
+        second.stop()

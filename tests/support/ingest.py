@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,13 +51,14 @@ def free_port() -> int:
 class GatewayProcess:
     """``python -m ingest`` with ``env`` on a free port; ``start`` waits until /healthz answers."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "INGEST_HOST": "127.0.0.1",
                     "INGEST_PORT": str(self.port), **env}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         log = open(self.log_path, "a")
@@ -67,7 +69,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=self.tls) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -77,7 +79,7 @@ class GatewayProcess:
             time.sleep(0.2)
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10, context=self.tls) as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
