@@ -73,7 +73,8 @@ async def drive_http(url: str, token: str | None, vehicles: list[Vehicle], prese
 async def drive_mqtt(broker: str, filter_: str, vehicles: list[Vehicle], preset: Preset, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
-            async with client_for(broker, f"geoiot-fleet-{random.getrandbits(32):08x}", 100, manual_ack=False) as client:
+            client_id = f"geoiot-fleet-{random.getrandbits(32):08x}"
+            async with client_for(broker, client_id, 100, manual_ack=False) as client:
                 while not stop.is_set():
                     for v in vehicles:
                         await client.publish(mqtt_topic(filter_, v.track), orjson.dumps(v.step(preset)), qos=1)

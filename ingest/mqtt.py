@@ -5,7 +5,8 @@ message is acknowledged to the broker after its record is in Kafka, in the order
 (MQTT's rule). A gateway killed before that leaves the message unacknowledged in its session, and the
 broker delivers it again on the next connection. MQTT 5: the session outlives the connection
 (session expiry), the broker sends at most ``queue`` unacknowledged messages at once (receive maximum:
-the bounded queue; :class:`MqttIngest` warns when a broker sends more), and ``$share/<group>/<filter>`` splits one topic between several gateways.
+the bounded queue; :class:`MqttIngest` warns when a broker sends more), and ``$share/<group>/<filter>``
+splits one topic between several gateways.
 A message that cannot become a position (not JSON, no track id, retained) is counted and acknowledged.
 """
 

@@ -4,8 +4,10 @@ and a future per batch that a request awaits before it answers.
 Records are appended straight into aiokafka's per-partition ``BatchBuilder`` (as replay does); a batch
 goes out after ``linger`` (so concurrent single-position requests share a batch, a group commit), one batch
 in flight per partition: while one is, the next keeps filling and leaves the moment it is acknowledged, as
-with Kafka's own producer; order within a partition is kept and a slow partition holds no other back. :meth:`stalled_for` tells how long the oldest batch has been waiting for
-Kafka: the gateway sheds new work while Kafka does not answer instead of queueing it.
+with Kafka's own producer; order within a partition is kept and a slow partition holds no other back.
+:meth:`stalled_for` tells how long the oldest batch has been waiting for Kafka: the gateway sheds new work
+while Kafka does not answer instead of queueing it. A batch that failed for good leaves the idempotent
+producer's sequence numbers broken, so the producer is replaced by a new one.
 """
 
 from __future__ import annotations

@@ -125,7 +125,9 @@ async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, 
         assert m['geoiot_ingest_accepted_total{source="http"}'] == 240
         assert m['geoiot_ingest_accepted_total{source="mqtt"}'] == 80
         assert m['geoiot_ingest_mqtt_messages_total{outcome="rejected"}'] == 3
-        assert sum(v for k, v in m.items() if k.startswith('geoiot_ingest_rejected_total{') and 'source="http"' in k) == 60
+        http_rejects = [v for k, v in m.items()
+                        if k.startswith("geoiot_ingest_rejected_total{") and 'source="http"' in k]
+        assert sum(http_rejects) == 60
         assert m["geoiot_ingest_puback_delay_seconds_count"] == 83
 
         # and Elasticsearch, through the agents worker, holds exactly the same positions
@@ -155,7 +157,8 @@ async def test_osmand_protocol_with_curl(stack, new_topic, tokens_file, output_d
         t = int(time.time())
         q = f"?id=fleet-a-phone&timestamp={t}&lat=40.7&lon=-73.9&speed=3&bearing=90&batt=50"
         assert curl(gateway.url + "/" + q, *bearer(TOKEN_A))[0] == 200
-        assert curl(gateway.url + "/?token=" + TOKEN_A, "--data", f"id=fleet-a-phone&timestamp={t + 1}&lat=40.71&lon=-73.9")[0] == 200
+        form = f"id=fleet-a-phone&timestamp={t + 1}&lat=40.71&lon=-73.9"
+        assert curl(gateway.url + "/?token=" + TOKEN_A, "--data", form)[0] == 200
         traccar = {"device_id": "fleet-a-phone", "location": {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t + 2)),
             "coords": {"latitude": 40.72, "longitude": -73.9, "speed": 1, "heading": 10}, "battery": {"level": 0.5}}}
@@ -403,7 +406,8 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
     topic = await new_topic("ingest-share", partitions=3)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
     common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group")
     first = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-a", **common),
                            output_dir / f"{topic}-a.log").start()

@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -67,7 +66,8 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+                tail = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode}: {tail}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=self.tls) as r:
                     if r.status == 200:
