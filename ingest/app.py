@@ -100,7 +100,11 @@ class Gateway:
     async def produce(self, records: list[dict[str, Any]], source: str) -> None:
         """Queue the records and wait until Kafka acknowledged all of them; Shed when it did not in time."""
         started = time.monotonic()
-        futures = {self.producer.append(*message(self.preset, record)) for record in records}
+        messages = [message(self.preset, record) for record in records]
+        limit = self.producer.max_message
+        if any(len(k) + len(v) > limit for k, v in messages):  # before any is queued: all or nothing
+            raise TooLargeForKafka(f"a position is over {limit} bytes as a Kafka message")
+        futures = {self.producer.append(key, value) for key, value in messages}
         done, pending = await asyncio.wait(futures, timeout=self.limits.ack_timeout)
         failed = [f for f in done if f.exception() is not None]
         if pending or failed:

@@ -140,8 +140,17 @@ class MqttIngest:
             if len(pending) > self.queue:
                 gateway.quiet.warning("mqtt-over", "the broker sent %d messages not yet acknowledged, above the "
                                       "receive maximum %d (MQTT_QUEUE)", len(pending), self.queue)
-            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-            out = mqtt_record(gateway.preset, gateway.converter, self.filter, str(msg.topic), payload, bool(msg.retain))
+            payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload).encode()
+            try:
+                out = mqtt_record(gateway.preset, gateway.converter, self.filter, str(msg.topic), bytes(payload),
+                                  bool(msg.retain))
+                if not isinstance(out, Reject):
+                    key, value = message(gateway.preset, out)
+                    if len(key) + len(value) > gateway.producer.max_message:
+                        out = Reject(0, f"over {gateway.producer.max_message} bytes as a Kafka message", "size")
+            except Exception as exc:  # noqa: BLE001 - no single message may stop the subscription
+                log.exception("MQTT message on %s", str(msg.topic)[:200])
+                out = Reject(0, f"cannot be read: {type(exc).__name__}", "invalid")
             if isinstance(out, Reject):
                 metrics.mqtt_messages.labels("rejected").inc()
                 gateway.count_rejects([out], "mqtt")
@@ -150,7 +159,7 @@ class MqttIngest:
                 entry.done = True
                 drain()
                 continue
-            produce(entry, *message(gateway.preset, out))
+            produce(entry, key, value)
 
 
 def _safe(url: str) -> str:

@@ -30,6 +30,7 @@ log = logging.getLogger("ingest")
 
 DEFAULT_BATCH_BYTES = 960 * 1024  # below the broker's default message.max.bytes, as replay's
 REQUEST_OVERHEAD = 64 * 1024
+RECORD_MARGIN = 160  # batch header and record overhead
 TRACK_CACHE = 65536  # tracks whose partition is remembered (least recently used forgotten first)
 
 
@@ -60,6 +61,7 @@ class AckingProducer:
             max_batch_size=batch_bytes, max_request_size=batch_bytes + REQUEST_OVERHEAD,
             request_timeout_ms=int(request_timeout_s * 1000), retry_backoff_ms=200, compression_type=None)
         self._producer = AIOKafkaProducer(**self._settings)
+        self.max_message = batch_bytes - RECORD_MARGIN  # key + value up to this always fit in a batch
         self._generation: asyncio.Future | None = None  # fails when the producer is replaced
         self.resets = 0
         self._started = asyncio.Event()
