@@ -40,13 +40,14 @@ COPY geoiot ./geoiot
 COPY agents ./agents
 COPY replay ./replay
 COPY web ./web
+COPY ingest ./ingest
 COPY static ./static
 # Only the folders the server serves (web.assets.VENDOR); setup.py bundles them into the wheel.
 COPY --from=assets /src/node_modules/leaflet ./node_modules/leaflet
 COPY --from=assets /src/node_modules/leaflet.heat ./node_modules/leaflet.heat
 COPY --from=assets /src/node_modules/@geoman-io/leaflet-geoman-free ./node_modules/@geoman-io/leaflet-geoman-free
 RUN pip install . \
- && cd / && python -c "import geoiot.config, agents, replay, web.app as a; assert (a.STATIC_DIR / 'index.html').is_file(), a.STATIC_DIR"
+ && cd / && python -c "import geoiot.config, agents, replay, ingest.cli, web.app as a; assert (a.STATIC_DIR / 'index.html').is_file(), a.STATIC_DIR"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -64,8 +65,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Writable working directory for Faust's state (<IOT_APP_ID>-data) and generated data files.
 WORKDIR /home/geoiot
 USER 10001:10001
-EXPOSE 8080 6066
-# tini reaps children and forwards SIGTERM; any command (python -m ..., faust ...) follows it.
+EXPOSE 8080 6066 8090
+# tini reaps children and forwards SIGTERM; any command (python -m web, python -m ingest, faust ...) follows it.
 ENTRYPOINT ["tini", "--"]
 CMD ["python", "-m", "web"]
 

@@ -12,7 +12,7 @@ SPARK35      := .venv-spark35
 SPARK35_VERSION := $(shell sed -n 's/^ARG SPARK_MESOS_VERSION=//p' Dockerfile)
 SPARK35_PINS := $(shell sed -n 's/^ARG SPARK_MESOS_PINS=//p' Dockerfile | tr -d '"')
 
-.PHONY: demo test unit stack stack-down chromium gdal qgis spark-jars spark35 failover image clean
+.PHONY: demo test unit stack stack-down chromium gdal qgis mosquitto spark-jars spark35 failover image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,7 +51,15 @@ qgis:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-qgis qgis-providers >/dev/null) \
 	  || { echo "make: cannot install python3-qgis; run: sudo apt-get install -y python3-qgis qgis-providers" >&2; exit 1; }; }
 
-stack:
+# Debian's Mosquitto is the ingest gateway's MQTT broker (infra/local/stack runs it); its clients
+# (mosquitto_pub, mosquitto_sub) and curl drive the gateway's tests.
+mosquitto:
+	@{ test -x /usr/sbin/mosquitto && command -v mosquitto_pub >/dev/null && command -v curl >/dev/null; } || { \
+	  echo "installing Debian's mosquitto, mosquitto-clients and curl for the ingest gateway"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients curl >/dev/null) \
+	  || { echo "make: cannot install mosquitto; run: sudo apt-get install -y mosquitto mosquitto-clients curl" >&2; exit 1; }; }
+
+stack: mosquitto
 	@$(STACK) up
 
 stack-down:
@@ -60,10 +68,10 @@ stack-down:
 spark-jars: $(VENV)/.installed
 	@$(STACK) spark-jars >/dev/null
 
-demo: $(VENV)/.installed node_modules/.installed  # the demo starts the stack itself, so Ctrl-C can stop it too
+demo: $(VENV)/.installed node_modules/.installed mosquitto  # the demo starts the stack itself, so Ctrl-C can stop it too
 	@infra/local/demo
 
-test: $(VENV)/.installed node_modules/.installed chromium gdal qgis stack spark-jars spark35
+test: $(VENV)/.installed node_modules/.installed chromium gdal qgis mosquitto stack spark-jars spark35
 	$(VENV)/bin/pytest
 	@echo "make: the Spark job's tests again on Spark $(SPARK35_VERSION) (the DC/OS image's line)"
 	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/test_spark_job.py

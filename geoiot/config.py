@@ -89,6 +89,20 @@ def _optional_url(value: str) -> str | None:
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
+def _mqtt_url(value: str) -> str | None:
+    """empty or mqtt[s]://[user:password@]host[:port]"""
+    if not value:
+        return None
+    parsed = urlparse(value)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or port in (-1, 0):
+        return f"must be empty or mqtt[s]://[user:password@]host[:port] (got {value!r})"
+    return None
+
+
 def _topic(value: str) -> str | None:
     """Kafka topic name"""
     if not _TOPIC.fullmatch(value) or value in (".", ".."):
@@ -321,6 +335,34 @@ SETTINGS: tuple[Setting, ...] = (
             "behind one address the same); empty: a random key per process", check=_any_text),
     Setting("IOT_FENCES_TOPIC", "", "Compacted topic of the live geofences (geoiot/fences.py); empty: <IOT_TOPIC>-fences",
             check=_optional_topic),
+    Setting("INGEST_PORT", 8090, "Port of the ingest gateway (POST /v1/positions, the OsmAnd protocol on /)", int,
+            "--port", minimum=1, maximum=65535),
+    Setting("INGEST_HOST", "127.0.0.1", "Interface the ingest gateway binds", str, "--host", check=_text),
+    Setting("INGEST_INSECURE", False, "Run the ingest gateway without tokens (every client may write every track; "
+            "the local demo)", bool, "--insecure"),
+    Setting("INGEST_TLS_CERT", "", "PEM certificate of the ingest gateway's HTTPS (with INGEST_TLS_KEY; empty: HTTP)",
+            check=_any_text),
+    Setting("INGEST_TLS_KEY", "", "PEM private key of INGEST_TLS_CERT", check=_any_text),
+    Setting("INGEST_MAX_BODY", 4 * 1024 * 1024, "Bytes of one ingest request body at most, after decompression "
+            "too (beyond: 413)", int, minimum=1024, maximum=1024 * 1024 * 1024),
+    Setting("INGEST_IN_FLIGHT_BYTES", 64 * 1024 * 1024, "Request bytes the gateway holds until Kafka acknowledges "
+            "them; beyond, 503 with Retry-After", int, minimum=1024, maximum=16 * 1024 * 1024 * 1024),
+    Setting("INGEST_ACK_TIMEOUT", 10.0, "Seconds a request waits for Kafka's acknowledgement before 503 (and the "
+            "gateway sheds while Kafka is silent that long)", float, minimum=0.1, maximum=600),
+    Setting("INGEST_BODY_TIMEOUT", 10.0, "Seconds the gateway waits for a request body (beyond: 408)", float,
+            minimum=0.1, maximum=3600),
+    Setting("INGEST_LINGER_MS", 5, "Milliseconds positions of concurrent requests wait to share a Kafka batch", int,
+            minimum=0, maximum=1000),
+    Setting("MQTT_URL", "", "MQTT broker of the gateway, mqtt[s]://[user:password@]host[:port] (empty: no MQTT)",
+            check=_mqtt_url),
+    Setting("MQTT_TOPIC", "devices/+/position", "MQTT topic filter; the level of its first + is the track id (none: "
+            "from the payload)", check=_text),
+    Setting("MQTT_CLIENT_ID", "geoiot-ingest", "MQTT client id of the gateway's persistent session", check=_text),
+    Setting("MQTT_SHARE_GROUP", "", "MQTT 5 shared subscription group: gateways of one group split the topic "
+            "(empty: none)", check=_any_text),
+    Setting("MQTT_QUEUE", 1000, "MQTT messages the gateway holds unacknowledged at most (its receive maximum)", int,
+            minimum=1, maximum=65535),
+
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -387,6 +429,21 @@ class Settings:
     web_ogc_scans: int
     web_ogc_cursor_secret: str
     iot_fences_topic: str
+    ingest_port: int
+    ingest_host: str
+    ingest_insecure: bool
+    ingest_tls_cert: str
+    ingest_tls_key: str
+    ingest_max_body: int
+    ingest_in_flight_bytes: int
+    ingest_ack_timeout: float
+    ingest_body_timeout: float
+    ingest_linger_ms: int
+    mqtt_url: str
+    mqtt_topic: str
+    mqtt_client_id: str
+    mqtt_share_group: str
+    mqtt_queue: int
 
     @property
     def es_hosts(self) -> list[str]:

@@ -27,7 +27,7 @@ from geoiot.logs import QuietLog
 from geoiot.schema import Preset, load_preset
 from geoiot.timeparse import EventTimeBounds
 from replay.pacing import Clock, Timestamps, batch_interval, constant_schedule
-from replay.partitioning import make_partitioner
+from geoiot.partitioning import make_partitioner
 from replay.producer import (DEFAULT_BATCH_BYTES, DEFAULT_DELIVERY_TIMEOUT_S, DEFAULT_LINGER_MS, BatchingProducer,
                              ReplayError, ensure_topic, oversize_reason)
 from replay.reader import DamagedFile, Rejected, read_records

@@ -49,7 +49,8 @@ def test_malformed_environment_names_the_variable(env: dict[str, str]) -> None:
 
 # Non-default values for the settings with a format (an "x" prefix would not be one of their values).
 OTHER_VALUES = {"ES_URL": "http://es.example:9201", "IOT_WEBHOOK_URL": "http://hook.example/alerts",
-                "IOT_SINKS": "stdout", "IOT_INDEX_REFRESH": "5s", "IOT_TIMEZONE": "America/New_York"}
+                "IOT_SINKS": "stdout", "IOT_INDEX_REFRESH": "5s", "IOT_TIMEZONE": "America/New_York",
+                "MQTT_URL": "mqtt://broker.example:1884"}
 
 
 @pytest.mark.parametrize("setting", config.SETTINGS, ids=lambda s: s.env)
@@ -138,7 +139,7 @@ def test_malformed_presets_get_clear_errors(tmp_path, content: str, message: str
 
 
 def test_unknown_preset_lists_the_shipped_ones() -> None:
-    with pytest.raises(SchemaError, match="shipped: taxi"):
+    with pytest.raises(SchemaError, match="shipped: osmand, taxi"):
         load_preset("buses")
 
 

@@ -22,7 +22,7 @@ from tests.support.served_map import assert_map_served, wait_until_200
 ROOT = Path(__file__).resolve().parent.parent
 # What a source distribution holds (MANIFEST.in, pyproject.toml): the build gets nothing else.
 SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "package.json", "package-lock.json",
-           "geoiot", "agents", "replay", "web", "static"]
+           "geoiot", "agents", "replay", "web", "ingest", "static"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from geoiot.schema import load_preset
 from replay.generate import write_csv
-from replay.partitioning import kafka_partition
+from geoiot.partitioning import kafka_partition
 from replay.reader import Rejected, read_records
 from replay.runner import replay_file
 

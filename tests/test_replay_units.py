@@ -22,8 +22,9 @@ from geoiot.timeparse import parse_time
 from replay.cli import build_parser, main
 from replay.generate import MAX_SPEED, make_tracks, write_csv
 from replay.pacing import Timestamps, batch_interval, constant_schedule, rate_from_batches
-from replay.partitioning import BalancedPartitioner, HashPartitioner, kafka_partition, make_partitioner
-from replay.reader import DamagedFile, FastConverter, Rejected, open_text, read_records
+from geoiot.partitioning import BalancedPartitioner, HashPartitioner, kafka_partition, make_partitioner
+from geoiot.convert import FastConverter
+from replay.reader import DamagedFile, Rejected, open_text, read_records
 from replay.summary import reason_kind
 
 TAXI = load_preset("taxi")
