@@ -59,7 +59,10 @@ async function main() {
     onGap: () => alerts.poll(), // alerts older than the server keeps for a resume: the recent ones from the poll
     onAlert: (alert) => alerts.add([alert], "sse"),
     onLatest: pushed,
-    onStatus: (s) => { $("connection").textContent = CONNECTION[s] || s; $("connection").className = "small conn-" + s; },
+    onStatus: (s) => {
+      $("connection").textContent = CONNECTION[s] || s;
+      $("connection").className = "small conn-" + s;
+    },
   });
   const fences = startFences(map, state.config.refreshMs, stream.isOpen);
   const replay = createReplay(changed, () => trail.clear());

@@ -535,8 +535,8 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         await page.goto(served.url + "/", wait_until="domcontentloaded")
-        await wait_for(page, f"s.stream.state === 'open' && s.stream.first && s.mode === 'now' && s.markers === {TRACKS}",
-                       timeout=20_000)
+        await wait_for(page, "s.stream.state === 'open' && s.stream.first && s.mode === 'now' && "
+                       f"s.markers === {TRACKS}", timeout=20_000)
         assert "live (pushed)" in await page.locator("#connection").inner_text()
         await page.wait_for_timeout(1500)  # the first refresh and its alerts poll are over
         mark = len(requests)

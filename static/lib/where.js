@@ -42,7 +42,8 @@ export function timeInput(text) {
 export function rowInputs(kind, expr) {
   let parsed = expr ? parseExpr(kind, expr) : {};
   if (parsed.values !== undefined && !VALUE_KINDS.includes(kind)) parsed = { raw: expr };
-  if (kind === "time" && [parsed.min, parsed.max].some((t) => t && !LOCAL_TIME.test(timeInput(t)))) parsed = { raw: expr };
+  const local = (t) => !t || LOCAL_TIME.test(timeInput(t));
+  if (kind === "time" && !(local(parsed.min) && local(parsed.max))) parsed = { raw: expr };
   return parsed;
 }
 
