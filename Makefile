@@ -71,7 +71,11 @@ spark-jars: $(VENV)/.installed
 demo: $(VENV)/.installed node_modules/.installed mosquitto  # the demo starts the stack itself, so Ctrl-C can stop it too
 	@infra/local/demo
 
+# The map's pure modules (static/lib/) have Node's own test runner (Node >= 20; no npm package needed).
+JSTEST := node --test tests/js/
+
 test: $(VENV)/.installed node_modules/.installed chromium gdal qgis mosquitto stack spark-jars spark35
+	$(JSTEST)
 	$(VENV)/bin/pytest
 	@echo "make: the Spark job's tests again on Spark $(SPARK35_VERSION) (the DC/OS image's line)"
 	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/test_spark_job.py
@@ -87,6 +91,7 @@ failover: $(VENV)/.installed
 	GEOIOT_FAILOVER=1 $(VENV)/bin/pytest -m failover -s
 
 unit: $(VENV)/.installed
+	$(JSTEST)
 	$(VENV)/bin/pytest -m "not integration"
 
 clean:

@@ -1,7 +1,7 @@
 """The map in headless Debian Chromium (Playwright), against `python -m web` and real Elasticsearch.
 
-No tiles (MAP_TILE_URL is empty): the page must work on its plain background. The page exposes what it
-drew in ``window.geoiotMap``; expected numbers are computed here from the generated documents.
+No tiles (MAP_TILE_URL is empty): the page must work on its plain background. The page's debug snapshot
+(``window.geoiotMap.snapshot()``) says what it drew; expected numbers are computed here from the generated documents.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from elasticsearch import AsyncElasticsearch
 from agents.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser
+from tests.support.browser import ARGS, CHROMIUM, settled, skip_unless_browser, wait_for
 from tests.support.observations import bulk_index, walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -86,19 +86,6 @@ async def server(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, 
         await drop_index(es, name)
 
 
-STATE = """() => { const s = window.geoiotMap; return {mode: s.mode, cells: s.cells, markers: s.markers,
-  total: s.total, sum: s.cellCountSum, bbox: s.bbox, heat: s.heat, replay: s.replay, start: s.start, end: s.end,
-  refreshes: s.refreshes, error: s.lastError, zoom: s.map.getZoom(), playing: s.playing}; }"""
-
-
-async def settled(page: Any) -> dict[str, Any]:
-    """The state after the next refresh that completes."""
-    before = await page.evaluate("() => window.geoiotMap.refreshes")
-    await page.wait_for_function(f"() => window.geoiotMap.refreshes > {before} && !window.geoiotMap.loading",
-                                 timeout=15_000)
-    return await page.evaluate(STATE)
-
-
 async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict[str, Any]]],
                                                     output_dir: Path) -> None:
     from playwright.async_api import async_playwright
@@ -114,10 +101,10 @@ async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict
 
             # Above the threshold: cells whose counts add up to everything in view.
             state = await settled(page)
-            assert state["error"] is None and state["mode"] == "cells" and state["cells"] > 10
+            assert state["error"] is None and state["mode"] == "cells" and state["cells"]["count"] > 10
             expected = count_in(docs, state["bbox"])
             assert expected > 1000
-            assert state["sum"] == state["total"] == expected
+            assert state["cells"]["sum"] == state["total"] == expected
             assert await page.locator(".leaflet-overlay-pane canvas, .leaflet-overlay-pane svg").count() >= 1
             assert await page.locator(".legend").count() == 1
             assert f"{expected:,}" in await page.locator("#total").inner_text()
@@ -126,7 +113,7 @@ async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict
             # Heatmap toggle.
             await page.check("#heat")
             state = await settled(page)
-            assert state["heat"] is True and "heat=1" in page.url
+            assert state["heat"] is True and state["heatPoints"] > 0 and "heat=1" in page.url
             assert await page.locator("canvas.leaflet-heatmap-layer").count() == 1
             await page.uncheck("#heat")
             await settled(page)
@@ -156,7 +143,7 @@ async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict
             assert state["total"] == count_in(docs, state["bbox"], state["start"], state["end"]) > 0
             end_before = state["end"]
             await page.click("#play")
-            await page.wait_for_function(f"() => window.geoiotMap.end > {end_before}", timeout=10_000)
+            await wait_for(page, f"s.end > {end_before}", timeout=10_000)
             await page.click("#play")
             state = await settled(page)
             assert state["playing"] is False and state["end"] > end_before

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser
+from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser, snapshot, wait_for
 from tests.support.served_map import ROOT, web_server
 from test_agents_integration import Worker, agent_env, cleanup_topics, produce_raw, wait_count  # noqa: F401
 
@@ -72,11 +72,10 @@ async def test_draw_a_fence_see_its_alert_and_delete_it(stack, es, kafka_admin, 
                     errors: list[str] = []
                     page.on("pageerror", lambda exc: errors.append(str(exc)))
                     await page.goto(url + f"/#z=13&lat={P[1]}&lon={P[0]}", wait_until="domcontentloaded")
-                    await page.wait_for_function("() => window.geoiotFences && window.geoiotFences.state.layers.size >= 1"
-                                                 " && window.geoiotMap.map._loaded", timeout=20_000)
+                    state = await wait_for(page, "s.fences.ids.length >= 1 && s.refreshes > 0", timeout=20_000)
                     # read-only: the seeded fence drawn, no editing toolbar
                     assert await page.locator(".leaflet-pm-toolbar").count() == 0
-                    assert "jfk" in await page.evaluate("() => [...window.geoiotFences.state.layers.keys()]")
+                    assert "jfk" in state["fences"]["ids"] and not state["fences"]["editable"]
 
                     await page.click("#fenceBox summary")
                     await page.fill("#fenceToken", TOKEN)
@@ -102,8 +101,7 @@ async def test_draw_a_fence_see_its_alert_and_delete_it(stack, es, kafka_admin, 
                     await until(lambda: "drawn-1" in fences_now(url), what=f"the drawn fence stored ({status}; {errors})")
                     drawn = fences_now(url)["drawn-1"]
                     assert drawn["geometry"]["type"] == "Polygon" and len(drawn["geometry"]["coordinates"][0]) == 5
-                    await page.wait_for_function(
-                        "() => window.geoiotFences.state.layers.has('drawn-1')", timeout=10_000)
+                    await wait_for(page, "s.fences.ids.includes('drawn-1')", timeout=10_000)
                     await page.screenshot(path=str(output_dir / "web_fence_drawn.png"))
 
                     # the worker applies it; the track's next report enters it; the map shows the alert
@@ -122,10 +120,9 @@ async def test_draw_a_fence_see_its_alert_and_delete_it(stack, es, kafka_admin, 
                     await page.mouse.move(x, y, steps=5)
                     await page.mouse.click(x, y)
                     await until(lambda: "drawn-1" not in fences_now(url), what="the fence deleted")
-                    await page.wait_for_function(
-                        "() => !window.geoiotFences.state.layers.has('drawn-1')", timeout=10_000)
+                    await wait_for(page, "!s.fences.ids.includes('drawn-1')", timeout=10_000)
                     await page.screenshot(path=str(output_dir / "web_fence_deleted.png"))
-                    assert errors == [] and await page.evaluate("() => window.geoiotFences.state.lastError") == ""
+                    assert errors == [] and (await snapshot(page))["fences"]["lastError"] == ""
                 finally:
                     await browser.close()
     finally:

@@ -177,7 +177,7 @@ def raw_exchange(server: str, request: bytes) -> tuple[int, dict[str, str], byte
     (b"GET /api/extent HTTP/9.9\r\nHost: x\r\n\r\n", 400),
     (b"POST /api/extent HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 405),
     (b"GET /static/nothing.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
-    (b"GET /static/map.js/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
+    (b"GET /static/main.js/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
     (b"GET /vendor/leaflet/nothing.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
     (b"GET /static/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 403),
 ])

@@ -34,7 +34,7 @@ from agents.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
-from tests.support.browser import ARGS, CHROMIUM, skip_unless_browser
+from tests.support.browser import ARGS, CHROMIUM, settled, skip_unless_browser, snapshot, wait_for
 from tests.support.presets import FLIGHTS, FLIGHTS_DATA
 from tests.support.served_map import get, web_server
 
@@ -190,32 +190,38 @@ async def browser_page(url: str) -> AsyncIterator[tuple[Any, Any, list[str]]]:
             await browser.close()
 
 
-STATE = """() => { const s = window.geoiotMap; return {mode: s.mode, markers: s.markers, total: s.total,
-  bbox: s.bbox, error: s.lastError, refreshes: s.refreshes, where: s.where, stale: s.staleCount, clock: s.clock,
-  sse: s.sse, polls: s.polls, trail: s.trail, staleMs: s.staleMs}; }"""
-
-
-async def settled(page: Any) -> dict[str, Any]:
-    """The state after the next refresh that completes."""
-    before = await page.evaluate("() => window.geoiotMap.refreshes")
-    await page.wait_for_function(f"() => window.geoiotMap.refreshes > {before} && !window.geoiotMap.loading",
-                                 timeout=15_000)
-    return await page.evaluate(STATE)
-
-
-# The drawn arrows: track, rotation (from the computed CSS transform), fill, stale, and where the icon's
-# centre is against where the map puts the track's position.
-ARROWS = """() => [...document.querySelectorAll('.track-icon svg.track-arrow')].map((svg) => {
+# The drawn arrows: track, rotation (from the computed CSS transform), fill, stale, the position the page says
+# it drew (its snapshot), and where the icon's centre is against where Leaflet puts that position.
+ARROWS = """() => { const drawn = new Map(window.geoiotMap.snapshot().arrows.map((a) => [a.track, a]));
+  return [...document.querySelectorAll('.track-icon svg.track-arrow')].map((svg) => {
   const t = getComputedStyle(svg).transform, m = new DOMMatrixReadOnly(t === 'none' ? undefined : t);
-  const f = window.geoiotMap.now.get(svg.dataset.track);
+  const coords = drawn.get(svg.dataset.track).coordinates;
   const map = window.geoiotMap.map, box = svg.getBoundingClientRect();
   const mbox = map.getContainer().getBoundingClientRect();
-  const p = map.latLngToContainerPoint([f.geometry.coordinates[1], f.geometry.coordinates[0]]);
+  const p = map.latLngToContainerPoint([coords[1], coords[0]]);
   return {track: svg.dataset.track, angle: Math.atan2(m.b, m.a) * 180 / Math.PI,
           fill: svg.firstElementChild.getAttribute('fill'), stale: svg.parentElement.classList.contains('stale'),
-          coords: f.geometry.coordinates, dx: box.left + box.width / 2 - mbox.left - p.x,
-          dy: box.top + box.height / 2 - mbox.top - p.y};
-})"""
+          coords, dx: box.left + box.width / 2 - mbox.left - p.x, dy: box.top + box.height / 2 - mbox.top - p.y};
+}); }"""
+
+# The legend as shown: (colour, label) per row.
+LEGEND = """() => [...document.querySelectorAll('.legend i')].map((i) =>
+  [i.getAttribute('style').replace(/^background:\\s*/, ''), i.nextSibling ? i.nextSibling.textContent : ''])"""
+
+
+async def legend(page: Any) -> list[tuple[str, str]]:
+    return [tuple(row) for row in await page.evaluate(LEGEND)]
+
+
+def legend_speed_color(rows: list[tuple[str, str]], speed: float | None) -> str:
+    """The colour the speed legend ("0–2", ..., "200+", m/s) shows for ``speed`` (none: standing still)."""
+    v = speed or 0
+    for color, label in rows:
+        low, _, high = label.partition("–")
+        low = float(low.rstrip("+"))
+        if low <= v and (not high or v < float(high)):
+            return color
+    raise AssertionError(f"the legend {rows} has no class for {v} m/s")
 
 
 def in_bbox(source: dict[str, Any], bbox: list[float]) -> bool:
@@ -225,8 +231,11 @@ def in_bbox(source: dict[str, Any], bbox: list[float]) -> bool:
 
 
 async def check_arrows(page: Any, latest: dict[str, Any], preset: Preset) -> list[dict[str, Any]]:
-    """Every track of ``latest`` drawn once, at its position, rotated to its heading, coloured by its speed."""
+    """Every track of ``latest`` drawn once, at its position, rotated to its heading, in the legend's colour of
+    its speed."""
     arrows = await page.evaluate(ARROWS)
+    rows = await legend(page)
+    assert len(rows) == 8 and rows[0][1] == "0–2" and rows[-1][1].endswith("+"), rows
     assert sorted(a["track"] for a in arrows) == sorted(latest)
     headed = 0
     for a in arrows:
@@ -234,13 +243,13 @@ async def check_arrows(page: Any, latest: dict[str, Any], preset: Preset) -> lis
         assert a["coords"] == [doc[preset.lon], doc[preset.lat]]
         assert abs(a["dx"]) < 1.5 and abs(a["dy"]) < 1.5, a  # drawn where the position is
         heading = doc.get(documents.HEADING)
+        assert a["fill"] == legend_speed_color(rows, doc.get(documents.SPEED)), (a, doc.get(documents.SPEED))
         if heading is None:
             assert a["angle"] == 0
             continue
         headed += 1
         diff = (a["angle"] - heading) % 360
         assert min(diff, 360 - diff) < 0.01, (a, heading)
-        assert a["fill"] == await page.evaluate("(v) => window.geoiotMap.speedColor(v)", doc.get(documents.SPEED))
     assert headed >= len(latest) * 0.8
     return arrows
 
@@ -252,8 +261,7 @@ async def test_now_mode_draws_each_track_along_its_heading_faded_when_stale(taxi
     latest = await latest_docs(es, taxi.index)
     assert len(latest) == TRACKS
     async with browser_page(taxi.url + "/") as (_, page, errors):
-        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
-                                     timeout=15_000)
+        await wait_for(page, "s.mode === 'now' && s.markers > 0")
         state = await settled(page)
         assert state["error"] is None and "view=now" in page.url and "mode=live" in page.url
         in_view = {t: d for t, d in latest.items() if in_bbox(d, state["bbox"])}
@@ -267,7 +275,7 @@ async def test_now_mode_draws_each_track_along_its_heading_faded_when_stale(taxi
         stale = {t for t, d in latest.items() if clock - d[TAXI.time] > 300_000}
         assert stale == {f"cab-{t:03d}" for t in range(STOPPED)}
         assert {a["track"] for a in arrows if a["stale"]} == stale
-        assert state["stale"] == STOPPED and f"{STOPPED} stale" in await page.locator("#total").inner_text()
+        assert state["staleCount"] == STOPPED and f"{STOPPED} stale" in await page.locator("#total").inner_text()
         assert await page.evaluate("() => getComputedStyle(document.querySelector('.track-icon.stale')).opacity") \
             == "0.35"
         await page.screenshot(path=str(output_dir / "web_now_markers.png"))
@@ -284,9 +292,11 @@ async def test_now_mode_draws_each_track_along_its_heading_faded_when_stale(taxi
         inside = {t for t, d in latest.items() if d.get(documents.GEOFENCES)}
         fences = {f for d in latest.values() for f in d.get(documents.GEOFENCES) or []}
         assert len(inside) == 3 and len(fences) == 1
-        fence_color = await page.evaluate("(ids) => window.geoiotMap.fenceColor(ids)", sorted(fences))
-        assert {a["track"] for a in arrows if a["fill"] == fence_color} == inside
-        assert {a["fill"] for a in arrows if a["track"] not in inside} == {"#8c8c8c"}
+        shown = {label: color for color, label in await legend(page)}
+        assert set(shown) == fences | {"none"} and len(set(shown.values())) == 2, shown
+        [fence] = fences
+        assert {a["track"] for a in arrows if a["fill"] == shown[fence]} == inside
+        assert {a["fill"] for a in arrows if a["track"] not in inside} == {shown["none"]} == {"#8c8c8c"}
         assert "color=fence" in page.url
         assert errors == []
 
@@ -298,8 +308,7 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
     direct = (await es.count(index=documents.latest_index(taxi.index), query=query)).body["count"]
     assert 0 < direct == len(expected) < TRACKS
     async with browser_page(taxi.url + "/") as (browser, page, errors):
-        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
-                                     timeout=15_000)
+        await wait_for(page, "s.mode === 'now' && s.markers > 0")
         # the panel offers the preset's fields with their types
         options = await page.locator("#filterField option").all_inner_texts()
         assert "vendor_id (string)" in options and "passengerCount (int)" in options and "speed_mps (float)" in options
@@ -321,9 +330,7 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
         # the URL carries the filters: a new page on it shows the same tracks, with the panel filled in
         page2 = await browser.new_page(viewport={"width": 1280, "height": 860})
         await page2.goto(page.url, wait_until="domcontentloaded")
-        await page2.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.refreshes > 0",
-                                      timeout=15_000)
-        state2 = await page2.evaluate(STATE)
+        state2 = await wait_for(page2, "s.mode === 'now' && s.refreshes > 0")
         assert state2["where"] == state["where"] and state2["markers"] == direct
         assert await page2.input_value(".filter-row[data-field=vendor_id] .f-values") == "VTS"
         assert await page2.input_value(".filter-row[data-field=passengerCount] .f-min") == "3"
@@ -372,13 +379,12 @@ async def test_a_filter_from_the_panel_selects_what_elasticsearch_counts(taxi: S
         page3 = await browser.new_page(viewport={"width": 1280, "height": 860})
         await page3.goto(taxi.url + "/#view=now&where=speed_mps%3A%3E5&where=rate_code%3A1%7C2",
                          wait_until="domcontentloaded")
-        await page3.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.refreshes > 0",
-                                      timeout=15_000)
+        await wait_for(page3, "s.mode === 'now' && s.refreshes > 0")
         assert await page3.input_value(".filter-row[data-field=speed_mps] .f-raw") == ">5"
         assert await page3.input_value(".filter-row[data-field=rate_code] .f-values") == "1|2"
         query = {"bool": {"filter": [{"range": {documents.SPEED: {"gt": 5}}}, {"terms": {"rate_code": [1, 2]}}]}}
         direct = (await es.count(index=documents.latest_index(taxi.index), query=query)).body["count"]
-        state3 = await page3.evaluate(STATE)
+        state3 = await snapshot(page3)
         assert state3["where"] == ["speed_mps:>5", "rate_code:1|2"] and state3["markers"] == direct > 0
         await page3.click("#applyFilters")  # applied again unchanged: the same
         state3 = await settled(page3)
@@ -404,10 +410,8 @@ async def check_trail(page: Any, es: AsyncElasticsearch, served: Served, track: 
     await page.wait_for_selector(".leaflet-popup-content table")
     shown = await page.locator(".leaflet-popup-content tr").evaluate_all("(rows) => rows.map((r) => r.dataset.field)")
     assert set(fields) <= set(shown), (fields, shown)
-    await page.wait_for_function("() => window.geoiotMap.trail && window.geoiotMap.trail.track === "
-                                 f"{orjson.dumps(track).decode()}"
-                                 " && !window.geoiotMap.trail.loading", timeout=15_000)
-    trail = await page.evaluate("() => window.geoiotMap.trail")
+    trail = (await wait_for(page, f"s.trail && s.trail.track === {orjson.dumps(track).decode()} && !s.trail.loading"))[
+        "trail"]
     end = (await latest_docs(es, served.index))[track][preset.time]
     start = end - round(minutes * 60_000)
     resp = await es.search(index=served.index, size=10_000, sort=[{preset.time: "asc"}],
@@ -419,7 +423,8 @@ async def check_trail(page: Any, es: AsyncElasticsearch, served: Served, track: 
     assert (trail["start"], trail["end"], trail["points"], trail["segments"]) == (start, end, len(hits), len(hits) - 1)
     speeds = [metres((a[preset.lon], a[preset.lat]), (b[preset.lon], b[preset.lat]))
               / ((b[preset.time] - a[preset.time]) / 1000) for a, b in zip(hits, hits[1:])]
-    colors = [await page.evaluate("(v) => window.geoiotMap.speedColor(v)", v) for v in speeds]
+    rows = await legend(page)
+    colors = [legend_speed_color(rows, v) for v in speeds]
     assert trail["colors"] == colors
     assert [round(v, 6) for v in trail["speeds"]] == [round(v, 6) for v in speeds]
     drawn = await page.locator("path.trail-segment").evaluate_all("(ps) => ps.map((p) => p.getAttribute('stroke'))")
@@ -431,8 +436,7 @@ async def check_trail(page: Any, es: AsyncElasticsearch, served: Served, track: 
 async def test_a_clicked_track_shows_its_popup_and_draws_its_trail(taxi: Served, es: AsyncElasticsearch,
                                                                    output_dir: Path) -> None:
     async with browser_page(taxi.url + "/#z=12&lat=40.75&lon=-73.93&trail=5") as (_, page, errors):
-        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
-                                     timeout=15_000)
+        await wait_for(page, "s.mode === 'now' && s.markers > 0")
         state = await settled(page)
         latest = await latest_docs(es, taxi.index)
         fast = max((t for t, d in latest.items() if in_bbox(d, state["bbox"]) and t >= f"cab-{STOPPED:03d}"),
@@ -443,7 +447,7 @@ async def test_a_clicked_track_shows_its_popup_and_draws_its_trail(taxi: Served,
         await page.screenshot(path=str(output_dir / "web_now_trail.png"))
         # a click on the map clears it
         await page.mouse.click(200, 780)
-        await page.wait_for_function("() => window.geoiotMap.trail === null")
+        await wait_for(page, "s.trail === null")
         assert await page.locator("path.trail-segment").count() == 0
         assert errors == []
 
@@ -459,12 +463,12 @@ async def test_zoomed_out_the_now_mode_counts_current_tracks_per_cell(taxi: Serv
             pytest.skip(f"this server has no /api/aggregate?source=latest: {body[:120]!r}")
         assert status == 200, body[:300]
         async with browser_page(url + "/#z=11&lat=40.75&lon=-73.90") as (_, page, errors):
-            await page.wait_for_function("() => window.geoiotMap.mode === 'now-cells'", timeout=15_000)
+            await wait_for(page, "s.mode === 'now-cells'")
             state = await settled(page)
             in_view = [t for t, d in latest.items() if in_bbox(d, state["bbox"])]
             assert len(in_view) > 10
-            cells = await page.evaluate("() => ({cells: window.geoiotMap.cells, sum: window.geoiotMap.cellCountSum})")
-            assert cells["sum"] == state["total"] == len(in_view) and cells["cells"] > 1
+            cells = state["cells"]
+            assert cells["sum"] == state["total"] == len(in_view) and cells["count"] > 1
             assert "tracks per cell" in await page.locator(".legend").inner_text()
             assert await page.locator(".track-icon").count() == 0
             await page.screenshot(path=str(output_dir / "web_now_cells.png"))
@@ -482,9 +486,7 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
     async with browser_page("about:blank") as (_, page, errors):
         await page.route("**/api/events**", lambda route: route.fulfill(status=503, body="down"))
         await page.goto(taxi.url + "/", wait_until="domcontentloaded")
-        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.sse === 'failed'",
-                                     timeout=15_000)
-        polls = await page.evaluate("() => window.geoiotMap.polls")
+        polls = (await wait_for(page, "s.mode === 'now' && s.stream.state === 'failed'"))["polls"]
         assert polls >= 1
         assert "polling" in await page.locator("#connection").inner_text()
         # a newer report of one track: the next poll moves its arrow, and its open trail follows it
@@ -492,24 +494,19 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
         track = f"cab-{TRACKS - 4:03d}"
         doc = latest[track]
         await page.locator(f'.track-icon:has(svg[data-track="{track}"])').dispatch_event("click")
-        await page.wait_for_function("() => window.geoiotMap.trail && window.geoiotMap.trail.points > 0")
-        before = await page.evaluate("() => window.geoiotMap.trail")
+        before = (await wait_for(page, "s.trail && s.trail.points > 0"))["trail"]
         assert before["end"] == doc[TAXI.time] and before["points"] == ROUNDS  # all within the last 15 min
         moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] + 0.001, 6),
                  TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 1, "vendor_id": doc["vendor_id"]}
         await write_reports(stack.es_hosts, TAXI, taxi.index, [moved])
         await es.indices.refresh(index=f"{taxi.index}*")
-        await page.wait_for_function(
-            f"() => {{ const f = window.geoiotMap.now.get('{track}'); "
-            f"return f && f.properties.time === {moved[TAXI.time]}; }}",
-            timeout=15_000)
+        await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
+                       timeout=15_000)
         arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
         assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
         assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
-        assert await page.evaluate("() => window.geoiotMap.polls") > polls
-        await page.wait_for_function(f"() => window.geoiotMap.trail.end === {moved[TAXI.time]} && "
-                                     "!window.geoiotMap.trail.loading", timeout=15_000)
-        after = await page.evaluate("() => window.geoiotMap.trail")
+        assert (await snapshot(page))["polls"] > polls
+        after = (await wait_for(page, f"s.trail.end === {moved[TAXI.time]} && !s.trail.loading"))["trail"]
         assert after["points"] == ROUNDS + 1 and after["segments"] == ROUNDS
         assert await page.locator("path.trail-segment").count() == ROUNDS
         assert errors == []
@@ -538,9 +535,8 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         await page.goto(served.url + "/", wait_until="domcontentloaded")
-        await page.wait_for_function("() => window.geoiotMap.sse === 'open' && window.geoiotMap.sseFirst && "
-                                     f"window.geoiotMap.mode === 'now' && window.geoiotMap.markers === {TRACKS}",
-                                     timeout=20_000)
+        await wait_for(page, "s.stream.state === 'open' && s.stream.first && s.mode === 'now' && "
+                       f"s.markers === {TRACKS}", timeout=20_000)
         assert "live (pushed)" in await page.locator("#connection").inner_text()
         await page.wait_for_timeout(1500)  # the first refresh and its alerts poll are over
         mark = len(requests)
@@ -566,19 +562,16 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
                  TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 2, "vendor_id": doc["vendor_id"]}
         await write_reports(stack.es_hosts, TAXI, served.index, [moved])
         await es.indices.refresh(index=f"{served.index}*")
-        await page.wait_for_function(
-            f"() => {{ const f = window.geoiotMap.now.get('{track}'); "
-            f"return f && f.properties.time === {moved[TAXI.time]}; }}",
-            timeout=20_000)
+        await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
+                       timeout=20_000)
         arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
         assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
         assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
 
         api = [u for u in requests[mark:] if "/api/" in u]
         assert api == [], api  # neither came from a poll
-        state = await page.evaluate("() => ({polls: window.geoiotMap.polls, pushes: window.geoiotMap.ssePushes, "
-                                    "alerts: window.geoiotMap.sseAlerts})")
-        assert state["polls"] <= 1 and state["pushes"] >= 2 and state["alerts"] >= 1
+        state = await snapshot(page)
+        assert state["polls"] <= 1 and state["stream"]["pushes"] >= 2 and state["stream"]["alerts"] >= 1
         await page.screenshot(path=str(output_dir / "web_now_pushed.png"))
 
         # a filter goes into the stream's subscription too, which resumes after the last event seen
@@ -589,8 +582,7 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         await page.click("#addFilter")
         await page.fill(".filter-row[data-field=vendor_id] .f-values", "VTS")
         await page.click("#applyFilters")
-        await page.wait_for_function("() => window.geoiotMap.sse === 'open' && window.geoiotMap.sseFirst && "
-                                     f"window.geoiotMap.markers === {direct}", timeout=20_000)
+        await wait_for(page, f"s.stream.state === 'open' && s.stream.first && s.markers === {direct}", timeout=20_000)
         streams = [u for u in requests[mark:] if "/api/events?" in u]
         assert len(streams) == 1 and "where=vendor_id%3AVTS" in streams[0] and "last_event_id=" in streams[0]
         assert sorted(a["track"] for a in await page.evaluate(ARROWS)) == \
@@ -606,8 +598,7 @@ async def test_flights_preset_markers_popups_filters_and_trails(flights: Served,
     latest = await latest_docs(es, flights.index)
     assert len(latest) == len({r[preset.track] for r in flights.reports}) == 25
     async with browser_page(flights.url + "/") as (_, page, errors):
-        await page.wait_for_function("() => window.geoiotMap.mode === 'now' && window.geoiotMap.markers > 0",
-                                     timeout=15_000)
+        await wait_for(page, "s.mode === 'now' && s.markers > 0")
         state = await settled(page)
         assert state["error"] is None and state["markers"] == 25
         await check_arrows(page, latest, preset)
