@@ -188,9 +188,21 @@ def test_lossless_coercion_round_trips(number: int, kind: str) -> None:
 def test_coercion_either_succeeds_or_raises_value_error(text: str) -> None:
     for kind in ("int", "float", "bool", "time", "string"):
         try:
-            coerce(kind, text)
+            value = coerce(kind, text)
         except ValueError:
-            pass
+            continue
+        if text == "":
+            assert value is None
+        elif kind == "string":
+            assert value == text
+        elif kind == "int":  # an integer that loses nothing of the text
+            assert type(value) is int and value == float(text)
+        elif kind == "float":
+            assert type(value) is float and value == float(text)
+        elif kind == "bool":
+            assert value is (text.strip().lower() in {"true", "1", "y", "yes", "t"})
+        else:
+            assert type(value) is int  # epoch milliseconds
 
 
 def test_readme_configuration_table_is_the_generated_one() -> None:

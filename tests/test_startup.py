@@ -3,8 +3,11 @@ and importing the worker module does nothing but build the Faust app."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -66,7 +69,10 @@ def test_an_out_of_range_setting_is_refused_naming_the_variable(env: dict[str, s
                                  {"KAFKA_BOOTSTRAP": "k1:9092, k2:9092"}, {"IOT_SINKS": "stdout,elasticsearch"},
                                  {"IOT_TIMEZONE": "America/New_York"}, {"ES_URL": "https://a:9200,http://b"}])
 def test_documented_edge_values_are_accepted(env: dict[str, str]) -> None:
-    config.load(env)
+    settings = config.load(env)
+    for name, raw in env.items():
+        setting = next(s for s in config.SETTINGS if s.env == name)
+        assert getattr(settings, setting.attr) == setting.parse(raw), name  # kept, not replaced by the default
 
 
 def test_flags_are_validated_like_the_environment() -> None:
@@ -82,13 +88,74 @@ COMPONENTS = {
 }
 
 
-@pytest.mark.parametrize("component", sorted(COMPONENTS))
 @pytest.mark.parametrize("value", ["0", "0.001"])
-def test_every_component_refuses_a_busy_spinning_bulk_within_in_one_line(
-        component: str, value: str, python_env: dict[str, str]) -> None:
-    result = run(COMPONENTS[component], dict(python_env, **CLOSED, IOT_BULK_WITHIN=value), timeout=60)
+def test_the_worker_refuses_a_busy_spinning_bulk_within_in_one_line(value: str, python_env: dict[str, str]) -> None:
+    result = run(COMPONENTS["worker"], dict(python_env, **CLOSED, IOT_BULK_WITHIN=value), timeout=60)
     assert result.returncode != 0
     assert f"IOT_BULK_WITHIN={float(value)!r} must be at least 0.01" in the_line(result, "IOT_BULK_WITHIN")
+
+
+BAD_SETTING = {  # one setting each component reads, out of its range
+    "worker": ("IOT_SINKS", "kafka", "IOT_SINKS='kafka' must name one or more of"),
+    "replay": ("IOT_PARTITIONS", "0", "IOT_PARTITIONS=0 must be at least 1"),
+    "web": ("WEB_PORT", "70000", "WEB_PORT=70000 must be at most 65535"),
+    "topics": ("IOT_REPLICATION", "0", "IOT_REPLICATION=0 must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_every_component_refuses_a_bad_setting_it_reads_in_one_line(component: str, python_env: dict[str, str]) -> None:
+    name, value, message = BAD_SETTING[component]
+    assert name in config.envs("agents" if component == "worker" else component)
+    result = run(COMPONENTS[component], dict(python_env, **CLOSED, **{name: value}), timeout=60)
+    assert result.returncode != 0
+    assert message in the_line(result, f"{name}=")
+
+
+@pytest.mark.parametrize("component", ["replay", "web", "topics", "retention"])
+def test_a_component_ignores_bad_settings_it_does_not_read(component: str) -> None:
+    others = {"IOT_WEBHOOK_URL": "not a url", "IOT_BULK_WITHIN": "0", "WEB_PORT": "70000", "IOT_SINKS": "kafka",
+              "SPARK_CHECKPOINT_DIR": ""}
+    env = {k: v for k, v in others.items() if k not in config.envs(component)}
+    settings = config.load(env, component=component)
+    assert settings.iot_webhook_url == ""  # the default, not the bad value
+    with pytest.raises(config.ConfigError):
+        config.load(env)  # every setting is checked without a component
+
+
+def test_every_setting_is_read_by_a_known_component_and_each_is_a_flag() -> None:
+    for s in config.SETTINGS:
+        assert s.components and s.components <= set(config.COMPONENTS), s.env
+        for component in s.components:
+            assert s.env in config.envs(component)
+    with pytest.raises(ValueError, match="unknown component"):
+        config.envs("nobody")
+
+
+def test_a_bad_webhook_url_does_not_stop_the_web_server(python_env: dict[str, str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(python_env, **CLOSED, IOT_WEBHOOK_URL="ftp://nowhere", WEB_HOST="127.0.0.1", WEB_PORT=str(port))
+    server = subprocess.Popen([sys.executable, "-m", "web"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        answer = None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    answer = response.status
+            except OSError:
+                time.sleep(0.3)
+        assert server.poll() is None, server.communicate()[0]
+        assert answer == 200
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    worker = run(COMPONENTS["worker"], dict(python_env, **CLOSED, IOT_WEBHOOK_URL="ftp://nowhere"), timeout=60)
+    assert worker.returncode != 0  # the worker reads it, and refuses it
+    assert "IOT_WEBHOOK_URL='ftp://nowhere' must be http(s)" in the_line(worker, "IOT_WEBHOOK_URL=")
 
 
 # --- an importable worker (issue 11, item 3) ---------------------------------------------------------
