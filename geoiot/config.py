@@ -234,15 +234,15 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("KAFKA_BOOTSTRAP", "localhost:9092", "Kafka bootstrap servers (host:port[,host:port])", str, "--bootstrap",
-            check=_host_ports, uses="agents spark web replay topics"),
+            check=_host_ports, uses="agents spark web replay topics ingest"),
     Setting("ES_URL", "http://localhost:9200", "Elasticsearch URL (comma-separated for several nodes)",
             check=_http_urls, uses="agents spark web retention"),
     Setting("IOT_APP_ID", "geoiot", "Faust app id, also the Kafka consumer group of the agents", check=_app_id,
             uses="agents spark topics"),
     Setting("IOT_SCHEMA", "taxi", "Schema preset: a shipped name (taxi) or a path to a .toml/.json preset",
-            check=_text, uses="agents spark web replay retention"),
+            check=_text, uses="agents spark web replay retention ingest"),
     Setting("IOT_TOPIC", "taxi", "Source topic of position reports", check=_topic,
-            uses="agents spark web replay topics"),
+            uses="agents spark web replay topics ingest"),
     Setting("IOT_INDEX", "taxi", "Elasticsearch index (alias) for observations", check=_index,
             uses="agents spark web retention"),
     Setting("IOT_DLQ_TOPIC", "taxi-dlq", "Dead-letter topic for invalid events, with their reason", check=_topic,
@@ -257,9 +257,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_SINKS", "elasticsearch", "Comma-separated sinks of the agents: elasticsearch, stdout", check=_sinks,
             uses="agents"),
     Setting("IOT_PARTITIONS", 3, "Partitions of topics created by the tools", int, minimum=1, maximum=10000,
-            uses="replay topics"),
+            uses="replay topics ingest"),
     Setting("IOT_REPLICATION", 1, "Replication factor of topics created by the tools", int, minimum=1, maximum=32767,
-            uses="agents replay topics"),
+            uses="agents replay topics ingest"),
     Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int, minimum=1, maximum=1024,
             uses="agents spark"),
     Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int, minimum=0, maximum=100,
@@ -289,13 +289,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)",
             check=_any_text, uses="spark"),
     Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float,
-            minimum=0.01, maximum=3_652_059, uses="agents spark replay"),  # years 1-9999
+            minimum=0.01, maximum=3_652_059, uses="agents spark replay ingest"),  # years 1-9999
     Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float,
-            minimum=0, maximum=3_652_059, uses="agents spark replay"),
+            minimum=0, maximum=3_652_059, uses="agents spark replay ingest"),
     Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int,
             minimum=1, maximum=1000, uses="agents spark"),  # Elasticsearch's default shard limit is 1000 per data node
     Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
-            minimum=0, maximum=3_652_059, uses="agents spark replay retention"),
+            minimum=0, maximum=3_652_059, uses="agents spark replay retention ingest"),
     Setting("IOT_TRACK_IDLE_TIMEOUT", 86400.0, "Seconds (processing time) after its last update that a track's state ends "
             "(0: never; see agents/idle.py)", float, minimum=0, maximum=31_536_000, uses="agents spark"),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int,
@@ -323,7 +323,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEB_SSE_MAX_VIEWS", 100, "Distinct views the /api/events streams may watch (each a search per period)",
             int, minimum=1, maximum=100_000, uses="web"),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
-            "per line (geoiot/tokens.py); empty: no tokens", check=_any_text, uses="web"),
+            "per line (geoiot/tokens.py); empty: no tokens", check=_any_text, uses="web ingest"),
     Setting("IOT_WEBHOOK_CONCURRENCY", 8, "Webhook POSTs in flight at once", int, minimum=1, maximum=1000,
             uses="agents spark"),
     Setting("IOT_WEBHOOK_MAX_AGE", 60.0, "Seconds an alert may wait for the webhook; older ones are not sent "
