@@ -39,13 +39,13 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || { echo "make: cannot install chromium; run: sudo apt-get install -y chromium" >&2; exit 1; }; }
 
-# Debian's GDAL (ogrinfo, ogr2ogr with the OAPIF driver) is a client of the OGC API tests (tests/test_ogc_clients.py).
+# Debian's GDAL (ogrinfo, ogr2ogr with the OAPIF driver) is a client of the OGC API tests (tests/integration/test_ogc_clients.py).
 gdal:
 	@command -v ogr2ogr >/dev/null || { echo "installing Debian's gdal-bin for the OGC API client tests"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin >/dev/null) \
 	  || { echo "make: cannot install gdal-bin; run: sudo apt-get install -y gdal-bin" >&2; exit 1; }; }
 
-# Debian's QGIS (python3-qgis, headless) loads an OGC API layer in tests/test_ogc_clients.py.
+# Debian's QGIS (python3-qgis, headless) loads an OGC API layer in tests/integration/test_ogc_clients.py.
 qgis:
 	@/usr/bin/python3 -c "import qgis.core" 2>/dev/null || { echo "installing Debian's python3-qgis for the OGC API client tests"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-qgis qgis-providers >/dev/null) \
@@ -78,7 +78,7 @@ test: $(VENV)/.installed node_modules/.installed chromium gdal qgis mosquitto st
 	$(JSTEST)
 	$(VENV)/bin/pytest
 	@echo "make: the Spark job's tests again on Spark $(SPARK35_VERSION) (the DC/OS image's line)"
-	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/test_spark_job.py
+	SPARK_PYTHON=$(CURDIR)/$(SPARK35)/bin/python $(VENV)/bin/pytest tests/integration/test_spark_job.py
 
 # The container image (infra/image/build-local: dockerd, Debian bases, docker build) and its run test;
 # `make test` runs this test too.
@@ -90,9 +90,11 @@ image:
 failover: $(VENV)/.installed
 	GEOIOT_FAILOVER=1 $(VENV)/bin/pytest -m failover -s
 
+# Tests by tier (tests/unit: no service; tests/integration: Kafka, Elasticsearch, Spark; tests/e2e: browser
+# and end to end). `make test` runs all three.
 unit: $(VENV)/.installed
 	$(JSTEST)
-	$(VENV)/bin/pytest -m "not integration"
+	$(VENV)/bin/pytest tests/unit -m "not integration"
 
 clean:
 	rm -rf $(VENV) $(SPARK35) node_modules .pytest_cache test-output

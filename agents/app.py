@@ -77,7 +77,7 @@ class WorkerContext:
 def load_context(environ: Mapping[str, str] | None = None) -> WorkerContext:
     """Settings, preset, fences and time zone; no network. A :class:`PreflightError` when one is wrong."""
     try:
-        settings = config.load(environ)
+        settings = config.load(environ, component="agents")
         preset = load_preset(settings.iot_schema)
         fences = Geofences.load(settings.iot_geofences)
         tz = zone(settings.iot_timezone)

@@ -5,11 +5,11 @@ Faust's own stream delivery is not used for the source topic, for two measured r
 (aiokafka's ``getmany`` delivers ~250k), and after a crash the restarted worker could lose events
 (records fetched while flow was suspended during recovery were counted as read but never delivered;
 the same family as faust-streaming issues #216/#221/#253, reproduced by
-``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
+``tests/integration/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
 commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
-aiokafka ones), so the rules below are also checked in-process (``tests/test_agents_delivery.py``).
+aiokafka ones), so the rules below are also checked in-process (``tests/unit/test_agents_delivery.py``).
 
 Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
 

@@ -16,8 +16,8 @@ last position inside one (its time says how old it is; the exit alert says it le
 The batch is computed by columns, not rows (:func:`agents.validate.decode_batch`, then bounds, index names
 and ids over the time column, geofences and motion over arrays) and each document is serialised once, straight
 into its bulk entry (:class:`agents.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
-same bulk-action dicts as before, built only when asked for. ``tests/test_batch_core.py`` holds the result
-equal to the row-wise code it replaced (kept in ``tests/support/rowwise.py``).
+same bulk-action dicts as before, built only when asked for. ``tests/unit/test_batch_core.py`` holds the result
+equal to the row-wise code it replaced (kept in ``testkit/rowwise.py``).
 """
 
 from __future__ import annotations

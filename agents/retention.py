@@ -35,7 +35,7 @@ from geoiot.documents import index_day_ms, index_pattern, latest_index
 from geoiot.schema import load_preset
 from geoiot.timeparse import retention_cutoff
 
-ENVS = ("ES_URL", "IOT_INDEX", "IOT_SCHEMA", "IOT_RETENTION_DAYS")
+ENVS = config.envs("retention")
 
 
 def expired(base: str, names: Sequence[str], retention_days: int, now_ms: int) -> list[str]:
@@ -160,7 +160,7 @@ async def run(settings: config.Settings, time_field: str, every: float, dry_run:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="retention")
         time_field = load_preset(settings.iot_schema).time  # SchemaError is a ValueError
     except ValueError as exc:
         print(f"retention: {exc}", file=sys.stderr)

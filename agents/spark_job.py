@@ -43,10 +43,7 @@ from geoiot.schema import load_preset
 
 log = logging.getLogger("agents.spark_job")
 
-ENVS = ("KAFKA_BOOTSTRAP", "ES_URL", "IOT_APP_ID", "IOT_SCHEMA", "IOT_TOPIC", "IOT_INDEX", "IOT_DLQ_TOPIC",
-        "IOT_GEOFENCES", "IOT_GEOFENCE_FILTER", "IOT_BULK_SIZE", "IOT_TIMEZONE", "SPARK_CHECKPOINT_DIR",
-        "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_MAX_NEW_INDICES", "IOT_RETENTION_DAYS",
-        "IOT_ALERTS_TOPIC", "IOT_WEBHOOK_URL", "IOT_TRACK_IDLE_TIMEOUT", "IOT_FENCES_TOPIC")
+ENVS = config.envs("spark")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -322,7 +319,7 @@ def start(spark: Any, settings: config.Settings, args: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="spark")
         load_preset(settings.iot_schema)
         from agents.spark_worker import JobContext
         JobContext.from_settings(settings).pipeline()  # bad preset/geofences/time zone: fail before Spark starts

@@ -38,7 +38,7 @@ from geoiot import topics as kafka_topics
 from geoiot.schema import load_preset
 from replay.generate import write_csv
 from replay.reader import Rejected, read_records
-from tests.support.ingest import GatewayProcess, ensure_mosquitto, mqtt_port
+from testkit.ingest import GatewayProcess, ensure_mosquitto, mqtt_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TAXI = load_preset("taxi")

@@ -23,7 +23,7 @@ from elasticsearch import AsyncElasticsearch
 
 from geoiot import config
 from geoiot.documents import field_types
-from tests.support.ogc_data import PRESET, load, make_docs
+from testkit.ogc_data import PRESET, load, make_docs
 from web import queries
 from web.ogc import cql
 from web.params import WORLD, BadRequest, Window

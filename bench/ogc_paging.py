@@ -29,9 +29,9 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot import config
-from tests.support.observations import NYC, indexed, walk
-from tests.support.ogc_data import PRESET
-from tests.support.served_map import web_server
+from testkit.observations import NYC, indexed, walk
+from testkit.ogc_data import PRESET
+from testkit.served_map import web_server
 from web import queries
 from web.ogc.views import rfc3339
 from web.params import BBox, Window

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.web_aggregate_latency --docs 1000000
 
-Indexes ``--docs`` generated observations (tests.support.observations: the agents' documents) into ``--index`` once
+Indexes ``--docs`` generated observations (testkit.observations: the agents' documents) into ``--index`` once
 (re-used when it already holds that many), starts the web server as a subprocess, then for city (zoom 11)
 and street (zoom 16) views over Manhattan measures p50/p95 with 1 and 20 concurrent clients, for both paths,
 in the same run. Every request has a distinct ``end`` (1 ms apart, past the data) so neither the server's
@@ -41,12 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from agents.index import drop_index, ensure_index
 from geoiot import config
-from tests.support.health import wait_healthy
+from testkit.health import wait_healthy
 from geoiot.schema import load_preset
 from web import params, queries
 from web.app import ES_CONNECTIONS
 from web.geo import precision_for_zoom
-from tests.support.observations import bulk_index, walk
+from testkit.observations import bulk_index, walk
 from bench.procstat import cpu_seconds, service_pids
 
 CENTER = (-73.97, 40.76)

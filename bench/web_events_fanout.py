@@ -36,9 +36,9 @@ from elasticsearch.helpers import async_bulk
 from bench.web_latest_latency import prepare
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from tests.support.health import wait_healthy
-from tests.support.observations import NYC, document, on_grid
-from tests.support.sse import Stream, parse
+from testkit.health import wait_healthy
+from testkit.observations import NYC, document, on_grid
+from testkit.sse import Stream, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 

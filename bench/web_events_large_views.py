@@ -36,8 +36,8 @@ from elasticsearch.helpers import async_bulk
 from agents.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from tests.support.health import wait_healthy
-from tests.support.observations import NYC, document, on_grid
+from testkit.health import wait_healthy
+from testkit.observations import NYC, document, on_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_357_000_000_000

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.web_load_shedding --baseline /work/main --docs 1000000
 
-Indexes ``--docs`` generated observations (tests.support.observations) into ``--index`` once (re-used when
+Indexes ``--docs`` generated observations (testkit.observations) into ``--index`` once (re-used when
 it holds that many). For each client count (20, 100, 500) and each round, starts the server of the baseline checkout
 (``--baseline``, e.g. the main branch) and of this one, one after the other (alternating, so both see the
 same machine), and sends ``--requests`` aggregations over a city view (zoom 11) with distinct window ends
@@ -34,8 +34,8 @@ from elasticsearch import AsyncElasticsearch
 from agents.index import drop_index, ensure_index
 from geoiot import config
 from geoiot.schema import load_preset
-from tests.support.health import wait_healthy
-from tests.support.observations import bulk_index, walk
+from testkit.health import wait_healthy
+from testkit.observations import bulk_index, walk
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000

@@ -25,7 +25,7 @@ from multidict import MultiDict
 
 from geoiot import config
 from geoiot.schema import load_preset
-from tests.support.observations import indexed, walk
+from testkit.observations import indexed, walk
 from web import params, queries
 from web.app import init_app
 

@@ -1,11 +1,10 @@
 """The one place that defines configuration: environment variables with defaults, mirrored by CLI flags.
 
-Every component (replay, agents, web, the Spark job, the Marathon apps) reads its settings through
-:func:`load`, so a variable means the same thing everywhere and the README table is generated from
-:data:`SETTINGS`. Every setting also says which values it accepts (a range, a set of choices or a
-format); :func:`load` refuses anything else with a :class:`ConfigError` naming the variable, which each
-component prints as one line before it exits non-zero, so a typo never starts a component that then
-misbehaves (``IOT_BULK_WITHIN=0`` used to busy-spin the worker).
+Every component (replay, agents, web, the Spark job, topics, retention, ingest) reads its settings through
+:func:`load` with its own name, so a variable means the same thing everywhere, the README table is generated
+from :data:`SETTINGS`, and each setting names the components that read it (``uses``): those get it as a flag
+(:func:`envs`) and refuse a value outside what it accepts with a :class:`ConfigError` naming the variable,
+which each prints as one line before it exits non-zero. Other components are not stopped by it.
 """
 
 from __future__ import annotations
@@ -28,6 +27,9 @@ SINKS = ("elasticsearch", "stdout")  # what IOT_SINKS may name
 # worker polls Kafka hundreds of times per second: IOT_BULK_WITHIN=0 busy-spun its event loop so that
 # /healthz and SIGTERM went unanswered. 10 ms keeps idle polling at most 100 per second and is far
 # below any useful batching window.
+# What reads settings: each validates only the settings that name it (Setting.uses), so a bad setting of one
+# component never stops another (a bad IOT_WEBHOOK_URL does not stop the web server).
+COMPONENTS = ("agents", "spark", "web", "replay", "topics", "retention", "ingest")
 MIN_BULK_WITHIN = 0.01
 MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch never waits longer
 # Batches a worker stores at once: more lets one worker run more bulk requests per Elasticsearch round trip
@@ -178,6 +180,11 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     check: Check | None = None  # for strings: the format; numbers use minimum/maximum
+    uses: str = ""  # the COMPONENTS that read it, space-separated: only they validate it
+
+    @property
+    def components(self) -> frozenset[str]:
+        return frozenset(self.uses.split())
 
     @property
     def allowed(self) -> str:
@@ -241,128 +248,143 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("KAFKA_BOOTSTRAP", "localhost:9092", "Kafka bootstrap servers (host:port[,host:port])", str, "--bootstrap",
-            check=_host_ports),
+            check=_host_ports, uses="agents spark web replay topics ingest"),
     Setting("ES_URL", "http://localhost:9200", "Elasticsearch URL (comma-separated for several nodes)",
-            check=_http_urls),
-    Setting("IOT_APP_ID", "geoiot", "Faust app id, also the Kafka consumer group of the agents", check=_app_id),
+            check=_http_urls, uses="agents spark web retention"),
+    Setting("IOT_APP_ID", "geoiot", "Faust app id, also the Kafka consumer group of the agents", check=_app_id,
+            uses="agents spark topics"),
     Setting("IOT_SCHEMA", "taxi", "Schema preset: a shipped name (taxi) or a path to a .toml/.json preset",
-            check=_text),
-    Setting("IOT_TOPIC", "taxi", "Source topic of position reports", check=_topic),
-    Setting("IOT_INDEX", "taxi", "Elasticsearch index (alias) for observations", check=_index),
-    Setting("IOT_DLQ_TOPIC", "taxi-dlq", "Dead-letter topic for invalid events, with their reason", check=_topic),
-    Setting("IOT_ALERTS_TOPIC", "taxi-alerts", "Topic of geofence enter/exit alerts", check=_topic),
-    Setting("IOT_GEOFENCES", str(DEFAULT_GEOFENCES), "GeoJSON FeatureCollection of geofences", check=_text),
-    Setting("IOT_GEOFENCE_FILTER", False, "Keep only observations inside some geofence", bool),
-    Setting("IOT_WEBHOOK_URL", "", "POST every geofence alert to this URL when set", check=_optional_url),
-    Setting("IOT_SINKS", "elasticsearch", "Comma-separated sinks of the agents: elasticsearch, stdout", check=_sinks),
-    Setting("IOT_PARTITIONS", 3, "Partitions of topics created by the tools", int, minimum=1, maximum=10000),
-    Setting("IOT_REPLICATION", 1, "Replication factor of topics created by the tools", int, minimum=1, maximum=32767),
-    Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int, minimum=1, maximum=1024),
-    Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int, minimum=0, maximum=100),
-    Setting("IOT_INDEX_REFRESH", "1s", "Refresh interval of the observation index", check=_es_time),
+            check=_text, uses="agents spark web replay retention ingest"),
+    Setting("IOT_TOPIC", "taxi", "Source topic of position reports", check=_topic,
+            uses="agents spark web replay topics ingest"),
+    Setting("IOT_INDEX", "taxi", "Elasticsearch index (alias) for observations", check=_index,
+            uses="agents spark web retention"),
+    Setting("IOT_DLQ_TOPIC", "taxi-dlq", "Dead-letter topic for invalid events, with their reason", check=_topic,
+            uses="agents spark replay topics"),
+    Setting("IOT_ALERTS_TOPIC", "taxi-alerts", "Topic of geofence enter/exit alerts", check=_topic,
+            uses="agents spark web topics"),
+    Setting("IOT_GEOFENCES", str(DEFAULT_GEOFENCES), "GeoJSON FeatureCollection of geofences", check=_text,
+            uses="agents spark web"),
+    Setting("IOT_GEOFENCE_FILTER", False, "Keep only observations inside some geofence", bool, uses="agents spark"),
+    Setting("IOT_WEBHOOK_URL", "", "POST every geofence alert to this URL when set", check=_optional_url,
+            uses="agents spark"),
+    Setting("IOT_SINKS", "elasticsearch", "Comma-separated sinks of the agents: elasticsearch, stdout", check=_sinks,
+            uses="agents"),
+    Setting("IOT_PARTITIONS", 3, "Partitions of topics created by the tools", int, minimum=1, maximum=10000,
+            uses="replay topics ingest"),
+    Setting("IOT_REPLICATION", 1, "Replication factor of topics created by the tools", int, minimum=1, maximum=32767,
+            uses="agents replay topics ingest"),
+    Setting("IOT_INDEX_SHARDS", 1, "Primary shards of the observation index", int, minimum=1, maximum=1024,
+            uses="agents spark"),
+    Setting("IOT_INDEX_REPLICAS", 0, "Replicas of the observation index", int, minimum=0, maximum=100,
+            uses="agents spark"),
+    Setting("IOT_INDEX_REFRESH", "1s", "Refresh interval of the observation index", check=_es_time,
+            uses="agents spark"),
     Setting("IOT_BULK_SIZE", 2000, "Documents per Elasticsearch bulk request (at most)", int, minimum=1,
-            maximum=100_000),
+            maximum=100_000, uses="agents spark"),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
-            maximum=MAX_BULK_WITHIN),
+            maximum=MAX_BULK_WITHIN, uses="agents"),
     Setting("IOT_FLUSHES_IN_FLIGHT", DEFAULT_FLUSHES_IN_FLIGHT, "Batches a worker stores at once (more: higher rate over the bulk round "
-            "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16),
-    Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone),
-    Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535),
-    Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host", check=_text),
+            "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16, uses="agents"),
+    Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone,
+            uses="agents spark replay"),
+    Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535, uses="web"),
+    Setting("WEB_HOST", "127.0.0.1", "Interface the web server binds", str, "--host", check=_text, uses="web"),
     Setting("WORKER_WEB_PORT", 6066, "Port of the agents worker's /healthz and /metrics", int, minimum=1,
-            maximum=65535),
+            maximum=65535, uses="agents"),
     Setting("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "Tile URL template of the map",
-            check=_tile_url),
-    Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int, minimum=100, maximum=3_600_000),
+            check=_tile_url, uses="web"),
+    Setting("MAP_REFRESH_MS", 3000, "Map refresh period in milliseconds", int, minimum=100, maximum=3_600_000,
+            uses="web"),
     Setting("MAP_MARKER_THRESHOLD", 1000, "Below this many observations in view the map draws symbols", int,
-            minimum=0, maximum=1_000_000),
+            minimum=0, maximum=1_000_000, uses="web"),
     Setting("MAP_STALE_MS", 300_000, "The map fades a track with no report for this many milliseconds", int,
-            minimum=1000, maximum=31_622_400_000),  # up to a leap year
+            minimum=1000, maximum=31_622_400_000, uses="web"),  # up to a leap year
     Setting("SPARK_CHECKPOINT_DIR", "", "Checkpoint directory of the Spark job (empty: .stack/spark-checkpoints/<IOT_APP_ID>)",
-            check=_any_text),
+            check=_any_text, uses="spark"),
     Setting("IOT_MAX_EVENT_AGE_DAYS", 36525.0, "Events older than this many days are dead letters (replay skips them)", float,
-            minimum=0.01, maximum=3_652_059),  # years 1-9999
+            minimum=0.01, maximum=3_652_059, uses="agents spark replay ingest"),  # years 1-9999
     Setting("IOT_MAX_EVENT_AHEAD_DAYS", 1.0, "Events more than this many days in the future are dead letters", float,
-            minimum=0, maximum=3_652_059),
+            minimum=0, maximum=3_652_059, uses="agents spark replay ingest"),
     Setting("IOT_MAX_NEW_INDICES", 10, "Daily indices one batch may create; events for more are dead letters", int,
-            minimum=1, maximum=1000),  # Elasticsearch's default shard limit is 1000 per data node
+            minimum=1, maximum=1000, uses="agents spark"),  # Elasticsearch's default shard limit is 1000 per data node
     Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
-            minimum=0, maximum=3_652_059),
+            minimum=0, maximum=3_652_059, uses="agents spark replay retention ingest"),
     Setting("IOT_TRACK_IDLE_TIMEOUT", 86400.0, "Seconds (processing time) after its last update that a track's state ends "
-            "(0: never; see agents/idle.py)", float, minimum=0, maximum=31_536_000),
+            "(0: never; see agents/idle.py)", float, minimum=0, maximum=31_536_000, uses="agents spark"),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int,
-            minimum=1, maximum=1024),
+            minimum=1, maximum=1024, uses="web"),
     Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int,
-            minimum=0, maximum=100_000),
+            minimum=0, maximum=100_000, uses="web"),
     Setting("WEB_QUEUE_TIMEOUT", 3.0, "Seconds a request may wait for a search slot before 503 busy", float,
-            minimum=0, maximum=60),
+            minimum=0, maximum=60, uses="web"),
     Setting("WEB_MAX_GRID_CELLS", 65536, "Most geohash cells an aggregation may cover (bbox x precision)", int,
-            minimum=1, maximum=10_000_000),
+            minimum=1, maximum=10_000_000, uses="web"),
     Setting("WEB_HEADER_TIMEOUT", 15.0, "Seconds a connection may go without a complete request head (idle keep-alive too)", float,
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, uses="web"),
     Setting("WEB_BODY_TIMEOUT", 5.0, "Seconds the web server spends reading a request body it does not use", float,
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, uses="web"),
     Setting("WEB_SSE_REFRESH", 1.0, "Seconds between two searches of one /api/events view (shared by its clients)",
-            float, minimum=0.1, maximum=3600),
+            float, minimum=0.1, maximum=3600, uses="web"),
     Setting("WEB_SSE_QUEUE", 64, "Events one /api/events client may have waiting; beyond, its oldest are dropped",
-            int, minimum=1, maximum=100_000),
+            int, minimum=1, maximum=100_000, uses="web"),
     Setting("WEB_SSE_RING", 1000, "Recent alerts kept for /api/alerts and Last-Event-ID resumes of /api/events",
-            int, minimum=1, maximum=1_000_000),
+            int, minimum=1, maximum=1_000_000, uses="web"),
     Setting("WEB_SSE_PING", 15.0, "Seconds between keep-alive comments on /api/events", float,
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, uses="web"),
     Setting("WEB_SSE_MAX_CLIENTS", 10_000, "Open /api/events streams at most; beyond, 503 busy with Retry-After",
-            int, minimum=1, maximum=1_000_000),
+            int, minimum=1, maximum=1_000_000, uses="web"),
     Setting("WEB_SSE_MAX_VIEWS", 100, "Distinct views the /api/events streams may watch (each a search per period)",
-            int, minimum=1, maximum=100_000),
+            int, minimum=1, maximum=100_000, uses="web"),
     Setting("IOT_TOKENS_FILE", "", "Bearer tokens of the HTTP writes (ingest, fences): one '<token> <scope> [<track prefix>]' "
-            "per line (geoiot/tokens.py); empty: no tokens", check=_any_text),
-    Setting("IOT_WEBHOOK_CONCURRENCY", 8, "Webhook POSTs in flight at once", int, minimum=1, maximum=1000),
+            "per line (geoiot/tokens.py); empty: no tokens", check=_any_text, uses="web ingest"),
+    Setting("IOT_WEBHOOK_CONCURRENCY", 8, "Webhook POSTs in flight at once", int, minimum=1, maximum=1000,
+            uses="agents spark"),
     Setting("IOT_WEBHOOK_MAX_AGE", 60.0, "Seconds an alert may wait for the webhook; older ones are not sent "
-            "(counted expired)", float, minimum=1, maximum=86400),
+            "(counted expired)", float, minimum=1, maximum=86400, uses="agents spark"),
     Setting("IOT_WEBHOOK_COOLDOWN", 5.0, "Seconds the webhook target gets no request after 5 failed attempts in a row, "
-            "before one probe (circuit breaker)", float, minimum=0.1, maximum=3600),
+            "before one probe (circuit breaker)", float, minimum=0.1, maximum=3600, uses="agents spark"),
     Setting("WEB_SSE_VIEW_FEATURES", 2000, "Features one /api/events view holds and pushes at most (a larger limit "
-            "is cut to it)", int, minimum=1, maximum=10_000),
+            "is cut to it)", int, minimum=1, maximum=10_000, uses="web"),
     Setting("WEB_SSE_FEATURE_BUDGET", 20_000, "Features all /api/events views together may hold (each reserves its "
-            "limit); a new view beyond is 503 busy", int, minimum=1, maximum=10_000_000),
+            "limit); a new view beyond is 503 busy", int, minimum=1, maximum=10_000_000, uses="web"),
     Setting("IOT_METADATA_MAX_AGE", 30.0, "Seconds at most before a worker sees partitions added to the source topic "
-            "(it then rebalances and grows the changelog)", float, minimum=1, maximum=3600),
+            "(it then rebalances and grows the changelog)", float, minimum=1, maximum=3600, uses="agents"),
     Setting("IOT_STALL_TIMEOUT", 60.0, "Seconds a worker may be behind its partitions without committing before "
-            "/healthz says stalled (503)", float, minimum=1, maximum=86400),
+            "/healthz says stalled (503)", float, minimum=1, maximum=86400, uses="agents"),
     Setting("WEB_OGC_SCANS", 4, "OGC API items searches (pages of a scan) running at once; beyond, they queue like "
-            "other searches and are shed with 503 busy", int, minimum=1, maximum=1024),
+            "other searches and are shed with 503 busy", int, minimum=1, maximum=1024, uses="web"),
     Setting("WEB_OGC_CURSOR_SECRET", "", "Key that signs the OGC API's next-page cursors (give every web instance "
-            "behind one address the same); empty: a random key per process", check=_any_text),
+            "behind one address the same); empty: a random key per process", check=_any_text, uses="web"),
     Setting("IOT_FENCES_TOPIC", "", "Compacted topic of the live geofences (geoiot/fences.py); empty: <IOT_TOPIC>-fences",
-            check=_optional_topic),
+            check=_optional_topic, uses="agents spark web topics"),
     Setting("INGEST_PORT", 8090, "Port of the ingest gateway (POST /v1/positions, the OsmAnd protocol on /)", int,
-            "--port", minimum=1, maximum=65535),
-    Setting("INGEST_HOST", "127.0.0.1", "Interface the ingest gateway binds", str, "--host", check=_text),
+            "--port", minimum=1, maximum=65535, uses="ingest"),
+    Setting("INGEST_HOST", "127.0.0.1", "Interface the ingest gateway binds", str, "--host", check=_text, uses="ingest"),
     Setting("INGEST_INSECURE", False, "Run the ingest gateway without tokens (every client may write every track; "
-            "the local demo)", bool, "--insecure"),
+            "the local demo)", bool, "--insecure", uses="ingest"),
     Setting("INGEST_TLS_CERT", "", "PEM certificate of the ingest gateway's HTTPS (with INGEST_TLS_KEY; empty: HTTP)",
-            check=_any_text),
-    Setting("INGEST_TLS_KEY", "", "PEM private key of INGEST_TLS_CERT", check=_any_text),
+            check=_any_text, uses="ingest"),
+    Setting("INGEST_TLS_KEY", "", "PEM private key of INGEST_TLS_CERT", check=_any_text, uses="ingest"),
     Setting("INGEST_MAX_BODY", 4 * 1024 * 1024, "Bytes of one ingest request body at most, after decompression "
-            "too (beyond: 413)", int, minimum=1024, maximum=1024 * 1024 * 1024),
+            "too (beyond: 413)", int, minimum=1024, maximum=1024 * 1024 * 1024, uses="ingest"),
     Setting("INGEST_IN_FLIGHT_BYTES", 64 * 1024 * 1024, "Request bytes the gateway holds until Kafka acknowledges "
-            "them; beyond, 503 with Retry-After", int, minimum=1024, maximum=16 * 1024 * 1024 * 1024),
+            "them; beyond, 503 with Retry-After", int, minimum=1024, maximum=16 * 1024 * 1024 * 1024, uses="ingest"),
     Setting("INGEST_ACK_TIMEOUT", 10.0, "Seconds a request waits for Kafka's acknowledgement before 503 (and the "
-            "gateway sheds while Kafka is silent that long)", float, minimum=0.1, maximum=600),
+            "gateway sheds while Kafka is silent that long)", float, minimum=0.1, maximum=600, uses="ingest"),
     Setting("INGEST_BODY_TIMEOUT", 10.0, "Seconds the gateway waits for a request body (beyond: 408)", float,
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, uses="ingest"),
     Setting("INGEST_LINGER_MS", 5, "Milliseconds positions of concurrent requests wait to share a Kafka batch", int,
-            minimum=0, maximum=1000),
+            minimum=0, maximum=1000, uses="ingest"),
     Setting("MQTT_URL", "", "MQTT broker of the gateway, mqtt[s]://[user:password@]host[:port] (empty: no MQTT)",
-            check=_mqtt_url),
+            check=_mqtt_url, uses="ingest"),
     Setting("MQTT_TOPIC", "devices/+/position", "MQTT topic filter; the level of its first + is the track id (none: "
-            "from the payload)", check=_text),
-    Setting("MQTT_CLIENT_ID", "geoiot-ingest", "MQTT client id of the gateway's persistent session", check=_text),
+            "from the payload)", check=_text, uses="ingest"),
+    Setting("MQTT_CLIENT_ID", "geoiot-ingest", "MQTT client id of the gateway's persistent session", check=_text, uses="ingest"),
     Setting("MQTT_SHARE_GROUP", "", "MQTT 5 shared subscription group: gateways of one group split the topic "
-            "(empty: none)", check=_any_text),
+            "(empty: none)", check=_any_text, uses="ingest"),
     Setting("MQTT_QUEUE", 1000, "MQTT messages the gateway holds unacknowledged at most (its receive maximum)", int,
-            minimum=1, maximum=65535),
-
+            minimum=1, maximum=65535, uses="ingest"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -460,22 +482,47 @@ class Settings:
 
 
 assert [f.name for f in fields(Settings)] == [s.attr for s in SETTINGS], "Settings and SETTINGS disagree"
+assert all(s.components and s.components <= set(COMPONENTS) for s in SETTINGS), "a setting no known component reads"
 
 
-def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, then explicit overrides (CLI flags); unset overrides are ignored."""
+def envs(component: str) -> tuple[str, ...]:
+    """The variables ``component`` reads, in table order: its CLI flags."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r} (one of {', '.join(COMPONENTS)})")
+    return tuple(s.env for s in SETTINGS if component in s.components)
+
+
+def _lenient(setting: Setting, raw: str | None) -> Any:
+    """A setting another component reads: its value when acceptable, else its default (never an error here)."""
+    if raw is None:
+        return setting.default
+    try:
+        return setting.validate(setting.parse(raw))
+    except ConfigError:
+        return setting.default
+
+
+def load(environ: Mapping[str, str] | None = None, component: str | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then explicit overrides (CLI flags); unset overrides are ignored.
+
+    With a ``component``, only the settings it reads are parsed strictly and validated; without one, all are."""
     env = os.environ if environ is None else environ
+    mine = set(envs(component)) if component is not None else set(_BY_ENV)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw = env.get(setting.env)
-        values[setting.attr] = setting.default if raw is None else setting.parse(raw)
+        if setting.env not in mine:
+            values[setting.attr] = _lenient(setting, raw)
+        else:
+            values[setting.attr] = setting.default if raw is None else setting.parse(raw)
     for key, value in overrides.items():
         if key not in values:
             raise TypeError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = value
     for setting in SETTINGS:
-        setting.validate(values[setting.attr])
+        if setting.env in mine:
+            setting.validate(values[setting.attr])
     return Settings(**values)
 
 
@@ -492,16 +539,18 @@ def add_flags(parser: argparse.ArgumentParser, envs: Iterable[str]) -> None:
         parser.add_argument(setting.flag, help=f"{setting.help} (env {env}, default {setting.default!r})", **kwargs)
 
 
-def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+              component: str | None = None) -> Settings:
     """Settings from the environment overridden by whichever mirrored flags were given."""
     known = {s.attr for s in SETTINGS}
-    return load(environ, **{k: v for k, v in vars(args).items() if k in known})
+    return load(environ, component, **{k: v for k, v in vars(args).items() if k in known})
 
 
 def markdown_table() -> str:
     """The README's configuration table, so documentation cannot drift from code."""
-    rows = ["| Variable | Flag | Default | Accepts | Meaning |", "|---|---|---|---|---|"]
+    rows = ["| Variable | Flag | Default | Accepts | Meaning | Read by |", "|---|---|---|---|---|---|"]
     for s in SETTINGS:
         default = "geoiot/presets/geofences-jfk.geojson" if s.env == "IOT_GEOFENCES" else s.default
-        rows.append(f"| `{s.env}` | `{s.flag}` | `{default!s}` | {s.allowed} | {s.help} |")
+        readers = ", ".join(sorted(s.components))
+        rows.append(f"| `{s.env}` | `{s.flag}` | `{default!s}` | {s.allowed} | {s.help} | {readers} |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ Python wrapper's checks around its compiled encoder) was a measurable share of t
 by its exponent, offset from the midpoint by its sign; :func:`_fixed`), the top bits of longitude and latitude
 interleaved (longitude first) and read five at a time as base32. Points the library treats specially (a
 latitude of 90, a longitude outside [-180, 180), anything not finite) are passed to ``geohash.encode``
-itself, so the result is the library's for every input; ``tests/test_geohash_batch.py`` holds the two equal.
+itself, so the result is the library's for every input; ``tests/unit/test_geohash_batch.py`` holds the two equal.
 """
 
 from __future__ import annotations

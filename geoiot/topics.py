@@ -41,8 +41,7 @@ from aiokafka.errors import (InvalidPartitionsError, KafkaConnectionError, Kafka
 
 from geoiot import config
 
-ENVS = ("KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_DLQ_TOPIC", "IOT_ALERTS_TOPIC", "IOT_PARTITIONS", "IOT_REPLICATION",
-        "IOT_APP_ID", "IOT_FENCES_TOPIC")
+ENVS = config.envs("topics")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
 # The agents' track-state changelog (agents.state explains each value): Kafka compacts only closed
 # segments, once their superseded share passes the ratio; these keep recovery near one record per track.
@@ -429,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="topics")
         return asyncio.run(run(settings, args.wait, args.check, args.alter_changelog))
     except (TopicsError, ValueError) as exc:
         print(f"geoiot.topics: error: {exc}", file=sys.stderr)

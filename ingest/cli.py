@@ -24,10 +24,7 @@ from ingest.metrics import Metrics
 from ingest.mqtt import MqttIngest
 from ingest.producer import AckingProducer
 
-FLAGS = ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION", "IOT_TOKENS_FILE",
-         "INGEST_PORT", "INGEST_HOST", "INGEST_INSECURE", "INGEST_TLS_CERT", "INGEST_TLS_KEY", "INGEST_MAX_BODY",
-         "INGEST_IN_FLIGHT_BYTES", "INGEST_ACK_TIMEOUT", "INGEST_BODY_TIMEOUT", "INGEST_LINGER_MS", "MQTT_URL",
-         "MQTT_TOPIC", "MQTT_CLIENT_ID", "MQTT_SHARE_GROUP", "MQTT_QUEUE"]
+FLAGS = config.envs("ingest")
 log = logging.getLogger("ingest")
 
 
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     args = parser.parse_args(argv)
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="ingest")
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

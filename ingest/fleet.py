@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--centre", default="-73.78,40.645", help="lon,lat the fleet starts around (default JFK)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    settings = config.from_args(args)
+    settings = config.from_args(args, component="ingest")
     lon, lat = (float(x) for x in args.centre.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

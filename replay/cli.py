@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", metavar="FILE", help="CSV (with or without header) or JSON Lines, optionally gzip")
-    config.add_flags(common, ["KAFKA_BOOTSTRAP", "IOT_TOPIC", "IOT_SCHEMA", "IOT_PARTITIONS", "IOT_REPLICATION",
-                              "IOT_TIMEZONE", "IOT_MAX_EVENT_AGE_DAYS", "IOT_MAX_EVENT_AHEAD_DAYS", "IOT_RETENTION_DAYS"])
+    config.add_flags(common, config.envs("replay"))
     common.add_argument("--partitioner", choices=("hash", "balanced"), default="hash",
                         help="hash: Kafka's murmur2 of the track id (default); balanced: new tracks to the least-loaded partition")
     common.add_argument("--retime", choices=("keep", "now"), default="keep",
@@ -137,7 +136,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     from replay.runner import ReplayOptions
 
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="replay")
         tz = zone(settings.iot_timezone)
         preset = load_preset(settings.iot_schema)
     except (ValueError, SchemaError) as exc:

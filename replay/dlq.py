@@ -353,7 +353,7 @@ def add_parser(sub: Any, positive_float: Any, positive_int: Any) -> None:
 
 def options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="replay")
         since = None if args.since is None else parse_time(args.since)
         until = None if args.until is None else parse_time(args.until)
     except (ValueError, TimeParseError) as exc:

@@ -29,9 +29,14 @@ OUTPUT_DIR = ROOT / "test-output"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests that use the stack are integration tests even when their module forgot the marker.
+    # Tests that use the stack are integration tests even when their module forgot the marker; the folder
+    # names the tier too (tests/integration, tests/e2e).
     for item in items:
-        if "stack" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("integration"):
+        tier = Path(str(item.fspath)).parent.name
+        if tier == "e2e" and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)
+        if (("stack" in getattr(item, "fixturenames", ()) or tier == "integration")
+                and not item.get_closest_marker("integration")):
             item.add_marker(pytest.mark.integration)
 
 

@@ -17,12 +17,7 @@ from geoiot.malloc import keep_freed_heap
 from web import server
 from web.app import init_app
 
-FLAGS = ["ES_URL", "IOT_INDEX", "IOT_SCHEMA", "WEB_PORT", "WEB_HOST", "KAFKA_BOOTSTRAP", "IOT_ALERTS_TOPIC",
-         "IOT_GEOFENCES", "MAP_TILE_URL", "MAP_REFRESH_MS", "MAP_MARKER_THRESHOLD", "WEB_ES_CONCURRENCY",
-         "WEB_ES_QUEUE", "WEB_QUEUE_TIMEOUT", "WEB_MAX_GRID_CELLS", "WEB_HEADER_TIMEOUT", "WEB_BODY_TIMEOUT",
-         "WEB_SSE_REFRESH", "WEB_SSE_QUEUE", "WEB_SSE_RING", "WEB_SSE_PING", "WEB_SSE_MAX_CLIENTS",
-         "WEB_SSE_MAX_VIEWS", "WEB_OGC_SCANS", "WEB_OGC_CURSOR_SECRET",
-         "IOT_FENCES_TOPIC", "IOT_TOKENS_FILE"]
+FLAGS = config.envs("web")
 log = logging.getLogger("web")
 
 
@@ -91,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run on uvloop if it is installed (pip install uvloop); default asyncio's loop")
     args = parser.parse_args(argv)
     try:
-        settings = config.from_args(args)
+        settings = config.from_args(args, component="web")
     except ValueError as exc:
         parser.error(str(exc))
     if args.workers < 1:
