@@ -15,12 +15,13 @@ from openapi_spec_validator import validate
 
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from web import openapi, params, queries
+from web import openapi, params, where
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_feature, cell_ring, grid_cells, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_ring, grid_cells, precision_for_zoom, zoom_table
 from web.limiter import Busy, Limiter
 from web.params import BadRequest
-from web.routes import aggregate_payload
+from tests.support.cells import cell_feature
+from web.geojson import aggregate_payload
 from tests.support.observations import on_grid
 
 PRESET = load_preset("taxi")
@@ -98,15 +99,15 @@ def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
 ])
 def test_bad_aggregate_queries(query: dict[str, str], fragment: str) -> None:
     with pytest.raises(BadRequest, match=fragment):
-        params.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
+        where.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
 
 
 def test_repeated_parameter_and_limit_bounds() -> None:
     with pytest.raises(BadRequest, match="2 times"):
-        params.observation_params(MultiDict([("limit", "1"), ("limit", "2")]))
+        where.observation_params(MultiDict([("limit", "1"), ("limit", "2")]))
     with pytest.raises(BadRequest, match="outside 1..10000"):
-        params.observation_params(MultiDict({"limit": "10001"}))
-    assert params.observation_params(MultiDict({"limit": "10000"})).limit == 10_000
+        where.observation_params(MultiDict({"limit": "10001"}))
+    assert where.observation_params(MultiDict({"limit": "10000"})).limit == 10_000
 
 
 def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
@@ -115,17 +116,17 @@ def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
 
 
 def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian() -> None:
-    p = params.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
+    p = where.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
                                            "fence": "jfk"}), MAX_GRID_CELLS)
-    body = queries.aggregate_body(PRESET, p)
+    body = where.aggregate_body(PRESET, p)
     flt = body["query"]["bool"]["filter"]
     box = flt[0]["geo_bounding_box"][documents.GEOMETRY]
     assert box == {"top_left": {"lat": 10.0, "lon": 170.0}, "bottom_right": {"lat": -10.0, "lon": -170.0}}
     assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
     assert flt[2] == {"term": {documents.GEOFENCES: "jfk"}}
     assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
-    everything = params.aggregate_params(MultiDict(), MAX_GRID_CELLS)
-    assert queries.aggregate_body(PRESET, everything)["query"] == {"match_all": {}}
+    everything = where.aggregate_params(MultiDict(), MAX_GRID_CELLS)
+    assert where.aggregate_body(PRESET, everything)["query"] == {"match_all": {}}
 
 
 def test_openapi_document_is_valid_openapi() -> None:
@@ -165,7 +166,7 @@ def test_compressed_bodies_are_standard_gzip_and_deflate(body: bytes) -> None:
     import gzip
     import zlib
 
-    from web.app import gzip_body
+    from web.middlewares import gzip_body
 
     assert gzip.decompress(gzip_body(body, "gzip")) == body
     assert zlib.decompress(gzip_body(body, "deflate")) == body
@@ -246,15 +247,15 @@ plain_strings = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blackli
 
 @given(st.lists(INT64, min_size=1, max_size=10))
 def test_int_lists_round_trip(values: list[int]) -> None:
-    f = params.parse_filter("rate_code:" + "|".join(map(str, values)), FIELDS)
+    f = where.parse_filter("rate_code:" + "|".join(map(str, values)), FIELDS)
     assert f == params.OneOf("rate_code", "int", tuple(dict.fromkeys(values)))
 
 
 @given(st.lists(plain_strings, min_size=1, max_size=10))
 def test_string_values_are_taken_literally(values: list[str]) -> None:
-    f = params.parse_filter("vendor_id:" + "|".join(values), FIELDS)
+    f = where.parse_filter("vendor_id:" + "|".join(values), FIELDS)
     assert f == params.OneOf("vendor_id", "string", tuple(dict.fromkeys(values)))
-    assert queries.attribute_filter(f) in ({"term": {"vendor_id": values[0]}},
+    assert where.attribute_filter(f) in ({"term": {"vendor_id": values[0]}},
                                            {"terms": {"vendor_id": list(dict.fromkeys(values))}})
 
 
@@ -263,34 +264,34 @@ def test_float_ranges_keep_their_bounds_or_are_refused_when_inverted(a: float, b
     text = f"speed_mps:{a!r}..{b!r}"
     if a > b:
         with pytest.raises(BadRequest, match="inverted"):
-            params.parse_filter(text, FIELDS)
+            where.parse_filter(text, FIELDS)
         return
-    f = params.parse_filter(text, FIELDS)
+    f = where.parse_filter(text, FIELDS)
     assert f == params.Range(documents.SPEED, "float", a, b)
-    assert queries.attribute_filter(f) == {"range": {documents.SPEED: {"gte": a, "lte": b}}}
+    assert where.attribute_filter(f) == {"range": {documents.SPEED: {"gte": a, "lte": b}}}
 
 
 @pytest.mark.parametrize("op, bounds", [(">=", {"gte": 3}), (">", {"gt": 3}), ("<=", {"lte": 3}), ("<", {"lt": 3})])
 def test_comparisons(op: str, bounds: dict[str, int]) -> None:
-    f = params.parse_filter(f"passengerCount:{op}3", FIELDS)
-    assert queries.attribute_filter(f) == {"range": {"passengerCount": bounds}}
+    f = where.parse_filter(f"passengerCount:{op}3", FIELDS)
+    assert where.attribute_filter(f) == {"range": {"passengerCount": bounds}}
 
 
 def test_time_filters_are_epoch_ms_ranges() -> None:
-    f = params.parse_filter("pickup_datetime:2013-01-01T00:00:00Z..1356998460000", FIELDS)
-    assert queries.attribute_filter(f) == {"range": {"pickup_datetime": {
+    f = where.parse_filter("pickup_datetime:2013-01-01T00:00:00Z..1356998460000", FIELDS)
+    assert where.attribute_filter(f) == {"range": {"pickup_datetime": {
         "gte": 1_356_998_400_000, "lte": 1_356_998_460_000, "format": "epoch_millis"}}}
-    assert params.parse_filter("ingested_at:1356998400000..", FIELDS) == params.Range("ingested_at", "time",
+    assert where.parse_filter("ingested_at:1356998400000..", FIELDS) == params.Range("ingested_at", "time",
                                                                                       1_356_998_400_000)
 
 
 def test_bool_filters_on_a_users_preset() -> None:
     fields = {"active": "bool"}
-    assert params.parse_filter("active:true|false", fields) == params.OneOf("active", "bool", (True, False))
+    assert where.parse_filter("active:true|false", fields) == params.OneOf("active", "bool", (True, False))
     with pytest.raises(BadRequest, match="active: 'yes' is not true or false"):
-        params.parse_filter("active:yes", fields)
+        where.parse_filter("active:yes", fields)
     with pytest.raises(BadRequest, match="ranges apply"):
-        params.parse_filter("active:>=true", fields)
+        where.parse_filter("active:>=true", fields)
 
 
 BAD_WHERE = [
@@ -311,42 +312,42 @@ BAD_WHERE = [
 @pytest.mark.parametrize("text, fragment", BAD_WHERE)
 def test_malformed_filters_are_refused_naming_the_field(text: str, fragment: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(fragment)):
-        params.parse_filter(text, FIELDS)
+        where.parse_filter(text, FIELDS)
 
 
 @given(st.text(max_size=30))
 def test_any_text_is_a_filter_or_a_bad_request(text: str) -> None:
     for candidate in (text, "speed_mps:" + text, "rate_code:" + text, "pickup_datetime:" + text, "vendor_id:" + text):
         try:
-            f = params.parse_filter(candidate, FIELDS)
+            f = where.parse_filter(candidate, FIELDS)
         except BadRequest:
             continue
         assert f.field in FIELDS
-        orjson.dumps(queries.attribute_filter(f))  # only JSON values reach Elasticsearch
+        orjson.dumps(where.attribute_filter(f))  # only JSON values reach Elasticsearch
 
 
 def test_filters_combine_with_and_and_are_counted() -> None:
     q = MultiDict([("where", "vendor_id:VTS"), ("where", "passengerCount:>=3"), ("precision", "4")])
-    p = params.aggregate_params(q, MAX_GRID_CELLS, FIELDS)
+    p = where.aggregate_params(q, MAX_GRID_CELLS, FIELDS)
     assert [f.field for f in p.where] == ["vendor_id", "passengerCount"]
-    clauses = queries.aggregate_body(PRESET, p)["query"]["bool"]["filter"]
+    clauses = where.aggregate_body(PRESET, p)["query"]["bool"]["filter"]
     assert {"term": {"vendor_id": "VTS"}} in clauses and {"range": {"passengerCount": {"gte": 3}}} in clauses
-    assert params.observation_params(MultiDict([("where", "vendor_id:VTS")]), FIELDS).where == p.where[:1]
-    too_many = MultiDict([("where", "rate_code:1")] * (params.MAX_FILTERS + 1))
-    with pytest.raises(BadRequest, match=f"at most {params.MAX_FILTERS}"):
-        params.track_params("t", too_many, FIELDS)
+    assert where.observation_params(MultiDict([("where", "vendor_id:VTS")]), FIELDS).where == p.where[:1]
+    too_many = MultiDict([("where", "rate_code:1")] * (where.MAX_FILTERS + 1))
+    with pytest.raises(BadRequest, match=f"at most {where.MAX_FILTERS}"):
+        where.track_params("t", too_many, FIELDS)
 
 
 def test_openapi_where_pattern_is_the_servers() -> None:
-    where = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
-    assert where["schema"]["items"]["pattern"] == params.WHERE_PATTERN
-    assert where["schema"]["maxItems"] == params.MAX_FILTERS
+    param = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
+    assert param["schema"]["items"]["pattern"] == where.WHERE_PATTERN
+    assert param["schema"]["maxItems"] == where.MAX_FILTERS
 
 
 def test_track_pages_continue_after_the_last_time_and_count_only_once() -> None:
-    p = params.track_params("t1", MultiDict({"where": "rate_code:1"}), FIELDS)
+    p = where.track_params("t1", MultiDict({"where": "rate_code:1"}), FIELDS)
     assert p.limit == params.MAX_TRACK_POINTS
-    first, later = queries.track_body(PRESET, p), queries.track_body(PRESET, p, 5, after=1_357_000_000_000)
-    assert first["size"] == queries.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
+    first, later = where.track_body(PRESET, p), where.track_body(PRESET, p, 5, after=1_357_000_000_000)
+    assert first["size"] == where.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
     assert later["size"] == 5 and later["search_after"] == [1_357_000_000_000] and later["track_total_hits"] is False
     assert {"term": {"rate_code": 1}} in later["query"]["bool"]["filter"]

@@ -51,25 +51,14 @@ def cell_ring(cell: str) -> list[list[float]]:
     return [list(p) for p in _ring(cell)]
 
 
-def cell_feature(cell: str, count: int, centroid: tuple[float, float] | None) -> dict:
-    """One aggregation bucket as a GeoJSON Feature (properties: geohash, count, centroid [lon, lat])."""
-    return {
-        "type": "Feature",
-        "id": cell,
-        "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
-        "properties": {"geohash": cell, "count": count,
-                       "centroid": list(centroid) if centroid is not None else None},
-    }
-
-
 # cell -> serialised Feature up to its count; bounded like the ring cache (a few MB at most)
 CELL_PREFIXES: dict[str, bytes] = {}
 _MAX_PREFIXES = 65_536
 
 
 def cell_prefix(cell: str) -> bytes:
-    """The serialised start of a cell's Feature, up to its count: the same JSON as ``cell_feature``, but the
-    polygon is serialised once per cell and reused on every refresh (the bulk of the per-request work)."""
+    """The serialised start of a cell's GeoJSON Feature (properties: geohash, then its count), up to the count:
+    the polygon is serialised once per cell and reused on every refresh (the bulk of the per-request work)."""
     prefix = CELL_PREFIXES.get(cell)
     if prefix is None:
         head = orjson.dumps({"type": "Feature", "id": cell,
