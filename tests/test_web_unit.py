@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import geohash
 import orjson
 import pytest
+from elasticsearch import ConnectionError as ESConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
@@ -351,3 +353,101 @@ def test_track_pages_continue_after_the_last_time_and_count_only_once() -> None:
     assert first["size"] == where.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
     assert later["size"] == 5 and later["search_after"] == [1_357_000_000_000] and later["track_total_hits"] is False
     assert {"term": {"rate_code": 1}} in later["query"]["bool"]["filter"]
+
+
+# --- handlers over an in-process fake of Elasticsearch (web.search.Search takes any client) ------------------
+
+class _Answer:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class FakeElasticsearch:
+    """Answers ``search`` from ``pages`` (one per call, in order) and records what was asked; ``down`` makes
+    every call fail as a refused connection would."""
+
+    def __init__(self, pages: list[dict[str, Any]] | None = None, down: bool = False) -> None:
+        self.pages, self.down = list(pages or []), down
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+        self.cluster = self
+
+    async def search(self, index: str, **body: Any) -> _Answer:
+        if self.down:
+            raise ESConnectionError("fake elasticsearch is down")
+        self.asked.append((index, body))
+        return _Answer(self.pages.pop(0) if self.pages else {"hits": {"total": {"value": 0}, "hits": []}})
+
+    async def health(self, timeout: str) -> _Answer:
+        if self.down:
+            raise ESConnectionError("fake elasticsearch is down")
+        return _Answer({"status": "green"})
+
+
+def _hits(sources: list[dict[str, Any]], total: int | None = None, sort: str | None = None) -> dict[str, Any]:
+    hits = [{"_id": f"h{i}", "_source": s, **({"sort": [s[sort]]} if sort else {})} for i, s in enumerate(sources)]
+    return {"hits": {"total": {"value": len(sources) if total is None else total}, "hits": hits}}
+
+
+async def _client(fake: FakeElasticsearch) -> Any:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from web.app import init_app
+    return TestClient(TestServer(init_app(config.load({}), consume_alerts=False, es=fake)))
+
+
+async def test_latest_handler_reads_the_latest_index_through_the_apps_search() -> None:
+    settings = config.load({})
+    doc = {PRESET.track: "t1", PRESET.time: 1_357_000_000_000, PRESET.lon: -73.9, PRESET.lat: 40.7,
+           documents.SPEED: 12.5, "vendor_id": "VTS"}
+    fake = FakeElasticsearch([_hits([doc], total=7)])
+    async with await _client(fake) as c:
+        resp = await c.get("/api/latest", params={"bbox": "-74,40,-73,41", "limit": "5"})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    index, query = fake.asked[0]
+    assert index == documents.latest_index(settings.iot_index)
+    assert query == where.latest_body(PRESET, params.LatestParams(params.parse_bbox("-74,40,-73,41"), 5))
+    assert body["total"] == 7 and [f["id"] for f in body["features"]] == ["t1"]
+    props = body["features"][0]["properties"]
+    assert body["features"][0]["geometry"]["coordinates"] == [-73.9, 40.7]
+    assert props["track"] == "t1" and props[documents.SPEED] == 12.5 and props["attributes"] == {"vendor_id": "VTS"}
+
+
+async def test_track_handler_pages_with_search_after_until_the_window_is_read() -> None:
+    times = list(range(1_357_000_000_000, 1_357_000_000_000 + 5))
+    docs = [{PRESET.time: t, PRESET.lon: -73.9 + i / 100, PRESET.lat: 40.7} for i, t in enumerate(times)]
+    fake = FakeElasticsearch([_hits(docs[:3], total=5, sort=PRESET.time), _hits(docs[3:], total=5, sort=PRESET.time)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(where, "TRACK_PAGE", 3)
+        async with await _client(fake) as c:
+            resp = await c.get("/api/tracks/t1")
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+    assert [q.get("search_after") for _, q in fake.asked] == [None, [times[2]]]
+    assert body["geometry"]["type"] == "LineString" and len(body["geometry"]["coordinates"]) == 5
+    assert body["properties"]["times"] == times and body["properties"]["pages"] == 2
+    assert body["properties"]["complete"] is True
+
+
+async def test_a_down_store_is_an_unhealthy_healthz_and_a_json_503() -> None:
+    async with await _client(FakeElasticsearch(down=True)) as c:
+        health = await c.get("/healthz")
+        assert health.status == 503 and (await health.json())["elasticsearch"] is False
+        resp = await c.get("/api/extent")
+        assert resp.status == 503 and await resp.json() == {"error": "elasticsearch unreachable"}
+    async with await _client(FakeElasticsearch([{"hits": {"total": {"value": 3}}, "aggregations": {
+            "start": {"value": 1.0}, "end": {"value": 9.0},
+            "bounds": {"bounds": {"top_left": {"lon": -74, "lat": 41}, "bottom_right": {"lon": -73, "lat": 40}}}}}])) as c:
+        assert await (await c.get("/api/extent")).json() == {"start": 1, "end": 9, "count": 3,
+                                                             "bbox": [-74, 40, -73, 41]}
+
+
+async def test_the_event_streams_views_search_through_the_same_search() -> None:
+    from web.keys import SEARCH
+    doc = {PRESET.track: "t9", PRESET.time: 5, PRESET.lon: 1.0, PRESET.lat: 2.0}
+    fake = FakeElasticsearch([_hits([doc])] * 3)
+    async with await _client(fake) as c:
+        search = c.server.app[SEARCH]
+        total, features = await search.latest(params.LatestParams(params.WORLD, 10), name="sse_view")
+        assert total == 1 and features[0]["id"] == "t9"
+        assert search.metrics.es_latency.labels("sse_view")._sum.get() > 0  # timed as the views' searches
