@@ -9,7 +9,7 @@ import orjson
 
 from geoiot.documents import GEOFENCES, GEOMETRY, HEADING, SPEED
 from geoiot.schema import Preset
-from web.geo import CELL_PREFIXES, cell_prefix
+from web.geo import cell_ring
 
 
 def total(resp: dict[str, Any]) -> int:
@@ -34,9 +34,29 @@ def bounds_bbox(aggs: dict[str, Any]) -> list[float] | None:
     return [tl["lon"], br["lat"], br["lon"], tl["lat"]]
 
 
+# cell -> serialised Feature up to its count; bounded like the ring cache (a few MB at most)
+CELL_PREFIXES: dict[str, bytes] = {}
+_MAX_PREFIXES = 65_536
+
+
+def cell_prefix(cell: str) -> bytes:
+    """The serialised start of a cell's GeoJSON Feature (properties: geohash, then its count), up to the count:
+    the polygon is serialised once per cell and reused on every refresh (the bulk of the per-request work)."""
+    prefix = CELL_PREFIXES.get(cell)
+    if prefix is None:
+        head = orjson.dumps({"type": "Feature", "id": cell,
+                             "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
+                             "properties": {"geohash": cell}})
+        prefix = head[:-2] + b',"count":'  # drop the closing "}}" of properties and feature
+        if len(CELL_PREFIXES) >= _MAX_PREFIXES:
+            CELL_PREFIXES.clear()  # rare (a long-lived server panning the whole world): start afresh
+        CELL_PREFIXES[cell] = prefix
+    return prefix
+
+
 def aggregate_payload(resp: dict[str, Any], precision: int) -> bytes:
     """The FeatureCollection of the cells, written as bytes from per-cell pre-serialised fragments
-    (web.geo.cell_prefix) rather than a dict per cell: this loop is the busiest endpoint's hot path, hence
+    (cell_prefix) rather than a dict per cell: this loop is the busiest endpoint's hot path, hence
     local names and no per-cell function call."""
     buckets = resp.get("aggregations", {}).get("cells", {}).get("buckets", [])
     parts: list[bytes] = []

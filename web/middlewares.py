@@ -24,8 +24,8 @@ from web.search import ES_TIMEOUT
 log = logging.getLogger("web")
 
 _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
-# zlib level 1: a 230-cell GeoJSON (85 kB) compresses in about a third of the time of the default level 6,
-# to a body ~25 % larger (12 kB instead of 10 kB), which is the better trade on a local network.
+# zlib level 1: much faster than the default 6 for a slightly larger body, the better trade on a local
+# network (docs/BENCHMARKS.md, bench.web_shaping).
 GZIP_LEVEL = 1
 _MIN_COMPRESS = 512
 # What a shed request is told to wait before retrying (seconds).
