@@ -209,7 +209,7 @@ def _like(pattern: str) -> str:
 
 def attribute_filter(f: Filter) -> dict[str, Any]:
     """One validated filter as an Elasticsearch query: ``where`` filters (OneOf, Range) as a term, terms or
-    range query on their field (a field name of the preset or the document model: web.params checked it
+    range query on their field (a field name of the preset or the document model: parse_filter checked it
     against geoiot.documents.field_types); CQL2's tree (web.ogc.cql) as bool queries around them."""
     if isinstance(f, AllOf):
         return {"bool": {"filter": [attribute_filter(p) for p in f.parts]}}
