@@ -23,7 +23,7 @@ from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
 from web import alerts, assets, events, fences, ogc, routes, search
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, HUB, LIMITER, METRICS, PRESET, SEARCH, SETTINGS
+from web.keys import ALERTS, CACHE, HUB, METRICS, PRESET, SEARCH, SETTINGS
 from web.limiter import Limiter
 from web.metrics import Metrics
 from web.middlewares import compress, errors, observe
@@ -44,7 +44,8 @@ def search_ctx(es: Any = None) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         client, raw = (es, es) if es is not None else search.clients(settings)
-        app[SEARCH] = door = search.Search(client, raw, limiter=app[LIMITER], metrics=app[METRICS],
+        limiter = Limiter(settings.web_es_concurrency, settings.web_es_queue, settings.web_queue_timeout)
+        app[SEARCH] = door = search.Search(client, raw, limiter=limiter, metrics=app[METRICS],
                                            preset=app[PRESET], index=settings.iot_index)
         log.info(json.dumps({"event": "es_client", "hosts": settings.es_hosts, "index": settings.iot_index}))
         yield
@@ -96,10 +97,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app = web.Application(middlewares=[observe, compress, errors])
     app[SETTINGS] = settings
     app[PRESET] = load_preset(settings.iot_schema)
-    app[METRICS] = metrics = Metrics()
-    app[LIMITER] = limiter = Limiter(settings.web_es_concurrency, settings.web_es_queue, settings.web_queue_timeout)
-    metrics.queued.set_function(lambda: limiter.queued)
-    metrics.in_flight.set_function(lambda: limiter.in_flight)
+    app[METRICS] = Metrics()
     app[CACHE] = TTLCache(cache_ttl)
     app[ALERTS] = alerts.AlertBuffer(alerts_maxlen or settings.web_sse_ring)
     app.cleanup_ctx.append(search_ctx(es))

@@ -10,7 +10,6 @@ from geoiot.schema import Preset
 from web.alerts import AlertBuffer
 from web.cache import TTLCache
 from web.events import Hub
-from web.limiter import Limiter
 from web.metrics import Metrics
 from web.search import Search
 
@@ -21,5 +20,4 @@ SEARCH = web.AppKey("search", Search)
 METRICS = web.AppKey("metrics", Metrics)
 CACHE = web.AppKey("cache", TTLCache)
 ALERTS = web.AppKey("alerts", AlertBuffer)
-LIMITER = web.AppKey("limiter", Limiter)
 HUB = web.AppKey("hub", Hub)

@@ -56,6 +56,8 @@ class Search:
         self.limiter, self.metrics = limiter, metrics
         self.preset, self.index = preset, index
         self.latest_index = latest_index(index)
+        metrics.queued.set_function(lambda: limiter.queued)
+        metrics.in_flight.set_function(lambda: limiter.in_flight)
 
     async def search(self, name: str, body: dict[str, Any], index: str | None = None, *,
                      raw: bool = False) -> Any:
