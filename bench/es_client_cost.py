@@ -21,8 +21,8 @@ from elasticsearch.serializer import OrjsonSerializer
 from bench.web_aggregate_latency import T0, view_bbox
 from geoiot import config
 from geoiot.schema import load_preset
-from web import params, queries
-from web.app import ES_CONNECTIONS
+from web import params, where
+from web.search import ES_CONNECTIONS
 from web.geo import precision_for_zoom
 
 
@@ -35,7 +35,7 @@ async def main() -> None:
     settings = config.load(iot_index=args.index)
     preset = load_preset(settings.iot_schema)
     bbox = params.parse_bbox(",".join(map(str, view_bbox(11))))
-    body = queries.aggregate_body(preset, params.AggregateParams(bbox, params.Window(T0, None), precision_for_zoom(11), None))
+    body = where.aggregate_body(preset, params.AggregateParams(bbox, params.Window(T0, None), precision_for_zoom(11), None))
     query_params = {k: body.pop(k) for k in ("filter_path", "ignore_unavailable", "allow_no_indices")}
     es = AsyncElasticsearch(settings.es_hosts, serializer=OrjsonSerializer(), connections_per_node=ES_CONNECTIONS)
     session = aiohttp.ClientSession()

@@ -1,5 +1,5 @@
 """CQL2 into Elasticsearch two ways, on the same index in the same run: ours (the ``cql2`` parser, then
-web.ogc.cql into the API's filter tree and web.queries) against pygeofilter's own parser and Elasticsearch
+web.ogc.cql into the API's filter tree and web.where) against pygeofilter's own parser and Elasticsearch
 backend (``pygeofilter.backends.elasticsearch.to_filter``):
 
     .venv/bin/python -m bench.ogc_filter_backends [--docs 100000]
@@ -24,7 +24,7 @@ from elasticsearch import AsyncElasticsearch
 from geoiot import config
 from geoiot.documents import field_types
 from testkit.ogc_data import PRESET, load, make_docs
-from web import queries
+from web import where
 from web.ogc import cql
 from web.params import WORLD, BadRequest, Window
 
@@ -47,7 +47,7 @@ def ours(text: str) -> dict[str, Any] | str:
         tree = cql.parse(text, cql.TEXT, field_types(PRESET))
     except BadRequest as exc:
         return f"400: {str(exc)[:60]}"
-    return queries.filters(PRESET, WORLD, Window(), None, (tree,))
+    return where.filters(PRESET, WORLD, Window(), None, (tree,))
 
 
 def theirs(text: str) -> dict[str, Any] | str:

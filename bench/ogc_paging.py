@@ -5,7 +5,7 @@ same query, in the same run, against the real Elasticsearch:
 
 Indexes ``--docs`` taxi reports with every attribute filled (a temporary index, dropped after), starts
 ``python -m web`` on it, then alternates: (a) the direct scan, AsyncElasticsearch searches of
-``web.queries.page_body`` (the server's own query for that window) with search_after, each page's hits parsed;
+``web.where.page_body`` (the server's own query for that window) with search_after, each page's hits parsed;
 (b) a client that pages ``/ogc/collections/observations/items?bbox&datetime&limit`` by its next links and
 parses each page's GeoJSON. Prints features/s of each and their ratio (goal >= 0.7).
 """
@@ -32,7 +32,7 @@ from geoiot import config
 from testkit.observations import NYC, indexed, walk
 from testkit.ogc_data import PRESET
 from testkit.served_map import web_server
-from web import queries
+from web import where
 from web.ogc.views import rfc3339
 from web.params import BBox, Window
 
@@ -53,7 +53,7 @@ def documents(n: int) -> list[dict[str, Any]]:
 async def direct_scan(es: AsyncElasticsearch, index: str, bbox: BBox, window: Window, size: int) -> int:
     after, count = None, 0
     while True:
-        body = queries.page_body(PRESET, bbox, window, (), size, after, after is None)
+        body = where.page_body(PRESET, bbox, window, (), size, after, after is None)
         resp = await es.search(index=index, **body)
         hits = resp["hits"]["hits"]
         count += len(hits)

@@ -43,8 +43,8 @@ from agents.index import drop_index, ensure_index
 from geoiot import config
 from testkit.health import wait_healthy
 from geoiot.schema import load_preset
-from web import params, queries
-from web.app import ES_CONNECTIONS
+from web import params, where
+from web.search import ES_CONNECTIONS
 from web.geo import precision_for_zoom
 from testkit.observations import bulk_index, walk
 from bench.procstat import cpu_seconds, service_pids
@@ -171,7 +171,7 @@ async def main() -> None:
                 def body(i: int) -> dict[str, Any]:
                     p = params.AggregateParams(params.parse_bbox(bbox_text), params.Window(T0, extent_end + i),
                                                precision_for_zoom(zoom), None)
-                    return queries.aggregate_body(preset, p)
+                    return where.aggregate_body(preset, p)
 
                 async def direct(i: int) -> None:
                     resp = await es.search(index=args.index, **body(i))

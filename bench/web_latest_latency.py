@@ -37,8 +37,8 @@ from geoiot import config, documents
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import NYC, document, on_grid
-from web import params, queries
-from web.app import ES_CONNECTIONS
+from web import params, where
+from web.search import ES_CONNECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000
@@ -106,7 +106,7 @@ async def main() -> None:
 
                 async def direct(i: int) -> None:
                     p = params.LatestParams(params.parse_bbox(shifted(bbox, shift(i))), params.DEFAULT_LIMIT)
-                    resp = await es.search(index=latest, **queries.latest_body(preset, p))
+                    resp = await es.search(index=latest, **where.latest_body(preset, p))
                     assert "hits" in resp.body
 
                 server_ms: list[float] = []

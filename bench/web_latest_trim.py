@@ -1,5 +1,5 @@
 """Does trimming Elasticsearch's answer make /api/latest's search cheaper? The search as the server sends it
-(queries.latest_body) against the same with ``filter_path`` (only the total and the sources), without the
+(where.latest_body) against the same with ``filter_path`` (only the total and the sources), without the
 total, and with derived fields left out of ``_source``, interleaved, on bench.web_latest_latency's index.
 
     .venv/bin/python -m bench.web_latest_trim [--rounds 40]
@@ -21,7 +21,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from web import params, queries
+from web import params, where
 
 
 async def main() -> None:
@@ -33,7 +33,7 @@ async def main() -> None:
     preset = load_preset(settings.iot_schema)
     es = AsyncElasticsearch(settings.es_hosts, serializer=OrjsonSerializer(), request_timeout=60)
     index = documents.latest_index(args.index)
-    base = queries.latest_body(preset, params.LatestParams(params.parse_bbox("-74.2,40.5,-73.6,41"), 1000))
+    base = where.latest_body(preset, params.LatestParams(params.parse_bbox("-74.2,40.5,-73.6,41"), 1000))
     variants: dict[str, dict[str, Any]] = {
         "base (as the server sends it)": base,
         "filter_path hits.total.value, hits.hits._source": {

@@ -24,10 +24,11 @@ from elasticsearch import Elasticsearch
 from bench.web_aggregate_latency import T0, view_bbox
 from geoiot import config
 from geoiot.schema import load_preset
-from web import params, queries
-from web.app import gzip_body
-from web.geo import cell_feature, precision_for_zoom
-from web.routes import aggregate_payload
+from web import params, where
+from web.middlewares import gzip_body
+from web.geo import precision_for_zoom
+from web.geojson import aggregate_payload
+from testkit.cells import cell_feature
 
 
 def reference(raw: bytes, precision: int) -> bytes:
@@ -63,7 +64,7 @@ def main() -> None:
     for name, zoom in (("city", 11), ("street", 16)):
         bbox = params.parse_bbox(",".join(map(str, view_bbox(zoom))))
         p = params.AggregateParams(bbox, params.Window(T0, None), precision_for_zoom(zoom), None)
-        body = queries.aggregate_body(preset, p)
+        body = where.aggregate_body(preset, p)
         trimmed = orjson.dumps(es.search(index=args.index, **body).body)
         full = orjson.dumps(es.search(index=args.index, **{k: v for k, v in body.items() if k != "filter_path"}).body)
         assert orjson.loads(gzip.decompress(current(trimmed, p.precision))) == \

@@ -26,11 +26,11 @@ from multidict import MultiDict
 from geoiot import config
 from geoiot.schema import load_preset
 from testkit.observations import indexed, walk
-from web import params, queries
+from web import where
 from web.app import init_app
 
 PRESET = load_preset("taxi")
-POINTS = 2 * queries.TRACK_PAGE + 345
+POINTS = 2 * where.TRACK_PAGE + 345
 FILL = {"string": "VTS-0123456789abcdef", "int": 3, "float": 12.345678, "bool": True, "time": 1_357_000_000_000}
 
 
@@ -69,15 +69,15 @@ async def main() -> None:
                     assert resp.status == 200
                     await resp.read()
 
-                whole, first = await interleaved(lambda: get({}), lambda: get({"limit": str(queries.TRACK_PAGE)}))
-                print(f"whole track ({POINTS} points, 3 pages): {whole:.1f} ms; first {queries.TRACK_PAGE} "
-                      f"(1 page): {first:.1f} ms; ratio {whole / first:.2f} for {POINTS / queries.TRACK_PAGE:.2f}x "
+                whole, first = await interleaved(lambda: get({}), lambda: get({"limit": str(where.TRACK_PAGE)}))
+                print(f"whole track ({POINTS} points, 3 pages): {whole:.1f} ms; first {where.TRACK_PAGE} "
+                      f"(1 page): {first:.1f} ms; ratio {whole / first:.2f} for {POINTS / where.TRACK_PAGE:.2f}x "
                       "the points")
-            body = queries.track_body(PRESET, params.track_params(track, MultiDict()))
+            body = where.track_body(PRESET, where.track_params(track, MultiDict()))
             full = {k: v for k, v in body.items() if k != "_source"}
             position, source = await interleaved(lambda: es.search(index=settings.iot_index, **body),
                                                  lambda: es.search(index=settings.iot_index, **full))
-            print(f"one {queries.TRACK_PAGE}-hit page from Elasticsearch: position only {position:.1f} ms; "
+            print(f"one {where.TRACK_PAGE}-hit page from Elasticsearch: position only {position:.1f} ms; "
                   f"whole _source {source:.1f} ms; ratio {source / position:.2f}")
     finally:
         await es.close()

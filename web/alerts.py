@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from web.metrics import Metrics
+from web.params import BadRequest
 
 log = logging.getLogger("web.alerts")
 
@@ -31,7 +33,7 @@ Cursor = dict[int, int]  # partition -> offset
 class Entry:
     """One alert of the ring: the alert (plus ``received``), its JSON text as on the topic, where it was on the
     topic, ``live`` (read after the consumer caught up, not from the backlog of its start) and ``cursor``,
-    the resume token after it (web.params.format_cursor)."""
+    the resume token after it (format_cursor)."""
 
     alert: dict[str, Any]
     data: str
@@ -48,6 +50,23 @@ def format_cursor(positions: Cursor) -> str:
     """A resume token: ``partition:offset`` of the last alert read on each partition, comma-separated. It names
     Kafka positions, so it means the same on every server reading the topic and after a restart."""
     return ",".join(f"{p}:{o}" for p, o in sorted(positions.items()))
+
+
+# The resume token's shape (format_cursor), published in the OpenAPI document.
+CURSOR_PATTERN = r"^[0-9]{1,6}:[0-9]{1,19}(,[0-9]{1,6}:[0-9]{1,19}){0,1023}$"
+_CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def parse_cursor(text: str, name: str) -> tuple[tuple[int, int], ...]:
+    """A resume token as sorted (partition, offset) pairs, each partition once."""
+    if not _CURSOR.fullmatch(text):
+        raise BadRequest(f"{name} {text[:40]!r} is not a resume token of this server (partition:offset, "
+                         "comma-separated)")
+    pairs = [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
+    cursor = dict(pairs)
+    if len(cursor) != len(pairs):
+        raise BadRequest(f"{name} {text[:40]!r} names a partition twice")
+    return tuple(sorted(cursor.items()))
 
 
 class AlertBuffer:

@@ -1,4 +1,5 @@
-"""Geohash cells as GeoJSON polygons, and the one table mapping a map zoom to a geohash precision.
+"""Geohash cells (their rings, sizes and counts over a box) and the one table mapping a map zoom to a
+geohash precision.
 
 The table keeps a cell between about 32 and 128 screen pixels wide at every Leaflet zoom (256-px tiles):
 a cell of precision p is 360 / 2**ceil(5p/2) degrees wide, a zoom-z map shows 256 * 2**z / 360 px per
@@ -10,7 +11,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import geohash
-import orjson
 
 # (highest zoom, precision): zoom 0-1 -> 1, 2-4 -> 2, ... 22 -> 10.
 ZOOM_PRECISION: tuple[tuple[int, int], ...] = (
@@ -49,37 +49,6 @@ def cell_ring(cell: str) -> list[list[float]]:
     """The exact bounds of a geohash cell as a closed, counter-clockwise GeoJSON ring (cached: a map asks
     for the same cells on every refresh, and python-geohash's bbox is pure Python)."""
     return [list(p) for p in _ring(cell)]
-
-
-def cell_feature(cell: str, count: int, centroid: tuple[float, float] | None) -> dict:
-    """One aggregation bucket as a GeoJSON Feature (properties: geohash, count, centroid [lon, lat])."""
-    return {
-        "type": "Feature",
-        "id": cell,
-        "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
-        "properties": {"geohash": cell, "count": count,
-                       "centroid": list(centroid) if centroid is not None else None},
-    }
-
-
-# cell -> serialised Feature up to its count; bounded like the ring cache (a few MB at most)
-CELL_PREFIXES: dict[str, bytes] = {}
-_MAX_PREFIXES = 65_536
-
-
-def cell_prefix(cell: str) -> bytes:
-    """The serialised start of a cell's Feature, up to its count: the same JSON as ``cell_feature``, but the
-    polygon is serialised once per cell and reused on every refresh (the bulk of the per-request work)."""
-    prefix = CELL_PREFIXES.get(cell)
-    if prefix is None:
-        head = orjson.dumps({"type": "Feature", "id": cell,
-                             "geometry": {"type": "Polygon", "coordinates": [cell_ring(cell)]},
-                             "properties": {"geohash": cell}})
-        prefix = head[:-2] + b',"count":'  # drop the closing "}}" of properties and feature
-        if len(CELL_PREFIXES) >= _MAX_PREFIXES:
-            CELL_PREFIXES.clear()  # rare (a long-lived server panning the whole world): start afresh
-        CELL_PREFIXES[cell] = prefix
-    return prefix
 
 
 def cell_size(precision: int) -> tuple[float, float]:

@@ -1,26 +1,23 @@
 """The typed keys of the application's shared state, in a module of their own so that ``web.app`` (which
-fills them) and ``web.routes`` (which reads them) both import them and never each other."""
+fills them) and the handlers (which read them) both import them and never each other."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from elasticsearch import AsyncElasticsearch
 
 from geoiot.config import Settings
 from geoiot.schema import Preset
 from web.alerts import AlertBuffer
 from web.cache import TTLCache
 from web.events import Hub
-from web.limiter import Limiter
 from web.metrics import Metrics
+from web.search import Search
 
 SETTINGS = web.AppKey("settings", Settings)
 PRESET = web.AppKey("preset", Preset)
-ES = web.AppKey("es", AsyncElasticsearch)
-# the same cluster, answers left as bytes (web.ogc.shape reads pages of hits from them)
-RAW_ES = web.AppKey("raw_es", AsyncElasticsearch)
+# every search of Elasticsearch goes through it (web.search)
+SEARCH = web.AppKey("search", Search)
 METRICS = web.AppKey("metrics", Metrics)
 CACHE = web.AppKey("cache", TTLCache)
 ALERTS = web.AppKey("alerts", AlertBuffer)
-LIMITER = web.AppKey("limiter", Limiter)
 HUB = web.AppKey("hub", Hub)

@@ -1,10 +1,9 @@
 """Bounded concurrency towards Elasticsearch with a short, bounded queue: the server's load shedding.
 
-Without it every request became a search at once: under a few hundred clients the searches queued inside
-the Elasticsearch client until its timeout, and the server answered "unreachable" while Elasticsearch was
-up. With it at most ``limit`` searches run, at most ``queue`` requests wait (each at most ``wait``
-seconds), and every other request is refused at once with :class:`Busy`, which the server answers as
-``503`` with ``Retry-After``: a client learns the truth early, and the requests admitted stay fast.
+At most ``limit`` searches run, at most ``queue`` requests wait (each at most ``wait`` seconds), and every
+other request is refused at once with :class:`Busy`, answered ``503`` with ``Retry-After``: a client learns
+early that the server is busy, rather than its search queuing inside the Elasticsearch client until a
+timeout, and the requests admitted stay fast.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ from typing import Any
 from geoiot import fences
 from geoiot.documents import GEOFENCES, HEADING, SPEED
 from web.geo import zoom_table
-from web.params import (BBOX_PATTERN, CURSOR_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_FILTER_VALUES,
-                        MAX_FILTERS, MAX_LIMIT, MAX_TRACK_POINTS, OBSERVATIONS_SOURCE, RANGE_TYPES, SOURCES,
-                        TIME_PATTERN, TOKEN_PATTERN, WHERE_PATTERN)
-from web.queries import TRACK_PAGE
+from web.alerts import CURSOR_PATTERN
+from web.params import (BBOX_PATTERN, DEFAULT_LIMIT, DEFAULT_PRECISION, MAX_LIMIT, MAX_TRACK_POINTS,
+                        OBSERVATIONS_SOURCE, SOURCES, TIME_PATTERN, TOKEN_PATTERN)
+from web.where import MAX_FILTER_VALUES, MAX_FILTERS, RANGE_TYPES, TRACK_PAGE, WHERE_PATTERN
 from web.events import SSE_RETRY_MS
 
 _TIME = {"description": "Epoch milliseconds (seconds also accepted, told apart by magnitude; at most 13 digits) "

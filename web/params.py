@@ -1,14 +1,12 @@
-"""Validation of every query parameter the API accepts; anything else is a 400 with a reason.
-
-Handlers never look at the raw query string: they get the dataclasses below, and ``web.queries`` builds
-Elasticsearch requests from those alone, so no request can reach Elasticsearch unchecked.
-"""
+"""The primitive query parsers (bbox, times, limits, ids) and the dataclasses handlers get instead of the raw
+query string; anything invalid is a :class:`BadRequest` (a 400). The filter dataclasses are shared by the
+``where`` language (web.where) and CQL2 (web.ogc.cql); web.where builds Elasticsearch requests from them."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol, Union
@@ -17,7 +15,7 @@ from geoiot.timeparse import TimeParseError, parse_time
 from web.geo import MAX_ZOOM, grid_cells, precision_for_zoom
 
 MAX_LIMIT = 10_000
-# /api/tracks/{id} pages through the window (search_after, web.queries.TRACK_PAGE points a search) up to
+# /api/tracks/{id} pages through the window (search_after, web.where.TRACK_PAGE points a search) up to
 # this many points: the bound on one answer's size and on the searches it takes.
 MAX_TRACK_POINTS = 100_000
 DEFAULT_LIMIT = 1_000
@@ -37,18 +35,6 @@ _LON = "-?(180(\\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\\.[0-9]+)?)"
 _LAT = "-?(90(\\.0+)?|[0-8]?[0-9](\\.[0-9]+)?)"
 # The bbox's shape and ranges (minLat <= maxLat is checked by parse_bbox: no pattern can say it).
 BBOX_PATTERN = f"^{_LON},{_LAT},{_LON},{_LAT}$"
-# Attribute filters: ``where=field:expression``, repeated for several (combined with AND). The field is
-# everything before the first colon; the expression is checked against the field's type by parse_filter.
-# Published in the OpenAPI document: what violates it is refused before any other check.
-MAX_FILTERS = 16
-MAX_FILTER_VALUES = 64
-MAX_STRING_VALUE = 256  # keyword fields ignore longer values (geoiot.documents), so none could match
-WHERE_PATTERN = r"^[^:\x00-\x1f\x7f]{1,128}:[^\x00-\x1f\x7f]{1,1024}$"
-_WHERE = re.compile(WHERE_PATTERN.removeprefix("^").removesuffix("$"))
-_COMPARISON = re.compile(r"(>=|<=|>|<)(.*)", re.DOTALL)
-_INT = re.compile(r"[+-]?[0-9]{1,19}")
-_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
-RANGE_TYPES = ("int", "float", "time")
 NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -321,74 +307,6 @@ def parse_token(text: str | None, name: str) -> str | None:
     return text
 
 
-def _filter_value(kind: str, text: str, name: str) -> FilterValue:
-    """One value of a filter on field ``name`` of type ``kind``, or a 400 naming the field and the type."""
-    if text == "":
-        raise BadRequest(f"where {name}: empty value")
-    if kind == "string":
-        if len(text) > MAX_STRING_VALUE:
-            raise BadRequest(f"where {name}: a value longer than {MAX_STRING_VALUE} characters never matches")
-        return text
-    if kind == "int":
-        if not _INT.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
-            raise BadRequest(f"where {name}: {text[:40]!r} is not an integer (int field, 64 bits)")
-        return int(text)
-    if kind == "float":
-        if not _FLOAT.fullmatch(text) or not math.isfinite(float(text)):
-            raise BadRequest(f"where {name}: {text[:40]!r} is not a finite number (float field)")
-        return float(text)
-    if kind == "bool":
-        if text not in ("true", "false"):
-            raise BadRequest(f"where {name}: {text[:40]!r} is not true or false (bool field)")
-        return text == "true"
-    if kind == "time":
-        value = parse_time_param(text, f"where {name} (time field)")
-        assert value is not None
-        return value
-    raise BadRequest(f"where {name}: fields of type {kind!r} cannot be filtered")
-
-
-def parse_filter(text: str, fields: Mapping[str, str]) -> Filter:
-    """One ``field:expression`` against ``fields`` (name -> preset type, geoiot.documents.field_types)."""
-    if not _WHERE.fullmatch(text):
-        raise BadRequest(f"where {text[:60]!r} is not field:expression (a field name, a colon, then 1..1024 "
-                         "characters, no control characters)")
-    name, _, expr = text.partition(":")
-    kind = fields.get(name)
-    if kind is None:
-        raise BadRequest(f"where: unknown field {name[:60]!r}; filterable: {', '.join(sorted(fields)) or 'none'}")
-    comparison = _COMPARISON.fullmatch(expr)
-    if kind in RANGE_TYPES and (comparison or ".." in expr):
-        if comparison:
-            op, operand = comparison.groups()
-            value = _filter_value(kind, operand, name)
-            inclusive = op.endswith("=")
-            return (Range(name, kind, low=value, include_low=inclusive) if op[0] == ">"
-                    else Range(name, kind, high=value, include_high=inclusive))
-        low_text, _, high_text = expr.partition("..")
-        if not low_text and not high_text:
-            raise BadRequest(f"where {name}: a range needs at least one bound (low..high, low.. or ..high)")
-        low = _filter_value(kind, low_text, name) if low_text else None
-        high = _filter_value(kind, high_text, name) if high_text else None
-        if low is not None and high is not None and low > high:  # type: ignore[operator]
-            raise BadRequest(f"where {name}: range {expr[:60]!r} is inverted (low > high)")
-        return Range(name, kind, low, high)  # type: ignore[arg-type]
-    if comparison:
-        raise BadRequest(f"where {name}: ranges apply to {', '.join(RANGE_TYPES)} fields; {name!r} is a {kind} "
-                         "(use field:value or field:a|b)")
-    parts = expr.split("|")
-    if len(parts) > MAX_FILTER_VALUES:
-        raise BadRequest(f"where {name}: {len(parts)} values; at most {MAX_FILTER_VALUES}")
-    return OneOf(name, kind, tuple(dict.fromkeys(_filter_value(kind, part, name) for part in parts)))
-
-
-def parse_where(texts: Sequence[str], fields: Mapping[str, str]) -> tuple[Filter, ...]:
-    """Every ``where`` parameter, all to hold at once (AND)."""
-    if len(texts) > MAX_FILTERS:
-        raise BadRequest(f"where is given {len(texts)} times; at most {MAX_FILTERS}")
-    return tuple(parse_filter(text, fields) for text in texts)
-
-
 def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
     """The highest precision up to ``precision`` whose grid over ``bbox`` has at most ``max_cells`` cells
     (never below 1): an aggregation's cost grows with the cells it may build, so a wide view at a fine
@@ -398,75 +316,9 @@ def bounded_precision(bbox: BBox, precision: int, max_cells: int) -> int:
     return precision
 
 
-def aggregate_params(query: Query, max_cells: int, fields: Mapping[str, str] = NO_FIELDS) -> AggregateParams:
-    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS); ``fields``: what
-    ``where`` may filter (geoiot.documents.field_types of the preset)."""
-    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence", "source"}, {"where"})
-    bbox = parse_bbox(q.get("bbox"))
-    precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells)
-    source = q.get("source", OBSERVATIONS_SOURCE)
-    if source not in SOURCES:
-        raise BadRequest(f"source {source[:40]!r} must be one of {', '.join(SOURCES)}")
-    return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
-                           parse_token(q.get("fence"), "fence"), parse_where(query.getall("where", []), fields),
-                           source)
-
-
-def observation_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> ObservationParams:
-    q = single(query, {"bbox", "start", "end", "limit", "fence"}, {"where"})
-    return ObservationParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
-                             parse_limit(q.get("limit")), parse_token(q.get("fence"), "fence"),
-                             parse_where(query.getall("where", []), fields))
-
-
-def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS) -> TrackParams:
-    q = single(query, {"start", "end", "limit"}, {"where"})
-    token = parse_token(track, "track id")
-    assert token is not None
-    return TrackParams(token, parse_window(q.get("start"), q.get("end")),
-                       parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
-                       parse_where(query.getall("where", []), fields))
-
-
-def latest_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> LatestParams:
-    q = single(query, {"bbox", "limit"}, {"where"})
-    return LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
-                        parse_where(query.getall("where", []), fields))
-
-
-# The resume token of /api/events (web.alerts.format_cursor): partition:offset, comma-separated.
-CURSOR_PATTERN = r"^[0-9]{1,6}:[0-9]{1,19}(,[0-9]{1,6}:[0-9]{1,19}){0,1023}$"
-_CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"))
-
-
-def parse_cursor(text: str, name: str) -> tuple[tuple[int, int], ...]:
-    """A resume token as sorted (partition, offset) pairs, each partition once."""
-    if not _CURSOR.fullmatch(text):
-        raise BadRequest(f"{name} {text[:40]!r} is not a resume token of this server (partition:offset, "
-                         "comma-separated)")
-    pairs = [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
-    cursor = dict(pairs)
-    if len(cursor) != len(pairs):
-        raise BadRequest(f"{name} {text[:40]!r} names a partition twice")
-    return tuple(sorted(cursor.items()))
-
-
 def normal_view(p: LatestParams) -> LatestParams:
     """``p`` with its filters in one order and each once: views that select the same are equal."""
     return LatestParams(p.bbox, p.limit, tuple(sorted(set(p.where), key=repr)))
-
-
-def event_params(query: Query, last_event_id: str | None, fields: Mapping[str, str] = NO_FIELDS) -> EventParams:
-    """/api/events: the /api/latest parameters, and the resume token from the ``Last-Event-ID`` header (which
-    a browser's EventSource sends when it reconnects) or else from ``last_event_id`` (for a new stream, e.g.
-    after the view changed, that must not miss the alerts in between)."""
-    q = single(query, {"bbox", "limit", "last_event_id"}, {"where"})
-    view = normal_view(LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
-                                    parse_where(query.getall("where", []), fields)))
-    if last_event_id is not None and last_event_id.strip() != "":
-        return EventParams(view, parse_cursor(last_event_id.strip(), "Last-Event-ID"))
-    token = q.get("last_event_id", "")
-    return EventParams(view, parse_cursor(token, "last_event_id") if token else None)
 
 
 def alert_params(query: Query) -> AlertParams:

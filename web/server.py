@@ -2,8 +2,10 @@
 aiohttp's HTTP parser answers before any middleware runs (an over-long request line or header, a method
 it cannot parse), so every answer of the server, whatever went wrong, is ``{"error": ...}``.
 
-aiohttp's ``run_app`` builds its own request handler class; the runner here builds ours, so ``serve``
-replaces ``run_app`` with the same shutdown on SIGTERM/SIGINT.
+The timeouts are aiohttp's public runner options. The parser's errors are not: aiohttp answers them
+without the app's middlewares or signals (aio-libs/aiohttp#3287 and #6463), so a subclass of its request
+handler writes them; tests/test_web_unit.py shows the public API answering them as text/plain. ``run``
+replaces ``run_app``, whose runner cannot take that handler, with the same shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ from elasticsearch import AsyncElasticsearch
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.observations import indexed, walk
-from web import openapi, params, queries
+from web import openapi, params, where
 from web.app import init_app
 
 pytestmark = pytest.mark.integration
 
 PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3_600_000  # the track crosses midnight: two daily indices
-POINTS = 2 * queries.TRACK_PAGE + 345  # three pages
+POINTS = 2 * where.TRACK_PAGE + 345  # three pages
 TRACK = "track-0000"
 
 
@@ -69,7 +69,7 @@ async def test_a_track_beyond_one_search_comes_whole_in_time_order(client: TestC
 
 
 async def test_a_limit_stops_it_and_says_so(client: TestClient, data: Data) -> None:
-    limit = queries.TRACK_PAGE + 1
+    limit = where.TRACK_PAGE + 1
     props = (await get_track(client, limit=limit))["properties"]
     assert props["times"] == [d[PRESET.time] for d in data.docs[:limit]]
     assert (props["points"], props["total"], props["pages"]) == (limit, POINTS, 2)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from geoiot.documents import field_types
 from geoiot.schema import load_preset
-from web import queries
+from web import where
 from web.ogc import cql
 from web.ogc import cursor as cursors
 from web.ogc.params import negotiate, parse_datetime
@@ -55,7 +55,7 @@ def test_spatial_operators_on_the_position() -> None:
     assert isinstance(text("S_DISJOINT(geometry, BBOX(0, 0, 1, 1))"), Negation)
     clockwise = as_json({"op": "s_intersects", "args": [{"property": "geometry"}, {
         "type": "Polygon", "coordinates": [[[0, 0], [0, 1], [1, 1], [1, 0], [0, 0]]]}]})
-    query = queries.attribute_filter(clockwise)["geo_shape"]["geometry"]
+    query = where.attribute_filter(clockwise)["geo_shape"]["geometry"]
     ring = query["shape"]["coordinates"][0]
     area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
     assert area2 > 0  # sent counter-clockwise: Elasticsearch would read a clockwise ring as crossing the antimeridian
@@ -88,16 +88,16 @@ def test_any_text_is_a_filter_or_a_bad_request(s: str) -> None:
         tree = text(s)
     except BadRequest:
         return
-    queries.attribute_filter(tree)  # whatever parses becomes a query without error
+    where.attribute_filter(tree)  # whatever parses becomes a query without error
 
 
 def test_like_patterns_become_wildcards() -> None:
-    assert queries.attribute_filter(Like("a", r"x%y_z\%*?")) == {"wildcard": {"a": {"value": r"x*y?z%\*\?"}}}
+    assert where.attribute_filter(Like("a", r"x%y_z\%*?")) == {"wildcard": {"a": {"value": r"x*y?z%\*\?"}}}
 
 
 def test_in_box_across_the_antimeridian_is_the_api_bbox_query() -> None:
     box = text("S_INTERSECTS(geometry, BBOX(170, -10, -170, 10))")
-    assert isinstance(box, InBox) and queries.attribute_filter(box) == queries.bbox_filter(box.bbox)
+    assert isinstance(box, InBox) and where.attribute_filter(box) == where.bbox_filter(box.bbox)
 
 
 KEY = b"k" * 32

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from web import params
-from web.alerts import AlertBuffer, format_cursor
+from web import where
+from web.alerts import AlertBuffer, format_cursor, parse_cursor
 from web.events import ALERT, GAP, LATEST, Counters, Event, Hub, Subscriber, View
 from web.params import WORLD, BadRequest, LatestParams
 
@@ -26,23 +26,23 @@ def feature(track: str, lon: float) -> dict[str, Any]:
 
 @given(st.dictionaries(st.integers(0, 99), st.integers(0, 10**12), min_size=1, max_size=8))
 def test_resume_tokens_round_trip(positions: dict[int, int]) -> None:
-    assert dict(params.parse_cursor(format_cursor(positions), "t")) == positions
+    assert dict(parse_cursor(format_cursor(positions), "t")) == positions
 
 
 @pytest.mark.parametrize("text", ["", "x", "0:", ":1", "0:1,", "0:1;1:2", "-1:3", "0:1,0:2", "0:1\n"])
 def test_bad_tokens_are_refused(text: str) -> None:
     with pytest.raises(BadRequest):
-        params.parse_cursor(text, "Last-Event-ID")
+        parse_cursor(text, "Last-Event-ID")
 
 
 def test_the_header_wins_over_the_query_and_views_are_normalised() -> None:
     q = MultiDict([("last_event_id", "0:1"), ("where", "b:2"), ("where", "a:1"), ("where", "a:1")])
     fields = {"a": "int", "b": "int"}
-    p = params.event_params(q, "0:5", fields)
+    p = where.event_params(q, "0:5", fields)
     assert p.resume == ((0, 5),)
-    assert params.event_params(q, None, fields).resume == ((0, 1),)
-    assert params.event_params(MultiDict(), None).resume is None
-    other = params.event_params(MultiDict([("where", "a:1"), ("where", "b:2")]), None, fields)
+    assert where.event_params(q, None, fields).resume == ((0, 1),)
+    assert where.event_params(MultiDict(), None).resume is None
+    other = where.event_params(MultiDict([("where", "a:1"), ("where", "b:2")]), None, fields)
     assert other.view == p.view  # order and repetition of filters do not make another view
 
 
@@ -51,9 +51,9 @@ def test_ring_resumes_after_a_token_and_says_when_it_lost_some() -> None:
     assert ring.start_partition(0, 0, 0) == 0 and ring.start_partition(1, 0, 0) == 0
     tokens = [ring.add({"n": i}, i % 2, i // 2).cursor for i in range(6)]  # type: ignore[union-attr]
     # kept: n=3 (1:1), n=4 (0:2), n=5 (1:2); lost: n=0..2
-    entries, gap = ring.after(dict(params.parse_cursor(tokens[3], "t")))
+    entries, gap = ring.after(dict(parse_cursor(tokens[3], "t")))
     assert [json.loads(e.data)["n"] for e in entries] == [4, 5] and not gap
-    entries, gap = ring.after(dict(params.parse_cursor(tokens[0], "t")))
+    entries, gap = ring.after(dict(parse_cursor(tokens[0], "t")))
     assert [json.loads(e.data)["n"] for e in entries] == [3, 4, 5] and gap
     assert ring.add({"n": 9}, 0, 2) is None  # read again after a reconnect: kept once
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import geohash
 import orjson
 import pytest
+from aiohttp import web
+from elasticsearch import ConnectionError as ESConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
@@ -15,12 +18,13 @@ from openapi_spec_validator import validate
 
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from web import openapi, params, queries
+from web import openapi, params, where
 from web.cache import TTLCache
-from web.geo import ZOOM_PRECISION, cell_feature, cell_ring, grid_cells, precision_for_zoom, zoom_table
+from web.geo import ZOOM_PRECISION, cell_ring, grid_cells, precision_for_zoom, zoom_table
 from web.limiter import Busy, Limiter
 from web.params import BadRequest
-from web.routes import aggregate_payload
+from testkit.cells import cell_feature
+from web.geojson import aggregate_payload
 from testkit.observations import on_grid
 
 PRESET = load_preset("taxi")
@@ -98,15 +102,15 @@ def test_aggregate_payload_is_the_feature_collection_of_the_buckets(
 ])
 def test_bad_aggregate_queries(query: dict[str, str], fragment: str) -> None:
     with pytest.raises(BadRequest, match=fragment):
-        params.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
+        where.aggregate_params(MultiDict(query), MAX_GRID_CELLS)
 
 
 def test_repeated_parameter_and_limit_bounds() -> None:
     with pytest.raises(BadRequest, match="2 times"):
-        params.observation_params(MultiDict([("limit", "1"), ("limit", "2")]))
+        where.observation_params(MultiDict([("limit", "1"), ("limit", "2")]))
     with pytest.raises(BadRequest, match="outside 1..10000"):
-        params.observation_params(MultiDict({"limit": "10001"}))
-    assert params.observation_params(MultiDict({"limit": "10000"})).limit == 10_000
+        where.observation_params(MultiDict({"limit": "10001"}))
+    assert where.observation_params(MultiDict({"limit": "10000"})).limit == 10_000
 
 
 def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
@@ -115,17 +119,17 @@ def test_times_are_epoch_ms_or_iso_and_inclusive_window() -> None:
 
 
 def test_query_bodies_only_use_preset_fields_and_split_nothing_for_antimeridian() -> None:
-    p = params.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
+    p = where.aggregate_params(MultiDict({"bbox": "170,-10,-170,10", "precision": "3", "start": "0",
                                            "fence": "jfk"}), MAX_GRID_CELLS)
-    body = queries.aggregate_body(PRESET, p)
+    body = where.aggregate_body(PRESET, p)
     flt = body["query"]["bool"]["filter"]
     box = flt[0]["geo_bounding_box"][documents.GEOMETRY]
     assert box == {"top_left": {"lat": 10.0, "lon": 170.0}, "bottom_right": {"lat": -10.0, "lon": -170.0}}
     assert flt[1] == {"range": {PRESET.time: {"gte": 0, "format": "epoch_millis"}}}
     assert flt[2] == {"term": {documents.GEOFENCES: "jfk"}}
     assert body["aggs"]["cells"]["geohash_grid"]["precision"] == 3
-    everything = params.aggregate_params(MultiDict(), MAX_GRID_CELLS)
-    assert queries.aggregate_body(PRESET, everything)["query"] == {"match_all": {}}
+    everything = where.aggregate_params(MultiDict(), MAX_GRID_CELLS)
+    assert where.aggregate_body(PRESET, everything)["query"] == {"match_all": {}}
 
 
 def test_openapi_document_is_valid_openapi() -> None:
@@ -165,7 +169,7 @@ def test_compressed_bodies_are_standard_gzip_and_deflate(body: bytes) -> None:
     import gzip
     import zlib
 
-    from web.app import gzip_body
+    from web.middlewares import gzip_body
 
     assert gzip.decompress(gzip_body(body, "gzip")) == body
     assert zlib.decompress(gzip_body(body, "deflate")) == body
@@ -246,15 +250,15 @@ plain_strings = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blackli
 
 @given(st.lists(INT64, min_size=1, max_size=10))
 def test_int_lists_round_trip(values: list[int]) -> None:
-    f = params.parse_filter("rate_code:" + "|".join(map(str, values)), FIELDS)
+    f = where.parse_filter("rate_code:" + "|".join(map(str, values)), FIELDS)
     assert f == params.OneOf("rate_code", "int", tuple(dict.fromkeys(values)))
 
 
 @given(st.lists(plain_strings, min_size=1, max_size=10))
 def test_string_values_are_taken_literally(values: list[str]) -> None:
-    f = params.parse_filter("vendor_id:" + "|".join(values), FIELDS)
+    f = where.parse_filter("vendor_id:" + "|".join(values), FIELDS)
     assert f == params.OneOf("vendor_id", "string", tuple(dict.fromkeys(values)))
-    assert queries.attribute_filter(f) in ({"term": {"vendor_id": values[0]}},
+    assert where.attribute_filter(f) in ({"term": {"vendor_id": values[0]}},
                                            {"terms": {"vendor_id": list(dict.fromkeys(values))}})
 
 
@@ -263,34 +267,34 @@ def test_float_ranges_keep_their_bounds_or_are_refused_when_inverted(a: float, b
     text = f"speed_mps:{a!r}..{b!r}"
     if a > b:
         with pytest.raises(BadRequest, match="inverted"):
-            params.parse_filter(text, FIELDS)
+            where.parse_filter(text, FIELDS)
         return
-    f = params.parse_filter(text, FIELDS)
+    f = where.parse_filter(text, FIELDS)
     assert f == params.Range(documents.SPEED, "float", a, b)
-    assert queries.attribute_filter(f) == {"range": {documents.SPEED: {"gte": a, "lte": b}}}
+    assert where.attribute_filter(f) == {"range": {documents.SPEED: {"gte": a, "lte": b}}}
 
 
 @pytest.mark.parametrize("op, bounds", [(">=", {"gte": 3}), (">", {"gt": 3}), ("<=", {"lte": 3}), ("<", {"lt": 3})])
 def test_comparisons(op: str, bounds: dict[str, int]) -> None:
-    f = params.parse_filter(f"passengerCount:{op}3", FIELDS)
-    assert queries.attribute_filter(f) == {"range": {"passengerCount": bounds}}
+    f = where.parse_filter(f"passengerCount:{op}3", FIELDS)
+    assert where.attribute_filter(f) == {"range": {"passengerCount": bounds}}
 
 
 def test_time_filters_are_epoch_ms_ranges() -> None:
-    f = params.parse_filter("pickup_datetime:2013-01-01T00:00:00Z..1356998460000", FIELDS)
-    assert queries.attribute_filter(f) == {"range": {"pickup_datetime": {
+    f = where.parse_filter("pickup_datetime:2013-01-01T00:00:00Z..1356998460000", FIELDS)
+    assert where.attribute_filter(f) == {"range": {"pickup_datetime": {
         "gte": 1_356_998_400_000, "lte": 1_356_998_460_000, "format": "epoch_millis"}}}
-    assert params.parse_filter("ingested_at:1356998400000..", FIELDS) == params.Range("ingested_at", "time",
+    assert where.parse_filter("ingested_at:1356998400000..", FIELDS) == params.Range("ingested_at", "time",
                                                                                       1_356_998_400_000)
 
 
 def test_bool_filters_on_a_users_preset() -> None:
     fields = {"active": "bool"}
-    assert params.parse_filter("active:true|false", fields) == params.OneOf("active", "bool", (True, False))
+    assert where.parse_filter("active:true|false", fields) == params.OneOf("active", "bool", (True, False))
     with pytest.raises(BadRequest, match="active: 'yes' is not true or false"):
-        params.parse_filter("active:yes", fields)
+        where.parse_filter("active:yes", fields)
     with pytest.raises(BadRequest, match="ranges apply"):
-        params.parse_filter("active:>=true", fields)
+        where.parse_filter("active:>=true", fields)
 
 
 BAD_WHERE = [
@@ -311,42 +315,188 @@ BAD_WHERE = [
 @pytest.mark.parametrize("text, fragment", BAD_WHERE)
 def test_malformed_filters_are_refused_naming_the_field(text: str, fragment: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(fragment)):
-        params.parse_filter(text, FIELDS)
+        where.parse_filter(text, FIELDS)
 
 
 @given(st.text(max_size=30))
 def test_any_text_is_a_filter_or_a_bad_request(text: str) -> None:
     for candidate in (text, "speed_mps:" + text, "rate_code:" + text, "pickup_datetime:" + text, "vendor_id:" + text):
         try:
-            f = params.parse_filter(candidate, FIELDS)
+            f = where.parse_filter(candidate, FIELDS)
         except BadRequest:
             continue
         assert f.field in FIELDS
-        orjson.dumps(queries.attribute_filter(f))  # only JSON values reach Elasticsearch
+        orjson.dumps(where.attribute_filter(f))  # only JSON values reach Elasticsearch
 
 
 def test_filters_combine_with_and_and_are_counted() -> None:
     q = MultiDict([("where", "vendor_id:VTS"), ("where", "passengerCount:>=3"), ("precision", "4")])
-    p = params.aggregate_params(q, MAX_GRID_CELLS, FIELDS)
+    p = where.aggregate_params(q, MAX_GRID_CELLS, FIELDS)
     assert [f.field for f in p.where] == ["vendor_id", "passengerCount"]
-    clauses = queries.aggregate_body(PRESET, p)["query"]["bool"]["filter"]
+    clauses = where.aggregate_body(PRESET, p)["query"]["bool"]["filter"]
     assert {"term": {"vendor_id": "VTS"}} in clauses and {"range": {"passengerCount": {"gte": 3}}} in clauses
-    assert params.observation_params(MultiDict([("where", "vendor_id:VTS")]), FIELDS).where == p.where[:1]
-    too_many = MultiDict([("where", "rate_code:1")] * (params.MAX_FILTERS + 1))
-    with pytest.raises(BadRequest, match=f"at most {params.MAX_FILTERS}"):
-        params.track_params("t", too_many, FIELDS)
+    assert where.observation_params(MultiDict([("where", "vendor_id:VTS")]), FIELDS).where == p.where[:1]
+    too_many = MultiDict([("where", "rate_code:1")] * (where.MAX_FILTERS + 1))
+    with pytest.raises(BadRequest, match=f"at most {where.MAX_FILTERS}"):
+        where.track_params("t", too_many, FIELDS)
 
 
 def test_openapi_where_pattern_is_the_servers() -> None:
-    where = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
-    assert where["schema"]["items"]["pattern"] == params.WHERE_PATTERN
-    assert where["schema"]["maxItems"] == params.MAX_FILTERS
+    param = {p["name"]: p for p in openapi.document()["paths"]["/api/aggregate"]["get"]["parameters"]}["where"]
+    assert param["schema"]["items"]["pattern"] == where.WHERE_PATTERN
+    assert param["schema"]["maxItems"] == where.MAX_FILTERS
 
 
 def test_track_pages_continue_after_the_last_time_and_count_only_once() -> None:
-    p = params.track_params("t1", MultiDict({"where": "rate_code:1"}), FIELDS)
+    p = where.track_params("t1", MultiDict({"where": "rate_code:1"}), FIELDS)
     assert p.limit == params.MAX_TRACK_POINTS
-    first, later = queries.track_body(PRESET, p), queries.track_body(PRESET, p, 5, after=1_357_000_000_000)
-    assert first["size"] == queries.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
+    first, later = where.track_body(PRESET, p), where.track_body(PRESET, p, 5, after=1_357_000_000_000)
+    assert first["size"] == where.TRACK_PAGE and "search_after" not in first and first["track_total_hits"] is True
     assert later["size"] == 5 and later["search_after"] == [1_357_000_000_000] and later["track_total_hits"] is False
     assert {"term": {"rate_code": 1}} in later["query"]["bool"]["filter"]
+
+
+# --- handlers over an in-process fake of Elasticsearch (web.search.Search takes any client) ------------------
+
+class _Answer:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class FakeElasticsearch:
+    """Answers ``search`` from ``pages`` (one per call, in order) and records what was asked; ``down`` makes
+    every call fail as a refused connection would."""
+
+    def __init__(self, pages: list[dict[str, Any]] | None = None, down: bool = False) -> None:
+        self.pages, self.down = list(pages or []), down
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+        self.cluster = self
+
+    async def search(self, index: str, **body: Any) -> _Answer:
+        if self.down:
+            raise ESConnectionError("fake elasticsearch is down")
+        self.asked.append((index, body))
+        return _Answer(self.pages.pop(0) if self.pages else {"hits": {"total": {"value": 0}, "hits": []}})
+
+    async def health(self, timeout: str) -> _Answer:
+        if self.down:
+            raise ESConnectionError("fake elasticsearch is down")
+        return _Answer({"status": "green"})
+
+
+def _hits(sources: list[dict[str, Any]], total: int | None = None, sort: str | None = None) -> dict[str, Any]:
+    hits = [{"_id": f"h{i}", "_source": s, **({"sort": [s[sort]]} if sort else {})} for i, s in enumerate(sources)]
+    return {"hits": {"total": {"value": len(sources) if total is None else total}, "hits": hits}}
+
+
+async def _client(fake: FakeElasticsearch) -> Any:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from web.app import init_app
+    return TestClient(TestServer(init_app(config.load({}), consume_alerts=False, es=fake)))
+
+
+async def test_latest_handler_reads_the_latest_index_through_the_apps_search() -> None:
+    settings = config.load({})
+    doc = {PRESET.track: "t1", PRESET.time: 1_357_000_000_000, PRESET.lon: -73.9, PRESET.lat: 40.7,
+           documents.SPEED: 12.5, "vendor_id": "VTS"}
+    fake = FakeElasticsearch([_hits([doc], total=7)])
+    async with await _client(fake) as c:
+        resp = await c.get("/api/latest", params={"bbox": "-74,40,-73,41", "limit": "5"})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    index, query = fake.asked[0]
+    assert index == documents.latest_index(settings.iot_index)
+    assert query == where.latest_body(PRESET, params.LatestParams(params.parse_bbox("-74,40,-73,41"), 5))
+    assert body["total"] == 7 and [f["id"] for f in body["features"]] == ["t1"]
+    props = body["features"][0]["properties"]
+    assert body["features"][0]["geometry"]["coordinates"] == [-73.9, 40.7]
+    assert props["track"] == "t1" and props[documents.SPEED] == 12.5 and props["attributes"] == {"vendor_id": "VTS"}
+
+
+async def test_track_handler_pages_with_search_after_until_the_window_is_read() -> None:
+    times = list(range(1_357_000_000_000, 1_357_000_000_000 + 5))
+    docs = [{PRESET.time: t, PRESET.lon: -73.9 + i / 100, PRESET.lat: 40.7} for i, t in enumerate(times)]
+    fake = FakeElasticsearch([_hits(docs[:3], total=5, sort=PRESET.time), _hits(docs[3:], total=5, sort=PRESET.time)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(where, "TRACK_PAGE", 3)
+        async with await _client(fake) as c:
+            resp = await c.get("/api/tracks/t1")
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+    assert [q.get("search_after") for _, q in fake.asked] == [None, [times[2]]]
+    assert body["geometry"]["type"] == "LineString" and len(body["geometry"]["coordinates"]) == 5
+    assert body["properties"]["times"] == times and body["properties"]["pages"] == 2
+    assert body["properties"]["complete"] is True
+
+
+async def test_a_down_store_is_an_unhealthy_healthz_and_a_json_503() -> None:
+    async with await _client(FakeElasticsearch(down=True)) as c:
+        health = await c.get("/healthz")
+        assert health.status == 503 and (await health.json())["elasticsearch"] is False
+        resp = await c.get("/api/extent")
+        assert resp.status == 503 and await resp.json() == {"error": "elasticsearch unreachable"}
+    async with await _client(FakeElasticsearch([{"hits": {"total": {"value": 3}}, "aggregations": {
+            "start": {"value": 1.0}, "end": {"value": 9.0},
+            "bounds": {"bounds": {"top_left": {"lon": -74, "lat": 41}, "bottom_right": {"lon": -73, "lat": 40}}}}}])) as c:
+        assert await (await c.get("/api/extent")).json() == {"start": 1, "end": 9, "count": 3,
+                                                             "bbox": [-74, 40, -73, 41]}
+
+
+async def test_the_event_streams_views_search_through_the_same_search() -> None:
+    from web.keys import SEARCH
+    doc = {PRESET.track: "t9", PRESET.time: 5, PRESET.lon: 1.0, PRESET.lat: 2.0}
+    fake = FakeElasticsearch([_hits([doc])] * 3)
+    async with await _client(fake) as c:
+        search = c.server.app[SEARCH]
+        total, features = await search.latest(params.LatestParams(params.WORLD, 10), name="sse_view")
+        assert total == 1 and features[0]["id"] == "t9"
+        assert search.metrics.es_latency.labels("sse_view")._sum.get() > 0  # timed as the views' searches
+
+
+# --- web.server: why its subclass of aiohttp's request handler stays ------------------------------------------
+
+async def _exchange(runner: Any, request_bytes: bytes) -> tuple[int, str, bytes]:
+    """Serve ``runner`` on a free port, send ``request_bytes`` raw, and read the answer's status, type, body."""
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctype = next((v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+                  if k.lower() == "content-type"), "")
+    return int(lines[0].split()[1]), ctype, body
+
+
+def _json_everywhere_app() -> web.Application:
+    """What aiohttp's public API offers for error bodies: an error middleware and an on_response_prepare hook."""
+    from web.middlewares import errors
+
+    async def jsonify(request: web.Request, response: web.StreamResponse) -> None:
+        response.content_type = "application/json"
+
+    app = web.Application(middlewares=[errors])
+    app.on_response_prepare.append(jsonify)
+    return app
+
+
+@pytest.mark.parametrize("request_bytes", [b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                           b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"])
+async def test_parser_errors_are_json_only_through_the_servers_request_handler(request_bytes: bytes) -> None:
+    """aiohttp answers its HTTP parser's errors before any middleware or signal runs (aio-libs/aiohttp#3287,
+    #6463, open), so web.server keeps its RequestHandler subclass. Should aiohttp route them through the app
+    one day, the first assertion fails and the subclass can go."""
+    from web import server
+    status, ctype, _ = await _exchange(web.AppRunner(_json_everywhere_app()), request_bytes)
+    assert status == 400 and ctype.startswith("text/plain")
+    status, ctype, body = await _exchange(server.JsonErrorAppRunner(_json_everywhere_app()), request_bytes)
+    assert status == 400 and ctype.startswith("application/json") and "error" in orjson.loads(body)

@@ -1,6 +1,6 @@
 """OGC API - Features (Part 1 Core, GeoJSON, OpenAPI 3.0; Part 3 Filtering with CQL2) under /ogc of the web
 server: routes in ``web.ogc.routes``, documents in ``web.ogc.views``, parameters in ``web.ogc.params`` and
-``web.ogc.cql``, next-page cursors in ``web.ogc.cursor``; Elasticsearch queries stay in ``web.queries``."""
+``web.ogc.cql``, next-page cursors in ``web.ogc.cursor``; Elasticsearch queries stay in ``web.where``."""
 
 from __future__ import annotations
 
@@ -8,23 +8,12 @@ import hashlib
 import secrets
 
 from aiohttp import web
-from elasticsearch.serializer import OrjsonSerializer
 
 from web.keys import METRICS, SETTINGS
 from web.limiter import Limiter
 from web.ogc import routes
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
 from web.ogc.prefetch import Prefetched
-
-
-class RawJson(OrjsonSerializer):
-    """Requests as JSON, answers left as their bytes."""
-
-    def loads(self, data: bytes) -> bytes:  # type: ignore[override]
-        return bytes(data)
-
-
-RAW_SERIALIZERS = {"application/json": RawJson(), "application/vnd.elasticsearch+json": RawJson()}
 
 
 def setup(app: web.Application) -> None:

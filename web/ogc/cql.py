@@ -1,4 +1,4 @@
-"""CQL2 filters (OGC API - Features Part 3) as the API's own filter tree (web.params), so web.queries stays the
+"""CQL2 filters (OGC API - Features Part 3) as the API's own filter tree (web.params), so web.where stays the
 one place where a filter becomes an Elasticsearch query.
 
 The ``cql2`` library parses both encodings (text and JSON) and gives the standard's JSON form; this module
@@ -20,8 +20,9 @@ from shapely.geometry import shape
 from shapely.geometry.polygon import orient
 
 from geoiot.documents import DAY_MS, GEOMETRY
-from web.params import (MAX_FILTER_VALUES, AllOf, AnyOf, BadRequest, Filter, InBox, InShape, IsNull, Like,
-                        Negation, OneOf, Range, parse_bbox, parse_time_param)
+from web.params import (AllOf, AnyOf, BadRequest, Filter, InBox, InShape, IsNull, Like, Negation, OneOf, Range,
+                        parse_bbox, parse_time_param)
+from web.where import MAX_FILTER_VALUES
 
 TEXT, JSON = "cql2-text", "cql2-json"
 LANGUAGES = (TEXT, JSON)

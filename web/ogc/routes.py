@@ -1,5 +1,5 @@
 """Handlers of the OGC API - Features under /ogc: validate (web.ogc.params, web.ogc.cql), build the query
-(web.queries), search through the server's limiter and a bound on concurrent scans, shape the documents
+(web.where), search through the server's limiter and a bound on concurrent scans, shape the documents
 (web.ogc.views)."""
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ from aiohttp import web
 from shapely.geometry import box, shape
 
 from geoiot.documents import field_types, latest_index
-from web import queries
+from web import geojson, where
 from web.fences import SERVICE
-from web.keys import ALERTS, CACHE, METRICS, PRESET, RAW_ES, SETTINGS
+from web.keys import ALERTS, CACHE, METRICS, PRESET, SEARCH, SETTINGS
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
 from web.ogc.params import format_params, items_params
 from web.ogc.shape import Shaped, shaper
 from web.params import WORLD, BBox, Window, parse_token
-from web.routes import app_search, search
 
 PREFIX = "/ogc"
 
@@ -119,14 +118,9 @@ async def _extent(request: web.Request, c: Collection) -> tuple[list[float] | No
     index = c.index(app)  # type: ignore[misc]
 
     async def compute() -> bytes:
-        resp = await search(request, "ogc_extent", queries.extent_body(app[PRESET], wrap=False), index)
+        resp = await app[SEARCH].search("ogc_extent", where.extent_body(app[PRESET], wrap=False), index)
         aggs = resp.get("aggregations", {})
-        bounds = aggs.get("bounds", {}).get("bounds")
-        bbox = None
-        if bounds:
-            tl, br = bounds["top_left"], bounds["bottom_right"]
-            bbox = [tl["lon"], br["lat"], br["lon"], tl["lat"]]
-        return orjson.dumps([bbox, [views.rfc3339(aggs.get("start", {}).get("value")),
+        return orjson.dumps([geojson.bounds_bbox(aggs), [views.rfc3339(aggs.get("start", {}).get("value")),
                                     views.rfc3339(aggs.get("end", {}).get("value"))]])
 
     payload, _ = await app[CACHE].get_or_compute("ogc-extent:" + index, compute)
@@ -190,7 +184,7 @@ def _collection_links(request: web.Request, c: Collection, kind: str) -> list[di
 async def fetch_page(app: web.Application, index: str, body: dict[str, Any]) -> Shaped:
     """Search one page in a scan slot (WEB_OGC_SCANS, then the server's limiter) and shape its features."""
     async with app[SCANS].slot():
-        raw = await app_search(app, "ogc_items", body, index, RAW_ES)
+        raw = await app[SEARCH].search("ogc_items", body, index, raw=True)
     return shaper(app[PRESET])(raw)
 
 
@@ -207,7 +201,7 @@ async def items(request: web.Request) -> web.Response:
         page = await app[PREFETCH].take((p.cursor, p.limit)) if p.cursor is not None else None
         app[METRICS].ogc_prefetch.labels("none" if p.cursor is None else "hit" if page else "miss").inc()
         if page is None:
-            page = await fetch_page(app, index, queries.page_body(app[PRESET], p.bbox, p.window, p.where, p.limit,
+            page = await fetch_page(app, index, where.page_body(app[PRESET], p.bbox, p.window, p.where, p.limit,
                                                                   position.after if position else None,
                                                                   position is None))
         matched = position.matched if position else page.total
@@ -224,7 +218,7 @@ async def items(request: web.Request) -> web.Response:
         token = cursors.encode(key, scope, cursors.Cursor(after, offset + returned, matched))
         links.append(views.link(str(request.url.update_query(cursor=token)), "next", kind, "next page"))
         if c.index is not None and p.fmt == "json":
-            app[PREFETCH].start((token, p.limit), fetch_page(app, c.index(app), queries.page_body(
+            app[PREFETCH].start((token, p.limit), fetch_page(app, c.index(app), where.page_body(
                 app[PRESET], p.bbox, p.window, p.where, p.limit, after, False)))
     tail = {"links": links, "timeStamp": views.rfc3339(time.time() * 1000), "numberMatched": matched,
             "numberReturned": count}
@@ -246,7 +240,7 @@ async def feature(request: web.Request) -> web.Response:
     except ValueError:
         fid = ""
     if fid and c.index is not None:
-        raw = await app_search(app, "ogc_feature", queries.ids_body(fid), c.index(app), RAW_ES)
+        raw = await app[SEARCH].search("ogc_feature", where.ids_body(fid), c.index(app), raw=True)
         shaped = orjson.loads(shaper(app[PRESET])(raw).features)
         found = shaped[0] if shaped else None
     elif fid:

@@ -1,8 +1,8 @@
 """A page of Elasticsearch hits as GeoJSON features, from the response's bytes: msgspec reads the envelope
 and each document's position and times, and the document's own JSON becomes the feature's properties as it
-is, its epoch-ms times replaced in place by RFC 3339 strings. The dict-per-hit path (parse, rebuild, serialise) cost more than the search itself.
+is, its epoch-ms times replaced in place by RFC 3339 strings, with no dict built per hit.
 
-The search excludes ``geometry`` from ``_source`` (web.queries.page_body); the position is the preset's
+The search excludes ``geometry`` from ``_source`` (web.where.page_body); the position is the preset's
 lon/lat fields, which the agents write with the same values. Pure: no I/O.
 """
 

@@ -43,7 +43,7 @@ _MAX_DAYS = 4096
 
 def rfc3339(ms: int | float | None) -> str | None:
     """Epoch ms as an RFC 3339 UTC instant with milliseconds. Every feature of a page has a few times: the
-    date part is cached per day, the clock is arithmetic (datetime formatting was half a page's shaping)."""
+    date part is cached per day, the clock is arithmetic (cheaper than datetime formatting)."""
     if ms is None:
         return None
     day, rest = divmod(int(ms), 86_400_000)

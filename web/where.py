@@ -1,20 +1,160 @@
-"""Every Elasticsearch request body the API sends, built from validated parameters only.
+"""The ``where`` language end to end: the ``field:expression`` text a client sends, the endpoints' parameters
+that carry it, and every Elasticsearch request body the API sends, built from those validated values only.
 
-Nothing from the HTTP request is forwarded: field names come from the schema preset and the document
-model (:mod:`geoiot.documents`), values from the
-dataclasses of ``web.params``. Each function returns the keyword arguments of ``AsyncElasticsearch.search``.
+Nothing from the HTTP request is forwarded: field names come from the schema preset and the document model
+(:mod:`geoiot.documents`), values from the dataclasses of ``web.params``. Each ``*_body`` function returns
+the keyword arguments of ``AsyncElasticsearch.search``.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from geoiot.documents import GEOFENCES, GEOMETRY
 from geoiot.schema import Preset
-import orjson
+from web.alerts import parse_cursor
+from web.params import (NO_FIELDS, OBSERVATIONS_SOURCE, SOURCES, WORLD, AggregateParams, AllOf, AnyOf,
+                        BadRequest, BBox, EventParams, Filter, FilterValue, InBox, InShape, IsNull, LatestParams, Like,
+                        Negation, ObservationParams, OneOf, Query, Range, TrackParams, Window, bounded_precision,
+                        normal_view, parse_bbox, parse_limit, parse_precision, parse_time_param, parse_token,
+                        parse_window, single, MAX_TRACK_POINTS)
 
-from web.params import (WORLD, AggregateParams, AllOf, AnyOf, BBox, Filter, InBox, InShape, IsNull, LatestParams, Like,
-                        Negation, ObservationParams, OneOf, TrackParams, Window)
+# Attribute filters: ``where=field:expression``, repeated for several (combined with AND). The field is
+# everything before the first colon; the expression is checked against the field's type by parse_filter.
+# Published in the OpenAPI document: what violates it is refused before any other check.
+MAX_FILTERS = 16
+MAX_FILTER_VALUES = 64
+MAX_STRING_VALUE = 256  # keyword fields ignore longer values (geoiot.documents), so none could match
+WHERE_PATTERN = r"^[^:\x00-\x1f\x7f]{1,128}:[^\x00-\x1f\x7f]{1,1024}$"
+_WHERE = re.compile(WHERE_PATTERN.removeprefix("^").removesuffix("$"))
+_COMPARISON = re.compile(r"(>=|<=|>|<)(.*)", re.DOTALL)
+_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+RANGE_TYPES = ("int", "float", "time")
+
+
+def _filter_value(kind: str, text: str, name: str) -> FilterValue:
+    """One value of a filter on field ``name`` of type ``kind``, or a 400 naming the field and the type."""
+    if text == "":
+        raise BadRequest(f"where {name}: empty value")
+    if kind == "string":
+        if len(text) > MAX_STRING_VALUE:
+            raise BadRequest(f"where {name}: a value longer than {MAX_STRING_VALUE} characters never matches")
+        return text
+    if kind == "int":
+        if not _INT.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            raise BadRequest(f"where {name}: {text[:40]!r} is not an integer (int field, 64 bits)")
+        return int(text)
+    if kind == "float":
+        if not _FLOAT.fullmatch(text) or not math.isfinite(float(text)):
+            raise BadRequest(f"where {name}: {text[:40]!r} is not a finite number (float field)")
+        return float(text)
+    if kind == "bool":
+        if text not in ("true", "false"):
+            raise BadRequest(f"where {name}: {text[:40]!r} is not true or false (bool field)")
+        return text == "true"
+    if kind == "time":
+        value = parse_time_param(text, f"where {name} (time field)")
+        assert value is not None
+        return value
+    raise BadRequest(f"where {name}: fields of type {kind!r} cannot be filtered")
+
+
+def parse_filter(text: str, fields: Mapping[str, str]) -> Filter:
+    """One ``field:expression`` against ``fields`` (name -> preset type, geoiot.documents.field_types)."""
+    if not _WHERE.fullmatch(text):
+        raise BadRequest(f"where {text[:60]!r} is not field:expression (a field name, a colon, then 1..1024 "
+                         "characters, no control characters)")
+    name, _, expr = text.partition(":")
+    kind = fields.get(name)
+    if kind is None:
+        raise BadRequest(f"where: unknown field {name[:60]!r}; filterable: {', '.join(sorted(fields)) or 'none'}")
+    comparison = _COMPARISON.fullmatch(expr)
+    if kind in RANGE_TYPES and (comparison or ".." in expr):
+        if comparison:
+            op, operand = comparison.groups()
+            value = _filter_value(kind, operand, name)
+            inclusive = op.endswith("=")
+            return (Range(name, kind, low=value, include_low=inclusive) if op[0] == ">"
+                    else Range(name, kind, high=value, include_high=inclusive))
+        low_text, _, high_text = expr.partition("..")
+        if not low_text and not high_text:
+            raise BadRequest(f"where {name}: a range needs at least one bound (low..high, low.. or ..high)")
+        low = _filter_value(kind, low_text, name) if low_text else None
+        high = _filter_value(kind, high_text, name) if high_text else None
+        if low is not None and high is not None and low > high:  # type: ignore[operator]
+            raise BadRequest(f"where {name}: range {expr[:60]!r} is inverted (low > high)")
+        return Range(name, kind, low, high)  # type: ignore[arg-type]
+    if comparison:
+        raise BadRequest(f"where {name}: ranges apply to {', '.join(RANGE_TYPES)} fields; {name!r} is a {kind} "
+                         "(use field:value or field:a|b)")
+    parts = expr.split("|")
+    if len(parts) > MAX_FILTER_VALUES:
+        raise BadRequest(f"where {name}: {len(parts)} values; at most {MAX_FILTER_VALUES}")
+    return OneOf(name, kind, tuple(dict.fromkeys(_filter_value(kind, part, name) for part in parts)))
+
+
+def parse_where(texts: Sequence[str], fields: Mapping[str, str]) -> tuple[Filter, ...]:
+    """Every ``where`` parameter, all to hold at once (AND)."""
+    if len(texts) > MAX_FILTERS:
+        raise BadRequest(f"where is given {len(texts)} times; at most {MAX_FILTERS}")
+    return tuple(parse_filter(text, fields) for text in texts)
+
+
+def aggregate_params(query: Query, max_cells: int, fields: Mapping[str, str] = NO_FIELDS) -> AggregateParams:
+    """``max_cells``: the most geohash cells one aggregation may cover (WEB_MAX_GRID_CELLS); ``fields``: what
+    ``where`` may filter (geoiot.documents.field_types of the preset)."""
+    q = single(query, {"bbox", "precision", "zoom", "start", "end", "fence", "source"}, {"where"})
+    bbox = parse_bbox(q.get("bbox"))
+    precision = bounded_precision(bbox, parse_precision(q.get("precision"), q.get("zoom")), max_cells)
+    source = q.get("source", OBSERVATIONS_SOURCE)
+    if source not in SOURCES:
+        raise BadRequest(f"source {source[:40]!r} must be one of {', '.join(SOURCES)}")
+    return AggregateParams(bbox, parse_window(q.get("start"), q.get("end")), precision,
+                           parse_token(q.get("fence"), "fence"), parse_where(query.getall("where", []), fields),
+                           source)
+
+
+def observation_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> ObservationParams:
+    q = single(query, {"bbox", "start", "end", "limit", "fence"}, {"where"})
+    return ObservationParams(parse_bbox(q.get("bbox")), parse_window(q.get("start"), q.get("end")),
+                             parse_limit(q.get("limit")), parse_token(q.get("fence"), "fence"),
+                             parse_where(query.getall("where", []), fields))
+
+
+def track_params(track: str, query: Query, fields: Mapping[str, str] = NO_FIELDS) -> TrackParams:
+    q = single(query, {"start", "end", "limit"}, {"where"})
+    token = parse_token(track, "track id")
+    assert token is not None
+    return TrackParams(token, parse_window(q.get("start"), q.get("end")),
+                       parse_limit(q.get("limit"), MAX_TRACK_POINTS, MAX_TRACK_POINTS),
+                       parse_where(query.getall("where", []), fields))
+
+
+def latest_params(query: Query, fields: Mapping[str, str] = NO_FIELDS) -> LatestParams:
+    q = single(query, {"bbox", "limit"}, {"where"})
+    return LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
+                        parse_where(query.getall("where", []), fields))
+
+
+def event_params(query: Query, last_event_id: str | None, fields: Mapping[str, str] = NO_FIELDS) -> EventParams:
+    """/api/events: the /api/latest parameters, and the resume token from the ``Last-Event-ID`` header (which
+    a browser's EventSource sends when it reconnects) or else from ``last_event_id`` (for a new stream, e.g.
+    after the view changed, that must not miss the alerts in between)."""
+    q = single(query, {"bbox", "limit", "last_event_id"}, {"where"})
+    view = normal_view(LatestParams(parse_bbox(q.get("bbox")), parse_limit(q.get("limit")),
+                                    parse_where(query.getall("where", []), fields)))
+    if last_event_id is not None and last_event_id.strip() != "":
+        return EventParams(view, parse_cursor(last_event_id.strip(), "Last-Event-ID"))
+    token = q.get("last_event_id", "")
+    return EventParams(view, parse_cursor(token, "last_event_id") if token else None)
+
+
 
 GEO_FIELD = GEOMETRY
 FENCE_FIELD = GEOFENCES
@@ -69,7 +209,7 @@ def _like(pattern: str) -> str:
 
 def attribute_filter(f: Filter) -> dict[str, Any]:
     """One validated filter as an Elasticsearch query: ``where`` filters (OneOf, Range) as a term, terms or
-    range query on their field (a field name of the preset or the document model: web.params checked it
+    range query on their field (a field name of the preset or the document model: parse_filter checked it
     against geoiot.documents.field_types); CQL2's tree (web.ogc.cql) as bool queries around them."""
     if isinstance(f, AllOf):
         return {"bool": {"filter": [attribute_filter(p) for p in f.parts]}}
