@@ -23,9 +23,9 @@ import zlib
 
 import orjson
 
-from agents.consumer import make_producer
-from agents.state import TrackTable, changelog_reader
-from agents.tracks import advance
+from agents.worker.stream import make_producer
+from agents.worker.track_table import TrackTable, changelog_reader
+from agents.core.motion import advance
 from geoiot import config, topics
 
 CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(topics.CHANGELOG_CONFIGS)}

@@ -33,7 +33,7 @@ import aiohttp
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import ensure_index
+from agents.store.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import load_preset
 from tests.support.health import wait_healthy

@@ -31,7 +31,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 from elasticsearch.serializer import OrjsonSerializer
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from bench.web_aggregate_latency import pct, run, view_bbox
 from geoiot import config, documents
 from geoiot.schema import load_preset

@@ -253,7 +253,7 @@ class Geometry(msgspec.Struct, gc=False):
 def fill(doc: Any, lon: float, lat: float, fences: Sequence[str], distance_m: float | None,
          speed_mps: float | None, heading_deg: float | None, ingested_at: int, cell: str) -> Any:
     """:func:`build_into` for a :func:`document_type` struct (the same JSON; ``fences`` is encoded as the array
-    it is, the shared tuples of :meth:`agents.geofence.Geofences.containing` are not copied; ``cell``: the
+    it is, the shared tuples of :meth:`agents.core.geofence.Geofences.containing` are not copied; ``cell``: the
     point's geohash, from :func:`geohashes`)."""
     doc.d_geometry = Geometry(lat, lon)
     doc.d_geofences = fences

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
-from agents.validate import original_bytes
+from agents.core.validate import original_bytes
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
@@ -460,7 +460,7 @@ async def test_elasticsearch_outage_loses_nothing(stack, es, kafka_admin, new_to
 async def test_sink_reports_documents_elasticsearch_refuses_and_stores_the_rest(stack, es, new_index):
     """A document the mapping refuses comes back with its reason (for the dead-letter topic); the
     others are stored, and the trimmed bulk response still names each refused document."""
-    from agents.sink import ElasticsearchSink, es_client
+    from agents.store.sink import ElasticsearchSink, es_client
 
     index = new_index("sink")
     await es.indices.create(index=index, mappings={"properties": {"n": {"type": "integer"}}})
@@ -578,10 +578,10 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     (counted exactly, never refused), their observations are all indexed, and ``<base>`` counts no latest."""
     import dataclasses
 
-    from agents.geofence import Geofences
-    from agents.index import ensure_index
-    from agents.pipeline import Incoming, Pipeline
-    from agents.sink import ElasticsearchSink, es_client
+    from agents.core.geofence import Geofences
+    from agents.store.index import ensure_index
+    from agents.core.pipeline import Incoming, Pipeline
+    from agents.store.sink import ElasticsearchSink, es_client
 
     base = new_index("latest")
     await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET)

@@ -17,12 +17,13 @@ from elasticsearch.helpers import expand_action
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
-from agents.alerts import Webhook, transitions
-from agents.geofence import GeofenceError, Geofences
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import serialized_action
-from agents.tracks import HISTORY, advance, advance_batch, bearing_deg, haversine_m
-from agents.validate import dead_letter, decode, original_bytes
+from agents.core.transitions import transitions
+from agents.webhook import Webhook
+from agents.core.geofence import GeofenceError, Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.sink import serialized_action
+from agents.core.motion import HISTORY, advance, advance_batch, bearing_deg, haversine_m
+from agents.core.validate import dead_letter, decode, original_bytes
 from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record

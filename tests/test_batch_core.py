@@ -16,10 +16,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 from shapely.geometry import MultiPolygon, box
 
-from agents.bulk import Bulk
-from agents.geofence import Geofences
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import serialized_action
+from agents.core.bulk import Bulk
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.sink import serialized_action
 from geoiot import documents
 from geoiot.schema import load_preset, preset_from_mapping
 from geoiot.timeparse import EventTimeBounds

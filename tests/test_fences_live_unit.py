@@ -1,5 +1,5 @@
 """The alert semantics of live fences on the pure pipeline (the worker and the Spark job share it), and the index
-the worker builds from the fence topic's records (agents.fence_follower.Shapes)."""
+the worker builds from the fence topic's records (agents.core.fence_shapes.Shapes)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import box, mapping
 
-from agents.fence_follower import Shapes
-from agents.geofence import Geofences
-from agents.pipeline import Incoming, Pipeline
+from agents.core.fence_shapes import Shapes
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
 from geoiot import fences
 from geoiot.schema import load_preset
 

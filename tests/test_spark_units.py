@@ -1,7 +1,7 @@
 """Unit tests of the Spark job's glue (no Spark, no Kafka, no Elasticsearch).
 
 The job must run the agents' own pipeline with the worker's track state: these tests compare its output
-with :class:`agents.pipeline.Pipeline` fed by the worker's :class:`agents.state.TrackTable`, so a second
+with :class:`agents.core.pipeline.Pipeline` fed by the worker's :class:`agents.worker.track_table.TrackTable`, so a second
 implementation (or a state that depends on where a micro-batch starts) would show up as a difference.
 The state function runs on :mod:`tests.support.group_state`, which calls it the way Spark does.
 """
@@ -19,15 +19,15 @@ pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from agents import idle  # noqa: E402
-from agents.pipeline import Incoming  # noqa: E402
-from agents.sink import StdoutSink  # noqa: E402
-from agents.spark_job import (STATE_CONF, BatchCounts, build_parser, checkpoint_dir,  # noqa: E402
+from agents.core import idle  # noqa: E402
+from agents.core.pipeline import Incoming  # noqa: E402
+from agents.store.sink import StdoutSink  # noqa: E402
+from agents.spark.job import (STATE_CONF, BatchCounts, build_parser, checkpoint_dir,  # noqa: E402
                               needs_kafka_v1_source, progress_fields)
-from agents.spark_worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
+from agents.spark.worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
                                  dead_letters, group_function, group_key_path, incoming, timeout_duration)
-from agents.state import TrackTable  # noqa: E402
-from agents.validate import dead_letter  # noqa: E402
+from agents.worker.track_table import TrackTable  # noqa: E402
+from agents.core.validate import dead_letter  # noqa: E402
 from geoiot import config  # noqa: E402
 from geoiot.documents import INGESTED_AT  # noqa: E402
 from tests.support.group_state import FakeGroupState, FakeStateStore  # noqa: E402
@@ -130,7 +130,7 @@ def test_dead_letters_use_the_agents_shape_and_original_key() -> None:
 
 
 def test_bad_configuration_is_refused_before_spark_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agents.spark_job import main
+    from agents.spark.job import main
 
     bad = tmp_path / "fences.geojson"
     bad.write_text('{"type": "Point"}')
@@ -215,7 +215,7 @@ def test_state_function_gives_the_workers_documents_alerts_and_latest_positions(
     assert spark_alerts == worker_alerts and len(worker_alerts) == 3 + 1  # one per transition, a then b
     assert worker_docs["a:1356998410000"]["distance_m"] > 0 and worker_docs["a:1356998400000"]["distance_m"] is None
     held = {key[0]: orjson.loads(row[0]) for key, (row, _) in store.rows.items()}
-    assert set(held) == {"a", "b"} and held["a"]["a"][1]["t"] == 1356998430000  # agents.tracks' state dict
+    assert set(held) == {"a", "b"} and held["a"]["a"][1]["t"] == 1356998430000  # agents.core.motion' state dict
     assert held["a"]["a"][1].keys() == {"t", "lon", "lat", "fences", "hist"}
 
 
@@ -356,7 +356,7 @@ def test_driver_webhook_posts_alerts_with_the_agents_retry_rules() -> None:
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from agents.spark_job import DriverWebhook
+    from agents.spark.job import DriverWebhook
 
     received: list[dict[str, object]] = []
     answers = {"a": iter([503, 200]), "b": iter([400])}  # per track: deliveries run concurrently

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.index import IndexSetupError, ensure_index
+from agents.store.index import IndexSetupError, ensure_index
 from geoiot import config
 from geoiot.schema import load_preset
 

@@ -9,10 +9,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.pipeline import Incoming, Pipeline
-from agents.geofence import Geofences
-from agents.retention import expired
-from agents.validate import decode, decode_batch
+from agents.core.pipeline import Incoming, Pipeline
+from agents.core.geofence import Geofences
+from agents.store.retention import expired
+from agents.core.validate import decode, decode_batch
 from geoiot import config, documents
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, load_preset

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from tests.support.health import wait_healthy

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.alerts import transitions
-from agents.index import drop_index, ensure_index
+from agents.core.transitions import transitions
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset

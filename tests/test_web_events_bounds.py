@@ -22,7 +22,7 @@ import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.malloc import TOP_PAD, TRIM_THRESHOLD

@@ -20,10 +20,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.geofence import Geofences
-from agents.index import drop_index, ensure_index
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.core.geofence import Geofences
+from agents.store.index import drop_index, ensure_index
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset

@@ -17,7 +17,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import Preset
@@ -72,7 +72,7 @@ async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: It
     """Index documents into the daily indices of ``base`` with the agents' bulk actions; returns the count.
 
     Each daily index is created before its first document, as the agents' sink does (the template forbids
-    auto-creation, agents/index.py)."""
+    auto-creation, agents/store/index.py)."""
     created: set[str] = set()
 
     async def actions() -> AsyncIterator[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import ensure_index
+from agents.store.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import Preset, load_preset
 from tests.support.observations import bulk_index, document, on_grid, walk

@@ -1,6 +1,6 @@
 """Frozen reference: the row-wise ``Pipeline.process`` of commit 61bb68b (before the batch core), for the tests only.
 
-The batch core in :mod:`agents.pipeline` must give the same documents, ids, dead letters, alerts, states and
+The batch core in :mod:`agents.core.pipeline` must give the same documents, ids, dead letters, alerts, states and
 latest positions; ``tests/test_batch_core.py`` holds the two equal. Copied as it was; do not "improve" it.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from agents.alerts import transitions
-from agents.geofence import Geofences
-from agents.pipeline import Incoming
-from agents.tracks import HISTORY, EARTH_RADIUS_M, State
-from agents.validate import Observation, decode
+from agents.core.transitions import transitions
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming
+from agents.core.motion import HISTORY, EARTH_RADIUS_M, State
+from agents.core.validate import Observation, decode
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
@@ -134,7 +134,7 @@ class RowwisePipeline:
         for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
             change = changes.get(i)
             if change is not None:
-                alerts.extend(map(self.fences.describe,  # the fence versions (agents.geofence)
+                alerts.extend(map(self.fences.describe,  # the fence versions (agents.core.geofence)
                                   transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat)))
             if self.filter_inside and not fences:
                 filtered += 1
@@ -155,7 +155,7 @@ class RowwisePipeline:
             keep_newest(out.newest, track, time_ms, doc)
 
 
-# --- agents/tracks.advance_batch of 61bb68b ---
+# --- agents/core/motion.advance_batch of 61bb68b ---
 
 @dataclass(slots=True)
 class RowwiseMotion:

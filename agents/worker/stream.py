@@ -19,7 +19,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
   offset (crash between the two): the re-delivered events are then "not newer" than the recovered
   state, produce no second alert (it was delivered before the state was written) and get the same
-  motion fields from the state's short history (:mod:`agents.tracks`).
+  motion fields from the state's short history (:mod:`agents.core.motion`).
 * Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
   its observations, and write them once those are stored (a latest position is a stored observation);
   a stale one (409) is counted by the sink, one refused for good is counted and logged but not
@@ -32,7 +32,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   newly assigned partitions are consumed, their track states are recovered from the changelog.
 * Partitions added to the source topic: the consumer refreshes its metadata at least every
   ``IOT_METADATA_MAX_AGE`` seconds, so the group rebalances within that bound; a worker assigned a
-  partition the changelog lacks grows the changelog first (new partitions empty, see :mod:`agents.state`),
+  partition the changelog lacks grows the changelog first (new partitions empty, see :mod:`agents.worker.track_table`),
   so recovery never asks for a changelog partition that does not exist.
 
 Health (:meth:`SourceStream.problems`, served by ``/healthz``): not healthy until the first assignment is
@@ -55,12 +55,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from agents import metrics as m
-from agents.alerts import Webhook
-from agents.pipeline import BatchResult, Message, Pipeline
-from agents.sink import Sink
-from agents.state import TrackTable, changelog_reader
-from agents.validate import dead_letter
+from agents.worker import metrics as m
+from agents.webhook import Webhook
+from agents.core.pipeline import BatchResult, Message, Pipeline
+from agents.store.sink import Sink
+from agents.worker.track_table import TrackTable, changelog_reader
+from agents.core.validate import dead_letter
 from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
 
@@ -68,7 +68,7 @@ log = logging.getLogger("agents")
 
 
 @dataclass
-class Topics:
+class StreamTopics:
     source: str
     dlq: str
     alerts: str
@@ -126,7 +126,7 @@ def _write(sink: Sink, result: BatchResult) -> Any:
 class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
-    def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
+    def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: StreamTopics, pipeline: Pipeline,
                  sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
                  flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT,
                  grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
@@ -156,10 +156,10 @@ class SourceStream:
         self.progress_at = clock()  # last commit, or last time no assigned partition had a lag
 
     @classmethod
-    def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, idle_timeout: float = 0.0,
+    def connect(cls, *, bootstrap: str, group: str, topics: StreamTopics, bulk_size: int, idle_timeout: float = 0.0,
                 metadata_max_age: float = 30.0, **kwargs: Any) -> "SourceStream":
         """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
-        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
+        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.core.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
         producer = make_producer(bootstrap)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,

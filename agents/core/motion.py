@@ -1,6 +1,6 @@
 """Per-track motion state: distance, speed and heading from the previous report; fence transitions.
 
-The state is a small JSON-able dict (kept per source partition by :mod:`agents.state`, backed by a changelog topic)::
+The state is a small JSON-able dict (kept per source partition by :mod:`agents.worker.track_table`, backed by a changelog topic)::
 
     {"t": time_ms, "lon": .., "lat": .., "fences": [ids], "hist": [[t, lon, lat], ...]}
 

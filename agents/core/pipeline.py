@@ -13,9 +13,9 @@ whose document is the one the observation index keeps). In geofence filter mode 
 observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
 last position inside one (its time says how old it is; the exit alert says it left).
 
-The batch is computed by columns, not rows (:func:`agents.validate.decode_batch`, then bounds, index names
+The batch is computed by columns, not rows (:func:`agents.core.validate.decode_batch`, then bounds, index names
 and ids over the time column, geofences and motion over arrays) and each document is serialised once, straight
-into its bulk entry (:class:`agents.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
+into its bulk entry (:class:`agents.core.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
 same bulk-action dicts as before, built only when asked for. ``tests/test_batch_core.py`` holds the result
 equal to the row-wise code it replaced (kept in ``tests/support/rowwise.py``).
 """
@@ -33,16 +33,16 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import orjson
 
-from agents.alerts import transitions
-from agents.bulk import Bulk, meta_line
-from agents.geofence import Geofences
-from agents.tracks import State, advance_batch
-from agents.validate import decode_batch
+from agents.core.transitions import transitions
+from agents.core.bulk import Bulk, meta_line
+from agents.core.geofence import Geofences
+from agents.core.motion import State, advance_batch
+from agents.core.validate import decode_batch
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
 
-log = logging.getLogger("agents.pipeline")
+log = logging.getLogger("agents.core.pipeline")
 
 DAY_MS = documents.DAY_MS
 # An _id of a track id up to this long cannot exceed MAX_ID_BYTES (":" and at most 20 digits of time).
