@@ -1,5 +1,5 @@
 """The dead-letter redrive's pure parts (replay/dlq.py): a letter gives back the exact original key and
-value that ``agents.core.validate.dead_letter`` was given, and the selection skips each letter under one kind."""
+value that ``geoiot.deadletter.dead_letter`` was given, and the selection skips each letter under one kind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from agents.core.validate import DLQ_KEEP_BYTES, dead_letter
+from geoiot.deadletter import DLQ_KEEP_BYTES, dead_letter
 from replay.dlq import SKIP_KINDS, Letter, NotALetter, Selection, parse_letter
 
 

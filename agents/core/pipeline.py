@@ -7,7 +7,7 @@ a dead letter with its reason; the rest of the batch goes on. Geofences are comp
 batch at once; track state is advanced in arrival order, which per track is offset order because
 messages are keyed by track id.
 
-Each batch also gives at most one latest-position write per track (:func:`geoiot.documents.latest_action`):
+Each batch also gives at most one latest-position write per track (external versioning on the event time):
 the newest indexed observation of that track in the batch (on equal event times the later message,
 whose document is the one the observation index keeps). In geofence filter mode it is the newest
 observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from agents.core.transitions import transitions
+from agents.core import codec
 from agents.core.bulk import Bulk, meta_line
 from agents.core.geofence import Geofences
 from agents.core.motion import State, advance_batch
@@ -287,7 +288,7 @@ class Pipeline:
         lats = cols.lats if whole else [cols.lats[k] for k in events]
         lon_array, lat_array = np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64)
         inside = self.fences.containing(lon_array, lat_array)
-        cells = documents.geohashes(lat_array, lon_array)
+        cells = codec.geohashes(lat_array, lon_array)
         motion = advance_batch(tracks, times, lons, lats, inside, get_state)
         part = _Part()
         describe = self.fences.describe  # the fences in force for this batch: their versions, and those removed
@@ -295,7 +296,7 @@ class Pipeline:
             part.alerts.extend(map(describe, transitions(tracks[i], entered, exited, times[i], lons[i], lats[i])))
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         records, filter_inside = cols.records, self.filter_inside
-        dumps, build_into, fill = orjson.dumps, documents.build_into, documents.fill
+        dumps, build_into, fill = orjson.dumps, codec.build_into, codec.fill
         indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
         structs: list[Any] = []  # the documents that are structs, encoded together after the loop
         for i, k in enumerate(events):
@@ -320,7 +321,7 @@ class Pipeline:
         if structs:
             # One call for all of them: msgspec writes one JSON document per line (a newline inside a string is
             # escaped), cheaper than a call per document.
-            encoded = documents.ENCODER.encode_lines(structs).split(b"\n")
+            encoded = codec.ENCODER.encode_lines(structs).split(b"\n")
             encoded.pop()  # after the last newline
             if len(encoded) == len(sources):
                 part.sources = encoded
@@ -339,7 +340,7 @@ class Pipeline:
         kept_ids = [ids[k] for k in events] if len(events) < len(ids) else ids
         names = [index[k] for k in events] if len(events) < len(index) else index
         # The _ids as JSON strings, one call for all (one per line: a newline inside a string is escaped).
-        quoted = documents.ENCODER.encode_lines(kept_ids).split(b"\n")
+        quoted = codec.ENCODER.encode_lines(kept_ids).split(b"\n")
         quoted.pop()
         prefixes: dict[str, bytes] = {}  # b'{"index":{"_index":"<name>","_id":' as orjson writes the metadata
         for name in set(names):

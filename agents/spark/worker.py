@@ -42,7 +42,7 @@ from agents.core.geofence import Geofences
 from agents.core.pipeline import BatchResult, Incoming, Pipeline
 from agents.store.sink import ElasticsearchSink, Sink, es_client, stored_latest
 from agents.core.motion import State
-from agents.core.validate import dead_letter
+from geoiot.deadletter import dead_letter
 from geoiot.config import Settings
 from geoiot.fences import FenceSet
 from geoiot.schema import load_preset

@@ -60,7 +60,7 @@ from agents.webhook import Webhook
 from agents.core.pipeline import BatchResult, Message, Pipeline
 from agents.store.sink import Sink
 from agents.worker.track_table import TrackTable, changelog_reader
-from agents.core.validate import dead_letter
+from geoiot.deadletter import dead_letter
 from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
 
