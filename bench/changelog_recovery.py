@@ -25,7 +25,7 @@ import orjson
 
 from agents.worker.stream import make_producer
 from agents.worker.track_table import TrackTable, changelog_reader
-from agents.core.motion import advance
+from tests.support.motion import advance
 from geoiot import config, topics
 
 CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(topics.CHANGELOG_CONFIGS)}

@@ -1,6 +1,6 @@
 """CPU of the worker's changelog writes: one ``send`` per state against one record batch per partition.
 
-Per round, the states of ``--tracks`` tracks (``agents.core.motion.advance`` over ``HISTORY`` + 1 reports each,
+Per round, the states of ``--tracks`` tracks (``tests.support.motion.advance`` over ``HISTORY`` + 1 reports each,
 so every state carries its full history, as in a running worker) are encoded as the worker encodes them and
 written to a fresh topic of 3 partitions on the real broker (KAFKA_BOOTSTRAP), acknowledged (acks=all),
 once by ``SourceStream._send_all`` (the path before ``core2``) and once by ``SourceStream._send_batches``,
@@ -23,7 +23,8 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.worker.stream import SourceStream, make_producer
-from agents.core.motion import HISTORY, advance
+from agents.core.motion import HISTORY
+from tests.support.motion import advance
 from geoiot import config
 
 

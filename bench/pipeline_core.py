@@ -44,7 +44,7 @@ def body_of(result) -> bytes:
     """The bulk request bytes of a batch, whichever core made it."""
     if hasattr(result, "bulk"):
         return result.bulk().body()
-    from agents.store.sink import serialized_action  # the row-wise core: the helper's two lines per action
+    from tests.support.actions import serialized_action  # the row-wise core: the helper's two lines per action
     return b"".join(meta + b"\n" + source + b"\n"
                     for meta, source in map(serialized_action, result.actions + result.latest))
 

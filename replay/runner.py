@@ -309,8 +309,3 @@ class Replay:
         """(acknowledged, queued, skipped) right now, for progress displays."""
         acked = self.producer.delivery.sent if self.producer else 0
         return acked, self.stats.queued, self.stats.skipped
-
-
-async def replay_file(path: str | Path, topic: str, **kwargs: Any) -> dict[str, Any]:
-    """Replay a file into ``topic`` and return the summary dict (Python API for tests and benchmarks)."""
-    return await Replay(ReplayOptions(path=path, topic=topic, **kwargs)).run()

@@ -21,8 +21,9 @@ from agents.core.transitions import transitions
 from agents.webhook import Webhook
 from agents.core.geofence import GeofenceError, Geofences
 from agents.core.pipeline import Incoming, Pipeline
-from agents.store.sink import serialized_action
-from agents.core.motion import HISTORY, advance, advance_batch, bearing_deg, haversine_m
+from tests.support.actions import serialized_action
+from agents.core.motion import HISTORY, advance_batch, bearing_deg, haversine_m
+from tests.support.motion import advance
 from agents.core.validate import decode
 from geoiot.deadletter import dead_letter, original_bytes
 from geoiot import documents

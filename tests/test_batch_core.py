@@ -20,7 +20,7 @@ from agents.core import codec
 from agents.core.bulk import Bulk
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Incoming, Pipeline
-from agents.store.sink import serialized_action
+from tests.support.actions import serialized_action
 from geoiot import documents
 from geoiot.schema import load_preset, preset_from_mapping
 from geoiot.timeparse import EventTimeBounds

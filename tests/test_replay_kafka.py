@@ -23,7 +23,7 @@ from geoiot.schema import load_preset
 from replay.generate import write_csv
 from replay.partitioning import kafka_partition
 from replay.reader import Rejected, read_records
-from replay.runner import replay_file
+from tests.support.replaying import replay_file
 
 pytestmark = pytest.mark.integration
 

@@ -64,20 +64,6 @@ class Sink(Protocol):
     async def stop(self) -> None: ...
 
 
-def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
-    """Both bulk lines of an action as the helpers' ``expand_action`` would write them, in orjson bytes (the
-    format :class:`agents.core.bulk.Bulk` entries keep; the tests hold the two equal).
-
-    Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
-    ``version`` and ``version_type``. The helpers' default ``expand_action`` copies each one and probes it for
-    twenty metadata keys: 13 % of a worker's CPU (py-spy, 1 worker draining).
-    """
-    meta = {"_index": action["_index"], "_id": action["_id"]}
-    if "version_type" in action:
-        meta["version"], meta["version_type"] = action["version"], action["version_type"]
-    return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
-
-
 def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
     """The client used by the sink (and by the benchmark's baseline, so both serialise alike)."""
     return AsyncElasticsearch(hosts, request_timeout=request_timeout, serializer=OrjsonSerializer(),

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from agents.core.codec import build_into
 from geoiot.documents import doc_id, index_for, latest_index
 
@@ -26,3 +28,16 @@ def latest_action(base: str, track: str, time_ms: int, doc: dict[str, Any]) -> d
     refuses it with 409 when the stored document is as new or newer (a stale report, not an error)."""
     return {"_op_type": "index", "_index": latest_index(base), "_id": track, "version": time_ms,
             "version_type": "external", "_source": doc}
+
+
+def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Both bulk lines of an action as the helpers' ``expand_action`` would write them, in orjson bytes (the
+    format :class:`agents.core.bulk.Bulk` entries keep; the tests hold the two equal).
+
+    Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
+    ``version`` and ``version_type``.
+    """
+    meta = {"_index": action["_index"], "_id": action["_id"]}
+    if "version_type" in action:
+        meta["version"], meta["version_type"] = action["version"], action["version_type"]
+    return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
