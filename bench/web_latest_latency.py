@@ -37,7 +37,7 @@ from geoiot import config, documents
 from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
 from tests.support.observations import NYC, document, on_grid
-from tests.support import actions
+from tests.support import actions as es_actions
 from web import params, queries
 from web.app import ES_CONNECTIONS
 
@@ -62,7 +62,7 @@ async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int
             t = T0 + rng.randrange(0, 3_600_000)
             doc = document(preset, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30),
                            heading=rng.uniform(0, 360))
-            yield actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
+            yield es_actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
 
     await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
     await es.indices.refresh(index=index)

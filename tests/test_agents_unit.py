@@ -27,7 +27,7 @@ from tests.support.motion import advance
 from agents.core.validate import decode
 from geoiot.deadletter import dead_letter, original_bytes
 from geoiot import documents
-from tests.support import actions
+from tests.support import actions as es_actions
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
 
@@ -309,18 +309,18 @@ def test_advance_batch_equals_advance_report_by_report(reports, saved):
 def test_document_and_action():
     obs = decode(PRESET, raw())
     _, motion = advance(None, obs.time_ms, obs.lon, obs.lat, ())
-    doc = actions.build(obs.record, obs.lon, obs.lat, ("jfk",), motion.distance_m, motion.speed_mps,
+    doc = es_actions.build(obs.record, obs.lon, obs.lat, ("jfk",), motion.distance_m, motion.speed_mps,
                           motion.heading_deg, ingested_at=5)
     assert doc["geometry"] == {"lat": 40.76, "lon": -73.97} and doc["geofences"] == ["jfk"]
     assert len(doc["geohash"]) == 12 and doc["geohash"].startswith("dr5ru")
-    act = actions.action("obs", obs.track, obs.time_ms, doc)
+    act = es_actions.action("obs", obs.track, obs.time_ms, doc)
     assert act["_id"] == "7:1357000000000" and act["_index"] == "obs-2013.01.01"
 
 
 @given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
 def test_daily_index_holds_the_day_of_the_event_time(time_ms):
     # Independent of how the name is formatted: the day the name says contains the event time.
-    name = actions.action("obs", "t", time_ms, {})["_index"]
+    name = es_actions.action("obs", "t", time_ms, {})["_index"]
     start = documents.index_day_ms("obs", name)
     assert start is not None and start <= time_ms < start + documents.DAY_MS
 

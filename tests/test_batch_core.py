@@ -25,7 +25,7 @@ from geoiot import documents
 from geoiot.schema import load_preset, preset_from_mapping
 from geoiot.timeparse import EventTimeBounds
 from tests.support.rowwise import RowwisePipeline
-from tests.support import actions
+from tests.support import actions as es_actions
 
 TAXI = load_preset("taxi")
 # Every field type, the core fields not first, names that need JSON escaping.
@@ -218,8 +218,8 @@ def test_wire_format_reports_take_the_compiled_path_and_others_the_exact_one():
 
 
 def test_bulk_entries_are_the_helpers_lines_and_round_trip_to_actions():
-    actions = [actions.action("obs", 'q"\\', T0, {"a": 1, "é": [1.5, None]}),
-               actions.latest_action("obs", "t", T0 + 1, {"b": True})]
+    actions = [es_actions.action("obs", 'q"\\', T0, {"a": 1, "é": [1.5, None]}),
+               es_actions.latest_action("obs", "t", T0 + 1, {"b": True})]
     bulk = Bulk.from_actions(actions)
     assert bulk.lines == [meta + b"\n" + source + b"\n" for meta, source in map(serialized_action, actions)]
     assert bulk.actions() == actions and bulk.versions == [None, T0 + 1]

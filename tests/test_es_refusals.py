@@ -25,7 +25,7 @@ from agents.store.es_errors import ERRORS, Fate, error_type, fate, response_erro
 from agents.store.index import ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
-from tests.support import actions
+from tests.support import actions as es_actions
 from geoiot.schema import load_preset
 from test_agents_integration import Worker, agent_env, cleanup_topics, health, read_topic, wait_count  # noqa: F401
 from test_poison_events import daily_indices, event, produce_together
@@ -256,10 +256,10 @@ async def test_a_latest_position_is_always_a_stored_observation_and_waits_out_a_
     day = documents.DAY_MS  # track d: its newest report needs a second new daily index, over the cap of 1
     observations = [obs("a", T0), obs("a", T0 + 1000, **refused), obs("b", T0, **refused), obs("c", T0 + 5),
                     obs("d", T0 + 2 * day), obs("d", T0 + 3 * day)]
-    newest = [actions.latest_action(base, "a", T0 + 1000, observations[1]["_source"]),
-              actions.latest_action(base, "b", T0, observations[2]["_source"]),
-              actions.latest_action(base, "c", T0 + 5, observations[3]["_source"]),
-              actions.latest_action(base, "d", T0 + 3 * day, observations[5]["_source"])]
+    newest = [es_actions.latest_action(base, "a", T0 + 1000, observations[1]["_source"]),
+              es_actions.latest_action(base, "b", T0, observations[2]["_source"]),
+              es_actions.latest_action(base, "c", T0 + 5, observations[3]["_source"]),
+              es_actions.latest_action(base, "d", T0 + 3 * day, observations[5]["_source"])]
     conflicts: list[int] = []
     sink = Counting(stack.es_hosts, on_conflict=conflicts.append, max_new_indices=1)
     await sink.write([obs("z", T0)])  # indices known, so only the latest index's block is in the way

@@ -16,7 +16,7 @@ from agents.store.retention import delete_expired, expired, latest_cutoff, lates
 from geoiot import documents
 from geoiot.schema import load_preset
 from tests.support.observations import bulk_index, document
-from tests.support import actions
+from tests.support import actions as es_actions
 
 PRESET = load_preset("taxi")
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -74,7 +74,7 @@ async def test_retention_trims_the_latest_index_too(stack, es, new_index, python
     await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET, index=base)
     cutoff = latest_cutoff(30, NOW)
     times = {"old": cutoff - DAY, "edge": cutoff - 1, "kept": cutoff, "new": NOW - DAY}
-    actions = [actions.latest_action(base, track, t, document(PRESET, track, t, -73.9, 40.7, []))
+    actions = [es_actions.latest_action(base, track, t, document(PRESET, track, t, -73.9, 40.7, []))
                for track, t in times.items()]
     await async_bulk(es, actions, refresh=True)
     latest = documents.latest_index(base)

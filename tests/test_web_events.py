@@ -34,7 +34,7 @@ from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
 from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
-from tests.support import actions
+from tests.support import actions as es_actions
 from web import openapi
 from web.app import init_app
 from web.keys import ALERTS, HUB
@@ -54,7 +54,7 @@ def position(i: int) -> tuple[float, float]:
 
 
 async def write_latest(es: AsyncElasticsearch, base: str, docs: list[dict[str, Any]]) -> None:
-    actions = [actions.latest_action(base, d[PRESET.track], d[PRESET.time], d) for d in docs]
+    actions = [es_actions.latest_action(base, d[PRESET.track], d[PRESET.time], d) for d in docs]
     await async_bulk(es, actions, refresh=True)
 
 

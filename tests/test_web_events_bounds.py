@@ -30,7 +30,7 @@ from geoiot.schema import load_preset
 from tests.support.health import wait_healthy
 from tests.support.observations import NYC, document, on_grid
 from tests.support.sse import Stream, read_until
-from tests.support import actions
+from tests.support import actions as es_actions
 from web.alerts import AlertBuffer
 from web.events import Hub
 from web.params import LatestParams, parse_bbox
@@ -113,7 +113,7 @@ async def big_index(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[st
             lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
             t = T0 + rng.randrange(0, 3_600_000)
             doc = document(PRESET, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30))
-            yield actions.latest_action(name, doc[PRESET.track], t, doc)
+            yield es_actions.latest_action(name, doc[PRESET.track], t, doc)
 
     try:
         await async_bulk(es, actions(), chunk_size=5_000)

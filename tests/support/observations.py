@@ -19,7 +19,7 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from agents.store.index import drop_index, ensure_index
 from geoiot import documents
-from tests.support import actions
+from tests.support import actions as es_actions
 from geoiot.config import Settings
 from geoiot.schema import Preset
 
@@ -40,7 +40,7 @@ def document(preset: Preset, track: str, time_ms: int, lon: float, lat: float, f
     """One observation as the agents index it (:func:`geoiot.documents.build`); ingested at its event time."""
     record: dict[str, Any] = {name: None for name in preset.names}
     record.update({preset.track: track, preset.time: time_ms, preset.lon: lon, preset.lat: lat})
-    return actions.build(record, lon, lat, sorted(fences), distance, speed, heading, ingested_at=time_ms)
+    return es_actions.build(record, lon, lat, sorted(fences), distance, speed, heading, ingested_at=time_ms)
 
 
 def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_400_000, step_ms: int = 5_000,
@@ -78,7 +78,7 @@ async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: It
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         for doc in docs:
-            action = actions.action(base, doc[preset.track], doc[preset.time], doc)
+            action = es_actions.action(base, doc[preset.track], doc[preset.time], doc)
             if action["_index"] not in created:
                 await es.options(ignore_status=400).indices.create(index=action["_index"])
                 created.add(action["_index"])

@@ -15,7 +15,7 @@ from agents.store.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import Preset, load_preset
 from tests.support.observations import bulk_index, document, on_grid, walk
-from tests.support import actions
+from tests.support import actions as es_actions
 
 PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3 * 3_600_000  # 2013-01-01T21:00Z: two daily indices
@@ -54,7 +54,7 @@ async def load(es: AsyncElasticsearch, settings: config.Settings, docs: list[dic
     base = settings.iot_index
     await ensure_index(es, settings, preset, index=base)
     assert await bulk_index(es, base, preset, iter(docs)) == len(docs)
-    await async_bulk(es, [actions.latest_action(base, t, d[preset.time], d)
+    await async_bulk(es, [es_actions.latest_action(base, t, d[preset.time], d)
                           for t, d in newest(preset, docs).items()])
     await es.indices.refresh(index=f"{base}*")
 

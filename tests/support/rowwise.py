@@ -22,7 +22,7 @@ from agents.core.pipeline import Incoming
 from agents.core.motion import HISTORY, EARTH_RADIUS_M, State
 from agents.core.validate import Observation, decode
 from geoiot import documents
-from tests.support import actions
+from tests.support import actions as es_actions
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
 
@@ -91,7 +91,7 @@ class RowwisePipeline:
         except Exception as exc:
             log.warning("batch annotation failed (%s: %s); redoing it event by event", type(exc).__name__, exc)
             self._annotate_one_by_one(valid, get_state, now, out)
-        out.latest = [actions.latest_action(self.index, track, time_ms, doc)
+        out.latest = [es_actions.latest_action(self.index, track, time_ms, doc)
                       for track, (time_ms, doc) in out.newest.items()]
         return out
 
@@ -140,8 +140,8 @@ class RowwisePipeline:
             if self.filter_inside and not fences:
                 filtered += 1
                 continue
-            doc = actions.build(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
-            action = actions.action(self.index, obs.track, obs.time_ms, doc)
+            doc = es_actions.build(obs.record, obs.lon, obs.lat, fences, distance[i], speed[i], heading[i], now)
+            action = es_actions.action(self.index, obs.track, obs.time_ms, doc)
             actions.append(action)
             sources[(action["_index"], action["_id"])] = msg
             keep_newest(newest, obs.track, obs.time_ms, doc)
