@@ -595,9 +595,9 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     async def send(batch: list[dict]) -> None:
         messages = [Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i) for i, r in enumerate(batch)]
         result = pipeline.process(messages, states.get)
-        assert result.dead == [] and len(result.latest) == len({r["taxiId"] for r in batch})
+        assert result.dead == [] and len(result.latest_bulk.actions()) == len({r["taxiId"] for r in batch})
         states.update({t: s for t, (_, s) in result.states.items()})
-        assert await sink.write(result.actions + result.latest) == []
+        assert await sink.write_bulk(result.bulk()) == []
 
     try:
         for start in range(0, len(recs), 70):  # batches cutting tracks anywhere

@@ -135,8 +135,8 @@ def body_lines(meta_source_pairs):
 
 def assert_same(new, old):
     assert [(m.offset, r) for m, r in new.dead] == [(m.offset, r) for m, r in old.dead]
-    assert as_json(new.actions) == as_json(old.actions)
-    assert as_json(new.latest) == as_json(old.latest)
+    assert as_json(new.observations.actions()) == as_json(old.actions)
+    assert as_json(new.latest_bulk.actions()) == as_json(old.latest)
     assert new.alerts == old.alerts
     assert new.states == old.states
     assert (new.valid, new.filtered, new.nulled) == (old.valid, old.filtered, old.nulled)
@@ -234,7 +234,7 @@ def test_presets_the_struct_cannot_name_still_get_their_documents():
         values = [orjson.dumps({"id": "a", "t": T0 + i, "x": 0.5, "y": 0.5, odd: "mine"}) for i in range(3)]
         new, old = run_both(preset, FENCES, values, {})
         assert_same(new, old)
-        assert len(new.actions) == 3
+        assert len(new.observations.actions()) == 3
 
 
 def taxi_value(track, time_ms, lon, lat):

@@ -75,7 +75,7 @@ def worker_run(context: JobContext, values: list[bytes | None], batches: list[in
         result = pipeline.process(msgs[start:stop], table.get)
         for track, (partition, state) in result.states.items():
             table.put(partition, track, state)
-        docs.update({a["_id"]: same(a["_source"]) for a in result.actions})
+        docs.update({a["_id"]: same(a["_source"]) for a in result.observations.actions()})
         alerts += result.alerts
     return docs, alerts
 
@@ -276,9 +276,9 @@ def test_idle_boundary_is_the_same_on_spark_and_in_the_worker(late_ms: int) -> N
     assert timeout_at == idle.ends_at(updated, timeout)
     [rows] = store.batch({"a": [chunk(second, 11)]}, now)
     spark = kinds(rows, "doc")
-    assert [same(a["_source"]) for a in spark] == [same(a["_source"]) for a in worker.actions]
+    assert [same(a["_source"]) for a in spark] == [same(a["_source"]) for a in worker.observations.actions()]
     ended = late_ms > 0
-    assert (worker.actions[0]["_source"]["distance_m"] is None) is ended
+    assert (worker.observations.actions()[0]["_source"]["distance_m"] is None) is ended
     assert [a["event"] for a in worker.alerts] == ([] if ended else ["exit"]) == [a["event"] for a in kinds(rows, "alert")]
     assert rows.loc[rows["kind"] == "stats", "ended"].iloc[0] == int(ended)
 
@@ -321,7 +321,7 @@ def test_advance_group_drops_only_the_expired_tracks_of_a_group() -> None:
     msgs = incoming(chunk(crossing("a", [0, 10])))
     result, alive, ended = advance_group(pipeline, msgs, held, 40_000, 30.0)
     assert ended == 1 and set(alive) == {"a", "7"} and alive["a"][0] == 40_000 and alive["7"][0] == 50_000
-    assert result.actions[0]["_source"]["distance_m"] is None  # a started afresh
+    assert result.observations.actions()[0]["_source"]["distance_m"] is None  # a started afresh
 
 
 def test_write_step_indexes_and_passes_dead_letters_and_alerts_on_with_their_topics() -> None:

@@ -95,4 +95,4 @@ def test_a_kafka_key_that_is_not_the_track_id_is_counted_and_the_value_wins():
     result = pipeline.process(messages, lambda track: None)
     assert result.key_mismatch == 2  # b and d; no key is not a mismatch; the invalid event is a dead letter
     assert len(result.dead) == 1
-    assert sorted(a["_source"]["taxiId"] for a in result.actions) == ["a", "b", "c", "d"]
+    assert sorted(a["_source"]["taxiId"] for a in result.observations.actions()) == ["a", "b", "c", "d"]

@@ -96,7 +96,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         result = pipeline.process([Incoming(orjson.dumps(r), r["object_id"].encode(), "src", 0, i)
                                    for i, r in enumerate(raw)], lambda track: None)
         assert result.dead == [], result.dead[:3]
-        assert await sink.write(result.actions + result.latest) == []
+        assert await sink.write_bulk(result.bulk()) == []
         await es.indices.refresh(index=f"{name}*")
         newest: dict[str, Row] = {}
         for r in good:

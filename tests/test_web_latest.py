@@ -73,7 +73,7 @@ async def write(pipeline: Pipeline, sink: ElasticsearchSink, data: list[Report],
         chunk = data[start:start + batch]
         result = pipeline.process([Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i)
                                    for i, r in enumerate(chunk)], lambda track: None)
-        assert result.dead == [] and await sink.write(result.actions + result.latest) == []
+        assert result.dead == [] and await sink.write_bulk(result.bulk()) == []
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

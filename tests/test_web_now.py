@@ -115,7 +115,7 @@ async def write_reports(hosts: list[str], preset: Preset, index: str, reports: l
                                        for i, r in enumerate(chunk)], states.get)
             assert result.dead == []
             states.update({track: state for track, (_, state) in result.states.items()})
-            assert await sink.write(result.actions + result.latest) == []
+            assert await sink.write_bulk(result.bulk()) == []
     finally:
         await sink.stop()
 

@@ -1,6 +1,6 @@
 """One batch of raw messages -> a prepared bulk request, alerts, dead letters and new track states.
 
-Faust-free (the agent in :mod:`agents.app` does the I/O), so the whole per-event logic is unit
+Free of I/O (the runtimes write its result), so the whole per-event logic is unit
 tested without Kafka; the Spark job runs it too. Any event that cannot be decoded, is outside the
 event-time bounds, would get an ``_id`` Elasticsearch refuses, or makes the annotation fail becomes
 a dead letter with its reason; the rest of the batch goes on. Geofences are computed for the whole
@@ -14,10 +14,8 @@ observation inside a fence, like everything stored in that mode: a track that le
 last position inside one (its time says how old it is; the exit alert says it left).
 
 The batch is computed by columns, not rows (:func:`agents.core.validate.decode_batch`, then bounds, index names
-and ids over the time column, geofences and motion over arrays) and each document is serialised once, straight
-into its bulk entry (:class:`agents.core.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
-same bulk-action dicts as before, built only when asked for. ``tests/test_batch_core.py`` holds the result
-equal to the row-wise code it replaced (kept in ``tests/support/rowwise.py``).
+and ids over the time column, geofences and motion over arrays), and each document is serialised once, straight
+into its bulk entry (:class:`agents.core.bulk.Bulk`), the one form of a batch's result.
 """
 
 from __future__ import annotations
@@ -78,11 +76,8 @@ class Incoming(NamedTuple):
 
 
 class BatchResult:
-    """What a batch gives: the prepared bulk entries (observations, latest positions) and everything else.
-
-    ``actions``, ``latest``, ``sources`` and ``newest`` are the bulk-action views of the entries (built on
-    first access and kept, so a caller may change the documents of ``actions`` before writing them).
-    """
+    """What a batch gives: its bulk entries (observations, latest positions), with the message of each
+    observation, and everything else (dead letters, alerts, new states, counts)."""
 
     def __init__(self) -> None:
         self.alerts: list[dict[str, Any]] = []
@@ -95,34 +90,15 @@ class BatchResult:
         self.observations = Bulk()  # one entry per indexed event, in message order
         self.origins: list[Message] = []  # the message of each observation entry
         self.latest_bulk = Bulk()  # one latest-position entry per track
-        self._actions: list[dict[str, Any]] | None = None
-        self._latest: list[dict[str, Any]] | None = None
 
     def bulk(self, latest: bool = True) -> Bulk:
         """The bulk request of the batch: the observations, then (``latest``) the latest positions."""
         return self.observations + self.latest_bulk if latest else self.observations
 
     @property
-    def actions(self) -> list[dict[str, Any]]:
-        if self._actions is None:
-            self._actions = self.observations.actions()
-        return self._actions
-
-    @property
-    def latest(self) -> list[dict[str, Any]]:
-        if self._latest is None:
-            self._latest = self.latest_bulk.actions()
-        return self._latest
-
-    @property
     def sources(self) -> dict[tuple[str, str], Message]:
         """(_index, _id) -> message of every observation (a latest-position entry is never a dead letter)."""
         return dict(zip(zip(self.observations.index, self.observations.ids), self.origins))
-
-    @property
-    def newest(self) -> dict[str, tuple[int, dict[str, Any]]]:
-        """track -> (time_ms, document) of its latest-position entry."""
-        return {a["_id"]: (a["version"], a["_source"]) for a in self.latest}
 
 
 @dataclass(slots=True)

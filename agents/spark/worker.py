@@ -160,10 +160,9 @@ def state_rows(result: BatchResult, messages: int, ended: int) -> pd.DataFrame:
                                                 None if msg is None else msg.offset, *counts)):
             rows[column].append(item)
 
-    for action in result.actions:
-        msg = result.sources[(action["_index"], action["_id"])]
-        add("doc", msg.key, orjson.dumps(action), msg)
-    for action in result.latest:
+    for i, msg in enumerate(result.origins):
+        add("doc", msg.key, orjson.dumps(result.observations.action(i)), msg)
+    for action in result.latest_bulk.actions():
         add("latest", None, orjson.dumps(action))
     for key, value in dead_letters(result.dead):
         add("dlq", key, value)

@@ -116,11 +116,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def _write(sink: Sink, result: BatchResult) -> Any:
-    """The sink's write of a batch: the prepared bulk request when the sink takes one, else the actions."""
+    """The sink's write of a batch's bulk request (as action dicts for a sink that takes only those)."""
+    bulk = result.bulk(sink.keeps_latest)
     write_bulk = getattr(sink, "write_bulk", None)
-    if write_bulk is not None:
-        return write_bulk(result.bulk(sink.keeps_latest))
-    return sink.write(result.actions + result.latest if sink.keeps_latest else result.actions)
+    return write_bulk(bulk) if write_bulk is not None else sink.write(bulk.actions())
 
 
 class SourceStream:
