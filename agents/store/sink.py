@@ -14,10 +14,9 @@ here, through the same cap.
 
 The request is one ``_bulk`` call per batch with a body the pipeline already wrote (:class:`agents.core.bulk.Bulk`;
 ``write(actions)`` serialises dicts into one first); the response's items are matched to the entries by
-position, as Elasticsearch answers them in request order. This replaced ``async_streaming_bulk``, which
-re-serialised, chunked and matched every action in Python (docs/BENCHMARKS.md, "batch core").
+position, as Elasticsearch answers them in request order.
 
-Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) are written
+Actions with ``version_type`` (the latest positions, versioned by the event time) are written
 after the observations of the same call are stored, so a latest position is always a stored observation: the
 entry of a refused observation is replaced by the newest stored observation of its track in the call (or
 dropped when there is none). Their version conflict (409) only means Elasticsearch holds a report as new

@@ -1,11 +1,8 @@
 """The agents' stream: source partitions -> batches -> pipeline -> sinks, with offsets committed after storage.
 
-Faust's own stream delivery is not used for the source topic, for two measured reasons
-(docs/BENCHMARKS.md, "Agents"): it hands events over one by one at ~3.8k events/s per process
-(aiokafka's ``getmany`` delivers ~250k), and after a crash the restarted worker could lose events
-(records fetched while flow was suspended during recovery were counted as read but never delivered;
-the same family as faust-streaming issues #216/#221/#253, reproduced by
-``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
+Faust's own stream delivery is not used for the source topic: it hands events over one at a time, and a
+restarted worker could lose events fetched during recovery
+(``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
 commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
@@ -91,7 +88,7 @@ def settle_heap() -> None:
     """After a recovery: move what is alive (modules, clients, the recovered track states) out of the cyclic
     GC's generations and collect the young generation less often. A batch allocates tens of thousands of
     short-lived containers that reference counting frees; the collector's scans of them and of the track
-    table cost the worker CPU per event for nothing (docs/BENCHMARKS.md, the analytics core in batches).
+    table cost the worker CPU per event for nothing.
     Frozen objects are still freed by reference counting when dropped (states hold no cycles)."""
     gc.collect()
     gc.freeze()
@@ -324,8 +321,7 @@ class SourceStream:
     async def _send_batches(self, topic: str, messages: list[tuple[bytes, bytes | None]],
                             partitions: list[int]) -> None:
         """Like :meth:`_send_all` for many messages to known partitions: one record batch per partition
-        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message, which costs the
-        worker several µs each. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
+        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
         if not messages:
             return
         create = getattr(self.producer, "create_batch", None)
