@@ -45,8 +45,8 @@ import numpy as np
 import orjson
 
 from agents.core.geofence import Geofences
-from agents.store.index import drop_index, ensure_index
 from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, topics
 from geoiot.malloc import keep_freed_heap

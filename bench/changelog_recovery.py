@@ -25,8 +25,8 @@ import orjson
 
 from agents.worker.stream import make_producer
 from agents.worker.track_table import TrackTable, changelog_reader
-from tests.support.motion import advance
 from geoiot import config, topics
+from tests.support.motion import advance
 
 CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(topics.CHANGELOG_CONFIGS)}
 

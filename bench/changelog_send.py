@@ -22,10 +22,10 @@ import uuid
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.worker.stream import SourceStream, make_producer
 from agents.core.motion import HISTORY
-from tests.support.motion import advance
+from agents.worker.stream import SourceStream, make_producer
 from geoiot import config
+from tests.support.motion import advance
 
 
 def states(tracks: int) -> list[tuple[str, dict]]:

@@ -41,12 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from agents.store.index import drop_index, ensure_index
 from geoiot import config
-from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
+from tests.support.health import wait_healthy
+from tests.support.observations import bulk_index, walk
 from web import params, queries
 from web.app import ES_CONNECTIONS
 from web.geo import precision_for_zoom
-from tests.support.observations import bulk_index, walk
 from bench.procstat import cpu_seconds, service_pids
 
 CENTER = (-73.97, 40.76)

@@ -36,9 +36,9 @@ from elasticsearch.helpers import async_bulk
 from agents.store.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import load_preset
+from tests.support import actions as es_actions
 from tests.support.health import wait_healthy
 from tests.support.observations import NYC, document, on_grid
-from tests.support import actions as es_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_357_000_000_000

@@ -35,9 +35,9 @@ from agents.store.index import drop_index, ensure_index
 from bench.web_aggregate_latency import pct, run, view_bbox
 from geoiot import config, documents
 from geoiot.schema import load_preset
+from tests.support import actions as es_actions
 from tests.support.health import wait_healthy
 from tests.support.observations import NYC, document, on_grid
-from tests.support import actions as es_actions
 from web import params, queries
 from web.app import ES_CONNECTIONS
 

@@ -30,8 +30,8 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 
-from geoiot.deadletter import original_bytes
 from geoiot import config, topics
+from geoiot.deadletter import original_bytes
 from geoiot.timeparse import TimeParseError, format_ms, parse_time
 from replay.pacing import Clock, batch_interval, constant_schedule
 from replay.producer import DEFAULT_DELIVERY_TIMEOUT_S, BatchingProducer, ReplayError

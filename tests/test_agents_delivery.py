@@ -19,9 +19,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from agents.worker.stream import SourceStream, StreamTopics
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Pipeline
+from agents.worker.stream import SourceStream, StreamTopics
 from agents.worker.track_table import TrackTable
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset

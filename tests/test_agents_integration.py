@@ -21,9 +21,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
-from geoiot.deadletter import original_bytes
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.deadletter import original_bytes
 from geoiot.schema import load_preset, parse_row
 
 pytestmark = pytest.mark.integration

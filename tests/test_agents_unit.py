@@ -17,19 +17,19 @@ from elasticsearch.helpers import expand_action
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
-from agents.core.transitions import transitions
-from agents.webhook import Webhook
 from agents.core.geofence import GeofenceError, Geofences
-from agents.core.pipeline import Incoming, Pipeline
-from tests.support.actions import serialized_action
 from agents.core.motion import HISTORY, advance_batch, bearing_deg, haversine_m
-from tests.support.motion import advance
+from agents.core.pipeline import Incoming, Pipeline
+from agents.core.transitions import transitions
 from agents.core.validate import decode
-from geoiot.deadletter import dead_letter, original_bytes
+from agents.webhook import Webhook
 from geoiot import documents
-from tests.support import actions as es_actions
 from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.deadletter import dead_letter, original_bytes
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
+from tests.support import actions as es_actions
+from tests.support.actions import serialized_action
+from tests.support.motion import advance
 
 PRESET = load_preset("taxi")
 T0 = 1_357_000_000_000  # epoch ms (small numbers would read as epoch seconds)

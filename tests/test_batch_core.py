@@ -20,12 +20,12 @@ from agents.core import codec
 from agents.core.bulk import Bulk
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Incoming, Pipeline
-from tests.support.actions import serialized_action
 from geoiot import documents
 from geoiot.schema import load_preset, preset_from_mapping
 from geoiot.timeparse import EventTimeBounds
-from tests.support.rowwise import RowwisePipeline
 from tests.support import actions as es_actions
+from tests.support.actions import serialized_action
+from tests.support.rowwise import RowwisePipeline
 
 TAXI = load_preset("taxi")
 # Every field type, the core fields not first, names that need JSON escaping.

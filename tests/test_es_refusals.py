@@ -25,8 +25,8 @@ from agents.store.es_errors import ERRORS, Fate, error_type, fate, response_erro
 from agents.store.index import ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
-from tests.support import actions as es_actions
 from geoiot.schema import load_preset
+from tests.support import actions as es_actions
 from test_agents_integration import Worker, agent_env, cleanup_topics, health, read_topic, wait_count  # noqa: F401
 from test_poison_events import daily_indices, event, produce_together
 

@@ -27,9 +27,9 @@ from elasticsearch import AsyncElasticsearch
 from agents.store.index import drop_index
 from geoiot import topics
 from geoiot.config import Settings
+from tests.conftest import ROOT
 from tests.support.ogc_data import PRESET, WORLD, load, make_docs
 from tests.support.served_map import get, web_server
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from elasticsearch.helpers import async_bulk
 from agents.store.retention import delete_expired, expired, latest_cutoff, latest_delete, trim_latest
 from geoiot import documents
 from geoiot.schema import load_preset
-from tests.support.observations import bulk_index, document
 from tests.support import actions as es_actions
+from tests.support.observations import bulk_index, document
 
 PRESET = load_preset("taxi")
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z

@@ -27,8 +27,8 @@ from agents.spark.job import (STATE_CONF, BatchCounts, build_parser, checkpoint_
 from agents.spark.worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
                                  dead_letters, group_function, group_key_path, incoming, timeout_duration)
 from agents.worker.track_table import TrackTable  # noqa: E402
-from geoiot.deadletter import dead_letter  # noqa: E402
 from geoiot import config  # noqa: E402
+from geoiot.deadletter import dead_letter  # noqa: E402
 from geoiot.documents import INGESTED_AT  # noqa: E402
 from tests.support.group_state import FakeGroupState, FakeStateStore  # noqa: E402
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from agents.core import idle
-from agents.worker.stream import SourceStream
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Pipeline
+from agents.worker.stream import SourceStream
 from agents.worker.track_table import TrackTable
 from geoiot import config
 from geoiot.config import DEFAULT_GEOFENCES

@@ -9,10 +9,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.core.pipeline import Incoming, Pipeline
 from agents.core.geofence import Geofences
-from agents.store.retention import expired
+from agents.core.pipeline import Incoming, Pipeline
 from agents.core.validate import decode, decode_batch
+from agents.store.retention import expired
 from geoiot import config, documents
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, load_preset

@@ -33,12 +33,12 @@ from elasticsearch import AsyncElasticsearch
 from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
-from tests.support.health import wait_healthy
 from geoiot.schema import load_preset
+from tests.support.health import wait_healthy
+from tests.support.observations import bulk_index, document, on_grid, walk
 from web import openapi
 from web.app import METRICS, init_app
 from web.geo import precision_for_zoom
-from tests.support.observations import bulk_index, document, on_grid, walk
 
 pytestmark = pytest.mark.integration
 

@@ -31,10 +31,10 @@ from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset
+from tests.support import actions as es_actions
 from tests.support.health import wait_healthy
 from tests.support.observations import document, on_grid
 from tests.support.sse import Stream, read_until
-from tests.support import actions as es_actions
 from web import openapi
 from web.app import init_app
 from web.keys import ALERTS, HUB

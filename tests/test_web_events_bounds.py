@@ -27,10 +27,10 @@ from geoiot import documents
 from geoiot.config import Settings
 from geoiot.malloc import TOP_PAD, TRIM_THRESHOLD
 from geoiot.schema import load_preset
+from tests.support import actions as es_actions
 from tests.support.health import wait_healthy
 from tests.support.observations import NYC, document, on_grid
 from tests.support.sse import Stream, read_until
-from tests.support import actions as es_actions
 from web.alerts import AlertBuffer
 from web.events import Hub
 from web.params import LatestParams, parse_bbox

@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestServer
 from elasticsearch import AsyncElasticsearch
 
 from agents.core.geofence import Geofences
-from agents.store.index import drop_index, ensure_index
 from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset

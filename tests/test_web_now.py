@@ -28,8 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from agents.core.geofence import Geofences
-from agents.store.index import drop_index, ensure_index
 from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings

@@ -31,11 +31,11 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import orjson
 
-from agents.core.transitions import transitions
 from agents.core import codec
 from agents.core.bulk import Bulk, meta_line
 from agents.core.geofence import Geofences
 from agents.core.motion import State, advance_batch
+from agents.core.transitions import transitions
 from agents.core.validate import decode_batch
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset

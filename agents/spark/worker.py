@@ -39,11 +39,11 @@ from agents.core import idle
 from agents.core.bulk import Bulk
 from agents.core.fence_shapes import Shapes
 from agents.core.geofence import Geofences
+from agents.core.motion import State
 from agents.core.pipeline import BatchResult, Incoming, Pipeline
 from agents.store.sink import ElasticsearchSink, Sink, es_client, stored_latest
-from agents.core.motion import State
-from geoiot.deadletter import dead_letter
 from geoiot.config import Settings
+from geoiot.deadletter import dead_letter
 from geoiot.fences import FenceSet
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone

@@ -33,15 +33,15 @@ from typing import Any, NoReturn
 import faust
 from mode import Service
 
-from agents.worker import metrics as m
-from agents.webhook import Webhook
-from agents.worker.stream import SourceStream, StreamTopics
-from agents.worker.fence_follower import LiveFences
 from agents.core.geofence import Geofences, GeofenceError
-from agents.store.index import IndexSetupError, ensure_index
 from agents.core.pipeline import Pipeline
+from agents.store.index import IndexSetupError, ensure_index
 from agents.store.retention import delete_expired, trim_latest
 from agents.store.sink import ElasticsearchSink, Sink, StdoutSink, es_client
+from agents.webhook import Webhook
+from agents.worker import metrics as m
+from agents.worker.fence_follower import LiveFences
+from agents.worker.stream import SourceStream, StreamTopics
 from agents.worker.track_table import changelog_topic
 from geoiot import config, fence_topic, fences, topics
 from geoiot.logs import WORKER_LOGGERS, quiet_repeats

@@ -52,14 +52,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from agents.worker import metrics as m
-from agents.webhook import Webhook
 from agents.core.pipeline import BatchResult, Message, Pipeline
 from agents.store.sink import Sink
+from agents.webhook import Webhook
+from agents.worker import metrics as m
 from agents.worker.track_table import TrackTable, changelog_reader
-from geoiot.deadletter import dead_letter
 from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
+from geoiot.deadletter import dead_letter
 
 log = logging.getLogger("agents")
 

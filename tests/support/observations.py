@@ -19,9 +19,9 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from agents.store.index import drop_index, ensure_index
 from geoiot import documents
-from tests.support import actions as es_actions
 from geoiot.config import Settings
 from geoiot.schema import Preset
+from tests.support import actions as es_actions
 
 LAT_STEP = 180.0 / 2**32
 LON_STEP = 360.0 / 2**32

@@ -12,10 +12,10 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
 from agents.store.index import ensure_index
-from geoiot import config, documents
+from geoiot import config
 from geoiot.schema import Preset, load_preset
-from tests.support.observations import bulk_index, document, on_grid, walk
 from tests.support import actions as es_actions
+from tests.support.observations import bulk_index, document, on_grid, walk
 
 PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3 * 3_600_000  # 2013-01-01T21:00Z: two daily indices

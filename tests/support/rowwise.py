@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from agents.core.transitions import transitions
 from agents.core.geofence import Geofences
-from agents.core.pipeline import Incoming
 from agents.core.motion import HISTORY, EARTH_RADIUS_M, State
+from agents.core.pipeline import Incoming
+from agents.core.transitions import transitions
 from agents.core.validate import Observation, decode
 from geoiot import documents
-from tests.support import actions as es_actions
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
+from tests.support import actions as es_actions
 
 log = logging.getLogger("tests.rowwise")
 
