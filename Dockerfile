@@ -96,7 +96,7 @@ RUN apt-get update \
  && /opt/venv/bin/pip install --no-cache-dir "pyspark==${SPARK_MESOS_VERSION}" ${SPARK_MESOS_PINS}
 COPY --from=sparkjars /jars/ /opt/venv/lib/python3.11/site-packages/pyspark/jars/
 # spark-submit takes the job as a file; the installed package is its import path.
-COPY agents/spark_job.py /app/agents/spark_job.py
+COPY agents/spark/job.py /app/agents/spark/job.py
 ENV JAVA_HOME=/usr/lib/jvm/default-java \
     SPARK_HOME=/opt/venv/lib/python3.11/site-packages/pyspark \
     PYSPARK_PYTHON=/opt/venv/bin/python \

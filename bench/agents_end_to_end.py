@@ -2,9 +2,9 @@
 
 Three measurements in one run, on the same generated events (``python -m replay generate``):
 
-1. ceiling: the very documents the agents would write (built by ``agents.pipeline.Pipeline`` from the
+1. ceiling: the very documents the agents would write (built by ``agents.core.pipeline.Pipeline`` from the
    same Kafka values) bulk-indexed straight into Elasticsearch with the agents' own client and sink
-   (``agents.sink.ElasticsearchSink``, batches of IOT_BULK_SIZE), with 1 and 2 batches in flight;
+   (``agents.store.sink.ElasticsearchSink``, batches of IOT_BULK_SIZE), with 1 and 2 batches in flight;
 2. pipeline: the events already in a 3-partition topic, consumed by 1 and then 2 fresh worker
    processes (``python -m faust -A agents.app worker``); rate = events / (time of last indexed - time
    of first indexed), read from the workers' /metrics every 0.25 s; then checks the exact ES count;
@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from agents.geofence import Geofences
-from agents.index import drop_index, ensure_index
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, topics
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import load_preset, parse_row

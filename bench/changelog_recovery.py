@@ -23,10 +23,10 @@ import zlib
 
 import orjson
 
-from agents.consumer import make_producer
-from agents.state import TrackTable, changelog_reader
-from agents.tracks import advance
+from agents.worker.stream import make_producer
+from agents.worker.track_table import TrackTable, changelog_reader
 from geoiot import config, topics
+from testkit.motion import advance
 
 CONFIGS = {"before": dict(topics.COMPACTED), "after": dict(topics.CHANGELOG_CONFIGS)}
 

@@ -1,6 +1,6 @@
 """CPU of the worker's changelog writes: one ``send`` per state against one record batch per partition.
 
-Per round, the states of ``--tracks`` tracks (``agents.tracks.advance`` over ``HISTORY`` + 1 reports each,
+Per round, the states of ``--tracks`` tracks (``testkit.motion.advance`` over ``HISTORY`` + 1 reports each,
 so every state carries its full history, as in a running worker) are encoded as the worker encodes them and
 written to a fresh topic of 3 partitions on the real broker (KAFKA_BOOTSTRAP), acknowledged (acks=all),
 once by ``SourceStream._send_all`` (the path before ``core2``) and once by ``SourceStream._send_batches``,
@@ -22,9 +22,10 @@ import uuid
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.consumer import SourceStream, make_producer
-from agents.tracks import HISTORY, advance
+from agents.core.motion import HISTORY
+from agents.worker.stream import SourceStream, make_producer
 from geoiot import config
+from testkit.motion import advance
 
 
 def states(tracks: int) -> list[tuple[str, dict]]:

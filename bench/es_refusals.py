@@ -20,7 +20,7 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-from agents.sink import ElasticsearchSink, es_client
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config
 
 BATCH = 2000

@@ -1,6 +1,6 @@
 """Live geofences: the time to put one fence change in force with N fences loaded, and what it costs the batches.
 
-Measured with the worker's own code (:class:`agents.fence_follower.Shapes` on a :class:`geoiot.fences.FenceSet`
+Measured with the worker's own code (:class:`agents.core.fence_shapes.Shapes` on a :class:`geoiot.fences.FenceSet`
 filled with records as the follower applies them):
 
 * ``rebuild after one change``: one fence replaced, then the new index built (the worker does this in a thread);
@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import shapely
 
-from agents.fence_follower import Shapes
+from agents.core.fence_shapes import Shapes
 from bench.geofence_throughput import NYC, fences as make_fences
 from geoiot import fences
 

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index
+from agents.store.index import drop_index
 from bench.agents_end_to_end import free_port, start_workers, stop_workers
 from bench.geofence_throughput import fences as make_fences
 from geoiot import config, fence_topic, fences, topics

@@ -10,7 +10,7 @@ Baselines measured in the same run, on the same points:
 Above 1,000 fences, also at the density of the 1,000-fence case (fences and points over an area grown in
 proportion): the cost of more fences apart from that of more fences per point.
 
-Measured: ``agents.geofence.Geofences.pairs`` (uniform grid of covering/boundary fences, numpy
+Measured: ``agents.core.geofence.Geofences.pairs`` (uniform grid of covering/boundary fences, numpy
 lookups, one prepared ``intersects_xy`` call for points in boundary cells) and ``containing`` (the same plus the sorted id tuples
 the agent puts into documents). Fences are 32-gon discs of 150-600 m scattered over New York City
 (plus JFK), points uniform over the same area, in batches of the agent's bulk size.
@@ -27,7 +27,7 @@ import time
 import numpy as np
 import shapely
 
-from agents.geofence import Geofences
+from agents.core.geofence import Geofences
 from geoiot.config import DEFAULT_GEOFENCES
 
 NYC = (-74.05, 40.58, -73.75, 40.88)

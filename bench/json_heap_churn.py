@@ -25,7 +25,7 @@ CHILD = r"""
 import json, sys, time
 import orjson
 from geoiot.malloc import keep_freed_heap
-from geoiot.documents import action, build
+from testkit.actions import action, build
 mode, batch, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 applied = keep_freed_heap() if mode == "tuned" else False
 record = {"taxiId": "123", "observationTime": 1356998400000, "longitude": -73.9, "latitude": 40.7,

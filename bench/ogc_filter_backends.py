@@ -99,7 +99,7 @@ async def main() -> None:
                 ta, tb = f"{statistics.median(ra):.1f}", f"{statistics.median(rb):.1f}"
             print(f"| `{text}` | {ca} | {cb} | {ta} | {tb} |", flush=True)
     finally:
-        from agents.index import drop_index
+        from agents.store.index import drop_index
         await drop_index(es, settings.iot_index)
         await es.close()
 

@@ -24,9 +24,9 @@ import time
 import numpy as np
 import orjson
 
-import agents.pipeline as pipeline_module
-from agents.geofence import Geofences
-from agents.pipeline import Incoming, Pipeline
+import agents.core.pipeline as pipeline_module
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
 from geoiot import config
 from geoiot.schema import load_preset, parse_row
 from replay.generate import iter_lines, make_tracks
@@ -44,7 +44,7 @@ def body_of(result) -> bytes:
     """The bulk request bytes of a batch, whichever core made it."""
     if hasattr(result, "bulk"):
         return result.bulk().body()
-    from agents.sink import serialized_action  # the row-wise core: the helper's two lines per action
+    from testkit.actions import serialized_action  # the row-wise core: the helper's two lines per action
     return b"".join(meta + b"\n" + source + b"\n"
                     for meta, source in map(serialized_action, result.actions + result.latest))
 

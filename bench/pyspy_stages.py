@@ -19,18 +19,18 @@ from collections import Counter
 
 # (stage, regex over one frame "function (file:line)"), most specific first.
 STAGES: list[tuple[str, str]] = [
-    ("geofences", r"\(agents/geofence\.py|shapely"),
-    ("motion", r"advance_batch|_advance|\(agents/tracks\.py"),
+    ("geofences", r"\(agents/core/geofence\.py|shapely"),
+    ("motion", r"advance_batch|_advance|\(agents/core/motion\.py"),
     ("decode/validate", r"decode_batch|^decode |typed_record|_fast_core|core_values|parse_time|coerce |"
                         r"Pipeline\._validate|EventTimeBounds|index_for|doc_id|_daily"),
     ("documents/serialisation", r"serialized_action|build_into|^build |^fill |^action |latest_action|keep_newest|"
-                                r"Pipeline\._annotate|Pipeline\._collect|\(agents/bulk\.py|geohash|_process_bulk_chunk|"
+                                r"Pipeline\._annotate|Pipeline\._collect|\(agents/core/bulk\.py|geohash|_process_bulk_chunk|"
                                 r"expand_action|_chunk_actions|Pipeline\.process|BatchResult"),
-    ("bulk I/O", r"\(agents/sink\.py|elasticsearch/|elastic_transport|streaming_bulk|async_bulk|"
+    ("bulk I/O", r"\(agents/store/sink\.py|elasticsearch/|elastic_transport|streaming_bulk|async_bulk|"
                  r"aiohttp/(client|http_writer|connector|streams)"),
-    ("fetch", r"SourceStream\._fetch|getmany|aiokafka/consumer/fetcher|Fetcher\.|<genexpr> \(agents/consumer\.py|"
+    ("fetch", r"SourceStream\._fetch|getmany|aiokafka/consumer/fetcher|Fetcher\.|<genexpr> \(agents/worker/stream\.py|"
               r"decode.*\(aiokafka/protocol|aiokafka/record"),
-    ("state and commit", r"SourceStream\.complete|_send_all|_send_batches|SourceStream\._commit|\(agents/state\.py|"
+    ("state and commit", r"SourceStream\.complete|_send_all|_send_batches|SourceStream\._commit|\(agents/worker/track_table\.py|"
                          r"SourceStream\.prepare|dead_letter|aiokafka/producer"),
 ]
 _RULES = [(stage, re.compile(rx)) for stage, rx in STAGES]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
-from agents import spark_launch
+from agents.spark import launch as spark_launch
 from bench.procstat import cpu_seconds, service_pids
 from geoiot import config, topics
 from geoiot.documents import DISTANCE, latest_index

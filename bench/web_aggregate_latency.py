@@ -39,7 +39,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import config
 from testkit.health import wait_healthy
 from geoiot.schema import load_preset

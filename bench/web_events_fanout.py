@@ -39,6 +39,7 @@ from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import NYC, document, on_grid
 from testkit.sse import Stream, parse
+from testkit import actions as es_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ async def writer(es: AsyncElasticsearch, base: str, tracks: int, per_second: int
             track = f"cab-{rng.randrange(tracks):05d}"
             lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
             doc = document(preset, track, t, lon, lat, [], speed=rng.uniform(0, 30))
-            actions.append(documents.latest_action(base, track, t, doc))
+            actions.append(es_actions.latest_action(base, track, t, doc))
         await async_bulk(es, actions, raise_on_error=False)
         written += len(actions)
         await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - began)))

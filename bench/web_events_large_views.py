@@ -33,11 +33,12 @@ import aiohttp
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import ensure_index
+from agents.store.index import ensure_index
 from geoiot import config, documents
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import NYC, document, on_grid
+from testkit import actions as es_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_357_000_000_000
@@ -57,7 +58,7 @@ async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int
             lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
             t = T0 + rng.randrange(0, 3_600_000)
             doc = document(preset, f"cab-{i:06d}", t, lon, lat, [], speed=rng.uniform(0, 30))
-            yield documents.latest_action(settings.iot_index, doc[preset.track], t, doc)
+            yield es_actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
 
     await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
     await es.indices.refresh(index=index)

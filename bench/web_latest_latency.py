@@ -31,7 +31,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 from elasticsearch.serializer import OrjsonSerializer
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from bench.web_aggregate_latency import pct, run, view_bbox
 from geoiot import config, documents
 from geoiot.schema import load_preset
@@ -39,6 +39,7 @@ from testkit.health import wait_healthy
 from testkit.observations import NYC, document, on_grid
 from web import params, where
 from web.search import ES_CONNECTIONS
+from testkit import actions as es_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000
@@ -61,7 +62,7 @@ async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int
             t = T0 + rng.randrange(0, 3_600_000)
             doc = document(preset, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30),
                            heading=rng.uniform(0, 360))
-            yield documents.latest_action(settings.iot_index, doc[preset.track], t, doc)
+            yield es_actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
 
     await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
     await es.indices.refresh(index=index)

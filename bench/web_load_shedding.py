@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import config
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy

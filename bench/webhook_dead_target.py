@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def baseline_module(ref: str) -> types.ModuleType:
-    """agents/alerts.py as it is at ``ref``, loaded under another name."""
-    source = subprocess.run(["git", "show", f"{ref}:agents/alerts.py"], cwd=ROOT, check=True, capture_output=True,
+    """agents/webhook.py as it is at ``ref``, loaded under another name."""
+    source = subprocess.run(["git", "show", f"{ref}:agents/webhook.py"], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout
     module = types.ModuleType(f"alerts_{ref.replace('/', '_')}")
-    exec(compile(source, f"{ref}:agents/alerts.py", "exec"), module.__dict__)  # noqa: S102 - our own file
+    exec(compile(source, f"{ref}:agents/webhook.py", "exec"), module.__dict__)  # noqa: S102 - our own file
     return module
 
 
@@ -114,7 +114,7 @@ async def main() -> None:
                         help="while dead, hang (default) or answer 500 at once")
     parser.add_argument("--baseline-ref", default="main")
     args = parser.parse_args()
-    from agents.alerts import Webhook
+    from agents.webhook import Webhook
 
     old = baseline_module(args.baseline_ref).Webhook
     results = {

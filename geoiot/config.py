@@ -311,7 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_RETENTION_DAYS", 0, "Daily indices older than this many days are deleted (0: keep all)", int,
             minimum=0, maximum=3_652_059, uses="agents spark replay retention ingest"),
     Setting("IOT_TRACK_IDLE_TIMEOUT", 86400.0, "Seconds (processing time) after its last update that a track's state ends "
-            "(0: never; see agents/idle.py)", float, minimum=0, maximum=31_536_000, uses="agents spark"),
+            "(0: never; see agents/core/idle.py)", float, minimum=0, maximum=31_536_000, uses="agents spark"),
     Setting("WEB_ES_CONCURRENCY", 16, "Searches the web server runs on Elasticsearch at once", int,
             minimum=1, maximum=1024, uses="web"),
     Setting("WEB_ES_QUEUE", 512, "Requests that may wait for a search slot; beyond, 503 busy with Retry-After", int,

@@ -91,7 +91,7 @@ def retention_cutoff(retention_days: int, now_ms: int) -> int:
     """The start (epoch ms, UTC) of the oldest day that ``IOT_RETENTION_DAYS`` keeps now.
 
     The one boundary of retention: a daily index whose day starts before it is deleted
-    (:func:`agents.retention.expired`), a latest position older than it goes, and an event older than it is
+    (:func:`agents.store.retention.expired`), a latest position older than it goes, and an event older than it is
     refused (:class:`EventTimeBounds`), so an event is refused exactly when retention would delete its day.
     """
     return (now_ms - retention_days * DAY_MS) // DAY_MS * DAY_MS

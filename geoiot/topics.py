@@ -43,7 +43,7 @@ from geoiot import config
 
 ENVS = config.envs("topics")
 COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
-# The agents' track-state changelog (agents.state explains each value): Kafka compacts only closed
+# The agents' track-state changelog (agents.worker.track_table explains each value): Kafka compacts only closed
 # segments, once their superseded share passes the ratio; these keep recovery near one record per track.
 CHANGELOG_CONFIGS: Mapping[str, str] = {
     "cleanup.policy": "compact",

@@ -1,6 +1,6 @@
 """``python -m replay dlq``: re-drive dead letters to the topic they came from, once their cause is fixed.
 
-A dead letter (``agents.validate.dead_letter``) names its source topic, partition and offset and carries the
+A dead letter (``geoiot.deadletter.dead_letter``) names its source topic, partition and offset and carries the
 original value (UTF-8 text or base64); the worker sends it with the original key as the Kafka key. This
 command reads the dead-letter topic from its start up to the end offsets it finds when it starts (letters
 added meanwhile, e.g. events dead-lettered again, wait for the next run), keeps the letters selected by
@@ -30,8 +30,8 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 
-from agents.validate import original_bytes
 from geoiot import config, topics
+from geoiot.deadletter import original_bytes
 from geoiot.timeparse import TimeParseError, format_ms, parse_time
 from replay.pacing import Clock, batch_interval, constant_schedule
 from replay.producer import DEFAULT_DELIVERY_TIMEOUT_S, BatchingProducer, ReplayError

@@ -17,10 +17,11 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import Preset
+from testkit import actions as es_actions
 
 LAT_STEP = 180.0 / 2**32
 LON_STEP = 360.0 / 2**32
@@ -39,7 +40,7 @@ def document(preset: Preset, track: str, time_ms: int, lon: float, lat: float, f
     """One observation as the agents index it (:func:`geoiot.documents.build`); ingested at its event time."""
     record: dict[str, Any] = {name: None for name in preset.names}
     record.update({preset.track: track, preset.time: time_ms, preset.lon: lon, preset.lat: lat})
-    return documents.build(record, lon, lat, sorted(fences), distance, speed, heading, ingested_at=time_ms)
+    return es_actions.build(record, lon, lat, sorted(fences), distance, speed, heading, ingested_at=time_ms)
 
 
 def walk(preset: Preset, n: int, *, tracks: int = 50, start_ms: int = 1_356_998_400_000, step_ms: int = 5_000,
@@ -72,12 +73,12 @@ async def bulk_index(es: AsyncElasticsearch, base: str, preset: Preset, docs: It
     """Index documents into the daily indices of ``base`` with the agents' bulk actions; returns the count.
 
     Each daily index is created before its first document, as the agents' sink does (the template forbids
-    auto-creation, agents/index.py)."""
+    auto-creation, agents/store/index.py)."""
     created: set[str] = set()
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         for doc in docs:
-            action = documents.action(base, doc[preset.track], doc[preset.time], doc)
+            action = es_actions.action(base, doc[preset.track], doc[preset.time], doc)
             if action["_index"] not in created:
                 await es.options(ignore_status=400).indices.create(index=action["_index"])
                 created.add(action["_index"])

@@ -11,10 +11,11 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import ensure_index
-from geoiot import config, documents
+from agents.store.index import ensure_index
+from geoiot import config
 from geoiot.schema import Preset, load_preset
 from testkit.observations import bulk_index, document, on_grid, walk
+from testkit import actions as es_actions
 
 PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3 * 3_600_000  # 2013-01-01T21:00Z: two daily indices
@@ -53,7 +54,7 @@ async def load(es: AsyncElasticsearch, settings: config.Settings, docs: list[dic
     base = settings.iot_index
     await ensure_index(es, settings, preset, index=base)
     assert await bulk_index(es, base, preset, iter(docs)) == len(docs)
-    await async_bulk(es, [documents.latest_action(base, t, d[preset.time], d)
+    await async_bulk(es, [es_actions.latest_action(base, t, d[preset.time], d)
                           for t, d in newest(preset, docs).items()])
     await es.indices.refresh(index=f"{base}*")
 

@@ -1,6 +1,6 @@
 """Frozen reference: the row-wise ``Pipeline.process`` of commit 61bb68b (before the batch core), for the tests only.
 
-The batch core in :mod:`agents.pipeline` must give the same documents, ids, dead letters, alerts, states and
+The batch core in :mod:`agents.core.pipeline` must give the same documents, ids, dead letters, alerts, states and
 latest positions; ``tests/unit/test_batch_core.py`` holds the two equal. Copied as it was; do not "improve" it.
 It imports none of the production code it is compared with: the decoder, the document builder, the index and
 id rules, the alert transitions and the event-time bounds are frozen copies below (only the field names, the
@@ -24,9 +24,9 @@ import geohash
 import numpy as np
 import orjson
 
-from agents.geofence import Geofences
-from agents.pipeline import Incoming
-from agents.tracks import HISTORY, EARTH_RADIUS_M, State
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming
+from agents.core.motion import HISTORY, EARTH_RADIUS_M, State
 from geoiot.documents import DISTANCE, GEOFENCES, GEOHASH, GEOMETRY, HEADING, INGESTED_AT, SPEED
 from geoiot.schema import InvalidRecord, Preset, typed_record
 
@@ -141,7 +141,7 @@ class RowwisePipeline:
         for i, ((msg, obs), fences) in enumerate(zip(valid, inside)):
             change = changes.get(i)
             if change is not None:
-                alerts.extend(map(self.fences.describe,  # the fence versions (agents.geofence)
+                alerts.extend(map(self.fences.describe,  # the fence versions (agents.core.geofence)
                                   transitions(obs.track, change[0], change[1], obs.time_ms, obs.lon, obs.lat)))
             if self.filter_inside and not fences:
                 filtered += 1
@@ -162,7 +162,7 @@ class RowwisePipeline:
             keep_newest(out.newest, track, time_ms, doc)
 
 
-# --- agents/tracks.advance_batch of 61bb68b ---
+# --- agents/core/motion.advance_batch of 61bb68b ---
 
 @dataclass(slots=True)
 class RowwiseMotion:

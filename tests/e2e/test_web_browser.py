@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.browser import ARGS, CHROMIUM, settled, skip_unless_browser, wait_for

@@ -27,10 +27,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from agents.geofence import Geofences
-from agents.index import drop_index, ensure_index
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
@@ -115,7 +115,7 @@ async def write_reports(hosts: list[str], preset: Preset, index: str, reports: l
                                        for i, r in enumerate(chunk)], states.get)
             assert result.dead == []
             states.update({track: state for track, (_, state) in result.states.items()})
-            assert await sink.write(result.actions + result.latest) == []
+            assert await sink.write_bulk(result.bulk()) == []
     finally:
         await sink.stop()
 

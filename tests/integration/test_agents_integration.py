@@ -21,8 +21,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shapely.geometry import Point, box, mapping, shape
 
-from agents.validate import original_bytes
 from geoiot import config, documents, topics
+from geoiot.deadletter import original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
 
@@ -468,7 +468,7 @@ async def test_elasticsearch_outage_loses_nothing(stack, es, kafka_admin, new_to
 async def test_sink_reports_documents_elasticsearch_refuses_and_stores_the_rest(stack, es, new_index):
     """A document the mapping refuses comes back with its reason (for the dead-letter topic); the
     others are stored, and the trimmed bulk response still names each refused document."""
-    from agents.sink import ElasticsearchSink, es_client
+    from agents.store.sink import ElasticsearchSink, es_client
 
     index = new_index("sink")
     await es.indices.create(index=index, mappings={"properties": {"n": {"type": "integer"}}})
@@ -586,10 +586,10 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     (counted exactly, never refused), their observations are all indexed, and ``<base>`` counts no latest."""
     import dataclasses
 
-    from agents.geofence import Geofences
-    from agents.index import ensure_index
-    from agents.pipeline import Incoming, Pipeline
-    from agents.sink import ElasticsearchSink, es_client
+    from agents.core.geofence import Geofences
+    from agents.store.index import ensure_index
+    from agents.core.pipeline import Incoming, Pipeline
+    from agents.store.sink import ElasticsearchSink, es_client
 
     base = new_index("latest")
     await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET)
@@ -603,9 +603,9 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     async def send(batch: list[dict]) -> None:
         messages = [Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i) for i, r in enumerate(batch)]
         result = pipeline.process(messages, states.get)
-        assert result.dead == [] and len(result.latest) == len({r["taxiId"] for r in batch})
+        assert result.dead == [] and len(result.latest_bulk.actions()) == len({r["taxiId"] for r in batch})
         states.update({t: s for t, (_, s) in result.states.items()})
-        assert await sink.write(result.actions + result.latest) == []
+        assert await sink.write_bulk(result.bulk()) == []
 
     try:
         for start in range(0, len(recs), 70):  # batches cutting tracks anywhere

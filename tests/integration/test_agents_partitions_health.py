@@ -19,8 +19,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewPartitions
 
-from agents.consumer import make_producer
-from agents.state import changelog_topic
+from agents.worker.stream import make_producer
+from agents.worker.track_table import changelog_topic
 from geoiot import documents, topics
 from test_agents_integration import (ROOT, Worker, agent_env, all_docs, changelog_config, cleanup_topics,  # noqa: F401
                                      generate, records, replay, wait_count)

@@ -1,7 +1,7 @@
 """Elasticsearch refusals against the real cluster (issue 22, items 1, 5 and 7): what is retried, what is
 dead-lettered, and that the latest positions and the daily indices follow the same rules.
 
-Each error type of :mod:`agents.es_errors` is produced on the real cluster and its classification checked;
+Each error type of :mod:`agents.store.es_errors` is produced on the real cluster and its classification checked;
 the sink then waits out each temporary refusal (nothing returned as refused, everything stored once it is
 lifted), a worker waits out a write block on its daily index with ``/healthz`` degraded and nothing committed
 or dead-lettered, an index deleted meanwhile comes back only within ``IOT_MAX_NEW_INDICES``, and a latest
@@ -21,11 +21,12 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.es_errors import ERRORS, Fate, error_type, fate, response_error
-from agents.index import ensure_index
-from agents.sink import ElasticsearchSink, es_client
+from agents.store.es_errors import ERRORS, Fate, error_type, fate, response_error
+from agents.store.index import ensure_index
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
 from geoiot.schema import load_preset
+from testkit import actions as es_actions
 from test_agents_integration import Worker, agent_env, cleanup_topics, health, read_topic, wait_count  # noqa: F401
 from test_poison_events import daily_indices, event, produce_together
 
@@ -208,7 +209,7 @@ async def test_the_sink_waits_out_a_temporary_refusal_and_stores_everything(stac
 # --- item 7: an index deleted meanwhile comes back only through the cap ------------------------------------
 
 async def test_indices_deleted_meanwhile_come_back_only_within_the_new_index_cap(stack, es, new_index):
-    """What `python -m agents.retention` does to a worker without IOT_RETENTION_DAYS: before, the next bulk
+    """What `python -m agents.store.retention` does to a worker without IOT_RETENTION_DAYS: before, the next bulk
     re-created all 6 deleted days through auto-create (the cap is 2)."""
     base = new_index("recreate")
     await ensure_index(es, config.load({"IOT_INDEX": base}), PRESET, base)
@@ -255,10 +256,10 @@ async def test_a_latest_position_is_always_a_stored_observation_and_waits_out_a_
     day = documents.DAY_MS  # track d: its newest report needs a second new daily index, over the cap of 1
     observations = [obs("a", T0), obs("a", T0 + 1000, **refused), obs("b", T0, **refused), obs("c", T0 + 5),
                     obs("d", T0 + 2 * day), obs("d", T0 + 3 * day)]
-    newest = [documents.latest_action(base, "a", T0 + 1000, observations[1]["_source"]),
-              documents.latest_action(base, "b", T0, observations[2]["_source"]),
-              documents.latest_action(base, "c", T0 + 5, observations[3]["_source"]),
-              documents.latest_action(base, "d", T0 + 3 * day, observations[5]["_source"])]
+    newest = [es_actions.latest_action(base, "a", T0 + 1000, observations[1]["_source"]),
+              es_actions.latest_action(base, "b", T0, observations[2]["_source"]),
+              es_actions.latest_action(base, "c", T0 + 5, observations[3]["_source"]),
+              es_actions.latest_action(base, "d", T0 + 3 * day, observations[5]["_source"])]
     conflicts: list[int] = []
     sink = Counting(stack.es_hosts, on_conflict=conflicts.append, max_new_indices=1)
     await sink.write([obs("z", T0)])  # indices known, so only the latest index's block is in the way
@@ -337,7 +338,7 @@ async def test_a_worker_waits_out_a_write_block_with_health_degraded_and_nothing
 
 async def test_retention_against_a_worker_without_it_cannot_make_the_next_batch_bypass_the_cap(
         stack, es, kafka_admin, new_topic, agent_env, output_dir, python_env):
-    """`python -m agents.retention` deletes the days a worker (without IOT_RETENTION_DAYS) knows; the next batch
+    """`python -m agents.store.retention` deletes the days a worker (without IOT_RETENTION_DAYS) knows; the next batch
     needs those 2 days and 2 new ones, with IOT_MAX_NEW_INDICES=2. Before: all 4 existed afterwards (the bulk
     request re-created the deleted ones itself); now 2 are created and the rest are dead letters."""
     import subprocess
@@ -353,7 +354,7 @@ async def test_retention_against_a_worker_without_it_cannot_make_the_next_batch_
     try:
         await produce_together(stack.kafka_bootstrap, topic, [event("a", T0), event("a", T0 + day)])
         assert await wait_count(es, base, 2, timeout=90, settle=1) == 2
-        result = subprocess.run([sys.executable, "-m", "agents.retention", "--index", base, "--retention-days", "1"],
+        result = subprocess.run([sys.executable, "-m", "agents.store.retention", "--index", base, "--retention-days", "1"],
                                 cwd=ROOT, env=python_env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and documents.index_for(base, T0) in result.stdout, result
         assert await daily_indices(es, base) == []

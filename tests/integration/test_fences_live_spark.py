@@ -1,6 +1,6 @@
 """The live-geofences scenario of tests/integration/test_fences_live.py on the Spark job: the same fence changes between the
 same reports give the same alerts and stored geofences as on the worker (its driver follows the fence topic and
-hands each micro-batch its fences, agents/spark_fences.py), also across a restart from the checkpoint."""
+hands each micro-batch its fences, agents/spark/fences.py), also across a restart from the checkpoint."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
 
-from agents import spark_launch  # noqa: E402
-from agents.spark_fences import snapshot_path  # noqa: E402
+from agents.spark import launch as spark_launch  # noqa: E402
+from agents.spark.fences import snapshot_path  # noqa: E402
 from conftest import ROOT, unique_name  # noqa: E402
 from test_fences_live import Runtime, far_fences, scenario  # noqa: E402
 from test_spark_job import in_flight, jars, spark_env  # noqa: E402,F401 (fixture)

@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index
+from agents.store.index import drop_index
 from geoiot.config import Settings
 from testkit.ogc_data import PRESET, T0, load, make_docs, newest
 from web.app import init_app

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index
+from agents.store.index import drop_index
 from geoiot import topics
 from geoiot.config import Settings
 from testkit.ogc_data import PRESET, WORLD, load, make_docs

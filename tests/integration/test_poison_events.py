@@ -108,7 +108,7 @@ async def test_one_batch_creates_at_most_the_configured_daily_indices(
 async def test_a_request_refused_as_a_whole_is_split_until_the_refused_document_is_alone(stack, es, new_index):
     """What the pipeline cannot foresee: a bulk request Elasticsearch refuses entirely (here for an _id
     over 512 bytes) costs only the document that causes it."""
-    from agents.sink import ElasticsearchSink, es_client
+    from agents.store.sink import ElasticsearchSink, es_client
 
     index = new_index("split")
     actions = [{"_op_type": "index", "_index": index, "_id": str(i), "_source": {"n": i}} for i in range(9)]

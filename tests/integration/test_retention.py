@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
-from agents.index import ensure_index
+from agents.store.index import ensure_index
 from elasticsearch.helpers import async_bulk
 
-from agents.retention import delete_expired, expired, latest_cutoff, latest_delete, trim_latest
+from agents.store.retention import delete_expired, expired, latest_cutoff, latest_delete, trim_latest
 from geoiot import documents
 from geoiot.schema import load_preset
 from testkit.observations import bulk_index, document
+from testkit import actions as es_actions
 
 PRESET = load_preset("taxi")
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -50,7 +51,7 @@ async def test_retention_deletes_old_daily_indices_idempotently_and_the_alias_ke
     assert (await es.count(index=base))["count"] == 2  # through the alias
 
     # The command, on the real clock: with 1 day of retention the two 2023 days left go too.
-    result = subprocess.run([sys.executable, "-m", "agents.retention", "--index", base, "--retention-days", "1"],
+    result = subprocess.run([sys.executable, "-m", "agents.store.retention", "--index", base, "--retention-days", "1"],
                             env=python_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert '"event": "retention"' in result.stdout
@@ -73,7 +74,7 @@ async def test_retention_trims_the_latest_index_too(stack, es, new_index, python
     await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET, index=base)
     cutoff = latest_cutoff(30, NOW)
     times = {"old": cutoff - DAY, "edge": cutoff - 1, "kept": cutoff, "new": NOW - DAY}
-    actions = [documents.latest_action(base, track, t, document(PRESET, track, t, -73.9, 40.7, []))
+    actions = [es_actions.latest_action(base, track, t, document(PRESET, track, t, -73.9, 40.7, []))
                for track, t in times.items()]
     await async_bulk(es, actions, refresh=True)
     latest = documents.latest_index(base)
@@ -91,7 +92,7 @@ async def test_retention_trims_the_latest_index_too(stack, es, new_index, python
     assert await trim_latest(es, "retl-none-such", PRESET.time, 30, NOW) == 0  # no latest index: nothing
 
     # the command, on the real clock, with 1 day: "kept" (2023) goes too, "new" is 2023 as well
-    result = subprocess.run([sys.executable, "-m", "agents.retention", "--index", base, "--retention-days", "1"],
+    result = subprocess.run([sys.executable, "-m", "agents.store.retention", "--index", base, "--retention-days", "1"],
                             env=python_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert '"latest_deleted": 2' in result.stdout

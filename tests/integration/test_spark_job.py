@@ -33,7 +33,7 @@ from conftest import ROOT, unique_name
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
 
-from agents import spark_launch  # noqa: E402
+from agents.spark import launch as spark_launch  # noqa: E402
 from geoiot.documents import INGESTED_AT, latest_index  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.index import IndexSetupError, ensure_index
+from agents.store.index import IndexSetupError, ensure_index
 from geoiot import config
 from geoiot.schema import load_preset
 from test_startup import COMPONENTS, run, the_line

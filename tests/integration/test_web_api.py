@@ -30,15 +30,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from testkit.health import wait_healthy
 from geoiot.schema import load_preset
+from testkit.observations import bulk_index, document, on_grid, walk
 from web import openapi
 from web.app import METRICS, init_app
 from web.geo import precision_for_zoom
-from testkit.observations import bulk_index, document, on_grid, walk
 
 pytestmark = pytest.mark.integration
 

@@ -26,14 +26,15 @@ from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.alerts import transitions
-from agents.index import drop_index, ensure_index
+from agents.core.transitions import transitions
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import document, on_grid
 from testkit.sse import Stream, read_until
+from testkit import actions as es_actions
 from web import openapi
 from web.app import init_app
 from web.keys import ALERTS, HUB
@@ -53,7 +54,7 @@ def position(i: int) -> tuple[float, float]:
 
 
 async def write_latest(es: AsyncElasticsearch, base: str, docs: list[dict[str, Any]]) -> None:
-    actions = [documents.latest_action(base, d[PRESET.track], d[PRESET.time], d) for d in docs]
+    actions = [es_actions.latest_action(base, d[PRESET.track], d[PRESET.time], d) for d in docs]
     await async_bulk(es, actions, refresh=True)
 
 

@@ -22,7 +22,7 @@ import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import documents
 from geoiot.config import Settings
 from geoiot.malloc import TOP_PAD, TRIM_THRESHOLD
@@ -30,6 +30,7 @@ from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import NYC, document, on_grid
 from testkit.sse import Stream, read_until
+from testkit import actions as es_actions
 from web.alerts import AlertBuffer
 from web.events import Hub
 from web.params import LatestParams, parse_bbox
@@ -112,7 +113,7 @@ async def big_index(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[st
             lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
             t = T0 + rng.randrange(0, 3_600_000)
             doc = document(PRESET, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30))
-            yield documents.latest_action(name, doc[PRESET.track], t, doc)
+            yield es_actions.latest_action(name, doc[PRESET.track], t, doc)
 
     try:
         await async_bulk(es, actions(), chunk_size=5_000)

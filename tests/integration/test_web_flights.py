@@ -21,10 +21,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.geofence import Geofences
-from agents.index import drop_index, ensure_index
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset
 from testkit.presets import FLIGHTS, FLIGHTS_DATA
@@ -96,7 +96,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         result = pipeline.process([Incoming(orjson.dumps(r), r["object_id"].encode(), "src", 0, i)
                                    for i, r in enumerate(raw)], lambda track: None)
         assert result.dead == [], result.dead[:3]
-        assert await sink.write(result.actions + result.latest) == []
+        assert await sink.write_bulk(result.bulk()) == []
         await es.indices.refresh(index=f"{name}*")
         newest: dict[str, Row] = {}
         for r in good:

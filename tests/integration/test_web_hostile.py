@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
 
-from agents.index import drop_index, ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy

@@ -20,10 +20,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.geofence import Geofences
-from agents.index import drop_index, ensure_index
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import ElasticsearchSink, es_client
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.store.index import drop_index, ensure_index
+from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset
@@ -73,7 +73,7 @@ async def write(pipeline: Pipeline, sink: ElasticsearchSink, data: list[Report],
         chunk = data[start:start + batch]
         result = pipeline.process([Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i)
                                    for i, r in enumerate(chunk)], lambda track: None)
-        assert result.dead == [] and await sink.write(result.actions + result.latest) == []
+        assert result.dead == [] and await sink.write_bulk(result.bulk()) == []
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

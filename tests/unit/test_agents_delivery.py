@@ -1,4 +1,4 @@
-"""The delivery rules of agents.consumer.SourceStream and agents.state.TrackTable, in-process.
+"""The delivery rules of agents.worker.stream.SourceStream and agents.worker.track_table.TrackTable, in-process.
 
 The stream takes its consumer and producer from outside, so these tests drive it with small fakes of
 the part of aiokafka's interface it calls, and check its own rules: per batch, sinks and dead letters
@@ -19,14 +19,14 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from agents.consumer import SourceStream, Topics
-from agents.geofence import Geofences
-from agents.pipeline import Pipeline
-from agents.state import TrackTable
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Pipeline
+from agents.worker.stream import SourceStream, StreamTopics
+from agents.worker.track_table import TrackTable
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset
 
-TOPICS = Topics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog")
+TOPICS = StreamTopics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog")
 PRESET = load_preset("taxi")
 
 
@@ -346,7 +346,7 @@ class RefusingLatestSink(FakeSink):
 
 
 async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_no_dead_letter() -> None:
-    from agents import metrics as m
+    from agents.worker import metrics as m
 
     log: list[Any] = []
     consumer = FakeConsumer(log, [batch(0, "a", "b", "a")])

@@ -17,15 +17,19 @@ from elasticsearch.helpers import expand_action
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
-from agents.alerts import Webhook, transitions
-from agents.geofence import GeofenceError, Geofences
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import serialized_action
-from agents.tracks import HISTORY, advance, advance_batch, bearing_deg, haversine_m
-from agents.validate import dead_letter, decode, original_bytes
+from agents.core.geofence import GeofenceError, Geofences
+from agents.core.motion import HISTORY, advance_batch, bearing_deg, haversine_m
+from agents.core.pipeline import Incoming, Pipeline
+from agents.core.transitions import transitions
+from agents.core.validate import decode
+from agents.webhook import Webhook
 from geoiot import documents
 from geoiot.config import DEFAULT_GEOFENCES
+from geoiot.deadletter import dead_letter, original_bytes
 from geoiot.schema import InvalidRecord, coerce, core_values, load_preset, typed_record
+from testkit import actions as es_actions
+from testkit.actions import serialized_action
+from testkit.motion import advance
 
 PRESET = load_preset("taxi")
 T0 = 1_357_000_000_000  # epoch ms (small numbers would read as epoch seconds)
@@ -305,18 +309,18 @@ def test_advance_batch_equals_advance_report_by_report(reports, saved):
 def test_document_and_action():
     obs = decode(PRESET, raw())
     _, motion = advance(None, obs.time_ms, obs.lon, obs.lat, ())
-    doc = documents.build(obs.record, obs.lon, obs.lat, ("jfk",), motion.distance_m, motion.speed_mps,
+    doc = es_actions.build(obs.record, obs.lon, obs.lat, ("jfk",), motion.distance_m, motion.speed_mps,
                           motion.heading_deg, ingested_at=5)
     assert doc["geometry"] == {"lat": 40.76, "lon": -73.97} and doc["geofences"] == ["jfk"]
     assert len(doc["geohash"]) == 12 and doc["geohash"].startswith("dr5ru")
-    act = documents.action("obs", obs.track, obs.time_ms, doc)
+    act = es_actions.action("obs", obs.track, obs.time_ms, doc)
     assert act["_id"] == "7:1357000000000" and act["_index"] == "obs-2013.01.01"
 
 
 @given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
 def test_daily_index_holds_the_day_of_the_event_time(time_ms):
     # Independent of how the name is formatted: the day the name says contains the event time.
-    name = documents.action("obs", "t", time_ms, {})["_index"]
+    name = es_actions.action("obs", "t", time_ms, {})["_index"]
     start = documents.index_day_ms("obs", name)
     assert start is not None and start <= time_ms < start + documents.DAY_MS
 
@@ -360,10 +364,10 @@ def test_pipeline_batch_crossing_track_invalid_and_filter():
     result = Pipeline(PRESET, fences, "obs").process(_msgs(values), store.get)
     assert result.valid == 4 and [(m.offset, r.split(":")[0]) for m, r in result.dead] == [(2, "not JSON")]
     assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000), ("exit", T0 + 4000)]
-    assert [a["_source"]["geofences"] for a in result.actions] == [[], ["zone"], ["zone"], []]
+    assert [a["_source"]["geofences"] for a in result.observations.actions()] == [[], ["zone"], ["zone"], []]
     assert result.states["x"][1]["t"] == T0 + 4000
     filtered = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values), {}.get)
-    assert len(filtered.actions) == 2 and filtered.filtered == 2 and len(filtered.alerts) == 2
+    assert len(filtered.observations.actions()) == 2 and filtered.filtered == 2 and len(filtered.alerts) == 2
 
 
 def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alerts():
@@ -375,7 +379,7 @@ def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alert
     again = pipe.process(_msgs(values), saved.get)
     assert again.alerts == [] and again.states == {}
     strip = lambda acts: [{k: v for k, v in a["_source"].items() if k != "ingested_at"} for a in acts]
-    assert strip(again.actions)[1:] == strip(first.actions)[1:]
+    assert strip(again.observations.actions())[1:] == strip(first.observations.actions())[1:]
 
 
 def test_pipeline_dead_letters_events_outside_the_event_time_bounds_and_keeps_the_rest():
@@ -384,18 +388,18 @@ def test_pipeline_dead_letters_events_outside_the_event_time_bounds_and_keeps_th
               raw(taxiId="d", observationTime="0001-01-01T00:00:00Z"),
               raw(taxiId="e", observationTime=int(time.time() * 1000) + 3 * 86_400_000), raw(taxiId="f")]
     result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
-    assert [a["_source"]["taxiId"] for a in result.actions] == ["a", "f"]
+    assert [a["_source"]["taxiId"] for a in result.observations.actions()] == ["a", "f"]
     reasons = {m.offset: r for m, r in result.dead}
     assert sorted(reasons) == [1, 2, 3, 4]
     assert "outside the years 1-9999" in reasons[1] and "outside the years 1-9999" in reasons[2]
     assert "days old" in reasons[3] and "days ahead" in reasons[4]
-    assert {a["_index"] for a in result.actions} == {"obs-2013.01.01"}
+    assert {a["_index"] for a in result.observations.actions()} == {"obs-2013.01.01"}
 
 
 def test_pipeline_dead_letters_an_id_elasticsearch_would_refuse():
     values = [raw(taxiId=str(i)) for i in range(3)] + [raw(taxiId="x" * 600)]
     result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
-    assert len(result.actions) == 3 and [(m.offset, "exceeds Elasticsearch's 512" in r) for m, r in result.dead] == [(3, True)]
+    assert len(result.observations.actions()) == 3 and [(m.offset, "exceeds Elasticsearch's 512" in r) for m, r in result.dead] == [(3, True)]
 
 
 class Fussy(Geofences):
@@ -413,11 +417,11 @@ def test_pipeline_isolates_an_event_whose_annotation_fails():
               for i, lon in enumerate((0.5, 1.25, 1.5))]
     result = Pipeline(PRESET, fences, "obs").process(_msgs(values), {}.get)
     assert [(m.offset, r) for m, r in result.dead] == [(1, "cannot annotate the event: RuntimeError: cannot place it")]
-    assert [a["_source"]["geofences"] for a in result.actions] == [[], ["zone"]]
+    assert [a["_source"]["geofences"] for a in result.observations.actions()] == [[], ["zone"]]
     assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000)]
     assert result.valid == 2 and result.states["x"][1]["t"] == T0 + 2000
     alone = Pipeline(PRESET, fences, "obs").process(_msgs(values[1:2]), {}.get)
-    assert [m.offset for m, _ in alone.dead] == [0] and alone.actions == [] and alone.valid == 0
+    assert [m.offset for m, _ in alone.dead] == [0] and alone.observations.actions() == [] and alone.valid == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -431,16 +435,16 @@ def test_pipeline_writes_one_latest_per_track_the_newest_report(reports):
     for i, (t, dt) in enumerate(reports):
         if t not in newest or T0 + 1000 * dt >= newest[t][0]:
             newest[t] = (T0 + 1000 * dt, i)
-    assert sorted(a["_id"] for a in result.latest) == sorted(newest)
-    stored = {a["_id"]: a["_source"] for a in result.actions}  # the last action of an _id is what the index keeps
-    for action in result.latest:
+    assert sorted(a["_id"] for a in result.latest_bulk.actions()) == sorted(newest)
+    stored = {a["_id"]: a["_source"] for a in result.observations.actions()}  # the last action of an _id is what the index keeps
+    for action in result.latest_bulk.actions():
         time_ms, i = newest[action["_id"]]
         assert action["_index"] == documents.latest_index("obs") == "obs_latest"
         assert not fnmatch.fnmatch(action["_index"], documents.index_pattern("obs"))
         assert action["version"] == time_ms and action["version_type"] == "external"
         assert action["_source"]["longitude"] == pytest.approx(-73.9 + i * 1e-4)
         assert action["_source"] == stored[documents.doc_id(action["_id"], time_ms)]
-    assert {(a["_index"], a["_id"]) for a in result.latest}.isdisjoint(result.sources)  # never dead-lettered
+    assert {(a["_index"], a["_id"]) for a in result.latest_bulk.actions()}.isdisjoint(result.sources)  # never dead-lettered
 
 
 def test_pipeline_latest_in_filter_mode_is_the_newest_report_inside_a_fence():
@@ -448,11 +452,11 @@ def test_pipeline_latest_in_filter_mode_is_the_newest_report_inside_a_fence():
     path = [(0.5, 0.5), (1.5, 1.5), (1.7, 1.7), (2.5, 2.5)]
     values = [raw(taxiId="x", observationTime=T0 + 1000 * i, longitude=x, latitude=y) for i, (x, y) in enumerate(path)]
     every = Pipeline(PRESET, fences, "obs").process(_msgs(values), {}.get)
-    assert [(a["version"], a["_source"]["geofences"]) for a in every.latest] == [(T0 + 3000, [])]
+    assert [(a["version"], a["_source"]["geofences"]) for a in every.latest_bulk.actions()] == [(T0 + 3000, [])]
     inside = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values), {}.get)
-    assert [(a["version"], a["_source"]["geofences"]) for a in inside.latest] == [(T0 + 2000, ["zone"])]
+    assert [(a["version"], a["_source"]["geofences"]) for a in inside.latest_bulk.actions()] == [(T0 + 2000, ["zone"])]
     outside = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values[3:]), {}.get)
-    assert outside.latest == [] and outside.actions == []
+    assert outside.latest_bulk.actions() == [] and outside.observations.actions() == []
 
 
 def test_pipeline_latest_skips_dead_letters_and_events_before_1970():
@@ -461,8 +465,8 @@ def test_pipeline_latest_skips_dead_letters_and_events_before_1970():
               b"{bad"]
     result = Pipeline(PRESET, Fussy.from_geometries(["zone"], [box(1, 1, 2, 2)]), "obs").process(_msgs(values), {}.get)
     assert sorted(m.offset for m, _ in result.dead) == [1, 4]
-    assert len(result.actions) == 3  # the observation before 1970 is indexed; it cannot be a versioned latest
-    assert [(a["_id"], a["version"]) for a in result.latest] == [("x", T0 + 1000)]
+    assert len(result.observations.actions()) == 3  # the observation before 1970 is indexed; it cannot be a versioned latest
+    assert [(a["_id"], a["version"]) for a in result.latest_bulk.actions()] == [("x", T0 + 1000)]
 
 
 # --- webhook ---------------------------------------------------------------------------------------

@@ -16,14 +16,16 @@ import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 from shapely.geometry import MultiPolygon, box
 
-from agents.bulk import Bulk
-from agents.geofence import Geofences
-from agents.pipeline import Incoming, Pipeline
-from agents.sink import serialized_action
+from agents.core import codec
+from agents.core.bulk import Bulk
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
 from geoiot import documents
 from geoiot.schema import load_preset, preset_from_mapping
 from geoiot.timeparse import EventTimeBounds
 from testkit.rowwise import RowwisePipeline
+from testkit import actions as es_actions
+from testkit.actions import serialized_action
 
 TAXI = load_preset("taxi")
 # Every field type, the core fields not first, names that need JSON escaping.
@@ -133,8 +135,8 @@ def body_lines(meta_source_pairs):
 
 def assert_same(new, old):
     assert [(m.offset, r) for m, r in new.dead] == [(m.offset, r) for m, r in old.dead]
-    assert as_json(new.actions) == as_json(old.actions)
-    assert as_json(new.latest) == as_json(old.latest)
+    assert as_json(new.observations.actions()) == as_json(old.actions)
+    assert as_json(new.latest_bulk.actions()) == as_json(old.latest)
     assert new.alerts == old.alerts
     assert new.states == old.states
     assert (new.valid, new.filtered, new.nulled) == (old.valid, old.filtered, old.nulled)
@@ -200,7 +202,7 @@ def test_batch_core_applies_the_event_time_bounds_as_the_row_wise_code(values, a
 def test_wire_format_reports_take_the_compiled_path_and_others_the_exact_one():
     """Not a tautology check of speed: the fast path must be taken for replay's values, or the core is slow."""
     good = orjson.dumps({"taxiId": "a", "observationTime": T0, "longitude": 0.5, "latitude": 0.5, "passengerCount": 1})
-    decoder = documents.document_decoder(TAXI)
+    decoder = codec.document_decoder(TAXI)
     doc = decoder.decode(good)
     assert (doc.c_track, doc.c_time, doc.c_lon, doc.c_lat, doc.f4, doc.f5) == ("a", T0, 0.5, 0.5, 1, None)
     with_blank = orjson.dumps({"taxiId": "a", "observationTime": T0, "longitude": 0.5, "latitude": 0.5, "medallion": ""})
@@ -210,14 +212,14 @@ def test_wire_format_reports_take_the_compiled_path_and_others_the_exact_one():
         raise AssertionError("an empty string must take the exact path (it becomes null)")
     except msgspec.ValidationError:
         pass
-    assert documents.document_type(preset_from_mapping({"name": "g", "track": "id", "time": "t", "lon": "x", "lat": "y",
+    assert codec.document_type(preset_from_mapping({"name": "g", "track": "id", "time": "t", "lon": "x", "lat": "y",
                                                         "fields": {"id": "string", "t": "time", "x": "float", "y": "float",
                                                                    "geohash": "string"}}, "g")) is None
 
 
 def test_bulk_entries_are_the_helpers_lines_and_round_trip_to_actions():
-    actions = [documents.action("obs", 'q"\\', T0, {"a": 1, "é": [1.5, None]}),
-               documents.latest_action("obs", "t", T0 + 1, {"b": True})]
+    actions = [es_actions.action("obs", 'q"\\', T0, {"a": 1, "é": [1.5, None]}),
+               es_actions.latest_action("obs", "t", T0 + 1, {"b": True})]
     bulk = Bulk.from_actions(actions)
     assert bulk.lines == [meta + b"\n" + source + b"\n" for meta, source in map(serialized_action, actions)]
     assert bulk.actions() == actions and bulk.versions == [None, T0 + 1]
@@ -228,11 +230,11 @@ def test_presets_the_struct_cannot_name_still_get_their_documents():
     for odd in ("geohash", 'quo"te', "back\\slash", "tab\t"):
         preset = preset_from_mapping({"name": "g", "track": "id", "time": "t", "lon": "x", "lat": "y",
                                       "fields": {"id": "string", "t": "time", "x": "float", "y": "float", odd: "string"}}, "g")
-        assert documents.document_type(preset) is None
+        assert codec.document_type(preset) is None
         values = [orjson.dumps({"id": "a", "t": T0 + i, "x": 0.5, "y": 0.5, odd: "mine"}) for i in range(3)]
         new, old = run_both(preset, FENCES, values, {})
         assert_same(new, old)
-        assert len(new.actions) == 3
+        assert len(new.observations.actions()) == 3
 
 
 def taxi_value(track, time_ms, lon, lat):

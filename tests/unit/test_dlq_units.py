@@ -1,5 +1,5 @@
 """The dead-letter redrive's pure parts (replay/dlq.py): a letter gives back the exact original key and
-value that ``agents.validate.dead_letter`` was given, and the selection skips each letter under one kind."""
+value that ``geoiot.deadletter.dead_letter`` was given, and the selection skips each letter under one kind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from agents.validate import DLQ_KEEP_BYTES, dead_letter
+from geoiot.deadletter import DLQ_KEEP_BYTES, dead_letter
 from replay.dlq import SKIP_KINDS, Letter, NotALetter, Selection, parse_letter
 
 
@@ -59,6 +59,6 @@ def test_selection_skips_under_one_documented_kind(selection: Selection, ts: int
 
 
 def test_the_letter_json_is_the_workers_format() -> None:
-    """The fields the redrive reads are the ones the worker writes (one home: agents.validate)."""
+    """The fields the redrive reads are the ones the worker writes (one home: agents.core.validate)."""
     assert {"reason", "topic", "partition", "offset", "key", "original", "original_encoding"} <= \
         set(orjson.loads(dead_letter(b"v", "r", "t", 0, 0, b"k")))

@@ -1,5 +1,5 @@
 """The alert semantics of live fences on the pure pipeline (the worker and the Spark job share it), and the index
-the worker builds from the fence topic's records (agents.fence_follower.Shapes)."""
+the worker builds from the fence topic's records (agents.core.fence_shapes.Shapes)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import box, mapping
 
-from agents.fence_follower import Shapes
-from agents.geofence import Geofences
-from agents.pipeline import Incoming, Pipeline
+from agents.core.fence_shapes import Shapes
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
 from geoiot import fences
 from geoiot.schema import load_preset
 
@@ -56,13 +56,13 @@ def test_created_changed_and_deleted_fences_give_the_documented_alerts_at_the_ne
         return result
 
     first = batch(report(1, 0.5, 0.5))
-    assert first.alerts == [] and first.actions[0]["_source"]["geofences"] == []
+    assert first.alerts == [] and first.observations.actions()[0]["_source"]["geofences"] == []
     # a fence created around the track: enter at its next report, with the fence's version
     topic.put("zone", box(0, 0, 1, 1))
     pipeline.fences = topic.index()
     second = batch(report(2, 0.5, 0.5))
     assert [(a["event"], a["fence"], a["version"], a["removed"]) for a in second.alerts] == [("enter", "zone", 1, False)]
-    assert second.actions[0]["_source"]["geofences"] == ["zone"]
+    assert second.observations.actions()[0]["_source"]["geofences"] == ["zone"]
     # the shape changes so the track is outside: exit at the next report, the new version
     topic.put("zone", box(5, 5, 6, 6))
     pipeline.fences = topic.index()
@@ -77,7 +77,7 @@ def test_created_changed_and_deleted_fences_give_the_documented_alerts_at_the_ne
     fifth = batch(report(5, 0.5, 0.5), report(6, 0.6, 0.6))
     assert [(a["event"], a["fence"], a["version"], a["removed"], a["time"]) for a in fifth.alerts] == [
         ("exit", "zone", 4, True, T0 + 5000)]
-    assert [a["_source"]["geofences"] for a in fifth.actions] == [[], []]
+    assert [a["_source"]["geofences"] for a in fifth.observations.actions()] == [[], []]
 
 
 def test_file_fences_have_no_version_and_an_unchanged_fence_keeps_its_shape():

@@ -386,8 +386,8 @@ def test_generate_cli_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_replay_and_the_agents_refuse_the_same_event_times_with_the_same_reason(tmp_path: Path) -> None:
-    from agents.geofence import Geofences
-    from agents.pipeline import Incoming, Pipeline
+    from agents.core.geofence import Geofences
+    from agents.core.pipeline import Incoming, Pipeline
     from geoiot.timeparse import EventTimeBounds
     from replay.reader import read_records
 

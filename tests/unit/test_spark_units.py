@@ -1,7 +1,7 @@
 """Unit tests of the Spark job's glue (no Spark, no Kafka, no Elasticsearch).
 
 The job must run the agents' own pipeline with the worker's track state: these tests compare its output
-with :class:`agents.pipeline.Pipeline` fed by the worker's :class:`agents.state.TrackTable`, so a second
+with :class:`agents.core.pipeline.Pipeline` fed by the worker's :class:`agents.worker.track_table.TrackTable`, so a second
 implementation (or a state that depends on where a micro-batch starts) would show up as a difference.
 The state function runs on :mod:`testkit.group_state`, which calls it the way Spark does.
 """
@@ -19,16 +19,16 @@ pd = pytest.importorskip("pandas", reason="pandas comes with the [spark] extra")
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from agents import idle  # noqa: E402
-from agents.pipeline import Incoming  # noqa: E402
-from agents.sink import StdoutSink  # noqa: E402
-from agents.spark_job import (STATE_CONF, BatchCounts, build_parser, checkpoint_dir,  # noqa: E402
+from agents.core import idle  # noqa: E402
+from agents.core.pipeline import Incoming  # noqa: E402
+from agents.store.sink import StdoutSink  # noqa: E402
+from agents.spark.job import (STATE_CONF, BatchCounts, build_parser, checkpoint_dir,  # noqa: E402
                               needs_kafka_v1_source, progress_fields)
-from agents.spark_worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
+from agents.spark.worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
                                  dead_letters, group_function, group_key_path, incoming, timeout_duration)
-from agents.state import TrackTable  # noqa: E402
-from agents.validate import dead_letter  # noqa: E402
+from agents.worker.track_table import TrackTable  # noqa: E402
 from geoiot import config  # noqa: E402
+from geoiot.deadletter import dead_letter  # noqa: E402
 from geoiot.documents import INGESTED_AT  # noqa: E402
 from testkit.group_state import FakeGroupState, FakeStateStore  # noqa: E402
 
@@ -75,7 +75,7 @@ def worker_run(context: JobContext, values: list[bytes | None], batches: list[in
         result = pipeline.process(msgs[start:stop], table.get)
         for track, (partition, state) in result.states.items():
             table.put(partition, track, state)
-        docs.update({a["_id"]: same(a["_source"]) for a in result.actions})
+        docs.update({a["_id"]: same(a["_source"]) for a in result.observations.actions()})
         alerts += result.alerts
     return docs, alerts
 
@@ -130,7 +130,7 @@ def test_dead_letters_use_the_agents_shape_and_original_key() -> None:
 
 
 def test_bad_configuration_is_refused_before_spark_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agents.spark_job import main
+    from agents.spark.job import main
 
     bad = tmp_path / "fences.geojson"
     bad.write_text('{"type": "Point"}')
@@ -215,7 +215,7 @@ def test_state_function_gives_the_workers_documents_alerts_and_latest_positions(
     assert spark_alerts == worker_alerts and len(worker_alerts) == 3 + 1  # one per transition, a then b
     assert worker_docs["a:1356998410000"]["distance_m"] > 0 and worker_docs["a:1356998400000"]["distance_m"] is None
     held = {key[0]: orjson.loads(row[0]) for key, (row, _) in store.rows.items()}
-    assert set(held) == {"a", "b"} and held["a"]["a"][1]["t"] == 1356998430000  # agents.tracks' state dict
+    assert set(held) == {"a", "b"} and held["a"]["a"][1]["t"] == 1356998430000  # agents.core.motion' state dict
     assert held["a"]["a"][1].keys() == {"t", "lon", "lat", "fences", "hist"}
 
 
@@ -276,9 +276,9 @@ def test_idle_boundary_is_the_same_on_spark_and_in_the_worker(late_ms: int) -> N
     assert timeout_at == idle.ends_at(updated, timeout)
     [rows] = store.batch({"a": [chunk(second, 11)]}, now)
     spark = kinds(rows, "doc")
-    assert [same(a["_source"]) for a in spark] == [same(a["_source"]) for a in worker.actions]
+    assert [same(a["_source"]) for a in spark] == [same(a["_source"]) for a in worker.observations.actions()]
     ended = late_ms > 0
-    assert (worker.actions[0]["_source"]["distance_m"] is None) is ended
+    assert (worker.observations.actions()[0]["_source"]["distance_m"] is None) is ended
     assert [a["event"] for a in worker.alerts] == ([] if ended else ["exit"]) == [a["event"] for a in kinds(rows, "alert")]
     assert rows.loc[rows["kind"] == "stats", "ended"].iloc[0] == int(ended)
 
@@ -321,7 +321,7 @@ def test_advance_group_drops_only_the_expired_tracks_of_a_group() -> None:
     msgs = incoming(chunk(crossing("a", [0, 10])))
     result, alive, ended = advance_group(pipeline, msgs, held, 40_000, 30.0)
     assert ended == 1 and set(alive) == {"a", "7"} and alive["a"][0] == 40_000 and alive["7"][0] == 50_000
-    assert result.actions[0]["_source"]["distance_m"] is None  # a started afresh
+    assert result.observations.actions()[0]["_source"]["distance_m"] is None  # a started afresh
 
 
 def test_write_step_indexes_and_passes_dead_letters_and_alerts_on_with_their_topics() -> None:
@@ -356,7 +356,7 @@ def test_driver_webhook_posts_alerts_with_the_agents_retry_rules() -> None:
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from agents.spark_job import DriverWebhook
+    from agents.spark.job import DriverWebhook
 
     received: list[dict[str, object]] = []
     answers = {"a": iter([503, 200]), "b": iter([400])}  # per track: deliveries run concurrently

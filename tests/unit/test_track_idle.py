@@ -1,4 +1,4 @@
-"""IOT_TRACK_IDLE_TIMEOUT in the worker (agents.idle through agents.state.TrackTable), in-process.
+"""IOT_TRACK_IDLE_TIMEOUT in the worker (agents.core.idle through agents.worker.track_table.TrackTable), in-process.
 
 The same rule on Spark is tested in tests/unit/test_spark_units.py (the boundary, on both paths at once).
 """
@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from agents import idle
-from agents.consumer import SourceStream
-from agents.geofence import Geofences
-from agents.pipeline import Pipeline
-from agents.state import TrackTable
+from agents.core import idle
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Pipeline
+from agents.worker.stream import SourceStream
+from agents.worker.track_table import TrackTable
 from geoiot import config
 from geoiot.config import DEFAULT_GEOFENCES
 from test_agents_delivery import (PRESET, TOPICS, FakeConsumer, FakeProducer, FakeReader, FakeSink, Record, batch,

@@ -9,10 +9,10 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.pipeline import Incoming, Pipeline
-from agents.geofence import Geofences
-from agents.retention import expired
-from agents.validate import decode, decode_batch
+from agents.core.geofence import Geofences
+from agents.core.pipeline import Incoming, Pipeline
+from agents.core.validate import decode, decode_batch
+from agents.store.retention import expired
 from geoiot import config, documents
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import InvalidRecord, load_preset
@@ -95,4 +95,4 @@ def test_a_kafka_key_that_is_not_the_track_id_is_counted_and_the_value_wins():
     result = pipeline.process(messages, lambda track: None)
     assert result.key_mismatch == 2  # b and d; no key is not a mismatch; the invalid event is a dead letter
     assert len(result.dead) == 1
-    assert sorted(a["_source"]["taxiId"] for a in result.actions) == ["a", "b", "c", "d"]
+    assert sorted(a["_source"]["taxiId"] for a in result.observations.actions()) == ["a", "b", "c", "d"]

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from agents.alerts import Breaker, Webhook
+from agents.webhook import Breaker, Webhook
 
 
 class Target:

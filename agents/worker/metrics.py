@@ -26,7 +26,7 @@ BATCH_SIZE = Histogram("geoiot_agent_batch_size", "Messages per processed batch"
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))
 LAG = Gauge("geoiot_agent_consumer_lag", "Messages behind the end of a source partition", ["topic", "partition"])
 TRACKS = Gauge("geoiot_agent_tracks", "Tracks in this worker's state table")
-FENCES = Gauge("geoiot_agent_fences", "Geofences in force (agents.fence_follower)")
+FENCES = Gauge("geoiot_agent_fences", "Geofences in force (agents.worker.fence_follower)")
 FENCE_BUILD = Histogram("geoiot_agent_fence_build_seconds", "Time to build the geofence index after a change",
                         buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 

@@ -6,7 +6,7 @@ so a track that left a fence while silent gives no exit alert), and the state ma
 
 Processing time, not event time, because what the timeout bounds is memory held for tracks that
 stopped reporting, and because the check sits at the ``get_state(track)`` boundary of
-:meth:`agents.pipeline.Pipeline.process`, where the report's event time is not known. The "last
+:meth:`agents.core.pipeline.Pipeline.process`, where the report's event time is not known. The "last
 updated" time is the worker's put time (after a restart: the changelog record's timestamp) and, on
 Spark, the batch timestamp of the micro-batch that updated it (``GroupState.getCurrentProcessingTimeMs``),
 which Spark's ``ProcessingTimeTimeout`` also uses; both are checked here against the time of the

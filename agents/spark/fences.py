@@ -4,7 +4,7 @@ The driver runs a :class:`geoiot.fence_topic.FenceFollower` on an event loop of 
 before the query starts) and writes the fences in force (:meth:`geoiot.fences.FenceSet.snapshot`) to one file,
 replaced atomically, whenever they change, except while a micro-batch runs (the state function runs inside
 ``foreachBatch``, when the batch's rows are first computed): then at the batch's end. The executors' state
-function reads the file again when it was replaced (:meth:`agents.spark_worker.Worker.refresh_fences`). So a
+function reads the file again when it was replaced (:meth:`agents.spark.worker.Worker.refresh_fences`). So a
 change applies from a batch boundary on, in the topic's order, as in the worker, and a whole batch is
 computed with one set of fences. The file lies beside the checkpoint directory: on a cluster the executors must
 see the same path (a shared file system); where they cannot, they keep the fences of IOT_GEOFENCES.
@@ -22,7 +22,7 @@ from geoiot import fence_topic
 from geoiot.config import Settings
 from geoiot.fences import FenceSet
 
-log = logging.getLogger("agents.spark_job")
+log = logging.getLogger("agents.spark.job")
 
 def snapshot_path(checkpoint: str) -> str:
     """Where the driver writes the fences of the next micro-batch: beside the checkpoint directory, not in it

@@ -3,7 +3,7 @@ and the latest positions (``<IOT_INDEX>_latest``) of the tracks whose newest rep
 
 Run it once or every N seconds::
 
-    python -m agents.retention [--index taxi] [--schema taxi] [--retention-days 30] [--every 3600] [--dry-run]
+    python -m agents.store.retention [--index taxi] [--schema taxi] [--retention-days 30] [--every 3600] [--dry-run]
 
 The worker runs the same task every hour when ``IOT_RETENTION_DAYS`` is set. An index is deleted when
 the whole day it holds is older than the retention period; only names of the form
@@ -124,7 +124,7 @@ async def trim_latest(es: AsyncElasticsearch, base: str, time_field: str, retent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agents.retention", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agents.store.retention", description=__doc__.splitlines()[0])
     config.add_flags(parser, ENVS)
     parser.add_argument("--every", type=float, default=0, metavar="SECONDS",
                         help="run again every SECONDS (default 0: once)")

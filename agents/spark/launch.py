@@ -1,6 +1,6 @@
 """The ``spark-submit`` command line of the job, shared by the tests, the benchmark and ``make demo``.
 
-``python -m agents.spark_launch [job flags]`` prints nothing and runs the job locally with the
+``python -m agents.spark.launch [job flags]`` prints nothing and runs the job locally with the
 connector jars of ``infra/local/stack spark-jars`` (resolved once with mvn into .stack/), the venv's
 Python on driver and executors, ``local[2]`` and a 1 GB driver (override with SPARK_MASTER /
 SPARK_DRIVER_MEMORY). ``SPARK_PYTHON`` names another interpreter with another pyspark (e.g. a venv with
@@ -15,9 +15,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "infra" / "local" / "stack"
-JOB = ROOT / "agents" / "spark_job.py"
+JOB = ROOT / "agents" / "spark" / "job.py"
 JAVA_17 = "/usr/lib/jvm/java-17-openjdk-amd64"
 
 
@@ -71,7 +71,7 @@ def environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def command(job_args: Sequence[str], jars: str, *, master: str | None = None, driver_memory: str | None = None,
             conf: Mapping[str, str] | None = None) -> list[str]:
-    """``spark-submit --master local[2] --driver-memory 1g --jars ... agents/spark_job.py <job_args>``."""
+    """``spark-submit --master local[2] --driver-memory 1g --jars ... agents/spark/job.py <job_args>``."""
     submit = Path(spark_python()).with_name("spark-submit")
     cmd = [str(submit) if submit.exists() else "spark-submit",
            "--master", master or os.environ.get("SPARK_MASTER", "local[2]"),

@@ -1,4 +1,4 @@
-"""Geofence enter/exit alerts and their optional webhook.
+"""The optional webhook of geofence alerts, shared by the worker and the Spark driver.
 
 The webhook never stalls the stream, and a dead target never makes alerts wait behind each of its hangs:
 alerts go into a bounded queue drained by ``concurrency`` tasks (that many POSTs in flight), each POST
@@ -23,14 +23,7 @@ import orjson
 
 from geoiot.logs import QuietLog
 
-log = logging.getLogger("agents.alerts")
-
-
-def transitions(track: str, entered: tuple[str, ...], exited: tuple[str, ...], time_ms: int,
-                lon: float, lat: float) -> list[dict[str, Any]]:
-    """The alerts of one report: exits first (leaving one fence for another reads naturally), ids sorted."""
-    return ([{"track": track, "fence": f, "event": "exit", "time": time_ms, "lon": lon, "lat": lat} for f in exited]
-            + [{"track": track, "fence": f, "event": "enter", "time": time_ms, "lon": lon, "lat": lat} for f in entered])
+log = logging.getLogger("agents.webhook")
 
 
 class Breaker:

@@ -5,16 +5,16 @@ Spark. Two steps per micro-batch:
 
 1. :func:`group_function`, the ``applyInPandasWithState`` function: the Kafka rows of one track (the
    group key is the track field read from the value, :func:`group_key_path`), put in Kafka order
-   (topic, partition, offset), go through the very same :meth:`agents.pipeline.Pipeline.process` the
+   (topic, partition, offset), go through the very same :meth:`agents.core.pipeline.Pipeline.process` the
    Faust agents run, with ``get_state`` fed from the group's state in Spark's state store: the
-   :mod:`agents.tracks` state dict of each track with the time it was last updated
+   :mod:`agents.core.motion` state dict of each track with the time it was last updated
    (:data:`STATE_SCHEMA`). Tracks idle longer than IOT_TRACK_IDLE_TIMEOUT are dropped first
-   (:mod:`agents.idle`, the worker's rule); Spark's ``ProcessingTimeTimeout`` removes groups nobody
+   (:mod:`agents.core.idle`, the worker's rule); Spark's ``ProcessingTimeTimeout`` removes groups nobody
    reports for. What comes out is rows (:data:`STATE_OUTPUT_SCHEMA`): the bulk actions of the
    observations and of the latest positions, the dead letters and the alerts (both in the agents'
    message shapes) and one row of counts.
 2. :func:`write_function`, a ``mapInPandas`` over those rows: bulk-indexes observations and latest
-   positions with the agents' :class:`agents.sink.ElasticsearchSink` (same retry rules, same bounded
+   positions with the agents' :class:`agents.store.sink.ElasticsearchSink` (same retry rules, same bounded
    index creation, external versions for the latest positions: a 409 is counted, not dead-lettered),
    turns observations Elasticsearch refused for good into dead letters, and passes dead letters and
    alerts on with their topic (:data:`WRITE_SCHEMA`) for Spark's Kafka sink.
@@ -35,20 +35,20 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from agents import idle
-from agents.bulk import Bulk
-from agents.fence_follower import Shapes
-from agents.geofence import Geofences
-from agents.pipeline import BatchResult, Incoming, Pipeline
-from agents.sink import ElasticsearchSink, Sink, es_client, stored_latest
-from agents.tracks import State
-from agents.validate import dead_letter
+from agents.core import idle
+from agents.core.bulk import Bulk
+from agents.core.fence_shapes import Shapes
+from agents.core.geofence import Geofences
+from agents.core.motion import State
+from agents.core.pipeline import BatchResult, Incoming, Pipeline
+from agents.store.sink import ElasticsearchSink, Sink, es_client, stored_latest
 from geoiot.config import Settings
+from geoiot.deadletter import dead_letter
 from geoiot.fences import FenceSet
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone
 
-# The group state: JSON {track: [updated_ms, state]} (state: agents.tracks' dict; updated_ms: the batch
+# The group state: JSON {track: [updated_ms, state]} (state: agents.core.motion' dict; updated_ms: the batch
 # timestamp of the micro-batch that last moved it).
 STATE_SCHEMA = "tracks string"
 COUNTS = ("messages", "dead", "filtered", "alerts", "ended")
@@ -81,7 +81,7 @@ class JobContext:
     dlq_topic: str = "taxi-dlq"
     alerts_topic: str = "taxi-alerts"
     idle_timeout: float = 0.0
-    fences_snapshot: str = ""  # the driver's snapshot of the live fences (agents.spark_fences); empty: the file's
+    fences_snapshot: str = ""  # the driver's snapshot of the live fences (agents.spark.fences); empty: the file's
 
     @classmethod
     def from_settings(cls, settings: Settings, fences_snapshot: str = "") -> "JobContext":
@@ -121,7 +121,7 @@ def advance_group(pipeline: Pipeline, messages: Sequence[Incoming], held: Held, 
                   idle_timeout: float) -> tuple[BatchResult, Held, int]:
     """One group's reports through the agents' pipeline against its held states.
 
-    Returns the pipeline's result, the states to hold now and how many ended idle (:mod:`agents.idle`).
+    Returns the pipeline's result, the states to hold now and how many ended idle (:mod:`agents.core.idle`).
     """
     alive = {t: v for t, v in held.items() if not idle.expired(v[0], now_ms, idle_timeout)}
     ended = len(held) - len(alive)
@@ -140,7 +140,7 @@ def timeout_duration(held: Held, now_ms: int, idle_timeout: float) -> int | None
     """Milliseconds until Spark's processing-time timeout should remove the group (None: no timeout).
 
     Spark times a group out when its timeout timestamp (now + duration) is below the batch timestamp:
-    at the newest track's :func:`agents.idle.ends_at`, the same boundary the function applies itself.
+    at the newest track's :func:`agents.core.idle.ends_at`, the same boundary the function applies itself.
     """
     if not held or not idle.timeout_ms(idle_timeout):
         return None
@@ -160,10 +160,9 @@ def state_rows(result: BatchResult, messages: int, ended: int) -> pd.DataFrame:
                                                 None if msg is None else msg.offset, *counts)):
             rows[column].append(item)
 
-    for action in result.actions:
-        msg = result.sources[(action["_index"], action["_id"])]
-        add("doc", msg.key, orjson.dumps(action), msg)
-    for action in result.latest:
+    for i, msg in enumerate(result.origins):
+        add("doc", msg.key, orjson.dumps(result.observations.action(i)), msg)
+    for action in result.latest_bulk.actions():
         add("latest", None, orjson.dumps(action))
     for key, value in dead_letters(result.dead):
         add("dlq", key, value)
@@ -204,7 +203,7 @@ class Worker:
 
     def refresh_fences(self) -> None:
         """The fences of the driver's latest snapshot, read again only when the file was replaced: the driver
-        replaces it between micro-batches, so every group of a batch sees the same fences (agents.spark_fences)."""
+        replaces it between micro-batches, so every group of a batch sees the same fences (agents.spark.fences)."""
         path = self.ctx.fences_snapshot
         if not path:
             return

@@ -1,6 +1,6 @@
 """Per-track motion state: distance, speed and heading from the previous report; fence transitions.
 
-The state is a small JSON-able dict (kept per source partition by :mod:`agents.state`, backed by a changelog topic)::
+The state is a small JSON-able dict (kept per source partition by :mod:`agents.worker.track_table`, backed by a changelog topic)::
 
     {"t": time_ms, "lon": .., "lat": .., "fences": [ids], "hist": [[t, lon, lat], ...]}
 
@@ -62,33 +62,6 @@ def motion_between(t0: int, lon0: float, lat0: float, t1: int, lon1: float, lat1
     return distance, speed, heading
 
 
-def advance(state: State | None, time_ms: int, lon: float, lat: float, fences: tuple[str, ...]) -> tuple[State | None, Motion]:
-    """The new state (the same object when unchanged) and the motion of this report.
-
-    The first report of a track has no motion and no transitions: transitions are changes of the
-    fence set between consecutive reports.
-    """
-    if state is None:
-        new = {"t": time_ms, "lon": lon, "lat": lat, "fences": list(fences), "hist": [[time_ms, lon, lat]]}
-        return new, Motion(None, None, None, True)
-    if time_ms > state["t"]:
-        distance, speed, heading = motion_between(state["t"], state["lon"], state["lat"], time_ms, lon, lat)
-        before = set(state["fences"])
-        after = set(fences)
-        hist = state.get("hist") or [[state["t"], state["lon"], state["lat"]]]
-        hist = (hist + [[time_ms, lon, lat]])[-HISTORY:]
-        new = {"t": time_ms, "lon": lon, "lat": lat, "fences": list(fences), "hist": hist}
-        return new, Motion(distance, speed, heading, True, tuple(sorted(after - before)), tuple(sorted(before - after)))
-    # Older or duplicate: the state stays; motion against the latest kept point strictly before it.
-    hist = state.get("hist") or []
-    i = bisect_left([h[0] for h in hist], time_ms)
-    if i == 0:
-        return state, Motion(None, None, None, False)
-    t0, lon0, lat0 = hist[i - 1]
-    distance, speed, heading = motion_between(t0, lon0, lat0, time_ms, lon, lat)
-    return state, Motion(distance, speed, heading, False)
-
-
 @dataclass(slots=True)
 class BatchMotion:
     """Motion of every report of a batch, its fence transitions, and the tracks' new states."""
@@ -102,11 +75,11 @@ class BatchMotion:
 
 def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
                   fences: Sequence[tuple[str, ...]], get_state: Callable[[str], State | None]) -> BatchMotion:
-    """:func:`advance` applied to the reports of a batch in order, with the trigonometry vectorised.
+    """The motion of every report of a batch, in order, and each moved track's new state.
 
-    Same results as calling ``advance`` report by report (a property test holds them equal): one
-    Python pass finds each report's previous point and the fence transitions, then numpy computes
-    every distance, speed and heading at once, and each moved track's state is built once.
+    The first report of a track has no motion and no transitions (they are changes of the fence set between
+    consecutive reports); an older or duplicate report keeps the state and gets its motion against the
+    latest kept point before it. One Python pass finds the previous points, numpy computes the trigonometry.
     """
     n = len(tracks)
     # Reports with a previous point: their index and that point (Python lists: numpy item stores cost more).

@@ -40,7 +40,7 @@ class Geofences:
     _rank: np.ndarray = field(repr=False)  # position of each fence id in sorted order
     _grid: "_Grid | None" = field(repr=False, default=None)
     _singles: tuple[tuple[str], ...] = field(repr=False, default=())
-    # Live fences (agents.fence_follower): each fence's version, and the version of the tombstone of each fence
+    # Live fences (agents.worker.fence_follower): each fence's version, and the version of the tombstone of each fence
     # deleted; empty for fences from a file. Alerts carry them (:meth:`describe`).
     versions: Mapping[str, int] = field(repr=False, default_factory=dict)
     removed: Mapping[str, int] = field(repr=False, default_factory=dict)

@@ -1,23 +1,21 @@
 """One batch of raw messages -> a prepared bulk request, alerts, dead letters and new track states.
 
-Faust-free (the agent in :mod:`agents.app` does the I/O), so the whole per-event logic is unit
+Free of I/O (the runtimes write its result), so the whole per-event logic is unit
 tested without Kafka; the Spark job runs it too. Any event that cannot be decoded, is outside the
 event-time bounds, would get an ``_id`` Elasticsearch refuses, or makes the annotation fail becomes
 a dead letter with its reason; the rest of the batch goes on. Geofences are computed for the whole
 batch at once; track state is advanced in arrival order, which per track is offset order because
 messages are keyed by track id.
 
-Each batch also gives at most one latest-position write per track (:func:`geoiot.documents.latest_action`):
+Each batch also gives at most one latest-position write per track (external versioning on the event time):
 the newest indexed observation of that track in the batch (on equal event times the later message,
 whose document is the one the observation index keeps). In geofence filter mode it is the newest
 observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
 last position inside one (its time says how old it is; the exit alert says it left).
 
-The batch is computed by columns, not rows (:func:`agents.validate.decode_batch`, then bounds, index names
-and ids over the time column, geofences and motion over arrays) and each document is serialised once, straight
-into its bulk entry (:class:`agents.bulk.Bulk`); ``BatchResult.actions``/``latest``/``sources`` give the
-same bulk-action dicts as before, built only when asked for. ``tests/unit/test_batch_core.py`` holds the result
-equal to the row-wise code it replaced (kept in ``testkit/rowwise.py``).
+The batch is computed by columns, not rows (:func:`agents.core.validate.decode_batch`, then bounds, index names
+and ids over the time column, geofences and motion over arrays), and each document is serialised once, straight
+into its bulk entry (:class:`agents.core.bulk.Bulk`), the one form of a batch's result.
 """
 
 from __future__ import annotations
@@ -33,16 +31,17 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import orjson
 
-from agents.alerts import transitions
-from agents.bulk import Bulk, meta_line
-from agents.geofence import Geofences
-from agents.tracks import State, advance_batch
-from agents.validate import decode_batch
+from agents.core import codec
+from agents.core.bulk import Bulk, meta_line
+from agents.core.geofence import Geofences
+from agents.core.motion import State, advance_batch
+from agents.core.transitions import transitions
+from agents.core.validate import decode_batch
 from geoiot import documents
 from geoiot.schema import InvalidRecord, Preset
 from geoiot.timeparse import EventTimeBounds
 
-log = logging.getLogger("agents.pipeline")
+log = logging.getLogger("agents.core.pipeline")
 
 DAY_MS = documents.DAY_MS
 # An _id of a track id up to this long cannot exceed MAX_ID_BYTES (":" and at most 20 digits of time).
@@ -77,11 +76,8 @@ class Incoming(NamedTuple):
 
 
 class BatchResult:
-    """What a batch gives: the prepared bulk entries (observations, latest positions) and everything else.
-
-    ``actions``, ``latest``, ``sources`` and ``newest`` are the bulk-action views of the entries (built on
-    first access and kept, so a caller may change the documents of ``actions`` before writing them).
-    """
+    """What a batch gives: its bulk entries (observations, latest positions), with the message of each
+    observation, and everything else (dead letters, alerts, new states, counts)."""
 
     def __init__(self) -> None:
         self.alerts: list[dict[str, Any]] = []
@@ -94,34 +90,15 @@ class BatchResult:
         self.observations = Bulk()  # one entry per indexed event, in message order
         self.origins: list[Message] = []  # the message of each observation entry
         self.latest_bulk = Bulk()  # one latest-position entry per track
-        self._actions: list[dict[str, Any]] | None = None
-        self._latest: list[dict[str, Any]] | None = None
 
     def bulk(self, latest: bool = True) -> Bulk:
         """The bulk request of the batch: the observations, then (``latest``) the latest positions."""
         return self.observations + self.latest_bulk if latest else self.observations
 
     @property
-    def actions(self) -> list[dict[str, Any]]:
-        if self._actions is None:
-            self._actions = self.observations.actions()
-        return self._actions
-
-    @property
-    def latest(self) -> list[dict[str, Any]]:
-        if self._latest is None:
-            self._latest = self.latest_bulk.actions()
-        return self._latest
-
-    @property
     def sources(self) -> dict[tuple[str, str], Message]:
         """(_index, _id) -> message of every observation (a latest-position entry is never a dead letter)."""
         return dict(zip(zip(self.observations.index, self.observations.ids), self.origins))
-
-    @property
-    def newest(self) -> dict[str, tuple[int, dict[str, Any]]]:
-        """track -> (time_ms, document) of its latest-position entry."""
-        return {a["_id"]: (a["version"], a["_source"]) for a in self.latest}
 
 
 @dataclass(slots=True)
@@ -287,7 +264,7 @@ class Pipeline:
         lats = cols.lats if whole else [cols.lats[k] for k in events]
         lon_array, lat_array = np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64)
         inside = self.fences.containing(lon_array, lat_array)
-        cells = documents.geohashes(lat_array, lon_array)
+        cells = codec.geohashes(lat_array, lon_array)
         motion = advance_batch(tracks, times, lons, lats, inside, get_state)
         part = _Part()
         describe = self.fences.describe  # the fences in force for this batch: their versions, and those removed
@@ -295,7 +272,7 @@ class Pipeline:
             part.alerts.extend(map(describe, transitions(tracks[i], entered, exited, times[i], lons[i], lats[i])))
         distance, speed, heading = motion.distance_m, motion.speed_mps, motion.heading_deg
         records, filter_inside = cols.records, self.filter_inside
-        dumps, build_into, fill = orjson.dumps, documents.build_into, documents.fill
+        dumps, build_into, fill = orjson.dumps, codec.build_into, codec.fill
         indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
         structs: list[Any] = []  # the documents that are structs, encoded together after the loop
         for i, k in enumerate(events):
@@ -320,7 +297,7 @@ class Pipeline:
         if structs:
             # One call for all of them: msgspec writes one JSON document per line (a newline inside a string is
             # escaped), cheaper than a call per document.
-            encoded = documents.ENCODER.encode_lines(structs).split(b"\n")
+            encoded = codec.ENCODER.encode_lines(structs).split(b"\n")
             encoded.pop()  # after the last newline
             if len(encoded) == len(sources):
                 part.sources = encoded
@@ -339,7 +316,7 @@ class Pipeline:
         kept_ids = [ids[k] for k in events] if len(events) < len(ids) else ids
         names = [index[k] for k in events] if len(events) < len(index) else index
         # The _ids as JSON strings, one call for all (one per line: a newline inside a string is escaped).
-        quoted = documents.ENCODER.encode_lines(kept_ids).split(b"\n")
+        quoted = codec.ENCODER.encode_lines(kept_ids).split(b"\n")
         quoted.pop()
         prefixes: dict[str, bytes] = {}  # b'{"index":{"_index":"<name>","_id":' as orjson writes the metadata
         for name in set(names):

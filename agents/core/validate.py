@@ -7,7 +7,6 @@ core fields (track id, time, lon, lat) decide validity, other attributes are coe
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from geoiot import documents
+from agents.core import codec
 from geoiot.schema import InvalidRecord, Preset, typed_record
 
 
@@ -98,7 +97,7 @@ class DecodedBatch:
     """The valid events of a batch as columns (parallel lists, in message order) and the others' reasons.
 
     ``records[k]`` is the typed record of message ``positions[k]``: a fresh dict, or an instance of
-    :func:`geoiot.documents.document_type` (the caller completes either into its document); ``reasons`` maps the position of every invalid message to its dead-letter reason.
+    :func:`geoiot.codec.document_type` (the caller completes either into its document); ``reasons`` maps the position of every invalid message to its dead-letter reason.
     """
 
     positions: list[int]
@@ -116,20 +115,20 @@ def decode_batch(preset: Preset, values: Sequence[bytes | bytearray | memoryview
     """:func:`decode` over a batch: the same records (as values), and the same reasons for the invalid values.
 
     Each value is first decoded by a compiled msgspec decoder into the preset's document struct
-    (:func:`geoiot.documents.document_type`), whose field types accept exactly the values
+    (:func:`geoiot.codec.document_type`), whose field types accept exactly the values
     :func:`geoiot.schema.typed_record` takes as they are (the wire format ``python -m replay`` sends: every
     field of its type or null, core fields present, strings not empty, ints in 64 bits, times in epoch ms).
     Anything it refuses, and a track id with surrounding blanks, goes through :func:`decode` itself, so
     reasons, coercions and nulls are the row-wise ones. Records are structs (fast path) or dicts.
     """
-    kind = documents.document_type(preset)
+    kind = codec.document_type(preset)
     positions: list[int] = []
     records: list[Any] = []
     slow: list[int] = []
     reasons: dict[int, str] = {}
     nulled: dict[int, int] = {}
     if kind is not None:
-        decoder = documents.document_decoder(preset)
+        decoder = codec.document_decoder(preset)
         fast = decoder.decode
         errors = (msgspec.ValidationError, msgspec.DecodeError)
         for i, raw in enumerate(values):
@@ -192,59 +191,3 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "JSON null"
     return "JSON number"
-
-
-# A dead letter must fit in a Kafka message (brokers refuse more than ~1 MB by default), or the batch
-# holding it could never complete and the partition would stall on it. Larger letters keep the first
-# DLQ_KEEP_BYTES of the value, base64-encoded (4/3 of the size whatever the bytes; JSON escaping of
-# control characters can grow text 6x), and say so; the whole value stays in the source topic at the
-# partition and offset the letter names.
-DLQ_MAX_BYTES = 900_000
-DLQ_KEEP_BYTES = 600_000
-
-
-def dead_letter(raw: bytes | None, reason: str, topic: str, partition: int, offset: int,
-                key: bytes | None = None) -> bytes:
-    """The dead-letter message value (JSON), at most ``DLQ_MAX_BYTES`` for any value up to the broker's limit.
-
-    ``original`` is the original value as a UTF-8 string when it decodes as UTF-8, otherwise its
-    base64 text; ``original_encoding`` ("utf-8", "base64" or null for a missing value) says which,
-    so the exact bytes can always be recovered. A value too large for that is cut to its first
-    ``DLQ_KEEP_BYTES`` (base64) with ``original_truncated: true`` and ``original_size``.
-    """
-    original: str | None
-    encoding: str | None
-    if raw is None:
-        original, encoding = None, None
-    else:
-        raw = bytes(raw)
-        try:
-            original, encoding = raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            original, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    letter = {
-        "reason": reason[:10_000],
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": None if key is None else bytes(key)[:10_000].decode("utf-8", "backslashreplace"),
-        "original": original,
-        "original_encoding": encoding,
-    }
-    value = orjson.dumps(letter)
-    if len(value) <= DLQ_MAX_BYTES or raw is None:
-        return value
-    letter["original"] = base64.b64encode(raw[:DLQ_KEEP_BYTES]).decode("ascii")
-    letter["original_encoding"] = "base64"
-    letter["original_truncated"] = True
-    letter["original_size"] = len(raw)
-    return orjson.dumps(letter)
-
-
-def original_bytes(dead: dict[str, Any]) -> bytes | None:
-    """The original value of a parsed dead letter (inverse of :func:`dead_letter`)."""
-    if dead.get("original") is None:
-        return None
-    if dead.get("original_encoding") == "base64":
-        return base64.b64decode(dead["original"])
-    return str(dead["original"]).encode("utf-8")

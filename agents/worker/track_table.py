@@ -5,7 +5,7 @@ state of a track is written to the partition of the source partition its events 
 worker that is assigned source partition ``p`` recovers exactly the tracks of ``p`` by reading
 changelog partition ``p`` to its end before it processes any event of ``p``. This is the contract
 of a Faust table (same topic name, same key and value encoding: JSON), kept here because the
-agents consume the source topic with aiokafka directly (see :mod:`agents.consumer`).
+agents consume the source topic with aiokafka directly (see :mod:`agents.worker.stream`).
 
 Partitions added to the source topic: the worker that is assigned a source partition the changelog
 does not have yet first grows the changelog to match (:func:`geoiot.topics.grow`); the new changelog
@@ -24,7 +24,7 @@ partition). A changelog created with other values is reported
 at worker start and by ``python -m geoiot.topics`` (it still works, recovery reads more);
 ``python -m geoiot.topics --alter-changelog`` sets them.
 
-Idle tracks (:mod:`agents.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
+Idle tracks (:mod:`agents.core.idle`, IOT_TRACK_IDLE_TIMEOUT): the table remembers when each state was last
 put (after a recovery: the changelog record's timestamp); :meth:`TrackTable.get` gives no state for a
 track idle longer than the timeout, and :meth:`TrackTable.evict_idle` drops such tracks so that the
 caller writes their tombstones to the changelog.
@@ -40,11 +40,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents import idle
-from agents.tracks import State
+from agents.core import idle
+from agents.core.motion import State
 from geoiot import topics
 
-log = logging.getLogger("agents.state")
+log = logging.getLogger("agents.worker.track_table")
 
 
 changelog_topic = topics.changelog_name
@@ -65,7 +65,7 @@ class TrackTable:
 
     def __init__(self, topic: str, open_reader: Callable[[], Any], *, idle_timeout: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
-        """``idle_timeout``: seconds (0: never), see :mod:`agents.idle`; ``clock``: wall-clock seconds."""
+        """``idle_timeout``: seconds (0: never), see :mod:`agents.core.idle`; ``clock``: wall-clock seconds."""
         self.topic = topic
         self.open_reader = open_reader
         self.idle_timeout = idle_timeout

@@ -4,11 +4,11 @@ Run it with ``spark-submit`` (the Kafka connector jars come from ``infra/local/s
 nothing is downloaded at job start)::
 
     spark-submit --master 'local[2]' --driver-memory 1g \\
-        --jars "$(infra/local/stack spark-jars)" agents/spark_job.py [--once] [flags]
+        --jars "$(infra/local/stack spark-jars)" agents/spark/job.py [--once] [flags]
 
-Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark_worker`'s state function
+Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark.worker`'s state function
 (``applyInPandasWithState``): each track's rows, in Kafka order, go through the same
-:class:`agents.pipeline.Pipeline` as the Faust agents with ``get_state`` fed from Spark's state store
+:class:`agents.core.pipeline.Pipeline` as the Faust agents with ``get_state`` fed from Spark's state store
 (the agents' track state dict, checkpointed with the offsets), so speed, heading, distance, geofences,
 alerts and latest positions are the worker's. ``foreachBatch`` then bulk-indexes observations and
 latest positions on the executors (``mapInPandas``, the agents' sink, the same deterministic ``_id``s
@@ -18,7 +18,7 @@ all before Spark commits the batch: at least once. Offsets and states live in th
 (SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes at most the
 one in flight, whose documents overwrite themselves (same ids) and whose alerts may repeat (on Spark
 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). Track states end after
-IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`, Spark's ``ProcessingTimeTimeout``). One ``progress`` line
+IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.core.idle`, Spark's ``ProcessingTimeTimeout``). One ``progress`` line
 per micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on
 (PROMETHEUS_CONF). A checkpoint of the job before it kept track state cannot be reused (the query
 gained a stateful operator): start it with a new SPARK_CHECKPOINT_DIR.
@@ -41,7 +41,7 @@ from typing import Any
 from geoiot import config
 from geoiot.schema import load_preset
 
-log = logging.getLogger("agents.spark_job")
+log = logging.getLogger("agents.spark.job")
 
 ENVS = config.envs("spark")
 
@@ -53,7 +53,7 @@ def emit(event: str, **fields: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="spark-submit agents/spark_job.py",
+        prog="spark-submit agents/spark/job.py",
         description="Run the agents' analytics (validation, geofences, track state, alerts, indexing) as a Spark "
                     "Structured Streaming job.")
     config.add_flags(parser, ENVS)
@@ -132,8 +132,8 @@ def checkpoint_dir(settings: config.Settings) -> str:
 
 def ensure_template(settings: config.Settings) -> None:
     """Create/update the index template with the agents' function before the first write."""
-    from agents.index import ensure_index
-    from agents.sink import es_client
+    from agents.store.index import ensure_index
+    from agents.store.sink import es_client
 
     async def run() -> None:
         client = es_client(settings.es_hosts)
@@ -208,13 +208,13 @@ def progress_logger(counts: BatchCounts) -> Any:  # -> pyspark StreamingQueryLis
 
 
 class DriverWebhook:
-    """The agents' :class:`agents.alerts.Webhook` (same queue, concurrency, breaker and drop rule, from the same
+    """The agents' :class:`agents.webhook.Webhook` (same queue, concurrency, breaker and drop rule, from the same
     IOT_WEBHOOK_* settings when given) on an event loop of its own thread."""
 
     def __init__(self, url: str, settings: Any = None) -> None:
         import threading
 
-        from agents.alerts import Webhook
+        from agents.webhook import Webhook
 
         self.outcomes: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
@@ -243,11 +243,11 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
                  fences: Any = None):  # -> Callable[[DataFrame, int], None]
     """The ``foreachBatch`` function over the state function's rows: index on executors, then dead letters and
     alerts to Kafka (and the webhook), before Spark commits the batch (so at least once), and one log line;
-    ``fences`` (:class:`agents.spark_fences.DriverFences`) keeps the fences unchanged while the batch runs."""
+    ``fences`` (:class:`agents.spark.fences.DriverFences`) keeps the fences unchanged while the batch runs."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from agents.spark_worker import WRITE_COUNTS, WRITE_SCHEMA, JobContext, write_function
+    from agents.spark.worker import WRITE_COUNTS, WRITE_SCHEMA, JobContext, write_function
 
     function = write_function(JobContext.from_settings(settings))
 
@@ -277,12 +277,12 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
 
 
 def tracks(spark: Any, settings: config.Settings, source: Any) -> Any:
-    """Kafka rows -> per-track state function (applyInPandasWithState) -> its rows, see :mod:`agents.spark_worker`."""
+    """Kafka rows -> per-track state function (applyInPandasWithState) -> its rows, see :mod:`agents.spark.worker`."""
     from pyspark.sql import functions as F
     from pyspark.sql.streaming.state import GroupStateTimeout
 
-    from agents.spark_fences import snapshot_path
-    from agents.spark_worker import STATE_OUTPUT_SCHEMA, STATE_SCHEMA, JobContext, group_function, group_key_path
+    from agents.spark.fences import snapshot_path
+    from agents.spark.worker import STATE_OUTPUT_SCHEMA, STATE_SCHEMA, JobContext, group_function, group_key_path
 
     preset = load_preset(settings.iot_schema)
     track = F.coalesce(F.trim(F.get_json_object(F.col("value").cast("string"), group_key_path(preset.track))),
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.from_args(args, component="spark")
         load_preset(settings.iot_schema)
-        from agents.spark_worker import JobContext
+        from agents.spark.worker import JobContext
         JobContext.from_settings(settings).pipeline()  # bad preset/geofences/time zone: fail before Spark starts
     except ValueError as exc:
         print(f"spark_job: {exc}", file=sys.stderr)
@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          checkpoint=checkpoint_dir(settings), once=args.once, master=spark.sparkContext.master,
          spark=spark.version, kafka_source=kafka_source, ui=spark.sparkContext.uiWebUrl)
     webhook = DriverWebhook(settings.iot_webhook_url, settings) if settings.iot_webhook_url else None
-    from agents.spark_fences import DriverFences, snapshot_path
+    from agents.spark.fences import DriverFences, snapshot_path
     fences = DriverFences(settings, snapshot_path(checkpoint_dir(settings)))
     fences.start()  # the whole fence topic, before the first micro-batch
     query = start(spark, settings, args, webhook, fences)

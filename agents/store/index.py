@@ -3,7 +3,7 @@
 Documents go to the daily index of their event time (:mod:`geoiot.documents`), so the same event
 always lands in the same index under the same ``_id``; the template gives every such index the alias
 ``<IOT_INDEX>``, which is what readers (web, tests) query. The template forbids auto-creation: a daily
-index exists only once the sink created it, within ``IOT_MAX_NEW_INDICES`` (:mod:`agents.sink`).
+index exists only once the sink created it, within ``IOT_MAX_NEW_INDICES`` (:mod:`agents.store.sink`).
 
 The latest-position index ``<IOT_INDEX>_latest`` (one document per track, :mod:`geoiot.documents`) gets
 its own template with the same mapping and no alias, so a bulk request recreates it alike if it is deleted.

@@ -1,11 +1,8 @@
 """The agents' stream: source partitions -> batches -> pipeline -> sinks, with offsets committed after storage.
 
-Faust's own stream delivery is not used for the source topic, for two measured reasons
-(docs/BENCHMARKS.md, "Agents"): it hands events over one by one at ~3.8k events/s per process
-(aiokafka's ``getmany`` delivers ~250k), and after a crash the restarted worker could lose events
-(records fetched while flow was suspended during recovery were counted as read but never delivered;
-the same family as faust-streaming issues #216/#221/#253, reproduced by
-``tests/integration/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
+Faust's own stream delivery is not used for the source topic: it hands events over one at a time, and a
+restarted worker could lose events fetched during recovery
+(``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
 commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
@@ -19,7 +16,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
   offset (crash between the two): the re-delivered events are then "not newer" than the recovered
   state, produce no second alert (it was delivered before the state was written) and get the same
-  motion fields from the state's short history (:mod:`agents.tracks`).
+  motion fields from the state's short history (:mod:`agents.core.motion`).
 * Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
   its observations, and write them once those are stored (a latest position is a stored observation);
   a stale one (409) is counted by the sink, one refused for good is counted and logged but not
@@ -32,7 +29,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   newly assigned partitions are consumed, their track states are recovered from the changelog.
 * Partitions added to the source topic: the consumer refreshes its metadata at least every
   ``IOT_METADATA_MAX_AGE`` seconds, so the group rebalances within that bound; a worker assigned a
-  partition the changelog lacks grows the changelog first (new partitions empty, see :mod:`agents.state`),
+  partition the changelog lacks grows the changelog first (new partitions empty, see :mod:`agents.worker.track_table`),
   so recovery never asks for a changelog partition that does not exist.
 
 Health (:meth:`SourceStream.problems`, served by ``/healthz``): not healthy until the first assignment is
@@ -55,20 +52,20 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from agents import metrics as m
-from agents.alerts import Webhook
-from agents.pipeline import BatchResult, Message, Pipeline
-from agents.sink import Sink
-from agents.state import TrackTable, changelog_reader
-from agents.validate import dead_letter
+from agents.core.pipeline import BatchResult, Message, Pipeline
+from agents.store.sink import Sink
+from agents.webhook import Webhook
+from agents.worker import metrics as m
+from agents.worker.track_table import TrackTable, changelog_reader
 from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
+from geoiot.deadletter import dead_letter
 
 log = logging.getLogger("agents")
 
 
 @dataclass
-class Topics:
+class StreamTopics:
     source: str
     dlq: str
     alerts: str
@@ -91,7 +88,7 @@ def settle_heap() -> None:
     """After a recovery: move what is alive (modules, clients, the recovered track states) out of the cyclic
     GC's generations and collect the young generation less often. A batch allocates tens of thousands of
     short-lived containers that reference counting frees; the collector's scans of them and of the track
-    table cost the worker CPU per event for nothing (docs/BENCHMARKS.md, the analytics core in batches).
+    table cost the worker CPU per event for nothing.
     Frozen objects are still freed by reference counting when dropped (states hold no cycles)."""
     gc.collect()
     gc.freeze()
@@ -116,17 +113,16 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def _write(sink: Sink, result: BatchResult) -> Any:
-    """The sink's write of a batch: the prepared bulk request when the sink takes one, else the actions."""
+    """The sink's write of a batch's bulk request (as action dicts for a sink that takes only those)."""
+    bulk = result.bulk(sink.keeps_latest)
     write_bulk = getattr(sink, "write_bulk", None)
-    if write_bulk is not None:
-        return write_bulk(result.bulk(sink.keeps_latest))
-    return sink.write(result.actions + result.latest if sink.keeps_latest else result.actions)
+    return write_bulk(bulk) if write_bulk is not None else sink.write(bulk.actions())
 
 
 class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
-    def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: Topics, pipeline: Pipeline,
+    def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: StreamTopics, pipeline: Pipeline,
                  sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
                  flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT,
                  grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
@@ -156,10 +152,10 @@ class SourceStream:
         self.progress_at = clock()  # last commit, or last time no assigned partition had a lag
 
     @classmethod
-    def connect(cls, *, bootstrap: str, group: str, topics: Topics, bulk_size: int, idle_timeout: float = 0.0,
+    def connect(cls, *, bootstrap: str, group: str, topics: StreamTopics, bulk_size: int, idle_timeout: float = 0.0,
                 metadata_max_age: float = 30.0, **kwargs: Any) -> "SourceStream":
         """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
-        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
+        IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.core.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
         producer = make_producer(bootstrap)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
@@ -325,8 +321,7 @@ class SourceStream:
     async def _send_batches(self, topic: str, messages: list[tuple[bytes, bytes | None]],
                             partitions: list[int]) -> None:
         """Like :meth:`_send_all` for many messages to known partitions: one record batch per partition
-        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message, which costs the
-        worker several µs each. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
+        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
         if not messages:
             return
         create = getattr(self.producer, "create_batch", None)

@@ -2,22 +2,21 @@
 
 ``write(actions)`` first creates the daily indices the actions need (at most ``max_new_indices`` per
 call; actions for more are refused with the reason), then returns only when every action is stored
-or refused for good. What is retried and what is refused is decided in one place, :mod:`agents.es_errors`:
+or refused for good. What is retried and what is refused is decided in one place, :mod:`agents.store.es_errors`:
 whatever the cluster will accept later (blocks, a closed or missing index, unassigned shards, no master,
 429/5xx, connection errors) is retried with capped exponential back-off for as long as it takes, so it only
 grows the consumer lag (the agent acks the batch's offsets only after ``write`` returned); only a refusal of
 the document itself (a mapping error, a refused ``_id``) is returned to the caller for the dead-letter topic.
 A request refused as a whole is retried whole when the refusal is temporary (never split), and split until
 the refused document is alone when it is not. The daily index template forbids auto-creation
-(:mod:`agents.index`), so an index deleted meanwhile comes back as ``index_not_found`` and is created again
+(:mod:`agents.store.index`), so an index deleted meanwhile comes back as ``index_not_found`` and is created again
 here, through the same cap.
 
-The request is one ``_bulk`` call per batch with a body the pipeline already wrote (:class:`agents.bulk.Bulk`;
+The request is one ``_bulk`` call per batch with a body the pipeline already wrote (:class:`agents.core.bulk.Bulk`;
 ``write(actions)`` serialises dicts into one first); the response's items are matched to the entries by
-position, as Elasticsearch answers them in request order. This replaced ``async_streaming_bulk``, which
-re-serialised, chunked and matched every action in Python (docs/BENCHMARKS.md, "batch core").
+position, as Elasticsearch answers them in request order.
 
-Actions with ``version_type`` (the latest positions, :func:`geoiot.documents.latest_action`) are written
+Actions with ``version_type`` (the latest positions, versioned by the event time) are written
 after the observations of the same call are stored, so a latest position is always a stored observation: the
 entry of a refused observation is replaced by the newest stored observation of its track in the call (or
 dropped when there is none). Their version conflict (409) only means Elasticsearch holds a report as new
@@ -38,11 +37,11 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
 from elasticsearch.serializer import OrjsonSerializer
 
-from agents.bulk import Bulk
-from agents.es_errors import Fate, error_type, fate, response_error
+from agents.core.bulk import Bulk
+from agents.store.es_errors import Fate, error_type, fate, response_error
 from geoiot.documents import doc_id, id_parts, keeps_latest
 
-log = logging.getLogger("agents.sink")
+log = logging.getLogger("agents.store.sink")
 
 # Only what write() reads from a bulk response (items are matched by position): status and error.
 BULK_RESPONSE_FIELDS = ["errors", "items.*.status", "items.*.error"]
@@ -62,20 +61,6 @@ class Sink(Protocol):
     # (the consumer uses it when a sink has it).
 
     async def stop(self) -> None: ...
-
-
-def serialized_action(action: dict[str, Any]) -> tuple[bytes, bytes]:
-    """Both bulk lines of an action as the helpers' ``expand_action`` would write them, in orjson bytes (the
-    format :class:`agents.bulk.Bulk` entries keep; the tests hold the two equal).
-
-    Our actions carry only ``_op_type``, ``_index``, ``_id``, ``_source`` and, for the latest positions,
-    ``version`` and ``version_type``. The helpers' default ``expand_action`` copies each one and probes it for
-    twenty metadata keys: 13 % of a worker's CPU (py-spy, 1 worker draining).
-    """
-    meta = {"_index": action["_index"], "_id": action["_id"]}
-    if "version_type" in action:
-        meta["version"], meta["version_type"] = action["version"], action["version_type"]
-    return orjson.dumps({action.get("_op_type", "index"): meta}), orjson.dumps(action["_source"])
 
 
 def es_client(hosts: list[str], request_timeout: float = 30) -> AsyncElasticsearch:
