@@ -179,19 +179,20 @@ def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray
     return ptr, fences[order].astype(np.intp)
 
 
-def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (point, fence) pairs listed for the points' cells (CSR gather, no Python loop)."""
+def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray,
+            rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (point, fence, point's row) listed for the points' cells (CSR gather, no Python loop)."""
     start = ptr[cells]
     counts = ptr[cells + 1] - start
     keep = counts > 0
     if not keep.any():
         empty = np.empty(0, dtype=np.intp)
-        return empty, empty
-    start, counts, points = start[keep], counts[keep], points[keep]
+        return empty, empty, empty
+    start, counts, points, rows = start[keep], counts[keep], points[keep], rows[keep]
     total = int(counts.sum())
     first = np.repeat(np.cumsum(counts) - counts, counts)
     pos = np.repeat(start, counts) + (np.arange(total) - first)
-    return np.repeat(points, counts), idx[pos]
+    return np.repeat(points, counts), idx[pos], np.repeat(rows, counts)
 
 
 FenceCells = tuple[np.ndarray, np.ndarray]  # (cells the fence covers entirely, cells its boundary crosses)
@@ -232,6 +233,10 @@ class Frame:
         return (self.fences / 2 <= n <= self.fences * 2 and minx >= self.minx - tol and miny >= self.miny - tol
                 and maxx <= self.minx + self.nx * self.dx + tol and maxy <= self.miny + self.ny * self.dy + tol)
 
+    def rows(self, y: np.ndarray) -> np.ndarray:
+        """The grid row of each latitude (clipped to the grid): one monotonic formula for points and segments."""
+        return np.clip(((y - self.miny) / self.dy).astype(np.int64), 0, self.ny - 1)
+
     def cells_of(self, geom: Any, gb: np.ndarray) -> FenceCells:
         """The cells ``geom`` (of bounds ``gb``) covers entirely and those its boundary crosses, decided on cell
         boxes enlarged by ``eps``."""
@@ -257,6 +262,7 @@ class _Grid:
     full_idx: np.ndarray
     edge_ptr: np.ndarray
     edge_idx: np.ndarray
+    segments: "Segments"
 
     @classmethod
     def build(cls, geoms: np.ndarray, frame: Frame, known: Sequence[FenceCells | None] = ()) -> "_Grid":
@@ -270,7 +276,7 @@ class _Grid:
         ncells = frame.nx * frame.ny
         fp, fi = _csr(full_c, full_f, ncells)
         ep, ei = _csr(edge_c, edge_f, ncells)
-        return cls(frame, cells, fp, fi, ep, ei)
+        return cls(frame, cells, fp, fi, ep, ei, Segments.of(geoms, frame))
 
     def pairs(self, geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.frame
@@ -281,11 +287,110 @@ class _Grid:
         if near.size == 0:
             return near, near
         ix = np.clip(fx[near].astype(np.int64), 0, f.nx - 1)
-        iy = np.clip(fy[near].astype(np.int64), 0, f.ny - 1)
+        iy = f.rows(lat[near])
         cells = ix * f.ny + iy
-        pf, ff = _expand(self.full_ptr, self.full_idx, cells, near)
-        pe, fe = _expand(self.edge_ptr, self.edge_idx, cells, near)
+        pf, ff, _ = _expand(self.full_ptr, self.full_idx, cells, near, iy)
+        pe, fe, re = _expand(self.edge_ptr, self.edge_idx, cells, near, iy)
         if pe.size:
-            ok = shapely.intersects_xy(geoms[fe], lon[pe], lat[pe])
+            ok = self.segments.intersects(lon[pe], lat[pe], fe, re)
+            slow = np.flatnonzero(ok < 0)
+            if slow.size:
+                ok[slow] = shapely.intersects_xy(geoms[fe[slow]], lon[pe[slow]], lat[pe[slow]])
+            ok = ok.astype(bool)
             pe, fe = pe[ok], fe[ok]
         return np.concatenate([pf, pe]), np.concatenate([ff, fe])
+
+
+MAX_SEGMENTS = 256  # fences with more boundary segments are tested with shapely only
+ORIENT_ERROR = 1e-15  # relative error bound of the float orientation test (Shewchuk's ccwerrboundA is 3.3e-16)
+
+
+def _ranges(lo: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """lo[0], lo[0] + 1, .. (counts[0] values), then lo[1], ..: consecutive runs, no Python loop."""
+    total = int(counts.sum())
+    return np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The boundary segments (every ring) of each fence with at most :data:`MAX_SEGMENTS` of them, listed by fence
+    and grid row (a segment in every row its y-range meets): an exact point-in-fence test in numpy for the
+    (point, fence) pairs of boundary cells, which reads only the few segments of the point's row.
+
+    Shapely's prepared test touches each fence's GEOS structures, scattered in memory, and its cost per pair grows
+    with the number of fences; these arrays are compact. The test counts crossings of a ray to the east (even-odd
+    over all rings: the interior of a valid polygon or multipolygon), a segment's side taken from a float
+    orientation determinant only where it exceeds its error bound; a pair with any doubtful segment (a point on
+    or very near the boundary) is left to shapely, so every answer is the one shapely gives. Rows are computed
+    by one monotonic formula (:meth:`Frame.rows`), so a point's row lies within the rows of any segment whose
+    y-range holds it."""
+
+    small: np.ndarray  # per fence: tested here
+    row0: np.ndarray  # per fence: its first row
+    nrows: np.ndarray  # per fence: its number of rows (0 when not tested here)
+    base: np.ndarray  # per fence: its first band (fence, row) in ptr
+    ptr: np.ndarray  # segments of band j: seg[ptr[j]:ptr[j + 1]]
+    seg: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+    bx: np.ndarray
+    by: np.ndarray
+
+    @classmethod
+    def of(cls, geoms: np.ndarray, frame: "Frame") -> "Segments":
+        n = len(geoms)
+        rings, ring_fence = shapely.get_rings(geoms, return_index=True)
+        xy, ring = shapely.get_coordinates(rings, return_index=True)
+        same = ring[1:] == ring[:-1]  # a segment joins two consecutive vertices of one ring
+        fence = ring_fence[ring[:-1][same]]
+        small = np.bincount(fence, minlength=n) <= MAX_SEGMENTS
+        keep = small[fence]
+        fence = fence[keep]
+        a, b = xy[:-1][same][keep], xy[1:][same][keep]
+        lo = frame.rows(np.minimum(a[:, 1], b[:, 1]))
+        hi = frame.rows(np.maximum(a[:, 1], b[:, 1]))
+        row0 = np.full(n, frame.ny, dtype=np.int64)
+        row1 = np.full(n, -1, dtype=np.int64)
+        np.minimum.at(row0, fence, lo)
+        np.maximum.at(row1, fence, hi)
+        nrows = np.maximum(row1 - row0 + 1, 0)
+        row0 = np.where(nrows > 0, row0, 0)
+        base = np.zeros(n, dtype=np.int64)
+        np.cumsum(nrows[:-1], out=base[1:])
+        span = hi - lo + 1
+        seg = np.repeat(np.arange(len(fence)), span)
+        f = fence[seg]
+        band = base[f] + _ranges(lo, span) - row0[f]
+        ptr = np.zeros(int(nrows.sum()) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(band, minlength=ptr.size - 1), out=ptr[1:])
+        return cls(small, row0, nrows, base, ptr, seg[np.argsort(band, kind="stable")],
+                   a[:, 0].copy(), a[:, 1].copy(), b[:, 0].copy(), b[:, 1].copy())
+
+    def intersects(self, x: np.ndarray, y: np.ndarray, fence: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """For each pair (point (x, y) in grid row ``row``, fence): 1 inside or on the boundary, 0 outside, -1 left
+        to shapely."""
+        rel = row - self.row0[fence]
+        inrows = (rel >= 0) & (rel < self.nrows[fence])
+        band = np.where(inrows, self.base[fence] + rel, 0)
+        start = self.ptr[band]
+        counts = np.where(inrows, self.ptr[band + 1] - start, 0)
+        out = self.small[fence].astype(np.int8) - 1  # a small fence outside its rows: the point is outside
+        total = int(counts.sum())
+        if total == 0:
+            return out
+        pair = np.repeat(np.arange(fence.size), counts)
+        seg = self.seg[_ranges(start, counts)]
+        px, py = x[pair], y[pair]
+        ay, by = self.ay[seg], self.by[seg]
+        left = (self.ax[seg] - px) * (by - py)
+        right = (ay - py) * (self.bx[seg] - px)
+        det = left - right  # > 0: the point lies left of the segment a -> b
+        doubt = (np.abs(det) <= ORIENT_ERROR * (np.abs(left) + np.abs(right))) & (np.minimum(ay, by) <= py) \
+            & (py <= np.maximum(ay, by))
+        cross = ((ay <= py) & (py < by) & (det > 0)) | ((by <= py) & (py < ay) & (det < 0))
+        odd = np.bincount(pair[cross], minlength=fence.size) & 1
+        unsure = np.bincount(pair[doubt], minlength=fence.size) > 0
+        decided = (counts > 0) & ~unsure
+        out[decided] = odd[decided]
+        out[unsure] = -1
+        return out
