@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,36 @@ class Geofences:
             bounds, grid = (np.inf, np.inf, -np.inf, -np.inf), None
         return cls(tuple(ids), array, bounds, rank, grid, tuple((i,) for i in ids))
 
+    def updated(self, changed: Mapping[str, Any], gone: Collection[str]) -> "Geofences | None":
+        """This index with the fences of ``changed`` (id -> shapely geometry) added or replaced and those of ``gone``
+        removed, in the same frame: only those fences are placed, the rest is renumbered and merged with numpy
+        (small enough to run between two batches); the unchanged fences' geometries are shared with this index.
+        None when the frame no longer suits the fences (then build them anew with :meth:`from_geometries`)."""
+        if self._grid is None:
+            return None
+        ids = sorted((set(self.ids) - set(gone)) | set(changed))
+        if not ids:
+            return None
+        position = {fid: k for k, fid in enumerate(ids)}
+        remap = np.array([-1 if fid in changed else position.get(fid, -1) for fid in self.ids], dtype=np.intp)
+        kept = np.flatnonzero(remap >= 0)
+        if np.any(np.diff(remap[kept]) <= 0):  # ids not in sorted order (a file's): the tables cannot be merged
+            return None
+        fresh = np.array([position[fid] for fid in changed], dtype=np.intp)
+        new = np.empty(len(changed), dtype=object)
+        new[:] = list(changed.values())
+        shapely.prepare(new)
+        geoms = np.empty(len(ids), dtype=object)
+        geoms[remap[kept]] = self.geometries[kept]
+        geoms[fresh] = new
+        b = shapely.bounds(geoms)
+        bounds = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+        if not self._grid.frame.suits(len(ids), bounds):
+            return None
+        grid = self._grid.updated(remap, fresh, new, b[fresh])
+        return Geofences(tuple(ids), geoms, bounds, np.arange(len(ids)), grid, tuple((i,) for i in ids),
+                         self.versions, self.removed)
+
     @property
     def frame(self) -> "Frame | None":
         return None if self._grid is None else self._grid.frame
@@ -169,14 +199,20 @@ MAX_CELLS = 1 << 20
 CELLS_PER_FENCE_EXTENT = 8  # cell edge = median fence extent / this
 
 
-def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fences by cell; ``fences`` is in ascending order (cells listed fence by fence), so a stable sort of the
-    cells keeps each cell's fences ascending (cheaper than sorting on both keys)."""
+def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fences by cell (pointers, cell and fence of each entry); ``fences`` is in ascending order (cells listed
+    fence by fence), so a stable sort of the cells keeps each cell's fences ascending (cheaper than sorting on
+    both keys)."""
     order = np.argsort(cells, kind="stable")
-    counts = np.bincount(cells, minlength=ncells)
-    ptr = np.zeros(ncells + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr, fences[order].astype(np.intp)
+    cells = cells[order]
+    return _pointers(cells, ncells), cells, fences[order].astype(np.intp)
+
+
+def _pointers(keys: np.ndarray, n: int) -> np.ndarray:
+    """CSR pointers of sorted ``keys`` in [0, n): the entries of key j are ptr[j]:ptr[j + 1]."""
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys, minlength=n), out=ptr[1:])
+    return ptr
 
 
 def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray,
@@ -259,8 +295,10 @@ class _Grid:
     frame: Frame
     cells: tuple[FenceCells, ...]  # per fence, in the frame
     full_ptr: np.ndarray
+    full_cell: np.ndarray
     full_idx: np.ndarray
     edge_ptr: np.ndarray
+    edge_cell: np.ndarray
     edge_idx: np.ndarray
     segments: "Segments"
 
@@ -274,9 +312,30 @@ class _Grid:
         full_f = np.repeat(np.arange(len(cells)), [c[0].size for c in cells])
         edge_f = np.repeat(np.arange(len(cells)), [c[1].size for c in cells])
         ncells = frame.nx * frame.ny
-        fp, fi = _csr(full_c, full_f, ncells)
-        ep, ei = _csr(edge_c, edge_f, ncells)
-        return cls(frame, cells, fp, fi, ep, ei, Segments.of(geoms, frame))
+        return cls(frame, cells, *_csr(full_c, full_f, ncells), *_csr(edge_c, edge_f, ncells), Segments.of(geoms, frame))
+
+    def updated(self, remap: np.ndarray, fresh: np.ndarray, geoms: np.ndarray, bounds: np.ndarray) -> "_Grid":
+        """This grid with fence k renumbered ``remap[k]`` (dropped where -1) and the fences ``geoms`` (of bounds
+        ``bounds``) placed as fences ``fresh``: only the new fences are placed; the tables are merged with numpy
+        in time linear in their size (renumbering keeps their order, see :func:`_merge`)."""
+        frame, n = self.frame, len(remap) - int(np.count_nonzero(remap < 0)) + len(fresh)
+        placed = [frame.cells_of(g, b) for g, b in zip(geoms, bounds)]
+        cells: list[FenceCells | None] = [None] * n
+        for k, c in zip(remap.tolist(), self.cells):
+            if k >= 0:
+                cells[k] = c
+        for k, c in zip(fresh.tolist(), placed):
+            cells[k] = c
+        tables = []
+        ncells = frame.nx * frame.ny
+        for side, cell, idx in ((0, self.full_cell, self.full_idx), (1, self.edge_cell, self.edge_idx)):
+            old_f = remap[idx]
+            new_c = np.concatenate([np.empty(0, dtype=np.int64)] + [c[side] for c in placed]).astype(np.int64)
+            new_f = np.repeat(fresh, [c[side].size for c in placed]).astype(np.intp)
+            cell, idx = _merge(cell * n + old_f, old_f >= 0, new_c * n + new_f, [(cell, new_c), (old_f, new_f)])
+            tables += [_pointers(cell, ncells), cell, idx]
+        segments = self.segments.updated(remap, n, fresh, Segments.of(geoms, frame), frame.ny)
+        return _Grid(frame, tuple(cells), *tables, segments)  # type: ignore[arg-type]
 
     def pairs(self, geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.frame
@@ -305,6 +364,16 @@ MAX_SEGMENTS = 256  # fences with more boundary segments are tested with shapely
 ORIENT_ERROR = 1e-15  # relative error bound of the float orientation test (Shewchuk's ccwerrboundA is 3.3e-16)
 
 
+def _merge(old_key: np.ndarray, keep: np.ndarray, new_key: np.ndarray,
+           columns: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """The columns of a table sorted by key, its rows where ``keep`` and the new rows merged in order: inserted
+    at their searchsorted positions (linear time, no sort of the whole table). ``old_key`` is computed with the
+    new numbering, and keeps the kept rows in order."""
+    order = np.argsort(new_key, kind="stable")
+    pos = np.searchsorted(old_key[keep], new_key[order], side="right")
+    return [np.insert(old[keep], pos, new[order]) for old, new in columns]
+
+
 def _ranges(lo: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """lo[0], lo[0] + 1, .. (counts[0] values), then lo[1], ..: consecutive runs, no Python loop."""
     total = int(counts.sum())
@@ -329,8 +398,9 @@ class Segments:
     row0: np.ndarray  # per fence: its first row
     nrows: np.ndarray  # per fence: its number of rows (0 when not tested here)
     base: np.ndarray  # per fence: its first band (fence, row) in ptr
-    ptr: np.ndarray  # segments of band j: seg[ptr[j]:ptr[j + 1]]
-    seg: np.ndarray
+    ptr: np.ndarray  # entries of band j: ptr[j]:ptr[j + 1]
+    fence: np.ndarray  # per entry (sorted by fence, then row): a segment in one row
+    row: np.ndarray
     ax: np.ndarray
     ay: np.ndarray
     bx: np.ndarray
@@ -339,11 +409,13 @@ class Segments:
     @classmethod
     def of(cls, geoms: np.ndarray, frame: "Frame") -> "Segments":
         n = len(geoms)
-        rings, ring_fence = shapely.get_rings(geoms, return_index=True)
+        parts, part_fence = shapely.get_parts(geoms, return_index=True)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
         xy, ring = shapely.get_coordinates(rings, return_index=True)
         same = ring[1:] == ring[:-1]  # a segment joins two consecutive vertices of one ring
-        fence = ring_fence[ring[:-1][same]]
-        small = np.bincount(fence, minlength=n) <= MAX_SEGMENTS
+        fence = part_fence[ring_part[ring[:-1][same]]]
+        count = np.bincount(fence, minlength=n)
+        small = (count > 0) & (count <= MAX_SEGMENTS)
         keep = small[fence]
         fence = fence[keep]
         a, b = xy[:-1][same][keep], xy[1:][same][keep]
@@ -355,31 +427,57 @@ class Segments:
         np.maximum.at(row1, fence, hi)
         nrows = np.maximum(row1 - row0 + 1, 0)
         row0 = np.where(nrows > 0, row0, 0)
-        base = np.zeros(n, dtype=np.int64)
-        np.cumsum(nrows[:-1], out=base[1:])
         span = hi - lo + 1
         seg = np.repeat(np.arange(len(fence)), span)
-        f = fence[seg]
-        band = base[f] + _ranges(lo, span) - row0[f]
+        row = _ranges(lo, span)
+        order = np.lexsort((row, fence[seg]))
+        seg, row = seg[order], row[order]
+        return cls.assemble(small, row0, nrows, fence[seg], row, a[seg, 0], a[seg, 1], b[seg, 0], b[seg, 1])
+
+    @classmethod
+    def assemble(cls, small: np.ndarray, row0: np.ndarray, nrows: np.ndarray, fence: np.ndarray, *entries: np.ndarray
+                 ) -> "Segments":
+        """From the per-fence arrays and the entries (fence, row, ax, ay, bx, by) sorted by fence, then row."""
+        base = np.zeros(len(small), dtype=np.int64)
+        np.cumsum(nrows[:-1], out=base[1:])
+        row = entries[0]
+        band = base[fence] + row - row0[fence]
         ptr = np.zeros(int(nrows.sum()) + 1, dtype=np.int64)
         np.cumsum(np.bincount(band, minlength=ptr.size - 1), out=ptr[1:])
-        return cls(small, row0, nrows, base, ptr, seg[np.argsort(band, kind="stable")],
-                   a[:, 0].copy(), a[:, 1].copy(), b[:, 0].copy(), b[:, 1].copy())
+        return cls(small, row0, nrows, base, ptr, fence, *entries)
+
+    def updated(self, remap: np.ndarray, n: int, fresh: np.ndarray, part: "Segments", ny: int) -> "Segments":
+        """These segments with fence k renumbered ``remap[k]`` (dropped where -1) and those of ``part`` (fences
+        numbered ``fresh``) added: merged in linear time, as :meth:`_Grid.updated`."""
+        kept = np.flatnonzero(remap >= 0)
+        per_fence = []
+        for mine, theirs in ((self.small, part.small), (self.row0, part.row0), (self.nrows, part.nrows)):
+            out = np.zeros(n, dtype=mine.dtype)
+            out[remap[kept]] = mine[kept]
+            out[fresh] = theirs
+            per_fence.append(out)
+        old_f = remap[self.fence]
+        new_f = fresh[part.fence]
+        cols = _merge(old_f * ny + self.row, old_f >= 0, new_f * ny + part.row,
+                      [(old_f, new_f)] + [(getattr(self, c), getattr(part, c)) for c in ("row", "ax", "ay", "bx", "by")])
+        return Segments.assemble(*per_fence, *cols)
 
     def intersects(self, x: np.ndarray, y: np.ndarray, fence: np.ndarray, row: np.ndarray) -> np.ndarray:
         """For each pair (point (x, y) in grid row ``row``, fence): 1 inside or on the boundary, 0 outside, -1 left
         to shapely."""
+        out = self.small[fence].astype(np.int8) - 1  # a small fence outside its rows: the point is outside
+        if self.ptr.size == 1:
+            return out
         rel = row - self.row0[fence]
         inrows = (rel >= 0) & (rel < self.nrows[fence])
         band = np.where(inrows, self.base[fence] + rel, 0)
         start = self.ptr[band]
         counts = np.where(inrows, self.ptr[band + 1] - start, 0)
-        out = self.small[fence].astype(np.int8) - 1  # a small fence outside its rows: the point is outside
         total = int(counts.sum())
         if total == 0:
             return out
         pair = np.repeat(np.arange(fence.size), counts)
-        seg = self.seg[_ranges(start, counts)]
+        seg = _ranges(start, counts)
         px, py = x[pair], y[pair]
         ay, by = self.ay[seg], self.by[seg]
         left = (self.ax[seg] - px) * (by - py)
