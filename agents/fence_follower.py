@@ -1,12 +1,16 @@
-"""The worker's live geofences: the fence topic followed, the geofence index rebuilt off the event loop, and
-the new index put in force between two batches.
+"""The worker's live geofences: the fence topic followed, the geofence index updated between two batches.
 
 :meth:`LiveFences.start` reads the whole fence topic and builds the first index before the worker consumes an
-event (a restarted worker so uses the fences in force). After that every change read from the topic starts a
-rebuild in a thread (:func:`asyncio.to_thread`): the event loop goes on preparing batches with the index in force,
-and the new one replaces it with one assignment on the loop, so a batch is computed with one set of fences from
-its start to its end, and a change applies from the next batch on, in the topic's order. Changes that arrive
-while a rebuild runs are coalesced into the next one. Shapes of unchanged fences are kept between rebuilds.
+event (a restarted worker so uses the fences in force). After that the changes read from the topic are merged into
+the index in force on the event loop (:meth:`agents.geofence.Geofences.updated`: only the changed fences are
+placed, the rest is numpy work linear in the index), a step short enough to sit between two batches; the new index
+replaces the old one with one assignment, so a batch is computed with one set of fences from its start to its
+end, and a change applies from the next batch on, in the topic's order. Changes that arrive meanwhile are
+coalesced into the next step.
+
+A rebuild in a thread stays for what an update cannot do (more than :data:`MAX_IN_PLACE` fences changed at once,
+or fences outside the grid's frame): a thread shares the GIL with the loop, and the loop's batches, which let it go
+in every numpy and shapely call, wait behind the rebuild's Python work (measured by ``bench.fence_apply``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from geoiot import fence_topic
 from geoiot.fences import Fence, FenceSet
 
 log = logging.getLogger("agents.fences")
+
+MAX_IN_PLACE = 16  # at most this many changed fences are merged on the event loop; more: a rebuild in a thread
 
 
 class Shapes:
@@ -65,6 +71,22 @@ class Shapes:
         return replace(index, versions={fid: fences[fid].version for fid in ids}, removed=removed)
 
 
+def updated(current: Geofences | None, fences: dict[str, Fence], removed: dict[str, int]) -> Geofences | None:
+    """``current`` (an index of :meth:`Shapes.index` or of this function) updated to ``fences`` (a snapshot) in
+    place of a rebuild, or None when a rebuild is needed (too many changes, a new frame, no index yet)."""
+    if current is None:
+        return None
+    versions = current.versions
+    changed = [fid for fid, fence in fences.items() if versions.get(fid) != fence.version]
+    gone = versions.keys() - fences.keys()
+    if len(changed) + len(gone) > MAX_IN_PLACE:
+        return None
+    index = current.updated({fid: fences[fid].geometry() for fid in changed}, gone) if changed or gone else current
+    if index is None:
+        return None
+    return replace(index, versions={fid: fence.version for fid, fence in fences.items()}, removed=removed)
+
+
 class LiveFences:
     """Follows the fence topic and calls ``apply`` with each new index (on the event loop)."""
 
@@ -86,7 +108,9 @@ class LiveFences:
     async def _build(self) -> None:
         fences, removed, version = self._snapshot()
         began = time.perf_counter()
-        index = await asyncio.to_thread(self.shapes.index, fences, removed)
+        index = updated(self.current, fences, removed)
+        if index is None:
+            index = await asyncio.to_thread(self.shapes.index, fences, removed)
         seconds = time.perf_counter() - began
         self.current = index
         self.applied_version = version
