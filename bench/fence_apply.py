@@ -3,11 +3,15 @@
 Measured with the worker's own code (:class:`agents.fence_follower.Shapes` on a :class:`geoiot.fences.FenceSet`
 filled with records as the follower applies them):
 
-* ``rebuild after one change``: one fence replaced, then the new index built (the worker does this in a thread);
+* ``update in place after one change``: one fence replaced, then :func:`agents.fence_follower.updated` (what the
+  worker runs on its event loop, between two batches);
+* ``rebuild after one change``: the same change, the new index built by ``Shapes`` (the worker's thread rebuild,
+  for many changes at once or a new frame);
 * ``index from scratch`` (baseline, same run): the same index without the shapes kept between rebuilds;
-* batch latency while rebuilds after one change run one after another vs. with no rebuild (baseline):
-  ``Geofences.containing`` of one batch (``--batch`` points) in one thread while the rebuilds run in another
-  (as the worker's event loop and its rebuild thread); median and maximum.
+* batch latency vs. with no change (baseline): ``Geofences.containing`` of one batch (``--batch`` points)
+  - when an update in place runs before it on the same thread, as on the worker's loop (the batch waits for the
+    update: the time counted is the update's plus the batch's);
+  - in one thread while rebuilds after one change run in another (the thread rebuild); median and maximum.
 
 Fences and points are those of ``bench.geofence_throughput`` (32-gon discs over New York City, plus JFK).
 
@@ -25,7 +29,7 @@ import numpy as np
 import orjson
 import shapely
 
-from agents.fence_follower import Shapes
+from agents.fence_follower import Shapes, updated
 from bench.geofence_throughput import NYC, fences as make_fences
 from geoiot import fences
 
@@ -69,7 +73,7 @@ def main() -> None:
     lon = rng.uniform(NYC[0], NYC[2], 200_000)
     lat = rng.uniform(NYC[1], NYC[3], 200_000)
 
-    rebuild, scratch = [], []
+    rebuild, scratch, merge = [], [], []
     offset = len(fs.fences)
 
     def change(c: int) -> None:
@@ -84,6 +88,10 @@ def main() -> None:
     for c in range(args.changes):
         change(c)
         t = time.perf_counter()
+        merged = updated(index, dict(fs.fences), dict(fs.removed))
+        merge.append(time.perf_counter() - t)
+        assert merged is not None
+        t = time.perf_counter()
         index = shapes.index(dict(fs.fences), dict(fs.removed))
         rebuild.append(time.perf_counter() - t)
         t = time.perf_counter()
@@ -91,6 +99,15 @@ def main() -> None:
         scratch.append(time.perf_counter() - t)
 
     idle = batch_latencies(index, lon, lat, args.batch, None, 200)
+    waited = []  # one thread, as the worker's loop: each change merged in place, then the next batch
+    current = index
+    for c in range(args.changes + 20, args.changes + 40):
+        change(c)
+        t = time.perf_counter()
+        current = updated(current, dict(fs.fences), dict(fs.removed)) or current
+        i = (c * args.batch) % (len(lon) - args.batch)
+        current.containing(lon[i:i + args.batch], lat[i:i + args.batch])
+        waited.append(time.perf_counter() - t)
     stop = threading.Event()
     busy: list[float] = []
     worker = threading.Thread(target=lambda: busy.extend(batch_latencies(index, lon, lat, args.batch, stop, 1)))
@@ -105,10 +122,13 @@ def main() -> None:
 
     med = statistics.median
     print(f"{'measure':<44} {'median s':>9} {'max s':>8}")
+    print(f"{'update in place after one change (the loop)':<44} {med(merge):>9.3f} {max(merge):>8.3f}")
     print(f"{'rebuild after one change (Shapes kept)':<44} {med(rebuild):>9.3f} {max(rebuild):>8.3f}")
     print(f"{'index from scratch (baseline)':<44} {med(scratch):>9.3f} {max(scratch):>8.3f}"
           f"   ratio rebuild/scratch {med(rebuild) / med(scratch):.2f}")
     print(f"{f'batch of {args.batch} points, no rebuild (baseline)':<44} {med(idle):>9.4f} {max(idle):>8.4f}")
+    print(f"{f'batch of {args.batch} points after an update':<44} {med(waited):>9.4f} {max(waited):>8.4f}"
+          f"   (20 changes, each merged before a batch on one thread; median ratio {med(waited) / med(idle):.2f})")
     print(f"{f'batch of {args.batch} points, rebuild in a thread':<44} {med(busy):>9.4f} {max(busy):>8.4f}"
           f"   ({len(busy)} batches over {during:.1f} s of 20 rebuilds; median ratio {med(busy) / med(idle):.2f})")
 
