@@ -4,8 +4,11 @@ A point on a fence's boundary counts as inside (``intersects`` semantics). At lo
 area is cut into a uniform grid; each cell lists the fences that cover it entirely and those whose
 boundary crosses it (decided with shapely on slightly enlarged cell boxes, so float rounding of a
 point's cell cannot give a wrong answer). A batch is then answered with numpy only: cell of every
-point, covering fences by lookup, and one vectorised prepared ``shapely.intersects_xy`` call over the
-few (point, fence) pairs in boundary cells. No Python loop runs over fences or points at query time.
+point, covering fences by lookup, and for the (point, fence) pairs in boundary cells an exact crossing
+test on the few boundary segments of the point's grid row (:class:`Segments`), with one vectorised
+prepared ``shapely.intersects_xy`` call for the pairs it leaves open (points on or next to a boundary).
+No Python loop runs over fences or points at query time. A change of a few fences is merged into an
+index (:meth:`Geofences.updated`) rather than building it anew.
 
 Why not an STRtree query per batch: it needs a shapely Point per position and evaluates the predicate
 for every bounding-box candidate, which measured several times slower than the grid
