@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 import numpy as np
@@ -71,20 +71,25 @@ class Shapes:
         return replace(index, versions={fid: fences[fid].version for fid in ids}, removed=removed)
 
 
-def updated(current: Geofences | None, fences: dict[str, Fence], removed: dict[str, int]) -> Geofences | None:
+def updated(current: Geofences | None, fences: dict[str, Fence], removed: dict[str, int],
+            touched: Collection[str]) -> Geofences | None:
     """``current`` (an index of :meth:`Shapes.index` or of this function) updated to ``fences`` (a snapshot) in
-    place of a rebuild, or None when a rebuild is needed (too many changes, a new frame, no index yet)."""
-    if current is None:
+    place of a rebuild, or None when a rebuild is needed (too many changes, a new frame, no index yet).
+    ``touched``: the ids that may have changed since ``current`` (the follower names them)."""
+    if current is None or len(touched) > MAX_IN_PLACE:
         return None
-    versions = current.versions
-    changed = [fid for fid, fence in fences.items() if versions.get(fid) != fence.version]
-    gone = versions.keys() - fences.keys()
-    if len(changed) + len(gone) > MAX_IN_PLACE:
-        return None
+    old = current.versions
+    changed = [fid for fid in touched if fid in fences and old.get(fid) != fences[fid].version]
+    gone = [fid for fid in touched if fid not in fences and fid in old]
     index = current.updated({fid: fences[fid].geometry() for fid in changed}, gone) if changed or gone else current
     if index is None:
         return None
-    return replace(index, versions={fid: fence.version for fid, fence in fences.items()}, removed=removed)
+    versions = dict(old)
+    for fid in changed:
+        versions[fid] = fences[fid].version
+    for fid in gone:
+        del versions[fid]
+    return replace(index, versions=versions, removed=removed)
 
 
 class LiveFences:
@@ -99,18 +104,24 @@ class LiveFences:
         self.current: Geofences | None = None
         self.applied_version = -1  # the newest change of the fence topic in force
         self._dirty = asyncio.Event()
+        self._touched: set[str] = set()  # ids changed since the index in force was made
         self._task: asyncio.Task[None] | None = None
 
-    def _snapshot(self) -> tuple[dict[str, Fence], dict[str, int], int]:
+    def _snapshot(self) -> tuple[dict[str, Fence], dict[str, int], int, set[str]]:
         fs: FenceSet = self.follower.fences
-        return dict(fs.fences), dict(fs.removed), fs.version
+        touched, self._touched = self._touched, set()
+        return dict(fs.fences), dict(fs.removed), fs.version, touched
 
     async def _build(self) -> None:
-        fences, removed, version = self._snapshot()
+        fences, removed, version, touched = self._snapshot()
         began = time.perf_counter()
-        index = updated(self.current, fences, removed)
-        if index is None:
-            index = await asyncio.to_thread(self.shapes.index, fences, removed)
+        try:
+            index = await asyncio.to_thread(updated, self.current, fences, removed, touched)
+            if index is None:
+                index = await asyncio.to_thread(self.shapes.index, fences, removed)
+        except BaseException:
+            self._touched |= touched  # not in force: the next step must still see these ids
+            raise
         seconds = time.perf_counter() - began
         self.current = index
         self.applied_version = version
@@ -129,6 +140,7 @@ class LiveFences:
 
     def _changed(self, fences: FenceSet, ids: list[str]) -> None:
         log.info("fences changed ids=%s version=%d", ",".join(ids[:20]), fences.version)
+        self._touched.update(ids)
         self._dirty.set()
 
     async def _rebuild(self) -> None:

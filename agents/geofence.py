@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -110,32 +111,46 @@ class Geofences:
     def updated(self, changed: Mapping[str, Any], gone: Collection[str]) -> "Geofences | None":
         """This index with the fences of ``changed`` (id -> shapely geometry) added or replaced and those of ``gone``
         removed, in the same frame: only those fences are placed, the rest is renumbered and merged with numpy
-        (small enough to run between two batches); the unchanged fences' geometries are shared with this index.
+        (little Python work, so it can run in a thread beside the batches: the numpy calls let the GIL go); the
+        unchanged fences' geometries are shared with this index, and only the new ones are touched by shapely.
         None when the frame no longer suits the fences (then build them anew with :meth:`from_geometries`)."""
         if self._grid is None:
             return None
-        ids = sorted((set(self.ids) - set(gone)) | set(changed))
-        if not ids:
-            return None
-        position = {fid: k for k, fid in enumerate(ids)}
-        remap = np.array([-1 if fid in changed else position.get(fid, -1) for fid in self.ids], dtype=np.intp)
-        kept = np.flatnonzero(remap >= 0)
-        if np.any(np.diff(remap[kept]) <= 0):  # ids not in sorted order (a file's): the tables cannot be merged
-            return None
+        position = self._position
+        if not gone and all(fid in position for fid in changed):  # same fences, same numbering: a shape changed
+            ids, rank, singles = self.ids, self._rank, self._singles
+            remap = np.arange(len(ids))
+            remap[[position[fid] for fid in changed]] = -1
+        else:
+            ids = tuple(sorted((set(self.ids) - set(gone)) | set(changed)))
+            if not ids:
+                return None
+            position = {fid: k for k, fid in enumerate(ids)}
+            remap = np.array([-1 if fid in changed else position.get(fid, -1) for fid in self.ids], dtype=np.intp)
+            kept = np.flatnonzero(remap >= 0)
+            if np.any(np.diff(remap[kept]) <= 0):  # ids not in sorted order (a file's): the tables cannot be merged
+                return None
+            rank, singles = np.arange(len(ids)), tuple((i,) for i in ids)
         fresh = np.array([position[fid] for fid in changed], dtype=np.intp)
         new = np.empty(len(changed), dtype=object)
         new[:] = list(changed.values())
         shapely.prepare(new)
+        kept = np.flatnonzero(remap >= 0)
         geoms = np.empty(len(ids), dtype=object)
         geoms[remap[kept]] = self.geometries[kept]
         geoms[fresh] = new
-        b = shapely.bounds(geoms)
+        b = np.empty((len(ids), 4))
+        b[remap[kept]] = self._grid.boxes[kept]
+        b[fresh] = shapely.bounds(new)
         bounds = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
         if not self._grid.frame.suits(len(ids), bounds):
             return None
-        grid = self._grid.updated(remap, fresh, new, b[fresh])
-        return Geofences(tuple(ids), geoms, bounds, np.arange(len(ids)), grid, tuple((i,) for i in ids),
-                         self.versions, self.removed)
+        grid = self._grid.updated(remap, fresh, new, b)
+        return Geofences(ids, geoms, bounds, rank, grid, singles, self.versions, self.removed)
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {fid: k for k, fid in enumerate(self.ids)}
 
     @property
     def frame(self) -> "Frame | None":
@@ -304,6 +319,7 @@ class _Grid:
     edge_cell: np.ndarray
     edge_idx: np.ndarray
     segments: "Segments"
+    boxes: np.ndarray  # each fence's bounds (minx, miny, maxx, maxy)
 
     @classmethod
     def build(cls, geoms: np.ndarray, frame: Frame, known: Sequence[FenceCells | None] = ()) -> "_Grid":
@@ -315,18 +331,22 @@ class _Grid:
         full_f = np.repeat(np.arange(len(cells)), [c[0].size for c in cells])
         edge_f = np.repeat(np.arange(len(cells)), [c[1].size for c in cells])
         ncells = frame.nx * frame.ny
-        return cls(frame, cells, *_csr(full_c, full_f, ncells), *_csr(edge_c, edge_f, ncells), Segments.of(geoms, frame))
+        return cls(frame, cells, *_csr(full_c, full_f, ncells), *_csr(edge_c, edge_f, ncells), Segments.of(geoms, frame),
+                   b)
 
-    def updated(self, remap: np.ndarray, fresh: np.ndarray, geoms: np.ndarray, bounds: np.ndarray) -> "_Grid":
-        """This grid with fence k renumbered ``remap[k]`` (dropped where -1) and the fences ``geoms`` (of bounds
-        ``bounds``) placed as fences ``fresh``: only the new fences are placed; the tables are merged with numpy
+    def updated(self, remap: np.ndarray, fresh: np.ndarray, geoms: np.ndarray, boxes: np.ndarray) -> "_Grid":
+        """This grid with fence k renumbered ``remap[k]`` (dropped where -1) and the fences ``geoms`` placed as
+        fences ``fresh`` (``boxes``: the bounds of every fence, new numbering): only the new fences are placed; the tables are merged with numpy
         in time linear in their size (renumbering keeps their order, see :func:`_merge`)."""
         frame, n = self.frame, len(remap) - int(np.count_nonzero(remap < 0)) + len(fresh)
-        placed = [frame.cells_of(g, b) for g, b in zip(geoms, bounds)]
-        cells: list[FenceCells | None] = [None] * n
-        for k, c in zip(remap.tolist(), self.cells):
-            if k >= 0:
-                cells[k] = c
+        placed = [frame.cells_of(g, b) for g, b in zip(geoms, boxes[fresh])]
+        if n == len(self.cells) and np.array_equal(remap[remap >= 0], np.flatnonzero(remap >= 0)):
+            cells: list[FenceCells | None] = list(self.cells)  # the same numbering: only the fresh fences' cells
+        else:
+            cells = [None] * n
+            for k, c in zip(remap.tolist(), self.cells):
+                if k >= 0:
+                    cells[k] = c
         for k, c in zip(fresh.tolist(), placed):
             cells[k] = c
         tables = []
@@ -338,7 +358,7 @@ class _Grid:
             cell, idx = _merge(cell * n + old_f, old_f >= 0, new_c * n + new_f, [(cell, new_c), (old_f, new_f)])
             tables += [_pointers(cell, ncells), cell, idx]
         segments = self.segments.updated(remap, n, fresh, Segments.of(geoms, frame), frame.ny)
-        return _Grid(frame, tuple(cells), *tables, segments)  # type: ignore[arg-type]
+        return _Grid(frame, tuple(cells), *tables, segments, boxes)  # type: ignore[arg-type]
 
     def pairs(self, geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.frame
