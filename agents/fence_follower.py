@@ -1,16 +1,18 @@
-"""The worker's live geofences: the fence topic followed, the geofence index updated between two batches.
+"""The worker's live geofences: the fence topic followed, the geofence index updated off the event loop, and
+the new index put in force between two batches.
 
 :meth:`LiveFences.start` reads the whole fence topic and builds the first index before the worker consumes an
 event (a restarted worker so uses the fences in force). After that the changes read from the topic are merged into
-the index in force on the event loop (:meth:`agents.geofence.Geofences.updated`: only the changed fences are
-placed, the rest is numpy work linear in the index), a step short enough to sit between two batches; the new index
-replaces the old one with one assignment, so a batch is computed with one set of fences from its start to its
-end, and a change applies from the next batch on, in the topic's order. Changes that arrive meanwhile are
+a copy of the index in force (:func:`updated`, :meth:`agents.geofence.Geofences.updated`: only the changed fences
+are placed, the rest is numpy work on whole arrays) in a thread (:func:`asyncio.to_thread`); the new index
+replaces the old one with one assignment on the loop, so a batch is computed with one set of fences from its start
+to its end, and a change applies from the next batch on, in the topic's order. Changes that arrive meanwhile are
 coalesced into the next step.
 
-A rebuild in a thread stays for what an update cannot do (more than :data:`MAX_IN_PLACE` fences changed at once,
-or fences outside the grid's frame): a thread shares the GIL with the loop, and the loop's batches, which let it go
-in every numpy and shapely call, wait behind the rebuild's Python work (measured by ``bench.fence_apply``).
+Why an update and not a rebuild: the thread shares the GIL with the loop, and the loop's batches, which let it go
+in their numpy and shapely calls, wait behind the thread's Python work each time; a rebuild has a lot of it (a
+Python step per fence), an update little. A rebuild (:class:`Shapes`) stays for what an update cannot do: the
+first index, more than :data:`MAX_IN_PLACE` fences changed at once, or fences outside the grid's frame.
 """
 
 from __future__ import annotations
