@@ -43,7 +43,7 @@ class Geofences:
     bounds: tuple[float, float, float, float]  # grid extent: union bbox (minx, miny, maxx, maxy)
     _rank: np.ndarray = field(repr=False)  # position of each fence id in sorted order
     _grid: "_Grid | None" = field(repr=False, default=None)
-    _singles: tuple[tuple[str], ...] = field(repr=False, default=())
+    _singles: np.ndarray = field(repr=False, default_factory=lambda: _singles(()))  # (id,) of each fence
     # Live fences (agents.fence_follower): each fence's version, and the version of the tombstone of each fence
     # deleted; empty for fences from a file. Alerts carry them (:meth:`describe`).
     versions: Mapping[str, int] = field(repr=False, default_factory=dict)
@@ -106,7 +106,7 @@ class Geofences:
             grid = _Grid.build(array, frame, cells)
         else:
             bounds, grid = (np.inf, np.inf, -np.inf, -np.inf), None
-        return cls(tuple(ids), array, bounds, rank, grid, tuple((i,) for i in ids))
+        return cls(tuple(ids), array, bounds, rank, grid, _singles(ids))
 
     def updated(self, changed: Mapping[str, Any], gone: Collection[str]) -> "Geofences | None":
         """This index with the fences of ``changed`` (id -> shapely geometry) added or replaced and those of ``gone``
@@ -130,7 +130,7 @@ class Geofences:
             kept = np.flatnonzero(remap >= 0)
             if np.any(np.diff(remap[kept]) <= 0):  # ids not in sorted order (a file's): the tables cannot be merged
                 return None
-            rank, singles = np.arange(len(ids)), tuple((i,) for i in ids)
+            rank, singles = np.arange(len(ids)), _singles(ids)
         fresh = np.array([position[fid] for fid in changed], dtype=np.intp)
         new = np.empty(len(changed), dtype=object)
         new[:] = list(changed.values())
@@ -193,24 +193,29 @@ class Geofences:
     def containing(self, lon: Sequence[float] | np.ndarray, lat: Sequence[float] | np.ndarray) -> list[tuple[str, ...]]:
         """For each point, the sorted ids of the fences containing it (boundary included)."""
         n = len(lon)
-        out: list[tuple[str, ...]] = [NO_FENCES] * n
         if not len(self.ids) or n == 0:
-            return out
+            return [NO_FENCES] * n
         pi, fi = self.pairs(np.asarray(lon), np.asarray(lat))
         if pi.size == 0:
-            return out
-        order = np.lexsort((self._rank[fi], pi))
+            return [NO_FENCES] * n
+        order = np.argsort(pi * len(self.ids) + self._rank[fi])  # by point, then fence id (pairs are unique)
         pi, fi = pi[order], fi[order]
         starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1]])
         ends = np.r_[starts[1:], pi.size]
         single = (ends - starts) == 1
-        singles = self._singles
-        for p, f in zip(pi[starts[single]].tolist(), fi[starts[single]].tolist()):
-            out[p] = singles[f]  # most points are in at most one fence: shared tuples, no allocation
+        out = np.empty(n, dtype=object)
+        out.fill(NO_FENCES)
+        # most points are in at most one fence: shared tuples, no allocation, placed by one numpy assignment
+        out[pi[starts[single]]] = self._singles[fi[starts[single]]]
         ids = self.ids
         for s, e in zip(starts[~single].tolist(), ends[~single].tolist()):
             out[int(pi[s])] = tuple(ids[j] for j in fi[s:e].tolist())
-        return out
+        return out.tolist()
+
+
+def _singles(ids: Sequence[str]) -> np.ndarray:
+    """(id,) of each fence, as an object array (gathered with numpy by :meth:`Geofences.containing`)."""
+    return np.fromiter(((i,) for i in ids), dtype=object, count=len(ids))
 
 
 MAX_CELLS = 1 << 20
