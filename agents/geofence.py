@@ -240,19 +240,19 @@ def _pointers(keys: np.ndarray, n: int) -> np.ndarray:
 
 
 def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray,
-            rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (point, fence, point's row) listed for the points' cells (CSR gather, no Python loop)."""
+            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """All (point, fence, point's row if ``rows``) listed for the points' cells (CSR gather, no Python loop)."""
     start = ptr[cells]
     counts = ptr[cells + 1] - start
     keep = counts > 0
     if not keep.any():
         empty = np.empty(0, dtype=np.intp)
         return empty, empty, empty
-    start, counts, points, rows = start[keep], counts[keep], points[keep], rows[keep]
+    start, counts, points = start[keep].astype(np.int64), counts[keep].astype(np.int64), points[keep]
     total = int(counts.sum())
     first = np.repeat(np.cumsum(counts) - counts, counts)
     pos = np.repeat(start, counts) + (np.arange(total) - first)
-    return np.repeat(points, counts), idx[pos], np.repeat(rows, counts)
+    return np.repeat(points, counts), idx[pos], None if rows is None else np.repeat(rows[keep], counts)
 
 
 FenceCells = tuple[np.ndarray, np.ndarray]  # (cells the fence covers entirely, cells its boundary crosses)
@@ -377,9 +377,13 @@ class _Grid:
         ix = np.clip(fx[near].astype(np.int64), 0, f.nx - 1)
         iy = f.rows(lat[near])
         cells = ix * f.ny + iy
-        pf, ff, _ = _expand(self.full_ptr, self.full_idx, cells, near, iy)
-        pe, fe, re = _expand(self.edge_ptr, self.edge_idx, cells, near, iy)
-        if pe.size:
+        numpy_test = len(geoms) >= NUMPY_TEST_FENCES  # few fences: shapely's structures stay in the caches
+        pf, ff, _ = _expand(self.full_ptr, self.full_idx, cells, near)
+        pe, fe, re = _expand(self.edge_ptr, self.edge_idx, cells, near, iy if numpy_test else None)
+        if pe.size and not numpy_test:
+            ok = shapely.intersects_xy(geoms[fe], lon[pe], lat[pe])
+            pe, fe = pe[ok], fe[ok]
+        elif pe.size:
             ok = self.segments.intersects(lon[pe], lat[pe], fe, re)
             slow = np.flatnonzero(ok < 0)
             if slow.size:
@@ -389,6 +393,7 @@ class _Grid:
         return np.concatenate([pf, pe]), np.concatenate([ff, fe])
 
 
+NUMPY_TEST_FENCES = 3000  # from this many fences on, boundary cells are tested in numpy (bench.geofence_throughput)
 MAX_SEGMENTS = 256  # fences with more boundary segments are tested with shapely only
 ORIENT_ERROR = 1e-15  # relative error bound of the float orientation test (Shewchuk's ccwerrboundA is 3.3e-16)
 
@@ -448,6 +453,8 @@ class Segments:
         keep = small[fence]
         fence = fence[keep]
         a, b = xy[:-1][same][keep], xy[1:][same][keep]
+        down = a[:, 1] > b[:, 1]  # each segment upward (a below b): the crossing test then needs one case
+        a[down], b[down] = b[down], a[down].copy()
         lo = frame.rows(np.minimum(a[:, 1], b[:, 1]))
         hi = frame.rows(np.maximum(a[:, 1], b[:, 1]))
         row0 = np.full(n, frame.ny, dtype=np.int64)
@@ -508,13 +515,13 @@ class Segments:
         pair = np.repeat(np.arange(fence.size), counts)
         seg = _ranges(start, counts)
         px, py = x[pair], y[pair]
-        ay, by = self.ay[seg], self.by[seg]
-        left = (self.ax[seg] - px) * (by - py)
-        right = (ay - py) * (self.bx[seg] - px)
-        det = left - right  # > 0: the point lies left of the segment a -> b
-        doubt = (np.abs(det) <= ORIENT_ERROR * (np.abs(left) + np.abs(right))) & (np.minimum(ay, by) <= py) \
-            & (py <= np.maximum(ay, by))
-        cross = ((ay <= py) & (py < by) & (det > 0)) | ((by <= py) & (py < ay) & (det < 0))
+        dly, dry = self.ay[seg] - py, self.by[seg] - py  # signs exact: ay <= py, by > py
+        left = (self.ax[seg] - px) * dry
+        right = dly * (self.bx[seg] - px)
+        det = left - right  # > 0: the point lies left of the (upward) segment a -> b
+        below = dly <= 0
+        doubt = below & (dry >= 0) & (np.abs(det) <= ORIENT_ERROR * (np.abs(left) + np.abs(right)))
+        cross = below & (dry > 0) & (det > 0)  # the ray to the east crosses it (half-open in y)
         odd = np.bincount(pair[cross], minlength=fence.size) & 1
         unsure = np.bincount(pair[doubt], minlength=fence.size) > 0
         decided = (counts > 0) & ~unsure
