@@ -249,10 +249,7 @@ def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndar
         empty = np.empty(0, dtype=np.intp)
         return empty, empty, empty
     start, counts, points = start[keep].astype(np.int64), counts[keep].astype(np.int64), points[keep]
-    total = int(counts.sum())
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(start, counts) + (np.arange(total) - first)
-    return np.repeat(points, counts), idx[pos], None if rows is None else np.repeat(rows[keep], counts)
+    return np.repeat(points, counts), idx[_ranges(start, counts)], None if rows is None else np.repeat(rows[keep], counts)
 
 
 FenceCells = tuple[np.ndarray, np.ndarray]  # (cells the fence covers entirely, cells its boundary crosses)
