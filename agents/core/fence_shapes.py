@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
 import numpy as np
@@ -47,3 +48,27 @@ class Shapes:
             self._frame = index.frame
         self._cells = {fid: (fences[fid].version, cells) for fid, cells in zip(ids, index.cells)}
         return replace(index, versions={fid: fences[fid].version for fid in ids}, removed=removed)
+
+
+MAX_IN_PLACE = 16  # at most this many changed fences are merged in place; more: a rebuild
+
+
+def updated(current: Geofences | None, fences: dict[str, Fence], removed: dict[str, int],
+            touched: Collection[str]) -> Geofences | None:
+    """``current`` (an index of :meth:`Shapes.index` or of this function) updated to ``fences`` (a snapshot) in
+    place of a rebuild, or None when a rebuild is needed (too many changes, a new frame, no index yet).
+    ``touched``: the ids that may have changed since ``current`` (the follower names them)."""
+    if current is None or len(touched) > MAX_IN_PLACE:
+        return None
+    old = current.versions
+    changed = [fid for fid in touched if fid in fences and old.get(fid) != fences[fid].version]
+    gone = [fid for fid in touched if fid not in fences and fid in old]
+    index = current.updated({fid: fences[fid].geometry() for fid in changed}, gone) if changed or gone else current
+    if index is None:
+        return None
+    versions = dict(old)
+    for fid in changed:
+        versions[fid] = fences[fid].version
+    for fid in gone:
+        del versions[fid]
+    return replace(index, versions=versions, removed=removed)

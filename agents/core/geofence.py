@@ -4,8 +4,11 @@ A point on a fence's boundary counts as inside (``intersects`` semantics). At lo
 area is cut into a uniform grid; each cell lists the fences that cover it entirely and those whose
 boundary crosses it (decided with shapely on slightly enlarged cell boxes, so float rounding of a
 point's cell cannot give a wrong answer). A batch is then answered with numpy only: cell of every
-point, covering fences by lookup, and one vectorised prepared ``shapely.intersects_xy`` call over the
-few (point, fence) pairs in boundary cells. No Python loop runs over fences or points at query time.
+point, covering fences by lookup, and for the (point, fence) pairs in boundary cells an exact crossing
+test on the few boundary segments of the point's grid row (:class:`Segments`), with one vectorised
+prepared ``shapely.intersects_xy`` call for the pairs it leaves open (points on or next to a boundary).
+No Python loop runs over fences or points at query time. A change of a few fences is merged into an
+index (:meth:`Geofences.updated`) rather than building it anew.
 
 Why not an STRtree query per batch: it needs a shapely Point per position and evaluates the predicate
 for every bounding-box candidate, which measured several times slower than the grid
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ class Geofences:
     bounds: tuple[float, float, float, float]  # grid extent: union bbox (minx, miny, maxx, maxy)
     _rank: np.ndarray = field(repr=False)  # position of each fence id in sorted order
     _grid: "_Grid | None" = field(repr=False, default=None)
-    _singles: tuple[tuple[str], ...] = field(repr=False, default=())
+    _singles: np.ndarray = field(repr=False, default_factory=lambda: _singles(()))  # (id,) of each fence
     # Live fences (agents.worker.fence_follower): each fence's version, and the version of the tombstone of each fence
     # deleted; empty for fences from a file. Alerts carry them (:meth:`describe`).
     versions: Mapping[str, int] = field(repr=False, default_factory=dict)
@@ -102,7 +106,51 @@ class Geofences:
             grid = _Grid.build(array, frame, cells)
         else:
             bounds, grid = (np.inf, np.inf, -np.inf, -np.inf), None
-        return cls(tuple(ids), array, bounds, rank, grid, tuple((i,) for i in ids))
+        return cls(tuple(ids), array, bounds, rank, grid, _singles(ids))
+
+    def updated(self, changed: Mapping[str, Any], gone: Collection[str]) -> "Geofences | None":
+        """This index with the fences of ``changed`` (id -> shapely geometry) added or replaced and those of ``gone``
+        removed, in the same frame: only those fences are placed, the rest is renumbered and merged with numpy
+        (little Python work, so it can run in a thread beside the batches: the numpy calls let the GIL go); the
+        unchanged fences' geometries are shared with this index, and only the new ones are touched by shapely.
+        None when the frame no longer suits the fences (then build them anew with :meth:`from_geometries`)."""
+        if self._grid is None:
+            return None
+        position = self._position
+        if not gone and all(fid in position for fid in changed):  # same fences, same numbering: a shape changed
+            ids, rank, singles = self.ids, self._rank, self._singles
+            remap = np.arange(len(ids))
+            remap[[position[fid] for fid in changed]] = -1
+        else:
+            ids = tuple(sorted((set(self.ids) - set(gone)) | set(changed)))
+            if not ids:
+                return None
+            position = {fid: k for k, fid in enumerate(ids)}
+            remap = np.array([-1 if fid in changed else position.get(fid, -1) for fid in self.ids], dtype=np.intp)
+            kept = np.flatnonzero(remap >= 0)
+            if np.any(np.diff(remap[kept]) <= 0):  # ids not in sorted order (a file's): the tables cannot be merged
+                return None
+            rank, singles = np.arange(len(ids)), _singles(ids)
+        fresh = np.array([position[fid] for fid in changed], dtype=np.intp)
+        new = np.empty(len(changed), dtype=object)
+        new[:] = list(changed.values())
+        shapely.prepare(new)
+        kept = np.flatnonzero(remap >= 0)
+        geoms = np.empty(len(ids), dtype=object)
+        geoms[remap[kept]] = self.geometries[kept]
+        geoms[fresh] = new
+        b = np.empty((len(ids), 4))
+        b[remap[kept]] = self._grid.boxes[kept]
+        b[fresh] = shapely.bounds(new)
+        bounds = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+        if not self._grid.frame.suits(len(ids), bounds):
+            return None
+        grid = self._grid.updated(remap, fresh, new, b)
+        return Geofences(ids, geoms, bounds, rank, grid, singles, self.versions, self.removed)
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {fid: k for k, fid in enumerate(self.ids)}
 
     @property
     def frame(self) -> "Frame | None":
@@ -145,53 +193,63 @@ class Geofences:
     def containing(self, lon: Sequence[float] | np.ndarray, lat: Sequence[float] | np.ndarray) -> list[tuple[str, ...]]:
         """For each point, the sorted ids of the fences containing it (boundary included)."""
         n = len(lon)
-        out: list[tuple[str, ...]] = [NO_FENCES] * n
         if not len(self.ids) or n == 0:
-            return out
+            return [NO_FENCES] * n
         pi, fi = self.pairs(np.asarray(lon), np.asarray(lat))
         if pi.size == 0:
-            return out
-        order = np.lexsort((self._rank[fi], pi))
+            return [NO_FENCES] * n
+        order = np.argsort(pi * len(self.ids) + self._rank[fi])  # by point, then fence id (pairs are unique)
         pi, fi = pi[order], fi[order]
         starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1]])
         ends = np.r_[starts[1:], pi.size]
         single = (ends - starts) == 1
-        singles = self._singles
-        for p, f in zip(pi[starts[single]].tolist(), fi[starts[single]].tolist()):
-            out[p] = singles[f]  # most points are in at most one fence: shared tuples, no allocation
+        out = np.empty(n, dtype=object)
+        out.fill(NO_FENCES)
+        # most points are in at most one fence: shared tuples, no allocation, placed by one numpy assignment
+        out[pi[starts[single]]] = self._singles[fi[starts[single]]]
         ids = self.ids
         for s, e in zip(starts[~single].tolist(), ends[~single].tolist()):
             out[int(pi[s])] = tuple(ids[j] for j in fi[s:e].tolist())
-        return out
+        return out.tolist()
+
+
+def _singles(ids: Sequence[str]) -> np.ndarray:
+    """(id,) of each fence, as an object array (gathered with numpy by :meth:`Geofences.containing`)."""
+    return np.fromiter(((i,) for i in ids), dtype=object, count=len(ids))
 
 
 MAX_CELLS = 1 << 20
 CELLS_PER_FENCE_EXTENT = 8  # cell edge = median fence extent / this
 
 
-def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fences by cell; ``fences`` is in ascending order (cells listed fence by fence), so a stable sort of the
-    cells keeps each cell's fences ascending (cheaper than sorting on both keys)."""
+def _csr(cells: np.ndarray, fences: np.ndarray, ncells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fences by cell (pointers, cell and fence of each entry); ``fences`` is in ascending order (cells listed
+    fence by fence), so a stable sort of the cells keeps each cell's fences ascending (cheaper than sorting on
+    both keys)."""
     order = np.argsort(cells, kind="stable")
-    counts = np.bincount(cells, minlength=ncells)
-    ptr = np.zeros(ncells + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr, fences[order].astype(np.intp)
+    cells = cells[order]
+    return _pointers(cells, ncells), cells, fences[order].astype(np.intp)
 
 
-def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (point, fence) pairs listed for the points' cells (CSR gather, no Python loop)."""
+def _pointers(keys: np.ndarray, n: int) -> np.ndarray:
+    """CSR pointers of sorted ``keys`` in [0, n): the entries of key j are ptr[j]:ptr[j + 1] (32-bit where they
+    fit: half the memory the per-point lookups go through)."""
+    ptr = np.zeros(n + 1, dtype=np.int32 if keys.size < 2**31 else np.int64)
+    np.cumsum(np.bincount(keys, minlength=n), out=ptr[1:])
+    return ptr
+
+
+def _expand(ptr: np.ndarray, idx: np.ndarray, cells: np.ndarray, points: np.ndarray,
+            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """All (point, fence, point's row if ``rows``) listed for the points' cells (CSR gather, no Python loop)."""
     start = ptr[cells]
     counts = ptr[cells + 1] - start
     keep = counts > 0
     if not keep.any():
         empty = np.empty(0, dtype=np.intp)
-        return empty, empty
-    start, counts, points = start[keep], counts[keep], points[keep]
-    total = int(counts.sum())
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(start, counts) + (np.arange(total) - first)
-    return np.repeat(points, counts), idx[pos]
+        return empty, empty, empty
+    start, counts, points = start[keep].astype(np.int64), counts[keep].astype(np.int64), points[keep]
+    return np.repeat(points, counts), idx[_ranges(start, counts)], None if rows is None else np.repeat(rows[keep], counts)
 
 
 FenceCells = tuple[np.ndarray, np.ndarray]  # (cells the fence covers entirely, cells its boundary crosses)
@@ -232,6 +290,10 @@ class Frame:
         return (self.fences / 2 <= n <= self.fences * 2 and minx >= self.minx - tol and miny >= self.miny - tol
                 and maxx <= self.minx + self.nx * self.dx + tol and maxy <= self.miny + self.ny * self.dy + tol)
 
+    def rows(self, y: np.ndarray) -> np.ndarray:
+        """The grid row of each latitude (clipped to the grid): one monotonic formula for points and segments."""
+        return np.clip(((y - self.miny) / self.dy).astype(np.int64), 0, self.ny - 1)
+
     def cells_of(self, geom: Any, gb: np.ndarray) -> FenceCells:
         """The cells ``geom`` (of bounds ``gb``) covers entirely and those its boundary crosses, decided on cell
         boxes enlarged by ``eps``."""
@@ -254,9 +316,13 @@ class _Grid:
     frame: Frame
     cells: tuple[FenceCells, ...]  # per fence, in the frame
     full_ptr: np.ndarray
+    full_cell: np.ndarray
     full_idx: np.ndarray
     edge_ptr: np.ndarray
+    edge_cell: np.ndarray
     edge_idx: np.ndarray
+    segments: "Segments"
+    boxes: np.ndarray  # each fence's bounds (minx, miny, maxx, maxy)
 
     @classmethod
     def build(cls, geoms: np.ndarray, frame: Frame, known: Sequence[FenceCells | None] = ()) -> "_Grid":
@@ -268,9 +334,34 @@ class _Grid:
         full_f = np.repeat(np.arange(len(cells)), [c[0].size for c in cells])
         edge_f = np.repeat(np.arange(len(cells)), [c[1].size for c in cells])
         ncells = frame.nx * frame.ny
-        fp, fi = _csr(full_c, full_f, ncells)
-        ep, ei = _csr(edge_c, edge_f, ncells)
-        return cls(frame, cells, fp, fi, ep, ei)
+        return cls(frame, cells, *_csr(full_c, full_f, ncells), *_csr(edge_c, edge_f, ncells), Segments.of(geoms, frame),
+                   b)
+
+    def updated(self, remap: np.ndarray, fresh: np.ndarray, geoms: np.ndarray, boxes: np.ndarray) -> "_Grid":
+        """This grid with fence k renumbered ``remap[k]`` (dropped where -1) and the fences ``geoms`` placed as
+        fences ``fresh`` (``boxes``: the bounds of every fence, new numbering): only the new fences are placed; the tables are merged with numpy
+        in time linear in their size (renumbering keeps their order, see :func:`_merge`)."""
+        frame, n = self.frame, len(remap) - int(np.count_nonzero(remap < 0)) + len(fresh)
+        placed = [frame.cells_of(g, b) for g, b in zip(geoms, boxes[fresh])]
+        if n == len(self.cells) and np.array_equal(remap[remap >= 0], np.flatnonzero(remap >= 0)):
+            cells: list[FenceCells | None] = list(self.cells)  # the same numbering: only the fresh fences' cells
+        else:
+            cells = [None] * n
+            for k, c in zip(remap.tolist(), self.cells):
+                if k >= 0:
+                    cells[k] = c
+        for k, c in zip(fresh.tolist(), placed):
+            cells[k] = c
+        tables = []
+        ncells = frame.nx * frame.ny
+        for side, cell, idx in ((0, self.full_cell, self.full_idx), (1, self.edge_cell, self.edge_idx)):
+            old_f = remap[idx]
+            new_c = np.concatenate([np.empty(0, dtype=np.int64)] + [c[side] for c in placed]).astype(np.int64)
+            new_f = np.repeat(fresh, [c[side].size for c in placed]).astype(np.intp)
+            cell, idx = _merge(cell * n + old_f, old_f >= 0, new_c * n + new_f, [(cell, new_c), (old_f, new_f)])
+            tables += [_pointers(cell, ncells), cell, idx]
+        segments = self.segments.updated(remap, n, fresh, Segments.of(geoms, frame), frame.ny)
+        return _Grid(frame, tuple(cells), *tables, segments, boxes)  # type: ignore[arg-type]
 
     def pairs(self, geoms: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f = self.frame
@@ -281,11 +372,156 @@ class _Grid:
         if near.size == 0:
             return near, near
         ix = np.clip(fx[near].astype(np.int64), 0, f.nx - 1)
-        iy = np.clip(fy[near].astype(np.int64), 0, f.ny - 1)
+        iy = f.rows(lat[near])
         cells = ix * f.ny + iy
-        pf, ff = _expand(self.full_ptr, self.full_idx, cells, near)
-        pe, fe = _expand(self.edge_ptr, self.edge_idx, cells, near)
-        if pe.size:
+        numpy_test = len(geoms) >= NUMPY_TEST_FENCES  # few fences: shapely's structures stay in the caches
+        pf, ff, _ = _expand(self.full_ptr, self.full_idx, cells, near)
+        pe, fe, re = _expand(self.edge_ptr, self.edge_idx, cells, near, iy if numpy_test else None)
+        if pe.size and not numpy_test:
             ok = shapely.intersects_xy(geoms[fe], lon[pe], lat[pe])
             pe, fe = pe[ok], fe[ok]
+        elif pe.size:
+            ok = self.segments.intersects(lon[pe], lat[pe], fe, re)
+            slow = np.flatnonzero(ok < 0)
+            if slow.size:
+                ok[slow] = shapely.intersects_xy(geoms[fe[slow]], lon[pe[slow]], lat[pe[slow]])
+            ok = ok.astype(bool)
+            pe, fe = pe[ok], fe[ok]
         return np.concatenate([pf, pe]), np.concatenate([ff, fe])
+
+
+NUMPY_TEST_FENCES = 3000  # from this many fences on, boundary cells are tested in numpy (bench.geofence_throughput)
+MAX_SEGMENTS = 256  # fences with more boundary segments are tested with shapely only
+ORIENT_ERROR = 1e-15  # relative error bound of the float orientation test (Shewchuk's ccwerrboundA is 3.3e-16)
+
+
+def _merge(old_key: np.ndarray, keep: np.ndarray, new_key: np.ndarray,
+           columns: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """The columns of a table sorted by key, its rows where ``keep`` and the new rows merged in order: inserted
+    at their searchsorted positions (linear time, no sort of the whole table). ``old_key`` is computed with the
+    new numbering, and keeps the kept rows in order."""
+    order = np.argsort(new_key, kind="stable")
+    pos = np.searchsorted(old_key[keep], new_key[order], side="right")
+    return [np.insert(old[keep], pos, new[order]) for old, new in columns]
+
+
+def _ranges(lo: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """lo[0], lo[0] + 1, .. (counts[0] values), then lo[1], ..: consecutive runs, no Python loop."""
+    total = int(counts.sum())
+    return np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(total)
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The boundary segments (every ring) of each fence with at most :data:`MAX_SEGMENTS` of them, listed by fence
+    and grid row (a segment in every row its y-range meets): an exact point-in-fence test in numpy for the
+    (point, fence) pairs of boundary cells, which reads only the few segments of the point's row.
+
+    Shapely's prepared test touches each fence's GEOS structures, scattered in memory, and its cost per pair grows
+    with the number of fences; these arrays are compact. The test counts crossings of a ray to the east (even-odd
+    over all rings: the interior of a valid polygon or multipolygon), a segment's side taken from a float
+    orientation determinant only where it exceeds its error bound; a pair with any doubtful segment (a point on
+    or very near the boundary) is left to shapely, so every answer is the one shapely gives. Rows are computed
+    by one monotonic formula (:meth:`Frame.rows`), so a point's row lies within the rows of any segment whose
+    y-range holds it."""
+
+    small: np.ndarray  # per fence: tested here
+    row0: np.ndarray  # per fence: its first row
+    nrows: np.ndarray  # per fence: its number of rows (0 when not tested here)
+    base: np.ndarray  # per fence: its first band (fence, row) in ptr
+    ptr: np.ndarray  # entries of band j: ptr[j]:ptr[j + 1]
+    fence: np.ndarray  # per entry (sorted by fence, then row): a segment in one row
+    row: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+    bx: np.ndarray
+    by: np.ndarray
+
+    @classmethod
+    def of(cls, geoms: np.ndarray, frame: "Frame") -> "Segments":
+        n = len(geoms)
+        parts, part_fence = shapely.get_parts(geoms, return_index=True)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        xy, ring = shapely.get_coordinates(rings, return_index=True)
+        same = ring[1:] == ring[:-1]  # a segment joins two consecutive vertices of one ring
+        fence = part_fence[ring_part[ring[:-1][same]]]
+        count = np.bincount(fence, minlength=n)
+        small = (count > 0) & (count <= MAX_SEGMENTS)
+        keep = small[fence]
+        fence = fence[keep]
+        a, b = xy[:-1][same][keep], xy[1:][same][keep]
+        down = a[:, 1] > b[:, 1]  # each segment upward (a below b): the crossing test then needs one case
+        a[down], b[down] = b[down], a[down].copy()
+        lo = frame.rows(np.minimum(a[:, 1], b[:, 1]))
+        hi = frame.rows(np.maximum(a[:, 1], b[:, 1]))
+        row0 = np.full(n, frame.ny, dtype=np.int64)
+        row1 = np.full(n, -1, dtype=np.int64)
+        np.minimum.at(row0, fence, lo)
+        np.maximum.at(row1, fence, hi)
+        nrows = np.maximum(row1 - row0 + 1, 0)
+        row0 = np.where(nrows > 0, row0, 0)
+        span = hi - lo + 1
+        seg = np.repeat(np.arange(len(fence)), span)
+        row = _ranges(lo, span)
+        order = np.lexsort((row, fence[seg]))
+        seg, row = seg[order], row[order]
+        return cls.assemble(small, row0, nrows, fence[seg], row, a[seg, 0], a[seg, 1], b[seg, 0], b[seg, 1])
+
+    @classmethod
+    def assemble(cls, small: np.ndarray, row0: np.ndarray, nrows: np.ndarray, fence: np.ndarray, *entries: np.ndarray
+                 ) -> "Segments":
+        """From the per-fence arrays and the entries (fence, row, ax, ay, bx, by) sorted by fence, then row."""
+        base = np.zeros(len(small), dtype=np.int64)
+        np.cumsum(nrows[:-1], out=base[1:])
+        row = entries[0]
+        band = base[fence] + row - row0[fence]
+        ptr = np.zeros(int(nrows.sum()) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(band, minlength=ptr.size - 1), out=ptr[1:])
+        return cls(small, row0, nrows, base, ptr, fence, *entries)
+
+    def updated(self, remap: np.ndarray, n: int, fresh: np.ndarray, part: "Segments", ny: int) -> "Segments":
+        """These segments with fence k renumbered ``remap[k]`` (dropped where -1) and those of ``part`` (fences
+        numbered ``fresh``) added: merged in linear time, as :meth:`_Grid.updated`."""
+        kept = np.flatnonzero(remap >= 0)
+        per_fence = []
+        for mine, theirs in ((self.small, part.small), (self.row0, part.row0), (self.nrows, part.nrows)):
+            out = np.zeros(n, dtype=mine.dtype)
+            out[remap[kept]] = mine[kept]
+            out[fresh] = theirs
+            per_fence.append(out)
+        old_f = remap[self.fence]
+        new_f = fresh[part.fence]
+        cols = _merge(old_f * ny + self.row, old_f >= 0, new_f * ny + part.row,
+                      [(old_f, new_f)] + [(getattr(self, c), getattr(part, c)) for c in ("row", "ax", "ay", "bx", "by")])
+        return Segments.assemble(*per_fence, *cols)
+
+    def intersects(self, x: np.ndarray, y: np.ndarray, fence: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """For each pair (point (x, y) in grid row ``row``, fence): 1 inside or on the boundary, 0 outside, -1 left
+        to shapely."""
+        out = self.small[fence].astype(np.int8) - 1  # a small fence outside its rows: the point is outside
+        if self.ptr.size == 1:
+            return out
+        rel = row - self.row0[fence]
+        inrows = (rel >= 0) & (rel < self.nrows[fence])
+        band = np.where(inrows, self.base[fence] + rel, 0)
+        start = self.ptr[band]
+        counts = np.where(inrows, self.ptr[band + 1] - start, 0)
+        total = int(counts.sum())
+        if total == 0:
+            return out
+        pair = np.repeat(np.arange(fence.size), counts)
+        seg = _ranges(start, counts)
+        px, py = x[pair], y[pair]
+        dly, dry = self.ay[seg] - py, self.by[seg] - py  # signs exact: ay <= py, by > py
+        left = (self.ax[seg] - px) * dry
+        right = dly * (self.bx[seg] - px)
+        det = left - right  # > 0: the point lies left of the (upward) segment a -> b
+        below = dly <= 0
+        doubt = below & (dry >= 0) & (np.abs(det) <= ORIENT_ERROR * (np.abs(left) + np.abs(right)))
+        cross = below & (dry > 0) & (det > 0)  # the ray to the east crosses it (half-open in y)
+        odd = np.bincount(pair[cross], minlength=fence.size) & 1
+        unsure = np.bincount(pair[doubt], minlength=fence.size) > 0
+        decided = (counts > 0) & ~unsure
+        out[decided] = odd[decided]
+        out[unsure] = -1
+        return out

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings, strategies as st
 from shapely.geometry import box, mapping
 
-from agents.core.fence_shapes import Shapes
+from agents.core.fence_shapes import MAX_IN_PLACE, Shapes, updated
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Incoming, Pipeline
 from geoiot import fences
@@ -118,3 +118,32 @@ def test_a_rebuild_that_keeps_cells_equals_an_index_from_scratch(boxes, which, x
     placed = Geofences.from_geometries(kept.ids, list(kept.geometries), kept.frame)  # every fence placed anew
     assert placed.frame is kept.frame
     assert [(f.tolist(), e.tolist()) for f, e in kept.cells] == [(f.tolist(), e.tolist()) for f, e in placed.cells]
+
+
+@given(st.lists(st.tuples(st.floats(0, 9), st.floats(0, 9), st.floats(0.1, 2)), min_size=2, max_size=12),
+       st.lists(st.tuples(st.integers(0, 14), st.tuples(st.floats(0, 9), st.floats(0, 9)) | st.none()), min_size=1, max_size=20))
+@settings(max_examples=40, deadline=None)
+def test_changes_merged_in_place_equal_a_rebuild(boxes, changes):
+    topic = Topic()
+    for k, (x0, y0, size) in enumerate(boxes):
+        topic.put(f"f{k:02d}", box(x0, y0, x0 + size, y0 + size))
+    current = topic.index()
+    for k, moved in changes:  # moved, added or deleted
+        if moved is None:
+            if f"f{k:02d}" in topic.fs.fences:
+                topic.delete(f"f{k:02d}")
+        else:
+            topic.put(f"f{k:02d}", box(moved[0], moved[1], moved[0] + 0.7, moved[1] + 0.4))
+    snapshot = dict(topic.fs.fences), dict(topic.fs.removed)
+    merged = updated(current, *snapshot, {f"f{k:02d}" for k, _ in changes})
+    rebuilt = Shapes().index(*snapshot)
+    touched = len({k for k, _ in changes})
+    if merged is None:  # too many changes, the frame no longer suits, or nothing left: the worker rebuilds
+        assert touched > MAX_IN_PLACE or not snapshot[0] or not current.frame.suits(len(rebuilt), rebuilt.bounds)
+        return
+    assert merged.ids == rebuilt.ids and merged.versions == rebuilt.versions and merged.removed == rebuilt.removed
+    rng = np.random.default_rng(len(changes))
+    lon, lat = rng.uniform(-3, 13, 3000), rng.uniform(-3, 13, 3000)
+    assert merged.containing(lon, lat) == rebuilt.containing(lon, lat)
+    assert merged.describe({"fence": "f00"}) == rebuilt.describe({"fence": "f00"})
+    assert updated(merged, *snapshot, ()).ids == merged.ids and updated(None, *snapshot, ()) is None
