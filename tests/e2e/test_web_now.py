@@ -34,7 +34,7 @@ from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
-from testkit.browser import ARGS, CHROMIUM, settled, skip_unless_browser, snapshot, wait_for
+from testkit.browser import browser_page, settled, skip_unless_browser, snapshot, wait_for
 from testkit.presets import FLIGHTS, FLIGHTS_DATA
 from testkit.served_map import get, web_server
 
@@ -173,22 +173,6 @@ async def flights(stack: Settings, es: AsyncElasticsearch, python_env: dict[str,
 
 
 # --- the page -----------------------------------------------------------------------------------------
-
-@asynccontextmanager
-async def browser_page(url: str) -> AsyncIterator[tuple[Any, Any, list[str]]]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 860})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url, wait_until="domcontentloaded")
-            yield browser, page, errors
-        finally:
-            await browser.close()
-
 
 # The drawn arrows: track, rotation (from the computed CSS transform), fill, stale, the position the page says
 # it drew (its snapshot), and where the icon's centre is against where Leaflet puts that position.

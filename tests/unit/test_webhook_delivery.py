@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from agents.webhook import Breaker, Webhook
+from testkit.hook_target import serve_hook
 
 
 class Target:
@@ -44,15 +45,8 @@ class Target:
 @pytest.fixture
 async def target() -> AsyncIterator[Target]:
     t = Target()
-    app = web.Application()
-    app.router.add_post("/hook", t.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    t.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # noqa: SLF001
-    yield t
-    await runner.cleanup()
+    async with serve_hook(t.handle) as t.url:
+        yield t
 
 
 async def until(check: Callable[[], bool], timeout: float = 30) -> None:
