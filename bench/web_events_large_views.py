@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import io
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -31,47 +30,14 @@ from typing import Any
 
 import aiohttp
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
-from agents.store.index import ensure_index
-from geoiot import config, documents
-from geoiot.schema import load_preset
+from geoiot import config
 from testkit.health import wait_healthy
-from testkit.observations import NYC, document, on_grid
-from testkit import actions as es_actions
+from testkit.large_views import ensure_latest
+from testkit.processes import proc_stat, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_357_000_000_000
-
-
-async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int) -> int:
-    preset = load_preset(settings.iot_schema)
-    await ensure_index(es, settings, preset, index=settings.iot_index)
-    index = documents.latest_index(settings.iot_index)
-    if (await es.count(index=index))["count"] == tracks:
-        return tracks
-    rng = random.Random(4)
-    w, s, e, n = NYC
-
-    def actions() -> Any:
-        for i in range(tracks):
-            lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
-            t = T0 + rng.randrange(0, 3_600_000)
-            doc = document(preset, f"cab-{i:06d}", t, lon, lat, [], speed=rng.uniform(0, 30))
-            yield es_actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
-
-    await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
-    await es.indices.refresh(index=index)
-    return (await es.count(index=index))["count"]
-
-
-def proc_stat(pid: int) -> tuple[int, float]:
-    """(RSS bytes, CPU seconds) of a process."""
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ms(values: list[float]) -> str:
@@ -155,12 +121,7 @@ async def measure(tree: Path, index: str, args: argparse.Namespace) -> dict[str,
                    "views ended after clients left s": f"{ended:.1f}",
                    "RSS MiB: idle / peak / 5 s after the views ended": f"{rss0 >> 20} / {peak >> 20} / {rss2 >> 20}"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 30)
     return out
 
 
@@ -176,7 +137,8 @@ async def main() -> None:
     settings = config.load(iot_index=args.index)
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=120)
     try:
-        print(f"{await prepare(es, settings, args.tracks)} latest positions in {args.index}", flush=True)
+        count = await ensure_latest(es, settings, args.tracks, t0=T0, seed=4)
+        print(f"{count} latest positions in {args.index}", flush=True)
     finally:
         await es.close()
     archive = b"" if args.skip_baseline else subprocess.run(["git", "archive", args.baseline_ref], cwd=ROOT, check=True,

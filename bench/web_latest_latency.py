@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -28,45 +27,19 @@ from typing import Any
 
 import aiohttp
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 from elasticsearch.serializer import OrjsonSerializer
 
-from agents.store.index import drop_index, ensure_index
+from agents.store.index import drop_index
 from bench.web_aggregate_latency import pct, run, view_bbox
 from geoiot import config, documents
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
-from testkit.observations import NYC, document, on_grid
+from testkit.large_views import ensure_latest
 from web import params, where
 from web.search import ES_CONNECTIONS
-from testkit import actions as es_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000
-
-
-async def prepare(es: AsyncElasticsearch, settings: config.Settings, tracks: int) -> int:
-    """``tracks`` latest positions (re-used when the latest index holds that many already)."""
-    preset = load_preset(settings.iot_schema)
-    await ensure_index(es, settings, preset, index=settings.iot_index)
-    index = documents.latest_index(settings.iot_index)
-    have = (await es.count(index=index))["count"]
-    if have == tracks:
-        return have
-    rng = random.Random(14)
-    w, s, e, n = NYC
-
-    def actions() -> Any:
-        for i in range(tracks):
-            lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
-            t = T0 + rng.randrange(0, 3_600_000)
-            doc = document(preset, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30),
-                           heading=rng.uniform(0, 360))
-            yield es_actions.latest_action(settings.iot_index, doc[preset.track], t, doc)
-
-    await async_bulk(es, actions(), chunk_size=5_000, raise_on_error=False)
-    await es.indices.refresh(index=index)
-    return (await es.count(index=index))["count"]
 
 
 def shifted(bbox: list[float], i: int) -> str:
@@ -86,7 +59,7 @@ async def main() -> None:
     preset = load_preset(settings.iot_schema)
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=60, connections_per_node=ES_CONNECTIONS,
                             serializer=OrjsonSerializer())
-    count = await prepare(es, settings, args.tracks)
+    count = await ensure_latest(es, settings, args.tracks, t0=T0, seed=14, heading=True)
     latest = documents.latest_index(args.index)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from testkit.hook_target import serve_hook
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,32 +68,25 @@ def quantiles(values: list[float]) -> str:
 async def run(make_hook: Any, args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     target = Target(start + args.dead, args.rtt, args.dead_mode)
-    app = web.Application()
-    app.router.add_post("/hook", target.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # noqa: SLF001
-    outcomes: dict[str, int] = {}
-    hook = make_hook(url, lambda o: outcomes.__setitem__(o, outcomes.get(o, 0) + 1))
-    await hook.start()
-    submitted: dict[int, float] = {}
-    try:
-        n = 0
-        while time.monotonic() - start < args.seconds:
-            submitted[n] = time.monotonic()
-            hook.submit({"n": n, "track": f"t{n}", "event": "enter"})
-            n += 1
-            await asyncio.sleep(max(0.0, start + n / args.rate - time.monotonic()))
+    async with serve_hook(target.handle) as url:
+        outcomes: dict[str, int] = {}
+        hook = make_hook(url, lambda o: outcomes.__setitem__(o, outcomes.get(o, 0) + 1))
+        await hook.start()
+        submitted: dict[int, float] = {}
         try:
-            await asyncio.wait_for(hook.queue.join(), args.drain)
-        except TimeoutError:
-            pass
-        ended = time.monotonic()
-    finally:
-        await hook.stop()
-        await runner.cleanup()
+            n = 0
+            while time.monotonic() - start < args.seconds:
+                submitted[n] = time.monotonic()
+                hook.submit({"n": n, "track": f"t{n}", "event": "enter"})
+                n += 1
+                await asyncio.sleep(max(0.0, start + n / args.rate - time.monotonic()))
+            try:
+                await asyncio.wait_for(hook.queue.join(), args.drain)
+            except TimeoutError:
+                pass
+            ended = time.monotonic()
+        finally:
+            await hook.stop()
     recovered = start + args.dead
     during = [target.received[i] - t for i, t in submitted.items() if t < recovered and i in target.received]
     after = [target.received[i] - t for i, t in submitted.items() if t >= recovered and i in target.received]

@@ -36,7 +36,7 @@ MAX_BULK_WITHIN = 60.0  # far below the consumer's max.poll.interval; a batch ne
 # (a third measured no faster on the shared 2-core machine, docs/BENCHMARKS.md "the analytics core in
 # batches"); each one more keeps another batch in memory and is re-delivered after a crash (at least once;
 # documents are idempotent).
-DEFAULT_FLUSHES_IN_FLIGHT = 2
+DEFAULT_BATCHES_IN_FLIGHT = 2
 
 
 def _number(value: float) -> str:
@@ -284,7 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=100_000, uses="agents spark"),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
             maximum=MAX_BULK_WITHIN, uses="agents"),
-    Setting("IOT_FLUSHES_IN_FLIGHT", DEFAULT_FLUSHES_IN_FLIGHT, "Batches a worker stores at once (more: higher rate over the bulk round "
+    Setting("IOT_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT, "Batches a worker stores at once (more: higher rate over the bulk round "
             "trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16, uses="agents"),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone,
             uses="agents spark replay"),
@@ -413,7 +413,7 @@ class Settings:
     iot_index_refresh: str
     iot_bulk_size: int
     iot_bulk_within: float
-    iot_flushes_in_flight: int
+    iot_batches_in_flight: int
     iot_timezone: str
     web_port: int
     web_host: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,23 @@ from testkit.served_map import ROOT
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@asynccontextmanager
+async def browser_page(url: str, height: int = 860) -> AsyncIterator[tuple[Any, Any, list[str]]]:
+    """Chromium with one 1280-pixel-wide page at ``url``: (browser, page, the page's uncaught errors); closed after."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(url, wait_until="domcontentloaded")
+            yield browser, page, errors
+        finally:
+            await browser.close()
 
 
 def skip_unless_browser() -> None:

@@ -18,7 +18,6 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from agents.store.index import drop_index, ensure_index
-from geoiot import documents
 from geoiot.config import Settings
 from geoiot.schema import Preset
 from testkit import actions as es_actions

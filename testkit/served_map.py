@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from testkit.processes import stop
 from web import assets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +131,4 @@ def web_server(python_env: dict[str, str], env: dict[str, str], log_path: Path,
             wait_until_200(url + "/healthz", timeout, alive=lambda: proc.poll() is None)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc, 10)

@@ -13,6 +13,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -142,3 +143,13 @@ def python_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(data: Any) -> AsyncIterator[Any]:
+    """The web app in-process over a module's ``data`` fixture (a :class:`testkit.web_client.Loaded`), for the
+    modules that test the API on one loaded index; a module's own ``client`` takes precedence."""
+    from testkit.web_client import web_client
+
+    async with web_client(data.settings) as c:
+        yield c

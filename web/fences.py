@@ -197,9 +197,14 @@ async def _write(request: web.Request, fid: str, value: bytes | None) -> tuple[i
     return version, updated
 
 
-async def put_fence(request: web.Request) -> web.Response:
+def _refused(request: web.Request) -> web.Response | None:
+    """The answer that refuses a write before its id and body are read: query parameters, a missing or wrong token."""
     no_params(request.query)
-    denied = _authorize(request)
+    return _authorize(request)
+
+
+async def put_fence(request: web.Request) -> web.Response:
+    denied = _refused(request)
     if denied is not None:
         return denied
     fid = _id(request)
@@ -215,8 +220,7 @@ async def put_fence(request: web.Request) -> web.Response:
 
 
 async def delete_fence(request: web.Request) -> web.Response:
-    no_params(request.query)
-    denied = _authorize(request)
+    denied = _refused(request)
     if denied is not None:
         return denied
     fid = _id(request)

@@ -278,7 +278,7 @@ class Observations(Service):
             bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
             pipeline=pipeline,
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
-            idle_timeout=s.iot_track_idle_timeout, flushes_in_flight=s.iot_flushes_in_flight,
+            idle_timeout=s.iot_track_idle_timeout, batches_in_flight=s.iot_batches_in_flight,
             metadata_max_age=s.iot_metadata_max_age, stall_timeout=s.iot_stall_timeout)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True

@@ -22,7 +22,7 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   a stale one (409) is counted by the sink, one refused for good is counted and logged but not
   dead-lettered (the observation of the same event is stored or dead-lettered itself).
 * Pipelining: while a batch is being stored the next one is fetched, processed against the states of
-  the batches still in flight, and its writes start; at most ``IOT_FLUSHES_IN_FLIGHT`` batches are in
+  the batches still in flight, and its writes start; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in
   flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
   before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
@@ -58,7 +58,7 @@ from agents.webhook import Webhook
 from agents.worker import metrics as m
 from agents.worker.track_table import TrackTable, changelog_reader
 from geoiot import topics as kafka_topics
-from geoiot.config import DEFAULT_FLUSHES_IN_FLIGHT
+from geoiot.config import DEFAULT_BATCHES_IN_FLIGHT
 from geoiot.deadletter import dead_letter
 
 log = logging.getLogger("agents")
@@ -124,18 +124,18 @@ class SourceStream:
 
     def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: StreamTopics, pipeline: Pipeline,
                  sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
-                 flushes_in_flight: int = DEFAULT_FLUSHES_IN_FLIGHT,
+                 batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
                  grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
         the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones.
-        ``flushes_in_flight``: IOT_FLUSHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
+        ``batches_in_flight``: IOT_BATCHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
         ``grow_changelog(n)``: gives the changelog at least ``n`` partitions (before a recovery needs them).
         ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within = bulk_size, bulk_within
-        self.flushes_in_flight = flushes_in_flight
+        self.batches_in_flight = batches_in_flight
         self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
         self.inflight: deque[asyncio.Task[None]] = deque()
         self.committed: dict[int, int] = {}  # source partition -> next offset committed by this worker
@@ -256,7 +256,7 @@ class SourceStream:
                     batch = self.prepare(messages)
                     previous = self.inflight[-1] if self.inflight else None
                     self.inflight.append(asyncio.ensure_future(self.complete(batch, previous)))
-                    while self.inflight and (len(self.inflight) >= self.flushes_in_flight or self.inflight[0].done()):
+                    while self.inflight and (len(self.inflight) >= self.batches_in_flight or self.inflight[0].done()):
                         await self.inflight.popleft()
         except asyncio.CancelledError:
             raise

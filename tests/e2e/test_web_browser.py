@@ -23,7 +23,7 @@ from elasticsearch import AsyncElasticsearch
 from agents.store.index import drop_index, ensure_index
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from testkit.browser import ARGS, CHROMIUM, settled, skip_unless_browser, wait_for
+from testkit.browser import browser_page, settled, skip_unless_browser, wait_for
 from testkit.observations import bulk_index, walk
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -88,73 +88,63 @@ async def server(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, 
 
 async def test_map_cells_markers_heatmap_and_replay(server: tuple[str, list[dict[str, Any]]],
                                                     output_dir: Path) -> None:
-    from playwright.async_api import async_playwright
-
     url, docs = server
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url + "/#z=11&lat=40.75&lon=-73.90&view=density", wait_until="domcontentloaded")
+    async with browser_page(url + "/#z=11&lat=40.75&lon=-73.90&view=density", height=800) as (browser, page, errors):
 
-            # Above the threshold: cells whose counts add up to everything in view.
-            state = await settled(page)
-            assert state["error"] is None and state["mode"] == "cells" and state["cells"]["count"] > 10
-            expected = count_in(docs, state["bbox"])
-            assert expected > 1000
-            assert state["cells"]["sum"] == state["total"] == expected
-            assert await page.locator(".leaflet-overlay-pane canvas, .leaflet-overlay-pane svg").count() >= 1
-            assert await page.locator(".legend").count() == 1
-            assert f"{expected:,}" in await page.locator("#total").inner_text()
-            await page.screenshot(path=str(output_dir / "web_map_cells.png"))
+        # Above the threshold: cells whose counts add up to everything in view.
+        state = await settled(page)
+        assert state["error"] is None and state["mode"] == "cells" and state["cells"]["count"] > 10
+        expected = count_in(docs, state["bbox"])
+        assert expected > 1000
+        assert state["cells"]["sum"] == state["total"] == expected
+        assert await page.locator(".leaflet-overlay-pane canvas, .leaflet-overlay-pane svg").count() >= 1
+        assert await page.locator(".legend").count() == 1
+        assert f"{expected:,}" in await page.locator("#total").inner_text()
+        await page.screenshot(path=str(output_dir / "web_map_cells.png"))
 
-            # Heatmap toggle.
-            await page.check("#heat")
-            state = await settled(page)
-            assert state["heat"] is True and state["heatPoints"] > 0 and "heat=1" in page.url
-            assert await page.locator("canvas.leaflet-heatmap-layer").count() == 1
-            await page.uncheck("#heat")
-            await settled(page)
-            assert await page.locator("canvas.leaflet-heatmap-layer").count() == 0
+        # Heatmap toggle.
+        await page.check("#heat")
+        state = await settled(page)
+        assert state["heat"] is True and state["heatPoints"] > 0 and "heat=1" in page.url
+        assert await page.locator("canvas.leaflet-heatmap-layer").count() == 1
+        await page.uncheck("#heat")
+        await settled(page)
+        assert await page.locator("canvas.leaflet-heatmap-layer").count() == 0
 
-            # Zoom in: below the threshold, one marker per observation in view.
-            here = docs[N // 2]
-            await page.evaluate(f"() => window.geoiotMap.map.setView([{here[PRESET.lat]}, {here[PRESET.lon]}], 16)")
-            state = await settled(page)
-            expected = count_in(docs, state["bbox"])
-            assert 0 < expected <= 1000, expected
-            assert state["mode"] == "markers" and state["markers"] == expected == state["total"]
-            assert "z=16" in page.url
-            await page.screenshot(path=str(output_dir / "web_map_markers.png"))
+        # Zoom in: below the threshold, one marker per observation in view.
+        here = docs[N // 2]
+        await page.evaluate(f"() => window.geoiotMap.map.setView([{here[PRESET.lat]}, {here[PRESET.lon]}], 16)")
+        state = await settled(page)
+        expected = count_in(docs, state["bbox"])
+        assert 0 < expected <= 1000, expected
+        assert state["mode"] == "markers" and state["markers"] == expected == state["total"]
+        assert "z=16" in page.url
+        await page.screenshot(path=str(output_dir / "web_map_markers.png"))
 
-            # Replay: a time window over the extent, then play moves it forward.
-            await page.evaluate("() => window.geoiotMap.map.setView([40.75, -73.90], 11)")
-            await settled(page)
-            await page.check("#replay")
-            state = await settled(page)
-            assert state["replay"] is True and state["start"] is not None and "mode=replay" in page.url
-            assert state["total"] == count_in(docs, state["bbox"], state["start"], state["end"])
-            assert state["total"] < len(docs)
-            await page.fill("#slider", "500")
-            await page.dispatch_event("#slider", "input")
-            state = await settled(page)
-            assert state["total"] == count_in(docs, state["bbox"], state["start"], state["end"]) > 0
-            end_before = state["end"]
-            await page.click("#play")
-            await wait_for(page, f"s.end > {end_before}", timeout=10_000)
-            await page.click("#play")
-            state = await settled(page)
-            assert state["playing"] is False and state["end"] > end_before
-            await page.screenshot(path=str(output_dir / "web_map_replay.png"))
+        # Replay: a time window over the extent, then play moves it forward.
+        await page.evaluate("() => window.geoiotMap.map.setView([40.75, -73.90], 11)")
+        await settled(page)
+        await page.check("#replay")
+        state = await settled(page)
+        assert state["replay"] is True and state["start"] is not None and "mode=replay" in page.url
+        assert state["total"] == count_in(docs, state["bbox"], state["start"], state["end"])
+        assert state["total"] < len(docs)
+        await page.fill("#slider", "500")
+        await page.dispatch_event("#slider", "input")
+        state = await settled(page)
+        assert state["total"] == count_in(docs, state["bbox"], state["start"], state["end"]) > 0
+        end_before = state["end"]
+        await page.click("#play")
+        await wait_for(page, f"s.end > {end_before}", timeout=10_000)
+        await page.click("#play")
+        state = await settled(page)
+        assert state["playing"] is False and state["end"] > end_before
+        await page.screenshot(path=str(output_dir / "web_map_replay.png"))
 
-            # The URL restores the view: a new page on the same hash shows the same window.
-            page2 = await browser.new_page(viewport={"width": 1280, "height": 800})
-            await page2.goto(page.url, wait_until="domcontentloaded")
-            state2 = await settled(page2)
-            assert (state2["replay"], state2["start"], state2["end"], state2["zoom"]) == \
-                (True, state["start"], state["end"], state["zoom"])
-            assert errors == []
-        finally:
-            await browser.close()
+        # The URL restores the view: a new page on the same hash shows the same window.
+        page2 = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page2.goto(page.url, wait_until="domcontentloaded")
+        state2 = await settled(page2)
+        assert (state2["replay"], state2["start"], state2["end"], state2["zoom"]) == \
+            (True, state["start"], state["end"], state["zoom"])
+        assert errors == []

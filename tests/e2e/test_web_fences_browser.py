@@ -8,14 +8,13 @@ import asyncio
 import json
 import time
 import urllib.request
-from pathlib import Path
 
 import orjson
 import pytest
 
-from testkit.browser import ARGS, CHROMIUM, skip_unless_browser, snapshot, wait_for
+from testkit.browser import browser_page, skip_unless_browser, snapshot, wait_for
 from testkit.served_map import ROOT, web_server
-from test_agents_integration import Worker, agent_env, cleanup_topics, produce_raw, wait_count  # noqa: F401
+from test_agents_integration import Worker, agent_env, cleanup_topics, produce_raw, wait_count  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -43,8 +42,6 @@ async def until(check, timeout: float = 30, what: str = "") -> None:
 
 async def test_draw_a_fence_see_its_alert_and_delete_it(stack, es, kafka_admin, new_topic, agent_env, python_env,
                                                        tmp_path, output_dir):
-    from playwright.async_api import async_playwright
-
     topic = await new_topic("mapfence", partitions=1)
     env = agent_env(topic)
     tokens = tmp_path / "tokens"
@@ -65,66 +62,58 @@ async def test_draw_a_fence_see_its_alert_and_delete_it(stack, es, kafka_admin, 
     try:
         await report(1)  # the track is there before the fence
         with web_server(python_env, web_env, output_dir / "web_fences_browser_server.log") as url:
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-                try:
-                    page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    await page.goto(url + f"/#z=13&lat={P[1]}&lon={P[0]}", wait_until="domcontentloaded")
-                    state = await wait_for(page, "s.fences.ids.length >= 1 && s.refreshes > 0", timeout=20_000)
-                    # read-only: the seeded fence drawn, no editing toolbar
-                    assert await page.locator(".leaflet-pm-toolbar").count() == 0
-                    assert "jfk" in state["fences"]["ids"] and not state["fences"]["editable"]
+            async with browser_page(url + f"/#z=13&lat={P[1]}&lon={P[0]}", height=800) as (_, page, errors):
+                state = await wait_for(page, "s.fences.ids.length >= 1 && s.refreshes > 0", timeout=20_000)
+                # read-only: the seeded fence drawn, no editing toolbar
+                assert await page.locator(".leaflet-pm-toolbar").count() == 0
+                assert "jfk" in state["fences"]["ids"] and not state["fences"]["editable"]
 
-                    await page.click("#fenceBox summary")
-                    await page.fill("#fenceToken", TOKEN)
-                    await page.dispatch_event("#fenceToken", "change")
-                    await page.wait_for_selector(".leaflet-pm-icon-polygon", timeout=10_000)
+                await page.click("#fenceBox summary")
+                await page.fill("#fenceToken", TOKEN)
+                await page.dispatch_event("#fenceToken", "change")
+                await page.wait_for_selector(".leaflet-pm-icon-polygon", timeout=10_000)
 
-                    async def at(lon: float, lat: float) -> tuple[float, float]:
-                        pt = await page.evaluate(f"() => window.geoiotMap.map.latLngToContainerPoint([{lat}, {lon}])")
-                        box = await page.locator("#map").bounding_box()
-                        return box["x"] + pt["x"], box["y"] + pt["y"]
+                async def at(lon: float, lat: float) -> tuple[float, float]:
+                    pt = await page.evaluate(f"() => window.geoiotMap.map.latLngToContainerPoint([{lat}, {lon}])")
+                    box = await page.locator("#map").bounding_box()
+                    return box["x"] + pt["x"], box["y"] + pt["y"]
 
-                    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("drawn-1")))
-                    await page.click(".leaflet-pm-icon-polygon")
-                    corners = [(P[0] - 0.01, P[1] - 0.01), (P[0] + 0.01, P[1] - 0.01), (P[0] + 0.01, P[1] + 0.01),
-                               (P[0] - 0.01, P[1] + 0.01), (P[0] - 0.01, P[1] - 0.01)]
-                    for lon, lat in corners:
-                        x, y = await at(lon, lat)
-                        await page.mouse.move(x, y, steps=5)  # Geoman places a vertex where its hint marker is
-                        await page.mouse.click(x, y)
-                        await asyncio.sleep(0.2)
-                    await page.screenshot(path=str(output_dir / "web_fence_drawing.png"))
-                    status = await page.locator("#fenceStatus").inner_text()
-                    await until(lambda: "drawn-1" in fences_now(url), what=f"the drawn fence stored ({status}; {errors})")
-                    drawn = fences_now(url)["drawn-1"]
-                    assert drawn["geometry"]["type"] == "Polygon" and len(drawn["geometry"]["coordinates"][0]) == 5
-                    await wait_for(page, "s.fences.ids.includes('drawn-1')", timeout=10_000)
-                    await page.screenshot(path=str(output_dir / "web_fence_drawn.png"))
-
-                    # the worker applies it; the track's next report enters it; the map shows the alert
-                    await until(lambda: "version=%d" % drawn["version"] in (tmp_path / "worker.log").read_text(),
-                                timeout=60, what="the worker applied the fence")
-                    await report(2)
-                    await page.wait_for_function(
-                        "() => document.querySelector('#alerts').innerText.includes('drawn-1')", timeout=30_000)
-                    text = await page.locator("#alerts").inner_text()
-                    assert "cab-9" in text and "drawn-1" in text
-                    await page.screenshot(path=str(output_dir / "web_fence_alert.png"))
-
-                    # delete it from the map
-                    await page.click(".leaflet-pm-icon-delete")
-                    x, y = await at(P[0] + 0.005, P[1])
-                    await page.mouse.move(x, y, steps=5)
+                page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("drawn-1")))
+                await page.click(".leaflet-pm-icon-polygon")
+                corners = [(P[0] - 0.01, P[1] - 0.01), (P[0] + 0.01, P[1] - 0.01), (P[0] + 0.01, P[1] + 0.01),
+                           (P[0] - 0.01, P[1] + 0.01), (P[0] - 0.01, P[1] - 0.01)]
+                for lon, lat in corners:
+                    x, y = await at(lon, lat)
+                    await page.mouse.move(x, y, steps=5)  # Geoman places a vertex where its hint marker is
                     await page.mouse.click(x, y)
-                    await until(lambda: "drawn-1" not in fences_now(url), what="the fence deleted")
-                    await wait_for(page, "!s.fences.ids.includes('drawn-1')", timeout=10_000)
-                    await page.screenshot(path=str(output_dir / "web_fence_deleted.png"))
-                    assert errors == [] and (await snapshot(page))["fences"]["lastError"] == ""
-                finally:
-                    await browser.close()
+                    await asyncio.sleep(0.2)
+                await page.screenshot(path=str(output_dir / "web_fence_drawing.png"))
+                status = await page.locator("#fenceStatus").inner_text()
+                await until(lambda: "drawn-1" in fences_now(url), what=f"the drawn fence stored ({status}; {errors})")
+                drawn = fences_now(url)["drawn-1"]
+                assert drawn["geometry"]["type"] == "Polygon" and len(drawn["geometry"]["coordinates"][0]) == 5
+                await wait_for(page, "s.fences.ids.includes('drawn-1')", timeout=10_000)
+                await page.screenshot(path=str(output_dir / "web_fence_drawn.png"))
+
+                # the worker applies it; the track's next report enters it; the map shows the alert
+                await until(lambda: "version=%d" % drawn["version"] in (tmp_path / "worker.log").read_text(),
+                            timeout=60, what="the worker applied the fence")
+                await report(2)
+                await page.wait_for_function(
+                    "() => document.querySelector('#alerts').innerText.includes('drawn-1')", timeout=30_000)
+                text = await page.locator("#alerts").inner_text()
+                assert "cab-9" in text and "drawn-1" in text
+                await page.screenshot(path=str(output_dir / "web_fence_alert.png"))
+
+                # delete it from the map
+                await page.click(".leaflet-pm-icon-delete")
+                x, y = await at(P[0] + 0.005, P[1])
+                await page.mouse.move(x, y, steps=5)
+                await page.mouse.click(x, y)
+                await until(lambda: "drawn-1" not in fences_now(url), what="the fence deleted")
+                await wait_for(page, "!s.fences.ids.includes('drawn-1')", timeout=10_000)
+                await page.screenshot(path=str(output_dir / "web_fence_deleted.png"))
+                assert errors == [] and (await snapshot(page))["fences"]["lastError"] == ""
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])

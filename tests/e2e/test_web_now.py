@@ -34,7 +34,7 @@ from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
-from testkit.browser import ARGS, CHROMIUM, settled, skip_unless_browser, snapshot, wait_for
+from testkit.browser import browser_page, settled, skip_unless_browser, snapshot, wait_for
 from testkit.presets import FLIGHTS, FLIGHTS_DATA
 from testkit.served_map import get, web_server
 
@@ -173,22 +173,6 @@ async def flights(stack: Settings, es: AsyncElasticsearch, python_env: dict[str,
 
 
 # --- the page -----------------------------------------------------------------------------------------
-
-@asynccontextmanager
-async def browser_page(url: str) -> AsyncIterator[tuple[Any, Any, list[str]]]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 860})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url, wait_until="domcontentloaded")
-            yield browser, page, errors
-        finally:
-            await browser.close()
-
 
 # The drawn arrows: track, rotation (from the computed CSS transform), fill, stale, the position the page says
 # it drew (its snapshot), and where the icon's centre is against where Leaflet puts that position.
@@ -481,6 +465,22 @@ async def test_zoomed_out_the_now_mode_counts_current_tracks_per_cell(taxi: Serv
             assert errors == []
 
 
+async def move_and_see(page: Any, es: AsyncElasticsearch, stack: Settings, index: str, doc: dict[str, Any],
+                       by: tuple[float, float], passengers: int, timeout: float) -> Report:
+    """Write a newer report of ``doc``'s track, moved ``by`` (lon, lat) degrees; its arrow must be drawn there."""
+    track = doc[TAXI.track]
+    moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] + by[0], 6),
+             TAXI.lat: round(doc[TAXI.lat] + by[1], 6), "passengerCount": passengers, "vendor_id": doc["vendor_id"]}
+    await write_reports(stack.es_hosts, TAXI, index, [moved])
+    await es.indices.refresh(index=f"{index}*")
+    await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
+                   timeout=timeout)
+    arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
+    assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
+    assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
+    return moved
+
+
 async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(taxi: Served, es: AsyncElasticsearch,
                                                                              stack: Settings) -> None:
     async with browser_page("about:blank") as (_, page, errors):
@@ -496,15 +496,7 @@ async def test_polling_keeps_the_markers_current_when_the_event_stream_fails(tax
         await page.locator(f'.track-icon:has(svg[data-track="{track}"])').dispatch_event("click")
         before = (await wait_for(page, "s.trail && s.trail.points > 0"))["trail"]
         assert before["end"] == doc[TAXI.time] and before["points"] == ROUNDS  # all within the last 15 min
-        moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] + 0.001, 6),
-                 TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 1, "vendor_id": doc["vendor_id"]}
-        await write_reports(stack.es_hosts, TAXI, taxi.index, [moved])
-        await es.indices.refresh(index=f"{taxi.index}*")
-        await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
-                       timeout=15_000)
-        arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
-        assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
-        assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
+        moved = await move_and_see(page, es, stack, taxi.index, doc, (0.001, 0.001), 1, timeout=15_000)
         assert (await snapshot(page))["polls"] > polls
         after = (await wait_for(page, f"s.trail.end === {moved[TAXI.time]} && !s.trail.loading"))["trail"]
         assert after["points"] == ROUNDS + 1 and after["segments"] == ROUNDS
@@ -558,15 +550,7 @@ async def test_pushed_alerts_and_positions_reach_the_page_without_a_poll(taxi_pu
         latest = await latest_docs(es, served.index)
         track = f"cab-{TRACKS - 5:03d}"
         doc = latest[track]
-        moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] - 0.002, 6),
-                 TAXI.lat: round(doc[TAXI.lat] + 0.001, 6), "passengerCount": 2, "vendor_id": doc["vendor_id"]}
-        await write_reports(stack.es_hosts, TAXI, served.index, [moved])
-        await es.indices.refresh(index=f"{served.index}*")
-        await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
-                       timeout=20_000)
-        arrows = {a["track"]: a for a in await page.evaluate(ARROWS)}
-        assert arrows[track]["coords"] == [moved[TAXI.lon], moved[TAXI.lat]]
-        assert abs(arrows[track]["dx"]) < 1.5 and abs(arrows[track]["dy"]) < 1.5
+        await move_and_see(page, es, stack, served.index, doc, (-0.002, 0.001), 2, timeout=20_000)
 
         api = [u for u in requests[mark:] if "/api/" in u]
         assert api == [], api  # neither came from a poll

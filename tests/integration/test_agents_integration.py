@@ -349,7 +349,7 @@ async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka
         # kill are indexed again (a few per partition), never what was committed (`seen` documents or more).
         stats = await es.indices.stats(index=f"{index}-*", metric="indexing")
         indexed = stats["_all"]["primaries"]["indexing"]["index_total"]
-        uncommitted = (int(env.get("IOT_FLUSHES_IN_FLIGHT", config.DEFAULT_FLUSHES_IN_FLIGHT)) + 2) * 100 * 3
+        uncommitted = (int(env.get("IOT_BATCHES_IN_FLIGHT", config.DEFAULT_BATCHES_IN_FLIGHT)) + 2) * 100 * 3
         assert uncommitted < seen, "the bound would not tell a resume from a restart at the beginning"
         assert len(recs) <= indexed <= len(recs) + uncommitted, (indexed, seen)
         # alerts are at least once: every transition is there (duplicates allowed after the kill)

@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
@@ -22,8 +21,8 @@ from aiokafka.admin import NewPartitions
 from agents.worker.stream import make_producer
 from agents.worker.track_table import changelog_topic
 from geoiot import documents, topics
-from test_agents_integration import (ROOT, Worker, agent_env, all_docs, changelog_config, cleanup_topics,  # noqa: F401
-                                     generate, records, replay, wait_count)
+from test_agents_integration import (ROOT, Worker, agent_env, all_docs, cleanup_topics,  # noqa: F401 (fixture)
+                                     generate, records, wait_count)
 
 pytestmark = pytest.mark.integration
 

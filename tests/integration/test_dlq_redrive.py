@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from geoiot import documents
+from testkit.kafka_events import produce_keyed
 from test_agents_integration import (ROOT, Worker, agent_env, all_docs, cleanup_topics,  # noqa: F401 (fixture)
                                      produce_raw, read_topic, wait_count)
 
@@ -40,19 +41,6 @@ def redrive(env: dict[str, str], *args: str) -> dict:
                             env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"redrive failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-async def produce_keyed(bootstrap: str, topic: str, events: list[dict]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send(topic, orjson.dumps(e), key=e["taxiId"].encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def source_records(bootstrap: str, topic: str, expect: int) -> list:

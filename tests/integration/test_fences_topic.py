@@ -3,7 +3,6 @@ and a follower reads the whole topic before it returns, then follows puts and to
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 

@@ -19,18 +19,13 @@ from elasticsearch import AsyncElasticsearch
 from agents.store.index import drop_index
 from geoiot.config import Settings
 from testkit.ogc_data import PRESET, T0, load, make_docs, newest
+from testkit.web_client import Loaded as Data
 from web.app import init_app
 
 pytestmark = pytest.mark.integration
 
 N = 3_000
 ITEMS = "/ogc/collections/observations/items"
-
-
-@dataclasses.dataclass
-class Data:
-    docs: list[dict[str, Any]]
-    settings: Settings
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -43,12 +38,6 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         yield Data(docs, settings)
     finally:
         await drop_index(es, name)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def client(data: Data) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(init_app(data.settings, consume_alerts=False))) as c:
-        yield c
 
 
 async def get(client: TestClient, path: str, status: int = 200, **params: Any) -> Any:

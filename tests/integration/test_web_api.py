@@ -36,6 +36,7 @@ from geoiot.config import Settings
 from testkit.health import wait_healthy
 from geoiot.schema import load_preset
 from testkit.observations import bulk_index, document, on_grid, walk
+from testkit.web_client import Loaded as Data, web_client
 from web import openapi
 from web.app import METRICS, init_app
 from web.geo import precision_for_zoom
@@ -68,13 +69,6 @@ def make_docs() -> list[dict[str, Any]]:
     return docs
 
 
-@dataclasses.dataclass
-class Data:
-    index: str
-    docs: list[dict[str, Any]]
-    settings: Settings
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     name = f"webtest-{uuid.uuid4().hex[:10]}"
@@ -83,14 +77,8 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     await ensure_index(es, settings, PRESET, index=name)
     assert await bulk_index(es, name, PRESET, iter(docs)) == len(docs)
     await es.indices.refresh(index=name)
-    yield Data(name, docs, settings)
+    yield Data(docs, settings)
     await drop_index(es, name)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def client(data: Data) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(init_app(data.settings, consume_alerts=False))) as c:
-        yield c
 
 
 async def get_json(client: TestClient, path: str, status: int = 200, **query: Any) -> Any:
@@ -220,7 +208,7 @@ async def test_bad_input_is_400_json(client: TestClient, path: str, query: dict[
 
 async def test_no_data_yet_answers_empty(stack: Settings) -> None:
     settings = dataclasses.replace(stack, iot_index=f"webempty-{uuid.uuid4().hex[:8]}")
-    async with TestClient(TestServer(init_app(settings, consume_alerts=False))) as c:
+    async with web_client(settings) as c:
         assert await get_json(c, "/api/extent") == {"start": None, "end": None, "count": 0, "bbox": None}
         assert (await get_json(c, "/api/aggregate", zoom=3))["features"] == []
         assert (await get_json(c, "/api/observations"))["features"] == []
@@ -234,7 +222,7 @@ def closed_port() -> int:
 
 async def test_elasticsearch_unreachable_is_503_json_and_validation_comes_first(stack: Settings) -> None:
     settings = dataclasses.replace(stack, es_url=f"http://127.0.0.1:{closed_port()}")
-    async with TestClient(TestServer(init_app(settings, consume_alerts=False))) as c:
+    async with web_client(settings) as c:
         for path in ("/api/extent", "/api/aggregate", "/api/observations", "/api/tracks/a", "/healthz"):
             resp = await c.get(path)
             assert resp.status == 503 and resp.content_type == "application/json"
@@ -290,7 +278,7 @@ async def test_identical_aggregations_within_a_second_are_answered_from_cache(cl
     first = await get_json(client, "/api/aggregate", **q)
     # a new document inside the fence: a cached answer cannot see it, a fresh one must
     doc = document(PRESET, "late", T0, *on_grid(-73.87, 40.72), ["zone-a"])
-    await es.index(index=f"{data.index}-2013.01.01", id="late", document=doc, refresh=True)
+    await es.index(index=f"{data.settings.iot_index}-2013.01.01", id="late", document=doc, refresh=True)
     try:
         answers = await asyncio.gather(*(get_json(client, "/api/aggregate", **q) for _ in range(10)))
         assert all(a == first for a in answers)
@@ -299,7 +287,7 @@ async def test_identical_aggregations_within_a_second_are_answered_from_cache(cl
         fresh = await get_json(client, "/api/aggregate", **q)
         assert fresh["total"] == first["total"] + 1 and queries() - before == 2
     finally:
-        await es.delete(index=f"{data.index}-2013.01.01", id="late", refresh=True)
+        await es.delete(index=f"{data.settings.iot_index}-2013.01.01", id="late", refresh=True)
 
 
 async def test_alerts_from_kafka_newest_first(stack: Settings, new_topic: Any) -> None:
@@ -331,8 +319,8 @@ async def test_alerts_from_kafka_newest_first(stack: Settings, new_topic: Any) -
 async def test_workers_share_one_port_and_stop_together(data: Data, python_env: dict[str, str],
                                                         output_dir: Path) -> None:
     port = closed_port()
-    env = dict(python_env, IOT_INDEX=data.index, WEB_PORT=str(port), WEB_HOST="127.0.0.1",
-               IOT_ALERTS_TOPIC=f"{data.index}-alerts")
+    env = dict(python_env, IOT_INDEX=data.settings.iot_index, WEB_PORT=str(port), WEB_HOST="127.0.0.1",
+               IOT_ALERTS_TOPIC=f"{data.settings.iot_index}-alerts")
     log_path = output_dir / "web_workers.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "web", "--workers", "2"], env=env, stdout=log,

@@ -7,7 +7,6 @@ stays within a bound set by the budget and comes back down after the clients lea
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import subprocess
 import sys
@@ -20,17 +19,15 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
 from agents.store.index import drop_index, ensure_index
-from geoiot import documents
 from geoiot.config import Settings
 from geoiot.malloc import TOP_PAD, TRIM_THRESHOLD
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
-from testkit.observations import NYC, document, on_grid
+from testkit.large_views import write_latest
+from testkit.processes import proc_stat, stop
 from testkit.sse import Stream, read_until
-from testkit import actions as es_actions
 from web.alerts import AlertBuffer
 from web.events import Hub
 from web.params import LatestParams, parse_bbox
@@ -90,11 +87,7 @@ RETURNED_WITHIN = 64 << 20  # what may stay resident after the views ended, abov
 
 
 def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return proc_stat(pid)[0]
 
 
 def metric(text: str, name: str) -> float:
@@ -105,19 +98,8 @@ def metric(text: str, name: str) -> float:
 async def big_index(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[str]:
     name = f"webbounds-{uuid.uuid4().hex[:10]}"
     await ensure_index(es, stack, PRESET, index=name)
-    rng = random.Random(22)
-    w, s, e, n = NYC
-
-    def actions() -> Any:
-        for i in range(TRACKS):
-            lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
-            t = T0 + rng.randrange(0, 3_600_000)
-            doc = document(PRESET, f"cab-{i:05d}", t, lon, lat, [], speed=rng.uniform(0, 30))
-            yield es_actions.latest_action(name, doc[PRESET.track], t, doc)
-
     try:
-        await async_bulk(es, actions(), chunk_size=5_000)
-        await es.indices.refresh(index=documents.latest_index(name))
+        assert await write_latest(es, name, PRESET, TRACKS, t0=T0, seed=22) == TRACKS
         yield name
     finally:
         await drop_index(es, name)
@@ -182,12 +164,7 @@ async def test_many_large_views_keep_the_servers_memory_within_the_budget_and_gi
             await asyncio.sleep(1.5)  # the release runs a period after the last view ended
             after = rss(proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 20)
     grown = peak - before
     print(f"rss before {before >> 20} MiB, peak {peak >> 20} MiB, after {after >> 20} MiB; small /api/latest "
           f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "

@@ -11,14 +11,14 @@ from typing import Any
 import jsonschema
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from elasticsearch import AsyncElasticsearch
 
 from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.observations import indexed, walk
+from testkit.web_client import Loaded as Data
 from web import openapi, params, where
-from web.app import init_app
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,6 @@ PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3_600_000  # the track crosses midnight: two daily indices
 POINTS = 2 * where.TRACK_PAGE + 345  # three pages
 TRACK = "track-0000"
-
-
-@dataclasses.dataclass
-class Data:
-    docs: list[dict[str, Any]]
-    settings: Settings
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -43,12 +37,6 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         d[PRESET.track] = "other-" + d[PRESET.track]
     async with indexed(es, settings, PRESET, docs + others):
         yield Data(docs, settings)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def client(data: Data) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(init_app(data.settings, consume_alerts=False))) as c:
-        yield c
 
 
 async def get_track(client: TestClient, **query: Any) -> dict[str, Any]:

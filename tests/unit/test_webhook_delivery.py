@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from agents.webhook import Breaker, Webhook
+from testkit.hook_target import serve_hook
 
 
 class Target:
@@ -44,15 +46,8 @@ class Target:
 @pytest.fixture
 async def target() -> AsyncIterator[Target]:
     t = Target()
-    app = web.Application()
-    app.router.add_post("/hook", t.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    t.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # noqa: SLF001
-    yield t
-    await runner.cleanup()
+    async with serve_hook(t.handle) as t.url:
+        yield t
 
 
 async def until(check: Callable[[], bool], timeout: float = 30) -> None:
@@ -64,6 +59,14 @@ async def until(check: Callable[[], bool], timeout: float = 30) -> None:
 
 async def drained(hook: Webhook, timeout: float = 60) -> None:
     await asyncio.wait_for(hook.queue.join(), timeout)
+
+
+def observed(target: Target, **kwargs: Any) -> tuple[Webhook, Counter[str], list[bool]]:
+    """A webhook to ``target`` with its outcomes counted and its circuit's changes recorded."""
+    outcomes: Counter[str] = Counter()
+    circuit: list[bool] = []
+    hook = Webhook(target.url, on_result=lambda o: outcomes.update([o]), on_circuit=circuit.append, **kwargs)
+    return hook, outcomes, circuit
 
 
 async def with_hook(hook: Webhook, body: Callable[[Webhook], Awaitable[None]]) -> None:
@@ -79,10 +82,8 @@ async def test_a_hanging_target_costs_a_few_requests_not_one_hang_per_alert(targ
     sees at most 3 + 4 (the requests already in flight) requests, not 20 x (1 + retries); the alerts that
     waited longer than max_age are counted expired, none is lost silently."""
     target.mode = "hang"
-    outcomes: Counter[str] = Counter()
-    circuit: list[bool] = []
-    hook = Webhook(target.url, timeout=0.3, retries=1, backoff=0.01, breaker_failures=3, cooldown=3600,
-                   concurrency=4, max_age=1.5, on_result=lambda o: outcomes.update([o]), on_circuit=circuit.append)
+    hook, outcomes, circuit = observed(target, timeout=0.3, retries=1, backoff=0.01, breaker_failures=3,
+                                       cooldown=3600, concurrency=4, max_age=1.5)
 
     async def body(hook: Webhook) -> None:
         for i in range(20):
@@ -101,10 +102,8 @@ async def test_alerts_waiting_behind_a_failing_target_go_at_once_when_it_recover
     recovers, the probe succeeds and every waiting alert is delivered, concurrently (bounded by
     ``concurrency``), each exactly once."""
     target.mode = "500"
-    outcomes: Counter[str] = Counter()
-    circuit: list[bool] = []
-    hook = Webhook(target.url, timeout=2, retries=3, backoff=0.01, breaker_failures=3, cooldown=0.5,
-                   concurrency=4, max_age=60, on_result=lambda o: outcomes.update([o]), on_circuit=circuit.append)
+    hook, outcomes, circuit = observed(target, timeout=2, retries=3, backoff=0.01, breaker_failures=3,
+                                       cooldown=0.5, concurrency=4, max_age=60)
 
     async def body(hook: Webhook) -> None:
         for i in range(30):
@@ -126,8 +125,7 @@ async def test_alerts_waiting_behind_a_failing_target_go_at_once_when_it_recover
 
 async def test_a_refusing_target_is_up_its_4xx_does_not_open_the_circuit(target: Target) -> None:
     target.mode = "400"
-    outcomes: Counter[str] = Counter()
-    hook = Webhook(target.url, breaker_failures=2, concurrency=2, on_result=lambda o: outcomes.update([o]))
+    hook, outcomes, _ = observed(target, breaker_failures=2, concurrency=2)
 
     async def body(hook: Webhook) -> None:
         for i in range(10):

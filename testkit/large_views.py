@@ -1,0 +1,49 @@
+"""Many latest positions over New York: the large index the map's views of the whole city read."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+
+from agents.store.index import ensure_index
+from geoiot import documents
+from geoiot.config import Settings
+from geoiot.schema import Preset, load_preset
+from testkit import actions as es_actions
+from testkit.observations import NYC, document, on_grid
+
+
+async def write_latest(es: AsyncElasticsearch, base: str, preset: Preset, tracks: int, *, t0: int, seed: int,
+                       heading: bool = False) -> int:
+    """Write one latest position for each of ``tracks`` tracks (random, within an hour after ``t0``, with a
+    speed and, when asked, a heading) to ``base``'s latest index; refresh it and return its count."""
+    rng = random.Random(seed)
+    w, s, e, n = NYC
+
+    def actions() -> Iterator[dict[str, Any]]:
+        for i in range(tracks):
+            lon, lat = on_grid(rng.uniform(w, e), rng.uniform(s, n))
+            t = t0 + rng.randrange(0, 3_600_000)
+            more = {"heading": rng.uniform(0, 360)} if heading else {}
+            doc = document(preset, f"cab-{i:06d}", t, lon, lat, [], speed=rng.uniform(0, 30), **more)
+            yield es_actions.latest_action(base, doc[preset.track], t, doc)
+
+    await async_bulk(es, actions(), chunk_size=5_000)
+    index = documents.latest_index(base)
+    await es.indices.refresh(index=index)
+    return (await es.count(index=index))["count"]
+
+
+async def ensure_latest(es: AsyncElasticsearch, settings: Settings, tracks: int, *, t0: int, seed: int,
+                        heading: bool = False) -> int:
+    """The benchmarks' large index: :func:`write_latest` into ``settings.iot_index``, unless its latest index
+    holds ``tracks`` positions already (re-used between runs); returns its count."""
+    preset = load_preset(settings.iot_schema)
+    await ensure_index(es, settings, preset, index=settings.iot_index)
+    if (await es.count(index=documents.latest_index(settings.iot_index)))["count"] == tracks:
+        return tracks
+    return await write_latest(es, settings.iot_index, preset, tracks, t0=t0, seed=seed, heading=heading)
