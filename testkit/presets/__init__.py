@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parents[3]
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def shared_data(name: str, checkout: Path = CHECKOUT) -> Path:
