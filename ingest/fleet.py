@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from typing import Any
 
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = config.from_args(args, component="ingest")
     lon, lat = (float(x) for x in args.centre.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Started in the background by a script (make demo), the fleet inherits SIGINT ignored; Ctrl-C must stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(run(settings, args.vehicles, args.token, (lon, lat), args.seed))
     except KeyboardInterrupt:
