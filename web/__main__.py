@@ -14,7 +14,7 @@ from geoiot import config
 from geoiot.config import Settings
 from geoiot.logs import quiet_repeats
 from geoiot.malloc import keep_freed_heap
-from web import server
+from web import fences, server
 from web.app import init_app
 
 FLAGS = config.envs("web")
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = config.from_args(args, component="web")
-    except ValueError as exc:
+        fences.load_tokens(settings.iot_tokens_file)  # a malformed tokens file stops the server with one line
+    except ValueError as exc:  # ConfigError and TokenFileError
         parser.error(str(exc))
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -156,6 +156,14 @@ def test_a_bad_webhook_url_does_not_stop_the_web_server(python_env: dict[str, st
     assert "IOT_WEBHOOK_URL='ftp://nowhere' must be http(s)" in the_line(worker, "IOT_WEBHOOK_URL=")
 
 
+def test_a_malformed_tokens_file_stops_the_web_server_with_one_line(python_env: dict[str, str], tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("short fences\n")
+    result = run(["-m", "web"], dict(python_env, **CLOSED, IOT_TOKENS_FILE=str(tokens), WEB_PORT="1"), timeout=60)
+    assert result.returncode == 2
+    assert "line 1: a token needs at least 16 characters" in the_line(result, str(tokens))
+
+
 # --- an importable worker (issue 11, item 3) ---------------------------------------------------------
 
 def test_importing_the_worker_does_no_io_and_changes_nothing(python_env: dict[str, str], tmp_path: Path) -> None:
