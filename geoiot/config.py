@@ -358,6 +358,8 @@ SETTINGS: tuple[Setting, ...] = (
             "behind one address the same); empty: a random key per process", check=_any_text, uses="web"),
     Setting("IOT_FENCES_TOPIC", "", "Compacted topic of the live geofences (geoiot/fences.py); empty: <IOT_TOPIC>-fences",
             check=_optional_topic, uses="agents spark web topics"),
+    Setting("IOT_LATEST_TOPIC", "", "Compacted topic of each track's newest document, the live layer the web servers "
+            "mirror (geoiot/live.py); empty: <IOT_TOPIC>-latest", check=_optional_topic, uses="agents spark web topics"),
     Setting("INGEST_PORT", 8090, "Port of the ingest gateway (POST /v1/positions, the OsmAnd protocol on /)", int,
             "--port", minimum=1, maximum=65535, uses="ingest"),
     Setting("INGEST_HOST", "127.0.0.1", "Interface the ingest gateway binds", str, "--host", check=_text, uses="ingest"),
@@ -451,6 +453,7 @@ class Settings:
     web_ogc_scans: int
     web_ogc_cursor_secret: str
     iot_fences_topic: str
+    iot_latest_topic: str
     ingest_port: int
     ingest_host: str
     ingest_insecure: bool
@@ -475,6 +478,11 @@ class Settings:
     def fences_topic(self) -> str:
         """IOT_FENCES_TOPIC, derived from the source topic when unset (so each source has its own fences)."""
         return self.iot_fences_topic or f"{self.iot_topic}-fences"
+
+    @property
+    def latest_topic(self) -> str:
+        """IOT_LATEST_TOPIC, derived from the source topic when unset (geoiot.live)."""
+        return self.iot_latest_topic or f"{self.iot_topic}-latest"
 
     @property
     def sinks(self) -> list[str]:

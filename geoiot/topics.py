@@ -103,6 +103,11 @@ def changelog_name(app_id: str) -> str:
     return f"{app_id}-tracks-changelog"
 
 
+def latest_spec(settings: config.Settings, partitions: int) -> TopicSpec:
+    """The live layer's topic (geoiot.live): compacted like the changelog, as many partitions as the source."""
+    return TopicSpec(settings.latest_topic, partitions, settings.iot_replication, CHANGELOG_CONFIGS)
+
+
 def topic_names(settings: config.Settings) -> list[str]:
     """Source, dead-letter and alerts topics, without duplicates, in that order."""
     return list(dict.fromkeys([settings.iot_topic, settings.iot_dlq_topic, settings.iot_alerts_topic]))
