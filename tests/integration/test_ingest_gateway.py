@@ -18,6 +18,7 @@ import pytest
 
 from geoiot import documents
 from geoiot.convert import FastConverter, message
+from geoiot.deadletter import original_bytes
 from geoiot.partitioning import kafka_partition
 from geoiot.schema import load_preset
 from test_agents_integration import Worker, all_docs, cleanup_topics, wait_count
@@ -73,6 +74,7 @@ async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, 
                                                    python_env, kafka_admin) -> None:
     topic = await new_topic("ingest-exact", partitions=3)
     env = gateway_env(stack, topic, tokens_file, MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position",
+                      IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1),
                       MQTT_CLIENT_ID=f"{topic}-gw")
     gateway = GatewayProcess(env, output_dir / f"{topic}.log").start()
     try:
@@ -198,8 +200,9 @@ async def test_hostile_input(stack, mosquitto, new_topic, tokens_file, output_di
     filter_ = f"{topic}/+/position"
     retained_topic = f"{topic}/old-car/position"
     mosquitto_pub(retained_topic, [orjson.dumps({k: v for k, v in pos("x", 0).items() if k != "taxiId"})], "-r")
+    dlq = await new_topic("ingest-hostile-dlq", partitions=1)
     env = gateway_env(stack, topic, tokens_file, INGEST_MAX_BODY="65536", INGEST_BODY_TIMEOUT="2",
-                      MQTT_URL=mosquitto, MQTT_TOPIC=filter_, MQTT_CLIENT_ID=f"{topic}-gw")
+                      MQTT_URL=mosquitto, MQTT_TOPIC=filter_, MQTT_CLIENT_ID=f"{topic}-gw", IOT_DLQ_TOPIC=dlq)
     gateway = GatewayProcess(env, output_dir / f"{topic}.log").start()
     url = gateway.url + "/v1/positions"
     one = orjson.dumps(pos("fleet-a-1", 1))
@@ -249,6 +252,15 @@ async def test_hostile_input(stack, mosquitto, new_topic, tokens_file, output_di
         assert curl(url, *bearer(TOKEN_A), data=one)[0] == 202  # still serving
         got = await read_messages(stack.kafka_bootstrap, topic, 2)
         assert sorted(k for _, k, _ in got) == [b"car9", b"fleet-a-1"]
+        # nobody to answer an MQTT reject: each is a dead letter (the worker's format) with its reason
+        letters = [orjson.loads(v) for _, _, v in await read_messages(stack.kafka_bootstrap, dlq, 5)]
+        assert all(d["partition"] == -1 and d["offset"] == -1 for d in letters), letters
+        got_letters = sorted((d["topic"], d["reason"].split(" ")[0]) for d in letters)
+        assert got_letters == sorted([(retained_topic, "a"), (f"{topic}/car1/position", "not"),
+                                      (f"{topic}/car1/position", "a"), (f"{topic}//position", "topic"),
+                                      (f"{topic}/car2/position", "taxiId")]), letters
+        assert sorted(original_bytes(d) for d in letters if d["topic"].endswith("car1/position")) == \
+            [b"\x01 not json", b"[]"]
         assert gateway.proc.poll() is None
     finally:
         gateway.stop()
@@ -274,6 +286,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(stack, mosquitto, n
     """QoS 1 publishers and retrying HTTP clients while the gateway is killed with SIGKILL and restarted."""
     topic = await new_topic("ingest-kill", partitions=3)
     env = gateway_env(stack, topic, tokens_file, MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position",
+                      IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1),
                       MQTT_CLIENT_ID=f"{topic}-gw")
     log = output_dir / f"{topic}.log"
     gateway = GatewayProcess(env, log).start()
@@ -408,7 +421,8 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
-    common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group")
+    common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group",
+                  IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1))
     first = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-a", **common),
                            output_dir / f"{topic}-a.log").start()
     tls_env = gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-b", INGEST_TLS_CERT=str(cert),
