@@ -1,5 +1,5 @@
 """The gateway's HTTP side: ``POST /v1/positions`` (the preset's own names), the OsmAnd protocol on ``/``,
-``/healthz`` and ``/metrics``.
+``/healthz`` (liveness), ``/readyz`` (readiness) and ``/metrics``.
 
 A request is answered only once Kafka acknowledged every position it accepted. Memory is bounded by an
 in-flight byte budget: a request's declared size (or the body limit when it declares none) is reserved
@@ -233,10 +233,20 @@ class Gateway:
         return await self.answer([out], [], "osmand", 200)
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 200 while the gateway serves, also during a Kafka outage (it answers 503 with
+        Retry-After meanwhile and resumes by itself: a restart would not bring Kafka back, and restarting
+        every gateway at once would only drop their MQTT connections); ``status`` says what is wrong."""
+        return json_response(200, self._health())
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 503 while Kafka acknowledges nothing (for load balancers and deployments)."""
+        body = self._health()
+        return json_response(200 if body["status"] == "ok" else 503, body)
+
+    def _health(self) -> dict[str, Any]:
         problem = self.kafka_problem()
-        body = {"status": "ok" if problem is None else "degraded", "kafka": problem or "ok",
+        return {"status": "ok" if problem is None else "degraded", "kafka": problem or "ok",
                 "in_flight_bytes": self.budget.used, "acked": self.producer.acked}
-        return json_response(200 if problem is None else 503, body)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
@@ -284,5 +294,6 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_route("GET", "/", gateway.osmand)
     app.router.add_route("POST", "/", gateway.osmand)
     app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_page)
     return app

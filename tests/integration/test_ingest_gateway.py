@@ -167,6 +167,13 @@ async def test_osmand_protocol_with_curl(stack, new_topic, tokens_file, output_d
         status, _, _ = curl(gateway.url + "/", *bearer(TOKEN_A), "-H", "Content-Type: application/json",
                             data=orjson.dumps(traccar))
         assert status == 200
+        # Traccar Client's server URL may carry the token (phones send no header): the OsmAnd protocol only
+        bad_json = orjson.dumps({**traccar, "location": {**traccar["location"], "coords": {"latitude": 1}}})
+        assert curl(gateway.url + "/?token=wrong-token-0123456789", "-H", "Content-Type: application/json",
+                    data=bad_json)[0] == 403
+        assert curl(gateway.url + "/?token=" + TOKEN_A, "-H", "Content-Type: application/json",
+                    data=bad_json)[0] == 400  # let in; the position itself is refused
+        assert curl(gateway.url + "/v1/positions?token=" + TOKEN_A, data=orjson.dumps(pos("fleet-a-1", 1)))[0] == 401
         assert curl(gateway.url + "/" + q.replace("fleet-a-phone", "fleet-b-phone"), *bearer(TOKEN_A))[0] == 403
         status, text, _ = curl(gateway.url + "/?id=fleet-a-phone&timestamp=1&lat=NaN&lon=1", *bearer(TOKEN_A))
         assert status == 400 and "lat" in text
@@ -387,6 +394,9 @@ async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack
             await asyncio.to_thread(stack_cmd, "down", "kafka")
             down = time.monotonic()
             await asyncio.sleep(30)
+            # liveness stays 200 (a restart would not bring Kafka back), readiness says Kafka is silent
+            live, ready = await asyncio.to_thread(curl, gateway.url + "/healthz"), \
+                await asyncio.to_thread(curl, gateway.url + "/readyz")
             up = time.monotonic()
             await asyncio.to_thread(stack_cmd, "up", "kafka")
             deadline = time.monotonic() + 120
@@ -396,6 +406,9 @@ async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack
             await asyncio.sleep(3)
             stop.set()
             await asyncio.gather(*clients)
+        assert live[0] == 200 and orjson.loads(live[1])["status"] == "degraded", live
+        assert ready[0] == 503 and "Kafka" in orjson.loads(ready[1])["kafka"], ready
+        assert curl(gateway.url + "/readyz")[0] == 200  # Kafka is back
         statuses = Counter(s for _, _, s, _, _ in answers)
         assert set(statuses) <= {202, 503}, statuses
         assert all(ra is not None and int(ra) > 0 for _, _, s, ra, _ in answers if s == 503)
