@@ -124,13 +124,19 @@ class _Session:
         else:
             entries.append(entry)
 
+    def retry(self, entry: _Entry) -> None:
+        """Produce again, unless the connection is gone: the broker then sends the message again itself."""
+        if self.protocol is not None and self.protocol.closed.done():
+            return
+        self.produce(entry)
+
     def settled(self, future: asyncio.Future) -> None:
         entries = self.waiting.pop(future)
         if future.cancelled() or future.exception() is not None:
             self.gateway.quiet.warning("mqtt-produce", "Kafka did not take %d MQTT messages (%s); retrying",
                                        len(entries), "cancelled" if future.cancelled() else future.exception())
             for entry in entries:
-                self.loop.call_later(RETRY_S, self.produce, entry)
+                self.loop.call_later(RETRY_S, self.retry, entry)
             return
         positions = 0
         for entry in entries:
