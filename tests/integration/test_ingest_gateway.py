@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import gzip
 import socket
 import ssl
@@ -460,3 +461,58 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
     finally:
         first.stop()
         second.stop()
+
+
+async def test_mqtt_credentials_reach_a_broker_that_requires_them(stack, mosquitto, new_topic, tokens_file,
+                                                                  output_dir, tmp_path) -> None:
+    """A Mosquitto of its own with a password file: a wrong password is refused (the gateway keeps serving and
+    retrying), the right one in MQTT_URL (percent-encoded) subscribes and takes QoS 1 messages."""
+    topic = await new_topic("ingest-auth", partitions=3)
+    dlq = await new_topic("ingest-auth-dlq", partitions=1)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    broker_port = port.getsockname()[1]
+    port.close()
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "gateway", "p@ss:word"], check=True, timeout=30)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+                    f"persistence false\nuser {getpass.getuser()}\n")
+    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=open(output_dir / f"{topic}-mosquitto.log", "w"))
+    base = dict(MQTT_TOPIC=f"{topic}/+/position", IOT_DLQ_TOPIC=dlq)
+    wrong = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-w",
+                                       MQTT_URL=f"mqtt://gateway:wrong@127.0.0.1:{broker_port}", **base),
+                           output_dir / f"{topic}-wrong.log")
+    right = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-r",
+                                       MQTT_URL=f"mqtt://gateway:p%40ss%3Aword@127.0.0.1:{broker_port}", **base),
+                           output_dir / f"{topic}-right.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not (output_dir / f"{topic}-mosquitto.log").exists() or \
+                subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-t", "x",
+                                "-n"], capture_output=True, timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "the password broker did not start"
+            time.sleep(0.2)
+        wrong.start()
+        right.start()
+        deadline = time.monotonic() + 30
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 1:
+            assert time.monotonic() < deadline, right.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        records = [pos("auth-1", i) for i in range(20)]
+        result = subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-q",
+                                 "1", "-t", f"{topic}/auth-1/position", "-l"], capture_output=True, timeout=60,
+                                input=b"\n".join(orjson.dumps({k: v for k, v in r.items() if k != "taxiId"})
+                                                 for r in records) + b"\n")
+        assert result.returncode == 0, result.stderr
+        got = await read_messages(stack.kafka_bootstrap, topic, 20, settle=2)
+        assert Counter((k, v) for _, k, v in got) == expected(records)
+        assert wrong.metrics().get("geoiot_ingest_mqtt_connected") == 0
+        assert wrong.proc.poll() is None and "refused the connection" in wrong.log_path.read_text()
+        assert curl(wrong.url + "/healthz")[0] == 200
+    finally:
+        wrong.stop()
+        right.stop()
+        broker.terminate()
+        broker.wait(10)

@@ -124,3 +124,20 @@ def test_a_broker_disconnect_or_garbage_ends_the_connection(data: bytes) -> None
         with pytest.raises(mqtt5.MqttProtocolError):
             await protocol.closed
     asyncio.run(run())
+
+
+def test_keepalive_pings_and_gives_up_on_a_silent_broker() -> None:
+    async def run() -> None:
+        protocol = mqtt5.Subscriber(lambda m: None, hold=10)
+        transport = Transport()
+        protocol.connection_made(transport)
+        pinger = asyncio.create_task(mqtt5.keep_alive(protocol, 1.0))
+        await asyncio.sleep(0.6)  # one PINGREQ after half a keepalive (more on a stalled machine: still PINGREQs)
+        assert transport.written and bytes(transport.written) == mqtt5.PING * (len(transport.written) // 2)
+        assert not transport.aborted
+        protocol.data_received(b"\xd0\x00")  # PINGRESP: heard from
+        await asyncio.wait_for(pinger, 5)  # then silence: more than 1.5 keepalives
+        assert transport.aborted
+        with pytest.raises(mqtt5.MqttProtocolError, match="did not answer"):
+            await protocol.closed
+    asyncio.run(run())
