@@ -463,10 +463,11 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
         second.stop()
 
 
-async def test_mqtt_credentials_reach_a_broker_that_requires_them(stack, mosquitto, new_topic, tokens_file,
-                                                                  output_dir, tmp_path) -> None:
+async def test_mqtt_credentials_and_a_broker_restart(stack, mosquitto, new_topic, tokens_file,
+                                                     output_dir, tmp_path) -> None:
     """A Mosquitto of its own with a password file: a wrong password is refused (the gateway keeps serving and
-    retrying), the right one in MQTT_URL (percent-encoded) subscribes and takes QoS 1 messages."""
+    retrying), the right one in MQTT_URL (percent-encoded) subscribes and takes QoS 1 messages; after the broker
+    restarts, the gateway is connected and subscribed again."""
     topic = await new_topic("ingest-auth", partitions=3)
     dlq = await new_topic("ingest-auth-dlq", partitions=1)
     port = socket.socket()
@@ -511,6 +512,25 @@ async def test_mqtt_credentials_reach_a_broker_that_requires_them(stack, mosquit
         assert wrong.metrics().get("geoiot_ingest_mqtt_connected") == 0
         assert wrong.proc.poll() is None and "refused the connection" in wrong.log_path.read_text()
         assert curl(wrong.url + "/healthz")[0] == 200
+        # the broker goes away and comes back: the gateway reconnects (with backoff) and subscribes again
+        broker.terminate()
+        broker.wait(10)
+        deadline = time.monotonic() + 30
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 1:
+            assert time.monotonic() < deadline, right.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        later = [pos("auth-2", 100 + i) for i in range(10)]
+        subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-q", "1", "-t",
+                        f"{topic}/auth-2/position", "-l"], check=True, capture_output=True, timeout=60,
+                       input=b"\n".join(orjson.dumps({k: v for k, v in r.items() if k != "taxiId"}) for r in later))
+        got = await read_messages(stack.kafka_bootstrap, topic, 30, settle=2)
+        assert Counter((k, v) for _, k, v in got) == expected(records + later)
     finally:
         wrong.stop()
         right.stop()
