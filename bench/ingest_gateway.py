@@ -6,7 +6,9 @@
   positions per CPU-second of the replay process and of the gateway process (per core), and their ratio.
 * ``single``: one position per request from 200 concurrent clients of ``hey`` (apt-get install hey): as fast
   as they can (the rate reached and the gateway's CPU), then limited to ``--rate`` requests/s in all for the
-  acknowledgement latency (p50, p99).
+  acknowledgement latency (p50, p99); baselines at the same rate in the same run: the same ``hey`` clients on
+  ``GET /healthz`` (HTTP and the machine without Kafka), a plain aiokafka producer (Kafka's own
+  acknowledgement) and the gateway's producer without HTTP.
 * ``mqtt``: ``--messages`` QoS 1 messages queued in a persistent session, then received by ``mosquitto_sub``
   (the baseline) and by the gateway (PUBACK after Kafka): messages/s and per CPU-second, and the ratio.
 
@@ -131,12 +133,14 @@ async def bench_batches(args: argparse.Namespace) -> dict:
         await topic(args.bootstrap, name, False)
 
 
-def hey(url: str, body: Path, clients: int, seconds: float, per_client_rate: float | None) -> list[tuple[float, int]]:
+def hey(url: str, body: Path | None, clients: int, seconds: float,
+        per_client_rate: float | None) -> list[tuple[float, int]]:
     """(latency s, status) of every request ``hey`` (Debian's, Go) made: a load generator that is not the
-    bottleneck, as one Python client was."""
+    bottleneck, as one Python client was. A POST of ``body``, or a GET without one."""
     rate = ["-q", str(per_client_rate)] if per_client_rate else []
-    done = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(clients), *rate, "-m", "POST", "-D", str(body),
-                           "-T", "application/json", "-o", "csv", url], capture_output=True, text=True, check=True)
+    post = ["-m", "POST", "-D", str(body), "-T", "application/json"] if body is not None else []
+    done = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(clients), *rate, *post, "-o", "csv", url],
+                          capture_output=True, text=True, check=True)
     out = []
     for line in done.stdout.splitlines()[1:]:
         fields = line.split(",")
@@ -145,10 +149,48 @@ def hey(url: str, body: Path, clients: int, seconds: float, per_client_rate: flo
     return out
 
 
+async def produce_only(bootstrap: str, name: str, value: bytes, rate: float, seconds: float, acking: bool,
+                       linger_ms: int) -> dict:
+    """The Kafka side alone at the same rate and key, open loop, latency from send to acknowledgement: a plain
+    aiokafka producer (acks=all, idempotence, one ``send`` per position: Kafka's own acknowledgement) or the
+    gateway's ``AckingProducer`` (its linger and one batch in flight per partition), without HTTP."""
+    from aiokafka import AIOKafkaProducer
+
+    from ingest.producer import AckingProducer
+
+    latencies: list[float] = []
+    futures: list[asyncio.Future] = []
+    if acking:
+        producer = AckingProducer(bootstrap, name, linger_s=linger_ms / 1000)
+        await producer.start(3, 1)
+    else:
+        plain = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
+        await plain.start()
+    try:
+        total, started = int(rate * seconds), time.monotonic()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - started) * rate) + 1)
+            for _ in range(due - sent):
+                t = time.monotonic()
+                future = producer.append(b"phone-1", value) if acking else await plain.send(name, value, key=b"phone-1")
+                future.add_done_callback(lambda _f, t=t: latencies.append(time.monotonic() - t))
+                futures.append(future)
+            sent = due
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*futures)
+    finally:
+        await (producer.stop() if acking else plain.stop())
+    q = statistics.quantiles(latencies, n=100)
+    return {"what": "AckingProducer (the gateway's, no HTTP)" if acking else "aiokafka send, acks=all",
+            "rate": round(len(latencies) / (time.monotonic() - started)), "p50_ms": round(q[49] * 1000, 1),
+            "p99_ms": round(q[98] * 1000, 1)}
+
+
 async def bench_single(args: argparse.Namespace) -> dict:
     name = f"bench-ingest-{uuid.uuid4().hex[:8]}"
     await topic(args.bootstrap, name, True)
-    gw = gateway(args.bootstrap, name, ROOT / "test-output" / f"{name}.log")
+    gw = gateway(args.bootstrap, name, ROOT / "test-output" / f"{name}.log", INGEST_LINGER_MS=str(args.linger_ms))
     assert gw.proc is not None
     body = ROOT / "test-output" / f"{name}.json"
     body.write_bytes(orjson.dumps({"taxiId": "phone-1", "observationTime": int(time.time() * 1000),
@@ -167,6 +209,16 @@ async def bench_single(args: argparse.Namespace) -> dict:
                              "gateway_cpu_share": round(cpu / wall, 2), "per_cpu_s": round(len(ok) / cpu),
                              "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
                              "statuses": dict(sorted(Counter(s for _, s in answers).items()))}
+        # the same clients and rate on GET /healthz of the same gateway: HTTP and the machine, no Kafka
+        answers = await asyncio.to_thread(hey, gw.url + "/healthz", None, args.clients, args.seconds,
+                                          args.rate / args.clients)
+        q = statistics.quantiles([lat for lat, status in answers if status == 200], n=100)
+        result["http_only"] = {"what": "GET /healthz, same hey clients and rate", "rate": round(
+            len(answers) / args.seconds), "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1)}
+        value = body.read_bytes()
+        result["kafka_only"] = await produce_only(args.bootstrap, name, value, args.rate, args.seconds, False, 0)
+        result["producer_only"] = await produce_only(args.bootstrap, name, value, args.rate, args.seconds, True,
+                                                     args.linger_ms)
         return result
     finally:
         gw.stop()
@@ -252,6 +304,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200, help="single: concurrent clients (default 200)")
     parser.add_argument("--rate", type=float, default=2000, help="single: open-loop requests/s (default 2,000)")
     parser.add_argument("--seconds", type=float, default=15, help="single: seconds per phase (default 15)")
+    parser.add_argument("--linger-ms", type=int, default=5, help="single: the gateway's INGEST_LINGER_MS (default 5)")
     parser.add_argument("--messages", type=int, default=50_000, help="mqtt: messages (default 50,000)")
     parser.add_argument("--queue", type=int, default=1000, help="mqtt: the gateway's MQTT_QUEUE (default 1,000)")
     args = parser.parse_args()

@@ -1,5 +1,5 @@
 """The gateway's HTTP side: ``POST /v1/positions`` (the preset's own names), the OsmAnd protocol on ``/``,
-``/healthz`` and ``/metrics``.
+``/healthz`` (liveness), ``/readyz`` (readiness) and ``/metrics``.
 
 A request is answered only once Kafka acknowledged every position it accepted. Memory is bounded by an
 in-flight byte budget: a request's declared size (or the body limit when it declares none) is reserved
@@ -105,11 +105,22 @@ class Gateway:
         if any(len(k) + len(v) > limit for k, v in messages):  # before any is queued: all or nothing
             raise TooLargeForKafka(f"a position is over {limit} bytes as a Kafka message")
         futures = {self.producer.append(key, value) for key, value in messages}
-        done, pending = await asyncio.wait(futures, timeout=self.limits.ack_timeout)
-        failed = [f for f in done if f.exception() is not None]
+        # (asyncio.timeout and a shield, not asyncio.wait/wait_for: no task per request; the batch's future
+        # is shared with other requests and must not be cancelled by this one's timeout)
+        pending: set[asyncio.Future] = set()
+        try:
+            async with asyncio.timeout(self.limits.ack_timeout):
+                for future in futures:
+                    if not future.done():
+                        await asyncio.shield(future)
+        except asyncio.TimeoutError:
+            pending = {f for f in futures if not f.done()}
+        except Exception:  # noqa: BLE001 - a failed batch: named below
+            pass
+        failed = [f for f in futures if f.done() and (f.cancelled() or f.exception() is not None)]
         if pending or failed:
             why = f"Kafka did not acknowledge within {self.limits.ack_timeout:g}s" if pending else \
-                f"Kafka refused the batch: {failed[0].exception()}"
+                f"Kafka refused the batch: {'cancelled' if failed[0].cancelled() else failed[0].exception()}"
             self.quiet.warning("unacknowledged", "%s; answering 503", why)
             raise Shed("kafka", why + "; nothing of this request is acknowledged, send it again", RETRY_KAFKA_S)
         self.metrics.produce.labels(source).observe(time.monotonic() - started)
@@ -138,7 +149,8 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise _error(413, f"the body is over {limit} bytes")
         try:
-            raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+            async with asyncio.timeout(self.limits.body_timeout):  # no task per request, as wait_for makes
+                raw = await request.read()
         except asyncio.TimeoutError:
             raise _error(408, f"the body did not arrive within {self.limits.body_timeout:g}s") from None
         except web.HTTPRequestEntityTooLarge:
@@ -233,10 +245,20 @@ class Gateway:
         return await self.answer([out], [], "osmand", 200)
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 200 while the gateway serves, also during a Kafka outage (it answers 503 with
+        Retry-After meanwhile and resumes by itself: a restart would not bring Kafka back, and restarting
+        every gateway at once would only drop their MQTT connections); ``status`` says what is wrong."""
+        return json_response(200, self._health())
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 503 while Kafka acknowledges nothing (for load balancers and deployments)."""
+        body = self._health()
+        return json_response(200 if body["status"] == "ok" else 503, body)
+
+    def _health(self) -> dict[str, Any]:
         problem = self.kafka_problem()
-        body = {"status": "ok" if problem is None else "degraded", "kafka": problem or "ok",
+        return {"status": "ok" if problem is None else "degraded", "kafka": problem or "ok",
                 "in_flight_bytes": self.budget.used, "acked": self.producer.acked}
-        return json_response(200 if problem is None else 503, body)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
@@ -284,5 +306,6 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_route("GET", "/", gateway.osmand)
     app.router.add_route("POST", "/", gateway.osmand)
     app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_page)
     return app

@@ -72,10 +72,13 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.ingest_host, settings.ingest_port, ssl_context=tls)
     await site.start()
-    mqtt_task = None
-    if settings.mqtt_url:
+    mqtt_task = dead_letters = None
+    if settings.mqtt_url:  # MQTT rejects have nobody to answer: they go to the dead-letter topic
+        dead_letters = AckingProducer(settings.kafka_bootstrap, settings.iot_dlq_topic,
+                                      linger_s=settings.ingest_linger_ms / 1000)
+        await dead_letters.start(settings.iot_partitions, settings.iot_replication)
         mqtt = MqttIngest(gateway, settings.mqtt_url, settings.mqtt_topic, settings.mqtt_client_id,
-                          settings.mqtt_share_group, settings.mqtt_queue)
+                          settings.mqtt_share_group, settings.mqtt_queue, dead_letters)
         mqtt_task = asyncio.create_task(mqtt.run())
     scheme = "https" if tls else "http"
     log.info(json.dumps({"event": "listening", "url": f"{scheme}://{settings.ingest_host}:{settings.ingest_port}/",
@@ -95,6 +98,8 @@ async def serve(settings: Settings) -> None:
             await asyncio.gather(mqtt_task, return_exceptions=True)
         await runner.cleanup()
         await asyncio.wait_for(producer.stop(), 30)
+        if dead_letters is not None:
+            await asyncio.wait_for(dead_letters.stop(), 30)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,15 +14,17 @@ import logging
 import math
 import random
 import signal
+import ssl
 import time
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import aiohttp
+import aiomqtt
 import orjson
 
 from geoiot import config
 from geoiot.schema import Preset, load_preset
-from ingest.mqtt import client_for
 
 log = logging.getLogger("ingest.fleet")
 FLAGS = ["IOT_SCHEMA", "INGEST_PORT", "MQTT_URL", "MQTT_TOPIC"]
@@ -71,11 +73,21 @@ async def drive_http(url: str, token: str | None, vehicles: list[Vehicle], prese
             await asyncio.sleep(1)
 
 
+def publisher(url: str, client_id: str) -> aiomqtt.Client:
+    """An MQTT 5 publishing client of the broker at ``url`` (credentials and mqtts:// from the URL)."""
+    parsed = urlparse(url)
+    tls = ssl.create_default_context() if parsed.scheme == "mqtts" else None
+    return aiomqtt.Client(parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883),
+                          username=unquote(parsed.username) if parsed.username else None,
+                          password=unquote(parsed.password) if parsed.password else None,
+                          identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5, tls_context=tls, keepalive=30)
+
+
 async def drive_mqtt(broker: str, filter_: str, vehicles: list[Vehicle], preset: Preset, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             client_id = f"geoiot-fleet-{random.getrandbits(32):08x}"
-            async with client_for(broker, client_id, 100, manual_ack=False) as client:
+            async with publisher(broker, client_id) as client:
                 while not stop.is_set():
                     for v in vehicles:
                         await client.publish(mqtt_topic(filter_, v.track), orjson.dumps(v.step(preset)), qos=1)

@@ -1,13 +1,17 @@
 """The gateway's MQTT side: a persistent QoS 1 session whose PUBACKs are sent only after Kafka acknowledged.
 
-aiomqtt (on paho-mqtt) with manual acknowledgement: paho answers a QoS 1 PUBLISH only when told to, so a
-message is acknowledged to the broker after its record is in Kafka, in the order the messages arrived
-(MQTT's rule). A gateway killed before that leaves the message unacknowledged in its session, and the
-broker delivers it again on the next connection. MQTT 5: the session outlives the connection
-(session expiry), the broker sends at most ``queue`` unacknowledged messages at once (receive maximum:
-the bounded queue; :class:`MqttIngest` warns when a broker sends more), and ``$share/<group>/<filter>``
-splits one topic between several gateways.
-A message that cannot become a position (not JSON, no track id, retained) is counted and acknowledged.
+A message is acknowledged to the broker after its record is in Kafka, in the order the messages arrived
+(MQTT's rule); the PUBACKs that one Kafka acknowledgement releases leave in one write. A gateway killed
+before that leaves the message unacknowledged in its session, and the broker delivers it again on the
+next connection. MQTT 5: the session outlives the connection (session expiry), the broker sends at most
+``queue`` unacknowledged messages at once (receive maximum: the bounded queue; reading pauses while a
+broker sends more), and ``$share/<group>/<filter>`` splits one topic between several gateways.
+A message that cannot become a position (not JSON, no track id, retained, too large) is counted and goes
+to the dead-letter topic with its reason (``geoiot.deadletter``: ``topic`` is the MQTT topic, ``partition``
+and ``offset`` are -1); it is acknowledged once the dead letter is in Kafka.
+
+The client is :mod:`ingest.mqtt5`, ours: paho-mqtt's per-message cost capped the gateway far below the
+broker's rate (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -18,148 +22,192 @@ import logging
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from geoiot.convert import message
+from geoiot.deadletter import dead_letter
+from ingest import mqtt5
 from ingest.parse import Reject, mqtt_record
+from ingest.producer import AckingProducer
 
 log = logging.getLogger("ingest")
 
 SESSION_EXPIRY_S = 7 * 86400  # a gateway away this long loses the messages queued for it
-RECONNECT_S = 2.0
+KEEPALIVE_S = 30
+RECONNECT_S = 1.0  # then doubling up to RECONNECT_MAX_S while the broker stays away
+RECONNECT_MAX_S = 30.0
 RETRY_S = 1.0
+DEAD_LETTER_KEY_BYTES = 200
 
 
-@dataclass
 class _Entry:
-    mid: int
-    qos: int
-    arrived: float
-    done: bool = False
+    """One received message until its PUBACK."""
+
+    __slots__ = ("packet_id", "arrived", "done", "key", "value", "producer")
+
+    def __init__(self, packet_id: int, arrived: float) -> None:
+        self.packet_id, self.arrived, self.done = packet_id, arrived, False
 
 
 def subscription(filter_: str, share_group: str) -> str:
     return f"$share/{share_group}/{filter_}" if share_group else filter_
 
 
-def client_for(url: str, client_id: str, queue: int, manual_ack: bool = True) -> aiomqtt.Client:
-    """A persistent-session MQTT 5 client of the broker at ``url`` (credentials and mqtts:// from the URL);
-    with ``manual_ack`` it PUBACKs a message only when told to (:meth:`MqttIngest._consume`)."""
+def broker_of(url: str) -> mqtt5.Broker:
+    """Host, port, credentials and TLS (mqtts://) of an MQTT_URL."""
     parsed = urlparse(url)
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = SESSION_EXPIRY_S
-    properties.ReceiveMaximum = queue
     tls = ssl.create_default_context() if parsed.scheme == "mqtts" else None
-    client = aiomqtt.Client(
-        parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883),
-        username=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password) if parsed.password else None,
-        identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=properties,
-        # aiomqtt drops what does not fit its queue, and a dropped QoS 1 message is never acknowledged (the
-        # session stalls once the receive maximum is used up by such), so its queue is not capped: the receive
-        # maximum bounds it (Mosquitto 2.0 was seen to exceed it when it delivers a session's backlog)
-        tls_context=tls, max_queued_incoming_messages=0, keepalive=30)
-    # aiomqtt has no option for it yet (empicano/aiomqtt#345): paho's own manual acknowledgement
-    client._client.manual_ack_set(manual_ack)  # noqa: SLF001
-    return client
+    return mqtt5.Broker(parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883),
+                        unquote(parsed.username) if parsed.username else None,
+                        unquote(parsed.password) if parsed.password else None, tls)
+
+
+class _Session:
+    """One connection's messages: into Kafka (or the dead-letter topic), PUBACKed in arrival order."""
+
+    def __init__(self, ingest: MqttIngest) -> None:
+        self.ingest = ingest
+        self.gateway = gateway = ingest.gateway
+        self.protocol: mqtt5.Subscriber | None = None
+        self.pending: deque[_Entry] = deque()
+        self.waiting: dict[asyncio.Future, list[_Entry]] = {}
+        metrics = gateway.metrics
+        self.accepted = metrics.accepted.labels("mqtt")
+        self.accepted_messages = metrics.mqtt_messages.labels("accepted")
+        self.rejected_messages = metrics.mqtt_messages.labels("rejected")
+        self.produce_seconds = metrics.produce.labels("mqtt")
+        self.puback_delay = metrics.puback_delay
+        self.loop = asyncio.get_running_loop()
+
+    def subscriber(self) -> mqtt5.Subscriber:
+        self.protocol = mqtt5.Subscriber(self.on_publish, self.ingest.queue)
+        return self.protocol
+
+    def on_publish(self, msg: mqtt5.Publish) -> None:
+        entry = _Entry(msg.packet_id, time.monotonic())
+        self.pending.append(entry)
+        gateway = self.gateway
+        try:
+            out = mqtt_record(gateway.preset, gateway.converter, self.ingest.filter, msg.topic, msg.payload,
+                              msg.retain)
+            if not isinstance(out, Reject):
+                key, value = message(gateway.preset, out)
+                if len(key) + len(value) > gateway.producer.max_message:
+                    out = Reject(0, f"over {gateway.producer.max_message} bytes as a Kafka message", "size")
+        except Exception as exc:  # noqa: BLE001 - no single message may stop the subscription
+            log.exception("MQTT message on %s", msg.topic[:200])
+            out = Reject(0, f"cannot be read: {type(exc).__name__}", "invalid")
+        if isinstance(out, Reject):
+            self.reject(entry, msg, out)
+            return
+        entry.key, entry.value, entry.producer = key, value, gateway.producer
+        self.produce(entry)
+
+    def reject(self, entry: _Entry, msg: mqtt5.Publish, out: Reject) -> None:
+        self.rejected_messages.inc()
+        self.gateway.count_rejects([out], "mqtt")
+        self.gateway.quiet.log(logging.INFO, "mqtt-reject", json.dumps(
+            {"event": "rejected", "source": "mqtt", "topic": msg.topic[:200], "reason": out.reason}))
+        entry.key = msg.topic.encode()[:DEAD_LETTER_KEY_BYTES]
+        entry.value = dead_letter(msg.payload, out.reason, msg.topic, -1, -1)
+        entry.producer = self.ingest.dead_letters
+        self.produce(entry)
+
+    def produce(self, entry: _Entry) -> None:
+        """Into Kafka; the entries of one Kafka batch share its future and one callback."""
+        future = entry.producer.append(entry.key, entry.value)
+        entries = self.waiting.get(future)
+        if entries is None:
+            self.waiting[future] = [entry]
+            future.add_done_callback(self.settled)
+        else:
+            entries.append(entry)
+
+    def retry(self, entry: _Entry) -> None:
+        """Produce again, unless the connection is gone: the broker then sends the message again itself."""
+        if self.protocol is not None and self.protocol.closed.done():
+            return
+        self.produce(entry)
+
+    def settled(self, future: asyncio.Future) -> None:
+        entries = self.waiting.pop(future)
+        if future.cancelled() or future.exception() is not None:
+            self.gateway.quiet.warning("mqtt-produce", "Kafka did not take %d MQTT messages (%s); retrying",
+                                       len(entries), "cancelled" if future.cancelled() else future.exception())
+            for entry in entries:
+                self.loop.call_later(RETRY_S, self.retry, entry)
+            return
+        positions = 0
+        for entry in entries:
+            entry.done = True
+            if entry.producer is self.gateway.producer:
+                positions += 1
+            entry.key = entry.value = entry.producer = None
+        if positions:
+            self.accepted.inc(positions)
+            self.accepted_messages.inc(positions)
+        self.produce_seconds.observe(time.monotonic() - entries[0].arrived)
+        self.drain()
+
+    def drain(self) -> None:
+        """PUBACK, in arrival order, every message up to the first one Kafka has not acknowledged yet."""
+        pending = self.pending
+        ids = []
+        now = time.monotonic()
+        observe = self.puback_delay.observe
+        while pending and pending[0].done:
+            entry = pending.popleft()
+            if entry.packet_id:
+                ids.append(entry.packet_id)
+            observe(now - entry.arrived)
+        if ids and self.protocol is not None:
+            self.protocol.ack(ids)
 
 
 class MqttIngest:
-    """Reads the subscription into the gateway until stopped; reconnects after a broker outage."""
+    """Reads the subscription into the gateway until stopped; reconnects (with backoff) after a broker outage."""
 
-    def __init__(self, gateway: Any, url: str, filter_: str, client_id: str, share_group: str, queue: int) -> None:
+    def __init__(self, gateway: Any, url: str, filter_: str, client_id: str, share_group: str, queue: int,
+                 dead_letters: AckingProducer) -> None:
         self.gateway, self.url, self.filter, self.client_id = gateway, url, filter_, client_id
-        self.share_group, self.queue = share_group, queue
+        self.share_group, self.queue, self.dead_letters = share_group, queue, dead_letters
         self.metrics = gateway.metrics
         self.connected = False
 
     async def run(self) -> None:
+        broker = broker_of(self.url)
+        delay = RECONNECT_S
         while True:
+            session = _Session(self)
             try:
-                client = client_for(self.url, self.client_id, self.queue)
-                async with client:
-                    await client.subscribe(subscription(self.filter, self.share_group), qos=1)
-                    self.connected = True
-                    self.metrics.mqtt_connected.set(1)
-                    log.info(json.dumps({"event": "mqtt_subscribed", "url": _safe(self.url), "topic": self.filter,
-                                         "share_group": self.share_group or None, "client_id": self.client_id}))
-                    await self._consume(client)
-            except aiomqtt.MqttError as exc:
-                self.gateway.quiet.warning("mqtt", "MQTT broker %s: %s; reconnecting in %gs", _safe(self.url), exc,
-                                           RECONNECT_S)
+                protocol, present = await mqtt5.connect(
+                    broker, self.client_id, subscription(self.filter, self.share_group), session.subscriber,
+                    receive_maximum=self.queue, session_expiry=SESSION_EXPIRY_S, keepalive=KEEPALIVE_S)
+                self.connected = True
+                self.metrics.mqtt_connected.set(1)
+                delay = RECONNECT_S
+                log.info(json.dumps({"event": "mqtt_subscribed", "url": _safe(self.url), "topic": self.filter,
+                                     "share_group": self.share_group or None, "client_id": self.client_id,
+                                     "session_present": present}))
+                pinger = asyncio.create_task(mqtt5.keep_alive(protocol, KEEPALIVE_S))
+                try:
+                    await asyncio.shield(protocol.closed)
+                except asyncio.CancelledError:
+                    protocol.send(mqtt5.DISCONNECT_NORMAL)  # the session stays (its expiry): a clean goodbye
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+                    raise
+                finally:
+                    pinger.cancel()
+            except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError and MqttProtocolError included
+                self.gateway.quiet.warning("mqtt", "MQTT broker %s: %s; reconnecting in %gs", _safe(self.url),
+                                           exc or type(exc).__name__, delay)
             finally:
                 self.connected = False
                 self.metrics.mqtt_connected.set(0)
-            await asyncio.sleep(RECONNECT_S)
-
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        pending: deque[_Entry] = deque()
-        paho = client._client  # noqa: SLF001
-        gateway = self.gateway
-        metrics = self.metrics
-        loop = asyncio.get_running_loop()
-        accepted = metrics.accepted.labels("mqtt")
-        accepted_messages = metrics.mqtt_messages.labels("accepted")
-        produce_seconds = metrics.produce.labels("mqtt")
-
-        def drain() -> None:  # PUBACKs in arrival order, each once its record is acknowledged by Kafka
-            now = time.monotonic()
-            while pending and pending[0].done:
-                entry = pending.popleft()
-                if entry.qos:
-                    paho.ack(entry.mid, entry.qos)
-                metrics.puback_delay.observe(now - entry.arrived)
-
-        def produce(entry: _Entry, key: bytes, value: bytes) -> None:
-            """Into Kafka, again and again until acknowledged (the broker keeps the message meanwhile)."""
-            started = time.monotonic()
-
-            def settled(future: asyncio.Future) -> None:
-                if future.cancelled() or future.exception() is not None:
-                    gateway.quiet.warning("mqtt-produce", "Kafka did not take an MQTT position (%s); retrying",
-                                          "cancelled" if future.cancelled() else future.exception())
-                    loop.call_later(RETRY_S, produce, entry, key, value)
-                    return
-                produce_seconds.observe(time.monotonic() - started)
-                accepted.inc()
-                accepted_messages.inc()
-                entry.done = True
-                drain()
-
-            gateway.producer.append(key, value).add_done_callback(settled)
-
-        async for msg in client.messages:
-            entry = _Entry(msg.mid, msg.qos, time.monotonic())
-            pending.append(entry)
-            if len(pending) > self.queue:
-                gateway.quiet.warning("mqtt-over", "the broker sent %d messages not yet acknowledged, above the "
-                                      "receive maximum %d (MQTT_QUEUE)", len(pending), self.queue)
-            payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload).encode()
-            try:
-                out = mqtt_record(gateway.preset, gateway.converter, self.filter, str(msg.topic), bytes(payload),
-                                  bool(msg.retain))
-                if not isinstance(out, Reject):
-                    key, value = message(gateway.preset, out)
-                    if len(key) + len(value) > gateway.producer.max_message:
-                        out = Reject(0, f"over {gateway.producer.max_message} bytes as a Kafka message", "size")
-            except Exception as exc:  # noqa: BLE001 - no single message may stop the subscription
-                log.exception("MQTT message on %s", str(msg.topic)[:200])
-                out = Reject(0, f"cannot be read: {type(exc).__name__}", "invalid")
-            if isinstance(out, Reject):
-                metrics.mqtt_messages.labels("rejected").inc()
-                gateway.count_rejects([out], "mqtt")
-                gateway.quiet.log(logging.INFO, "mqtt-reject", json.dumps(
-                    {"event": "rejected", "source": "mqtt", "topic": str(msg.topic)[:200], "reason": out.reason}))
-                entry.done = True
-                drain()
-                continue
-            produce(entry, key, value)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
 
 def _safe(url: str) -> str:

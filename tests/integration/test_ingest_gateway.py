@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import gzip
 import socket
 import ssl
@@ -18,6 +19,7 @@ import pytest
 
 from geoiot import documents
 from geoiot.convert import FastConverter, message
+from geoiot.deadletter import original_bytes
 from geoiot.partitioning import kafka_partition
 from geoiot.schema import load_preset
 from test_agents_integration import Worker, all_docs, cleanup_topics, wait_count
@@ -73,6 +75,7 @@ async def test_exact_accounting_over_http_and_mqtt(stack, mosquitto, new_topic, 
                                                    python_env, kafka_admin) -> None:
     topic = await new_topic("ingest-exact", partitions=3)
     env = gateway_env(stack, topic, tokens_file, MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position",
+                      IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1),
                       MQTT_CLIENT_ID=f"{topic}-gw")
     gateway = GatewayProcess(env, output_dir / f"{topic}.log").start()
     try:
@@ -165,6 +168,13 @@ async def test_osmand_protocol_with_curl(stack, new_topic, tokens_file, output_d
         status, _, _ = curl(gateway.url + "/", *bearer(TOKEN_A), "-H", "Content-Type: application/json",
                             data=orjson.dumps(traccar))
         assert status == 200
+        # Traccar Client's server URL may carry the token (phones send no header): the OsmAnd protocol only
+        bad_json = orjson.dumps({**traccar, "location": {**traccar["location"], "coords": {"latitude": 1}}})
+        assert curl(gateway.url + "/?token=wrong-token-0123456789", "-H", "Content-Type: application/json",
+                    data=bad_json)[0] == 403
+        assert curl(gateway.url + "/?token=" + TOKEN_A, "-H", "Content-Type: application/json",
+                    data=bad_json)[0] == 400  # let in; the position itself is refused
+        assert curl(gateway.url + "/v1/positions?token=" + TOKEN_A, data=orjson.dumps(pos("fleet-a-1", 1)))[0] == 401
         assert curl(gateway.url + "/" + q.replace("fleet-a-phone", "fleet-b-phone"), *bearer(TOKEN_A))[0] == 403
         status, text, _ = curl(gateway.url + "/?id=fleet-a-phone&timestamp=1&lat=NaN&lon=1", *bearer(TOKEN_A))
         assert status == 400 and "lat" in text
@@ -198,8 +208,9 @@ async def test_hostile_input(stack, mosquitto, new_topic, tokens_file, output_di
     filter_ = f"{topic}/+/position"
     retained_topic = f"{topic}/old-car/position"
     mosquitto_pub(retained_topic, [orjson.dumps({k: v for k, v in pos("x", 0).items() if k != "taxiId"})], "-r")
+    dlq = await new_topic("ingest-hostile-dlq", partitions=1)
     env = gateway_env(stack, topic, tokens_file, INGEST_MAX_BODY="65536", INGEST_BODY_TIMEOUT="2",
-                      MQTT_URL=mosquitto, MQTT_TOPIC=filter_, MQTT_CLIENT_ID=f"{topic}-gw")
+                      MQTT_URL=mosquitto, MQTT_TOPIC=filter_, MQTT_CLIENT_ID=f"{topic}-gw", IOT_DLQ_TOPIC=dlq)
     gateway = GatewayProcess(env, output_dir / f"{topic}.log").start()
     url = gateway.url + "/v1/positions"
     one = orjson.dumps(pos("fleet-a-1", 1))
@@ -249,6 +260,15 @@ async def test_hostile_input(stack, mosquitto, new_topic, tokens_file, output_di
         assert curl(url, *bearer(TOKEN_A), data=one)[0] == 202  # still serving
         got = await read_messages(stack.kafka_bootstrap, topic, 2)
         assert sorted(k for _, k, _ in got) == [b"car9", b"fleet-a-1"]
+        # nobody to answer an MQTT reject: each is a dead letter (the worker's format) with its reason
+        letters = [orjson.loads(v) for _, _, v in await read_messages(stack.kafka_bootstrap, dlq, 5)]
+        assert all(d["partition"] == -1 and d["offset"] == -1 for d in letters), letters
+        got_letters = sorted((d["topic"], d["reason"].split(" ")[0]) for d in letters)
+        assert got_letters == sorted([(retained_topic, "a"), (f"{topic}/car1/position", "not"),
+                                      (f"{topic}/car1/position", "a"), (f"{topic}//position", "topic"),
+                                      (f"{topic}/car2/position", "taxiId")]), letters
+        assert sorted(original_bytes(d) for d in letters if d["topic"].endswith("car1/position")) == \
+            [b"\x01 not json", b"[]"]
         assert gateway.proc.poll() is None
     finally:
         gateway.stop()
@@ -274,6 +294,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged(stack, mosquitto, n
     """QoS 1 publishers and retrying HTTP clients while the gateway is killed with SIGKILL and restarted."""
     topic = await new_topic("ingest-kill", partitions=3)
     env = gateway_env(stack, topic, tokens_file, MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position",
+                      IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1),
                       MQTT_CLIENT_ID=f"{topic}-gw")
     log = output_dir / f"{topic}.log"
     gateway = GatewayProcess(env, log).start()
@@ -374,6 +395,9 @@ async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack
             await asyncio.to_thread(stack_cmd, "down", "kafka")
             down = time.monotonic()
             await asyncio.sleep(30)
+            # liveness stays 200 (a restart would not bring Kafka back), readiness says Kafka is silent
+            live, ready = await asyncio.to_thread(curl, gateway.url + "/healthz"), \
+                await asyncio.to_thread(curl, gateway.url + "/readyz")
             up = time.monotonic()
             await asyncio.to_thread(stack_cmd, "up", "kafka")
             deadline = time.monotonic() + 120
@@ -383,6 +407,9 @@ async def test_kafka_outage_answers_503_and_never_202_for_what_kafka_lacks(stack
             await asyncio.sleep(3)
             stop.set()
             await asyncio.gather(*clients)
+        assert live[0] == 200 and orjson.loads(live[1])["status"] == "degraded", live
+        assert ready[0] == 503 and "Kafka" in orjson.loads(ready[1])["kafka"], ready
+        assert curl(gateway.url + "/readyz")[0] == 200  # Kafka is back
         statuses = Counter(s for _, _, s, _, _ in answers)
         assert set(statuses) <= {202, 503}, statuses
         assert all(ra is not None and int(ra) > 0 for _, _, s, ra, _ in answers if s == 503)
@@ -408,7 +435,8 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
-    common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group")
+    common = dict(MQTT_URL=mosquitto, MQTT_TOPIC=f"{topic}/+/position", MQTT_SHARE_GROUP=f"{topic}-group",
+                  IOT_DLQ_TOPIC=await new_topic("ingest-dlq", partitions=1))
     first = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-a", **common),
                            output_dir / f"{topic}-a.log").start()
     tls_env = gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-b", INGEST_TLS_CERT=str(cert),
@@ -433,3 +461,78 @@ async def test_shared_subscription_splits_a_topic_and_tls(stack, mosquitto, new_
     finally:
         first.stop()
         second.stop()
+
+
+async def test_mqtt_credentials_and_a_broker_restart(stack, mosquitto, new_topic, tokens_file,
+                                                     output_dir, tmp_path) -> None:
+    """A Mosquitto of its own with a password file: a wrong password is refused (the gateway keeps serving and
+    retrying), the right one in MQTT_URL (percent-encoded) subscribes and takes QoS 1 messages; after the broker
+    restarts, the gateway is connected and subscribed again."""
+    topic = await new_topic("ingest-auth", partitions=3)
+    dlq = await new_topic("ingest-auth-dlq", partitions=1)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    broker_port = port.getsockname()[1]
+    port.close()
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "gateway", "p@ss:word"], check=True, timeout=30)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+                    f"persistence false\nuser {getpass.getuser()}\n")
+    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=open(output_dir / f"{topic}-mosquitto.log", "w"))
+    base = dict(MQTT_TOPIC=f"{topic}/+/position", IOT_DLQ_TOPIC=dlq)
+    wrong = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-w",
+                                       MQTT_URL=f"mqtt://gateway:wrong@127.0.0.1:{broker_port}", **base),
+                           output_dir / f"{topic}-wrong.log")
+    right = GatewayProcess(gateway_env(stack, topic, tokens_file, MQTT_CLIENT_ID=f"{topic}-r",
+                                       MQTT_URL=f"mqtt://gateway:p%40ss%3Aword@127.0.0.1:{broker_port}", **base),
+                           output_dir / f"{topic}-right.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not (output_dir / f"{topic}-mosquitto.log").exists() or \
+                subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-t", "x",
+                                "-n"], capture_output=True, timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "the password broker did not start"
+            time.sleep(0.2)
+        wrong.start()
+        right.start()
+        deadline = time.monotonic() + 30
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 1:
+            assert time.monotonic() < deadline, right.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        records = [pos("auth-1", i) for i in range(20)]
+        result = subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-q",
+                                 "1", "-t", f"{topic}/auth-1/position", "-l"], capture_output=True, timeout=60,
+                                input=b"\n".join(orjson.dumps({k: v for k, v in r.items() if k != "taxiId"})
+                                                 for r in records) + b"\n")
+        assert result.returncode == 0, result.stderr
+        got = await read_messages(stack.kafka_bootstrap, topic, 20, settle=2)
+        assert Counter((k, v) for _, k, v in got) == expected(records)
+        assert wrong.metrics().get("geoiot_ingest_mqtt_connected") == 0
+        assert wrong.proc.poll() is None and "refused the connection" in wrong.log_path.read_text()
+        assert curl(wrong.url + "/healthz")[0] == 200
+        # the broker goes away and comes back: the gateway reconnects (with backoff) and subscribes again
+        broker.terminate()
+        broker.wait(10)
+        deadline = time.monotonic() + 30
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while right.metrics().get("geoiot_ingest_mqtt_connected") != 1:
+            assert time.monotonic() < deadline, right.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.2)
+        later = [pos("auth-2", 100 + i) for i in range(10)]
+        subprocess.run(["mosquitto_pub", "-p", str(broker_port), "-u", "gateway", "-P", "p@ss:word", "-q", "1", "-t",
+                        f"{topic}/auth-2/position", "-l"], check=True, capture_output=True, timeout=60,
+                       input=b"\n".join(orjson.dumps({k: v for k, v in r.items() if k != "taxiId"}) for r in later))
+        got = await read_messages(stack.kafka_bootstrap, topic, 30, settle=2)
+        assert Counter((k, v) for _, k, v in got) == expected(records + later)
+    finally:
+        wrong.stop()
+        right.stop()
+        broker.terminate()
+        broker.wait(10)
