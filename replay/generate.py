@@ -213,9 +213,9 @@ FLEET_BLOCK = 1 << 16  # tracks computed together (numpy columns): the bound on 
 DEFAULT_INTERVAL = 60  # seconds between two reports of a track
 JFK_STEP_M = 1600.0  # a crossing track's step: from the fence's centre, farther than its corners (~1.5 km)
 _PASSENGERS = np.array([1, 1, 1, 1, 2, 2, 3, 4, 5, 6], dtype=np.int64)
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-# What each hash of a track draws (the salt of :func:`_unit`).
-_JFK, _X, _Y, _DX, _DY, _SPEED, _PAX, _VENDOR, _MEDALLION, _HACK = range(10)
+# What each hash of a track draws (the salt of :func:`_hash`, below _SALTS: each (track, salt) is one counter).
+_JFK, _X, _Y, _DX, _DY, _SPEED, _PAX, _VENDOR, _MEDALLION, _MEDALLION2, _HACK, _HACK2 = range(12)
+_SALTS = 16
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -228,7 +228,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _hash(seed: int, ids: np.ndarray, salt: int) -> np.ndarray:
-    return _mix(_mix(ids * np.uint64(16) + np.uint64(salt)) ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+    return _mix(_mix(ids * np.uint64(_SALTS) + np.uint64(salt)) ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
 
 
 def _unit(seed: int, ids: np.ndarray, salt: int) -> np.ndarray:
@@ -278,8 +278,8 @@ class _Fleet:
         return {"lon0": lon0, "lat0": lat0, "dlon": meters * dx / m_lon, "dlat": meters * dy / EARTH_M_PER_DEG_LAT,
                 "miles": meters * max(self.reports - 1, 0) / 1609.344, "crossing": crossing, "cmt": vendor_cmt,
                 "pax": _PASSENGERS[(_hash(self.seed, ids, _PAX) % np.uint64(len(_PASSENGERS))).astype(np.int64)],
-                "medallion": np.stack([_hash(self.seed, ids, _MEDALLION), _hash(self.seed, ids, _MEDALLION + 10)], 1),
-                "hack": np.stack([_hash(self.seed, ids, _HACK), _hash(self.seed, ids, _HACK + 10)], 1)}
+                "medallion": np.stack([_hash(self.seed, ids, _MEDALLION), _hash(self.seed, ids, _MEDALLION2)], 1),
+                "hack": np.stack([_hash(self.seed, ids, _HACK), _hash(self.seed, ids, _HACK2)], 1)}
 
     def position(self, cols: dict[str, np.ndarray], report: int) -> tuple[np.ndarray, np.ndarray]:
         min_lon, min_lat, max_lon, max_lat = self.box

@@ -86,6 +86,8 @@ def test_each_track_reports_every_interval_along_a_plausible_path(tmp_path: Path
                  first["observationTime"], last["observationTime"], first["medallion"])}
         per_second[first["observationTime"]] += 1
     assert set(per_second.values()) == {tracks // interval}, "first reports spread evenly over one interval"
+    ids = {r[0][k] for r in by_track.values() for k in ("medallion", "hack_license")}
+    assert len(ids) == 2 * tracks and all(len(i) == 32 for i in ids), "every track its own hex ids"
 
 
 def test_a_share_of_the_fleet_crosses_the_jfk_fence_out_in_out(tmp_path: Path) -> None:
