@@ -37,22 +37,33 @@ DATA = ROOT / "data" / "generated"
 BASELINE_TRACKS = 1000
 
 
+TIME = Path("/usr/bin/time")  # GNU time: the child's own peak RSS (wait4's would start from this process's, the
+# high-water mark of a forked child being its parent's until exec)
+
+
 def measured(cmd: list[str]) -> dict[str, Any]:
-    """Run ``cmd``; its wall seconds, CPU seconds, peak RSS (wait4's rusage) and last stdout line."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Run ``cmd``; its wall seconds, CPU seconds, peak RSS (GNU time's, else wait4's) and last stdout line."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("w+") as usage_file:
+        wrapped = [str(TIME), "-o", usage_file.name, "-f", "%M %U %S", *cmd] if TIME.exists() else cmd
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps it: the child's own rusage
+        proc = subprocess.Popen(wrapped, cwd=ROOT, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps it
         wall = time.monotonic() - started
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        timed = usage_file.read().split() if TIME.exists() else []
     if code != 0:
         sys.exit(f"{' '.join(cmd)} failed ({code}):\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    if len(timed) >= 3:
+        rss_kb, cpu = int(timed[-3]), float(timed[-2]) + float(timed[-1])
+    else:
+        rss_kb, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     lines = stdout.strip().splitlines()
-    return {"seconds": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "last": lines[-1] if lines else ""}
+    return {"seconds": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss_kb / 1024, 1),
+            "last": lines[-1] if lines else ""}
 
 
 def generate(path: Path, tracks: int, reports: int | None, points: int | None, interval: int, seed: int,
@@ -144,6 +155,7 @@ def main() -> None:
     parser.add_argument("--topic", help="the fleet's topic (default: a new bench-scale-<random> name)")
     parser.add_argument("--keep", action="store_true", help="keep the fleet's topic (the baseline's is deleted)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the trips-mode baseline")
+    parser.add_argument("--baseline-first", action="store_true", help="run the baseline before the fleet")
     parser.add_argument("--regenerate", action="store_true", help="generate the files again (times the generator)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092"))
     args = parser.parse_args()
@@ -151,24 +163,31 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     fleet_topic = args.topic or f"bench-scale-{run}"
     fleet_file = DATA / f"fleet-{args.tracks}x{args.reports}-i{args.interval}-seed{args.seed}.csv"
-    results = []
+    results: dict[str, dict[str, Any]] = {}
+    base_topic = f"bench-scale-base-{run}"
+
+    def fleet() -> None:
+        results["fleet"] = one("fleet", fleet_file, args.tracks, args.reports, None, args, fleet_topic)
+
+    def baseline() -> None:
+        points = max(1, rows // BASELINE_TRACKS)
+        try:
+            results["baseline"] = one("trips (baseline)", DATA / f"trips-{BASELINE_TRACKS}x{points}-seed{args.seed}.csv",
+                                      BASELINE_TRACKS, None, points, args, base_topic)
+        finally:
+            asyncio.run(topics.delete_topics(args.bootstrap, [base_topic]))
+
+    steps = [fleet] if args.no_baseline else [baseline, fleet] if args.baseline_first else [fleet, baseline]
     try:
-        results.append(one("fleet", fleet_file, args.tracks, args.reports, None, args, fleet_topic))
-        if not args.no_baseline:
-            points = max(1, rows // BASELINE_TRACKS)
-            base_topic = f"bench-scale-base-{run}"
-            try:
-                results.append(one("trips (baseline)", DATA / f"trips-{BASELINE_TRACKS}x{points}-seed{args.seed}.csv",
-                                   BASELINE_TRACKS, None, points, args, base_topic))
-            finally:
-                asyncio.run(topics.delete_topics(args.bootstrap, [base_topic]))
+        for step in steps:
+            step()
     finally:
         if not args.keep:
             asyncio.run(topics.delete_topics(args.bootstrap, [fleet_topic]))
-    out: dict[str, Any] = {"results": results, "kept_topic": fleet_topic if args.keep else None,
-                           "partitions": args.partitions}
+    out: dict[str, Any] = {"results": list(results.values()), "order": [s.__name__ for s in steps],
+                           "kept_topic": fleet_topic if args.keep else None, "partitions": args.partitions}
     if len(results) == 2:
-        fleet, base = results
+        fleet, base = results["fleet"], results["baseline"]
         ratio = lambda a, b: round(a / b, 2) if b else None  # noqa: E731
         out["ratios_fleet_to_baseline"] = {
             "replay_events_per_s": ratio(fleet["replay"]["events_per_s"], base["replay"]["events_per_s"]),
