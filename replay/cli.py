@@ -87,9 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--speedup", type=_non_negative_float, metavar="X", help="the file's real gaps divided by X")
 
     gen = sub.add_parser("generate", help="write deterministic taxi tracks (headerless 19-column CSV)",
-                         description="Deterministic vehicle tracks in the original taxi layout; same seed, same bytes.")
+                         description="Deterministic vehicle tracks in the original taxi layout; same seed, same bytes. "
+                                     "--points: trips reporting every second; --reports: a fleet reporting every "
+                                     "--interval seconds, streamed (bounded memory: a million tracks and more).")
     gen.add_argument("--tracks", type=_positive_int, default=10, help="vehicles (default 10)")
-    gen.add_argument("--points", type=_positive_int, default=100, help="reports per vehicle, one per second (default 100)")
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--points", type=_positive_int, help="trips: reports per vehicle, one per second (default 100)")
+    mode.add_argument("--reports", type=_positive_int, help="fleet: reports per vehicle, one per --interval")
+    gen.add_argument("--interval", type=_positive_int, default=60, metavar="SECONDS",
+                     help="fleet: seconds between a vehicle's reports; first reports spread over one (default 60)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--out", required=True, metavar="FILE", help="output file (.gz for gzip)")
     gen.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", help="area (default NYC: -74.05,40.58,-73.75,40.88)")
@@ -109,7 +115,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from replay.generate import NYC_BBOX, write_csv
+    import time
+
+    from replay.generate import NYC_BBOX, write_csv, write_fleet_csv
 
     bbox = NYC_BBOX
     if args.bbox:
@@ -117,15 +125,25 @@ def _generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             bbox = tuple(float(v) for v in args.bbox.split(","))
         except ValueError:
             parser.error("--bbox must be four numbers: MINLON,MINLAT,MAXLON,MAXLAT")
+    started = time.perf_counter()
     try:
-        rows = write_csv(args.out, args.tracks, args.points, args.seed, bbox=bbox, start=args.start,
-                         jfk_share=args.jfk_share)
+        if args.reports is not None:
+            rows = write_fleet_csv(args.out, args.tracks, args.reports, args.seed, interval=args.interval, bbox=bbox,
+                                   start=args.start, jfk_share=args.jfk_share)
+        else:
+            args.points = 100 if args.points is None else args.points
+            rows = write_csv(args.out, args.tracks, args.points, args.seed, bbox=bbox, start=args.start,
+                             jfk_share=args.jfk_share)
     except ValueError as exc:
         parser.error(str(exc))
     except OSError as exc:
         print(f"replay generate: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
-    log.info("wrote %d rows (%d tracks x %d points, seed %d) to %s", rows, args.tracks, args.points, args.seed, args.out)
+    seconds = time.perf_counter() - started
+    shape = (f"{args.reports} reports every {args.interval} s" if args.reports is not None
+             else f"{args.points} points")
+    log.info("wrote %d rows (%d tracks x %s, seed %d) to %s in %.1f s (%.0f rows/s)", rows, args.tracks, shape,
+             args.seed, args.out, seconds, rows / seconds if seconds else 0.0)
     return EXIT_OK
 
 

@@ -1,10 +1,21 @@
 """Seeded generator of taxi position reports in the original headerless 19-column layout.
 
-The project's own sample and benchmark data: vehicles drive plausible paths at plausible speeds
-(5-20 m/s, gentle heading changes, one report per second) inside a bounding box (NYC by default);
-a share of them drive through the JFK polygon so geofence enter/exit events happen. The same
-arguments always give a byte-identical file: one ``random.Random(seed)``, fixed float formatting and
-a fixed row order (time-major, then track id), so rows are sorted by time as the timestamp mode wants.
+The project's own sample and benchmark data, in two modes:
+
+* trips (:func:`write_csv`, ``--points``): vehicles drive plausible paths at plausible speeds (5-20 m/s,
+  gentle heading changes, one report per second) inside a bounding box (NYC by default); a share of them
+  drive through the JFK polygon so geofence enter/exit events happen. One ``random.Random(seed)`` simulates
+  every track before the first row is written, so memory grows with tracks x points.
+* fleet (:func:`write_fleet_csv`, ``--reports``): many vehicles reporting now and then, the scale case (a
+  million tracks with a few reports each): each track reports every ``interval`` seconds, the tracks'
+  first reports spread over the first interval, so each second holds about tracks / interval rows of
+  distinct tracks. Streaming: every value of a row is a function of (seed, track, report) alone
+  (:func:`_unit`, a counter-based hash), straight lines at 5-20 m/s folded back into the box, the JFK
+  share crossing the fence (outside, inside, outside for three reports), so rows are computed and written
+  block by block (at most :data:`FLEET_BLOCK` tracks at a time), whatever the track count.
+
+Both give a byte-identical file for the same arguments (fixed float formatting, fixed row order:
+time-major, then track id), sorted by time as the timestamp mode wants.
 """
 
 from __future__ import annotations
@@ -15,10 +26,12 @@ import json
 import math
 import random
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import numpy as np
 
 from geoiot.config import DEFAULT_GEOFENCES
 
@@ -162,10 +175,8 @@ def iter_lines(tracks: Sequence[Track], points: int, start: str = DEFAULT_START)
             yield f"{prefix}{stamp},{t.lons[s]:.6f},{t.lats[s]:.6f}" + (suffix % (s + 1))
 
 
-def write_csv(path: str | Path, tracks: int, points: int, seed: int = 0, *, bbox: Sequence[float] = NYC_BBOX,
-              start: str = DEFAULT_START, jfk_share: float = 0.2) -> int:
-    """Write ``tracks * points`` rows to ``path`` (gzip when it ends in .gz); returns the row count."""
-    simulated = make_tracks(tracks, points, seed, bbox, jfk_share)
+def _write(path: str | Path, blocks: Iterable[tuple[int, str]]) -> int:
+    """Write text blocks (row count, rows) to ``path`` (gzip when it ends in .gz); returns the row count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.open("wb")
@@ -173,13 +184,163 @@ def write_csv(path: str | Path, tracks: int, points: int, seed: int = 0, *, bbox
     stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
     count = 0
     with raw, stream, io.TextIOWrapper(stream, encoding="utf-8", newline="") as text:
-        chunk: list[str] = []
-        for line in iter_lines(simulated, points, start):
-            chunk.append(line)
-            if len(chunk) >= 10_000:
-                text.write("".join(chunk))
-                count += len(chunk)
-                chunk.clear()
-        text.write("".join(chunk))
-        count += len(chunk)
+        for rows, block in blocks:
+            text.write(block)
+            count += rows
     return count
+
+
+def _blocks(lines: Iterable[str], size: int = 10_000) -> Iterator[tuple[int, str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= size:
+            yield len(chunk), "".join(chunk)
+            chunk.clear()
+    yield len(chunk), "".join(chunk)
+
+
+def write_csv(path: str | Path, tracks: int, points: int, seed: int = 0, *, bbox: Sequence[float] = NYC_BBOX,
+              start: str = DEFAULT_START, jfk_share: float = 0.2) -> int:
+    """Write ``tracks * points`` rows to ``path`` (gzip when it ends in .gz); returns the row count."""
+    simulated = make_tracks(tracks, points, seed, bbox, jfk_share)
+    return _write(path, _blocks(iter_lines(simulated, points, start)))
+
+
+# --- fleet mode: many tracks, a few reports each, streaming ---------------------------------------------------
+
+FLEET_BLOCK = 1 << 16  # tracks computed together (numpy columns): the bound on the generator's memory
+DEFAULT_INTERVAL = 60  # seconds between two reports of a track
+JFK_STEP_M = 1600.0  # a crossing track's step: from the fence's centre, farther than its corners (~1.5 km)
+_PASSENGERS = np.array([1, 1, 1, 1, 2, 2, 3, 4, 5, 6], dtype=np.int64)
+# What each hash of a track draws (the salt of :func:`_hash`, below _SALTS: each (track, salt) is one counter).
+_JFK, _X, _Y, _DX, _DY, _SPEED, _PAX, _VENDOR, _MEDALLION, _MEDALLION2, _HACK, _HACK2 = range(12)
+_SALTS = 16
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over uint64 (wrapping arithmetic): a counter-based generator, so any track's
+    values are computed without the tracks before it."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash(seed: int, ids: np.ndarray, salt: int) -> np.ndarray:
+    return _mix(_mix(ids * np.uint64(_SALTS) + np.uint64(salt)) ^ np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+
+
+def _unit(seed: int, ids: np.ndarray, salt: int) -> np.ndarray:
+    """Uniform floats in [0, 1), one per track, from (seed, track, salt) alone."""
+    return (_hash(seed, ids, salt) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _fold(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``x`` reflected back into [lo, hi] (a straight path bouncing off the box's sides)."""
+    width = hi - lo
+    t = np.mod(x - lo, 2 * width)
+    return lo + np.where(t <= width, t, 2 * width - t)
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    """The per-track rules of the fleet mode (everything but the track ids)."""
+
+    tracks: int
+    reports: int
+    seed: int
+    interval: int
+    box: tuple[float, float, float, float]
+    jfk_share: float
+    jfk: tuple[float, float] | None  # the fence's centre, when inside the box
+
+    def block(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-track columns of ``ids``: start, step per report (degrees), attributes."""
+        min_lon, min_lat, max_lon, max_lat = self.box
+        m_lon = _meters_per_deg_lon((min_lat + max_lat) / 2)
+        dx, dy = _unit(self.seed, ids, _DX) * 2 - 1, _unit(self.seed, ids, _DY) * 2 - 1
+        norm = np.sqrt(dx * dx + dy * dy)
+        flat = norm < 1e-9
+        dx, dy, norm = np.where(flat, 1.0, dx), np.where(flat, 0.0, dy), np.where(flat, 1.0, norm)
+        dx, dy = dx / norm, dy / norm
+        meters = (MIN_SPEED + (MAX_SPEED - MIN_SPEED) * _unit(self.seed, ids, _SPEED)) * self.interval
+        lon0 = min_lon + (max_lon - min_lon) * _unit(self.seed, ids, _X)
+        lat0 = min_lat + (max_lat - min_lat) * _unit(self.seed, ids, _Y)
+        crossing = np.zeros(len(ids), dtype=bool)
+        if self.jfk is not None:
+            crossing = _unit(self.seed, ids, _JFK) < self.jfk_share
+            meters = np.where(crossing, np.maximum(meters, JFK_STEP_M), meters)
+            back = float(self.reports // 2)  # report reports // 2 is at the centre: outside, inside, outside
+            lon0 = np.where(crossing, self.jfk[0] - back * meters * dx / m_lon, lon0)
+            lat0 = np.where(crossing, self.jfk[1] - back * meters * dy / EARTH_M_PER_DEG_LAT, lat0)
+        vendor_cmt = (_hash(self.seed, ids, _VENDOR) & np.uint64(1)).astype(bool)
+        return {"lon0": lon0, "lat0": lat0, "dlon": meters * dx / m_lon, "dlat": meters * dy / EARTH_M_PER_DEG_LAT,
+                "miles": meters * max(self.reports - 1, 0) / 1609.344, "crossing": crossing, "cmt": vendor_cmt,
+                "pax": _PASSENGERS[(_hash(self.seed, ids, _PAX) % np.uint64(len(_PASSENGERS))).astype(np.int64)],
+                "medallion": np.stack([_hash(self.seed, ids, _MEDALLION), _hash(self.seed, ids, _MEDALLION2)], 1),
+                "hack": np.stack([_hash(self.seed, ids, _HACK), _hash(self.seed, ids, _HACK2)], 1)}
+
+    def position(self, cols: dict[str, np.ndarray], report: int) -> tuple[np.ndarray, np.ndarray]:
+        min_lon, min_lat, max_lon, max_lat = self.box
+        return (_fold(cols["lon0"] + report * cols["dlon"], min_lon, max_lon),
+                _fold(cols["lat0"] + report * cols["dlat"], min_lat, max_lat))
+
+
+def _hex32(pairs: np.ndarray) -> list[str]:
+    """Two uint64 per row as 32 upper-case hex digits (one conversion for the whole block)."""
+    text = pairs.astype(">u8").tobytes().hex().upper()
+    return [text[i:i + 32] for i in range(0, len(text), 32)]
+
+
+def iter_fleet_blocks(tracks: int, reports: int, seed: int = 0, *, interval: int = DEFAULT_INTERVAL,
+                      bbox: Sequence[float] = NYC_BBOX, start: str = DEFAULT_START, jfk_share: float = 0.2,
+                      geofences: Path = DEFAULT_GEOFENCES, block: int = FLEET_BLOCK) -> Iterator[tuple[int, str]]:
+    """The fleet mode's CSV rows as (row count, text) blocks of at most ``block`` rows, in time order.
+
+    Track ``i`` (id ``str(i)``) reports at ``start + i % interval + k * interval`` seconds, ``k < reports``;
+    rows of one second are in track order. Memory is bounded by ``block``, not by ``tracks``."""
+    if tracks < 0 or reports < 0:
+        raise ValueError("tracks and reports must not be negative")
+    if interval < 1 or block < 1:
+        raise ValueError("interval and block must be at least 1")
+    box = tuple(float(v) for v in bbox)
+    if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+        raise ValueError("bbox must be min_lon,min_lat,max_lon,max_lat with min < max")
+    jfk = _polygon_center(geofences)
+    inside = box[0] <= jfk[0] <= box[2] and box[1] <= jfk[1] <= box[3]
+    fleet = _Fleet(tracks, reports, seed, interval, box, jfk_share, jfk if inside else None)  # type: ignore[arg-type]
+    return _fleet_blocks(fleet, _parse_start(start), block)  # checked above, before the first row is asked for
+
+
+def _fleet_blocks(fleet: _Fleet, t0: datetime, block: int) -> Iterator[tuple[int, str]]:
+    tracks, reports, interval = fleet.tracks, fleet.reports, fleet.interval
+    stamp = lambda s: (t0 + timedelta(seconds=s)).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
+    trip = (reports - 1) * interval if reports else 0
+    for second in range(reports * interval if tracks else 0):
+        report, phase = divmod(second, interval)
+        if phase >= tracks:
+            continue
+        now, pickup, dropoff = stamp(second), stamp(phase), stamp(phase + trip)
+        for first in range(phase, tracks, interval * block):
+            ids = np.arange(first, min(tracks, first + interval * block), interval, dtype=np.uint64)
+            cols = fleet.block(ids)
+            lon, lat = fleet.position(cols, report)
+            lon0, lat0 = fleet.position(cols, 0)
+            lon1, lat1 = fleet.position(cols, max(reports - 1, 0))
+            rows = [
+                f"{i},{now},{x:.6f},{y:.6f},{pax},{trip},{miles:.2f},{report + 1},{med},{hack},"
+                f"{'CMT,2' if cmt and cross else 'CMT,1' if cmt else 'VTS,2' if cross else 'VTS,1'},"
+                f"{'N' if cmt else ''},{pickup},{dropoff},{x0:.6f},{y0:.6f},{x1:.6f},{y1:.6f}\n"
+                for i, x, y, pax, miles, med, hack, cmt, cross, x0, y0, x1, y1 in zip(
+                    ids.tolist(), lon.tolist(), lat.tolist(), cols["pax"].tolist(), cols["miles"].tolist(),
+                    _hex32(cols["medallion"]), _hex32(cols["hack"]), cols["cmt"].tolist(),
+                    cols["crossing"].tolist(), lon0.tolist(), lat0.tolist(), lon1.tolist(), lat1.tolist())]
+            yield len(rows), "".join(rows)
+
+
+def write_fleet_csv(path: str | Path, tracks: int, reports: int, seed: int = 0, *, interval: int = DEFAULT_INTERVAL,
+                    bbox: Sequence[float] = NYC_BBOX, start: str = DEFAULT_START, jfk_share: float = 0.2) -> int:
+    """Write the fleet mode's ``tracks * reports`` rows to ``path`` (gzip when it ends in .gz); returns the count."""
+    return _write(path, iter_fleet_blocks(tracks, reports, seed, interval=interval, bbox=bbox, start=start,
+                                          jfk_share=jfk_share))

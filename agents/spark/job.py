@@ -12,11 +12,14 @@ Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark.wor
 (the agents' track state dict, checkpointed with the offsets), so speed, heading, distance, geofences,
 alerts and latest positions are the worker's. ``foreachBatch`` then bulk-indexes observations and
 latest positions on the executors (``mapInPandas``, the agents' sink, the same deterministic ``_id``s
-and external versions) and writes dead letters (IOT_DLQ_TOPIC) and alerts (IOT_ALERTS_TOPIC) with
-Spark's Kafka sink, and POSTs the alerts to IOT_WEBHOOK_URL from the driver (:class:`DriverWebhook`),
-all before Spark commits the batch: at least once. Offsets and states live in the checkpoint
-(SPARK_CHECKPOINT_DIR): a restarted job resumes after the last committed batch and redoes at most the
-one in flight, whose documents overwrite themselves (same ids) and whose alerts may repeat (on Spark
+and external versions) and, once they are stored, writes dead letters (IOT_DLQ_TOPIC), alerts
+(IOT_ALERTS_TOPIC) and each track's newest stored document to the live layer (IOT_LATEST_TOPIC,
+:mod:`geoiot.live`: the worker's records, on the track's source partition; created at start like the
+worker's, :func:`geoiot.topics.latest_spec`) with Spark's Kafka sink, and POSTs the alerts to
+IOT_WEBHOOK_URL from the driver (:class:`DriverWebhook`), all before Spark commits the batch: at least
+once. Offsets and states live in the checkpoint (SPARK_CHECKPOINT_DIR): a restarted job resumes after the
+last committed batch and redoes at most the one in flight, whose documents overwrite themselves (same
+ids), whose live records are sent again (readers keep each track's newest) and whose alerts may repeat (on Spark
 4.1.0-4.1.2 through the V1 Kafka source, see KAFKA_V1_CONF). Track states end after
 IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.core.idle`, Spark's ``ProcessingTimeTimeout``). One ``progress`` line
 per micro-batch comes from Spark's StreamingQueryProgress; Spark's Prometheus endpoints are on
@@ -130,6 +133,27 @@ def checkpoint_dir(settings: config.Settings) -> str:
     return str(Path(raw).expanduser().resolve())
 
 
+def ensure_live_topic(settings: config.Settings) -> Any:  # -> geoiot.topics.TopicResult
+    """Create the live layer's topic (IOT_LATEST_TOPIC) when missing, with as many partitions as the source
+    topic (IOT_PARTITIONS while that does not exist yet): each track's records go to its source partition.
+
+    ``TopicsError`` when Kafka cannot be reached or an existing live topic has fewer partitions than the source
+    (its records could not be written); other differences (not compacted) are returned as problems."""
+    from geoiot import topics
+
+    async def run() -> Any:
+        async with topics.admin_client(settings.kafka_bootstrap) as admin:
+            found = await topics.describe(admin, [settings.iot_topic])
+            source = found[settings.iot_topic].partitions if settings.iot_topic in found else settings.iot_partitions
+            [result] = await topics.ensure(admin, [topics.latest_spec(settings, source)])
+            if result.partitions < source:
+                raise topics.TopicsError(f"live topic IOT_LATEST_TOPIC={result.name!r} has {result.partitions} "
+                                         f"partitions, fewer than the source topic's {source}")
+            return result
+
+    return asyncio.run(run())
+
+
 def ensure_template(settings: config.Settings) -> None:
     """Create/update the index template with the agents' function before the first write."""
     from agents.store.index import ensure_index
@@ -241,8 +265,9 @@ class DriverWebhook:
 def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
                  webhook: DriverWebhook | None = None,
                  fences: Any = None):  # -> Callable[[DataFrame, int], None]
-    """The ``foreachBatch`` function over the state function's rows: index on executors, then dead letters and
-    alerts to Kafka (and the webhook), before Spark commits the batch (so at least once), and one log line;
+    """The ``foreachBatch`` function over the state function's rows: index on executors, then dead letters,
+    alerts and live records to Kafka (and the webhook), before Spark commits the batch (so at least once), and
+    one log line;
     ``fences`` (:class:`agents.spark.fences.DriverFences`) keeps the fences unchanged while the batch runs."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -259,9 +284,9 @@ def batch_writer(settings: config.Settings, counts: BatchCounts | None = None,
         try:
             stats = out.where(F.col("kind") == "stats").agg(
                 *(F.coalesce(F.sum(c), F.lit(0)).alias(c) for c in WRITE_COUNTS)).first().asDict()
-            if stats["dead"] or stats["alerts"]:
-                (out.where(F.col("kind").isin("dlq", "alert")).select("topic", "key", "value").write.format("kafka")
-                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap).save())
+            if stats["dead"] or stats["alerts"] or stats["live"]:  # after every Elasticsearch write of the batch
+                (out.where(F.col("kind").isin("dlq", "alert", "live")).select("topic", "key", "value", "partition")
+                 .write.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap).save())
             if webhook is not None and stats["alerts"]:
                 webhook.submit([json.loads(r.value) for r in out.where(F.col("kind") == "alert").select("value")
                                 .collect()])
@@ -330,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyspark.sql import SparkSession
 
     ensure_template(settings)
+    from geoiot.topics import TopicsError
+    try:
+        made = ensure_live_topic(settings)
+    except TopicsError as exc:
+        print(f"spark_job: {exc}", file=sys.stderr)
+        return 2
+    emit(f"topic_{made.status}", topic=made.name, partitions=made.partitions, problems=list(made.problems))
     level = os.environ.get("SPARK_LOG_LEVEL", "WARN")
     conf = SparkConf()
     for key, value in {**PROMETHEUS_CONF, **STATE_CONF}.items():

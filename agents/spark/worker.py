@@ -11,13 +11,15 @@ Spark. Two steps per micro-batch:
    (:data:`STATE_SCHEMA`). Tracks idle longer than IOT_TRACK_IDLE_TIMEOUT are dropped first
    (:mod:`agents.core.idle`, the worker's rule); Spark's ``ProcessingTimeTimeout`` removes groups nobody
    reports for. What comes out is rows (:data:`STATE_OUTPUT_SCHEMA`): the bulk actions of the
-   observations and of the latest positions, the dead letters and the alerts (both in the agents'
-   message shapes) and one row of counts.
+   observations and of the latest positions (with the track's live-layer key and source partition), the
+   dead letters and the alerts (both in the agents' message shapes) and one row of counts.
 2. :func:`write_function`, a ``mapInPandas`` over those rows: bulk-indexes observations and latest
    positions with the agents' :class:`agents.store.sink.ElasticsearchSink` (same retry rules, same bounded
    index creation, external versions for the latest positions: a 409 is counted, not dead-lettered),
-   turns observations Elasticsearch refused for good into dead letters, and passes dead letters and
-   alerts on with their topic (:data:`WRITE_SCHEMA`) for Spark's Kafka sink.
+   turns observations Elasticsearch refused for good into dead letters, and passes dead letters,
+   alerts and, once the writes succeeded, each track's newest stored document for the live layer
+   (:mod:`geoiot.live`: IOT_LATEST_TOPIC, keyed by track, on the track's source partition) on with their
+   topic (:data:`WRITE_SCHEMA`) for Spark's Kafka sink.
 
 A group normally holds one track; the state is a mapping so that a value whose track field reads
 differently in JSON and in the preset (e.g. ``7`` and ``"7"``) is still processed correctly.
@@ -42,8 +44,10 @@ from agents.core.geofence import Geofences
 from agents.core.motion import State
 from agents.core.pipeline import BatchResult, Incoming, Pipeline
 from agents.store.sink import ElasticsearchSink, Sink, es_client, stored_latest
+from geoiot import live
 from geoiot.config import Settings
 from geoiot.deadletter import dead_letter
+from geoiot.documents import doc_id
 from geoiot.fences import FenceSet
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone
@@ -53,16 +57,19 @@ from geoiot.timeparse import EventTimeBounds, zone
 STATE_SCHEMA = "tracks string"
 COUNTS = ("messages", "dead", "filtered", "alerts", "ended")
 # Rows of the state function: kind "doc" (value: the bulk action; key, raw, src, partition, offset: its
-# message, for a dead letter if Elasticsearch refuses it), "latest" (value: the action), "dlq" and
-# "alert" (key, value: the Kafka message), "stats" (the counts).
+# message, for a dead letter if Elasticsearch refuses it), "latest" (value: the action; key: the track's live
+# record key, partition: its source partition), "dlq" and "alert" (key, value: the Kafka message), "stats" (the
+# counts).
 STATE_OUTPUT_SCHEMA = ("kind string, key binary, value binary, raw binary, src string, partition int, offset long, "
                        + ", ".join(f"{c} long" for c in COUNTS))
 STATE_COLUMNS = ("kind", "key", "value", "raw", "src", "partition", "offset", *COUNTS)
-# Rows of the write step: "dlq"/"alert" with their topic for Spark's Kafka sink, and "stats".
+# Rows of the write step: "dlq"/"alert"/"live" with their topic (and partition: live records only; null lets
+# the producer choose) for Spark's Kafka sink, and "stats".
 WRITE_COUNTS = ("messages", "indexed", "dead", "filtered", "rejected", "alerts", "ended", "latest", "latest_stale",
-                "latest_refused")
-WRITE_SCHEMA = "kind string, topic string, key binary, value binary, " + ", ".join(f"{c} long" for c in WRITE_COUNTS)
-WRITE_COLUMNS = ("kind", "topic", "key", "value", *WRITE_COUNTS)
+                "latest_refused", "live")
+WRITE_SCHEMA = ("kind string, topic string, key binary, value binary, partition int, "
+                + ", ".join(f"{c} long" for c in WRITE_COUNTS))
+WRITE_COLUMNS = ("kind", "topic", "key", "value", "partition", *WRITE_COUNTS)
 
 
 @dataclass(frozen=True)
@@ -82,13 +89,14 @@ class JobContext:
     alerts_topic: str = "taxi-alerts"
     idle_timeout: float = 0.0
     fences_snapshot: str = ""  # the driver's snapshot of the live fences (agents.spark.fences); empty: the file's
+    latest_topic: str = "taxi-latest"  # the live layer (geoiot.live)
 
     @classmethod
     def from_settings(cls, settings: Settings, fences_snapshot: str = "") -> "JobContext":
         return cls(settings.iot_schema, settings.iot_geofences, settings.iot_index, settings.iot_timezone,
                    settings.iot_geofence_filter, tuple(settings.es_hosts), max(1, settings.iot_bulk_size),
                    EventTimeBounds.from_settings(settings), settings.iot_max_new_indices, settings.iot_dlq_topic,
-                   settings.iot_alerts_topic, settings.iot_track_idle_timeout, fences_snapshot)
+                   settings.iot_alerts_topic, settings.iot_track_idle_timeout, fences_snapshot, settings.latest_topic)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(load_preset(self.schema), Geofences.load(self.geofences), self.index, zone(self.timezone),
@@ -153,17 +161,19 @@ def state_rows(result: BatchResult, messages: int, ended: int) -> pd.DataFrame:
     rows: dict[str, list[Any]] = {c: [] for c in STATE_COLUMNS}
 
     def add(kind: str, key: Any = None, value: Any = None, msg: Incoming | None = None,
-            counts: Sequence[int] = (0,) * len(COUNTS)) -> None:
+            counts: Sequence[int] = (0,) * len(COUNTS), partition: int | None = None) -> None:
         for column, item in zip(STATE_COLUMNS, (kind, key, value, None if msg is None else msg.value,
                                                 None if msg is None else msg.topic,
-                                                None if msg is None else msg.partition,
+                                                partition if msg is None else msg.partition,
                                                 None if msg is None else msg.offset, *counts)):
             rows[column].append(item)
 
     for i, msg in enumerate(result.origins):
         add("doc", msg.key, orjson.dumps(result.observations.action(i)), msg)
-    for action in result.latest_bulk.actions():
-        add("latest", None, orjson.dumps(action))
+    partitions = {doc: msg.partition for doc, msg in zip(result.observations.ids, result.origins)}
+    for action in result.latest_bulk.actions():  # on the partition of the message of the track's newest document
+        track = action["_id"]
+        add("latest", live.key(track), orjson.dumps(action), partition=partitions[doc_id(track, action["version"])])
     for key, value in dead_letters(result.dead):
         add("dlq", key, value)
     for alert in result.alerts:
@@ -230,7 +240,9 @@ class Worker:
         kinds = chunk["kind"]
         docs = chunk[kinds == "doc"]
         observations = [orjson.loads(v) for v in docs["value"]]
-        latest = [orjson.loads(v) for v in chunk.loc[kinds == "latest", "value"]]
+        latest_rows = chunk[kinds == "latest"]
+        latest = [orjson.loads(v) for v in latest_rows["value"]]
+        partitions = {live.track_of(k): int(p) for k, p in zip(latest_rows["key"], latest_rows["partition"])}
         messages = {(a["_index"], a["_id"]): Incoming(raw, key, src, int(p), int(o))
                     for a, key, raw, src, p, o in zip(observations, docs["key"], docs["raw"], docs["src"],
                                                       docs["partition"], docs["offset"])}
@@ -246,8 +258,9 @@ class Worker:
         sums = {c: int(stats[c].sum()) for c in COUNTS}
         rows: dict[str, list[Any]] = {c: [] for c in WRITE_COLUMNS}
 
-        def add(kind: str, topic: str | None, key: Any, value: Any, counts: Sequence[int]) -> None:
-            for column, item in zip(WRITE_COLUMNS, (kind, topic, key, value, *counts)):
+        def add(kind: str, topic: str | None, key: Any, value: Any, counts: Sequence[int],
+                partition: int | None = None) -> None:
+            for column, item in zip(WRITE_COLUMNS, (kind, topic, key, value, partition, *counts)):
                 rows[column].append(item)
 
         zeros = (0,) * len(WRITE_COUNTS)
@@ -256,9 +269,14 @@ class Worker:
             add(kind, self.ctx.dlq_topic if kind == "dlq" else self.ctx.alerts_topic, key, value, zeros)
         for key, value in dead_letters(refused):
             add("dlq", self.ctx.dlq_topic, key, value, zeros)
+        # The live layer: each track's newest stored observation (never one Elasticsearch refused), even when its
+        # _latest write conflicted (a newer one is there: readers keep the newest) or was refused (not read by it).
+        for action in latest:
+            add("live", self.ctx.latest_topic, live.key(action["_id"]), live.value(action["_source"]), zeros,
+                partitions[action["_id"]])
         add("stats", None, None, None, (sums["messages"], len(observations) - len(refused), sums["dead"] + len(refused),
                                         sums["filtered"], len(refused), sums["alerts"], sums["ended"], len(latest),
-                                        self.stale - stale_before, latest_refused))
+                                        self.stale - stale_before, latest_refused, len(latest)))
         return pd.DataFrame(rows, columns=list(WRITE_COLUMNS))
 
 

@@ -8,7 +8,10 @@ job is capped at a few records per micro-batch, SIGKILLed while a batch is in fl
 ``offsets/N``, not yet in ``commits/N``: the crash window Spark's write-ahead log is for), and restarted from
 its checkpoint (offsets and the track states), which must redo exactly that batch. The worker's run is the
 uninterrupted one: every field both write must be equal (only ``ingested_at`` differs), and every alert the
-worker sent must be in the Spark job's alerts topic (a duplicate of the redone batch is allowed).
+worker sent must be in the Spark job's alerts topic (a duplicate of the redone batch is allowed). The live
+layer (:mod:`geoiot.live`) the Spark job feeds, read as a mirror reads it (newest event time per track),
+must hold the worker's newest document of every track (its ``_latest`` index), each on the track's source
+partition, whatever the kill made the job send twice.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from conftest import ROOT, unique_name
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[spark]')")
 
 from agents.spark import launch as spark_launch  # noqa: E402
+from geoiot import live, topics  # noqa: E402
 from geoiot.documents import INGESTED_AT, latest_index  # noqa: E402
+from geoiot.schema import load_preset  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
@@ -153,8 +158,43 @@ def spark_env(python_env: dict[str, str], settings: Any, topic: str, index: str,
     env = spark_launch.environment(python_env)
     env.update(KAFKA_BOOTSTRAP=settings.kafka_bootstrap, ES_URL=settings.es_url, IOT_TOPIC=topic, IOT_INDEX=index,
                IOT_DLQ_TOPIC=dlq, IOT_ALERTS_TOPIC=alerts, SPARK_CHECKPOINT_DIR=str(ck),
-               IOT_APP_ID=unique_name("spark"))
+               IOT_APP_ID=unique_name("spark"), IOT_LATEST_TOPIC=unique_name("spark-live"))
     return env
+
+
+async def read_all(settings: Any, topic: str, partitions: int, timeout: float = 30) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, value) of every message of ``topic`` now, in each partition's order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[tuple[int, bytes, bytes]] = []
+        deadline = time.monotonic() + timeout
+        behind = {tp for tp, end in ends.items() if end > 0}
+        while behind:
+            assert time.monotonic() < deadline, f"{topic}: not read to its end in {timeout}s"
+            batch = await consumer.getmany(timeout_ms=500)
+            out += [(tp.partition, r.key, r.value) for tp, records in batch.items() for r in records]
+            behind = {tp for tp in behind if tp not in batch or batch[tp][-1].offset + 1 < ends[tp]}
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def mirror(settings: Any, topic: str, partitions: int) -> dict[str, tuple[int, dict[str, Any]]]:
+    """track -> (partition, document) of the live topic read as a mirror reads it: the newest event time wins."""
+    time_field = load_preset(settings.iot_schema).time
+    held: dict[str, tuple[int, dict[str, Any]]] = {}
+    for partition, key, value in await read_all(settings, topic, partitions):
+        doc = live.document(value, time_field)
+        seen = held.get(live.track_of(key))
+        if live.newer(doc[time_field], None if seen is None else seen[1][time_field]):
+            held[live.track_of(key)] = (partition, doc)
+    return held
 
 
 def batch_ids(folder: Path) -> list[int]:
@@ -298,6 +338,24 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
         assert {k: v for k, v in s_doc.items() if k not in NOT_COMPARED} == \
                {k: v for k, v in f_doc.items() if k not in NOT_COMPARED}, doc_id
 
+    # The live layer: the worker's newest document of every track, on the partition of the track's events.
+    live_topic = env["IOT_LATEST_TOPIC"]
+    try:
+        [made] = (await topics.describe(kafka_admin, [live_topic], ["cleanup.policy"])).values()
+        assert (made.partitions, made.configs["cleanup.policy"]) == (3, "compact"), "created with latest_spec"
+        held = await mirror(settings, live_topic, made.partitions)
+    finally:
+        await topics.delete(kafka_admin, [live_topic])
+    sources = {key.decode(): partition for partition, key, _ in await read_records(settings, source, TRACKS * POINTS)
+               if key != b"bad"}  # replay keys a report by its track
+    assert {t: p for t, (p, _) in held.items()} == sources and len(sources) == TRACKS
+    def compared(docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {t: {k: v for k, v in doc.items() if k not in NOT_COMPARED} for t, doc in docs.items()}
+
+    assert compared({t: doc for t, (_, doc) in held.items()}) == \
+           compared({t: doc for t, (_, doc) in faust_latest.items()}) == \
+           compared({t: doc for t, (_, doc) in spark_latest.items()})
+
     # Same alerts: every transition the uninterrupted worker saw is in the Spark job's topic, nothing else.
     def transitions(msgs: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
         return {(m["track"], m["fence"], m["event"], m["time"], m["lon"], m["lat"]) for m in msgs}
@@ -369,6 +427,7 @@ async def test_idle_tracks_end_alike_on_spark_and_in_the_worker(
             await kafka_admin.delete_topics([f"{faust_env['IOT_APP_ID']}-tracks-changelog"])
         except Exception:
             pass
+        await topics.delete(kafka_admin, [env["IOT_LATEST_TOPIC"]])
     spark_docs, faust_docs = await all_docs(es, index_s), await all_docs(es, index_f)
     assert len(spark_docs) == 5 * tracks and spark_docs.keys() == faust_docs.keys()
     for doc_id, (_, s_doc) in spark_docs.items():

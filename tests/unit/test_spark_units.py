@@ -27,7 +27,7 @@ from agents.spark.job import (STATE_CONF, BatchCounts, build_parser, checkpoint_
 from agents.spark.worker import (STATE_COLUMNS, WRITE_COLUMNS, JobContext, Worker, advance_group,  # noqa: E402
                                  dead_letters, group_function, group_key_path, incoming, timeout_duration)
 from agents.worker.track_table import TrackTable  # noqa: E402
-from geoiot import config  # noqa: E402
+from geoiot import config, live  # noqa: E402
 from geoiot.deadletter import dead_letter  # noqa: E402
 from geoiot.documents import INGESTED_AT  # noqa: E402
 from testkit.group_state import FakeGroupState, FakeStateStore  # noqa: E402
@@ -326,17 +326,56 @@ def test_advance_group_drops_only_the_expired_tracks_of_a_group() -> None:
 
 def test_write_step_indexes_and_passes_dead_letters_and_alerts_on_with_their_topics() -> None:
     stream = io.BytesIO()
-    context = ctx(iot_index="obs", iot_dlq_topic="dead", iot_alerts_topic="alarms")
+    context = ctx(iot_index="obs", iot_dlq_topic="dead", iot_alerts_topic="alarms", iot_latest_topic="now")
     worker = Worker(context, sink=StdoutSink(stream))
     [rows] = group_function(context)(("a",), iter([chunk([b"x", *crossing("a", [0, 10])])]), FakeGroupState(None, 5))
     out = worker.store(rows)
     assert list(out.columns) == list(WRITE_COLUMNS)
     assert list(zip(out["kind"], [None if pd.isna(t) else t for t in out["topic"]])) == \
-        [("dlq", "dead"), ("alert", "alarms"), ("stats", None)]
+        [("dlq", "dead"), ("alert", "alarms"), ("live", "now"), ("stats", None)]
     stats = out[out["kind"] == "stats"].iloc[0]
-    assert (stats["messages"], stats["indexed"], stats["dead"], stats["alerts"], stats["latest"]) == (3, 2, 1, 1, 1)
+    assert (stats["messages"], stats["indexed"], stats["dead"], stats["alerts"], stats["latest"], stats["live"]) == \
+        (3, 2, 1, 1, 1, 1)
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [d["_id"] for d in written] == ["a:1356998400000", "a:1356998410000", "a"]
+    # The live record: the track's key, its newest document exactly as stored, on its source partition; the
+    # producer chooses the partition of the other messages.
+    record = out[out["kind"] == "live"].iloc[0]
+    assert record["key"] == live.key("a") and live.track_of(record["key"]) == "a" and record["partition"] == 1
+    assert live.document(record["value"], "observationTime") == kinds(rows, "doc")[-1]["_source"]
+    assert out.loc[out["kind"] != "live", "partition"].isna().all()
+
+
+class Refusing(StdoutSink):
+    """Elasticsearch refusing some documents for good (a mapping conflict, say): the rest is written."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__(io.BytesIO())
+        self.refused = refused
+
+    async def write(self, actions: list[dict[str, object]]) -> list[tuple[dict[str, object], str]]:
+        kept = [a for a in actions if a["_id"] not in self.refused]
+        await super().write(kept)
+        return [(a, "mapper_parsing_exception") for a in actions if a["_id"] in self.refused]
+
+
+def test_live_records_are_the_newest_stored_documents_of_each_track_on_its_source_partition() -> None:
+    context = ctx(iot_index="obs", iot_latest_topic="now")
+    values = crossing("a", [0, 10, 20]) + crossing("b", [0, 5])
+    frame = chunk(values)
+    frame["partition"] = [2, 2, 2, 0, 0]
+    rows = pd.concat([next(group_function(context)((t,), iter([frame[[track_of(v) == t for v in values]]]),
+                                                   FakeGroupState(None, 5))) for t in ("a", "b")])
+    assert {(k, p) for k, p in zip(rows.loc[rows["kind"] == "latest", "key"],
+                                   rows.loc[rows["kind"] == "latest", "partition"])} == {(b"a", 2), (b"b", 0)}
+    # a's newest report is refused: its live record is its newest stored one, as its latest position is.
+    out = Worker(context, sink=Refusing({"a:1356998420000"})).store(rows)
+    records = {live.track_of(k): (p, live.document(v, "observationTime"))
+               for kind, k, v, p in zip(out["kind"], out["key"], out["value"], out["partition"]) if kind == "live"}
+    assert {t: (p, d["observationTime"]) for t, (p, d) in records.items()} == \
+        {"a": (2, 1356998410000), "b": (0, 1356998405000)}
+    docs = {a["_id"]: a["_source"] for a in kinds(rows, "doc")}
+    assert records["a"][1] == docs["a:1356998410000"] and records["b"][1] == docs["b:1356998405000"]
 
 
 def test_group_key_path_reads_the_track_field() -> None:
