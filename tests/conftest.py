@@ -104,7 +104,7 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFact
 
     yield make
     try:  # and the live-geofence topic a worker, a web server or the Spark job derives from a source topic
-        await topics.delete(kafka_admin, [*created, *(f"{name}-fences" for name in created)])
+        await topics.delete(kafka_admin, [*created, *(f"{name}-{kind}" for name in created for kind in ("fences", "latest"))])
     except Exception:  # a broker restart: nothing to clean
         pass
 
