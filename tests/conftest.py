@@ -103,8 +103,9 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[TopicFact
         return name
 
     yield make
-    try:  # and the live-geofence topic a worker, a web server or the Spark job derives from a source topic
-        await topics.delete(kafka_admin, [*created, *(f"{name}-{kind}" for name in created for kind in ("fences", "latest"))])
+    try:  # and the live-geofence and live-layer topics a worker, a web server or the Spark job derives from a source topic
+        derived = [f"{name}-{kind}" for name in created for kind in ("fences", "latest")]
+        await topics.delete(kafka_admin, [*created, *derived])
     except Exception:  # a broker restart: nothing to clean
         pass
 
