@@ -23,7 +23,8 @@ from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
 from web import alerts, assets, events, fences, ogc, routes, search
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, HUB, METRICS, PRESET, SEARCH, SETTINGS
+from web.keys import ALERTS, CACHE, HUB, LIVE, METRICS, PRESET, SEARCH, SETTINGS
+from web.live.mirror import Mirror
 from web.limiter import Limiter
 from web.metrics import Metrics
 from web.middlewares import compress, errors, observe
@@ -68,10 +69,25 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         pass
 
 
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The live layer's mirror (web.live), loading in the background from start: /healthz is ready once it
+    read the topic to its end; /api/latest, /api/aggregate?source=latest and the event views answer from it."""
+    mirror = app[LIVE] = Mirror(app[SETTINGS], app[PRESET])
+    metrics = app[METRICS]
+    metrics.live_tracks.set_function(lambda: len(mirror.table))
+    metrics.live_records.set_function(lambda: mirror.follower.records)
+    metrics.live_lag.set_function(lambda: mirror.follower.lag)
+    metrics.live_synced.set_function(lambda: int(mirror.synced))
+    mirror.start()
+    yield
+    await mirror.stop()
+
+
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The event streams' fan-out (web.events): its views search through the app's web.search.Search."""
+    """The event streams' fan-out (web.events): its views read the live mirror (else search Elasticsearch's
+    latest index, for an app made with ``mirror=False``)."""
     settings, metrics = app[SETTINGS], app[METRICS]
-    fetch = functools.partial(app[SEARCH].latest, name="sse_view")
+    fetch = app[LIVE].fetch if LIVE in app else functools.partial(app[SEARCH].latest, name="sse_view")
     hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
                                 queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
                                 max_views=settings.web_sse_max_views,
@@ -91,9 +107,10 @@ async def close_streams(app: web.Application) -> None:
 
 
 def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool = True,
-             alerts_maxlen: int | None = None, es: Any = None) -> web.Application:
+             alerts_maxlen: int | None = None, es: Any = None, mirror: bool = True) -> web.Application:
     """The web application for ``settings``; ``cache_ttl=0`` disables the aggregation cache (benchmarks);
-    ``es``: the Elasticsearch client to search with (see :func:`search_ctx`)."""
+    ``es``: the Elasticsearch client to search with (see :func:`search_ctx`); ``mirror=False``: answer "now"
+    from Elasticsearch's latest index instead of the live mirror (the path being retired, issue 23)."""
     app = web.Application(middlewares=[observe, compress, errors])
     app[SETTINGS] = settings
     app[PRESET] = load_preset(settings.iot_schema)
@@ -103,6 +120,8 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app.cleanup_ctx.append(search_ctx(es))
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
+    if mirror:
+        app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)

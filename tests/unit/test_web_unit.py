@@ -393,7 +393,7 @@ async def _client(fake: FakeElasticsearch) -> Any:
     from aiohttp.test_utils import TestClient, TestServer
 
     from web.app import init_app
-    return TestClient(TestServer(init_app(config.load({}), consume_alerts=False, es=fake)))
+    return TestClient(TestServer(init_app(config.load({}), consume_alerts=False, es=fake, mirror=False)))
 
 
 async def test_latest_handler_reads_the_latest_index_through_the_apps_search() -> None:
