@@ -65,3 +65,34 @@ async def publish(producer: AIOKafkaProducer, topic: str, records: Iterable[tupl
     if batch:
         await flush()
     return sent
+
+
+async def publish_once(settings: Settings, records: Iterable[tuple[str, dict[str, Any] | None]],
+                       partitions: int = 1) -> int:
+    """:func:`publish` with a producer of its own (tests that write a few records now and then)."""
+    producer = transactional_producer(settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        return await publish(producer, settings.latest_topic, records, partitions)
+    finally:
+        await producer.stop()
+
+
+async def delete_topic(settings: Settings) -> None:
+    async with topics.admin_client(settings.kafka_bootstrap) as admin:
+        try:
+            await topics.delete(admin, [settings.latest_topic])
+        except Exception:  # a broker restart: nothing to clean
+            pass
+
+
+async def until_synced(app: Any, timeout: float = 30.0) -> None:
+    """Until a web app's live mirror (web.keys.LIVE) read its topic to the end found at start."""
+    import asyncio
+
+    from web.keys import LIVE
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not app[LIVE].synced:
+        assert loop.time() < deadline, "the live mirror did not load"
+        await asyncio.sleep(0.05)

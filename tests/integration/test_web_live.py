@@ -30,6 +30,7 @@ from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset
 from testkit import live as live_kit
 from testkit.observations import on_grid
+from testkit.sse import Stream, read_until
 from web.app import init_app
 from web.keys import LIVE
 
@@ -267,3 +268,26 @@ async def test_healthz_is_not_ready_before_the_topic_is_read(data: Data) -> None
         body = await first.json()
         assert "live" in body and (first.status == 200) == body["live"]["synced"]
         await ready(c)
+
+
+async def test_event_views_push_the_mirrors_answers_and_its_changes(mirror: TestClient, data: Data) -> None:
+    query = [("bbox", "-74.05,40.6,-73.75,40.9"), ("where", "passengerCount:>=2"), ("limit", "50")]
+    polled = await get(mirror, "/api/latest", query)
+    producer = live_kit.transactional_producer(data.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        async with mirror.get("/api/events", params=query) as resp:
+            stream = Stream()
+            await read_until(resp, stream, lambda s: s.of("latest"), 15)
+            first = stream.of("latest")[0].json()
+            assert first["full"] and first["total"] == polled["total"] and first["features"] == polled["features"]
+            held = mirror.server.app[LIVE].table.snapshot()
+            track = polled["features"][-1]["id"]
+            newer = dict(held[track], observationTime=T0 + 10**9, passengerCount=5)
+            await live_kit.publish(producer, data.settings.latest_topic, [(track, newer)], PARTITIONS)
+            await read_until(resp, stream, lambda s: any(
+                f["id"] == track for e in s.of("latest")[1:] for f in e.json()["features"]), 15)
+    finally:
+        await producer.stop()
+    changed = [f for e in stream.of("latest")[1:] for f in e.json()["features"] if f["id"] == track]
+    assert changed[-1]["properties"]["time"] == T0 + 10**9

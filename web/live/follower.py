@@ -84,6 +84,7 @@ class LiveFollower:
         while not parts:
             if not self.synced:
                 self._mark_synced("live_topic_missing")
+            await asyncio.sleep(TOPIC_WAIT)
             parts = await self._partitions(consumer, TOPIC_WAIT)
         self._parts = parts
         consumer.assign(parts)
@@ -104,6 +105,9 @@ class LiveFollower:
                              "seconds": round(self.load_seconds, 3)}))
 
     async def _partitions(self, consumer: AIOKafkaConsumer, wait: float) -> list[TopicPartition]:
+        """The topic's partitions; [] when the cluster does not have it (or not within ``wait`` s)."""
+        if self.topic not in await consumer.topics():  # a fresh metadata request
+            return []
         deadline = time.monotonic() + wait
         while True:
             found = consumer.partitions_for_topic(self.topic)
