@@ -63,7 +63,9 @@ async def latest(request: web.Request) -> web.Response:
     key = "latest" + orjson.dumps(where.latest_body(app[PRESET], p), option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
-        total, features = app[LIVE].latest(p) if LIVE in app else await app[SEARCH].latest(p)
+        if LIVE in app:
+            return app[LIVE].latest_payload(p)
+        total, features = await app[SEARCH].latest(p)
         return orjson.dumps({"type": "FeatureCollection", "total": total, "features": features})
 
     payload, cached = await app[CACHE].get_or_compute(key, compute)

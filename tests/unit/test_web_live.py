@@ -167,3 +167,18 @@ def test_retention_cutoff_hides_older_tracks() -> None:
     cutoff = T0 + 500_000
     total, _ = answers.latest(TABLE, params.LatestParams(params.WORLD, 10), cutoff)
     assert total == sum(d[PRESET.time] >= cutoff for d in DOCS.values())
+
+
+def test_the_latest_payload_is_the_latest_answer_serialised_also_after_rows_change() -> None:
+    import orjson
+
+    table, docs = _table(12)
+    p = params.LatestParams(params.parse_bbox("-74,40.6,-73.8,40.8"), 40, where.parse_where(["vendor_id:VTS|CMT"], FIELDS))
+    for step in range(3):
+        total, features = answers.latest(table, p)
+        assert answers.latest_payload(table, p) == orjson.dumps({"type": "FeatureCollection", "total": total,
+                                                                  "features": features})
+        for track in list(docs)[step::3]:  # a third of the tracks report again, one leaves
+            table.apply(track, dict(docs[track], observationTime=docs[track][PRESET.time] + 10**7 * (step + 1),
+                                    vendor_id="CMT"))
+        table.apply(list(docs)[step], None)

@@ -7,29 +7,54 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from geoiot.geohash_batch import encode_many
 from web import geojson
 from web.live.filters import select
-from web.live.table import LiveTable
+from web.live.table import FEATURE_CACHE, LiveTable
 from web.params import AggregateParams, LatestParams
 
 # as web.where.MAX_CELLS (the Elasticsearch grid's size): the most populated cells first
 MAX_CELLS = 10_000
 
 
-def latest(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """The tracks in view passing the filters (total) and the current positions of the newest ``limit``."""
+def newest_rows(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tuple[int, np.ndarray]:
+    """The tracks in view passing the filters (total), and the rows of the newest ``limit``, newest first."""
     rows = select(table, p.bbox, p.where, cutoff=cutoff)
     total = len(rows)
     if total > p.limit:
         t = table.time[rows]
         top = np.argpartition(-t, p.limit - 1)[:p.limit]
         rows = rows[top]
-    rows = rows[np.argsort(-table.time[rows], kind="stable")]
+    return total, rows[np.argsort(-table.time[rows], kind="stable")]
+
+
+def latest(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """The tracks in view passing the filters (total) and the current positions of the newest ``limit``."""
+    total, rows = newest_rows(table, p, cutoff)
     preset = table.preset
     features = [f for f in (geojson.latest_feature(preset, doc) for doc in table.documents(rows)) if f is not None]
     return total, features
+
+
+def latest_payload(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> bytes:
+    """/api/latest's answer as JSON: :func:`latest` serialised, each feature's JSON kept per row until the row
+    changes (table.feature_json), so a view's answer is mostly a join of kept bytes."""
+    total, rows = newest_rows(table, p, cutoff)
+    kept = table.feature_json
+    order = rows.tolist()
+    missing = [r for r in order if r not in kept]
+    if missing:
+        if len(kept) + len(missing) > FEATURE_CACHE:
+            kept.clear()
+        preset = table.preset
+        for row, doc in zip(missing, table.documents(missing)):
+            feature = geojson.latest_feature(preset, doc)
+            kept[row] = b"" if feature is None else orjson.dumps(feature)
+    parts = [kept[r] for r in order]
+    head = b'{"type":"FeatureCollection","total":%d,"features":[' % total
+    return b"".join((head, b",".join(p for p in parts if p), b"]}"))
 
 
 def aggregate(table: LiveTable, p: AggregateParams, cutoff: int | None = None) -> bytes:

@@ -42,6 +42,11 @@ class Mirror:
         self._ready()
         return answers.latest(self.table, p, self.cutoff())
 
+    def latest_payload(self, p: LatestParams) -> bytes:
+        """:meth:`latest` as /api/latest's JSON."""
+        self._ready()
+        return answers.latest_payload(self.table, p, self.cutoff())
+
     async def fetch(self, p: LatestParams) -> tuple[int, list[dict[str, Any]]]:
         """:meth:`latest` as the event streams' views fetch it (web.events.Fetch)."""
         await asyncio.sleep(0)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import geohash
 import numpy as np
 
 from geoiot import live
@@ -36,16 +37,18 @@ GRID_MAX_CELLS = 20_000
 # outnumber a tenth of the table); meanwhile changed rows are read besides the sorted ones.
 GRID_REFRESH = 1.0
 NUMERIC = ("int", "float", "time")
+FEATURE_CACHE = 50_000
 ABSENT, PRESENT, NULL = 0, 1, 2
 
 
 class Dictionary:
     """Distinct values of a column (strings, booleans, lists as tuples), each stored once, coded by position."""
 
-    __slots__ = ("values", "codes")
+    __slots__ = ("values", "plain", "codes")
 
     def __init__(self) -> None:
         self.values: list[Any] = []
+        self.plain: list[Any] = []  # each value as JSON has it (lists as lists)
         self.codes: dict[Any, int] = {}
 
     def code(self, value: Any) -> int:
@@ -54,6 +57,7 @@ class Dictionary:
         if code is None:
             code = self.codes[key] = len(self.values)
             self.values.append(value)
+            self.plain.append(_plain(value))
         return code
 
     def lookup(self, predicate: Any) -> np.ndarray:
@@ -146,7 +150,11 @@ class LiveTable:
         self.dictionaries: dict[str, Dictionary] = {n: Dictionary() for n in self.coded}
         self.has_geohash = np.zeros(0, dtype=bool)
         self.extras: dict[int, dict[str, Any]] = {}
+        self._skip = frozenset((preset.track, preset.time, GEOHASH, GEOMETRY))
         self.grid = Grid()
+        # each row's /api/latest feature as JSON, made when first answered, dropped when the row changes;
+        # bounded (cleared when full), so it costs at most FEATURE_CACHE features
+        self.feature_json: dict[int, bytes] = {}
         self.version = 0  # bumped by every change (answer caches may key on it)
         self._grow(capacity)
 
@@ -205,6 +213,7 @@ class LiveTable:
             self.alive[row] = True
         self._fill(row, doc, t, position)
         self.grid.dirty.add(row)
+        self.feature_json.pop(row, None)
         self.version += 1
         return True
 
@@ -213,6 +222,7 @@ class LiveTable:
         self.tracks[row] = None
         self.alive[row] = False
         self.extras.pop(row, None)
+        self.feature_json.pop(row, None)
         self.free.append(row)
         self.grid.dirty.discard(row)
         self.version += 1
@@ -223,34 +233,39 @@ class LiveTable:
         lon, lat = position
         self.lon[row], self.lat[row] = lon, lat
         extras: dict[str, Any] = {}
+        skip = self._skip
+        types, values, present, codes, dictionaries = (self.types, self.values, self.present, self.codes,
+                                                       self.dictionaries)
+        seen = 0
         for name, value in doc.items():
-            if name == preset.track or name == preset.time or name == GEOMETRY:
+            if name in skip:
                 continue
-            if name == GEOHASH:
-                continue
-            kind = self.types.get(name)
+            kind = types.get(name)
             if kind is None:
                 extras[name] = value
-            elif name in self.values:
+                continue
+            seen += 1
+            if kind in NUMERIC:
                 if value is None:
-                    self.present[name][row] = NULL
-                elif (kind == "float" and type(value) in (float, int)) or (kind != "float" and type(value) is int
-                                                                          and -(2**63) <= value < 2**63):
-                    self.values[name][row] = value
-                    self.present[name][row] = PRESENT
+                    present[name][row] = NULL
+                elif (type(value) is int and -(2**63) <= value < 2**63) or (kind == "float" and type(value) is float):
+                    values[name][row] = value
+                    present[name][row] = PRESENT
                 else:
                     extras[name] = value
+                    present[name][row] = ABSENT
             else:
-                self.codes[name][row] = self.dictionaries[name].code(_hashable(value))
-        for name in self.numeric:
-            if name not in doc or name in extras:
-                self.present[name][row] = ABSENT
-        for name in self.coded:
-            if name not in doc:
-                self.codes[name][row] = -1
+                codes[name][row] = dictionaries[name].code(value if type(value) is not list else _hashable(value))
+        if seen < len(self.numeric) + len(self.coded):  # some attributes missing: mark them so
+            for name in self.numeric:
+                if name not in doc:
+                    present[name][row] = ABSENT
+            for name in self.coded:
+                if name not in doc:
+                    codes[name][row] = -1
         cell = doc.get(GEOHASH)
         self.has_geohash[row] = cell is not None
-        if cell is not None and cell != encode_many([lat], [lon], GEOHASH_PRECISION)[0]:
+        if cell is not None and cell != geohash.encode(lat, lon, GEOHASH_PRECISION):
             extras[GEOHASH] = cell
         if extras:
             self.extras[row] = extras
@@ -274,8 +289,8 @@ class LiveTable:
         for n in self.numeric:
             cols.append((n, self.values[n][rows].tolist(), self.present[n][rows].tolist()))
         for n in self.coded:
-            vals, codes = self.dictionaries[n].values, self.codes[n][rows].tolist()
-            cols.append((n, [None if c < 0 else _plain(vals[c]) for c in codes],
+            vals, codes = self.dictionaries[n].plain, self.codes[n][rows].tolist()
+            cols.append((n, [None if c < 0 else vals[c] for c in codes],
                          [ABSENT if c < 0 else PRESENT for c in codes]))
         lons, lats, times = self.lon[rows].tolist(), self.lat[rows].tolist(), self.time[rows].tolist()
         with_hash = self.has_geohash[rows]
