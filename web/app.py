@@ -10,7 +10,6 @@ Elasticsearch access in ``web.search``, the typed state keys in ``web.keys``; th
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -84,10 +83,9 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The event streams' fan-out (web.events): its views read the live mirror (else search Elasticsearch's
-    latest index, for an app made with ``mirror=False``)."""
+    """The event streams' fan-out (web.events): its views read the live mirror (web.live)."""
     settings, metrics = app[SETTINGS], app[METRICS]
-    fetch = app[LIVE].fetch if LIVE in app else functools.partial(app[SEARCH].latest, name="sse_view")
+    fetch = app[LIVE].fetch
     hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
                                 queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
                                 max_views=settings.web_sse_max_views,
@@ -107,10 +105,9 @@ async def close_streams(app: web.Application) -> None:
 
 
 def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool = True,
-             alerts_maxlen: int | None = None, es: Any = None, mirror: bool = True) -> web.Application:
+             alerts_maxlen: int | None = None, es: Any = None) -> web.Application:
     """The web application for ``settings``; ``cache_ttl=0`` disables the aggregation cache (benchmarks);
-    ``es``: the Elasticsearch client to search with (see :func:`search_ctx`); ``mirror=False``: answer "now"
-    from Elasticsearch's latest index instead of the live mirror (the path being retired, issue 23)."""
+    ``es``: the Elasticsearch client to search with (see :func:`search_ctx`)."""
     app = web.Application(middlewares=[observe, compress, errors])
     app[SETTINGS] = settings
     app[PRESET] = load_preset(settings.iot_schema)
@@ -120,8 +117,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app.cleanup_ctx.append(search_ctx(es))
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
-    if mirror:
-        app.cleanup_ctx.append(live_ctx)
+    app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)

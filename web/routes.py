@@ -32,16 +32,14 @@ async def aggregate(request: web.Request) -> web.Response:
     p = where.aggregate_params(request.query, app[SETTINGS].web_max_grid_cells, field_types(app[PRESET]))
     body = where.aggregate_body(app[PRESET], p)
     # source=latest counts current tracks (the live mirror, web.live), else observations (Elasticsearch)
-    door = app[SEARCH]
-    live = app[LIVE] if p.source == params.LATEST_SOURCE and LIVE in app else None
-    index = door.latest_index if p.source == params.LATEST_SOURCE else None
+    door, live = app[SEARCH], app[LIVE]
     # the key is the source and the whole search body: bbox, window, precision, fence and every where filter
     key = p.source + orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
-        if live is not None:
+        if p.source == params.LATEST_SOURCE:
             return live.aggregate(p)
-        return geojson.aggregate_payload(await door.search("aggregate", body, index), p.precision)
+        return geojson.aggregate_payload(await door.search("aggregate", body), p.precision)
 
     payload, cached = await app[CACHE].get_or_compute(key, compute)
     app[METRICS].cache.labels("hit" if cached else "miss").inc()
@@ -60,13 +58,10 @@ async def latest(request: web.Request) -> web.Response:
     Answers are shared like aggregations (web.cache, 1 s): maps polling one view cost one computation."""
     app = request.app
     p = params.normal_view(where.latest_params(request.query, field_types(app[PRESET])))
-    key = "latest" + orjson.dumps(where.latest_body(app[PRESET], p), option=orjson.OPT_SORT_KEYS).decode()
+    key = "latest" + repr(p)  # normal_view: equal views (filters in any order) are one key
 
     async def compute() -> bytes:
-        if LIVE in app:
-            return app[LIVE].latest_payload(p)
-        total, features = await app[SEARCH].latest(p)
-        return orjson.dumps({"type": "FeatureCollection", "total": total, "features": features})
+        return app[LIVE].latest_payload(p)
 
     payload, cached = await app[CACHE].get_or_compute(key, compute)
     app[METRICS].latest_cache.labels("hit" if cached else "miss").inc()
@@ -171,13 +166,12 @@ async def healthz(request: web.Request) -> web.Response:
     up, cluster = await app[SEARCH].health()
     body = {"status": "ok" if up else "unavailable", "elasticsearch": up, "cluster": cluster,
             "alerts_consumer": app[ALERTS].connected}
-    if LIVE in app:
-        mirror = app[LIVE]
-        body["live"] = {"synced": mirror.synced, "tracks": len(mirror.table), "records": mirror.follower.records,
-                        "lag": mirror.follower.lag}
-        if up and not mirror.synced:
-            body["status"] = "loading"
-            up = False
+    mirror = app[LIVE]
+    body["live"] = {"synced": mirror.synced, "tracks": len(mirror.table), "records": mirror.follower.records,
+                    "lag": mirror.follower.lag}
+    if up and not mirror.synced:
+        body["status"] = "loading"
+        up = False
     return json_response(body, 200 if up else 503)
 
 
