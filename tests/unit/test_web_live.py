@@ -182,3 +182,17 @@ def test_the_latest_payload_is_the_latest_answer_serialised_also_after_rows_chan
             table.apply(track, dict(docs[track], observationTime=docs[track][PRESET.time] + 10**7 * (step + 1),
                                     vendor_id="CMT"))
         table.apply(list(docs)[step], None)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.integers(0, 5))), max_size=12),
+       st.integers(1, 5))
+def test_a_batch_applies_as_its_records_one_by_one(records: list[tuple[str, int | None]], size: int) -> None:
+    one, batched = LiveTable(PRESET), LiveTable(PRESET)
+    seq = [(t, None if v is None else doc(t, T0 + v, vendor_id=f"{t}{k}")) for k, (t, v) in enumerate(records)]
+    for t, d in seq:
+        one.apply(t, d)
+    for start in range(0, len(seq), size):
+        part = seq[start:start + size]
+        batched.apply_batch([t for t, _ in part], [d for _, d in part])
+    assert one.snapshot() == batched.snapshot()

@@ -38,6 +38,7 @@ GRID_MAX_CELLS = 20_000
 GRID_REFRESH = 1.0
 NUMERIC = ("int", "float", "time")
 FEATURE_CACHE = 50_000
+_MISSING = object()
 ABSENT, PRESENT, NULL = 0, 1, 2
 
 
@@ -150,7 +151,7 @@ class LiveTable:
         self.dictionaries: dict[str, Dictionary] = {n: Dictionary() for n in self.coded}
         self.has_geohash = np.zeros(0, dtype=bool)
         self.extras: dict[int, dict[str, Any]] = {}
-        self._skip = frozenset((preset.track, preset.time, GEOHASH, GEOMETRY))
+        self._known = frozenset((*self.types, preset.track, preset.time, GEOHASH, GEOMETRY))
         self.grid = Grid()
         # each row's /api/latest feature as JSON, made when first answered, dropped when the row changes;
         # bounded (cleared when full), so it costs at most FEATURE_CACHE features
@@ -190,32 +191,52 @@ class LiveTable:
     def apply(self, track: str, doc: dict[str, Any] | None) -> bool:
         """A live record: ``doc`` (a document with an integer time) or None (a tombstone). Whether it changed
         the table: an older report than the one held is ignored (geoiot.live.newer)."""
-        row = self.rows.get(track)
-        if doc is None:
-            if row is None:
-                return False
-            self._remove(track, row)
-            return True
-        t = doc[self.preset.time]
-        if row is not None and not live.newer(t, int(self.time[row])):
-            return False
-        position = _position(self.preset, doc)
-        if position is None:
-            if row is not None:  # newer, but not mappable: the track is no longer answered, as ES would not
+        return self.apply_batch([track], [doc]) > 0
+
+    def apply_batch(self, tracks: Sequence[str], docs: Sequence[dict[str, Any] | None]) -> int:
+        """Records in the order read, as :meth:`apply` one by one would take them, filled column by column
+        (a fetch at a time: the start reads a million records). Returns how many changed the table."""
+        time_field = self.preset.time
+        last: dict[str, int] = {}  # track -> its record in the batch that wins (newest, equal: the later one)
+        tombs: set[str] = set()  # tracks with a tombstone in the batch (a document after one starts afresh)
+        for i, (track, doc) in enumerate(zip(tracks, docs)):
+            if doc is None:
+                tombs.add(track)
+            j = last.get(track)
+            if j is None or doc is None or docs[j] is None or live.newer(doc[time_field], docs[j][time_field]):
+                last[track] = i
+        changed = 0
+        put_tracks: list[str] = []
+        put_docs: list[dict[str, Any]] = []
+        put_pos: list[tuple[float, float]] = []
+        rows_get, held = self.rows.get, self.time
+        for track, i in last.items():
+            doc = docs[i]
+            row = rows_get(track)
+            if doc is None:
+                if row is not None:
+                    self._remove(track, row)
+                    changed += 1
+                continue
+            if row is not None and track in tombs:  # removed, then this document: held as a new track
                 self._remove(track, row)
-            return row is not None
-        if row is None:
-            if not self.free:
-                self._grow(self.capacity * 2)
-            row = self.free.pop()
-            self.rows[track] = row
-            self.tracks[row] = track
-            self.alive[row] = True
-        self._fill(row, doc, t, position)
-        self.grid.dirty.add(row)
-        self.feature_json.pop(row, None)
-        self.version += 1
-        return True
+                changed += 1
+                row = None
+            if row is not None and not live.newer(doc[time_field], int(held[row])):
+                continue
+            position = _position(self.preset, doc)
+            if position is None:  # newer, but not mappable: no longer answered, as Elasticsearch would not
+                if row is not None:
+                    self._remove(track, row)
+                    changed += 1
+                continue
+            put_tracks.append(track)
+            put_docs.append(doc)
+            put_pos.append(position)
+        if put_docs:
+            self._fill_many(put_tracks, put_docs, put_pos)
+            changed += len(put_docs)
+        return changed
 
     def _remove(self, track: str, row: int) -> None:
         del self.rows[track]
@@ -227,50 +248,82 @@ class LiveTable:
         self.grid.dirty.discard(row)
         self.version += 1
 
-    def _fill(self, row: int, doc: dict[str, Any], t: int, position: tuple[float, float]) -> None:
-        preset = self.preset
-        self.time[row] = t
-        lon, lat = position
-        self.lon[row], self.lat[row] = lon, lat
-        extras: dict[str, Any] = {}
-        skip = self._skip
-        types, values, present, codes, dictionaries = (self.types, self.values, self.present, self.codes,
-                                                       self.dictionaries)
-        seen = 0
-        for name, value in doc.items():
-            if name in skip:
+    def _rows_for(self, tracks: list[str]) -> np.ndarray:
+        out = np.empty(len(tracks), dtype=np.int64)
+        rows = self.rows
+        for k, track in enumerate(tracks):
+            row = rows.get(track)
+            if row is None:
+                if not self.free:
+                    self._grow(self.capacity * 2)
+                row = self.free.pop()
+                rows[track] = row
+                self.tracks[row] = track
+            out[k] = row
+        return out
+
+    def _fill_many(self, tracks: list[str], docs: list[dict[str, Any]], positions: list[tuple[float, float]]) -> None:
+        rows = self._rows_for(tracks)
+        n = len(docs)
+        self.alive[rows] = True
+        self.time[rows] = [d[self.preset.time] for d in docs]
+        lons = np.fromiter((p[0] for p in positions), dtype=np.float64, count=n)
+        lats = np.fromiter((p[1] for p in positions), dtype=np.float64, count=n)
+        self.lon[rows], self.lat[rows] = lons, lats
+        extras: list[dict[str, Any] | None] = [None] * n
+        for name in self.numeric:
+            kind = self.types[name]
+            vals = [d.get(name, _MISSING) for d in docs]
+            kinds = set(map(type, vals))
+            if kinds <= ({int} if kind != "float" else {int, float}):
+                try:
+                    self.values[name][rows] = np.asarray(vals, dtype=self.values[name].dtype)
+                    self.present[name][rows] = PRESENT
+                    continue
+                except OverflowError:
+                    pass
+            if kinds == {type(None)}:
+                self.present[name][rows] = NULL
                 continue
-            kind = types.get(name)
-            if kind is None:
-                extras[name] = value
-                continue
-            seen += 1
-            if kind in NUMERIC:
-                if value is None:
-                    present[name][row] = NULL
-                elif (type(value) is int and -(2**63) <= value < 2**63) or (kind == "float" and type(value) is float):
-                    values[name][row] = value
-                    present[name][row] = PRESENT
+            col, pres = self.values[name], self.present[name]
+            for k, v in enumerate(vals):
+                row = rows[k]
+                if v is _MISSING:
+                    pres[row] = ABSENT
+                elif v is None:
+                    pres[row] = NULL
+                elif (type(v) is int and -(2**63) <= v < 2**63) or (kind == "float" and type(v) is float):
+                    col[row] = v
+                    pres[row] = PRESENT
                 else:
-                    extras[name] = value
-                    present[name][row] = ABSENT
+                    pres[row] = ABSENT
+                    extra = extras[k] = extras[k] or {}
+                    extra[name] = v
+        for name in self.coded:
+            code = self.dictionaries[name].code
+            self.codes[name][rows] = [-1 if v is _MISSING else code(v if type(v) is not list else _hashable(v))
+                                      for v in (d.get(name, _MISSING) for d in docs)]
+        known = self._known
+        cells = [d.get(GEOHASH) for d in docs]
+        self.has_geohash[rows] = [c is not None for c in cells]
+        computed = encode_many(lats, lons, GEOHASH_PRECISION)
+        for k, d in enumerate(docs):
+            if not d.keys() <= known:
+                extra = extras[k] = extras[k] or {}
+                extra.update((key, v) for key, v in d.items() if key not in known)
+            if cells[k] is not None and cells[k] != computed[k]:
+                extra = extras[k] = extras[k] or {}
+                extra[GEOHASH] = cells[k]
+        pop, keep = self.feature_json.pop, self.extras
+        dirty = self.grid.dirty
+        for k, row in enumerate(rows.tolist()):
+            pop(row, None)
+            dirty.add(row)
+            if extras[k]:
+                keep[row] = extras[k]
             else:
-                codes[name][row] = dictionaries[name].code(value if type(value) is not list else _hashable(value))
-        if seen < len(self.numeric) + len(self.coded):  # some attributes missing: mark them so
-            for name in self.numeric:
-                if name not in doc:
-                    present[name][row] = ABSENT
-            for name in self.coded:
-                if name not in doc:
-                    codes[name][row] = -1
-        cell = doc.get(GEOHASH)
-        self.has_geohash[row] = cell is not None
-        if cell is not None and cell != geohash.encode(lat, lon, GEOHASH_PRECISION):
-            extras[GEOHASH] = cell
-        if extras:
-            self.extras[row] = extras
-        else:
-            self.extras.pop(row, None)
+                keep.pop(row, None)
+        self.version += 1
 
     def refresh_grid(self, now: float | None = None) -> None:
         """Re-sort the grid when rows changed and it is due (see :data:`GRID_REFRESH`)."""
@@ -345,7 +398,9 @@ def apply_records(table: LiveTable, records: Iterable[tuple[bytes | None, bytes 
                   ) -> tuple[int, int]:
     """Apply live records (key, value) in order; (applied, skipped: a key or value not of geoiot.live's
     contract)."""
-    applied = skipped = 0
+    tracks: list[str] = []
+    docs: list[dict[str, Any] | None] = []
+    skipped = 0
     for key, value in records:
         if key is None:
             skipped += 1
@@ -356,6 +411,6 @@ def apply_records(table: LiveTable, records: Iterable[tuple[bytes | None, bytes 
         except ValueError:
             skipped += 1
             continue
-        if table.apply(track, doc):
-            applied += 1
-    return applied, skipped
+        tracks.append(track)
+        docs.append(doc)
+    return table.apply_batch(tracks, docs), skipped
