@@ -6,7 +6,8 @@ Publishes ``--tracks`` latest documents (testkit.large_views.latest_documents: o
 the agents' document code, in transactions as the worker publishes) into ``bench-live-<tracks>-latest``
 (re-used between runs), then starts ``python -m web`` twice in the same run: on a live topic that does not exist
 (the baseline: the server's own RSS and start) and on the filled topic. Reports the time from spawn until
-/healthz is 200 (the mirror read the topic to its end) and the RSS difference per track.
+/healthz is 200 (the mirror read the topic to its end), the server's CPU seconds until then (what the start costs
+on a machine shared with other work) and the RSS difference per track.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000
 
 
-async def start_server(topic: str, index: str) -> tuple[float, int, dict]:
-    """Spawn the web server on ``topic``; (seconds to /healthz 200, RSS bytes then, the healthz body)."""
+async def start_server(topic: str, index: str) -> tuple[float, int, float, dict]:
+    """Spawn the web server on ``topic``; (seconds to /healthz 200, RSS bytes then, CPU seconds then, the
+    healthz body)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -56,8 +58,9 @@ async def start_server(topic: str, index: str) -> tuple[float, int, dict]:
                     raise TimeoutError("the web server did not become ready")
                 await asyncio.sleep(0.05)
         ready = time.monotonic() - began
-        await asyncio.sleep(1.0)  # the grid's first sort and the allocator settle
-        return ready, proc_stat(proc.pid)[0], body
+        cpu = proc_stat(proc.pid)[1]
+        await asyncio.sleep(1.0)  # the allocator settles
+        return ready, proc_stat(proc.pid)[0], cpu, body
     finally:
         proc.terminate()
         proc.wait(30)
@@ -76,11 +79,13 @@ async def main() -> None:
         began = time.monotonic()
         await publish_latest(settings, preset, args.tracks, t0=T0, seed=14, heading=True, partitions=args.partitions)
         print(f"published {args.tracks:,} records in {time.monotonic() - began:.1f} s", file=sys.stderr)
-    empty_s, empty_rss, _ = await start_server(f"bench-live-missing-{os.getpid()}", settings.iot_index)
-    full_s, full_rss, body = await start_server(settings.latest_topic, settings.iot_index)
+    empty_s, empty_rss, empty_cpu, _ = await start_server(f"bench-live-missing-{os.getpid()}", settings.iot_index)
+    full_s, full_rss, full_cpu, body = await start_server(settings.latest_topic, settings.iot_index)
     assert body["live"]["tracks"] == args.tracks, body
     result = {"tracks": args.tracks, "baseline_ready_s": round(empty_s, 2), "ready_s": round(full_s, 2),
-              "load_s": round(full_s - empty_s, 2), "baseline_rss_mb": round(empty_rss / 2**20, 1),
+              "load_s": round(full_s - empty_s, 2), "baseline_cpu_s": round(empty_cpu, 2),
+              "cpu_s": round(full_cpu, 2), "load_cpu_s": round(full_cpu - empty_cpu, 2),
+              "load_avg": os.getloadavg()[0], "baseline_rss_mb": round(empty_rss / 2**20, 1),
               "rss_mb": round(full_rss / 2**20, 1),
               "bytes_per_track": round((full_rss - empty_rss) / args.tracks, 1)}
     print(json.dumps(result))

@@ -13,6 +13,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from geoiot.malloc import release_freed_heap
 from web.live.table import LiveTable, apply_records
 
 log = logging.getLogger("web.live")
@@ -22,6 +23,7 @@ TOPIC_WAIT = 5.0
 RETRY = 1.0
 FETCH_BYTES = 32 << 20
 PARTITION_FETCH_BYTES = 8 << 20
+MAX_RECORDS = 5_000  # a fetch applied at once (web.live.table.LiveTable.apply_batch)
 
 
 class LiveFollower:
@@ -93,6 +95,7 @@ class LiveFollower:
             ends = await consumer.end_offsets(parts)
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 await self._poll(consumer)
+            release_freed_heap()  # the load's fetches and documents: a burst the server will not repeat
             self._mark_synced("live_loaded")
         while True:
             await self._poll(consumer)
@@ -119,7 +122,7 @@ class LiveFollower:
             await asyncio.sleep(0.2)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
-        batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
+        batches = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
         time_field = self.table.preset.time
         for records in batches.values():
             self.records += len(records)
