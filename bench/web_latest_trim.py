@@ -1,5 +1,5 @@
 """Does trimming Elasticsearch's answer make /api/latest's search cheaper? The search as the server sends it
-(where.latest_body) against the same with ``filter_path`` (only the total and the sources), without the
+(testkit.es_latest.latest_body) against the same with ``filter_path`` (only the total and the sources), without the
 total, and with derived fields left out of ``_source``, interleaved, on bench.web_latest_latency's index.
 
     .venv/bin/python -m bench.web_latest_trim [--rounds 40]
@@ -21,7 +21,8 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot import config, documents
 from geoiot.schema import load_preset
-from web import params, where
+from testkit import es_latest
+from web import params
 
 
 async def main() -> None:
@@ -33,7 +34,7 @@ async def main() -> None:
     preset = load_preset(settings.iot_schema)
     es = AsyncElasticsearch(settings.es_hosts, serializer=OrjsonSerializer(), request_timeout=60)
     index = documents.latest_index(args.index)
-    base = where.latest_body(preset, params.LatestParams(params.parse_bbox("-74.2,40.5,-73.6,41"), 1000))
+    base = es_latest.latest_body(preset, params.LatestParams(params.parse_bbox("-74.2,40.5,-73.6,41"), 1000))
     variants: dict[str, dict[str, Any]] = {
         "base (as the server sends it)": base,
         "filter_path hits.total.value, hits.hits._source": {

@@ -152,5 +152,8 @@ async def client(data: Any) -> AsyncIterator[Any]:
     modules that test the API on one loaded index; a module's own ``client`` takes precedence."""
     from testkit.web_client import web_client
 
+    from testkit.live import until_synced
+
     async with web_client(data.settings) as c:
+        await until_synced(c.server.app)
         yield c

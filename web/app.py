@@ -10,7 +10,6 @@ Elasticsearch access in ``web.search``, the typed state keys in ``web.keys``; th
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -23,7 +22,8 @@ from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
 from web import alerts, assets, events, fences, ogc, routes, search
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, HUB, METRICS, PRESET, SEARCH, SETTINGS
+from web.keys import ALERTS, CACHE, HUB, LIVE, METRICS, PRESET, SEARCH, SETTINGS
+from web.live.mirror import Mirror
 from web.limiter import Limiter
 from web.metrics import Metrics
 from web.middlewares import compress, errors, observe
@@ -68,10 +68,24 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         pass
 
 
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The live layer's mirror (web.live), loading in the background from start: /healthz is ready once it
+    read the topic to its end; /api/latest, /api/aggregate?source=latest and the event views answer from it."""
+    mirror = app[LIVE] = Mirror(app[SETTINGS], app[PRESET])
+    metrics = app[METRICS]
+    metrics.live_tracks.set_function(lambda: len(mirror.table))
+    metrics.live_records.set_function(lambda: mirror.follower.records)
+    metrics.live_lag.set_function(lambda: mirror.follower.lag)
+    metrics.live_synced.set_function(lambda: int(mirror.synced))
+    mirror.start()
+    yield
+    await mirror.stop()
+
+
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The event streams' fan-out (web.events): its views search through the app's web.search.Search."""
+    """The event streams' fan-out (web.events): its views read the live mirror (web.live)."""
     settings, metrics = app[SETTINGS], app[METRICS]
-    fetch = functools.partial(app[SEARCH].latest, name="sse_view")
+    fetch = app[LIVE].fetch
     hub = app[HUB] = events.Hub(fetch, app[ALERTS], period=settings.web_sse_refresh,
                                 queue_size=settings.web_sse_queue, max_clients=settings.web_sse_max_clients,
                                 max_views=settings.web_sse_max_views,
@@ -103,6 +117,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app.cleanup_ctx.append(search_ctx(es))
     if consume_alerts:
         app.cleanup_ctx.append(alerts_ctx)
+    app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.on_shutdown.append(close_streams)
     routes.setup(app)

@@ -113,12 +113,6 @@ def latest_feature(preset: Preset, source: dict[str, Any]) -> dict[str, Any] | N
             "properties": props}
 
 
-def latest_features(preset: Preset, resp: dict[str, Any]) -> list[dict[str, Any]]:
-    """The current positions of the hits of the latest index, in the answer's order."""
-    return [f for f in (latest_feature(preset, dict(hit.get("_source", {})))
-                        for hit in resp.get("hits", {}).get("hits", [])) if f is not None]
-
-
 def track(track_id: str, coords: list[list[float]], times: list[int], total_count: int, pages: int,
           complete: bool) -> dict[str, Any]:
     """/api/tracks/{id}: the reports as a LineString (a Point when there is one)."""

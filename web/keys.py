@@ -10,6 +10,7 @@ from geoiot.schema import Preset
 from web.alerts import AlertBuffer
 from web.cache import TTLCache
 from web.events import Hub
+from web.live.mirror import Mirror
 from web.metrics import Metrics
 from web.search import Search
 
@@ -21,3 +22,5 @@ METRICS = web.AppKey("metrics", Metrics)
 CACHE = web.AppKey("cache", TTLCache)
 ALERTS = web.AppKey("alerts", AlertBuffer)
 HUB = web.AppKey("hub", Hub)
+# each track's newest document, mirrored from the live topic (web.live)
+LIVE = web.AppKey("live", Mirror)

@@ -51,6 +51,11 @@ class Metrics:
         self.ogc_scans = Gauge("geoiot_web_ogc_scans_in_flight", "OGC API items searches running", registry=r)
         self.ogc_prefetch = Counter("geoiot_web_ogc_prefetch_total", "OGC API next pages: fetched ahead (hit), "
                                     "not (miss), first pages (none)", ["result"], registry=r)
+        self.live_tracks = Gauge("geoiot_web_live_tracks", "Tracks the live-layer mirror holds", registry=r)
+        self.live_records = Gauge("geoiot_web_live_records_read", "Live-topic records the mirror read", registry=r)
+        self.live_lag = Gauge("geoiot_web_live_lag", "Live-topic records committed and not read yet", registry=r)
+        self.live_synced = Gauge("geoiot_web_live_synced", "1 once the mirror read the topic to its end at start",
+                                 registry=r)
         self.alerts_up = Gauge("geoiot_web_alerts_consumer_up", "1 while the alerts consumer is connected",
                                registry=r)
 

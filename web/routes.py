@@ -13,7 +13,7 @@ from aiohttp_sse import EventSourceResponse
 from geoiot.documents import field_types
 from web import geojson, openapi, params, where
 from web.geo import zoom_table
-from web.keys import ALERTS, CACHE, HUB, METRICS, PRESET, SEARCH, SETTINGS
+from web.keys import ALERTS, CACHE, HUB, LIVE, METRICS, PRESET, SEARCH, SETTINGS
 from web.events import SSE_RETRY_MS, SSE_SEND_TIMEOUT
 from web.limiter import Busy
 from web.responses import json_response
@@ -31,14 +31,15 @@ async def aggregate(request: web.Request) -> web.Response:
     app = request.app
     p = where.aggregate_params(request.query, app[SETTINGS].web_max_grid_cells, field_types(app[PRESET]))
     body = where.aggregate_body(app[PRESET], p)
-    # source=latest counts current tracks (one document each) in the latest index, else observations
-    door = app[SEARCH]
-    index = door.latest_index if p.source == params.LATEST_SOURCE else None
+    # source=latest counts current tracks (the live mirror, web.live), else observations (Elasticsearch)
+    door, live = app[SEARCH], app[LIVE]
     # the key is the source and the whole search body: bbox, window, precision, fence and every where filter
     key = p.source + orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
     async def compute() -> bytes:
-        return geojson.aggregate_payload(await door.search("aggregate", body, index), p.precision)
+        if p.source == params.LATEST_SOURCE:
+            return live.aggregate(p)
+        return geojson.aggregate_payload(await door.search("aggregate", body), p.precision)
 
     payload, cached = await app[CACHE].get_or_compute(key, compute)
     app[METRICS].cache.labels("hit" if cached else "miss").inc()
@@ -53,15 +54,14 @@ async def observations(request: web.Request) -> web.Response:
 
 
 async def latest(request: web.Request) -> web.Response:
-    """Current positions: the newest report of each track in view (the agents' latest index), newest first.
-    Answers are shared like aggregations (web.cache, 1 s): maps polling one view cost one search."""
+    """Current positions: the newest report of each track in view (the live mirror, web.live), newest first.
+    Answers are shared like aggregations (web.cache, 1 s): maps polling one view cost one computation."""
     app = request.app
     p = params.normal_view(where.latest_params(request.query, field_types(app[PRESET])))
-    key = "latest" + orjson.dumps(where.latest_body(app[PRESET], p), option=orjson.OPT_SORT_KEYS).decode()
+    key = "latest" + repr(p)  # normal_view: equal views (filters in any order) are one key
 
     async def compute() -> bytes:
-        total, features = await app[SEARCH].latest(p)
-        return orjson.dumps({"type": "FeatureCollection", "total": total, "features": features})
+        return app[LIVE].latest_payload(p)
 
     payload, cached = await app[CACHE].get_or_compute(key, compute)
     app[METRICS].latest_cache.labels("hit" if cached else "miss").inc()
@@ -161,9 +161,17 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    up, cluster = await request.app[SEARCH].health()
+    """Ready when Elasticsearch answers and the live mirror read its topic to the end found at start."""
+    app = request.app
+    up, cluster = await app[SEARCH].health()
     body = {"status": "ok" if up else "unavailable", "elasticsearch": up, "cluster": cluster,
-            "alerts_consumer": request.app[ALERTS].connected}
+            "alerts_consumer": app[ALERTS].connected}
+    mirror = app[LIVE]
+    body["live"] = {"synced": mirror.synced, "tracks": len(mirror.table), "records": mirror.follower.records,
+                    "lag": mirror.follower.lag}
+    if up and not mirror.synced:
+        body["status"] = "loading"
+        up = False
     return json_response(body, 200 if up else 503)
 
 

@@ -1,5 +1,5 @@
 """The web server's one door to Elasticsearch: its clients, the limiter every search waits in (web.limiter)
-and the search metrics. Handlers, the OGC API and the event streams' views all search through the
+and the search metrics. Handlers and the OGC API all search through the
 :class:`Search` on the app (web.keys.SEARCH), so a test can put an in-process fake client under it."""
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 from geoiot.config import Settings
-from geoiot.documents import latest_index
 from geoiot.schema import Preset
-from web import geojson, where
 from web.limiter import Limiter
 from web.metrics import Metrics
-from web.params import LatestParams
 
 # Concurrent connections to Elasticsearch (the client's default is 10, which queues a busy server's searches);
 # the searches themselves are bounded by WEB_ES_CONCURRENCY (the limiter), below this.
@@ -55,7 +52,6 @@ class Search:
         self.client, self.raw = client, raw
         self.limiter, self.metrics = limiter, metrics
         self.preset, self.index = preset, index
-        self.latest_index = latest_index(index)
         metrics.queued.set_function(lambda: limiter.queued)
         metrics.in_flight.set_function(lambda: limiter.in_flight)
 
@@ -75,12 +71,6 @@ class Search:
             finally:
                 metrics.es_latency.labels(name).observe(time.perf_counter() - began)
         return response.body
-
-    async def latest(self, p: LatestParams, name: str = "latest") -> tuple[int, list[dict[str, Any]]]:
-        """The tracks in view (total) and the current positions of the first ``limit`` of them, newest first:
-        what /api/latest answers and what an event stream's view pushes."""
-        resp = await self.search(name, where.latest_body(self.preset, p), self.latest_index)
-        return geojson.total(resp), geojson.latest_features(self.preset, resp)
 
     async def health(self) -> tuple[bool, str | None]:
         """(up, the cluster's status or the error's type). Cluster health, not ping: HEAD / is refused by some

@@ -284,18 +284,6 @@ def observations_body(preset: Preset, p: ObservationParams) -> dict[str, Any]:
     }
 
 
-def latest_body(preset: Preset, p: LatestParams) -> dict[str, Any]:
-    """The newest ``limit`` current positions in view, for the latest index (geoiot.documents.latest_index):
-    one document per track, so the hits are tracks and the total counts the tracks in view."""
-    return {
-        **SEARCH_OPTIONS,
-        "size": p.limit,
-        "track_total_hits": True,
-        "query": filters(preset, p.bbox, Window(), None, p.where),
-        "sort": [{preset.time: {"order": "desc", "unmapped_type": "date"}}],
-    }
-
-
 # Elasticsearch's index.max_result_window: the most hits one search may return.
 TRACK_PAGE = 10_000
 

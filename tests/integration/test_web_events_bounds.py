@@ -7,6 +7,7 @@ stays within a bound set by the budget and comes back down after the clients lea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from geoiot.config import Settings
 from geoiot.malloc import TOP_PAD, TRIM_THRESHOLD
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
-from testkit.large_views import write_latest
+from testkit.large_views import publish_latest, write_latest
+from testkit.live import delete_topic
 from testkit.processes import proc_stat, stop
 from testkit.sse import Stream, read_until
 from web.alerts import AlertBuffer
@@ -100,9 +102,12 @@ async def big_index(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[st
     await ensure_index(es, stack, PRESET, index=name)
     try:
         assert await write_latest(es, name, PRESET, TRACKS, t0=T0, seed=22) == TRACKS
+        live_settings = dataclasses.replace(stack, iot_index=name, iot_latest_topic=f"{name}-latest")
+        assert await publish_latest(live_settings, PRESET, TRACKS, t0=T0, seed=22) == TRACKS
         yield name
     finally:
         await drop_index(es, name)
+        await delete_topic(dataclasses.replace(stack, iot_latest_topic=f"{name}-latest"))
 
 
 @pytest.mark.integration
@@ -111,7 +116,7 @@ async def test_many_large_views_keep_the_servers_memory_within_the_budget_and_gi
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(python_env, IOT_INDEX=big_index, WEB_PORT=str(port), WEB_HOST="127.0.0.1", WEB_SSE_REFRESH="0.5",
+    env = dict(python_env, IOT_INDEX=big_index, IOT_LATEST_TOPIC=f"{big_index}-latest", WEB_PORT=str(port), WEB_HOST="127.0.0.1", WEB_SSE_REFRESH="0.5",
                IOT_ALERTS_TOPIC=f"{big_index}-alerts", WEB_SSE_VIEW_FEATURES=str(VIEW_FEATURES),
                WEB_SSE_FEATURE_BUDGET=str(BUDGET))
     proc = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], env=env,

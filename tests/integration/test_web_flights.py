@@ -28,6 +28,7 @@ from agents.store.sink import ElasticsearchSink, es_client
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import load_preset
 from testkit.presets import FLIGHTS, FLIGHTS_DATA
+from testkit import live as live_kit
 from testkit.sse import Stream, read_until
 from web.app import init_app
 
@@ -83,8 +84,10 @@ class Data:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     name = f"webflights-{uuid.uuid4().hex[:10]}"
-    settings = dataclasses.replace(stack, iot_index=name, iot_schema=str(FLIGHTS), web_sse_refresh=0.3)
+    settings = dataclasses.replace(stack, iot_index=name, iot_schema=str(FLIGHTS), web_sse_refresh=0.3,
+                                   iot_latest_topic=f"{name}-latest")
     await ensure_index(es, settings, PRESET)
+    await live_kit.ensure_topic(settings, 1)
     pipeline = Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), name)
     sink = ElasticsearchSink(es_client(stack.es_hosts), on_conflict=lambda n: None)
     good = rows()
@@ -97,6 +100,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
                                    for i, r in enumerate(raw)], lambda track: None)
         assert result.dead == [], result.dead[:3]
         assert await sink.write_bulk(result.bulk()) == []
+        await live_kit.publish_once(settings, live_kit.latest_documents(result))
         await es.indices.refresh(index=f"{name}*")
         newest: dict[str, Row] = {}
         for r in good:
@@ -106,12 +110,14 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     finally:
         await sink.stop()
         await drop_index(es, name)
+        await live_kit.delete_topic(settings)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def server(data: Data) -> AsyncIterator[TestServer]:
     s = TestServer(init_app(data.settings, consume_alerts=False))
     await s.start_server()
+    await live_kit.until_synced(s.app)
     yield s
     await s.close()
 

@@ -396,24 +396,6 @@ async def _client(fake: FakeElasticsearch) -> Any:
     return TestClient(TestServer(init_app(config.load({}), consume_alerts=False, es=fake)))
 
 
-async def test_latest_handler_reads_the_latest_index_through_the_apps_search() -> None:
-    settings = config.load({})
-    doc = {PRESET.track: "t1", PRESET.time: 1_357_000_000_000, PRESET.lon: -73.9, PRESET.lat: 40.7,
-           documents.SPEED: 12.5, "vendor_id": "VTS"}
-    fake = FakeElasticsearch([_hits([doc], total=7)])
-    async with await _client(fake) as c:
-        resp = await c.get("/api/latest", params={"bbox": "-74,40,-73,41", "limit": "5"})
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-    index, query = fake.asked[0]
-    assert index == documents.latest_index(settings.iot_index)
-    assert query == where.latest_body(PRESET, params.LatestParams(params.parse_bbox("-74,40,-73,41"), 5))
-    assert body["total"] == 7 and [f["id"] for f in body["features"]] == ["t1"]
-    props = body["features"][0]["properties"]
-    assert body["features"][0]["geometry"]["coordinates"] == [-73.9, 40.7]
-    assert props["track"] == "t1" and props[documents.SPEED] == 12.5 and props["attributes"] == {"vendor_id": "VTS"}
-
-
 async def test_track_handler_pages_with_search_after_until_the_window_is_read() -> None:
     times = list(range(1_357_000_000_000, 1_357_000_000_000 + 5))
     docs = [{PRESET.time: t, PRESET.lon: -73.9 + i / 100, PRESET.lat: 40.7} for i, t in enumerate(times)]
@@ -441,17 +423,6 @@ async def test_a_down_store_is_an_unhealthy_healthz_and_a_json_503() -> None:
             "bounds": {"bounds": {"top_left": {"lon": -74, "lat": 41}, "bottom_right": {"lon": -73, "lat": 40}}}}}])) as c:
         assert await (await c.get("/api/extent")).json() == {"start": 1, "end": 9, "count": 3,
                                                              "bbox": [-74, 40, -73, 41]}
-
-
-async def test_the_event_streams_views_search_through_the_same_search() -> None:
-    from web.keys import SEARCH
-    doc = {PRESET.track: "t9", PRESET.time: 5, PRESET.lon: 1.0, PRESET.lat: 2.0}
-    fake = FakeElasticsearch([_hits([doc])] * 3)
-    async with await _client(fake) as c:
-        search = c.server.app[SEARCH]
-        total, features = await search.latest(params.LatestParams(params.WORLD, 10), name="sse_view")
-        assert total == 1 and features[0]["id"] == "t9"
-        assert search.metrics.es_latency.labels("sse_view")._sum.get() > 0  # timed as the views' searches
 
 
 # --- web.server: why its subclass of aiohttp's request handler stays ------------------------------------------

@@ -1,0 +1,416 @@
+"""Each track's newest document as columns: the mirror's store, pure (numpy, no I/O).
+
+Why columns: a million documents as dicts cost several KB each; here a track is one row of numpy arrays (time,
+position, every numeric attribute with a presence byte) and of dictionary codes (strings, booleans and lists
+such as the fence set: each distinct value is stored once, a row holds its int32 code). The track id is the one
+Python object per row (the dict ``track -> row``); deleted rows are reused. The geohash the documents carry is
+not stored: it is the position's (geoiot.documents.GEOHASH_PRECISION), recomputed when answered; a document
+whose geohash is not (or any value a column cannot hold, or a field outside the preset) keeps it in a small
+per-row ``extras`` dict, which filters read as missing.
+
+A spatial grid (:class:`Grid`) keeps the rows sorted by a coarse cell, rebuilt at most every
+:data:`GRID_REFRESH` changes-seconds, plus the rows changed since; a view reads only the cells it overlaps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import geohash
+import numpy as np
+
+from geoiot import live
+from geoiot.documents import GEOHASH, GEOHASH_PRECISION, GEOMETRY, field_types
+from geoiot.geohash_batch import encode_many
+from geoiot.schema import Preset
+
+INITIAL_ROWS = 1024
+# Grid cells are GRID_DEG degrees square; a view overlapping more than GRID_MAX_CELLS of them scans every row.
+GRID_DEG = 0.1
+GRID_COLS = int(round(360 / GRID_DEG))
+GRID_ROWS = int(round(180 / GRID_DEG))
+GRID_MAX_CELLS = 20_000
+# The grid is re-sorted when rows changed and the last sort is this many seconds old (or the changed rows
+# outnumber a tenth of the table); meanwhile changed rows are read besides the sorted ones.
+GRID_REFRESH = 1.0
+NUMERIC = ("int", "float", "time")
+FEATURE_CACHE = 50_000
+_MISSING = object()
+ABSENT, PRESENT, NULL = 0, 1, 2
+
+
+class Dictionary:
+    """Distinct values of a column (strings, booleans, lists as tuples), each stored once, coded by position."""
+
+    __slots__ = ("values", "plain", "codes")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.plain: list[Any] = []  # each value as JSON has it (lists as lists)
+        self.codes: dict[Any, int] = {}
+
+    def code(self, value: Any) -> int:
+        key = (type(value), value)  # True and 1 are different values
+        code = self.codes.get(key)
+        if code is None:
+            code = self.codes[key] = len(self.values)
+            self.values.append(value)
+            self.plain.append(_plain(value))
+        return code
+
+    def lookup(self, predicate: Any) -> np.ndarray:
+        """A table of ``len(values) + 1`` booleans (the last, read by code -1 = missing, False): which values
+        pass ``predicate``; index it with a code column to filter."""
+        out = np.zeros(len(self.values) + 1, dtype=bool)
+        for i, v in enumerate(self.values):
+            if predicate(v):
+                out[i] = True
+        return out
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+class Grid:
+    """Rows sorted by their coarse grid cell (``cells``: the cell codes in that order, ``order``: the rows), as of
+    the last :meth:`rebuild`; rows changed since are in ``dirty`` (read besides)."""
+
+    def __init__(self) -> None:
+        self.cells = np.zeros(0, dtype=np.int32)
+        self.order = np.zeros(0, dtype=np.int32)
+        self.dirty: set[int] = set()
+        self.built = 0.0
+
+    @staticmethod
+    def cell_of(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        ix = np.clip(np.floor((lon + 180.0) / GRID_DEG), 0, GRID_COLS - 1).astype(np.int32)
+        iy = np.clip(np.floor((lat + 90.0) / GRID_DEG), 0, GRID_ROWS - 1).astype(np.int32)
+        return iy * GRID_COLS + ix
+
+    def rebuild(self, lon: np.ndarray, lat: np.ndarray, live_rows: np.ndarray) -> None:
+        rows = np.flatnonzero(live_rows).astype(np.int32)
+        cells = self.cell_of(lon[rows], lat[rows])
+        order = np.argsort(cells, kind="stable")
+        self.cells, self.order = cells[order], rows[order]
+        self.dirty.clear()
+        self.built = time.monotonic()
+
+    def candidates(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> np.ndarray | None:
+        """Rows that may lie in the box (the caller checks them exactly); None: the box is too large, scan all."""
+        iy0, iy1 = (int(np.clip(math.floor((v + 90.0) / GRID_DEG), 0, GRID_ROWS - 1)) for v in (min_lat, max_lat))
+        spans = ([(min_lon, max_lon)] if min_lon <= max_lon else [(min_lon, 180.0), (-180.0, max_lon)])
+        ranges = []
+        for lo, hi in spans:
+            ix0, ix1 = (int(np.clip(math.floor((v + 180.0) / GRID_DEG), 0, GRID_COLS - 1)) for v in (lo, hi))
+            ranges.append((ix0, ix1))
+        if (iy1 - iy0 + 1) * sum(b - a + 1 for a, b in ranges) > GRID_MAX_CELLS:
+            return None
+        starts, ends = [], []
+        for iy in range(iy0, iy1 + 1):
+            for ix0, ix1 in ranges:
+                starts.append(iy * GRID_COLS + ix0)
+                ends.append(iy * GRID_COLS + ix1 + 1)
+        lo_idx = np.searchsorted(self.cells, np.asarray(starts, dtype=np.int32), "left")
+        hi_idx = np.searchsorted(self.cells, np.asarray(ends, dtype=np.int32), "left")
+        parts = [self.order[a:b] for a, b in zip(lo_idx.tolist(), hi_idx.tolist()) if b > a]
+        if self.dirty:
+            parts.append(np.fromiter(self.dirty, dtype=np.int32, count=len(self.dirty)))
+            return np.unique(np.concatenate(parts))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+class LiveTable:
+    """Each track's newest document (geoiot.live's rule: :func:`geoiot.live.newer`), as columns."""
+
+    def __init__(self, preset: Preset, capacity: int = INITIAL_ROWS) -> None:
+        self.preset = preset
+        self.types = dict(field_types(preset))
+        self.rows: dict[str, int] = {}
+        self.tracks: list[str | None] = []
+        self.free: list[int] = []
+        self.capacity = 0
+        self.time = np.zeros(0, dtype=np.int64)
+        self.lon = np.zeros(0, dtype=np.float64)
+        self.lat = np.zeros(0, dtype=np.float64)
+        self.alive = np.zeros(0, dtype=bool)
+        # numeric fields: values and a presence byte (ABSENT, PRESENT, NULL); the rest: dictionary codes
+        skip = {preset.track, preset.time, GEOHASH, GEOMETRY}
+        self.numeric = [n for n, k in self.types.items() if k in NUMERIC and n not in skip]
+        self.coded = [n for n, k in self.types.items() if k not in NUMERIC and n not in skip]
+        self.values: dict[str, np.ndarray] = {}
+        self.present: dict[str, np.ndarray] = {}
+        self.codes: dict[str, np.ndarray] = {}
+        self.dictionaries: dict[str, Dictionary] = {n: Dictionary() for n in self.coded}
+        self.has_geohash = np.zeros(0, dtype=bool)
+        self.extras: dict[int, dict[str, Any]] = {}
+        self._known = frozenset((*self.types, preset.track, preset.time, GEOHASH, GEOMETRY))
+        self.grid = Grid()
+        # each row's /api/latest feature as JSON, made when first answered, dropped when the row changes;
+        # bounded (cleared when full), so it costs at most FEATURE_CACHE features
+        self.feature_json: dict[int, bytes] = {}
+        self.version = 0  # bumped by every change (answer caches may key on it)
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+
+        def grow(a: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full(capacity, fill, dtype=a.dtype)
+            out[:old] = a[:old]
+            return out
+
+        self.time = grow(self.time, 0)
+        self.lon, self.lat = grow(self.lon, 0.0), grow(self.lat, 0.0)
+        self.alive = grow(self.alive, False)
+        self.has_geohash = grow(self.has_geohash, False)
+        for n in self.numeric:
+            kind = self.types[n]
+            self.values[n] = grow(self.values.get(n, np.zeros(0, np.float64 if kind == "float" else np.int64)), 0)
+            self.present[n] = grow(self.present.get(n, np.zeros(0, np.int8)), ABSENT)
+        for n in self.coded:
+            self.codes[n] = grow(self.codes.get(n, np.zeros(0, np.int32)), -1)
+        self.tracks.extend([None] * (capacity - old))
+        self.free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def held_time(self, track: str) -> int | None:
+        row = self.rows.get(track)
+        return None if row is None else int(self.time[row])
+
+    def apply(self, track: str, doc: dict[str, Any] | None) -> bool:
+        """A live record: ``doc`` (a document with an integer time) or None (a tombstone). Whether it changed
+        the table: an older report than the one held is ignored (geoiot.live.newer)."""
+        return self.apply_batch([track], [doc]) > 0
+
+    def apply_batch(self, tracks: Sequence[str], docs: Sequence[dict[str, Any] | None]) -> int:
+        """Records in the order read, as :meth:`apply` one by one would take them, filled column by column
+        (a fetch at a time: the start reads a million records). Returns how many changed the table."""
+        time_field = self.preset.time
+        last: dict[str, int] = {}  # track -> its record in the batch that wins (newest, equal: the later one)
+        tombs: set[str] = set()  # tracks with a tombstone in the batch (a document after one starts afresh)
+        for i, (track, doc) in enumerate(zip(tracks, docs)):
+            if doc is None:
+                tombs.add(track)
+            j = last.get(track)
+            if j is None or doc is None or docs[j] is None or live.newer(doc[time_field], docs[j][time_field]):
+                last[track] = i
+        changed = 0
+        put_tracks: list[str] = []
+        put_docs: list[dict[str, Any]] = []
+        put_pos: list[tuple[float, float]] = []
+        rows_get, held = self.rows.get, self.time
+        for track, i in last.items():
+            doc = docs[i]
+            row = rows_get(track)
+            if doc is None:
+                if row is not None:
+                    self._remove(track, row)
+                    changed += 1
+                continue
+            if row is not None and track in tombs:  # removed, then this document: held as a new track
+                self._remove(track, row)
+                changed += 1
+                row = None
+            if row is not None and not live.newer(doc[time_field], int(held[row])):
+                continue
+            position = _position(self.preset, doc)
+            if position is None:  # newer, but not mappable: no longer answered, as Elasticsearch would not
+                if row is not None:
+                    self._remove(track, row)
+                    changed += 1
+                continue
+            put_tracks.append(track)
+            put_docs.append(doc)
+            put_pos.append(position)
+        if put_docs:
+            self._fill_many(put_tracks, put_docs, put_pos)
+            changed += len(put_docs)
+        return changed
+
+    def _remove(self, track: str, row: int) -> None:
+        del self.rows[track]
+        self.tracks[row] = None
+        self.alive[row] = False
+        self.extras.pop(row, None)
+        self.feature_json.pop(row, None)
+        self.free.append(row)
+        self.grid.dirty.discard(row)
+        self.version += 1
+
+    def _rows_for(self, tracks: list[str]) -> np.ndarray:
+        out = np.empty(len(tracks), dtype=np.int64)
+        rows = self.rows
+        for k, track in enumerate(tracks):
+            row = rows.get(track)
+            if row is None:
+                if not self.free:
+                    self._grow(self.capacity * 2)
+                row = self.free.pop()
+                rows[track] = row
+                self.tracks[row] = track
+            out[k] = row
+        return out
+
+    def _fill_many(self, tracks: list[str], docs: list[dict[str, Any]], positions: list[tuple[float, float]]) -> None:
+        rows = self._rows_for(tracks)
+        n = len(docs)
+        self.alive[rows] = True
+        self.time[rows] = [d[self.preset.time] for d in docs]
+        lons = np.fromiter((p[0] for p in positions), dtype=np.float64, count=n)
+        lats = np.fromiter((p[1] for p in positions), dtype=np.float64, count=n)
+        self.lon[rows], self.lat[rows] = lons, lats
+        extras: list[dict[str, Any] | None] = [None] * n
+        for name in self.numeric:
+            kind = self.types[name]
+            vals = [d.get(name, _MISSING) for d in docs]
+            kinds = set(map(type, vals))
+            if kinds <= ({int} if kind != "float" else {int, float}):
+                try:
+                    self.values[name][rows] = np.asarray(vals, dtype=self.values[name].dtype)
+                    self.present[name][rows] = PRESENT
+                    continue
+                except OverflowError:
+                    pass
+            if kinds == {type(None)}:
+                self.present[name][rows] = NULL
+                continue
+            col, pres = self.values[name], self.present[name]
+            for k, v in enumerate(vals):
+                row = rows[k]
+                if v is _MISSING:
+                    pres[row] = ABSENT
+                elif v is None:
+                    pres[row] = NULL
+                elif (type(v) is int and -(2**63) <= v < 2**63) or (kind == "float" and type(v) is float):
+                    col[row] = v
+                    pres[row] = PRESENT
+                else:
+                    pres[row] = ABSENT
+                    extra = extras[k] = extras[k] or {}
+                    extra[name] = v
+        for name in self.coded:
+            code = self.dictionaries[name].code
+            self.codes[name][rows] = [-1 if v is _MISSING else code(v if type(v) is not list else _hashable(v))
+                                      for v in (d.get(name, _MISSING) for d in docs)]
+        known = self._known
+        cells = [d.get(GEOHASH) for d in docs]
+        self.has_geohash[rows] = [c is not None for c in cells]
+        computed = encode_many(lats, lons, GEOHASH_PRECISION)
+        for k, d in enumerate(docs):
+            if not d.keys() <= known:
+                extra = extras[k] = extras[k] or {}
+                extra.update((key, v) for key, v in d.items() if key not in known)
+            if cells[k] is not None and cells[k] != computed[k]:
+                extra = extras[k] = extras[k] or {}
+                extra[GEOHASH] = cells[k]
+        pop, keep = self.feature_json.pop, self.extras
+        dirty = self.grid.dirty
+        for k, row in enumerate(rows.tolist()):
+            pop(row, None)
+            dirty.add(row)
+            if extras[k]:
+                keep[row] = extras[k]
+            else:
+                keep.pop(row, None)
+        self.version += 1
+
+    def refresh_grid(self, now: float | None = None) -> None:
+        """Re-sort the grid when rows changed and it is due (see :data:`GRID_REFRESH`)."""
+        grid = self.grid
+        if not grid.dirty:
+            return
+        now = time.monotonic() if now is None else now
+        if now - grid.built >= GRID_REFRESH or len(grid.dirty) > max(1024, len(self.rows) // 10):
+            grid.rebuild(self.lon, self.lat, self.alive)
+
+    def documents(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The documents of ``rows`` as the live topic carried them (fields in the preset's order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        preset = self.preset
+        cols: list[tuple[str, list[Any], list[int]]] = []
+        for n in self.numeric:
+            cols.append((n, self.values[n][rows].tolist(), self.present[n][rows].tolist()))
+        for n in self.coded:
+            vals, codes = self.dictionaries[n].plain, self.codes[n][rows].tolist()
+            cols.append((n, [None if c < 0 else vals[c] for c in codes],
+                         [ABSENT if c < 0 else PRESENT for c in codes]))
+        lons, lats, times = self.lon[rows].tolist(), self.lat[rows].tolist(), self.time[rows].tolist()
+        with_hash = self.has_geohash[rows]
+        cells = encode_many(self.lat[rows], self.lon[rows], GEOHASH_PRECISION) if with_hash.any() else None
+        out = []
+        for i, row in enumerate(rows.tolist()):
+            doc: dict[str, Any] = {preset.track: self.tracks[row], preset.time: times[i],
+                                   GEOMETRY: {"lon": lons[i], "lat": lats[i]}}
+            for name, values, present in cols:
+                if present[i] == PRESENT:
+                    doc[name] = values[i]
+                elif present[i] == NULL:
+                    doc[name] = None
+            if cells is not None and with_hash[i]:
+                doc[GEOHASH] = cells[i]
+            extra = self.extras.get(row)
+            if extra:
+                doc.update(extra)
+            out.append(doc)
+        return out
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every held track's document (tests and tools compare mirrors with it)."""
+        rows = list(self.rows.values())
+        return {doc[self.preset.track]: doc for doc in self.documents(rows)}
+
+    def all_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alive[:self.capacity])
+
+    def rows_in(self, bbox: Any) -> np.ndarray:
+        """Live rows that may lie in ``bbox`` (a web.params.BBox): the grid's candidates, else every row."""
+        self.refresh_grid()
+        found = self.grid.candidates(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat)
+        if found is None:
+            return self.all_rows()
+        return found[self.alive[found]]
+
+
+def _position(preset: Preset, doc: dict[str, Any]) -> tuple[float, float] | None:
+    """The document's (lon, lat), as web.geojson.position reads it: its geo_point, else the preset's fields."""
+    g = doc.get(GEOMETRY)
+    if isinstance(g, dict) and "lon" in g and "lat" in g:
+        lon, lat = g["lon"], g["lat"]
+    else:
+        lon, lat = doc.get(preset.lon), doc.get(preset.lat)
+    if type(lon) in (int, float) and type(lat) in (int, float):
+        return float(lon), float(lat)
+    return None
+
+
+def apply_records(table: LiveTable, records: Iterable[tuple[bytes | None, bytes | None]], time_field: str
+                  ) -> tuple[int, int]:
+    """Apply live records (key, value) in order; (applied, skipped: a key or value not of geoiot.live's
+    contract)."""
+    tracks: list[str] = []
+    docs: list[dict[str, Any] | None] = []
+    skipped = 0
+    for key, value in records:
+        if key is None:
+            skipped += 1
+            continue
+        try:
+            track = live.track_of(key)
+            doc = None if value is None else live.document(value, time_field)
+        except ValueError:
+            skipped += 1
+            continue
+        tracks.append(track)
+        docs.append(doc)
+    return table.apply_batch(tracks, docs), skipped
