@@ -4,7 +4,9 @@ The batch core in :mod:`agents.core.pipeline` must give the same documents, ids,
 latest positions; ``tests/unit/test_batch_core.py`` holds the two equal. Copied as it was; do not "improve" it.
 It imports none of the production code it is compared with: the decoder, the document builder, the index and
 id rules, the alert transitions and the event-time bounds are frozen copies below (only the field names, the
-contract, come from :mod:`geoiot.documents`).
+contract, come from :mod:`geoiot.documents`). One deliberate change since: issue 23's track state (the
+:class:`agents.core.motion.State` record, no history) and its late-report rule (no motion for a report not
+newer than the state) replaced the history lookup in ``advance_batch``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import math
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -26,7 +27,7 @@ import orjson
 
 from agents.core.geofence import Geofences
 from agents.core.pipeline import Incoming
-from agents.core.motion import HISTORY, EARTH_RADIUS_M, State
+from agents.core.motion import EARTH_RADIUS_M, State
 from geoiot.documents import DISTANCE, GEOFENCES, GEOHASH, GEOMETRY, HEADING, INGESTED_AT, SPEED
 from geoiot.schema import InvalidRecord, Preset, typed_record
 
@@ -162,7 +163,7 @@ class RowwisePipeline:
             keep_newest(out.newest, track, time_ms, doc)
 
 
-# --- agents/core/motion.advance_batch of 61bb68b ---
+# --- agents/core/motion.advance_batch of 61bb68b, with issue 23's state (no history) and late-report rule ---
 
 @dataclass(slots=True)
 class RowwiseMotion:
@@ -181,7 +182,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
 
     Same results as calling ``advance`` report by report (a property test holds them equal): one
     Python pass finds each report's previous point and the fence transitions, then numpy computes
-    every distance, speed and heading at once, and each moved track's state is built once.
+    every distance, speed and heading at once, and each moved track's state is built once. A report
+    not newer than its track's state (late) has no motion and no transitions (issue 23).
     """
     n = len(tracks)
     t0 = np.zeros(n, dtype=np.int64)
@@ -189,7 +191,7 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     lat0 = np.zeros(n, dtype=np.float64)
     has_prev = np.zeros(n, dtype=bool)
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    # track -> [t, lon, lat, fences, saved state, hist to extend, points appended, last moving index]
+    # track -> [t, lon, lat, fences, moved, last moving index]
     cursors: dict[str, list[Any]] = {}
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
@@ -197,10 +199,9 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
         if cur is None:
             state = get_state(track)
             if state is None:
-                cursors[track] = [t, lon, lat, here, None, [], [[t, lon, lat]], i]
+                cursors[track] = [t, lon, lat, here, True, i]
                 continue
-            cur = cursors[track] = [state["t"], state["lon"], state["lat"], tuple(state["fences"]), state,
-                                    state.get("hist") or [[state["t"], state["lon"], state["lat"]]], [], -1]
+            cur = cursors[track] = [state[0], state[1], state[2], tuple(state[3]), False, -1]
         if t > cur[0]:
             t0[i], lon0[i], lat0[i] = cur[0], cur[1], cur[2]
             has_prev[i] = True
@@ -209,15 +210,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
                 if before != after:
                     changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
             cur[0], cur[1], cur[2], cur[3] = t, lon, lat, here
-            cur[6].append([t, lon, lat])
-            cur[7] = i
-            continue
-        # Older or duplicate: motion against the latest kept point strictly before it.
-        hist = (cur[5] + cur[6])[-HISTORY:] if cur[6] else ((cur[4] or {}).get("hist") or [])
-        j = bisect_left([h[0] for h in hist], t)
-        if j > 0:
-            t0[i], lon0[i], lat0[i] = hist[j - 1]
-            has_prev[i] = True
+            cur[4] = True
+            cur[5] = i
 
     distance: list[float | None] = [None] * n
     speed: list[float | None] = [None] * n
@@ -244,9 +238,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
 
     states: dict[str, tuple[int, State]] = {}
     for track, cur in cursors.items():
-        if cur[6]:
-            states[track] = (cur[7], {"t": cur[0], "lon": cur[1], "lat": cur[2], "fences": list(cur[3]),
-                                      "hist": (cur[5] + cur[6])[-HISTORY:]})
+        if cur[4]:
+            states[track] = (cur[5], State(cur[0], cur[1], cur[2], tuple(cur[3])))
     return RowwiseMotion(distance, speed, heading, changes, states)
 
 

@@ -1,29 +1,70 @@
 """Per-track motion state: distance, speed and heading from the previous report; fence transitions.
 
-The state is a small JSON-able dict (kept per source partition by :mod:`agents.worker.track_table`, backed by a changelog topic)::
+A track's state is a small fixed record (:class:`State`): the time and position of its newest report and the
+set of fences it was in (a shared tuple, :func:`fence_set`). Nothing else: no history of points. The worker
+keeps it per track in :class:`agents.worker.track_table.TrackTable` (backed by a compacted changelog, encoded
+by :mod:`agents.core.state_codec`), the Spark job in its state store.
 
-    {"t": time_ms, "lon": .., "lat": .., "fences": [ids], "hist": [[t, lon, lat], ...]}
+The rule is a fold over each track's reports in offset order, report by report:
 
-Rule: only a report newer than the state's time moves the track. An older or duplicate report never
-moves it backwards; its motion is computed against the latest earlier point kept in ``hist`` (the
-last :data:`HISTORY` accepted points), so a report redelivered after a crash (when the state had
-already been saved) gets the same speed/heading/distance as the first time, not nulls.
+* the first report of a track (no state) starts it: no motion, no fence transitions;
+* a report *newer* than the state (event time strictly greater) moves the track: its distance, speed and
+  heading are measured from the state's point, its fence set is compared with the state's (entered, exited),
+  and it becomes the state;
+* a *late* report (event time at or before the state's: older, or a duplicate of the newest time) is still
+  stored as an observation with its own fences, but it does not move the track: null distance, speed and
+  heading, no fence transitions, the state unchanged.
+
+Because each report's result depends only on the state the previous reports of its track left, cutting the
+same offsets into batches at any points gives the same motion, alerts and states (a property test holds it).
+A batch redelivered after a crash computes the same motion as the first time only if it meets the state as of
+its start: the worker commits states and offsets in one Kafka transaction for that. A state that had already
+been saved (states ahead of offsets) would make the redelivered reports late, with null motion: the history
+of points that used to cover that case is gone with the rule.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG)
-HISTORY = 32
+NO_FENCES: tuple[str, ...] = ()
+FENCE_SETS_KEPT = 1 << 16  # distinct fence sets shared before the table starts afresh
 
-State = dict[str, Any]
+
+class State(NamedTuple):
+    """A track's state: its newest report's event time (epoch ms) and point, and the sorted ids of the
+    fences that point was in (a shared tuple, :func:`fence_set`)."""
+
+    t: int
+    lon: float
+    lat: float
+    fences: tuple[str, ...]
+
+
+# What ``get_state`` may give: a State, or any tuple whose first four items are a State's (the track table's
+# rows carry two more fields after them).
+StateLike = Sequence[Any]
+
+_fence_sets: dict[tuple[str, ...], tuple[str, ...]] = {NO_FENCES: NO_FENCES}
+
+
+def fence_set(ids: Iterable[str]) -> tuple[str, ...]:
+    """The shared tuple of these sorted fence ids: a million tracks in a few fences hold a few tuples, not a
+    million. The table is bounded; when full it starts afresh (sharing is lost for a while, nothing else)."""
+    key = ids if type(ids) is tuple else tuple(ids)
+    shared = _fence_sets.get(key)
+    if shared is None:
+        if len(_fence_sets) >= FENCE_SETS_KEPT:
+            _fence_sets.clear()
+            _fence_sets[NO_FENCES] = NO_FENCES
+        shared = _fence_sets[key] = key
+    return shared
 
 
 def haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
@@ -74,33 +115,28 @@ class BatchMotion:
 
 
 def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
-                  fences: Sequence[tuple[str, ...]], get_state: Callable[[str], State | None]) -> BatchMotion:
-    """The motion of every report of a batch, in order, and each moved track's new state.
+                  fences: Sequence[tuple[str, ...]], get_state: Callable[[str], StateLike | None]) -> BatchMotion:
+    """The motion of every report of a batch, in order, and each moved track's new state (the module's rule).
 
-    The first report of a track has no motion and no transitions (they are changes of the fence set between
-    consecutive reports); an older or duplicate report keeps the state and gets its motion against the
-    latest kept point before it. One Python pass finds the previous points, numpy computes the trigonometry.
-    """
+    One Python pass finds each moving report's previous point and its transitions, numpy computes the
+    trigonometry of all of them at once."""
     n = len(tracks)
-    # Reports with a previous point: their index and that point (Python lists: numpy item stores cost more).
+    # Reports that moved a track: their index and the point they moved from (Python lists: numpy item stores cost more).
     idx_l: list[int] = []
     t0_l: list[int] = []
     lon0_l: list[float] = []
     lat0_l: list[float] = []
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    # track -> [t, lon, lat, fences, saved state, hist to extend, indices of the reports appended, last moving
-    # index]; points are built only for the kept history (fewer objects for the cyclic GC to scan)
-    cursors: dict[str, list[Any]] = {}
+    cursors: dict[str, list[Any]] = {}  # track -> [t, lon, lat, fences, index of the last report that moved it]
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
         cur = cursors.get(track)
         if cur is None:
             state = get_state(track)
             if state is None:
-                cursors[track] = [t, lon, lat, here, None, [], [i], i]
+                cursors[track] = [t, lon, lat, here, i]
                 continue
-            cur = cursors[track] = [state["t"], state["lon"], state["lat"], tuple(state["fences"]), state,
-                                    state.get("hist") or [[state["t"], state["lon"], state["lat"]]], [], -1]
+            cur = cursors[track] = [state[0], state[1], state[2], state[3], -1]
         if t > cur[0]:
             idx_l.append(i)
             t0_l.append(cur[0])
@@ -110,19 +146,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
                 before, after = set(cur[3]), set(here)
                 if before != after:
                     changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
-            cur[0], cur[1], cur[2], cur[3] = t, lon, lat, here
-            cur[6].append(i)
-            cur[7] = i
-            continue
-        # Older or duplicate: motion against the latest kept point strictly before it.
-        hist = _history(cur, times, lons, lats) if cur[6] else ((cur[4] or {}).get("hist") or [])
-        j = bisect_left([h[0] for h in hist], t)
-        if j > 0:
-            h = hist[j - 1]
-            idx_l.append(i)
-            t0_l.append(h[0])
-            lon0_l.append(h[1])
-            lat0_l.append(h[2])
+            cur[0], cur[1], cur[2], cur[3], cur[4] = t, lon, lat, here, i
+        # else: a late report, stored without motion; the state stays
 
     distance: list[float | None] = [None] * n
     speed: list[float | None] = [None] * n
@@ -140,25 +165,17 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
         a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
         dist = 2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(a)))
         dt = (t1 - t0) / 1000.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            spd = np.where(dt > 0, dist / np.where(dt > 0, dt, 1.0), np.nan)
+        spd = dist / dt  # dt > 0: only newer reports move a track
         x = np.sin(dl) * np.cos(p2)
         y = np.cos(p1) * np.sin(p2) - np.sin(p1) * np.cos(p2) * np.cos(dl)
         head = np.degrees(np.arctan2(x, y)) % 360.0
         for k, d, s, h in zip(idx_l, dist.tolist(), spd.tolist(), head.tolist()):
             distance[k] = d
-            speed[k] = None if s != s else s  # NaN: no time elapsed
+            speed[k] = s
             heading[k] = h if d > 0 else None
 
     states: dict[str, tuple[int, State]] = {}
     for track, cur in cursors.items():
-        if cur[6]:
-            states[track] = (cur[7], {"t": cur[0], "lon": cur[1], "lat": cur[2], "fences": list(cur[3]),
-                                      "hist": _history(cur, times, lons, lats)})
+        if cur[4] >= 0:
+            states[track] = (cur[4], State(cur[0], cur[1], cur[2], fence_set(cur[3])))
     return BatchMotion(distance, speed, heading, changes, states)
-
-
-def _history(cur: list[Any], times: Sequence[int], lons: Sequence[float], lats: Sequence[float]) -> list[list[Any]]:
-    """The last HISTORY points: the saved history extended by the reports appended in this batch."""
-    added = [[times[k], lons[k], lats[k]] for k in cur[6][-HISTORY:]]
-    return (cur[5] + added)[-HISTORY:] if len(added) < HISTORY else added

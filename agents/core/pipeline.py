@@ -34,7 +34,7 @@ import orjson
 from agents.core import codec
 from agents.core.bulk import Bulk, meta_line
 from agents.core.geofence import Geofences
-from agents.core.motion import State, advance_batch
+from agents.core.motion import State, StateLike, advance_batch
 from agents.core.transitions import transitions
 from agents.core.validate import decode_batch
 from geoiot import documents
@@ -158,7 +158,7 @@ class Pipeline:
     filter_inside: bool = False
     bounds: EventTimeBounds = field(default_factory=EventTimeBounds)
 
-    def process(self, messages: Sequence[Message], get_state: Callable[[str], State | None]) -> BatchResult:
+    def process(self, messages: Sequence[Message], get_state: Callable[[str], StateLike | None]) -> BatchResult:
         """The batch's effects; an event that cannot be processed is a dead letter, never the batch's end."""
         out = BatchResult()
         now = int(time.time() * 1000)
@@ -228,12 +228,12 @@ class Pipeline:
                         [dec.tracks[k] for k in keep], [times[k] for k in keep], [dec.lons[k] for k in keep],
                         [dec.lats[k] for k in keep], [index[k] for k in keep], [ids[k] for k in keep])
 
-    def _annotate_one_by_one(self, cols: _Columns, get_state: Callable[[str], State | None], now: int,
+    def _annotate_one_by_one(self, cols: _Columns, get_state: Callable[[str], StateLike | None], now: int,
                              out: BatchResult) -> _Part:
         """The batch computation failed: redo it event by event so only the failing events become dead letters."""
         total = _Part()
 
-        def state_of(track: str) -> State | None:
+        def state_of(track: str) -> StateLike | None:
             newer = total.states.get(track)
             return newer[1] if newer is not None else get_state(track)
 
@@ -253,7 +253,7 @@ class Pipeline:
                 keep_newest(total.newest, track, time_ms, event)
         return total
 
-    def _annotate(self, cols: _Columns, events: Sequence[int], get_state: Callable[[str], State | None],
+    def _annotate(self, cols: _Columns, events: Sequence[int], get_state: Callable[[str], StateLike | None],
                   now: int) -> _Part:
         """Geofences, motion, alerts and document bytes of ``events`` (indices into ``cols``); no side effect
         on ``cols`` beyond the documents written into their records, so a failure can be redone."""

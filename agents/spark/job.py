@@ -9,7 +9,7 @@ nothing is downloaded at job start)::
 Every micro-batch groups the Kafka rows by track and runs :mod:`agents.spark.worker`'s state function
 (``applyInPandasWithState``): each track's rows, in Kafka order, go through the same
 :class:`agents.core.pipeline.Pipeline` as the Faust agents with ``get_state`` fed from Spark's state store
-(the agents' track state dict, checkpointed with the offsets), so speed, heading, distance, geofences,
+(the agents' track state, checkpointed with the offsets), so speed, heading, distance, geofences,
 alerts and latest positions are the worker's. ``foreachBatch`` then bulk-indexes observations and
 latest positions on the executors (``mapInPandas``, the agents' sink, the same deterministic ``_id``s
 and external versions) and, once they are stored, writes dead letters (IOT_DLQ_TOPIC), alerts

@@ -7,7 +7,7 @@ Spark. Two steps per micro-batch:
    group key is the track field read from the value, :func:`group_key_path`), put in Kafka order
    (topic, partition, offset), go through the very same :meth:`agents.core.pipeline.Pipeline.process` the
    Faust agents run, with ``get_state`` fed from the group's state in Spark's state store: the
-   :mod:`agents.core.motion` state dict of each track with the time it was last updated
+   :mod:`agents.core.motion` state of each track (its JSON form) with the time it was last updated
    (:data:`STATE_SCHEMA`). Tracks idle longer than IOT_TRACK_IDLE_TIMEOUT are dropped first
    (:mod:`agents.core.idle`, the worker's rule); Spark's ``ProcessingTimeTimeout`` removes groups nobody
    reports for. What comes out is rows (:data:`STATE_OUTPUT_SCHEMA`): the bulk actions of the
@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from agents.core import idle
+from agents.core import idle, state_codec
 from agents.core.bulk import Bulk
 from agents.core.fence_shapes import Shapes
 from agents.core.geofence import Geofences
@@ -52,8 +52,8 @@ from geoiot.fences import FenceSet
 from geoiot.schema import load_preset
 from geoiot.timeparse import EventTimeBounds, zone
 
-# The group state: JSON {track: [updated_ms, state]} (state: agents.core.motion' dict; updated_ms: the batch
-# timestamp of the micro-batch that last moved it).
+# The group state: JSON {track: [updated_ms, state]} (state: agents.core.state_codec.to_mapping of the
+# agents.core.motion State; updated_ms: the batch timestamp of the micro-batch that last moved it).
 STATE_SCHEMA = "tracks string"
 COUNTS = ("messages", "dead", "filtered", "alerts", "ended")
 # Rows of the state function: kind "doc" (value: the bulk action; key, raw, src, partition, offset: its
@@ -136,11 +136,11 @@ def advance_group(pipeline: Pipeline, messages: Sequence[Incoming], held: Held, 
 
     def get_state(track: str) -> State | None:
         entry = alive.get(track)
-        return None if entry is None else entry[1]
+        return None if entry is None else state_codec.from_mapping(entry[1])
 
     result = pipeline.process(messages, get_state)
     for track, (_, state) in result.states.items():
-        alive[track] = [now_ms, state]
+        alive[track] = [now_ms, state_codec.to_mapping(state)]
     return result, alive, ended
 
 

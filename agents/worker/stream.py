@@ -14,9 +14,10 @@ Guarantees (at least once, idempotent writes, so effectively once in Elasticsear
   down) sent and awaited -> track states written to the changelog and awaited -> offsets committed.
   A crash at any point re-delivers every event whose effects were not all stored; documents have a
   deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
-  offset (crash between the two): the re-delivered events are then "not newer" than the recovered
-  state, produce no second alert (it was delivered before the state was written) and get the same
-  motion fields from the state's short history (:mod:`agents.core.motion`).
+  offset (crash between the two): the re-delivered events are then late for the recovered state
+  (:mod:`agents.core.motion`): they produce no second alert (it was delivered before the state was
+  written) and are stored again with null motion fields; committing states and offsets together
+  (one Kafka transaction) is what gives them their motion again.
 * Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
   its observations, and write them once those are stored (a latest position is a stored observation);
   a stale one (409) is counted by the sink, one refused for good is counted and logged but not
@@ -52,6 +53,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from agents.core import state_codec
 from agents.core.pipeline import BatchResult, Message, Pipeline
 from agents.store.sink import Sink
 from agents.webhook import Webhook
@@ -386,7 +388,7 @@ class SourceStream:
             pending = self.pending_states.get(track)
             if pending is not None and pending[0] == batch.seq:
                 del self.pending_states[track]
-            changes.append((orjson.dumps(track), orjson.dumps(state)))
+            changes.append((orjson.dumps(track), state_codec.value(state)))
             partitions.append(partition)
         for partition, track in self.table.evict_idle(keep=self.pending_states.__contains__):  # tombstones
             changes.append((orjson.dumps(track), None))

@@ -4,8 +4,14 @@ The changelog ``<IOT_APP_ID>-tracks-changelog`` has as many partitions as the so
 state of a track is written to the partition of the source partition its events came from, so a
 worker that is assigned source partition ``p`` recovers exactly the tracks of ``p`` by reading
 changelog partition ``p`` to its end before it processes any event of ``p``. This is the contract
-of a Faust table (same topic name, same key and value encoding: JSON), kept here because the
-agents consume the source topic with aiokafka directly (see :mod:`agents.worker.stream`).
+of a Faust table (same topic name, same key encoding: JSON), kept here because the agents consume the
+source topic with aiokafka directly (see :mod:`agents.worker.stream`). The value is the compact binary
+state of :mod:`agents.core.state_codec`; a value in the JSON format written before is still recovered.
+
+In memory a track is one tuple, ``(t, lon, lat, fences, updated_ms, partition)`` (:data:`Row`): the
+:class:`agents.core.motion.State` fields first (so the row is what ``get_state`` gives the motion rule), then
+when it was last put and the source partition it came from, in one dict keyed by track id. Fence sets are
+shared tuples. That is a few hundred bytes per track, dict and key included (docs/BENCHMARKS.md, "Issue 23").
 
 Partitions added to the source topic: the worker that is assigned a source partition the changelog
 does not have yet first grows the changelog to match (:func:`geoiot.topics.grow`); the new changelog
@@ -37,10 +43,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.core import idle
+from agents.core import idle, state_codec
 from agents.core.motion import State
 from geoiot import topics
 
@@ -48,6 +53,10 @@ log = logging.getLogger("agents.worker.track_table")
 
 
 changelog_topic = topics.changelog_name
+
+# A held track: the State's four fields, then the wall-clock ms of its last put and its source partition.
+Row = tuple[int, float, float, tuple[str, ...], int, int]
+UPDATED, PARTITION = 4, 5
 
 
 def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:
@@ -57,7 +66,7 @@ def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:
 
 
 class TrackTable:
-    """``track -> state`` for the source partitions this worker holds.
+    """``track -> row`` for the source partitions this worker holds.
 
     ``open_reader`` makes a new, not started consumer for each recovery (:func:`changelog_reader`; a fake
     with the same methods in unit tests).
@@ -70,51 +79,47 @@ class TrackTable:
         self.open_reader = open_reader
         self.idle_timeout = idle_timeout
         self.clock = clock
-        self._by_partition: dict[int, dict[str, State]] = {}
-        self._partition_of: dict[str, int] = {}
-        self._updated: dict[str, int] = {}  # track -> wall-clock ms of its last put
+        self._rows: dict[str, Row] = {}
+        self._partitions: set[int] = set()
         self._next_sweep = 0.0
 
     def __len__(self) -> int:
-        return len(self._partition_of)
+        return len(self._rows)
 
     @property
     def partitions(self) -> set[int]:
-        return set(self._by_partition)
+        return set(self._partitions)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def get(self, track: str) -> State | None:
-        """The track's state; none when it idled longer than the timeout (the report starts it afresh)."""
-        partition = self._partition_of.get(track)
-        if partition is None:
+    def get(self, track: str) -> Row | None:
+        """The track's row (its state's fields first); none when it idled longer than the timeout (the report
+        starts it afresh)."""
+        row = self._rows.get(track)
+        if row is None:
             return None
-        if self.idle_timeout and idle.expired(self._updated.get(track), self._now_ms(), self.idle_timeout):
+        if self.idle_timeout and idle.expired(row[UPDATED], self._now_ms(), self.idle_timeout):
             return None
-        return self._by_partition[partition].get(track)
+        return row
 
     def put(self, partition: int, track: str, state: State, updated_ms: int | None = None) -> int | None:
         """Store the state; returns the partition the track left when its events moved (partitions added
         to the source topic), whose changelog should get a tombstone for it, else None."""
-        old = self._partition_of.get(track)
-        moved = old is not None and old != partition
-        if moved:  # the producer's partitioner changed: follow the events
-            self._by_partition.get(old, {}).pop(track, None)
-        self._by_partition.setdefault(partition, {})[track] = state
-        self._partition_of[track] = partition
-        self._updated[track] = self._now_ms() if updated_ms is None else updated_ms
-        return old if moved else None
+        old = self._rows.get(track)
+        self._rows[track] = (state[0], state[1], state[2], state[3],
+                             self._now_ms() if updated_ms is None else updated_ms, partition)
+        self._partitions.add(partition)
+        if old is not None and old[PARTITION] != partition:  # the producer's partitioner changed: follow the events
+            return old[PARTITION]
+        return None
 
     def _remove(self, track: str, partition: int | None = None) -> None:
         """Forget a track; with ``partition``, only if it is still kept there (a tombstone of a partition
         the track left must not remove its state in the partition it moved to)."""
-        if partition is not None and self._partition_of.get(track) != partition:
-            return
-        partition = self._partition_of.pop(track, None)
-        if partition is not None:
-            self._by_partition.get(partition, {}).pop(track, None)
-        self._updated.pop(track, None)
+        row = self._rows.get(track)
+        if row is not None and (partition is None or row[PARTITION] == partition):
+            del self._rows[track]
 
     def evict_idle(self, keep: Callable[[str], bool] = lambda track: False,
                    every: float | None = None) -> list[tuple[int, str]]:
@@ -130,66 +135,81 @@ class TrackTable:
             return []
         self._next_sweep = now + (min(60.0, self.idle_timeout / 10) if every is None else every)
         now_ms = int(now * 1000)
-        gone = [(self._partition_of[track], track) for track, updated in self._updated.items()
-                if idle.expired(updated, now_ms, self.idle_timeout) and not keep(track)]
+        gone = [(row[PARTITION], track) for track, row in self._rows.items()
+                if idle.expired(row[UPDATED], now_ms, self.idle_timeout) and not keep(track)]
         for _, track in gone:
-            self._remove(track)
+            del self._rows[track]
         if gone:
             log.info("idle tracks evicted count=%d tracks=%d timeout=%gs", len(gone), len(self), self.idle_timeout)
         return gone
 
     def drop(self, partitions: Iterable[int]) -> None:
-        for partition in partitions:
-            for track in self._by_partition.pop(partition, {}):
-                if self._partition_of.get(track) == partition:
-                    del self._partition_of[track]
-                    self._updated.pop(track, None)
+        """Forget the tracks of these partitions (revoked)."""
+        gone = set(partitions) & self._partitions
+        if not gone:
+            return
+        self._partitions -= gone
+        for track in [track for track, row in self._rows.items() if row[PARTITION] in gone]:
+            del self._rows[track]
 
     def _older_than_held(self, track: str, partition: int, updated_ms: int | None) -> bool:
         """Whether a recovered state is older than the one held for the track from another partition: the
         partition the track's events left (partitions added), read after the one they moved to."""
-        held = self._partition_of.get(track)
-        return (held is not None and held != partition and updated_ms is not None
-                and updated_ms < self._updated.get(track, 0))
+        held = self._rows.get(track)
+        return (held is not None and held[PARTITION] != partition and updated_ms is not None
+                and updated_ms < held[UPDATED])
 
     async def recover(self, partitions: Iterable[int]) -> int:
-        """Read the changelog partitions from the beginning to their current end; returns records read."""
-        wanted = sorted(set(partitions) - self.partitions)
+        """Read the changelog partitions from the beginning to their current end; returns records read.
+
+        A record whose key or value cannot be decoded is skipped and counted in the log line (it cannot be
+        a state this worker wrote), never the end of the recovery."""
+        wanted = sorted(set(partitions) - self._partitions)
         if not wanted:
             return 0
         started = time.perf_counter()
         tps = [TopicPartition(self.topic, p) for p in wanted]
         consumer = self.open_reader()
         await consumer.start()
-        read = 0
+        read = bad = legacy = 0
+        track_of, decode, put = state_codec.track_of, state_codec.state, self.put
         try:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                self._by_partition.setdefault(tp.partition, {})
+            self._partitions.update(wanted)
             todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
             while todo:
                 batches = await consumer.getmany(*todo, timeout_ms=1000)
                 for tp, messages in batches.items():
+                    partition, end = tp.partition, ends[tp]
                     for message in messages:
-                        if message.offset >= ends[tp]:
+                        if message.offset >= end:
                             break
                         read += 1
-                        track = orjson.loads(message.key)
-                        if message.value is None:  # tombstone
-                            self._remove(track, tp.partition)
-                        else:  # last updated when the state was written (the record's timestamp, ms)
-                            stamp = getattr(message, "timestamp", None)
-                            updated = stamp if isinstance(stamp, int) and stamp > 0 else None
-                            if self._older_than_held(track, tp.partition, updated):
-                                continue
-                            self.put(tp.partition, track, orjson.loads(message.value), updated)
+                        value = message.value
+                        try:
+                            track = track_of(message.key)
+                            state = None if value is None else decode(value)
+                        except (ValueError, TypeError):
+                            bad += 1
+                            continue
+                        if state is None:  # tombstone
+                            self._remove(track, partition)
+                            continue
+                        if value[0] != state_codec.VERSION:
+                            legacy += 1
+                        # last updated when the state was written (the record's timestamp, ms)
+                        stamp = getattr(message, "timestamp", None)
+                        updated = stamp if type(stamp) is int and stamp > 0 else None
+                        if self._older_than_held(track, partition, updated):
+                            continue
+                        put(partition, track, state, updated)
                 for tp in list(todo):
                     if await consumer.position(tp) >= ends[tp]:
                         todo.discard(tp)
         finally:
             await consumer.stop()
-        log.info("state recovered topic=%s partitions=%s records=%d tracks=%d seconds=%.3f",
-                 self.topic, wanted, read, len(self), time.perf_counter() - started)
+        log.info("state recovered topic=%s partitions=%s records=%d tracks=%d json_records=%d undecodable=%d "
+                 "seconds=%.3f", self.topic, wanted, read, len(self), legacy, bad, time.perf_counter() - started)
         return read

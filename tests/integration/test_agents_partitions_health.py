@@ -18,6 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewPartitions
 
+from agents.core import state_codec
+from agents.core.motion import State
 from agents.worker.stream import make_producer
 from agents.worker.track_table import changelog_topic
 from geoiot import documents, topics
@@ -145,8 +147,7 @@ async def fill_changelog(bootstrap: str, topic: str, tracks: int, updates: int) 
             batch = producer.create_batch()
             for i in range(tracks):
                 t = 1_357_000_000_000 + n * 1000
-                key, value = orjson.dumps(f"t{i}"), orjson.dumps({"t": t, "lon": -73.9, "lat": 40.7, "fences": [],
-                                                                   "hist": [[t, -73.9, 40.7]]})
+                key, value = state_codec.key(f"t{i}"), state_codec.value(State(t, -73.9, 40.7, ()))
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     futures.append(await producer.send_batch(batch, topic, partition=0))
                     batch = producer.create_batch()

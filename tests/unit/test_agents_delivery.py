@@ -19,13 +19,16 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
+from agents.core import state_codec
 from agents.core.geofence import Geofences
+from agents.core.motion import State
 from agents.core.pipeline import Pipeline
 from agents.worker.stream import SourceStream, StreamTopics
 from agents.worker.track_table import TrackTable
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset
 
+key = state_codec.key
 TOPICS = StreamTopics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog")
 PRESET = load_preset("taxi")
 
@@ -317,20 +320,35 @@ async def test_an_idle_stream_waits_for_records_instead_of_spinning() -> None:
 
 
 async def test_recovery_reads_the_changelog_to_its_end_and_applies_tombstones() -> None:
-    state = {"time": 1, "lon": 0.0, "lat": 0.0}
-    reader = FakeReader({0: [Record(orjson.dumps("a"), orjson.dumps(state), 0),
-                             Record(orjson.dumps("b"), orjson.dumps(state), 1),
-                             Record(orjson.dumps("a"), None, 2),
-                             Record(orjson.dumps("c"), orjson.dumps(state), 3)],
-                         1: [Record(orjson.dumps("d"), orjson.dumps(state), 0)]})
+    state = State(1, 0.0, 0.0, ("f",))
+    value = state_codec.value(state)
+    reader = FakeReader({0: [Record(key("a"), value, 0),
+                             Record(key("b"), value, 1),
+                             Record(key("a"), None, 2),
+                             Record(key("c"), value, 3)],
+                         1: [Record(key("d"), value, 0)]})
     table = TrackTable(TOPICS.changelog, lambda: reader)
     assert await table.recover([0, 1]) == 5
     assert reader.stopped
-    assert table.get("a") is None and table.get("b") == state and table.get("d") == state
+    assert table.get("a") is None and table.get("b")[:4] == state and table.get("d")[:4] == state
     assert len(table) == 3 and table.partitions == {0, 1}
     assert await table.recover([0]) == 0  # partitions already held are not read again
     table.drop([0])
-    assert table.get("b") is None and table.get("d") == state
+    assert table.get("b") is None and table.get("d")[:4] == state
+
+
+async def test_recovery_reads_the_json_format_written_before_and_skips_what_it_cannot_decode() -> None:
+    """Upgrading a running worker: the changelog's old JSON states (with their history) recover to the same
+    states as the new format; an undecodable record is skipped, not the end of the recovery."""
+    hist = [[t, -73.9 + t * 1e-9, 40.7] for t in range(1, 33)]
+    old = {"t": 32, "lon": -73.9 + 32e-9, "lat": 40.7, "fences": ["jfk", "midtown"], "hist": hist}
+    want = State(32, -73.9 + 32e-9, 40.7, ("jfk", "midtown"))
+    reader = FakeReader({0: [Record(key("a"), orjson.dumps(old), 0), Record(key("b"), b"\x07junk", 1),
+                             Record(key("c"), state_codec.value(want), 2), Record(b"not json", state_codec.value(want), 3)]})
+    table = TrackTable(TOPICS.changelog, lambda: reader)
+    assert await table.recover([0]) == 4
+    assert table.get("a")[:4] == want == table.get("c")[:4] and len(table) == 2
+    assert table.get("a")[3] is table.get("c")[3]  # one shared fence set
 
 
 class RefusingLatestSink(FakeSink):
@@ -391,8 +409,8 @@ async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_fo
     assert sorted(producer.batches) == [(TOPICS.changelog, 0, 1), (TOPICS.changelog, 0, 2), (TOPICS.changelog, 1, 2)]
     assert {(orjson.loads(k), p) for k, _, p in producer.sent[TOPICS.changelog]} == {
         ("a", 0), ("b", 0), ("c", 0), ("d", 1), ("e", 1)}
-    for key, value, _ in producer.sent[TOPICS.changelog]:  # the same JSON state a per-record send wrote
-        assert value == orjson.dumps(s.table.get(orjson.loads(key)))
+    for k, value, _ in producer.sent[TOPICS.changelog]:  # the same compact state a per-record send wrote
+        assert state_codec.state(value) == s.table.get(orjson.loads(k))[:4]
     sink_at = log.index(("sink", 1, 5))
     acked = [i for i, e in enumerate(log) if e[0] == TOPICS.changelog]
     commit_at = next(i for i, e in enumerate(log) if e[0] == "commit")
@@ -413,19 +431,19 @@ async def test_a_track_whose_events_move_partition_leaves_a_tombstone_that_recov
     await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
     sent = [(orjson.loads(k), v is None, p) for k, v, p in producer.sent[TOPICS.changelog]]
     assert sent == [("a", False, 0), ("a", True, 0), ("a", False, 1)]
-    assert s.table.get("a")["t"] == orjson.loads(position("a", 1))["observationTime"]
-    old, new = {"time": 1, "lon": 0.0, "lat": 0.0}, {"time": 2, "lon": 0.0, "lat": 0.0}
+    assert s.table.get("a")[0] == orjson.loads(position("a", 1))["observationTime"]
+    old, new = State(1, 0.0, 0.0, ()), State(2, 0.0, 0.0, ())
     stamp = 1_700_000_000_000
     for first in (0, 1):  # which partition a fetch hands over first
         # Partition 1 is read before partition 0's tombstone (two records per fetch and partition).
-        records = {0: [Record(orjson.dumps("a"), orjson.dumps(old), 0, timestamp=stamp),
-                       Record(orjson.dumps("b"), orjson.dumps(old), 1, timestamp=stamp),
-                       Record(orjson.dumps("a"), None, 2, timestamp=stamp + 5)],
-                   1: [Record(orjson.dumps("a"), orjson.dumps(new), 0, timestamp=stamp + 5)]}
+        records = {0: [Record(key("a"), state_codec.value(old), 0, timestamp=stamp),
+                       Record(key("b"), state_codec.value(old), 1, timestamp=stamp),
+                       Record(key("a"), None, 2, timestamp=stamp + 5)],
+                   1: [Record(key("a"), state_codec.value(new), 0, timestamp=stamp + 5)]}
         reader = FakeReader(dict(sorted(records.items(), key=lambda item: item[0] != first)))
         table = TrackTable(TOPICS.changelog, lambda: reader)
         await table.recover([0, 1])
-        assert table.get("a") == new and table.get("b") == old, first
+        assert table.get("a")[:4] == new and table.get("b")[:4] == old, first
 
 
 class LaggingConsumer(FakeConsumer):

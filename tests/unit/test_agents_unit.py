@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from shapely.geometry import Point, box, shape
 
 from agents.core.geofence import GeofenceError, Geofences
-from agents.core.motion import HISTORY, advance_batch, bearing_deg, haversine_m
+from agents.core.motion import State, advance_batch, bearing_deg, haversine_m
 from agents.core.pipeline import Incoming, Pipeline
 from agents.core.transitions import transitions
 from agents.core.validate import decode
@@ -248,25 +248,28 @@ def test_advance_motion_and_transitions():
     assert m3.entered == ("c",) and m3.exited == ("a",) and m3.heading_deg is None and m3.speed_mps == 0
 
 
-def test_older_or_duplicate_report_never_moves_track_and_keeps_its_motion():
+def test_a_late_report_never_moves_the_track_and_has_no_motion_and_no_transitions():
+    """Issue 23's rule: a report not newer than the state (a duplicate time or older) is stored without motion."""
     state, _ = advance(None, 1000, 0.0, 0.0, ())
     state, first = advance(state, 2000, 0.0, 0.001, ("a",))
-    again, dup = advance(state, 2000, 0.0, 0.001, ("a",))
+    assert first.speed_mps is not None and first.entered == ("a",)
+    again, dup = advance(state, 2000, 0.0, 0.002, ())
     assert again is state and not dup.moved and dup.entered == () and dup.exited == ()
-    assert (dup.distance_m, dup.speed_mps, dup.heading_deg) == (first.distance_m, first.speed_mps, first.heading_deg)
+    assert (dup.distance_m, dup.speed_mps, dup.heading_deg) == (None, None, None)
     old, late = advance(state, 500, 5.0, 5.0, ())
-    assert old is state and late.speed_mps is None and not late.exited
+    assert old is state and not late.moved and (late.distance_m, late.speed_mps, late.heading_deg, late.exited) == (
+        None, None, None, ())
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.floats(-1, 1), st.floats(-1, 1)), min_size=1, max_size=60))
-def test_state_time_is_the_maximum_seen(reports):
+def test_state_is_the_newest_report_and_nothing_more(reports):
     state = None
     for t, lon, lat in reports:
         state, _ = advance(state, t, lon, lat, ())
-    assert state["t"] == max(t for t, _, _ in reports)
-    assert len(state["hist"]) <= HISTORY
-    assert [h[0] for h in state["hist"]] == sorted({h[0] for h in state["hist"]})
+    newest = max(t for t, _, _ in reports)
+    first_newest = next((lon, lat) for t, lon, lat in reports if t == newest)  # a later equal time is late
+    assert state == State(newest, *first_newest, ()) and len(state) == 4
 
 
 _REPORT = st.tuples(st.sampled_from("abc"), st.integers(0, 40).map(lambda t: t * 500), st.floats(-1, 1), st.floats(-1, 1),
@@ -365,12 +368,29 @@ def test_pipeline_batch_crossing_track_invalid_and_filter():
     assert result.valid == 4 and [(m.offset, r.split(":")[0]) for m, r in result.dead] == [(2, "not JSON")]
     assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000), ("exit", T0 + 4000)]
     assert [a["_source"]["geofences"] for a in result.observations.actions()] == [[], ["zone"], ["zone"], []]
-    assert result.states["x"][1]["t"] == T0 + 4000
+    assert result.states["x"][1].t == T0 + 4000
     filtered = Pipeline(PRESET, fences, "obs", filter_inside=True).process(_msgs(values), {}.get)
     assert len(filtered.observations.actions()) == 2 and filtered.filtered == 2 and len(filtered.alerts) == 2
 
 
-def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alerts():
+def test_pipeline_redelivery_meeting_the_state_as_of_its_start_gives_the_same_documents_and_alerts():
+    """What the transactional commit (states with offsets, issue 23) gives a redelivered batch: the state as of
+    the batch's start, hence the same motion, alerts and states."""
+    fences = Geofences.from_geometries(["zone"], [box(1, 1, 2, 2)])
+    values = [raw(taxiId="x", observationTime=T0 + 1000 * (i + 1), longitude=0.5 + i * 0.5, latitude=0.5 + i * 0.5) for i in range(6)]
+    pipe = Pipeline(PRESET, fences, "obs")
+    before = pipe.process(_msgs(values[:2]), {}.get)
+    start = {track: state for track, (_, state) in before.states.items()}
+    strip = lambda acts: [{k: v for k, v in a["_source"].items() if k != "ingested_at"} for a in acts]
+    first, again = (pipe.process(_msgs(values[2:]), dict(start).get) for _ in range(2))
+    assert strip(again.observations.actions()) == strip(first.observations.actions())
+    assert again.alerts == first.alerts and [a["event"] for a in first.alerts] == ["exit"]
+    assert again.states == first.states
+
+
+def test_pipeline_redelivery_after_saved_state_is_late_no_alerts_null_motion():
+    """A batch meeting the state it had already saved (states ahead of offsets, no transaction): its reports
+    are late, stored again with their fences but without motion, no second alert."""
     fences = Geofences.from_geometries(["zone"], [box(1, 1, 2, 2)])
     values = [raw(taxiId="x", observationTime=T0 + 1000 * (i + 1), longitude=0.5 + i * 0.5, latitude=0.5 + i * 0.5) for i in range(4)]
     pipe = Pipeline(PRESET, fences, "obs")
@@ -378,8 +398,10 @@ def test_pipeline_redelivery_after_saved_state_gives_same_documents_and_no_alert
     saved = {track: state for track, (_, state) in first.states.items()}
     again = pipe.process(_msgs(values), saved.get)
     assert again.alerts == [] and again.states == {}
-    strip = lambda acts: [{k: v for k, v in a["_source"].items() if k != "ingested_at"} for a in acts]
-    assert strip(again.observations.actions())[1:] == strip(first.observations.actions())[1:]
+    motion = (documents.DISTANCE, documents.SPEED, documents.HEADING)
+    strip = lambda acts: [{k: v for k, v in a["_source"].items() if k not in ("ingested_at", *motion)} for a in acts]
+    assert strip(again.observations.actions()) == strip(first.observations.actions())
+    assert all(a["_source"].get(k) is None for a in again.observations.actions() for k in motion)
 
 
 def test_pipeline_dead_letters_events_outside_the_event_time_bounds_and_keeps_the_rest():
@@ -419,7 +441,7 @@ def test_pipeline_isolates_an_event_whose_annotation_fails():
     assert [(m.offset, r) for m, r in result.dead] == [(1, "cannot annotate the event: RuntimeError: cannot place it")]
     assert [a["_source"]["geofences"] for a in result.observations.actions()] == [[], ["zone"]]
     assert [(a["event"], a["time"]) for a in result.alerts] == [("enter", T0 + 2000)]
-    assert result.valid == 2 and result.states["x"][1]["t"] == T0 + 2000
+    assert result.valid == 2 and result.states["x"][1].t == T0 + 2000
     alone = Pipeline(PRESET, fences, "obs").process(_msgs(values[1:2]), {}.get)
     assert [m.offset for m, _ in alone.dead] == [0] and alone.observations.actions() == [] and alone.valid == 0
 

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from agents.core import idle  # noqa: E402
 from agents.core.pipeline import Incoming  # noqa: E402
+from agents.core.motion import State  # noqa: E402
 from agents.store.sink import StdoutSink  # noqa: E402
 from agents.spark.job import (STATE_CONF, BatchCounts, build_parser, checkpoint_dir,  # noqa: E402
                               needs_kafka_v1_source, progress_fields)
@@ -216,7 +217,7 @@ def test_state_function_gives_the_workers_documents_alerts_and_latest_positions(
     assert worker_docs["a:1356998410000"]["distance_m"] > 0 and worker_docs["a:1356998400000"]["distance_m"] is None
     held = {key[0]: orjson.loads(row[0]) for key, (row, _) in store.rows.items()}
     assert set(held) == {"a", "b"} and held["a"]["a"][1]["t"] == 1356998430000  # agents.core.motion' state dict
-    assert held["a"]["a"][1].keys() == {"t", "lon", "lat", "fences", "hist"}
+    assert held["a"]["a"][1].keys() == {"t", "lon", "lat", "fences"}  # agents.core.state_codec.to_mapping
 
 
 def test_state_function_outputs_dead_letters_latest_and_counts() -> None:
@@ -299,10 +300,10 @@ def test_spark_times_out_an_idle_group_where_the_worker_evicts_it() -> None:
 
     now = [1.0]
     table = TrackTable("changelog", lambda: None, idle_timeout=timeout, clock=lambda: now[0])
-    table.put(0, "a", {"t": 1})
+    table.put(0, "a", State(1, 0.0, 0.0, ()))
     now[0] = 21.0
-    table.put(1, "b", {"t": 1})
-    table.put(1, "c", {"t": 1})
+    table.put(1, "b", State(1, 0.0, 0.0, ()))
+    table.put(1, "c", State(1, 0.0, 0.0, ()))
     now[0] = 31.0
     assert table.evict_idle() == [] and len(table) == 3  # exactly at the timeout
     now[0] = 31.001
@@ -316,7 +317,7 @@ def test_advance_group_drops_only_the_expired_tracks_of_a_group() -> None:
     context = ctx(iot_index="obs")
     pipeline = context.pipeline()
     state = {"t": 1356998400000, "lon": JFK_INSIDE[0], "lat": JFK_INSIDE[1], "fences": ["jfk"],
-             "hist": [[1356998400000, *JFK_INSIDE]]}
+             "hist": [[1356998400000, *JFK_INSIDE]]}  # as a job before issue 23 held it (read still)
     held = {"a": [0, state], "7": [50_000, dict(state)]}
     msgs = incoming(chunk(crossing("a", [0, 10])))
     result, alive, ended = advance_group(pipeline, msgs, held, 40_000, 30.0)
