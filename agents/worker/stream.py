@@ -8,23 +8,42 @@ commits offsets itself; it runs as a Faust service inside ``faust -A agents.app 
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
 aiokafka ones), so the rules below are also checked in-process (``tests/unit/test_agents_delivery.py``).
 
-Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
+Guarantees (effectively once: idempotent documents in Elasticsearch, one Kafka transaction per batch):
 
-* Per batch, in this order: dead letters, alerts and sink writes (retried while Elasticsearch is
-  down) sent and awaited -> track states written to the changelog and awaited -> offsets committed.
-  A crash at any point re-delivers every event whose effects were not all stored; documents have a
-  deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
-  offset (crash between the two): the re-delivered events are then "not newer" than the recovered
-  state, produce no second alert (it was delivered before the state was written) and get the same
-  motion fields from the state's short history (:mod:`agents.core.motion`).
-* Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
-  its observations, and write them once those are stored (a latest position is a stored observation);
-  a stale one (409) is counted by the sink, one refused for good is counted and logged but not
-  dead-lettered (the observation of the same event is stored or dead-lettered itself).
-* Pipelining: while a batch is being stored the next one is fetched, processed against the states of
-  the batches still in flight, and its writes start; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in
-  flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
-  before any later batch commits.
+* Per batch, in this order: sink writes (Elasticsearch, retried while it is down) awaited -> after the previous
+  batch committed, one Kafka transaction holding the batch's dead letters, alerts, track states (changelog),
+  live records (IOT_LATEST_TOPIC, :mod:`geoiot.live`) and its consumer offsets (``send_offsets_to_transaction``
+  for the group IOT_APP_ID) -> committed. A crash anywhere re-delivers every event of the batches not committed;
+  their documents have a deterministic ``_id``, so re-delivery overwrites them with the same bytes; and the
+  changelog is read ``read_committed`` (:func:`agents.worker.track_table.changelog_reader`), so a re-delivered
+  batch meets the track states as of its start and recomputes the same motion, documents and alerts.
+* Readers of the alerts, dead-letter and live topics must set ``isolation_level="read_committed"`` to see each
+  alert, dead letter and live record once (a killed worker's aborted transaction leaves its records in the log,
+  marked aborted); a ``read_uncommitted`` reader sees at least once, as before. The webhook is called after the
+  commit, so never for an alert that was rolled back (a crash right after the commit skips the call, as a crash
+  skips any webhook call in flight).
+* Transactional id: IOT_TRANSACTIONAL_ID, else ``<IOT_APP_ID>-<host>-<web port>`` (:func:`agents.app.transactional_id`),
+  so a worker restarted in the same place fences its predecessor: the broker aborts the old open transaction at
+  once and refuses the old producer's writes. Limits: aiokafka's ``send_offsets_to_transaction`` takes only the
+  group id (no generation, KIP-447), so a worker that lost its partitions in a rebalance but still runs (a
+  zombie, e.g. after a long pause) is not fenced by the new owner; its transaction can still commit offsets and
+  states for partitions it no longer owns. Today's guard against that is the rebalance itself: the batches in
+  flight are completed before the revoke returns. A worker that died with a transaction open and is not
+  restarted under the same id holds back read_committed readers of its partitions (the new owner's recovery reads
+  up to the last stable offset and misses nothing committed) until the broker aborts it, after
+  :data:`TRANSACTION_TIMEOUT_MS`.
+* A failed transaction is aborted and fails the batch like a failed write: the worker stops before any later
+  batch commits, and the group re-delivers.
+* Latest positions: sinks that keep them (Elasticsearch with IOT_ES_LATEST) get the batch's latest-position
+  writes with its observations, and write them once those are stored (a latest position is a stored observation);
+  a stale one (409) is counted by the sink, one refused for good is counted and logged but not dead-lettered (the
+  observation of the same event is stored or dead-lettered itself). The live topic gets the same rule: a track's
+  newest stored document (:func:`agents.store.sink.stored_latest`); an idle-evicted track gets a tombstone there
+  as in the changelog.
+* Pipelining (the store kept busy): while a batch is being stored the next one is fetched, processed against
+  the states of the batches still in flight, and its Elasticsearch write starts, also while an earlier batch's
+  transaction is open; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in flight. Transactions happen strictly in
+  batch order, one open at a time, and a failed batch stops the worker before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
   newly assigned partitions are consumed, their track states are recovered from the changelog.
 * Partitions added to the source topic: the consumer refreshes its metadata at least every
