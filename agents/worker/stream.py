@@ -404,6 +404,7 @@ class SourceStream:
         t_wait = time.perf_counter()
         if previous is not None:
             await previous  # raises if an earlier batch failed: this one is not committed either
+        t_state = time.perf_counter()
         changes, partitions = [], []
         for track, (partition, state) in result.states.items():
             left = self.table.put(partition, track, state)
@@ -435,7 +436,7 @@ class SourceStream:
             if self.topics.latest is not None:
                 newest.append((live.key(track), None))
                 newest_partitions.append(partition)
-        t_state = time.perf_counter()
+        t_transaction = time.perf_counter()
         await self._transaction(batch.offsets, (self.topics.dlq, dead, None), (self.topics.alerts, alerts, None),
                                 (self.topics.changelog, changes, partitions),  # changelog partition = source partition
                                 (self.topics.latest, newest, newest_partitions))
@@ -457,7 +458,8 @@ class SourceStream:
                  "(process=%.3f write=%.3f wait=%.3f state=%.3f transaction=%.3f)",
                  n, len(result.observations) - rejected_total, len(result.dead), result.filtered, rejected_total,
                  len(result.alerts), len(result.states), time.perf_counter() - batch.started,
-                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_commit - t_state)
+                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_transaction - t_state,
+                 t_commit - t_transaction)
 
     async def _transaction(self, offsets: dict[TopicPartition, int],
                            *sends: tuple[str | None, list[tuple[bytes | None, bytes | None]], list[int] | None]) -> None:

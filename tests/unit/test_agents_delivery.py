@@ -535,10 +535,11 @@ def between(log: list[Any], n: int) -> list[Any]:
     return log[start:end + 1]
 
 
-async def test_one_transaction_per_batch_holds_its_dead_letters_states_live_records_and_offsets() -> None:
+async def test_one_transaction_per_batch_holds_its_dead_letters_states_live_records_and_offsets(caplog: Any) -> None:
     """Everything a batch publishes, and its offsets for the group, is acknowledged inside one transaction,
     which begins only after the batch was stored; the live records are each track's newest document, keyed by
     the track (geoiot.live), at the partition of its events."""
+    caplog.set_level("INFO", logger="agents")
     log: list[Any] = []
     records = {0: [Record(b"a", position("a", 0), 0), Record(b"x", b"not json", 1), Record(b"a", position("a", 2), 2)],
                1: [Record(b"b", position("b", 1), 0, partition=1)]}
@@ -555,6 +556,8 @@ async def test_one_transaction_per_batch_holds_its_dead_letters_states_live_reco
     assert live[("a", 0)]["observationTime"] == orjson.loads(position("a", 2))["observationTime"]
     stored = {a["_id"]: a["_source"] for a in sink.stored}
     assert live[("b", 1)] == stored[f"b:{orjson.loads(position('b', 1))['observationTime']}"]
+    [line] = [r.getMessage() for r in caplog.records if r.msg.startswith("batch events=")]  # its stages, formatted
+    assert line.startswith("batch events=4 indexed=3 invalid=1") and "transaction=" in line
 
 
 def live_track(key: bytes) -> str:
