@@ -121,11 +121,14 @@ def settle_heap() -> None:
 TRANSACTION_TIMEOUT_MS = 20_000
 
 
-def make_producer(bootstrap: str, transactional_id: str) -> AIOKafkaProducer:
-    """The worker's transactional producer (dead letters, alerts, changelog, live topic, offsets); not started."""
+def make_producer(bootstrap: str, transactional_id: str | None = None) -> AIOKafkaProducer:
+    """The worker's producer (dead letters, alerts, changelog, live topic, offsets), transactional with a
+    ``transactional_id`` (the stream needs one; without, for tools that write a changelog directly); not started."""
+    extra: dict[str, Any] = {}
+    if transactional_id is not None:
+        extra = {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
     return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20,
-                            max_request_size=8 << 20, transactional_id=transactional_id,
-                            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+                            max_request_size=8 << 20, **extra)
 
 
 class _Rebalance(ConsumerRebalanceListener):
