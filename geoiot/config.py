@@ -387,6 +387,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(empty: none)", check=_any_text, uses="ingest"),
     Setting("MQTT_QUEUE", 1000, "MQTT messages the gateway holds unacknowledged at most (its receive maximum)", int,
             minimum=1, maximum=65535, uses="ingest"),
+    Setting("IOT_ES_LATEST", False, "Also keep each track's newest document in Elasticsearch's <IOT_INDEX>_latest "
+            "index, for Kibana (the web servers read the live topic; off: Elasticsearch spends less per event)",
+            bool, uses="agents"),
+    Setting("IOT_TRANSACTIONAL_ID", "", "Kafka transactional id of a worker, stable across its restarts so a "
+            "restarted worker fences its predecessor; empty: <IOT_APP_ID>-<host name>-<WORKER_WEB_PORT>",
+            check=_any_text, uses="agents"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -469,6 +475,8 @@ class Settings:
     mqtt_client_id: str
     mqtt_share_group: str
     mqtt_queue: int
+    iot_es_latest: bool
+    iot_transactional_id: str
 
     @property
     def es_hosts(self) -> list[str]:

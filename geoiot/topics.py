@@ -376,7 +376,7 @@ async def run(settings: config.Settings, wait: float, check: bool, alter_changel
             await check_changelog(admin, settings.iot_app_id, found[settings.iot_topic].partitions)
             return 0
         specs = [TopicSpec(n, settings.iot_partitions, settings.iot_replication) for n in names]
-        specs.append(fence_spec(settings))
+        specs += [fence_spec(settings), latest_spec(settings, settings.iot_partitions)]
         for r in await ensure(admin, specs):
             log(f"topic_{r.status}", topic=r.name, partitions=r.partitions, replication=settings.iot_replication)
             for problem in r.problems:

@@ -78,8 +78,11 @@ class ElasticsearchSink:
                  on_bulk: Callable[[float, int], None] | None = None,
                  on_conflict: Callable[[int], None] | None = None,
                  setup: Callable[[AsyncElasticsearch], Any] | None = None,
-                 max_new_indices: int = 10) -> None:
+                 max_new_indices: int = 10, keeps_latest: bool = True) -> None:
+        """``keeps_latest``: IOT_ES_LATEST, whether the batches' latest positions are written too (the
+        ``<index>_latest`` index, for Kibana; the web servers mirror the live topic instead)."""
         self.client = client
+        self.keeps_latest = keeps_latest
         self.max_new_indices = max_new_indices
         self._existing: set[str] = set()  # indices known to exist: created or found by this sink
         self.initial_backoff = initial_backoff

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -85,11 +86,12 @@ def load_context(environ: Mapping[str, str] | None = None) -> WorkerContext:
         raise PreflightError(str(exc)) from None
     return WorkerContext(settings, preset, fences, tz, StreamTopics(
         source=settings.iot_topic, dlq=settings.iot_dlq_topic, alerts=settings.iot_alerts_topic,
-        changelog=changelog_topic(settings.iot_app_id)))
+        changelog=changelog_topic(settings.iot_app_id), latest=settings.latest_topic))
 
 
 async def check_topics(ctx: WorkerContext) -> None:
-    """The source topic must exist; dead-letter, alerts and the compacted changelog are created like it.
+    """The source topic must exist; dead-letter, alerts, the compacted changelog and the compacted live topic
+    (:func:`geoiot.topics.latest_spec`) are created like it, the two compacted ones grown with it.
 
     A changelog with fewer partitions than the source (partitions added while no worker ran) is grown
     (:mod:`agents.worker.track_table`); one that is not compacted is refused; other configs that differ from
@@ -107,7 +109,11 @@ async def check_topics(ctx: WorkerContext) -> None:
                        for n in dict.fromkeys([ctx.topics.dlq, ctx.topics.alerts])]
             name, wanted = ctx.topics.changelog, topics.CHANGELOG_CONFIGS
             changelog = topics.TopicSpec(name, ctx.partitions, s.iot_replication, wanted)
-            *made, state = await topics.ensure(admin, [*outputs, changelog], PREFLIGHT_TIMEOUT)
+            latest = topics.latest_spec(s, ctx.partitions)
+            *made, live_state, state = await topics.ensure(admin, [*outputs, latest, changelog], PREFLIGHT_TIMEOUT)
+            if live_state.partitions < ctx.partitions:
+                before, after = await topics.grow(admin, latest.name, ctx.partitions, PREFLIGHT_TIMEOUT)
+                log.warning("live topic grown topic=%s partitions=%d->%d", latest.name, before, after)
             found = await topics.describe(admin, [name], topics.CHANGELOG_REQUIRED, PREFLIGHT_TIMEOUT)
             required = topics.differences(
                 topics.TopicSpec(name, 0, configs={k: wanted[k] for k in topics.CHANGELOG_REQUIRED}), found[name])
@@ -124,6 +130,9 @@ async def check_topics(ctx: WorkerContext) -> None:
     for result in made:
         for problem in result.problems:
             log.warning("%s", problem)
+    for problem in live_state.problems:
+        if "fewer than" not in problem:  # grown above
+            log.warning("topic_differs %s", problem)
     for problem in state.problems:
         if "fewer than" not in problem:  # grown above
             log.warning("topic_differs %s (recovery reads more records; python -m geoiot.topics "
@@ -227,6 +236,13 @@ def configure(sender: Any, conf: Any, **kwargs: Any) -> None:
     conf.datadir = str(ctx.datadir)
 
 
+def transactional_id(s: config.Settings) -> str:
+    """IOT_TRANSACTIONAL_ID, else ``<IOT_APP_ID>-<host>-<web port>``: the same for a worker restarted in the same
+    place (so its new producer fences the old one and aborts its open transaction at once), distinct for workers
+    of one host (each has its own web port; the port the ``--web-port`` flag gave, read once Faust applied it)."""
+    return s.iot_transactional_id or f"{s.iot_app_id}-{socket.gethostname()}-{app.conf.web_port}"
+
+
 def make_sinks(ctx: WorkerContext) -> list[Sink]:
     sinks: list[Sink] = []
     for name in ctx.settings.sinks:
@@ -237,7 +253,7 @@ def make_sinks(ctx: WorkerContext) -> list[Sink]:
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
                 on_conflict=m.LATEST_STALE.inc,
                 setup=lambda client: ensure_index(client, ctx.settings, ctx.preset),
-                max_new_indices=ctx.settings.iot_max_new_indices))
+                max_new_indices=ctx.settings.iot_max_new_indices, keeps_latest=ctx.settings.iot_es_latest))
         else:
             sinks.append(StdoutSink())
     return sinks
@@ -275,7 +291,7 @@ class Observations(Service):
         self.live_fences = LiveFences(s.kafka_bootstrap, s.fences_topic, in_force, applied)
         await self.live_fences.start()  # the whole fence topic, before any event
         stream = SourceStream.connect(
-            bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics,
+            bootstrap=s.kafka_bootstrap, group=s.iot_app_id, topics=ctx.topics, transactional_id=transactional_id(s),
             pipeline=pipeline,
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
             idle_timeout=s.iot_track_idle_timeout, batches_in_flight=s.iot_batches_in_flight,

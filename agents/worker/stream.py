@@ -8,24 +8,42 @@ commits offsets itself; it runs as a Faust service inside ``faust -A agents.app 
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the
 aiokafka ones), so the rules below are also checked in-process (``tests/unit/test_agents_delivery.py``).
 
-Guarantees (at least once, idempotent writes, so effectively once in Elasticsearch):
+Guarantees (effectively once: idempotent documents in Elasticsearch, one Kafka transaction per batch):
 
-* Per batch, in this order: dead letters, alerts and sink writes (retried while Elasticsearch is
-  down) sent and awaited -> track states written to the changelog and awaited -> offsets committed.
-  A crash at any point re-delivers every event whose effects were not all stored; documents have a
-  deterministic ``_id``, so re-delivery overwrites. The changelog can be ahead of the committed
-  offset (crash between the two): the re-delivered events are then late for the recovered state
-  (:mod:`agents.core.motion`): they produce no second alert (it was delivered before the state was
-  written) and are stored again with null motion fields; committing states and offsets together
-  (one Kafka transaction) is what gives them their motion again.
-* Latest positions: sinks that keep them (Elasticsearch) get the batch's latest-position writes with
-  its observations, and write them once those are stored (a latest position is a stored observation);
-  a stale one (409) is counted by the sink, one refused for good is counted and logged but not
-  dead-lettered (the observation of the same event is stored or dead-lettered itself).
-* Pipelining: while a batch is being stored the next one is fetched, processed against the states of
-  the batches still in flight, and its writes start; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in
-  flight. State writes and commits happen strictly in batch order, and a failed batch stops the worker
-  before any later batch commits.
+* Per batch, in this order: sink writes (Elasticsearch, retried while it is down) awaited -> after the previous
+  batch committed, one Kafka transaction holding the batch's dead letters, alerts, track states (changelog),
+  live records (IOT_LATEST_TOPIC, :mod:`geoiot.live`) and its consumer offsets (``send_offsets_to_transaction``
+  for the group IOT_APP_ID) -> committed. A crash anywhere re-delivers every event of the batches not committed;
+  their documents have a deterministic ``_id``, so re-delivery overwrites them with the same bytes; and the
+  changelog is read ``read_committed`` (:func:`agents.worker.track_table.changelog_reader`), so a re-delivered
+  batch meets the track states as of its start and recomputes the same motion, documents and alerts.
+* Readers of the alerts, dead-letter and live topics must set ``isolation_level="read_committed"`` to see each
+  alert, dead letter and live record once (a killed worker's aborted transaction leaves its records in the log,
+  marked aborted); a ``read_uncommitted`` reader sees at least once, as before. The webhook is called after the
+  commit, so never for an alert that was rolled back (a crash right after the commit skips the call, as a crash
+  skips any webhook call in flight).
+* Transactional id: IOT_TRANSACTIONAL_ID, else ``<IOT_APP_ID>-<host>-<web port>`` (:func:`agents.app.transactional_id`),
+  so a worker restarted in the same place fences its predecessor: the broker aborts the old open transaction at
+  once and refuses the old producer's writes. Limits: aiokafka's ``send_offsets_to_transaction`` takes only the
+  group id (no generation, KIP-447), so a worker that lost its partitions in a rebalance but still runs (a
+  zombie, e.g. after a long pause) is not fenced by the new owner; its transaction can still commit offsets and
+  states for partitions it no longer owns. Today's guard against that is the rebalance itself: the batches in
+  flight are completed before the revoke returns. A worker that died with a transaction open and is not
+  restarted under the same id holds back read_committed readers of its partitions (the new owner's recovery reads
+  up to the last stable offset and misses nothing committed) until the broker aborts it, after
+  :data:`TRANSACTION_TIMEOUT_MS`.
+* A failed transaction is aborted and fails the batch like a failed write: the worker stops before any later
+  batch commits, and the group re-delivers.
+* Latest positions: sinks that keep them (Elasticsearch with IOT_ES_LATEST) get the batch's latest-position
+  writes with its observations, and write them once those are stored (a latest position is a stored observation);
+  a stale one (409) is counted by the sink, one refused for good is counted and logged but not dead-lettered (the
+  observation of the same event is stored or dead-lettered itself). The live topic gets the same rule: a track's
+  newest stored document (:func:`agents.store.sink.stored_latest`); an idle-evicted track gets a tombstone there
+  as in the changelog.
+* Pipelining (the store kept busy): while a batch is being stored the next one is fetched, processed against
+  the states of the batches still in flight, and its Elasticsearch write starts, also while an earlier batch's
+  transaction is open; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in flight. Transactions happen strictly in
+  batch order, one open at a time, and a failed batch stops the worker before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
   newly assigned partitions are consumed, their track states are recovered from the changelog.
 * Partitions added to the source topic: the consumer refreshes its metadata at least every
@@ -51,14 +69,14 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from agents.core import state_codec
 from agents.core.pipeline import BatchResult, Message, Pipeline
-from agents.store.sink import Sink
+from agents.store.sink import Sink, stored_latest
 from agents.webhook import Webhook
 from agents.worker import metrics as m
 from agents.worker.track_table import TrackTable, changelog_reader
+from geoiot import live
 from geoiot import topics as kafka_topics
 from geoiot.config import DEFAULT_BATCHES_IN_FLIGHT
 from geoiot.deadletter import dead_letter
@@ -72,6 +90,7 @@ class StreamTopics:
     dlq: str
     alerts: str
     changelog: str
+    latest: str | None = None  # the live topic (geoiot.live); None: not written
 
 
 @dataclass
@@ -97,10 +116,20 @@ def settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-def make_producer(bootstrap: str) -> AIOKafkaProducer:
-    """The worker's producer (dead letters, alerts, changelog); not started."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                            max_batch_size=1 << 20, max_request_size=8 << 20)
+# An open transaction of a worker that died holds back read_committed readers of its partitions (the changelog's
+# recovery, the live topic's mirrors) until the broker aborts it: at once when the worker restarts with the same
+# transactional id, else after this long. A transaction holds only Kafka sends (the Elasticsearch write is before it).
+TRANSACTION_TIMEOUT_MS = 20_000
+
+
+def make_producer(bootstrap: str, transactional_id: str | None = None) -> AIOKafkaProducer:
+    """The worker's producer (dead letters, alerts, changelog, live topic, offsets), transactional with a
+    ``transactional_id`` (the stream needs one; without, for tools that write a changelog directly); not started."""
+    extra: dict[str, Any] = {}
+    if transactional_id is not None:
+        extra = {"transactional_id": transactional_id, "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20,
+                            max_request_size=8 << 20, **extra)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -125,18 +154,20 @@ class SourceStream:
     """Consumes the source topic in batches and stores each batch's effects before committing it."""
 
     def __init__(self, *, consumer: Any, producer: Any, table: TrackTable, topics: StreamTopics, pipeline: Pipeline,
-                 sinks: list[Sink], bulk_size: int, bulk_within: float, webhook: Webhook | None = None,
+                 sinks: list[Sink], bulk_size: int, bulk_within: float, group: str = "",
+                 webhook: Webhook | None = None,
                  batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
                  grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
-        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones.
+        the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones. The producer
+        is transactional; ``group``: the consumer group whose offsets its transactions commit.
         ``batches_in_flight``: IOT_BATCHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
         ``grow_changelog(n)``: gives the changelog at least ``n`` partitions (before a recovery needs them).
         ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
-        self.bulk_size, self.bulk_within = bulk_size, bulk_within
+        self.bulk_size, self.bulk_within, self.group = bulk_size, bulk_within, group
         self.batches_in_flight = batches_in_flight
         self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
         self.inflight: deque[asyncio.Task[None]] = deque()
@@ -154,11 +185,12 @@ class SourceStream:
         self.progress_at = clock()  # last commit, or last time no assigned partition had a lag
 
     @classmethod
-    def connect(cls, *, bootstrap: str, group: str, topics: StreamTopics, bulk_size: int, idle_timeout: float = 0.0,
-                metadata_max_age: float = 30.0, **kwargs: Any) -> "SourceStream":
-        """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``idle_timeout``:
+    def connect(cls, *, bootstrap: str, group: str, topics: StreamTopics, bulk_size: int, transactional_id: str,
+                idle_timeout: float = 0.0, metadata_max_age: float = 30.0, **kwargs: Any) -> "SourceStream":
+        """A stream on aiokafka clients for ``bootstrap``, consuming in the group ``group``; ``transactional_id``:
+        the producer's, stable across restarts of this worker (see the module docstring); ``idle_timeout``:
         IOT_TRACK_IDLE_TIMEOUT (:mod:`agents.core.idle`); ``metadata_max_age``: IOT_METADATA_MAX_AGE, seconds."""
-        producer = make_producer(bootstrap)
+        producer = make_producer(bootstrap, transactional_id)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=bulk_size, fetch_max_wait_ms=100,
@@ -169,14 +201,15 @@ class SourceStream:
 
         async def grow_changelog(partitions: int) -> None:
             async with kafka_topics.admin_client(bootstrap) as admin:
-                before, after = await kafka_topics.grow(admin, topics.changelog, partitions)
-            if after > before:
-                log.warning("changelog grown topic=%s partitions=%d->%d (the new partitions start empty)",
-                            topics.changelog, before, after)
+                for name in filter(None, (topics.changelog, topics.latest)):
+                    before, after = await kafka_topics.grow(admin, name, partitions)
+                    if after > before:
+                        log.warning("%s grown topic=%s partitions=%d->%d (the new partitions start empty)",
+                                    "changelog" if name == topics.changelog else "live topic", name, before, after)
             await producer.client.force_metadata_update()  # the producer checks a partition against its metadata
 
         return cls(consumer=consumer, producer=producer, table=table, topics=topics, bulk_size=bulk_size,
-                   grow_changelog=grow_changelog, **kwargs)
+                   group=group, grow_changelog=grow_changelog, **kwargs)
 
     # --- lifecycle ---
 
@@ -345,23 +378,19 @@ class SourceStream:
         await asyncio.gather(*futures)
 
     async def complete(self, batch: Batch, previous: asyncio.Future[None] | None) -> None:
-        """I/O part of a batch; commits its offsets only after everything is stored, and after the previous batch."""
+        """I/O part of a batch: its sink writes (overlapping the transactions of earlier batches), then, after the
+        previous batch committed, one Kafka transaction with its dead letters, alerts, track states, live records
+        and offsets."""
         result = batch.result
         dead = [(msg.key, dead_letter(msg.value, reason, msg.topic, msg.partition, msg.offset, msg.key))
                 for msg, reason in result.dead]
         alerts = [(a["track"].encode(), orjson.dumps(a)) for a in result.alerts]
         t_write = time.perf_counter()
-        outcomes = await asyncio.gather(self._send_all(self.topics.dlq, dead),
-                                        self._send_all(self.topics.alerts, alerts),
-                                        *(_write(sink, result) for sink in self.sinks))
-        for a in result.alerts:
-            m.ALERTS.labels(a["event"]).inc()
-            if self.webhook is not None:
-                self.webhook.submit(a)
+        outcomes = await asyncio.gather(*(_write(sink, result) for sink in self.sinks))
         rejected_total = 0
-        late: list[tuple[bytes | None, bytes]] = []
-        sources = result.sources if any(outcomes[2:]) else {}
-        for sink, rejected in zip(self.sinks, outcomes[2:]):
+        refused: list[Any] = []  # observations refused for good by some sink
+        sources = result.sources if any(outcomes) else {}
+        for sink, rejected in zip(self.sinks, outcomes):
             observations = [(a, r) for a, r in rejected if (a["_index"], a["_id"]) in sources]
             if len(observations) < len(rejected):  # the event's fate is its observation's: no dead letter
                 m.LATEST_REFUSED.inc(len(rejected) - len(observations))
@@ -370,15 +399,16 @@ class SourceStream:
                             next(r for a, r in rejected if (a["_index"], a["_id"]) not in sources))
             m.INDEXED.labels(sink.name).inc(len(result.observations) - len(observations))
             rejected_total += len(observations)
+            refused += observations
             for action, reason in observations:
                 msg = sources[(action["_index"], action["_id"])]
-                late.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
+                dead.append((msg.key, dead_letter(msg.value, f"{sink.name}: {reason}", msg.topic,
                                                   msg.partition, msg.offset, msg.key)))
-        await self._send_all(self.topics.dlq, late)
 
         t_wait = time.perf_counter()
         if previous is not None:
             await previous  # raises if an earlier batch failed: this one is not committed either
+        t_state = time.perf_counter()
         changes, partitions = [], []
         for track, (partition, state) in result.states.items():
             left = self.table.put(partition, track, state)
@@ -390,36 +420,74 @@ class SourceStream:
                 del self.pending_states[track]
             changes.append((orjson.dumps(track), state_codec.value(state)))
             partitions.append(partition)
+        newest: list[tuple[bytes, bytes | None]] = []
+        newest_partitions: list[int] = []
+        if self.topics.latest is not None:
+            # A track's newest stored document (a refused observation is never a live record), to the partition of
+            # its events. A track whose events moved partition leaves its old record where it was: older, so a
+            # mirror keeping the newest (geoiot.live.newer) ignores it; a tombstone there could be read after the
+            # new record.
+            latest = stored_latest(result.observations, result.latest_bulk, refused)
+            states = result.states
+            for track, source in zip(latest.ids, latest.sources):
+                placed = states.get(track)
+                if placed is not None:
+                    newest.append((live.key(track), source))
+                    newest_partitions.append(placed[0])
         for partition, track in self.table.evict_idle(keep=self.pending_states.__contains__):  # tombstones
             changes.append((orjson.dumps(track), None))
             partitions.append(partition)
-        t_state = time.perf_counter()
-        await self._send_batches(self.topics.changelog, changes, partitions)  # changelog partition = source partition
+            if self.topics.latest is not None:
+                newest.append((live.key(track), None))
+                newest_partitions.append(partition)
+        t_transaction = time.perf_counter()
+        await self._transaction(batch.offsets, (self.topics.dlq, dead, None), (self.topics.alerts, alerts, None),
+                                (self.topics.changelog, changes, partitions),  # changelog partition = source partition
+                                (self.topics.latest, newest, newest_partitions))
         t_commit = time.perf_counter()
-        await self._commit(batch.offsets)
+        self._committed(batch.offsets)
+        for a in result.alerts:  # delivered (committed) once: the webhook hears of it after the commit
+            m.ALERTS.labels(a["event"]).inc()
+            if self.webhook is not None:
+                self.webhook.submit(a)
         n = len(batch.messages)
         m.EVENTS.inc(n)
         m.BATCH_SIZE.observe(n)
-        m.INVALID.inc(len(dead))
-        m.DEAD_LETTERED.inc(len(dead) + len(late))
+        m.INVALID.inc(len(result.dead))
+        m.DEAD_LETTERED.inc(len(dead))
         m.NULLED.inc(result.nulled)
         m.KEY_MISMATCH.inc(result.key_mismatch)
         m.FILTERED.inc(result.filtered)
         log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
-                 "(process=%.3f write=%.3f wait=%.3f state=%.3f commit=%.3f)",
-                 n, len(result.observations) - rejected_total, len(dead), result.filtered, rejected_total,
+                 "(process=%.3f write=%.3f wait=%.3f state=%.3f transaction=%.3f)",
+                 n, len(result.observations) - rejected_total, len(result.dead), result.filtered, rejected_total,
                  len(result.alerts), len(result.states), time.perf_counter() - batch.started,
-                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_commit - t_state,
-                 time.perf_counter() - t_commit)
+                 t_write - batch.started, t_wait - t_write, t_state - t_wait, t_transaction - t_state,
+                 t_commit - t_transaction)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _transaction(self, offsets: dict[TopicPartition, int],
+                           *sends: tuple[str | None, list[tuple[bytes | None, bytes | None]], list[int] | None]) -> None:
+        """One Kafka transaction: each ``(topic, messages, partitions or None)`` sent, then the consumer offsets
+        (``send_offsets_to_transaction``), then committed. Any error aborts it (when the producer still can) and
+        fails the batch: nothing of it is visible to read_committed readers, and the group re-delivers it."""
+        producer = self.producer
+        await producer.begin_transaction()
         try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partitions moved to another worker meanwhile; it re-delivers from the older commit
-            # (at least once; the documents are idempotent).
-            log.warning("commit refused after a rebalance, the new owner re-delivers: %r", exc)
-            return
+            await asyncio.gather(*(self._send_all(topic, messages) if partitions is None
+                                   else self._send_batches(topic, messages, partitions)
+                                   for topic, messages, partitions in sends if topic is not None and messages))
+            await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
+        except BaseException as exc:
+            try:
+                await producer.abort_transaction()
+            except Exception as abort_exc:  # a fenced or failed producer cannot abort; the broker will
+                log.warning("abort of the failed transaction failed: %r", abort_exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("transaction failed, nothing of the batch is committed: %r", exc)
+            raise
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
             self.committed[tp.partition] = offset
         self.progress_at = self.clock()

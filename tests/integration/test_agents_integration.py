@@ -41,8 +41,10 @@ def free_port() -> int:
 class Worker:
     """``python -m faust -A agents.app worker`` as a subprocess, with its own log file."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log, self.port = env, log, free_port()
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        """``port``: its web port (default: a free one); the same port restarts the same worker (its default
+        Kafka transactional id includes the port)."""
+        self.env, self.log, self.port = env, log, port or free_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> "Worker":
@@ -141,10 +143,11 @@ def expected_alerts(recs: list[dict], fences) -> list[tuple]:
     return sorted(out)
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30, settle: float = 2.0) -> list[bytes]:
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30, settle: float = 2.0,
+                     isolation_level: str = "read_uncommitted") -> list[bytes]:
     """Every value of a topic: waits for ``expect`` values, then ``settle`` seconds more to catch extras."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+                                enable_auto_commit=False, group_id=None, isolation_level=isolation_level)
     await consumer.start()
     values: list[bytes] = []
     try:
@@ -636,7 +639,7 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
 async def test_worker_keeps_the_newest_report_per_track_across_resends(stack, es, kafka_admin, new_topic, agent_env,
                                                                        tmp_path, output_dir):
     topic = await new_topic("agents-latest", partitions=3)
-    env = agent_env(topic)
+    env = agent_env(topic, IOT_ES_LATEST="true")
     base = env["IOT_INDEX"]
     data = generate(tmp_path, tracks=15, points=40, seed=23)
     recs = records(data)

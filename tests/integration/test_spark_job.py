@@ -260,7 +260,8 @@ async def test_spark_matches_faust_and_resumes_exactly_after_a_kill(
     faust_log = output_dir / "spark-test-faust.log"
     faust_env = dict(python_env, KAFKA_BOOTSTRAP=settings.kafka_bootstrap, ES_URL=settings.es_url,
                      IOT_TOPIC=source, IOT_INDEX=index_faust, IOT_DLQ_TOPIC=dlq_faust, IOT_ALERTS_TOPIC=alerts_faust,
-                     IOT_APP_ID=unique_name("faust"), WORKER_WEB_PORT=str(free_port()))
+                     IOT_APP_ID=unique_name("faust"), WORKER_WEB_PORT=str(free_port()),
+                     IOT_ES_LATEST="true")  # the latest positions in Elasticsearch, compared with Spark's
     with open(faust_log, "wb") as out:
         faust = subprocess.Popen([sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info"],
                                  cwd=ROOT, env=faust_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -23,7 +23,7 @@ async def names(kafka_admin: AIOKafkaAdminClient):
     base = unique_name("deploy")
     names = [base, f"{base}-dlq", f"{base}-alerts"]
     yield names
-    await topics.delete(kafka_admin, [*names, f"{base}-fences"])
+    await topics.delete(kafka_admin, [*names, f"{base}-fences", f"{base}-latest"])
 
 
 def _env(stack: config.Settings, python_env: dict[str, str], names: list[str], **extra: str) -> dict[str, str]:
@@ -42,18 +42,21 @@ async def test_creates_all_three_topics_with_partitions_then_is_idempotent(stack
     env = _env(stack, python_env, names, IOT_PARTITIONS="4")
     first = _run([], env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count('"event":"topic_created"') == 4
+    assert first.stdout.count('"event":"topic_created"') == 5
     assert await topics.wait_for_leaders(kafka_admin, names) == {n: 4 for n in names}
     # and the live geofences' topic (geoiot.fences): derived from IOT_TOPIC, one partition, compacted
     fences = f"{names[0]}-fences"
     [state] = (await topics.describe(kafka_admin, [fences], ["cleanup.policy"])).values()
     assert (state.partitions, state.configs["cleanup.policy"]) == (1, "compact")
+    # and the live layer's topic (geoiot.live): derived from IOT_TOPIC, the source's partitions, compacted
+    [state] = (await topics.describe(kafka_admin, [f"{names[0]}-latest"], ["cleanup.policy"])).values()
+    assert (state.partitions, state.configs["cleanup.policy"]) == (4, "compact")
 
     # A second run (the scheduler restarting the task) changes nothing and succeeds; a flag beats the env.
     second = _run(["--partitions", "6"], env)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count('"event":"topic_exists"') == 4
-    assert second.stdout.count('"event":"topic_differs"') == 3  # the fence topic keeps its one partition
+    assert second.stdout.count('"event":"topic_exists"') == 5
+    assert second.stdout.count('"event":"topic_differs"') == 4  # the fence topic keeps its one partition
     assert "has 4 partitions, fewer than the 6 asked for" in second.stdout
     described = {t["topic"]: len(t["partitions"]) for t in await kafka_admin.describe_topics(names)}
     assert described == {n: 4 for n in names}

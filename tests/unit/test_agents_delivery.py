@@ -29,7 +29,7 @@ from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset
 
 key = state_codec.key
-TOPICS = StreamTopics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog")
+TOPICS = StreamTopics(source="src", dlq="dlq", alerts="alerts", changelog="app-tracks-changelog", latest="live")
 PRESET = load_preset("taxi")
 
 
@@ -97,18 +97,51 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Acknowledges every send; ``hold[topic]`` (an Event) delays the acknowledgements of that topic."""
+    """A transactional producer: acknowledges every send; ``hold[topic]`` (an Event) delays the acknowledgements
+    of that topic; logs ``("begin",)``, ``("commit", offsets)`` (the offsets sent to the transaction, for the
+    group) and ``("abort",)``; ``fail_commit`` holds the numbers of the transactions whose commit fails; a
+    transaction gate (``hold["commit"]``) delays commits."""
 
-    def __init__(self, log: list[Any]) -> None:
+    def __init__(self, log: list[Any], fail_commit: set[int] = frozenset()) -> None:
         self.log = log
         self.sent: dict[str, list[tuple[bytes | None, bytes, int | None]]] = defaultdict(list)
         self.hold: dict[str, asyncio.Event] = {}
+        self.fail_commit = fail_commit
+        self.open = False
+        self.transactions = 0
+        self.offsets: dict[int, int] | None = None
+        self.groups: list[str] = []
+
+    async def begin_transaction(self) -> None:
+        assert not self.open, "one transaction at a time"
+        self.open, self.offsets = True, None
+        self.transactions += 1
+        self.log.append(("begin",))
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        assert self.open
+        self.offsets = {tp.partition: o for tp, o in offsets.items()}
+        self.groups.append(group_id)
+
+    async def commit_transaction(self) -> None:
+        assert self.open and self.offsets is not None, "offsets are part of every transaction"
+        if "commit" in self.hold:
+            await self.hold["commit"].wait()
+        if self.transactions in self.fail_commit:
+            raise RuntimeError(f"transaction {self.transactions} failed")
+        self.open = False
+        self.log.append(("commit", self.offsets))
+
+    async def abort_transaction(self) -> None:
+        self.open = False
+        self.log.append(("abort",))
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> Any:
+        assert self.open, "every record is sent in a transaction"
         self.sent[topic].append((key, value, partition))
 
         async def ack() -> None:
@@ -146,6 +179,7 @@ class BatchingProducer(FakeProducer):
         return FakeRecordBatch(self.limit)
 
     async def send_batch(self, batch: FakeRecordBatch, topic: str, *, partition: int) -> Any:
+        assert self.open, "every record is sent in a transaction"
         for key, value, timestamp in batch.records:
             assert timestamp is None  # the producer's clock, as send() would stamp it (idle recovery reads it)
             self.sent[topic].append((key, value, partition))
@@ -224,7 +258,7 @@ def stream(consumer: FakeConsumer, producer: FakeProducer, sinks: list[FakeSink]
     table = TrackTable(TOPICS.changelog, lambda: reader or FakeReader({}))
     return SourceStream(consumer=consumer, producer=producer, table=table, topics=TOPICS,
                         pipeline=Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), "obs"),
-                        sinks=sinks, bulk_size=100, bulk_within=bulk_within)
+                        sinks=sinks, bulk_size=100, bulk_within=bulk_within, group="app")
 
 
 async def run_until(s: SourceStream, done: Any, timeout: float = 10.0) -> None:
@@ -298,13 +332,16 @@ async def test_a_failed_batch_commits_neither_itself_nor_any_later_batch() -> No
     assert not [e for e in log if e[0] == TOPICS.changelog]  # states are written only for stored batches
 
 
-async def test_a_commit_refused_after_a_rebalance_is_not_fatal_and_not_counted() -> None:
+async def test_a_failed_transaction_is_aborted_and_commits_neither_its_batch_nor_any_later_one() -> None:
     log: list[Any] = []
-    consumer = FakeConsumer(log, [batch(0, "a", "b")], refuse_commits=True)
-    sink = FakeSink(log)
-    s = stream(consumer, FakeProducer(log), [sink])
-    await run_until(s, lambda: len(sink.stored) == 2 and not s.inflight)
-    assert s.committed == {0: 0}  # the new owner re-delivers from the older commit
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b"), batch(2, "c")])
+    producer = FakeProducer(log, fail_commit={1})
+    s = stream(consumer, producer, [FakeSink(log)])
+    with pytest.raises(RuntimeError, match="transaction 1 failed"):
+        await run_until(s, lambda: False, timeout=5.0)
+    assert ("abort",) in log and not [e for e in log if e[0] == "commit"]
+    assert producer.transactions == 1  # the later batches did not begin one
+    assert s.committed == {0: 0}
 
 
 async def test_an_idle_stream_waits_for_records_instead_of_spinning() -> None:
@@ -381,6 +418,9 @@ async def test_latest_writes_go_only_to_sinks_keeping_them_and_their_refusal_is_
     assert m.LATEST_REFUSED._value.get() - refused_before == 1
     assert m.INDEXED.labels("refusing")._value.get() - indexed_before == 2
     assert s.committed == {0: 3}
+    # the live topic holds only stored documents: b's only observation was refused, so b has no live record
+    assert [(k, orjson.loads(v)["observationTime"]) for k, v, _ in producer.sent[TOPICS.latest]] == [
+        (b"a", 1_357_000_002_000)]
 
 
 async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_for_all_of_them() -> None:
@@ -406,7 +446,8 @@ async def test_changelog_record_batches_go_per_partition_and_the_commit_waits_fo
         await s.stop()
         await asyncio.gather(task, return_exceptions=True)
     # Partition 0's three states in two batches (the first full at two), partition 1's two in one.
-    assert sorted(producer.batches) == [(TOPICS.changelog, 0, 1), (TOPICS.changelog, 0, 2), (TOPICS.changelog, 1, 2)]
+    assert sorted(b for b in producer.batches if b[0] == TOPICS.changelog) == [
+        (TOPICS.changelog, 0, 1), (TOPICS.changelog, 0, 2), (TOPICS.changelog, 1, 2)]
     assert {(orjson.loads(k), p) for k, _, p in producer.sent[TOPICS.changelog]} == {
         ("a", 0), ("b", 0), ("c", 0), ("d", 1), ("e", 1)}
     for k, value, _ in producer.sent[TOPICS.changelog]:  # the same compact state a per-record send wrote
@@ -502,3 +543,86 @@ async def test_problems_say_recovering_then_stalled_while_behind_without_commits
     now[0] += 4
     assert s.problems() == ["rebalancing for 4s"]
     await s.stop()
+
+
+def between(log: list[Any], n: int) -> list[Any]:
+    """The log entries of the ``n``-th transaction (1-based), from its begin to its commit."""
+    begins = [i for i, e in enumerate(log) if e == ("begin",)]
+    start = begins[n - 1]
+    end = next(i for i, e in enumerate(log) if i > start and e[0] in ("commit", "abort"))
+    return log[start:end + 1]
+
+
+async def test_one_transaction_per_batch_holds_its_dead_letters_states_live_records_and_offsets(caplog: Any) -> None:
+    """Everything a batch publishes, and its offsets for the group, is acknowledged inside one transaction,
+    which begins only after the batch was stored; the live records are each track's newest document, keyed by
+    the track (geoiot.live), at the partition of its events."""
+    caplog.set_level("INFO", logger="agents")
+    log: list[Any] = []
+    records = {0: [Record(b"a", position("a", 0), 0), Record(b"x", b"not json", 1), Record(b"a", position("a", 2), 2)],
+               1: [Record(b"b", position("b", 1), 0, partition=1)]}
+    consumer = FakeConsumer(log, [records], partitions=(0, 1))
+    producer, sink = FakeProducer(log), FakeSink(log)
+    s = stream(consumer, producer, [sink])
+    await run_until(s, lambda: any(e[0] == "commit" for e in log))
+    inside = between(log, 1)
+    assert log.index(("sink", 1, 3)) < log.index(("begin",))
+    assert {e[0] for e in inside[1:-1]} == {TOPICS.dlq, TOPICS.changelog, TOPICS.latest}
+    assert inside[-1] == ("commit", {0: 3, 1: 1}) and producer.groups == ["app"]
+    live = {(live_track(k), p): orjson.loads(v) for k, v, p in producer.sent[TOPICS.latest]}
+    assert set(live) == {("a", 0), ("b", 1)}
+    assert live[("a", 0)]["observationTime"] == orjson.loads(position("a", 2))["observationTime"]
+    stored = {a["_id"]: a["_source"] for a in sink.stored}
+    assert live[("b", 1)] == stored[f"b:{orjson.loads(position('b', 1))['observationTime']}"]
+    [line] = [r.getMessage() for r in caplog.records if r.msg.startswith("batch events=")]  # its stages, formatted
+    assert line.startswith("batch events=4 indexed=3 invalid=1") and "transaction=" in line
+
+
+def live_track(key: bytes) -> str:
+    from geoiot import live
+    return live.track_of(key)
+
+
+async def test_the_next_batch_is_stored_while_the_previous_transaction_is_still_open() -> None:
+    """The store is kept busy: batch 2's sink write does not wait for batch 1's transaction; batch 2's
+    transaction begins only after batch 1's committed."""
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b")])
+    producer = FakeProducer(log)
+    producer.hold["commit"] = release = asyncio.Event()
+    s = stream(consumer, producer, [FakeSink(log)])
+
+    async def release_when_second_stored() -> None:
+        while not any(e[:2] == ("sink", 2) for e in log):
+            await asyncio.sleep(0.005)
+        assert producer.open and log.count(("begin",)) == 1 and not [e for e in log if e[0] == "commit"]
+        release.set()
+
+    releaser = asyncio.ensure_future(release_when_second_stored())
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
+    await releaser
+    assert [e for e in log if e[0] in ("begin", "commit")] == [("begin",), ("commit", {0: 1}), ("begin",),
+                                                               ("commit", {0: 2})]
+
+
+async def test_an_idle_evicted_track_gets_a_tombstone_in_the_changelog_and_the_live_topic() -> None:
+    log: list[Any] = []
+    now = [1_000_000.0]
+    consumer = FakeConsumer(log, [batch(0, "a"), {1: [Record(b"b", position("b", 1), 0, partition=1)]}],
+                            partitions=(0, 1))
+
+    class AgingProducer(FakeProducer):
+        async def commit_transaction(self) -> None:
+            await super().commit_transaction()
+            now[0] += 120  # track a idles past the timeout before batch 2's transaction
+
+    producer = AgingProducer(log)
+    table = TrackTable(TOPICS.changelog, lambda: FakeReader({}), idle_timeout=60, clock=lambda: now[0])
+
+    s = SourceStream(consumer=consumer, producer=producer, table=table, topics=TOPICS,
+                     pipeline=Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), "obs"), sinks=[FakeSink(log)],
+                     bulk_size=100, bulk_within=0.01, group="app")
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
+    live = [(live_track(k), v is None, p) for k, v, p in producer.sent[TOPICS.latest]]
+    assert live == [("a", False, 0), ("b", False, 1), ("a", True, 0)]
+    assert (orjson.dumps("a"), None, 0) in producer.sent[TOPICS.changelog]
