@@ -25,11 +25,17 @@ from web.params import AllOf, AnyOf, BBox, Filter, InShape, Negation, Window
 
 
 def shape_mask(table: LiveTable, f: InShape, rows: np.ndarray) -> np.ndarray:
-    """Which of ``rows`` lie in or on ``f``'s geometry."""
+    """Which of ``rows`` lie in or on ``f``'s geometry (only the points within its bounds are tested exactly)."""
     kind, coordinates = f.geometry
     geom = shapely.from_geojson(orjson.dumps({"type": kind, "coordinates": orjson.loads(coordinates)}))
     shapely.prepare(geom)
-    return np.asarray(shapely.intersects_xy(geom, table.lon[rows], table.lat[rows]), dtype=bool)
+    x0, y0, x1, y1 = geom.bounds
+    lon, lat = table.lon[rows], table.lat[rows]
+    near = np.flatnonzero((lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1))
+    out = np.zeros(len(rows), dtype=bool)
+    if len(near):
+        out[near] = shapely.intersects_xy(geom, lon[near], lat[near])
+    return out
 
 
 def where_mask(table: LiveTable, f: Filter, rows: np.ndarray) -> np.ndarray:

@@ -96,19 +96,23 @@ def document_shaper(preset: Preset) -> Callable[[Sequence[tuple[str, dict[str, A
     lon_name, lat_name = preset.lon, preset.lat
 
     def shape(docs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[bytes, int]:
-        parts: list[bytes] = []
+        seen: dict[int, str | None] = {}
+        out: list[dict[str, Any]] = []
         for fid, doc in docs:
             lon, lat = doc.get(lon_name), doc.get(lat_name)
             if type(lon) not in (int, float) or type(lat) not in (int, float):
                 continue
-            props = {k: v for k, v in doc.items() if k != GEOMETRY}
+            props = dict(doc)
+            props.pop(GEOMETRY, None)
             for name in times:
                 ms = props.get(name)
                 if type(ms) is int:
-                    props[name] = rfc3339(ms)
-            parts.append(b'{"type":"Feature","id":%s,"geometry":{"type":"Point","coordinates":[%s,%s]},'
-                         b'"properties":%s}' % (orjson.dumps(fid), orjson.dumps(lon), orjson.dumps(lat),
-                                                orjson.dumps(props)))
-        return b"[" + b",".join(parts) + b"]", len(parts)
+                    text = seen.get(ms)
+                    if text is None:
+                        text = seen[ms] = rfc3339(ms)
+                    props[name] = text
+            out.append({"type": "Feature", "id": fid, "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                        "properties": props})
+        return orjson.dumps(out), len(out)
 
     return shape
