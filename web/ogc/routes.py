@@ -20,6 +20,7 @@ from web.fences import SERVICE
 from web.keys import ALERTS, CACHE, LIVE, METRICS, PRESET, SEARCH, SETTINGS
 from web.limiter import Busy
 from web.live import ogc_items
+from web.live.mirror import Mirror
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
@@ -160,7 +161,7 @@ async def collection(request: web.Request) -> web.Response:
     return answer(request, doc, views.JSON, fmt, c.title)
 
 
-def _mirror(app: web.Application) -> Any:
+def _mirror(app: web.Application) -> Mirror:
     """The live mirror (web.live.mirror.Mirror), once it read its topic to the end found at start (else 503)."""
     mirror = app[LIVE]
     if not mirror.synced:
