@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from multidict import MultiDict
 
 from agents.core.geofence import Geofences
@@ -259,11 +259,12 @@ def queries(draw: st.DrawFn) -> dict[str, str]:
     return q
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(query=queries())
 async def test_every_page_equals_the_latest_index(mirror: TestClient, es: AsyncElasticsearch, data: Data,
                                                   query: dict[str, str]) -> None:
     want = await es_pages(es, data.settings.iot_index, query)
+    event("no match" if not want[0]["numberMatched"] else "several pages" if len(want) > 1 else "one page")
     got = await api_pages(mirror, query)
     assert comparable(got) == want, query
 
@@ -330,3 +331,17 @@ async def test_the_latest_collection_reads_the_live_topic_not_the_latest_index(s
             await asyncio.sleep(0)
     finally:
         await live_kit.delete_topic(s)
+
+
+async def test_while_the_mirror_loads_items_are_503_and_the_collections_answer(stack: Settings) -> None:
+    """A server whose Kafka does not answer never loads its mirror: the latest items and items/{id} are 503
+    busy (as /api/latest), the collections page still lists latest."""
+    s = dataclasses.replace(stack, kafka_bootstrap="127.0.0.1:1", iot_index=f"ogclive-none-{uuid.uuid4().hex[:8]}")
+    async with TestClient(TestServer(init_app(s, consume_alerts=False, cache_ttl=0))) as c:
+        for path in (ITEMS, f"{ITEMS}/t1"):
+            resp = await c.get(path)
+            body = await resp.json(content_type=None)
+            assert resp.status == 503 and "loading" in body["error"], body
+        resp = await c.get("/ogc/collections")
+        assert resp.status == 200
+        assert "latest" in {col["id"] for col in (await resp.json())["collections"]}
