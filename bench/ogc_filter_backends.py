@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import statistics
 import time
 import uuid
@@ -23,7 +22,7 @@ from elasticsearch import AsyncElasticsearch
 
 from geoiot import config
 from geoiot.documents import field_types
-from testkit.ogc_data import PRESET, load, make_docs
+from testkit.ogc_data import PRESET, drop, load, make_docs, settings_for
 from web import where
 from web.ogc import cql
 from web.params import WORLD, BadRequest, Window
@@ -80,7 +79,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
     args = parser.parse_args()
-    settings = dataclasses.replace(config.load(), iot_index=f"bench-cql-{uuid.uuid4().hex[:8]}")
+    settings = settings_for(config.load(), f"bench-cql-{uuid.uuid4().hex[:8]}")
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=120)
     try:
         await load(es, settings, make_docs(n=args.docs))
@@ -99,8 +98,7 @@ async def main() -> None:
                 ta, tb = f"{statistics.median(ra):.1f}", f"{statistics.median(rb):.1f}"
             print(f"| `{text}` | {ca} | {cb} | {ta} | {tb} |", flush=True)
     finally:
-        from agents.store.index import drop_index
-        await drop_index(es, settings.iot_index)
+        await drop(es, settings)
         await es.close()
 
 

@@ -1,6 +1,7 @@
 """The OGC API tests' data set: random walks in New York (more than 10,000 reports in one window, for paging
 clients), a few reports on both sides of the antimeridian, and each track's latest document, written with the
-agents' own bulk actions (geoiot.documents). Usable by hand: ``python -m testkit.ogc_data <index>``."""
+agents' own bulk actions (geoiot.documents) and published to the live layer (geoiot.live: the ``latest``
+collection's source) as the worker does. Usable by hand: ``python -m testkit.ogc_data <index>``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from agents.store.index import ensure_index
+from agents.store.index import drop_index, ensure_index
 from geoiot import config
 from geoiot.schema import Preset, load_preset
 from testkit.observations import bulk_index, document, on_grid, walk
 from testkit import actions as es_actions
+from testkit import live
 
 PRESET = load_preset("taxi")
 T0 = 1_357_084_800_000 - 3 * 3_600_000  # 2013-01-01T21:00Z: two daily indices
@@ -48,20 +50,40 @@ def newest(preset: Preset, docs: list[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
+def settings_for(settings: config.Settings, index: str) -> config.Settings:
+    """``settings`` on the index ``index`` and a live topic of its own (``<index>-latest``)."""
+    import dataclasses
+    return dataclasses.replace(settings, iot_index=index, iot_latest_topic=f"{index}-latest")
+
+
+def env_for(settings: config.Settings) -> dict[str, str]:
+    """The environment a web server process needs to serve ``settings``' data."""
+    return {"IOT_INDEX": settings.iot_index, "IOT_LATEST_TOPIC": settings.latest_topic,
+            "ES_URL": settings.es_url, "KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
+
+
 async def load(es: AsyncElasticsearch, settings: config.Settings, docs: list[dict[str, Any]],
                preset: Preset = PRESET) -> None:
-    """``docs`` into the daily indices of ``settings.iot_index`` and each track's newest into its latest index."""
+    """``docs`` into the daily indices of ``settings.iot_index``, and each track's newest into its latest index
+    and the live topic ``settings.latest_topic``."""
     base = settings.iot_index
     await ensure_index(es, settings, preset, index=base)
     assert await bulk_index(es, base, preset, iter(docs)) == len(docs)
-    await async_bulk(es, [es_actions.latest_action(base, t, d[preset.time], d)
-                          for t, d in newest(preset, docs).items()])
+    latest = newest(preset, docs)
+    await async_bulk(es, [es_actions.latest_action(base, t, d[preset.time], d) for t, d in latest.items()])
     await es.indices.refresh(index=f"{base}*")
+    await live.ensure_topic(settings, 1)
+    assert await live.publish_once(settings, latest.items()) == len(latest)
+
+
+async def drop(es: AsyncElasticsearch, settings: config.Settings) -> None:
+    """What :func:`load` made: the indices and the live topic."""
+    await drop_index(es, settings.iot_index)
+    await live.delete_topic(settings)
 
 
 async def _main(index: str, n: int) -> None:
-    import dataclasses
-    settings = dataclasses.replace(config.load(), iot_index=index)
+    settings = settings_for(config.load(), index)
     es = AsyncElasticsearch(settings.es_hosts, request_timeout=60)
     try:
         await load(es, settings, make_docs(n=n))

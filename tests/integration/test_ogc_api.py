@@ -16,9 +16,8 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from elasticsearch import AsyncElasticsearch
 
-from agents.store.index import drop_index
 from geoiot.config import Settings
-from testkit.ogc_data import PRESET, T0, load, make_docs, newest
+from testkit.ogc_data import PRESET, T0, drop, load, make_docs, newest, settings_for
 from testkit.web_client import Loaded as Data
 from web.app import init_app
 
@@ -31,13 +30,13 @@ ITEMS = "/ogc/collections/observations/items"
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     name = f"ogcapi-{uuid.uuid4().hex[:10]}"
-    settings = dataclasses.replace(stack, iot_index=name)
+    settings = settings_for(stack, name)
     docs = make_docs(n=N)
     try:
         await load(es, settings, docs)
         yield Data(docs, settings)
     finally:
-        await drop_index(es, name)
+        await drop(es, settings)
 
 
 async def get(client: TestClient, path: str, status: int = 200, **params: Any) -> Any:

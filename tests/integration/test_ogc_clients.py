@@ -24,10 +24,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from agents.store.index import drop_index
 from geoiot import topics
 from geoiot.config import Settings
-from testkit.ogc_data import PRESET, WORLD, load, make_docs
+from testkit.ogc_data import PRESET, WORLD, drop, env_for, load, make_docs, settings_for
 from testkit.served_map import get, web_server
 from tests.conftest import ROOT
 
@@ -68,7 +67,7 @@ async def small(stack: Settings, es: AsyncElasticsearch, kafka_admin: AIOKafkaAd
     """3,000 reports (under the suite's 10,000 limit, so it checks numberMatched too), alerts on a topic of
     their own and fences in every box the suite asks for, behind a `python -m web` process."""
     index, topic = f"ogcets-{uuid.uuid4().hex[:10]}", f"ogcets-alerts-{uuid.uuid4().hex[:10]}"
-    settings = dataclasses.replace(stack, iot_index=index)
+    settings = settings_for(stack, index)
     docs = make_docs(n=3_000)
     fences = tmp_path_factory.mktemp("ogc") / "fences.geojson"
     world_fences(fences)
@@ -85,8 +84,7 @@ async def small(stack: Settings, es: AsyncElasticsearch, kafka_admin: AIOKafkaAd
         await producer.stop()
     try:
         await load(es, settings, docs)
-        env = {"IOT_INDEX": index, "IOT_ALERTS_TOPIC": topic, "IOT_GEOFENCES": str(fences),
-               "KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "ES_URL": stack.es_url}
+        env = {**env_for(settings), "IOT_ALERTS_TOPIC": topic, "IOT_GEOFENCES": str(fences)}
         with web_server(python_env, env, output_dir / "ogc-ets-server.log", timeout=60) as url:
             deadline = time.monotonic() + 60
             while json.loads(get(f"{url}/ogc/collections/alerts/items?limit=100")[1])["numberMatched"] < len(alerts):
@@ -94,7 +92,7 @@ async def small(stack: Settings, es: AsyncElasticsearch, kafka_admin: AIOKafkaAd
                 time.sleep(0.5)
             yield Served(url, index, docs, len(alerts))
     finally:
-        await drop_index(es, index)
+        await drop(es, settings)
         await topics.delete(kafka_admin, [topic])
 
 
@@ -103,14 +101,14 @@ async def big(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, str
               output_dir: Path) -> AsyncIterator[Served]:
     """14,000 reports: one window of more than 10,000, to page through."""
     index = f"ogcgis-{uuid.uuid4().hex[:10]}"
+    settings = settings_for(stack, index)
     docs = make_docs()
     try:
-        await load(es, dataclasses.replace(stack, iot_index=index), docs)
-        env = {"IOT_INDEX": index, "ES_URL": stack.es_url, "KAFKA_BOOTSTRAP": stack.kafka_bootstrap}
-        with web_server(python_env, env, output_dir / "ogc-gis-server.log", timeout=60) as url:
+        await load(es, settings, docs)
+        with web_server(python_env, env_for(settings), output_dir / "ogc-gis-server.log", timeout=60) as url:
             yield Served(url, index, docs)
     finally:
-        await drop_index(es, index)
+        await drop(es, settings)
 
 
 # --- the OGC conformance suite ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Handlers of the OGC API - Features under /ogc: validate (web.ogc.params, web.ogc.cql), build the query
 (web.where), search through the server's limiter and a bound on concurrent scans, shape the documents
-(web.ogc.views)."""
+(web.ogc.views). The ``latest`` collection answers from the live mirror (web.live.ogc_items), as /api/latest
+does, with the answers and cursors the Elasticsearch ``_latest`` index gave."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ import orjson
 from aiohttp import web
 from shapely.geometry import box, shape
 
-from geoiot.documents import field_types, latest_index
+from geoiot.documents import field_types
 from web import geojson, where
 from web.fences import SERVICE
-from web.keys import ALERTS, CACHE, METRICS, PRESET, SEARCH, SETTINGS
+from web.keys import ALERTS, CACHE, LIVE, METRICS, PRESET, SEARCH, SETTINGS
+from web.limiter import Busy
+from web.live import ogc_items
+from web.live.mirror import Mirror
 from web.ogc import cursor as cursors
 from web.ogc import views
 from web.ogc.keys import CURSOR_KEY, PREFETCH, SCANS
-from web.ogc.params import format_params, items_params
-from web.ogc.shape import Shaped, shaper
+from web.ogc.params import ItemsParams, format_params, items_params
+from web.ogc.shape import Shaped, document_shaper, shaper
 from web.params import WORLD, BBox, Window, parse_token
 
 PREFIX = "/ogc"
@@ -29,14 +33,20 @@ PREFIX = "/ogc"
 
 @dataclass(frozen=True)
 class Collection:
-    """``index``: the Elasticsearch index or alias of the features, from the settings; else ``features``, an
-    in-memory list from the application (few: fences, the alerts ring)."""
+    """``index``: the Elasticsearch index or alias of the features, from the settings; ``live``: the live
+    mirror's tracks (web.live); else ``features``, an in-memory list from the application (few: fences, the
+    alerts ring)."""
 
     id: str
     title: str
     description: str
     index: Callable[[web.Application], str] | None = None
     features: Callable[[web.Application], list[tuple[dict[str, Any], int | None]]] | None = None
+    live: bool = False
+
+    @property
+    def filterable(self) -> bool:
+        return self.index is not None or self.live
 
 
 def _fences(app: web.Application) -> list[tuple[dict[str, Any], int | None]]:
@@ -61,8 +71,8 @@ def _alerts(app: web.Application) -> list[tuple[dict[str, Any], int | None]]:
 COLLECTIONS = {c.id: c for c in (
     Collection("observations", "Observations", "Every position report stored (the index alias)",
                index=lambda app: app[SETTINGS].iot_index),
-    Collection("latest", "Latest positions", "Each track's newest position (the agents' latest index)",
-               index=lambda app: latest_index(app[SETTINGS].iot_index)),
+    Collection("latest", "Latest positions", "Each track's newest position (the live layer, held in memory)",
+               live=True),
     Collection("alerts", "Geofence alerts", "The recent enter/exit alerts the server has read (in memory)",
                features=_alerts),
     Collection("geofences", "Geofences", "The geofences the server draws", features=_fences),
@@ -115,6 +125,10 @@ async def _extent(request: web.Request, c: Collection) -> tuple[list[float] | No
                                 "geometries": [f["geometry"] for f, _ in features]}).bounds
         times = [ms for _, ms in features if ms is not None]
         return [x0, y0, x1, y1], (views.rfc3339(min(times)), views.rfc3339(max(times))) if times else None
+    if c.live:  # while the mirror loads: what it holds so far (the collections page stays up)
+        mirror = app[LIVE]
+        bbox, (start, end) = ogc_items.extent(mirror.table, mirror.cutoff())
+        return bbox, (views.rfc3339(start), views.rfc3339(end))
     index = c.index(app)  # type: ignore[misc]
 
     async def compute() -> bytes:
@@ -145,6 +159,14 @@ async def collection(request: web.Request) -> web.Response:
     fmt = format_params(request.query, request.headers.get("Accept"))
     doc = await _collection_doc(request, c, views.HTML if fmt == "html" else views.JSON)
     return answer(request, doc, views.JSON, fmt, c.title)
+
+
+def _mirror(app: web.Application) -> Mirror:
+    """The live mirror (web.live.mirror.Mirror), once it read its topic to the end found at start (else 503)."""
+    mirror = app[LIVE]
+    if not mirror.synced:
+        raise Busy("live_loading", "the live layer is still loading (see /healthz)")
+    return mirror
 
 
 def _fields(app: web.Application, c: Collection) -> dict[str, str]:
@@ -188,10 +210,22 @@ async def fetch_page(app: web.Application, index: str, body: dict[str, Any]) -> 
     return shaper(app[PRESET])(raw)
 
 
+def live_page(app: web.Application, p: ItemsParams, after: list[Any] | None, count: bool) -> Shaped:
+    """One page of the live mirror's tracks, as :func:`fetch_page` read it from the ``_latest`` index."""
+    mirror = _mirror(app)
+    table = mirror.table
+    rows = ogc_items.matching(table, p.bbox, p.window, p.where, mirror.cutoff())
+    chosen = ogc_items.page(table, rows, p.limit, after)
+    docs = table.documents(chosen)
+    features, shaped = document_shaper(app[PRESET])([(table.tracks[r], d) for r, d in zip(chosen.tolist(), docs)])
+    last = ogc_items.sort_values(table, int(chosen[-1])) if len(chosen) else None
+    return Shaped(features, shaped, len(chosen), last, len(rows) if count else 0)
+
+
 async def items(request: web.Request) -> web.Response:
     c = _collection(request)
     app = request.app
-    p = items_params(request.query, request.headers.get("Accept"), _fields(app, c), filterable=c.index is not None)
+    p = items_params(request.query, request.headers.get("Accept"), _fields(app, c), filterable=c.filterable)
     scope = cursors.query_scope(c.id, [p.bbox.as_list(), [p.window.start, p.window.end], repr(p.where)])
     key = app[CURSOR_KEY]
     position = cursors.decode(key, scope, p.cursor) if p.cursor is not None else None
@@ -204,6 +238,10 @@ async def items(request: web.Request) -> web.Response:
             page = await fetch_page(app, index, where.page_body(app[PRESET], p.bbox, p.window, p.where, p.limit,
                                                                   position.after if position else None,
                                                                   position is None))
+        matched = position.matched if position else page.total
+        returned, after, features, count = page.returned, page.after, page.features, page.count
+    elif c.live:
+        page = live_page(app, p, position.after if position else None, position is None)
         matched = position.matched if position else page.total
         returned, after, features, count = page.returned, page.after, page.features, page.count
     else:
@@ -243,6 +281,12 @@ async def feature(request: web.Request) -> web.Response:
         raw = await app[SEARCH].search("ogc_feature", where.ids_body(fid), c.index(app), raw=True)
         shaped = orjson.loads(shaper(app[PRESET])(raw).features)
         found = shaped[0] if shaped else None
+    elif fid and c.live:
+        mirror = _mirror(app)
+        row = ogc_items.row_of(mirror.table, fid, mirror.cutoff())
+        if row is not None:
+            shaped = orjson.loads(document_shaper(app[PRESET])([(fid, mirror.table.documents([row])[0])])[0])
+            found = shaped[0] if shaped else None
     elif fid:
         found = next((dict(f) for f, _ in c.features(app) if str(f.get("id")) == fid), None)  # type: ignore[misc]
     if found is None:

@@ -1,6 +1,7 @@
-"""A page of Elasticsearch hits as GeoJSON features, from the response's bytes: msgspec reads the envelope
-and each document's position and times, and the document's own JSON becomes the feature's properties as it
-is, its epoch-ms times replaced in place by RFC 3339 strings, with no dict built per hit.
+"""GeoJSON features of the OGC API's pages. :func:`shaper`: a page of Elasticsearch hits, from the response's
+bytes: msgspec reads the envelope and each document's position and times, and the document's own JSON becomes
+the feature's properties as it is, its epoch-ms times replaced in place by RFC 3339 strings, with no dict built
+per hit. :func:`document_shaper`: the same features from documents held in memory (the live mirror).
 
 The search excludes ``geometry`` from ``_source`` (web.where.page_body); the position is the preset's
 lon/lat fields, which the agents write with the same values. Pure: no I/O.
@@ -8,7 +9,7 @@ lon/lat fields, which the agents write with the same values. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from geoiot.documents import field_types
+from geoiot.documents import GEOMETRY, field_types
 from geoiot.schema import Preset
 from web.ogc.views import rfc3339
 
@@ -81,5 +82,37 @@ def shaper(preset: Preset) -> Callable[[bytes], Shaped]:
         hits = resp.hits.hits
         return Shaped(b"[" + b",".join(parts) + b"]", len(parts), len(hits), hits[-1].sort if hits else None,
                       resp.hits.total.value)
+
+    return shape
+
+
+@lru_cache(maxsize=16)
+def document_shaper(preset: Preset) -> Callable[[Sequence[tuple[str, dict[str, Any]]]], tuple[bytes, int]]:
+    """The function that shapes (feature id, document) pairs held in memory (the live mirror's, web.live) as
+    :func:`shaper` shapes hits: the position from the preset's lon/lat (a document without them is left out),
+    every other member but ``geometry`` as a property, epoch-ms times as RFC 3339. Gives (a JSON array of the
+    features, how many)."""
+    times = [name for name, kind in field_types(preset).items() if kind == "time"]
+    lon_name, lat_name = preset.lon, preset.lat
+
+    def shape(docs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[bytes, int]:
+        seen: dict[int, str | None] = {}
+        out: list[dict[str, Any]] = []
+        for fid, doc in docs:
+            lon, lat = doc.get(lon_name), doc.get(lat_name)
+            if type(lon) not in (int, float) or type(lat) not in (int, float):
+                continue
+            props = dict(doc)
+            props.pop(GEOMETRY, None)
+            for name in times:
+                ms = props.get(name)
+                if type(ms) is int:
+                    text = seen.get(ms)
+                    if text is None:
+                        text = seen[ms] = rfc3339(ms)
+                    props[name] = text
+            out.append({"type": "Feature", "id": fid, "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                        "properties": props})
+        return orjson.dumps(out), len(out)
 
     return shape
