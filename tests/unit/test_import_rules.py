@@ -163,3 +163,15 @@ def test_the_rules_would_see_a_cycle_and_a_runtime_import(tmp_path: Path) -> Non
     assert runtime_of("agents.worker.stream") == "worker"
     assert cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c", "a"]]
     assert cycles({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+
+
+def test_test_modules_have_unique_names_across_tiers() -> None:
+    """pytest imports test modules by basename (rootdir-relative packages are not used here), so a name used in two
+    tiers stops the whole run's collection; the tiers also run apart (make unit), where it would go unnoticed."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
