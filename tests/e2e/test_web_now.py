@@ -1,7 +1,8 @@
 """The map's now mode in headless Debian Chromium (Playwright), against `python -m web` and real Elasticsearch.
 
 The data goes through the agents' own write path (pipeline + Elasticsearch sink: observations and the latest
-index), for the taxi preset and for a user's own preset (the real flight positions of
+index; each batch's newest documents to a live topic the web server mirrors, as the worker publishes them), for
+the taxi preset and for a user's own preset (the real flight positions of
 ``testkit/presets.FLIGHTS_DATA``). Every expected number comes from Elasticsearch directly: the
 latest documents, direct counts of filters, a track's reports in the trail's window. Screenshots go to
 test-output/.
@@ -34,6 +35,7 @@ from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import documents, topics
 from geoiot.config import DEFAULT_GEOFENCES, Settings
 from geoiot.schema import InvalidRecord, Preset, load_preset, parse_row
+from testkit import live
 from testkit.browser import browser_page, settled, skip_unless_browser, snapshot, wait_for
 from testkit.presets import FLIGHTS, FLIGHTS_DATA
 from testkit.served_map import get, web_server
@@ -102,12 +104,20 @@ def flight_reports() -> tuple[list[Report], int]:
     return out, bad
 
 
-async def write_reports(hosts: list[str], preset: Preset, index: str, reports: list[Report],
+def live_settings(stack: Settings, index: str) -> Settings:
+    """The settings of a test's own live topic (geoiot.live), named after its index."""
+    return dataclasses.replace(stack, iot_latest_topic=f"{index}-latest")
+
+
+async def write_reports(stack: Settings, preset: Preset, index: str, reports: list[Report],
                         batch: int = 500) -> None:
-    """Through the agents' pipeline and Elasticsearch sink, in arrival order, keeping each track's state."""
+    """Through the agents' pipeline and Elasticsearch sink, in arrival order, keeping each track's state; each
+    batch's newest documents also to the index's live topic, as the worker publishes them (the map's now mode
+    reads the web server's mirror of it)."""
     pipeline = Pipeline(preset, Geofences.load(DEFAULT_GEOFENCES), index)
-    sink = ElasticsearchSink(es_client(hosts))
+    sink = ElasticsearchSink(es_client(stack.es_hosts))
     states: dict[str, Any] = {}
+    newest: list[tuple[str, dict[str, Any]]] = []
     try:
         for start in range(0, len(reports), batch):
             chunk = reports[start:start + batch]
@@ -116,8 +126,10 @@ async def write_reports(hosts: list[str], preset: Preset, index: str, reports: l
             assert result.dead == []
             states.update({track: state for track, (_, state) in result.states.items()})
             assert await sink.write_bulk(result.bulk()) == []
+            newest.extend(live.latest_documents(result))
     finally:
         await sink.stop()
+    await live.publish_once(live_settings(stack, index), newest)
 
 
 async def latest_docs(es: AsyncElasticsearch, index: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,14 +155,17 @@ async def served(stack: Settings, es: AsyncElasticsearch, python_env: dict[str, 
     settings = dataclasses.replace(stack, iot_index=name, iot_schema=schema, iot_index_refresh="-1")
     await ensure_index(es, settings, preset)
     try:
-        await write_reports(stack.es_hosts, preset, name, reports)
+        await live.ensure_topic(live_settings(stack, name), partitions=1)
+        await write_reports(stack, preset, name, reports)
         await es.indices.refresh(index=f"{name}*")
         full = {"IOT_INDEX": name, "IOT_SCHEMA": schema, "MAP_REFRESH_MS": "1000",
-                "IOT_ALERTS_TOPIC": f"{name}-alerts", **(env or {})}
+                "IOT_ALERTS_TOPIC": f"{name}-alerts", "IOT_LATEST_TOPIC": live_settings(stack, name).latest_topic,
+                **(env or {})}
         with web_server(python_env, full, output_dir / f"web_now_{preset.name}_server.log") as url:
             yield Served(url, name, preset, reports)
     finally:
         await drop_index(es, name)
+        await live.delete_topic(live_settings(stack, name))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -440,7 +455,7 @@ async def test_zoomed_out_the_now_mode_counts_current_tracks_per_cell(taxi: Serv
                                                                     es: AsyncElasticsearch, output_dir: Path) -> None:
     latest = await latest_docs(es, taxi.index)
     env = {"IOT_INDEX": taxi.index, "MAP_REFRESH_MS": "1000", "MAP_MARKER_THRESHOLD": "10",
-           "IOT_ALERTS_TOPIC": f"{taxi.index}-alerts"}
+           "IOT_ALERTS_TOPIC": f"{taxi.index}-alerts", "IOT_LATEST_TOPIC": f"{taxi.index}-latest"}
     with web_server(python_env, env, output_dir / "web_now_cells_server.log") as url:
         status, body = get(url + "/api/aggregate?source=latest&zoom=11")
         if status == 400 and b"source" in body:  # the API side of issue 14 item 1 (branch webapi) lacks it yet
@@ -471,7 +486,7 @@ async def move_and_see(page: Any, es: AsyncElasticsearch, stack: Settings, index
     track = doc[TAXI.track]
     moved = {TAXI.track: track, TAXI.time: doc[TAXI.time] + STEP_MS, TAXI.lon: round(doc[TAXI.lon] + by[0], 6),
              TAXI.lat: round(doc[TAXI.lat] + by[1], 6), "passengerCount": passengers, "vendor_id": doc["vendor_id"]}
-    await write_reports(stack.es_hosts, TAXI, index, [moved])
+    await write_reports(stack, TAXI, index, [moved])
     await es.indices.refresh(index=f"{index}*")
     await wait_for(page, f"s.arrows.some((a) => a.track === '{track}' && a.time === {moved[TAXI.time]})",
                    timeout=timeout)
