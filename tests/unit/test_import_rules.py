@@ -175,3 +175,15 @@ def test_test_modules_have_unique_names_across_tiers() -> None:
             clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
         seen.setdefault(path.name, path)
     assert not clashes, clashes
+
+
+def test_every_shipped_package_is_listed_in_pyproject() -> None:
+    """setuptools installs only the packages pyproject.toml names: a new subpackage left out imports in the
+    checkout (editable install) and fails in the wheel and the image."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {name.split(".")[0] for name in listed}
+    inits = [init for root in roots for init in (ROOT / root).rglob("__init__.py") if "bundled" not in init.parts]
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in inits}
+    assert found <= listed, sorted(found - listed)
