@@ -60,9 +60,11 @@ UPDATED, PARTITION = 4, 5
 
 
 def changelog_reader(bootstrap: str) -> AIOKafkaConsumer:
-    """A group-less consumer for reading changelog partitions from their beginning (not started)."""
+    """A group-less consumer for reading changelog partitions from their beginning (not started); it reads only
+    committed transactions, so a recovered state is the one committed with the offsets (agents.worker.stream)."""
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+                            auto_offset_reset="earliest", isolation_level="read_committed",
+                            max_partition_fetch_bytes=8 << 20)
 
 
 class TrackTable:
