@@ -227,6 +227,15 @@ async def test_the_live_layer_end_to_end_worker_to_web_servers(
             await wait_metric(worker, "geoiot_agent_already_stored_total",
                               len(recs) + len(records(first_half(data, tmp_path))))
             assert by_track(await latest(http, first)) == by_track(body)
+            # ... and the store agrees: each newest report's observation has the motion the live layer shows.
+            docs = await stored(es, index)
+            moving = 0
+            for f in body["features"]:
+                doc = orjson.loads(docs[documents.doc_id(f["id"], f["properties"]["time"])][2])
+                assert f["properties"][documents.SPEED] == doc[documents.SPEED], f["id"]
+                assert f["properties"][documents.HEADING] == doc[documents.HEADING], f["id"]
+                moving += doc[documents.SPEED] is not None
+            assert moving > len(newest) // 2
 
             # A second server started later, and the first one restarted, answer the same.
             second = WebServer(web_env, output_dir / f"{topic}-web2.log")
