@@ -26,11 +26,6 @@ OPS = (INDEX, CREATE)
 LATE_OP = CREATE  # the operation of a late report's observation: never overwrite what is stored under its _id
 
 
-def observation_op(late: bool) -> str:
-    """The bulk operation of an observation: create-only when its report is late (the module's rule)."""
-    return LATE_OP if late else INDEX
-
-
 def meta_line(index: str, doc_id: str, version: int | None = None, op: str = INDEX) -> bytes:
     """The action line of an operation, exactly as ``orjson.dumps`` writes the action's metadata."""
     if version is None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from agents.core.bulk import CREATE, INDEX, LATE_OP, Bulk, meta_line, observation_op
+from agents.core.bulk import CREATE, INDEX, LATE_OP, Bulk, meta_line
 from agents.core.geofence import Geofences
 from agents.core.motion import State
 from agents.core.pipeline import Incoming, Pipeline
@@ -41,7 +41,7 @@ def body_ops(bulk: Bulk) -> list[tuple[str, str]]:
 
 
 def test_late_op_is_create_and_its_meta_line_is_what_orjson_writes():
-    assert LATE_OP == CREATE and observation_op(True) == CREATE and observation_op(False) == INDEX
+    assert LATE_OP == CREATE
     assert meta_line("obs", 'a"b', None, CREATE) == orjson.dumps({"create": {"_index": "obs", "_id": 'a"b'}})
     assert meta_line("obs", "a") == b'{"index":{"_index":"obs","_id":"a"}}'
 
