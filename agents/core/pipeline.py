@@ -9,9 +9,10 @@ messages are keyed by track id.
 
 Each batch also gives at most one latest-position write per track (external versioning on the event time):
 the newest indexed observation of that track in the batch that is not late (on equal event times the first
-message: a later one is late, written create-only, so its document is not the one the index keeps). In geofence filter mode it is the newest
-observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
-last position inside one (its time says how old it is; the exit alert says it left).
+message: a later one is late, written create-only, so its document is not the one the index keeps). In
+geofence filter mode it is the newest such observation inside a fence, like everything stored in that mode: a
+track that left every fence keeps its last position inside one (its time says how old it is; the exit alert
+says it left).
 
 The batch is computed by columns, not rows (:func:`agents.core.validate.decode_batch`, then bounds, index names
 and ids over the time column, geofences and motion over arrays), and each document is serialised once, straight
