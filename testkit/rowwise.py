@@ -6,7 +6,8 @@ It imports none of the production code it is compared with: the decoder, the doc
 id rules, the alert transitions and the event-time bounds are frozen copies below (only the field names, the
 contract, come from :mod:`geoiot.documents`). One deliberate change since: issue 23's track state (the
 :class:`agents.core.motion.State` record, no history) and its late-report rule (no motion for a report not
-newer than the state) replaced the history lookup in ``advance_batch``.
+newer than the state) replaced the history lookup in ``advance_batch``; and its late-report write rule: a late
+report's observation is a ``create`` action (never overwriting a stored one) and never a latest position.
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ class RowwisePipeline:
             action = document_action(self.index, obs.track, obs.time_ms, doc)
             actions.append(action)
             sources[(action["_index"], action["_id"])] = msg
+            if i in motion.late:  # issue 23: create-only, never a latest position
+                action["_op_type"] = "create"
+                continue
             keep_newest(newest, obs.track, obs.time_ms, doc)
         # Only a complete computation is kept, so a failure above leaves ``out`` as it was.
         for track, (i, state) in motion.states.items():
@@ -174,6 +178,7 @@ class RowwiseMotion:
     heading_deg: list[float | None]
     transitions: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # report index -> (entered, exited)
     states: dict[str, tuple[int, State]]  # track -> (index of the last report that moved it, new state)
+    late: set[int] = field(default_factory=set)  # indices of the late reports (issue 23)
 
 
 def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
@@ -193,6 +198,7 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     # track -> [t, lon, lat, fences, moved, last moving index]
     cursors: dict[str, list[Any]] = {}
+    late: set[int] = set()
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
         cur = cursors.get(track)
@@ -212,6 +218,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
             cur[0], cur[1], cur[2], cur[3] = t, lon, lat, here
             cur[4] = True
             cur[5] = i
+        else:
+            late.add(i)
 
     distance: list[float | None] = [None] * n
     speed: list[float | None] = [None] * n
@@ -240,7 +248,7 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     for track, cur in cursors.items():
         if cur[4]:
             states[track] = (cur[5], State(cur[0], cur[1], cur[2], tuple(cur[3])))
-    return RowwiseMotion(distance, speed, heading, changes, states)
+    return RowwiseMotion(distance, speed, heading, changes, states, late)
 
 
 # --- agents/validate.decode, geoiot/documents, agents/alerts.transitions, geoiot/timeparse.EventTimeBounds of 1c8e148 ---

@@ -13,7 +13,11 @@ The rule is a fold over each track's reports in offset order, report by report:
   and it becomes the state;
 * a *late* report (event time at or before the state's: older, or a duplicate of the newest time) is still
   stored as an observation with its own fences, but it does not move the track: null distance, speed and
-  heading, no fence transitions, the state unchanged.
+  heading, no fence transitions, the state unchanged. Its document is written create-only
+  (:data:`agents.core.bulk.LATE_OP`): a report re-sent after its track moved on (a file replayed again, a
+  device re-sending, a dead letter redriven) finds its observation already stored, with the motion it had, and
+  leaves it as it is; a late report never seen before is stored with null motion. Nor is a late report ever a
+  track's latest position or live record: the state's report, as new or newer, already is.
 
 Because each report's result depends only on the state the previous reports of its track left, cutting the
 same offsets into batches at any points gives the same motion, alerts and states (a property test holds it).
@@ -112,6 +116,7 @@ class BatchMotion:
     heading_deg: list[float | None]
     transitions: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # report index -> (entered, exited)
     states: dict[str, tuple[int, State]]  # track -> (index of the last report that moved it, new state)
+    late: list[int]  # indices of the late reports (a state at or after their time), ascending
 
 
 def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[float], lats: Sequence[float],
@@ -128,6 +133,7 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     lat0_l: list[float] = []
     changes: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     cursors: dict[str, list[Any]] = {}  # track -> [t, lon, lat, fences, index of the last report that moved it]
+    late: list[int] = []
     for i in range(n):
         track, t, lon, lat, here = tracks[i], times[i], lons[i], lats[i], fences[i]
         cur = cursors.get(track)
@@ -147,7 +153,8 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
                 if before != after:
                     changes[i] = (tuple(sorted(after - before)), tuple(sorted(before - after)))
             cur[0], cur[1], cur[2], cur[3], cur[4] = t, lon, lat, here, i
-        # else: a late report, stored without motion; the state stays
+        else:  # a late report, stored without motion; the state stays
+            late.append(i)
 
     distance: list[float | None] = [None] * n
     speed: list[float | None] = [None] * n
@@ -178,4 +185,4 @@ def advance_batch(tracks: Sequence[str], times: Sequence[int], lons: Sequence[fl
     for track, cur in cursors.items():
         if cur[4] >= 0:
             states[track] = (cur[4], State(cur[0], cur[1], cur[2], fence_set(cur[3])))
-    return BatchMotion(distance, speed, heading, changes, states)
+    return BatchMotion(distance, speed, heading, changes, states, late)

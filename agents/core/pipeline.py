@@ -8,10 +8,11 @@ batch at once; track state is advanced in arrival order, which per track is offs
 messages are keyed by track id.
 
 Each batch also gives at most one latest-position write per track (external versioning on the event time):
-the newest indexed observation of that track in the batch (on equal event times the later message,
-whose document is the one the observation index keeps). In geofence filter mode it is the newest
-observation inside a fence, like everything stored in that mode: a track that left every fence keeps its
-last position inside one (its time says how old it is; the exit alert says it left).
+the newest indexed observation of that track in the batch that is not late (on equal event times the first
+message: a later one is late, written create-only, so its document is not the one the index keeps). In
+geofence filter mode it is the newest such observation inside a fence, like everything stored in that mode: a
+track that left every fence keeps its last position inside one (its time says how old it is; the exit alert
+says it left).
 
 The batch is computed by columns, not rows (:func:`agents.core.validate.decode_batch`, then bounds, index names
 and ids over the time column, geofences and motion over arrays), and each document is serialised once, straight
@@ -32,7 +33,7 @@ import numpy as np
 import orjson
 
 from agents.core import codec
-from agents.core.bulk import Bulk, meta_line
+from agents.core.bulk import LATE_OP, Bulk, meta_line
 from agents.core.geofence import Geofences
 from agents.core.motion import State, StateLike, advance_batch
 from agents.core.transitions import transitions
@@ -125,6 +126,7 @@ class _Part:
     states: dict[str, tuple[int, State]] = field(default_factory=dict)  # track -> (event, state)
     filtered: int = 0
     newest: dict[str, tuple[int, int]] = field(default_factory=dict)  # track -> (time_ms, event)
+    late: set[int] = field(default_factory=set)  # the late events indexed (create-only, never a latest position)
 
 
 def key_mismatches(messages: Sequence[Message], tracks: Sequence[str]) -> int:
@@ -249,6 +251,7 @@ class Pipeline:
             total.alerts += one.alerts
             total.states.update(one.states)
             total.filtered += one.filtered
+            total.late |= one.late
             for track, (time_ms, event) in one.newest.items():
                 keep_newest(total.newest, track, time_ms, event)
         return total
@@ -275,6 +278,7 @@ class Pipeline:
         dumps, build_into, fill = orjson.dumps, codec.build_into, codec.fill
         indexed, sources, newest, keeps = part.events, part.sources, part.newest, documents.keeps_latest
         structs: list[Any] = []  # the documents that are structs, encoded together after the loop
+        late = set(motion.late)
         for i, k in enumerate(events):
             fences = inside[i]
             if filter_inside and not fences:
@@ -289,6 +293,9 @@ class Pipeline:
                                     cells[i]))
                 sources.append(None)
             indexed.append(k)
+            if late and i in late:  # stored create-only; the track's state report is as new or newer
+                part.late.add(k)
+                continue
             t, track = times[i], tracks[i]
             if keeps(t):
                 seen = newest.get(track)
@@ -327,6 +334,10 @@ class Pipeline:
             obs.metas = [join((prefix, q, b"}}")) for q in quoted]
         else:
             obs.metas = [join((prefixes[name], q, b"}}")) for name, q in zip(names, quoted)]
+        if part.late:  # late reports: create-only (agents.core.bulk.LATE_OP)
+            creates = obs.creates = {j for j, k in enumerate(events) if k in part.late}
+            for j in creates:
+                obs.metas[j] = meta_line(names[j], kept_ids[j], None, LATE_OP)
         obs.sources, obs.index, obs.ids = part.sources, names, kept_ids  # the columns are not used after this
         obs.versions = [None] * len(kept_ids)
         out.origins = [messages[k] for k in events]

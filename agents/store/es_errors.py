@@ -6,6 +6,11 @@ retried with back-off for as long as it lasts: the worker's ``/healthz`` says de
 is committed past the batch. Only a refusal of the document itself, which no retry can change (it does not
 fit the mapping, its ``_id`` is refused), is final: the event goes to the dead-letter topic with the reason.
 
+A third outcome is neither: a 409 version conflict on a ``create`` (a late report's observation, already
+stored under its ``_id``: the stored document stays) or on a versioned write (a latest position older than the
+stored one) means Elasticsearch already holds what counts. It is :attr:`Fate.KEPT` (:func:`item_fate`): counted,
+neither retried nor dead-lettered.
+
 An error type that is not in the table is decided by its HTTP status: 429 and 5xx are retried, any other 4xx
 refuses the document (for a whole request: the request is split until the refused document is alone).
 Pure: no I/O, so the sink, the Spark job and the tests share it.
@@ -20,6 +25,7 @@ from typing import Any
 class Fate(Enum):
     RETRY = "retry"  # the cluster will accept it later: wait, never dead-letter, never commit past it
     REFUSE = "refuse"  # the document itself is refused: dead letter with the reason
+    KEPT = "kept"  # the stored document stays (a create of a stored _id, a stale versioned write): count it
 
 
 RETRY_STATUS = frozenset((429, 500, 502, 503, 504))
@@ -59,8 +65,9 @@ ERRORS: dict[str, tuple[Fate, str]] = {
                                                          "_id over 512 bytes)"),
     "x_content_parse_exception": (Fate.REFUSE, "the document is not valid JSON for Elasticsearch"),
     "json_parse_exception": (Fate.REFUSE, "the document is not valid JSON for Elasticsearch"),
-    "version_conflict_engine_exception": (Fate.REFUSE, "a versioned write older than the stored one (the "
-                                                       "latest positions count it as stale instead)"),
+    "version_conflict_engine_exception": (Fate.REFUSE, "a conflict on a plain index; on a create (a late report "
+                                                       "already stored) or a versioned write (a stale latest "
+                                                       "position) it is Fate.KEPT instead (item_fate)"),
 }
 
 
@@ -80,6 +87,14 @@ def fate(status: int | None, error: Any = None) -> Fate:
     if status is None or status in RETRY_STATUS or status >= 500:
         return Fate.RETRY
     return Fate.REFUSE
+
+
+def item_fate(status: int, error: Any, *, create: bool, versioned: bool) -> Fate:
+    """What to do with a refused bulk item: a version conflict on a ``create`` or a versioned write keeps the
+    stored document (:attr:`Fate.KEPT`); anything else as :func:`fate` says."""
+    if status == 409 and (create or versioned) and error_type(error) in (None, "version_conflict_engine_exception"):
+        return Fate.KEPT
+    return fate(status, error)
 
 
 def response_error(body: Any) -> Any:

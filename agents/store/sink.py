@@ -20,7 +20,9 @@ Actions with ``version_type`` (the latest positions, versioned by the event time
 after the observations of the same call are stored, so a latest position is always a stored observation: the
 entry of a refused observation is replaced by the newest stored observation of its track in the call (or
 dropped when there is none). Their version conflict (409) only means Elasticsearch holds a report as new
-or newer: it is counted (``on_conflict``), neither retried nor returned as refused.
+or newer: it is counted (``on_conflict``), neither retried nor returned as refused. Likewise the 409 of a
+``create`` (a late report's observation, :data:`agents.core.bulk.LATE_OP`) means its ``_id`` is already stored
+and stays as it is: counted (``on_duplicate``), neither retried nor refused.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from elasticsearch.exceptions import ApiError, TransportError
 from elasticsearch.serializer import OrjsonSerializer
 
 from agents.core.bulk import Bulk
-from agents.store.es_errors import Fate, error_type, fate, response_error
+from agents.store.es_errors import Fate, error_type, fate, item_fate, response_error
 from geoiot.documents import doc_id, id_parts, keeps_latest
 
 log = logging.getLogger("agents.store.sink")
@@ -77,6 +79,7 @@ class ElasticsearchSink:
                  on_retry: Callable[[str], None] | None = None,
                  on_bulk: Callable[[float, int], None] | None = None,
                  on_conflict: Callable[[int], None] | None = None,
+                 on_duplicate: Callable[[int], None] | None = None,
                  setup: Callable[[AsyncElasticsearch], Any] | None = None,
                  max_new_indices: int = 10, keeps_latest: bool = True) -> None:
         """``keeps_latest``: IOT_ES_LATEST, whether the batches' latest positions are written too (the
@@ -90,6 +93,7 @@ class ElasticsearchSink:
         self.on_retry = on_retry or (lambda reason: None)
         self.on_bulk = on_bulk or (lambda seconds, n: None)
         self.on_conflict = on_conflict or (lambda n: None)
+        self.on_duplicate = on_duplicate or (lambda n: None)
         self._setup = setup
         self.healthy_since: float | None = None
         self.failing_since: float | None = None
@@ -215,7 +219,7 @@ class ElasticsearchSink:
             retry: list[int] = []
             missing: set[str] = set()
             why: dict[str, int] = {}
-            stale = 0
+            stale = duplicates = 0
             if body.get("errors"):
                 items = body.get("items") or []
                 if len(items) != len(pending):  # cannot happen: one item per operation, in order
@@ -226,9 +230,14 @@ class ElasticsearchSink:
                     if status is None or status < 300:
                         continue
                     error = info.get("error")
-                    if status == 409 and pending.versions[i] is not None:
-                        stale += 1  # a versioned write refused: the stored document is as new or newer
-                    elif fate(status, error) is Fate.RETRY:
+                    create, versioned = i in pending.creates, pending.versions[i] is not None
+                    outcome = item_fate(status, error, create=create, versioned=versioned)
+                    if outcome is Fate.KEPT:
+                        if versioned:
+                            stale += 1  # a versioned write refused: the stored document is as new or newer
+                        else:
+                            duplicates += 1  # a late report's create: its _id is stored already, and stays
+                    elif outcome is Fate.RETRY:
                         retry.append(i)
                         kind = error_type(error) or str(status)
                         why[kind] = why.get(kind, 0) + 1
@@ -238,6 +247,8 @@ class ElasticsearchSink:
                         rejected.append((pending.action(i), f"elasticsearch refused the document: {_error_text(info)}"))
             if stale:
                 self.on_conflict(stale)
+            if duplicates:
+                self.on_duplicate(duplicates)
             if not retry:
                 self._ok()
                 break
@@ -262,8 +273,8 @@ def stored_latest(observations: Bulk, latest: Bulk, rejected: Rejected) -> Bulk:
         return latest
     newest: dict[str, tuple[int, int]] = {}  # track -> (time ms, entry) of its newest stored observation
     for i, obs_id in enumerate(observations.ids):
-        if obs_id in refused or observations.versions[i] is not None:
-            continue
+        if obs_id in refused or observations.versions[i] is not None or i in observations.creates:
+            continue  # a late report's create is not a latest position (its _id may hold another document)
         track, ms = id_parts(obs_id)
         seen = newest.get(track)
         if keeps_latest(ms) and (seen is None or ms >= seen[0]):

@@ -252,6 +252,7 @@ def make_sinks(ctx: WorkerContext) -> list[Sink]:
                 on_retry=lambda reason: m.SINK_RETRIES.labels("elasticsearch").inc(),
                 on_bulk=lambda seconds, n: m.BULK_SECONDS.labels("elasticsearch").observe(seconds),
                 on_conflict=m.LATEST_STALE.inc,
+                on_duplicate=m.ALREADY_STORED.inc,
                 setup=lambda client: ensure_index(client, ctx.settings, ctx.preset),
                 max_new_indices=ctx.settings.iot_max_new_indices, keeps_latest=ctx.settings.iot_es_latest))
         else:

@@ -17,6 +17,8 @@ WEBHOOK = Counter("geoiot_agent_webhook_total", "Webhook deliveries by outcome",
 WEBHOOK_CIRCUIT = Gauge("geoiot_agent_webhook_circuit_open", "1 while the webhook's circuit breaker holds requests back")
 LATEST_STALE = Counter("geoiot_agent_latest_stale_total",
                        "Latest-position writes Elasticsearch refused as not newer (version conflict)")
+ALREADY_STORED = Counter("geoiot_agent_already_stored_total",
+                         "Late reports whose observation Elasticsearch already held (create-only: the stored one stays)")
 LATEST_REFUSED = Counter("geoiot_agent_latest_refused_total",
                          "Latest-position writes a sink refused for good (the observation's own outcome stands)")
 SINK_RETRIES = Counter("geoiot_agent_sink_retries_total", "Sink attempts that failed and were retried", ["sink"])

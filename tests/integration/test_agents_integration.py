@@ -279,7 +279,7 @@ async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
         assert metrics['geoiot_agent_indexed_total{sink="elasticsearch"}'] == len(recs)
         assert metrics["geoiot_agent_events_total"] == len(recs) + len(BAD_VALUES)
 
-        # re-sending the same events changes no count (idempotent ids) but does overwrite
+        # re-sending the same events changes no count (idempotent ids) nor any document (late: create-only)
         replay(data, topic, env)
         deadline = time.monotonic() + 60
         while worker.metrics()["geoiot_agent_events_total"] < 2 * len(recs) + len(BAD_VALUES):
@@ -558,11 +558,11 @@ async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its
 
 
 def newest_reports(recs: list[dict]) -> dict[str, dict]:
-    """Each track's newest report (on equal times the later one, as the agents keep it)."""
+    """Each track's newest report (on equal times the first one: a later one is late, create-only)."""
     newest: dict[str, dict] = {}
     for r in recs:
         seen = newest.get(r["taxiId"])
-        if seen is None or r["observationTime"] >= seen["observationTime"]:
+        if seen is None or r["observationTime"] > seen["observationTime"]:
             newest[r["taxiId"]] = r
     return newest
 
@@ -585,8 +585,9 @@ def assert_latest_is(latest: dict[str, tuple[int, dict]], newest: dict[str, dict
 
 
 async def test_latest_positions_through_pipeline_and_sink_older_reports_only_conflict(stack, es, new_index, tmp_path):
-    """The latest index holds each track's newest report; re-sent and older reports are version conflicts
-    (counted exactly, never refused), their observations are all indexed, and ``<base>`` counts no latest."""
+    """The latest index holds each track's newest report; re-sent and older reports are late (no latest
+    write; their observations create-only: the re-sent ones already stored, counted, the older ones indexed);
+    a stale latest write (a pipeline without the state) is a version conflict, counted, never refused."""
     import dataclasses
 
     from agents.core.geofence import Geofences
@@ -600,14 +601,17 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     newest = newest_reports(recs)
     pipeline = Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), base)
     conflicts: list[int] = []
-    sink = ElasticsearchSink(es_client(stack.es_hosts), on_conflict=conflicts.append)
+    duplicates: list[int] = []
+    sink = ElasticsearchSink(es_client(stack.es_hosts), on_conflict=conflicts.append, on_duplicate=duplicates.append)
     states: dict = {}
 
-    async def send(batch: list[dict]) -> None:
+    async def send(batch: list[dict], late: bool = False, keep_state: bool = True) -> None:
         messages = [Incoming(orjson.dumps(r), r["taxiId"].encode(), "src", 0, i) for i, r in enumerate(batch)]
-        result = pipeline.process(messages, states.get)
-        assert result.dead == [] and len(result.latest_bulk.actions()) == len({r["taxiId"] for r in batch})
-        states.update({t: s for t, (_, s) in result.states.items()})
+        result = pipeline.process(messages, states.get if keep_state else {}.get)
+        assert result.dead == []
+        assert len(result.latest_bulk.actions()) == (0 if late else len({r["taxiId"] for r in batch}))
+        if keep_state:
+            states.update({t: s for t, (_, s) in result.states.items()})
         assert await sink.write_bulk(result.bulk()) == []
 
     try:
@@ -618,11 +622,14 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
         assert (await es.count(index=base))["count"] == len(recs)  # the alias does not hold the latest index
         assert_latest_is(await latest_docs(es, base), newest)
 
-        await send(list(reversed(recs)))  # every report again, newest first: one stale write per track
+        await send(list(reversed(recs)), late=True)  # every report again: late, already stored
+        assert duplicates == [len(recs)] and conflicts == []
         older = [dict(r, observationTime=r["observationTime"] - 1, longitude=r["longitude"] + 0.01)
                  for r in newest.values()]  # older than the newest, and new observations
-        await send(older)
-        assert conflicts == [len(newest), len(newest)]
+        await send(older, late=True)
+        assert duplicates == [len(recs)] and conflicts == []
+        await send(older, keep_state=False)  # without the state they are latest writes: one stale one per track
+        assert conflicts == [len(newest)] and duplicates == [len(recs)]
         await es.indices.refresh(index=base)
         assert (await es.count(index=base))["count"] == len(recs) + len(older)
         assert_latest_is(await latest_docs(es, base), newest)
@@ -630,7 +637,7 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
         newer = [dict(r, observationTime=r["observationTime"] + 1000, latitude=r["latitude"] + 0.001)
                  for r in list(newest.values())[:5]]
         await send(newer)
-        assert conflicts == [len(newest), len(newest)]
+        assert conflicts == [len(newest)]
         assert_latest_is(await latest_docs(es, base), {**newest, **newest_reports(newer)})
     finally:
         await sink.stop()
@@ -652,7 +659,8 @@ async def test_worker_keeps_the_newest_report_per_track_across_resends(stack, es
         assert_latest_is(await latest_docs(es, base), newest)
         assert worker.metrics().get("geoiot_agent_latest_stale_total", 0) == 0
 
-        # the same reports again and one older report per track: only conflicts, all observations indexed
+        # the same reports again and one older report per track: late, no latest write; the re-sent ones are
+        # already stored (counted), the older ones new observations
         replay(data, topic, env)
         older = [dict(r, observationTime=r["observationTime"] - 1) for r in newest.values()]
         await produce_raw(stack.kafka_bootstrap, topic, [(r["taxiId"].encode(), orjson.dumps(r)) for r in older])
@@ -663,7 +671,8 @@ async def test_worker_keeps_the_newest_report_per_track_across_resends(stack, es
         assert await wait_count(es, base, len(recs) + len(older)) == len(recs) + len(older)
         assert_latest_is(await latest_docs(es, base), newest)
         metrics = worker.metrics()
-        assert metrics["geoiot_agent_latest_stale_total"] >= len(newest)  # at least one per track, one per batch
+        assert metrics["geoiot_agent_latest_stale_total"] == 0  # late reports are never latest writes
+        assert metrics["geoiot_agent_already_stored_total"] == len(recs)
         assert metrics["geoiot_agent_latest_refused_total"] == 0
         assert metrics["geoiot_agent_dead_lettered_total"] == 0
         assert metrics['geoiot_agent_indexed_total{sink="elasticsearch"}'] == 2 * len(recs) + len(older)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.store.es_errors import ERRORS, Fate, error_type, fate, response_error
+from agents.store.es_errors import ERRORS, Fate, error_type, fate, item_fate, response_error
 from agents.store.index import ensure_index
 from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
@@ -150,6 +150,21 @@ async def test_each_refusal_of_the_real_cluster_has_its_classification(stack, es
     status, error = await make(es, new_index("refusal"))
     assert (status, error_type(error)) == (expected_status, expected_type), error
     assert ERRORS[expected_type][0] is expected_fate and fate(status, error) is expected_fate
+
+
+async def test_the_conflicts_that_keep_the_stored_document_on_the_real_cluster(stack, es, new_index):
+    """A create of a stored _id (a late report re-sent) and an older external version (a stale latest
+    position) are 409 version conflicts the sink keeps as stored; the same conflict on a plain index is not."""
+    index = new_index("refusal")
+    await es.indices.create(index=index, mappings=MAPPING)
+    status, error = await _item(es, [{"index": {"_index": index, "_id": "1"}}, {"n": 1},
+                                     {"create": {"_index": index, "_id": "1"}}, {"n": 2}], refresh="true")
+    assert (status, error_type(error)) == (409, "version_conflict_engine_exception")
+    assert item_fate(status, error, create=True, versioned=False) is Fate.KEPT
+    assert item_fate(status, error, create=False, versioned=False) is Fate.REFUSE
+    assert (await es.get(index=index, id="1"))["_source"] == {"n": 1}  # the stored document stays
+    status, error = await _old_version(es, new_index("refusal"))
+    assert item_fate(status, error, create=False, versioned=True) is Fate.KEPT
 
 
 def test_unknown_types_are_decided_by_their_status():

@@ -450,15 +450,18 @@ def test_pipeline_isolates_an_event_whose_annotation_fails():
 @given(reports=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), min_size=1, max_size=30))
 def test_pipeline_writes_one_latest_per_track_the_newest_report(reports):
     """Any arrival order: one latest action per track, the newest report's document, versioned by its time;
-    on equal times the later message (whose document the observation index keeps)."""
+    on equal times the first message (a later one is late, create-only: the index keeps the first)."""
     values = [raw(taxiId=t, observationTime=T0 + 1000 * dt, longitude=-73.9 + i * 1e-4) for i, (t, dt) in enumerate(reports)]
     result = Pipeline(PRESET, Geofences.from_geometries([], []), "obs").process(_msgs(values), {}.get)
     newest: dict[str, tuple[int, int]] = {}  # track -> (time, arrival)
     for i, (t, dt) in enumerate(reports):
-        if t not in newest or T0 + 1000 * dt >= newest[t][0]:
+        if t not in newest or T0 + 1000 * dt > newest[t][0]:
             newest[t] = (T0 + 1000 * dt, i)
     assert sorted(a["_id"] for a in result.latest_bulk.actions()) == sorted(newest)
-    stored = {a["_id"]: a["_source"] for a in result.observations.actions()}  # the last action of an _id is what the index keeps
+    stored: dict[str, dict] = {}  # what the index keeps: an _id's index op, else its first create (a 409 after)
+    for a in result.observations.actions():
+        if a["_op_type"] == "index" or a["_id"] not in stored:
+            stored[a["_id"]] = a["_source"]
     for action in result.latest_bulk.actions():
         time_ms, i = newest[action["_id"]]
         assert action["_index"] == documents.latest_index("obs") == "obs_latest"
