@@ -19,7 +19,7 @@ import numpy as np
 from geoiot.documents import GEOFENCES, GEOHASH, GEOHASH_PRECISION
 from geoiot.geohash_batch import encode_many
 from web.params import WORLD, AllOf, AnyOf, BBox, Filter, InBox, InShape, IsNull, Like, Negation, OneOf, Range
-from web.live.table import NULL, PRESENT, LiveTable
+from web.live.table import NOT_BUILT, NULL, PRESENT, LiveTable
 
 
 class Unsupported(ValueError):
@@ -170,4 +170,72 @@ def select(table: LiveTable, bbox: BBox, where: tuple[Filter, ...] = (), *, star
     return rows
 
 
-__all__ = ["Unsupported", "bbox_mask", "mask", "select", "NULL"]
+def newest_first(table: LiveTable, rows: np.ndarray, limit: int) -> np.ndarray:
+    """The newest ``limit`` of ``rows``, newest first (equal times: the higher row first, one order for every
+    path)."""
+    t = table.time[rows]
+    if len(rows) > limit:
+        kth = np.partition(t, len(t) - limit)[len(t) - limit]
+        keep = t >= kth
+        rows, t = rows[keep], t[keep]
+    return rows[np.lexsort((rows, t))[::-1][:limit]]
+
+
+def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None = None
+                   ) -> tuple[int, np.ndarray] | None:
+    """``len(select(table, bbox, cutoff=cutoff))`` and its newest ``limit`` rows (:func:`newest_first`), without
+    reading every row in view; None where that would not be cheaper (the caller then selects).
+
+    The total: the grid's count of the cells wholly inside the box, exact checks of its border cells' rows,
+    less the rows older than ``cutoff`` (the oldest of the newest-first order); the rows changed since the
+    grid's sort are checked one by one. The newest: the newest-first order read from its start, in chunks
+    sized by the share of rows in view, until ``limit`` of them lie in the box; merged with the changed rows."""
+    table.refresh_grid()
+    grid = table.grid
+    n = len(grid.newest)
+    if n == 0 or limit <= 0:
+        return None
+    world = bbox == WORLD
+    split = None if world else grid.split(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat)
+    if split is None and not world:
+        return None
+    if split is not None and (grid.count(split[0], split[1]) + len(split[2])) ** 2 < limit * n:
+        return None  # a small share of the rows in view: reading the view's cells is cheaper
+    stale = grid.stale
+    old = 0 if cutoff is None else int(np.searchsorted(grid.newest_time[::-1], cutoff, "left"))
+    if old > n // 4:
+        return None
+    changed = np.fromiter(grid.dirty, dtype=np.int64, count=len(grid.dirty))
+    built_cell = grid.row_cell[changed]
+    current = changed[table.alive[changed]]
+    keep = bbox_mask(table, bbox, current)
+    if cutoff is not None:
+        keep &= table.time[current] >= cutoff
+    fresh = current[keep]
+    tail = grid.newest[n - old:]
+    tail = tail[~stale[tail]]
+    if split is None:  # the world: every row sorted but the changed ones
+        clean = n - int((built_cell != NOT_BUILT).sum()) - len(tail)
+    else:
+        starts, ends, edge = split
+        edge = edge[~stale[edge]]
+        inside = bbox_mask(table, bbox, edge)
+        if cutoff is not None:
+            inside &= table.time[edge] >= cutoff
+        clean = (grid.count(starts, ends) - int(grid.within(built_cell, starts, ends).sum())
+                 + int(inside.sum()) - int(grid.within(grid.row_cell[tail], starts, ends).sum()))
+    found: list[np.ndarray] = []
+    got, at = 0, 0
+    chunk = int(limit * n / max(clean, 1) * 1.25) + 256
+    while got < limit and at < n - old:
+        rows = grid.newest[at:min(at + chunk, n - old)]
+        hit = rows[~stale[rows] & bbox_mask(table, bbox, rows)]
+        found.append(hit)
+        got += len(hit)
+        at += chunk
+        chunk *= 2
+    top = np.concatenate(found)[:limit] if found else np.zeros(0, dtype=np.int64)
+    return clean + len(fresh), newest_first(table, np.concatenate([top.astype(np.int64), fresh]), limit)
+
+
+__all__ = ["Unsupported", "bbox_mask", "mask", "newest_first", "newest_in_view", "select", "NULL"]
