@@ -211,7 +211,7 @@ def scanned(table: LiveTable, p: params.LatestParams, cutoff: int | None) -> tup
 BOXES = st.one_of(
     st.just(params.WORLD),
     st.tuples(st.floats(-74.2, -73.6), st.floats(40.4, 41.0), st.sampled_from([0.001, 0.02, 0.05, 0.3, 1.0, 3.0]),
-              st.sampled_from([0.001, 0.02, 0.05, 0.3, 1.0])).map(
+              st.sampled_from([0.001, 0.02, 0.05, 0.3, 1.0, 8.0])).map(
         lambda b: params.BBox(b[0], b[1], b[0] + b[2], min(90.0, b[1] + b[3]))),
     st.tuples(st.floats(179.0, 180.0), st.floats(-180.0, -179.0)).map(lambda b: params.BBox(b[0], -1.0, b[1], 1.0)),
 )

@@ -55,7 +55,7 @@ def latest_payload(table: LiveTable, p: LatestParams, cutoff: int | None = None)
             kept[row] = b"" if feature is None else orjson.dumps(feature)
     parts = [kept[r] for r in order]
     head = b'{"type":"FeatureCollection","total":%d,"features":[' % total
-    return b"".join((head, b",".join(p for p in parts if p), b"]}"))
+    return b"".join((head, b",".join(filter(None, parts)), b"]}"))
 
 
 def aggregate(table: LiveTable, p: AggregateParams, cutoff: int | None = None) -> bytes:

@@ -30,7 +30,11 @@ def bbox_mask(table: LiveTable, bbox: BBox, rows: np.ndarray) -> np.ndarray:
     """Inclusive box on the position; a box whose left > right crosses the antimeridian."""
     if bbox == WORLD:
         return np.ones(len(rows), dtype=bool)
-    lon, lat = table.lon[rows], table.lat[rows]
+    return in_box(bbox, table.lon[rows], table.lat[rows])
+
+
+def in_box(bbox: BBox, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """:func:`bbox_mask` of positions given as columns."""
     out = (lat >= bbox.min_lat) & (lat <= bbox.max_lat)
     if bbox.crosses_antimeridian:
         return out & ((lon >= bbox.min_lon) | (lon <= bbox.max_lon))
@@ -197,8 +201,6 @@ def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None 
         return None
     world = bbox == WORLD
     split = None if world else grid.split(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat)
-    if split is None and not world:
-        return None
     if split is not None and (grid.count(split[0], split[1]) + len(split[2])) ** 2 < limit * n:
         return None  # a small share of the rows in view: reading the view's cells is cheaper
     stale = grid.stale
@@ -214,8 +216,14 @@ def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None 
     fresh = current[keep]
     tail = grid.newest[n - old:]
     tail = tail[~stale[tail]]
-    if split is None:  # the world: every row sorted but the changed ones
+    if world:  # every row sorted but the changed ones
         clean = n - int((built_cell != NOT_BUILT).sum()) - len(tail)
+    elif split is None:  # too tall for the grid: every row's position checked, in place (no gather)
+        cap = table.capacity
+        inside = in_box(bbox, table.lon[:cap], table.lat[:cap]) & table.alive[:cap] & ~stale[:cap]
+        if cutoff is not None:
+            inside &= table.time[:cap] >= cutoff
+        clean = int(inside.sum())
     else:
         starts, ends, edge = split
         edge = edge[~stale[edge]]
@@ -234,8 +242,10 @@ def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None 
         got += len(hit)
         at += chunk
         chunk *= 2
-    top = np.concatenate(found)[:limit] if found else np.zeros(0, dtype=np.int64)
-    return clean + len(fresh), newest_first(table, np.concatenate([top.astype(np.int64), fresh]), limit)
+    top = (np.concatenate(found)[:limit] if found else np.zeros(0, dtype=np.int64)).astype(np.int64)
+    if not len(fresh):  # the order read is the answer's order
+        return clean, top
+    return clean + len(fresh), newest_first(table, np.concatenate([top, fresh]), limit)
 
 
-__all__ = ["Unsupported", "bbox_mask", "mask", "newest_first", "newest_in_view", "select", "NULL"]
+__all__ = ["Unsupported", "bbox_mask", "in_box", "mask", "newest_first", "newest_in_view", "select", "NULL"]

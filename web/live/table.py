@@ -30,13 +30,14 @@ from geoiot.geohash_batch import encode_many
 from geoiot.schema import Preset
 
 INITIAL_ROWS = 1024
-# Grid cells are GRID_DEG degrees square (about a kilometre: a city view's cells are mostly wholly inside it, so
-# its count needs exact checks only in the border cells); a view more than GRID_MAX_RANGES cell rows tall (20
-# degrees) scans every row.
-GRID_DEG = 0.01
+# Grid cells are GRID_DEG degrees square (about 250 m: a city view's cells are mostly wholly inside it, so its
+# count needs exact checks only in its border cells, a few percent of its rows); a view more than
+# GRID_MAX_RANGES cell rows tall (5 degrees) is checked row by row.
+GRID_DEG = 0.0025
 GRID_COLS = int(round(360 / GRID_DEG))
 GRID_ROWS = int(round(180 / GRID_DEG))
 GRID_MAX_RANGES = 2_000
+CELL = np.int64  # a cell's code (GRID_COLS * GRID_ROWS of them)
 NO_CELL = -1  # a row whose position is not a number (no box holds it but the world's)
 NOT_BUILT = -2  # a row not in the last sort
 # The grid is re-sorted when rows changed and the last sort is this many seconds old (or the changed rows
@@ -93,11 +94,11 @@ class Grid:
     is each row's cell as sorted (NOT_BUILT: not in the sort)."""
 
     def __init__(self) -> None:
-        self.cells = np.zeros(0, dtype=np.int32)
+        self.cells = np.zeros(0, dtype=CELL)
         self.order = np.zeros(0, dtype=np.int32)
         self.newest = np.zeros(0, dtype=np.int32)
         self.newest_time = np.zeros(0, dtype=np.int64)
-        self.row_cell = np.zeros(0, dtype=np.int32)
+        self.row_cell = np.zeros(0, dtype=CELL)
         self.stale = np.zeros(0, dtype=bool)
         self.dirty: set[int] = set()
         self.built = 0.0
@@ -105,7 +106,7 @@ class Grid:
     def grow(self, capacity: int) -> None:
         old = len(self.stale)
         self.stale = np.concatenate([self.stale, np.zeros(capacity - old, dtype=bool)])
-        self.row_cell = np.concatenate([self.row_cell, np.full(capacity - old, NOT_BUILT, dtype=np.int32)])
+        self.row_cell = np.concatenate([self.row_cell, np.full(capacity - old, NOT_BUILT, dtype=CELL)])
 
     def mark(self, rows: Sequence[int]) -> None:
         """``rows`` changed (or were removed): read them from the table until the next rebuild."""
@@ -119,7 +120,7 @@ class Grid:
             ix = np.clip(np.floor((lon + 180.0) / GRID_DEG), 0, GRID_COLS - 1)
             iy = np.clip(np.floor((lat + 90.0) / GRID_DEG), 0, GRID_ROWS - 1)
             code = iy * GRID_COLS + ix
-            return np.where(np.isnan(code), NO_CELL, code).astype(np.int32)
+            return np.where(np.isnan(code), NO_CELL, code).astype(CELL)
 
     def rebuild(self, lon: np.ndarray, lat: np.ndarray, time_: np.ndarray, live_rows: np.ndarray) -> None:
         rows = np.flatnonzero(live_rows).astype(np.int32)
