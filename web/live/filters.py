@@ -22,6 +22,11 @@ from web.params import WORLD, AllOf, AnyOf, BBox, Filter, InBox, InShape, IsNull
 from web.live.table import NOT_BUILT, NULL, PRESENT, LiveTable
 
 
+# newest_in_view reads the newest-first order (about limit * rows / in_view rows, a few operations each) unless
+# the view's cells (in_view rows, about twice as many operations each, and a sort) are SCAN_COST times cheaper.
+SCAN_COST = 2.0
+
+
 class Unsupported(ValueError):
     """A filter the mirror does not evaluate (a CQL2 spatial shape): the caller answers from elsewhere."""
 
@@ -201,7 +206,7 @@ def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None 
         return None
     world = bbox == WORLD
     split = None if world else grid.split(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat)
-    if split is not None and (grid.count(split[0], split[1]) + len(split[2])) ** 2 < limit * n:
+    if split is not None and (grid.count(split[0], split[1]) + len(split[2])) ** 2 * SCAN_COST < limit * n:
         return None  # a small share of the rows in view: reading the view's cells is cheaper
     stale = grid.stale
     old = 0 if cutoff is None else int(np.searchsorted(grid.newest_time[::-1], cutoff, "left"))
