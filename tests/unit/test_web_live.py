@@ -18,7 +18,7 @@ from testkit.observations import document, on_grid
 from web import params, where
 from web.live import answers
 from web.live.filters import bbox_mask, mask, newest_in_view, select
-from web.live.table import LiveTable, apply_records
+from web.live.table import Grid, LiveTable, apply_records
 
 PRESET = load_preset("taxi")
 FIELDS = field_types(PRESET)
@@ -247,6 +247,10 @@ def test_the_fast_latest_answer_is_the_plain_scan(seed: int, n: int, spread: int
             table.apply(f"t{i}", None)
     if rng.random() < 0.3:
         table.apply("new", doc("new", T0 + rng.randrange(2 * spread), *place()))
+    if rng.random() < 0.5:  # the grid merges these changes into its orders; then more change
+        table.refresh_grid(now=float("inf"))
+        for i in rng.sample(range(n), min(n, 5)):
+            table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
     p = params.LatestParams(box, limit, where.parse_where(texts, FIELDS))
     cut = None if cutoff is None else T0 + cutoff % (2 * spread)
     want = scanned(table, p, cut)
@@ -267,3 +271,31 @@ def test_a_city_view_holding_most_tracks_takes_the_fast_path() -> None:
     fast = newest_in_view(table, box, 100)
     assert fast is not None and fast[0] == 5000
     assert (fast[0], fast[1].tolist()) == scanned(table, params.LatestParams(box, 100), None)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 2000), spread=st.sampled_from([1, 20, 10**6]),
+       changed=st.sampled_from([0.0, 0.01, 0.2]))
+def test_merging_changes_into_the_grid_gives_the_orders_of_a_full_sort(seed: int, n: int, spread: int,
+                                                                       changed: float) -> None:
+    rng = random.Random(seed)
+    table = LiveTable(PRESET)
+    place = lambda: (rng.uniform(-74.1, -73.7), rng.uniform(40.5, 40.9))  # noqa: E731
+    for i in range(n):
+        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place()))
+    table.refresh_grid(now=float("inf"))
+    for i in range(n):
+        if rng.random() < changed:
+            table.apply(f"t{i}", None if rng.random() < 0.3 else doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
+    for i in range(rng.randrange(3)):
+        table.apply(f"new{i}", doc(f"new{i}", T0 + rng.randrange(2 * spread), *place()))
+    table.refresh_grid(now=float("inf"))
+    merged = table.grid
+    full = Grid()
+    full.grow(table.capacity)
+    full.rebuild(table.lon, table.lat, table.time, table.alive)
+    assert merged.newest.tolist() == full.newest.tolist()
+    assert merged.newest_time.tolist() == full.newest_time.tolist()
+    assert merged.cells.tolist() == full.cells.tolist()
+    assert sorted(zip(merged.cells.tolist(), merged.order.tolist())) == sorted(zip(full.cells.tolist(), full.order.tolist()))
+    assert merged.row_cell.tolist() == full.row_cell.tolist()

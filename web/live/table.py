@@ -123,18 +123,49 @@ class Grid:
             return np.where(np.isnan(code), NO_CELL, code).astype(CELL)
 
     def rebuild(self, lon: np.ndarray, lat: np.ndarray, time_: np.ndarray, live_rows: np.ndarray) -> None:
-        rows = np.flatnonzero(live_rows).astype(np.int32)
-        cells = self.cell_of(lon[rows], lat[rows])
-        order = np.argsort(cells, kind="stable")
-        self.cells, self.order = cells[order], rows[order]
-        t = time_[rows]
-        by_time = np.argsort(t, kind="stable")[::-1]  # rows ascending: equal times end up row descending
-        self.newest, self.newest_time = rows[by_time], t[by_time]
-        self.row_cell.fill(NOT_BUILT)
-        self.row_cell[rows] = cells
+        """Both orders as of now: the rows changed since the last sort merged into it (sorted themselves, then
+        placed by binary search: linear in the rows), else (the first sort, or most rows changed) sorted anew."""
+        changed = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
+        if len(self.order) and len(changed) <= len(self.order) // 4:
+            self._merge(lon, lat, time_, live_rows, changed)
+        else:
+            rows = np.flatnonzero(live_rows).astype(np.int32)
+            cells = self.cell_of(lon[rows], lat[rows])
+            order = np.argsort(cells, kind="stable")
+            self.cells, self.order = cells[order], rows[order]
+            t = time_[rows]
+            by_time = np.argsort(t, kind="stable")[::-1]  # rows ascending: equal times end up row descending
+            self.newest, self.newest_time = rows[by_time], t[by_time]
+            self.row_cell.fill(NOT_BUILT)
+            self.row_cell[rows] = cells
         self.stale.fill(False)
         self.dirty.clear()
         self.built = time.monotonic()
+
+    def _merge(self, lon: np.ndarray, lat: np.ndarray, time_: np.ndarray, live_rows: np.ndarray,
+               changed: np.ndarray) -> None:
+        added = np.sort(changed[live_rows[changed]]).astype(np.int32)  # ascending rows, as a full sort sees them
+        cells = self.cell_of(lon[added], lat[added])
+        keep = ~self.stale[self.order]
+        by_cell = np.argsort(cells, kind="stable")
+        at = np.searchsorted(self.cells[keep], cells[by_cell], "right")
+        self.cells = np.insert(self.cells[keep], at, cells[by_cell])
+        self.order = np.insert(self.order[keep], at, added[by_cell])
+        # newest first is time descending, then row descending: merge in the reversed (ascending) order
+        keep = ~self.stale[self.newest]
+        old_rows, old_t = self.newest[keep][::-1], self.newest_time[keep][::-1]
+        t = time_[added]
+        by_time = np.lexsort((added, t))
+        new_rows, new_t = added[by_time], t[by_time]
+        # an added row goes after the kept rows older than it or as old and of a lower row
+        at = np.searchsorted(old_t, new_t, "left")
+        hi = np.searchsorted(old_t, new_t, "right")
+        for k in np.flatnonzero(hi > at).tolist():  # equal times: place by row among them
+            at[k] += int(np.searchsorted(old_rows[at[k]:hi[k]], new_rows[k]))
+        self.newest = np.insert(old_rows, at, new_rows)[::-1].copy()
+        self.newest_time = np.insert(old_t, at, new_t)[::-1].copy()
+        self.row_cell[changed] = NOT_BUILT
+        self.row_cell[added] = cells
 
     @staticmethod
     def _extent(min_lon: float, min_lat: float, max_lon: float, max_lat: float
