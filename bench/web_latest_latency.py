@@ -3,6 +3,7 @@ tracks, against the Elasticsearch query the API sent before the mirror (the ``_l
 in the same run.
 
     .venv/bin/python -m bench.web_latest_latency [--tracks 10000] [--requests 300] [--skip-direct]
+        [--baseline-root /path/to/other/checkout] [--workers 1] [--decompress]
 
 Writes ``--tracks`` latest positions (one per track, the agents' latest action, geoiot.documents) spread over
 New York into ``<index>_latest`` and the same documents into the live topic ``<index>-<tracks>-latest`` (as
@@ -13,23 +14,30 @@ concurrent clients on both paths, alternating them so both see the same machine 
 own bbox (shifted by 1e-6 degree each), so the server's 1 s answer cache cannot serve it: this measures the
 query path. A last case, "shared", has the 20 clients ask for one city view, as screens watching one fleet do:
 there the cache coalesces them (the direct path still searches every time). The client asks for gzip as
-browsers do.
+browsers do; it reads the compressed bytes without decoding them (``--decompress``: decode, as aiohttp does by
+default), so that on a 2-core machine the client's own CPU takes as little from the server as it can (its CPU
+per request is reported). ``--baseline-root``: a second server started from another checkout (say the main
+branch's) on the same topic, measured in the same run, alternating with this one ("before" in the table).
+``--workers``: both servers run ``python -m web --workers N`` (N processes on one port, each its own mirror).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
+import gzip
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
@@ -60,6 +68,10 @@ async def main() -> None:
     parser.add_argument("--drop", action="store_true", help="delete the benchmark indices afterwards")
     parser.add_argument("--skip-direct", action="store_true",
                         help="no Elasticsearch baseline (at a million tracks its index takes long to write)")
+    parser.add_argument("--baseline-root", type=Path, default=None,
+                        help="also measure a server started from this checkout (the same run's 'before')")
+    parser.add_argument("--workers", type=int, default=1, help="web server processes on one port")
+    parser.add_argument("--decompress", action="store_true", help="the client decodes the gzip answers")
     args = parser.parse_args()
 
     settings = config.load(iot_index=args.index)
@@ -73,77 +85,94 @@ async def main() -> None:
     async with topics.admin_client(settings.kafka_bootstrap) as admin:
         if live_settings.latest_topic not in await admin.list_topics():
             await publish_latest(live_settings, preset, args.tracks, t0=T0, seed=14, heading=True, partitions=3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(ROOT),
-               IOT_LATEST_TOPIC=live_settings.latest_topic,
-               IOT_ALERTS_TOPIC=f"{args.index}-alerts")
-    server = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    roots = {"web": ROOT, **({"before": args.baseline_root.resolve()} if args.baseline_root else {})}
+    for label, root in roots.items():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = dict(os.environ, IOT_INDEX=args.index, WEB_PORT=str(port), PYTHONPATH=str(root),
+                   IOT_LATEST_TOPIC=live_settings.latest_topic, IOT_ALERTS_TOPIC=f"{args.index}-alerts")
+        proc = subprocess.Popen([sys.executable, "-m", "web", "--log-level", "WARNING", "--workers", str(args.workers)],
+                                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers[label] = (proc, f"http://127.0.0.1:{port}")
+    paths = (() if args.skip_direct else ("direct",)) + tuple(servers)
     results: list[dict[str, Any]] = []
     try:
-        async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip"},
+        async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip"}, auto_decompress=args.decompress,
                                          connector=aiohttp.TCPConnector(limit=100)) as http:
-            await wait_healthy(http, base, timeout=300)
+            for _, base in servers.values():
+                await wait_healthy(http, base, timeout=600)
             for name, zoom in (("city", 11), ("street", 15), ("shared", 11)):
                 bbox = view_bbox(zoom)
                 shift = (lambda i: 0) if name == "shared" else (lambda i: i)
 
                 async def direct(i: int) -> None:
-                    if args.skip_direct:
-                        return
                     p = params.LatestParams(params.parse_bbox(shifted(bbox, shift(i))), params.DEFAULT_LIMIT)
                     resp = await es.search(index=latest, **es_latest.latest_body(preset, p))
                     assert "hits" in resp.body
 
-                server_ms: list[float] = []
+                server_ms: dict[str, list[float]] = {label: [] for label in servers}
 
-                async def via_web(i: int) -> None:
-                    async with http.get(f"{base}/api/latest", params={"bbox": shifted(bbox, shift(i))}) as r:
-                        assert r.status == 200, await r.text()
-                        await r.read()
-                        server_ms.append(float(r.headers["Server-Timing"].removeprefix("app;dur=")))
+                def via(label: str) -> Any:
+                    base = servers[label][1]
 
-                async with http.get(f"{base}/api/latest", params={"bbox": shifted(bbox, 0)}) as r:
-                    sample = await r.json()
+                    async def call(i: int) -> None:
+                        async with http.get(f"{base}/api/latest", params={"bbox": shifted(bbox, shift(i))}) as r:
+                            assert r.status == 200, await r.text()
+                            await r.read()
+                            server_ms[label].append(float(r.headers["Server-Timing"].removeprefix("app;dur=")))
+                    return call
+
+                calls = {"direct": direct, **{label: via(label) for label in servers}}
+                async with http.get(f"{servers['web'][1]}/api/latest", params={"bbox": shifted(bbox, 0)}) as r:
+                    sample = orjson.loads(await r.read() if not r.headers.get("Content-Encoding") else
+                                          gzip.decompress(await r.read()))
                 for clients in ((20,) if name == "shared" else (1, 20)):
                     n = args.requests if clients == 1 else args.requests * 3
                     case: dict[str, Any] = {"view": name, "zoom": zoom, "tracks_in_view": sample["total"],
                                             "returned": len(sample["features"]), "clients": clients,
                                             "requests": n}
-                    await run(clients, 20, direct)  # warm-up
-                    await run(clients, 20, via_web)
-                    lat: dict[str, list[float]] = {"direct": [], "web": []}
-                    server_ms.clear()
-                    for half in range(2):  # alternate the paths: both see the same machine load
-                        for label, call in (("direct", direct), ("web", via_web)):
-                            lat[label] += await run(clients, n // 2, lambda i: call(half * n + i))
-                    for label in lat:
+                    for label in paths:  # warm-up
+                        await run(clients, 20, calls[label])
+                    lat: dict[str, list[float]] = {label: [] for label in paths}
+                    cpu: dict[str, float] = {label: 0.0 for label in paths}
+                    for ms in server_ms.values():
+                        ms.clear()
+                    for half in range(2):  # alternate the paths: all see the same machine load
+                        for label in paths:
+                            began = time.process_time()
+                            lat[label] += await run(clients, n // 2, lambda i: calls[label](half * n + i))
+                            cpu[label] += time.process_time() - began
+                    for label in paths:
                         case[f"{label}_p50_ms"] = round(pct(lat[label], 50), 2)
                         case[f"{label}_p95_ms"] = round(pct(lat[label], 95), 2)
-                    case["server_p50_ms"] = round(pct(server_ms, 50), 2)
-                    case["server_p95_ms"] = round(pct(server_ms, 95), 2)
-                    case["p95_ratio"] = round(case["web_p95_ms"] / max(case["direct_p95_ms"], 1e-9), 2)
+                        case[f"{label}_client_cpu_ms"] = round(cpu[label] / len(lat[label]) * 1000, 3)
+                    for label, ms in server_ms.items():
+                        case[f"{label}_server_p50_ms"] = round(pct(ms, 50), 2)
+                        case[f"{label}_server_p95_ms"] = round(pct(ms, 95), 2)
                     results.append(case)
                     print(json.dumps(case), file=sys.stderr)
     finally:
-        server.terminate()
-        server.wait(10)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(10)
         if args.drop:
             await drop_index(es, args.index)
         await es.close()
 
-    print(f"\n{count:,} tracks in the latest index; p50/p95 in ms; ratio = web / direct\n")
-    print("| view (zoom) | tracks in view | returned | clients | direct p50 / p95 | web p50 / p95 | ratio p95 | "
-          "server p50 / p95 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n{count:,} tracks; p50 / p95 in ms (client; server: the server's own time per request, "
+          f"Server-Timing); client CPU in ms per request; {args.workers} server process(es)\n")
+    cols = [label for label in paths]
+    print("| view (zoom) | tracks in view | returned | clients | "
+          + " | ".join(f"{c} p50 / p95" for c in cols) + " | "
+          + " | ".join(f"{c} server p50 / p95" for c in servers) + " | client CPU |")
+    print("|---|---|---|---|" + "---|" * (len(cols) + len(servers) + 1))
     for c in results:
         print(f"| {c['view']} ({c['zoom']}) | {c['tracks_in_view']:,} | {c['returned']:,} | {c['clients']} | "
-              f"{c['direct_p50_ms']} / {c['direct_p95_ms']} | {c['web_p50_ms']} / {c['web_p95_ms']} | "
-              f"{c['p95_ratio']} | {c['server_p50_ms']} / {c['server_p95_ms']} |")
-
+              + " | ".join(f"{c[f'{p}_p50_ms']} / {c[f'{p}_p95_ms']}" for p in cols) + " | "
+              + " | ".join(f"{c[f'{p}_server_p50_ms']} / {c[f'{p}_server_p95_ms']}" for p in servers) + " | "
+              + " / ".join(f"{c[f'{p}_client_cpu_ms']}" for p in cols) + " |")
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -7,13 +7,13 @@ import asyncio
 import json
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 from elasticsearch import ApiError, ConnectionTimeout, TransportError
+from isal import isal_zlib
 
 from web.keys import METRICS
 from web.limiter import Busy
@@ -24,8 +24,9 @@ from web.search import ES_TIMEOUT
 log = logging.getLogger("web")
 
 _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
-# zlib level 1: much faster than the default 6 for a slightly larger body, the better trade on a local
-# network (docs/BENCHMARKS.md, bench.web_shaping).
+# Level 1 of ISA-L's deflate (isal, zlib's format and interface): much faster than zlib's default 6 for a
+# slightly larger body (docs/BENCHMARKS.md, bench.web_shaping), and several times faster than zlib's level 1
+# for a smaller one (docs/BENCHMARKS.md, Issue 23: /api/latest under load).
 GZIP_LEVEL = 1
 _MIN_COMPRESS = 512
 # What a shed request is told to wait before retrying (seconds).
@@ -55,7 +56,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def gzip_body(body: bytes, coding: str) -> bytes:
     """``body`` compressed at GZIP_LEVEL as gzip (wbits 31) or zlib-wrapped deflate (wbits 15, as HTTP wants)."""
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31 if coding == "gzip" else 15)
     return compressor.compress(body) + compressor.flush()
 
 

@@ -17,8 +17,8 @@ from geoiot.schema import load_preset
 from testkit.observations import document, on_grid
 from web import params, where
 from web.live import answers
-from web.live.filters import mask, select
-from web.live.table import LiveTable, apply_records
+from web.live.filters import bbox_mask, mask, newest_in_view, select
+from web.live.table import Grid, LiveTable, apply_records
 
 PRESET = load_preset("taxi")
 FIELDS = field_types(PRESET)
@@ -81,7 +81,7 @@ def test_grid_finds_what_a_scan_finds() -> None:
     table = LiveTable(PRESET)
     for i in range(20_000):
         table.apply(f"t{i}", doc(f"t{i}", T0 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
-    table.grid.rebuild(table.lon, table.lat, table.alive)
+    table.grid.rebuild(table.lon, table.lat, table.time, table.alive)
     for i in range(0, 20_000, 3):  # moved since the grid was sorted
         table.apply(f"t{i}", doc(f"t{i}", T0 + 10**6 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
     for i in range(0, 20_000, 11):
@@ -196,3 +196,106 @@ def test_a_batch_applies_as_its_records_one_by_one(records: list[tuple[str, int 
         part = seq[start:start + size]
         batched.apply_batch([t for t, _ in part], [d for _, d in part])
     assert one.snapshot() == batched.snapshot()
+
+
+def scanned(table: LiveTable, p: params.LatestParams, cutoff: int | None) -> tuple[int, list[int]]:
+    """The plain answer: every live row checked, newest first (equal times: the higher row first)."""
+    rows = table.all_rows()
+    keep = bbox_mask(table, p.bbox, rows)
+    for f in p.where:
+        keep &= mask(table, f, rows)
+    found = [r for r in rows[keep].tolist() if cutoff is None or table.time[r] >= cutoff]
+    return len(found), sorted(found, key=lambda r: (int(table.time[r]), r), reverse=True)[:p.limit]
+
+
+BOXES = st.one_of(
+    st.just(params.WORLD),
+    st.tuples(st.floats(-74.2, -73.6), st.floats(40.4, 41.0), st.sampled_from([0.001, 0.02, 0.05, 0.3, 1.0, 3.0]),
+              st.sampled_from([0.001, 0.02, 0.05, 0.3, 1.0, 8.0])).map(
+        lambda b: params.BBox(b[0], b[1], b[0] + b[2], min(90.0, b[1] + b[3]))),
+    st.tuples(st.floats(179.0, 180.0), st.floats(-180.0, -179.0)).map(lambda b: params.BBox(b[0], -1.0, b[1], 1.0)),
+)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 3000), spread=st.sampled_from([1, 50, 10**6]),
+       box=BOXES, limit=st.integers(1, 1500), changed=st.sampled_from([0.0, 0.05, 0.5]),
+       removed=st.sampled_from([0.0, 0.1]), cutoff=st.one_of(st.none(), st.integers(0, 10**6)),
+       texts=st.one_of(st.just([]), st.lists(WHERE_TEXTS, min_size=1, max_size=2)))
+def test_the_fast_latest_answer_is_the_plain_scan(seed: int, n: int, spread: int, box: params.BBox, limit: int,
+                                                  changed: float, removed: float, cutoff: int | None,
+                                                  texts: list[str]) -> None:
+    """newest_rows (the grid's counts and the newest-first order where cheaper) equals checking every row, also
+    with rows changed or removed since the grid was sorted, ties in time, the antimeridian and the world."""
+    rng = random.Random(seed)
+    table = LiveTable(PRESET)
+
+    def place() -> tuple[float, float]:
+        if rng.random() < 0.1:
+            return rng.uniform(179.5, 180.0) if rng.random() < 0.5 else rng.uniform(-180.0, -179.5), rng.uniform(-1, 1)
+        return rng.uniform(-74.1, -73.7), rng.uniform(40.5, 40.9)
+
+    for i in range(n):
+        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place(), vendor_id=rng.choice(["VTS", "CMT"]),
+                                 passengerCount=rng.randrange(0, 7)))
+    table.refresh_grid(now=float("inf"))
+    for i in range(n):
+        r = rng.random()
+        if r < changed:
+            table.apply(f"t{i}", doc(f"t{i}", T0 + spread + rng.randrange(spread), *place(), vendor_id="VTS"))
+        elif r < changed + removed:
+            table.apply(f"t{i}", None)
+    if rng.random() < 0.3:
+        table.apply("new", doc("new", T0 + rng.randrange(2 * spread), *place()))
+    if rng.random() < 0.5:  # the grid merges these changes into its orders; then more change
+        table.refresh_grid(now=float("inf"))
+        for i in rng.sample(range(n), min(n, 5)):
+            table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
+    p = params.LatestParams(box, limit, where.parse_where(texts, FIELDS))
+    cut = None if cutoff is None else T0 + cutoff % (2 * spread)
+    want = scanned(table, p, cut)
+    total, rows = answers.newest_rows(table, p, cut)
+    assert (total, rows.tolist()) == want
+    fast = newest_in_view(table, box, limit, cut)
+    if fast is not None and not p.where:
+        assert (fast[0], fast[1].tolist()) == want
+
+
+def test_a_city_view_holding_most_tracks_takes_the_fast_path() -> None:
+    """The property above exercises newest_in_view: a view holding most tracks answers through it."""
+    table = LiveTable(PRESET)
+    rng = random.Random(1)
+    for i in range(5000):
+        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(10**6), rng.uniform(-74.0, -73.8), rng.uniform(40.6, 40.8)))
+    box = params.parse_bbox("-74.05,40.55,-73.75,40.85")
+    fast = newest_in_view(table, box, 100)
+    assert fast is not None and fast[0] == 5000
+    assert (fast[0], fast[1].tolist()) == scanned(table, params.LatestParams(box, 100), None)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 2000), spread=st.sampled_from([1, 20, 10**6]),
+       changed=st.sampled_from([0.0, 0.01, 0.2]))
+def test_merging_changes_into_the_grid_gives_the_orders_of_a_full_sort(seed: int, n: int, spread: int,
+                                                                       changed: float) -> None:
+    rng = random.Random(seed)
+    table = LiveTable(PRESET)
+    place = lambda: (rng.uniform(-74.1, -73.7), rng.uniform(40.5, 40.9))  # noqa: E731
+    for i in range(n):
+        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place()))
+    table.refresh_grid(now=float("inf"))
+    for i in range(n):
+        if rng.random() < changed:
+            table.apply(f"t{i}", None if rng.random() < 0.3 else doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
+    for i in range(rng.randrange(3)):
+        table.apply(f"new{i}", doc(f"new{i}", T0 + rng.randrange(2 * spread), *place()))
+    table.refresh_grid(now=float("inf"))
+    merged = table.grid
+    full = Grid()
+    full.grow(table.capacity)
+    full.rebuild(table.lon, table.lat, table.time, table.alive)
+    assert merged.newest.tolist() == full.newest.tolist()
+    assert merged.newest_time.tolist() == full.newest_time.tolist()
+    assert merged.cells.tolist() == full.cells.tolist()
+    assert sorted(zip(merged.cells.tolist(), merged.order.tolist())) == sorted(zip(full.cells.tolist(), full.order.tolist()))
+    assert merged.row_cell.tolist() == full.row_cell.tolist()

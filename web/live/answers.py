@@ -11,7 +11,7 @@ import orjson
 
 from geoiot.geohash_batch import encode_many
 from web import geojson
-from web.live.filters import select
+from web.live.filters import newest_first, newest_in_view, select
 from web.live.table import FEATURE_CACHE, LiveTable
 from web.params import AggregateParams, LatestParams
 
@@ -20,14 +20,15 @@ MAX_CELLS = 10_000
 
 
 def newest_rows(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tuple[int, np.ndarray]:
-    """The tracks in view passing the filters (total), and the rows of the newest ``limit``, newest first."""
+    """The tracks in view passing the filters (total), and the rows of the newest ``limit``, newest first
+    (web.live.filters.newest_first). A view with no ``where`` filter is counted from the grid and read from
+    the newest-first order where that is cheaper (newest_in_view), else every row in view is checked."""
+    if not p.where:
+        fast = newest_in_view(table, p.bbox, p.limit, cutoff)
+        if fast is not None:
+            return fast
     rows = select(table, p.bbox, p.where, cutoff=cutoff)
-    total = len(rows)
-    if total > p.limit:
-        t = table.time[rows]
-        top = np.argpartition(-t, p.limit - 1)[:p.limit]
-        rows = rows[top]
-    return total, rows[np.argsort(-table.time[rows], kind="stable")]
+    return len(rows), newest_first(table, rows, p.limit)
 
 
 def latest(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tuple[int, list[dict[str, Any]]]:
@@ -54,7 +55,7 @@ def latest_payload(table: LiveTable, p: LatestParams, cutoff: int | None = None)
             kept[row] = b"" if feature is None else orjson.dumps(feature)
     parts = [kept[r] for r in order]
     head = b'{"type":"FeatureCollection","total":%d,"features":[' % total
-    return b"".join((head, b",".join(p for p in parts if p), b"]}"))
+    return b"".join((head, b",".join(filter(None, parts)), b"]}"))
 
 
 def aggregate(table: LiveTable, p: AggregateParams, cutoff: int | None = None) -> bytes:

@@ -19,7 +19,12 @@ import numpy as np
 from geoiot.documents import GEOFENCES, GEOHASH, GEOHASH_PRECISION
 from geoiot.geohash_batch import encode_many
 from web.params import WORLD, AllOf, AnyOf, BBox, Filter, InBox, InShape, IsNull, Like, Negation, OneOf, Range
-from web.live.table import NULL, PRESENT, LiveTable
+from web.live.table import NOT_BUILT, NULL, PRESENT, LiveTable
+
+
+# newest_in_view reads the newest-first order (about limit * rows / in_view rows, a few operations each) unless
+# the view's cells (in_view rows, about twice as many operations each, and a sort) are SCAN_COST times cheaper.
+SCAN_COST = 2.0
 
 
 class Unsupported(ValueError):
@@ -30,7 +35,11 @@ def bbox_mask(table: LiveTable, bbox: BBox, rows: np.ndarray) -> np.ndarray:
     """Inclusive box on the position; a box whose left > right crosses the antimeridian."""
     if bbox == WORLD:
         return np.ones(len(rows), dtype=bool)
-    lon, lat = table.lon[rows], table.lat[rows]
+    return in_box(bbox, table.lon[rows], table.lat[rows])
+
+
+def in_box(bbox: BBox, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """:func:`bbox_mask` of positions given as columns."""
     out = (lat >= bbox.min_lat) & (lat <= bbox.max_lat)
     if bbox.crosses_antimeridian:
         return out & ((lon >= bbox.min_lon) | (lon <= bbox.max_lon))
@@ -170,4 +179,78 @@ def select(table: LiveTable, bbox: BBox, where: tuple[Filter, ...] = (), *, star
     return rows
 
 
-__all__ = ["Unsupported", "bbox_mask", "mask", "select", "NULL"]
+def newest_first(table: LiveTable, rows: np.ndarray, limit: int) -> np.ndarray:
+    """The newest ``limit`` of ``rows``, newest first (equal times: the higher row first, one order for every
+    path)."""
+    t = table.time[rows]
+    if len(rows) > limit:
+        kth = np.partition(t, len(t) - limit)[len(t) - limit]
+        keep = t >= kth
+        rows, t = rows[keep], t[keep]
+    return rows[np.lexsort((rows, t))[::-1][:limit]]
+
+
+def newest_in_view(table: LiveTable, bbox: BBox, limit: int, cutoff: int | None = None
+                   ) -> tuple[int, np.ndarray] | None:
+    """``len(select(table, bbox, cutoff=cutoff))`` and its newest ``limit`` rows (:func:`newest_first`), without
+    reading every row in view; None where that would not be cheaper (the caller then selects).
+
+    The total: the grid's count of the cells wholly inside the box, exact checks of its border cells' rows,
+    less the rows older than ``cutoff`` (the oldest of the newest-first order); the rows changed since the
+    grid's sort are checked one by one. The newest: the newest-first order read from its start, in chunks
+    sized by the share of rows in view, until ``limit`` of them lie in the box; merged with the changed rows."""
+    table.refresh_grid()
+    grid = table.grid
+    n = len(grid.newest)
+    if n == 0 or limit <= 0:
+        return None
+    world = bbox == WORLD
+    split = None if world else grid.split(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat)
+    if split is not None and (grid.count(split[0], split[1]) + len(split[2])) ** 2 * SCAN_COST < limit * n:
+        return None  # a small share of the rows in view: reading the view's cells is cheaper
+    stale = grid.stale
+    old = 0 if cutoff is None else int(np.searchsorted(grid.newest_time[::-1], cutoff, "left"))
+    if old > n // 4:
+        return None
+    changed = np.fromiter(grid.dirty, dtype=np.int64, count=len(grid.dirty))
+    built_cell = grid.row_cell[changed]
+    current = changed[table.alive[changed]]
+    keep = bbox_mask(table, bbox, current)
+    if cutoff is not None:
+        keep &= table.time[current] >= cutoff
+    fresh = current[keep]
+    tail = grid.newest[n - old:]
+    tail = tail[~stale[tail]]
+    if world:  # every row sorted but the changed ones
+        clean = n - int((built_cell != NOT_BUILT).sum()) - len(tail)
+    elif split is None:  # too tall for the grid: every row's position checked, in place (no gather)
+        cap = table.capacity
+        inside = in_box(bbox, table.lon[:cap], table.lat[:cap]) & table.alive[:cap] & ~stale[:cap]
+        if cutoff is not None:
+            inside &= table.time[:cap] >= cutoff
+        clean = int(inside.sum())
+    else:
+        starts, ends, edge = split
+        edge = edge[~stale[edge]]
+        inside = bbox_mask(table, bbox, edge)
+        if cutoff is not None:
+            inside &= table.time[edge] >= cutoff
+        clean = (grid.count(starts, ends) - int(grid.within(built_cell, starts, ends).sum())
+                 + int(inside.sum()) - int(grid.within(grid.row_cell[tail], starts, ends).sum()))
+    found: list[np.ndarray] = []
+    got, at = 0, 0
+    chunk = int(limit * n / max(clean, 1) * 1.25) + 256
+    while got < limit and at < n - old:
+        rows = grid.newest[at:min(at + chunk, n - old)]
+        hit = rows[~stale[rows] & bbox_mask(table, bbox, rows)]
+        found.append(hit)
+        got += len(hit)
+        at += chunk
+        chunk *= 2
+    top = (np.concatenate(found)[:limit] if found else np.zeros(0, dtype=np.int64)).astype(np.int64)
+    if not len(fresh):  # the order read is the answer's order
+        return clean, top
+    return clean + len(fresh), newest_first(table, np.concatenate([top, fresh]), limit)
+
+
+__all__ = ["Unsupported", "bbox_mask", "in_box", "mask", "newest_first", "newest_in_view", "select", "NULL"]

@@ -8,8 +8,10 @@ not stored: it is the position's (geoiot.documents.GEOHASH_PRECISION), recompute
 whose geohash is not (or any value a column cannot hold, or a field outside the preset) keeps it in a small
 per-row ``extras`` dict, which filters read as missing.
 
-A spatial grid (:class:`Grid`) keeps the rows sorted by a coarse cell, rebuilt at most every
-:data:`GRID_REFRESH` changes-seconds, plus the rows changed since; a view reads only the cells it overlaps.
+A spatial grid (:class:`Grid`) keeps the rows sorted by a coarse cell and newest first, rebuilt at most every
+:data:`GRID_REFRESH` changes-seconds, plus the rows changed since; a view reads only the cells it overlaps,
+counts the cells wholly inside it from the sort, and finds its newest rows by reading the newest-first order
+until enough lie in it (web.live.filters.newest_in_view).
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ from geoiot.geohash_batch import encode_many
 from geoiot.schema import Preset
 
 INITIAL_ROWS = 1024
-# Grid cells are GRID_DEG degrees square; a view overlapping more than GRID_MAX_CELLS of them scans every row.
-GRID_DEG = 0.1
+# Grid cells are GRID_DEG degrees square (about 250 m: a city view's cells are mostly wholly inside it, so its
+# count needs exact checks only in its border cells, a few percent of its rows); a view more than
+# GRID_MAX_RANGES cell rows tall (5 degrees) is checked row by row.
+GRID_DEG = 0.0025
 GRID_COLS = int(round(360 / GRID_DEG))
 GRID_ROWS = int(round(180 / GRID_DEG))
-GRID_MAX_CELLS = 20_000
+GRID_MAX_RANGES = 2_000
+CELL = np.int64  # a cell's code (GRID_COLS * GRID_ROWS of them)
+NO_CELL = -1  # a row whose position is not a number (no box holds it but the world's)
+NOT_BUILT = -2  # a row not in the last sort
 # The grid is re-sorted when rows changed and the last sort is this many seconds old (or the changed rows
 # outnumber a tenth of the table); meanwhile changed rows are read besides the sorted ones.
 GRID_REFRESH = 1.0
@@ -80,51 +87,166 @@ def _plain(value: Any) -> Any:
 
 
 class Grid:
-    """Rows sorted by their coarse grid cell (``cells``: the cell codes in that order, ``order``: the rows), as of
-    the last :meth:`rebuild`; rows changed since are in ``dirty`` (read besides)."""
+    """Two orders of the rows as of the last :meth:`rebuild`: by coarse cell (``cells``: the cell codes in
+    that order, ``order``: the rows) and newest first (``newest``: the rows by time descending, then row
+    descending; ``newest_time``: their times). Rows changed or removed since are ``stale`` (and in ``dirty``):
+    their places in both orders are out of date, so readers take them from the table instead; ``row_cell``
+    is each row's cell as sorted (NOT_BUILT: not in the sort)."""
 
     def __init__(self) -> None:
-        self.cells = np.zeros(0, dtype=np.int32)
+        self.cells = np.zeros(0, dtype=CELL)
         self.order = np.zeros(0, dtype=np.int32)
+        self.newest = np.zeros(0, dtype=np.int32)
+        self.newest_time = np.zeros(0, dtype=np.int64)
+        self.row_cell = np.zeros(0, dtype=CELL)
+        self.stale = np.zeros(0, dtype=bool)
         self.dirty: set[int] = set()
         self.built = 0.0
 
+    def grow(self, capacity: int) -> None:
+        old = len(self.stale)
+        self.stale = np.concatenate([self.stale, np.zeros(capacity - old, dtype=bool)])
+        self.row_cell = np.concatenate([self.row_cell, np.full(capacity - old, NOT_BUILT, dtype=CELL)])
+
+    def mark(self, rows: Sequence[int]) -> None:
+        """``rows`` changed (or were removed): read them from the table until the next rebuild."""
+        self.dirty.update(rows)
+        self.stale[list(rows)] = True
+
     @staticmethod
     def cell_of(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        ix = np.clip(np.floor((lon + 180.0) / GRID_DEG), 0, GRID_COLS - 1).astype(np.int32)
-        iy = np.clip(np.floor((lat + 90.0) / GRID_DEG), 0, GRID_ROWS - 1).astype(np.int32)
-        return iy * GRID_COLS + ix
+        """Each position's cell code (row-major, so a cell row's cells are one range); NO_CELL for NaN."""
+        with np.errstate(invalid="ignore"):
+            ix = np.clip(np.floor((lon + 180.0) / GRID_DEG), 0, GRID_COLS - 1)
+            iy = np.clip(np.floor((lat + 90.0) / GRID_DEG), 0, GRID_ROWS - 1)
+            code = iy * GRID_COLS + ix
+            return np.where(np.isnan(code), NO_CELL, code).astype(CELL)
 
-    def rebuild(self, lon: np.ndarray, lat: np.ndarray, live_rows: np.ndarray) -> None:
-        rows = np.flatnonzero(live_rows).astype(np.int32)
-        cells = self.cell_of(lon[rows], lat[rows])
-        order = np.argsort(cells, kind="stable")
-        self.cells, self.order = cells[order], rows[order]
+    def rebuild(self, lon: np.ndarray, lat: np.ndarray, time_: np.ndarray, live_rows: np.ndarray) -> None:
+        """Both orders as of now: the rows changed since the last sort merged into it (sorted themselves, then
+        placed by binary search: linear in the rows), else (the first sort, or most rows changed) sorted anew."""
+        changed = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
+        if len(self.order) and len(changed) <= len(self.order) // 4:
+            self._merge(lon, lat, time_, live_rows, changed)
+        else:
+            rows = np.flatnonzero(live_rows).astype(np.int32)
+            cells = self.cell_of(lon[rows], lat[rows])
+            order = np.argsort(cells, kind="stable")
+            self.cells, self.order = cells[order], rows[order]
+            t = time_[rows]
+            by_time = np.argsort(t, kind="stable")[::-1]  # rows ascending: equal times end up row descending
+            self.newest, self.newest_time = rows[by_time], t[by_time]
+            self.row_cell.fill(NOT_BUILT)
+            self.row_cell[rows] = cells
+        self.stale.fill(False)
         self.dirty.clear()
         self.built = time.monotonic()
 
+    def _merge(self, lon: np.ndarray, lat: np.ndarray, time_: np.ndarray, live_rows: np.ndarray,
+               changed: np.ndarray) -> None:
+        added = np.sort(changed[live_rows[changed]]).astype(np.int32)  # ascending rows, as a full sort sees them
+        cells = self.cell_of(lon[added], lat[added])
+        keep = ~self.stale[self.order]
+        by_cell = np.argsort(cells, kind="stable")
+        at = np.searchsorted(self.cells[keep], cells[by_cell], "right")
+        self.cells = np.insert(self.cells[keep], at, cells[by_cell])
+        self.order = np.insert(self.order[keep], at, added[by_cell])
+        # newest first is time descending, then row descending: merge in the reversed (ascending) order
+        keep = ~self.stale[self.newest]
+        old_rows, old_t = self.newest[keep][::-1], self.newest_time[keep][::-1]
+        t = time_[added]
+        by_time = np.lexsort((added, t))
+        new_rows, new_t = added[by_time], t[by_time]
+        # an added row goes after the kept rows older than it or as old and of a lower row
+        at = np.searchsorted(old_t, new_t, "left")
+        hi = np.searchsorted(old_t, new_t, "right")
+        for k in np.flatnonzero(hi > at).tolist():  # equal times: place by row among them
+            at[k] += int(np.searchsorted(old_rows[at[k]:hi[k]], new_rows[k]))
+        self.newest = np.insert(old_rows, at, new_rows)[::-1].copy()
+        self.newest_time = np.insert(old_t, at, new_t)[::-1].copy()
+        self.row_cell[changed] = NOT_BUILT
+        self.row_cell[added] = cells
+
+    @staticmethod
+    def _extent(min_lon: float, min_lat: float, max_lon: float, max_lat: float
+                ) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
+        """The box's cell rows and its column spans (two across the antimeridian); None: too tall."""
+        if any(math.isnan(v) for v in (min_lon, min_lat, max_lon, max_lat)):
+            return None
+        iy0, iy1 = (int(np.clip(math.floor((v + 90.0) / GRID_DEG), 0, GRID_ROWS - 1)) for v in (min_lat, max_lat))
+        bounds = ([(min_lon, max_lon)] if min_lon <= max_lon else [(min_lon, 180.0), (-180.0, max_lon)])
+        spans = []
+        for lo, hi in bounds:
+            ix0, ix1 = (int(np.clip(math.floor((v + 180.0) / GRID_DEG), 0, GRID_COLS - 1)) for v in (lo, hi))
+            spans.append((ix0, ix1))
+        if (iy1 - iy0 + 1) * len(spans) > GRID_MAX_RANGES:
+            return None
+        return np.arange(iy0, iy1 + 1, dtype=np.int64), spans
+
+    def _rows_of(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        lo = np.searchsorted(self.cells, starts, "left")
+        hi = np.searchsorted(self.cells, ends, "left")
+        parts = [self.order[a:b] for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
     def candidates(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> np.ndarray | None:
         """Rows that may lie in the box (the caller checks them exactly); None: the box is too large, scan all."""
-        iy0, iy1 = (int(np.clip(math.floor((v + 90.0) / GRID_DEG), 0, GRID_ROWS - 1)) for v in (min_lat, max_lat))
-        spans = ([(min_lon, max_lon)] if min_lon <= max_lon else [(min_lon, 180.0), (-180.0, max_lon)])
-        ranges = []
-        for lo, hi in spans:
-            ix0, ix1 = (int(np.clip(math.floor((v + 180.0) / GRID_DEG), 0, GRID_COLS - 1)) for v in (lo, hi))
-            ranges.append((ix0, ix1))
-        if (iy1 - iy0 + 1) * sum(b - a + 1 for a, b in ranges) > GRID_MAX_CELLS:
+        extent = self._extent(min_lon, min_lat, max_lon, max_lat)
+        if extent is None:
             return None
-        starts, ends = [], []
-        for iy in range(iy0, iy1 + 1):
-            for ix0, ix1 in ranges:
-                starts.append(iy * GRID_COLS + ix0)
-                ends.append(iy * GRID_COLS + ix1 + 1)
-        lo_idx = np.searchsorted(self.cells, np.asarray(starts, dtype=np.int32), "left")
-        hi_idx = np.searchsorted(self.cells, np.asarray(ends, dtype=np.int32), "left")
-        parts = [self.order[a:b] for a, b in zip(lo_idx.tolist(), hi_idx.tolist()) if b > a]
+        iys, spans = extent
+        base = iys * GRID_COLS
+        starts = np.concatenate([base + ix0 for ix0, _ in spans])
+        ends = np.concatenate([base + ix1 + 1 for _, ix1 in spans])
+        found = self._rows_of(starts, ends)
         if self.dirty:
-            parts.append(np.fromiter(self.dirty, dtype=np.int32, count=len(self.dirty)))
-            return np.unique(np.concatenate(parts))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            dirty = np.fromiter(self.dirty, dtype=np.int32, count=len(self.dirty))
+            return np.unique(np.concatenate([found, dirty]))
+        return found
+
+    def split(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The box's cells as sorted: (inner, edge_rows) where ``inner`` are the code ranges ``[start, end)``
+        (sorted, as two arrays) of the cells wholly inside the box, so every row sorted into them lies in it,
+        and ``edge_rows`` the sorted rows of its border cells (to check exactly); None: the box is too large.
+
+        Wholly inside holds because a cell code is a monotone function of the position: a position outside
+        the box has a cell at or beyond the box's border cells."""
+        extent = self._extent(min_lon, min_lat, max_lon, max_lat)
+        if extent is None:
+            return None
+        iys, spans = extent
+        base = iys * GRID_COLS
+        middle = base[1:-1]  # cell rows strictly between the box's bottom and top rows
+        ends_rows = base[[0, -1]] if len(base) > 1 else base
+        in_starts, in_ends, e_starts, e_ends = [], [], [], []
+        for ix0, ix1 in spans:
+            e_starts.append(ends_rows + ix0)
+            e_ends.append(ends_rows + ix1 + 1)
+            if ix1 - ix0 >= 2:
+                in_starts.append(middle + ix0 + 1)
+                in_ends.append(middle + ix1)
+                e_starts += [middle + ix0, middle + ix1]
+                e_ends += [middle + ix0 + 1, middle + ix1 + 1]
+            else:
+                e_starts.append(middle + ix0)
+                e_ends.append(middle + ix1 + 1)
+        empty = np.zeros(0, dtype=np.int64)
+        starts = np.concatenate(in_starts) if in_starts else empty
+        ends = np.concatenate(in_ends) if in_ends else empty
+        by_start = np.argsort(starts, kind="stable")
+        edge = self._rows_of(np.concatenate(e_starts), np.concatenate(e_ends))
+        return starts[by_start], ends[by_start], edge
+
+    def count(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        """Sorted rows in the cell ranges ``[starts, ends)``."""
+        return int((np.searchsorted(self.cells, ends, "left") - np.searchsorted(self.cells, starts, "left")).sum())
+
+    @staticmethod
+    def within(cells: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Which ``cells`` lie in one of the sorted, disjoint ranges ``[starts, ends)``."""
+        at = np.searchsorted(starts, cells, "right") - 1
+        return (at >= 0) & (cells < ends[np.maximum(at, 0)]) if len(starts) else np.zeros(len(cells), dtype=bool)
 
 
 class LiveTable:
@@ -177,6 +299,7 @@ class LiveTable:
             self.present[n] = grow(self.present.get(n, np.zeros(0, np.int8)), ABSENT)
         for n in self.coded:
             self.codes[n] = grow(self.codes.get(n, np.zeros(0, np.int32)), -1)
+        self.grid.grow(capacity)
         self.tracks.extend([None] * (capacity - old))
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.capacity = capacity
@@ -245,7 +368,7 @@ class LiveTable:
         self.extras.pop(row, None)
         self.feature_json.pop(row, None)
         self.free.append(row)
-        self.grid.dirty.discard(row)
+        self.grid.mark((row,))
         self.version += 1
 
     def _rows_for(self, tracks: list[str]) -> np.ndarray:
@@ -315,10 +438,10 @@ class LiveTable:
                 extra = extras[k] = extras[k] or {}
                 extra[GEOHASH] = cells[k]
         pop, keep = self.feature_json.pop, self.extras
-        dirty = self.grid.dirty
-        for k, row in enumerate(rows.tolist()):
+        changed = rows.tolist()
+        self.grid.mark(changed)
+        for k, row in enumerate(changed):
             pop(row, None)
-            dirty.add(row)
             if extras[k]:
                 keep[row] = extras[k]
             else:
@@ -332,7 +455,7 @@ class LiveTable:
             return
         now = time.monotonic() if now is None else now
         if now - grid.built >= GRID_REFRESH or len(grid.dirty) > max(1024, len(self.rows) // 10):
-            grid.rebuild(self.lon, self.lat, self.alive)
+            grid.rebuild(self.lon, self.lat, self.time, self.alive)
 
     def documents(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """The documents of ``rows`` as the live topic carried them (fields in the preset's order)."""
