@@ -15,6 +15,8 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
+import shapely
 
 from geoiot.documents import GEOFENCES, GEOHASH, GEOHASH_PRECISION
 from geoiot.geohash_batch import encode_many
@@ -89,6 +91,20 @@ def _per_value(table: LiveTable, name: str, rows: np.ndarray, predicate: Any) ->
     return np.fromiter((v is not None and predicate(v) for v in values), dtype=bool, count=len(values))
 
 
+def shape_mask(table: LiveTable, f: InShape, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` lie in or on ``f``'s geometry (only the points within its bounds are tested exactly)."""
+    kind, coordinates = f.geometry
+    geom = shapely.from_geojson(orjson.dumps({"type": kind, "coordinates": orjson.loads(coordinates)}))
+    shapely.prepare(geom)
+    x0, y0, x1, y1 = geom.bounds
+    lon, lat = table.lon[rows], table.lat[rows]
+    near = np.flatnonzero((lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1))
+    out = np.zeros(len(rows), dtype=bool)
+    if len(near):
+        out[near] = shapely.intersects_xy(geom, lon[near], lat[near])
+    return out
+
+
 def mask(table: LiveTable, f: Filter, rows: np.ndarray) -> np.ndarray:
     """Which of ``rows`` pass ``f``."""
     if isinstance(f, AllOf):
@@ -106,7 +122,7 @@ def mask(table: LiveTable, f: Filter, rows: np.ndarray) -> np.ndarray:
     if isinstance(f, InBox):
         return bbox_mask(table, f.bbox, rows)
     if isinstance(f, InShape):
-        raise Unsupported("spatial shapes are evaluated by Elasticsearch only")
+        return shape_mask(table, f, rows)
     if isinstance(f, IsNull):
         col = _column(table, f.field, rows)
         if col is not None:

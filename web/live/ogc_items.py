@@ -2,7 +2,7 @@
 ``_latest`` index gave through web.where.page_body: the tracks passing a query, a page of them in (time, track)
 order resuming after a (time, track) pair as search_after did (so a next-page cursor means the same on either
 path), one track by id, and the extent. CQL2's spatial shapes (web.params.InShape) are tested on the positions
-with shapely's vectorised predicates; every other filter is web.live.filters'. Pure: numpy and shapely, no I/O.
+with shapely's vectorised predicates, by web.live.filters.mask like every other filter. Pure: numpy, no I/O.
 
 Semantics kept from the Elasticsearch path: a shape selects the points that intersect it, its boundary
 included (a polygon is planar in lon/lat: web.ogc.cql orients it counter-clockwise, so Elasticsearch never read
@@ -17,44 +17,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-import shapely
 
 from web.live.filters import mask, select
 from web.live.table import LiveTable
-from web.params import AllOf, AnyOf, BBox, Filter, InShape, Negation, Window
-
-
-def shape_mask(table: LiveTable, f: InShape, rows: np.ndarray) -> np.ndarray:
-    """Which of ``rows`` lie in or on ``f``'s geometry (only the points within its bounds are tested exactly)."""
-    kind, coordinates = f.geometry
-    geom = shapely.from_geojson(orjson.dumps({"type": kind, "coordinates": orjson.loads(coordinates)}))
-    shapely.prepare(geom)
-    x0, y0, x1, y1 = geom.bounds
-    lon, lat = table.lon[rows], table.lat[rows]
-    near = np.flatnonzero((lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1))
-    out = np.zeros(len(rows), dtype=bool)
-    if len(near):
-        out[near] = shapely.intersects_xy(geom, lon[near], lat[near])
-    return out
-
-
-def where_mask(table: LiveTable, f: Filter, rows: np.ndarray) -> np.ndarray:
-    """Which of ``rows`` pass ``f``: web.live.filters.mask, with spatial shapes anywhere in the tree."""
-    if isinstance(f, AllOf):
-        out = np.ones(len(rows), dtype=bool)
-        for part in f.parts:
-            out &= where_mask(table, part, rows)
-        return out
-    if isinstance(f, AnyOf):
-        out = np.zeros(len(rows), dtype=bool)
-        for part in f.parts:
-            out |= where_mask(table, part, rows)
-        return out
-    if isinstance(f, Negation):
-        return ~where_mask(table, f.part, rows)
-    if isinstance(f, InShape):
-        return shape_mask(table, f, rows)
-    return mask(table, f, rows)
+from web.params import BBox, Filter, Window
 
 
 def matching(table: LiveTable, bbox: BBox, window: Window, where: tuple[Filter, ...],
@@ -64,7 +30,7 @@ def matching(table: LiveTable, bbox: BBox, window: Window, where: tuple[Filter, 
     for f in where:
         if not len(rows):
             break
-        rows = rows[where_mask(table, f, rows)]
+        rows = rows[mask(table, f, rows)]
     return rows
 
 
