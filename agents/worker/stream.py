@@ -17,12 +17,6 @@ Guarantees (effectively once: idempotent documents in Elasticsearch, one Kafka t
   their documents have a deterministic ``_id``, so re-delivery overwrites them with the same bytes; and the
   changelog is read ``read_committed`` (:func:`agents.worker.track_table.changelog_reader`), so a re-delivered
   batch meets the track states as of its start and recomputes the same motion, documents and alerts.
-* Commit interval (IOT_COMMIT_INTERVAL, as Kafka Streams' ``commit.interval.ms`` under exactly-once): a batch whose
-  successor is already scheduled leaves the transaction open, and the successor joins it once stored, until the
-  transaction is that old; a timer commits it then if no batch did, and the last batch in flight (also before a
-  revoke or a stop) always commits. A transaction so holds the records and offsets of whole consecutive batches:
-  the guarantee above is that of one larger batch (a crash re-delivers all of them). Live records, alerts and the
-  webhook see a batch up to the interval later.
 * Readers of the alerts, dead-letter and live topics must set ``isolation_level="read_committed"`` to see each
   alert, dead letter and live record once (a killed worker's aborted transaction leaves its records in the log,
   marked aborted); a ``read_uncommitted`` reader sees at least once, as before. The webhook is called after the
@@ -291,15 +285,8 @@ class SourceStream:
                  len(self.table))
 
     async def _drain(self) -> None:
-        """Complete the batches in flight and commit their transaction (also one left open by a batch whose
-        successor failed: that batch is stored, and its partitions may be revoked next)."""
-        try:
-            while self.inflight:
-                await self.inflight.popleft()
-        finally:
-            async with self._txn_lock:
-                if self._txn is not None and self._txn_failed is None:
-                    await self._commit()
+        while self.inflight:
+            await self.inflight.popleft()
 
     # --- the loop ---
 
