@@ -393,9 +393,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_TRANSACTIONAL_ID", "", "Kafka transactional id of a worker, stable across its restarts so a "
             "restarted worker fences its predecessor; empty: <IOT_APP_ID>-<host name>-<WORKER_WEB_PORT>",
             check=_any_text, uses="agents"),
-    Setting("IOT_COMMIT_INTERVAL", 0.5, "Seconds a worker's Kafka transaction stays open for the next batches to "
-            "join it (fewer transactions, less CPU per event; live records and alerts are visible that much later; "
-            "0: one transaction per batch)", float, minimum=0, maximum=10, uses="agents"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -480,7 +477,6 @@ class Settings:
     mqtt_queue: int
     iot_es_latest: bool
     iot_transactional_id: str
-    iot_commit_interval: float
 
     @property
     def es_hosts(self) -> list[str]:

@@ -295,8 +295,7 @@ class Observations(Service):
             pipeline=pipeline,
             sinks=sinks, bulk_size=s.iot_bulk_size, bulk_within=s.iot_bulk_within, webhook=self.webhook,
             idle_timeout=s.iot_track_idle_timeout, batches_in_flight=s.iot_batches_in_flight,
-            metadata_max_age=s.iot_metadata_max_age, stall_timeout=s.iot_stall_timeout,
-            commit_interval=s.iot_commit_interval)
+            metadata_max_age=s.iot_metadata_max_age, stall_timeout=s.iot_stall_timeout)
         await stream.start()
         runtime.stream, runtime.sinks, runtime.started = stream, sinks, True
         log.info("agents started topic=%s partitions=%d group=%s index=%s sinks=%s fences=%d filter=%s",

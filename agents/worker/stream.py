@@ -64,7 +64,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -100,17 +100,6 @@ class Batch:
     result: BatchResult
     offsets: dict[TopicPartition, int]  # next offset to commit per partition
     started: float
-
-
-@dataclass
-class _OpenTransaction:
-    """A Kafka transaction batches are joining: what its commit needs and what follows the commit."""
-
-    began: float  # time.monotonic()
-    acks: list[asyncio.Future[Any]] = field(default_factory=list)  # of the records sent in it
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit per partition
-    committed: list[Callable[[], None]] = field(default_factory=list)  # each batch's after-commit step
-    timer: asyncio.Future[None] | None = None
 
 
 GC_THRESHOLD = (20_000, 10, 10)  # young collections every 20,000 allocations instead of 700
@@ -169,15 +158,13 @@ class SourceStream:
                  webhook: Webhook | None = None,
                  batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
                  grow_changelog: Callable[[int], Awaitable[None]] | None = None, stall_timeout: float = 60.0,
-                 commit_interval: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
         the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones. The producer
         is transactional; ``group``: the consumer group whose offsets its transactions commit.
         ``batches_in_flight``: IOT_BATCHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
         ``grow_changelog(n)``: gives the changelog at least ``n`` partitions (before a recovery needs them).
-        ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled.
-        ``commit_interval``: IOT_COMMIT_INTERVAL, seconds a transaction stays open for later batches to join it
-        (0: one transaction per batch)."""
+        ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
         self.pipeline, self.sinks, self.webhook = pipeline, sinks, webhook
         self.bulk_size, self.bulk_within, self.group = bulk_size, bulk_within, group
@@ -196,10 +183,6 @@ class SourceStream:
         self.recovering: tuple[list[int], float] | None = None  # partitions being recovered, since when
         self.rebalancing_since: float | None = None
         self.progress_at = clock()  # last commit, or last time no assigned partition had a lag
-        self.commit_interval = commit_interval
-        self._txn: _OpenTransaction | None = None  # the transaction batches are joining, not yet committed
-        self._txn_lock = asyncio.Lock()  # one user of the open transaction at a time (a batch, or its timer)
-        self._txn_failed: BaseException | None = None  # a timer's commit failed: later batches must not commit
 
     @classmethod
     def connect(cls, *, bootstrap: str, group: str, topics: StreamTopics, bulk_size: int, transactional_id: str,
@@ -360,22 +343,27 @@ class SourceStream:
         offsets = {TopicPartition(source, p): o + 1 for p, o in last.items()}
         return Batch(self.seq, messages, result, offsets, started)
 
-    async def _queue_all(self, topic: str, messages: list[tuple[bytes | None, bytes | None]],
-                         partitions: list[int] | None = None) -> list[asyncio.Future[Any]]:
-        """Hand ``messages`` to the producer, one ``send`` each; the futures of their acknowledgements."""
+    async def _send_all(self, topic: str, messages: list[tuple[bytes | None, bytes]],
+                        partitions: list[int] | None = None) -> None:
+        """Send and wait until Kafka acknowledged every message (an error fails the batch, uncommitted)."""
+        if not messages:
+            return
         send = self.producer.send
         parts = partitions or [None] * len(messages)
-        return [await send(topic, value, key=key, partition=p) for (key, value), p in zip(messages, parts)]
+        futures = [await send(topic, value, key=key, partition=p) for (key, value), p in zip(messages, parts)]
+        await asyncio.gather(*futures)
 
-    async def _queue_batches(self, topic: str, messages: list[tuple[bytes | None, bytes | None]],
-                             partitions: list[int]) -> list[asyncio.Future[Any]]:
-        """Like :meth:`_queue_all` for many messages to known partitions: one record batch per partition
-        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message. Same records (key, value,
-        the producer's timestamp), same acknowledgement rule."""
+    async def _send_batches(self, topic: str, messages: list[tuple[bytes, bytes | None]],
+                            partitions: list[int]) -> None:
+        """Like :meth:`_send_all` for many messages to known partitions: one record batch per partition
+        (aiokafka's ``create_batch``/``send_batch``) instead of one ``send`` per message. Same records (key, value, the producer's timestamp), same acknowledgement rule."""
+        if not messages:
+            return
         create = getattr(self.producer, "create_batch", None)
         if create is None:  # a producer without record batches (the in-process fakes)
-            return await self._queue_all(topic, messages, partitions)
-        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+            await self._send_all(topic, messages, partitions)
+            return
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for message, partition in zip(messages, partitions):
             by_partition.setdefault(partition, []).append(message)
         futures = []
@@ -387,19 +375,7 @@ class SourceStream:
                     batch = create()
                     batch.append(key=key, value=value, timestamp=None)  # a batch's first record always fits
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        return futures
-
-    async def _send_all(self, topic: str, messages: list[tuple[bytes | None, bytes | None]],
-                        partitions: list[int] | None = None) -> None:
-        """Send and wait until Kafka acknowledged every message (an error fails the batch, uncommitted)."""
-        if messages:
-            await asyncio.gather(*await self._queue_all(topic, messages, partitions))
-
-    async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes | None]],
-                            partitions: list[int]) -> None:
-        """:meth:`_send_all` by record batches (:meth:`_queue_batches`)."""
-        if messages:
-            await asyncio.gather(*await self._queue_batches(topic, messages, partitions))
+        await asyncio.gather(*futures)
 
     async def complete(self, batch: Batch, previous: asyncio.Future[None] | None) -> None:
         """I/O part of a batch: its sink writes (overlapping the transactions of earlier batches), then, after the
@@ -465,26 +441,23 @@ class SourceStream:
                 newest.append((live.key(track), None))
                 newest_partitions.append(partition)
         t_transaction = time.perf_counter()
-        n = len(batch.messages)
-
-        def committed() -> None:  # once the transaction holding this batch committed
-            self._committed(batch.offsets)
-            for a in result.alerts:  # delivered (committed) once: the webhook hears of it after the commit
-                m.ALERTS.labels(a["event"]).inc()
-                if self.webhook is not None:
-                    self.webhook.submit(a)
-            m.EVENTS.inc(n)
-            m.BATCH_SIZE.observe(n)
-            m.INVALID.inc(len(result.dead))
-            m.DEAD_LETTERED.inc(len(dead))
-            m.NULLED.inc(result.nulled)
-            m.KEY_MISMATCH.inc(result.key_mismatch)
-            m.FILTERED.inc(result.filtered)
-
-        await self._join(batch, committed, (self.topics.dlq, dead, None), (self.topics.alerts, alerts, None),
-                         (self.topics.changelog, changes, partitions),  # changelog partition = source partition
-                         (self.topics.latest, newest, newest_partitions))
+        await self._transaction(batch.offsets, (self.topics.dlq, dead, None), (self.topics.alerts, alerts, None),
+                                (self.topics.changelog, changes, partitions),  # changelog partition = source partition
+                                (self.topics.latest, newest, newest_partitions))
         t_commit = time.perf_counter()
+        self._committed(batch.offsets)
+        for a in result.alerts:  # delivered (committed) once: the webhook hears of it after the commit
+            m.ALERTS.labels(a["event"]).inc()
+            if self.webhook is not None:
+                self.webhook.submit(a)
+        n = len(batch.messages)
+        m.EVENTS.inc(n)
+        m.BATCH_SIZE.observe(n)
+        m.INVALID.inc(len(result.dead))
+        m.DEAD_LETTERED.inc(len(dead))
+        m.NULLED.inc(result.nulled)
+        m.KEY_MISMATCH.inc(result.key_mismatch)
+        m.FILTERED.inc(result.filtered)
         log.info("batch events=%d indexed=%d invalid=%d filtered=%d rejected=%d alerts=%d tracks=%d seconds=%.3f "
                  "(process=%.3f write=%.3f wait=%.3f state=%.3f transaction=%.3f)",
                  n, len(result.observations) - rejected_total, len(result.dead), result.filtered, rejected_total,
@@ -492,73 +465,27 @@ class SourceStream:
                  t_write - batch.started, t_wait - t_write, t_state - t_wait, t_transaction - t_state,
                  t_commit - t_transaction)
 
-    async def _join(self, batch: Batch, committed: Callable[[], None],
-                    *sends: tuple[str | None, list[tuple[bytes | None, bytes | None]], list[int] | None]) -> None:
-        """Put a batch into the open Kafka transaction (begun if none is): each ``(topic, messages, partitions or
-        None)`` sent, its offsets added; ``committed()`` is called once the transaction committed.
-
-        The transaction is committed now unless a later batch is already scheduled and the transaction is younger
-        than ``commit_interval``; then that batch joins it, and a timer commits it at the interval if no batch did.
-        Kafka Streams' commit interval: fewer transactions (each costs the worker four requests and their
-        bookkeeping) for the same guarantee, as one transaction still holds states and offsets of whole batches.
-        Any error aborts it (when the producer still can) and fails the batch: nothing of any batch in it is
-        visible to read_committed readers, and the group re-delivers them all."""
-        async with self._txn_lock:
-            if self._txn_failed is not None:
-                raise self._txn_failed
-            txn = self._txn
-            if txn is None:
-                await self.producer.begin_transaction()
-                txn = self._txn = _OpenTransaction(time.monotonic())
-            try:
-                for topic, messages, partitions in sends:
-                    if topic is not None and messages:
-                        txn.acks += await (self._queue_all(topic, messages) if partitions is None
-                                           else self._queue_batches(topic, messages, partitions))
-            except BaseException as exc:
-                await self._abort(exc)
-                raise
-            txn.offsets.update(batch.offsets)  # batches join in order: a partition's later offset wins
-            txn.committed.append(committed)
-            if (self.commit_interval <= 0 or self.seq == batch.seq or self._stopping.is_set()
-                    or time.monotonic() - txn.began >= self.commit_interval):
-                await self._commit()
-            elif txn.timer is None:
-                txn.timer = asyncio.ensure_future(self._commit_later(txn))
-
-    async def _commit_later(self, txn: "_OpenTransaction") -> None:
-        """Commit ``txn`` at the commit interval if it is still open then (no later batch found it too old)."""
-        await asyncio.sleep(max(0.0, txn.began + self.commit_interval - time.monotonic()))
-        async with self._txn_lock:
-            if self._txn is txn:
-                try:
-                    await self._commit()
-                except BaseException as exc:  # the next batch to join fails with it (one is scheduled)
-                    self._txn_failed = exc
-
-    async def _commit(self) -> None:
-        """Wait for the open transaction's acknowledgements, add its consumer offsets, commit (lock held)."""
-        txn = self._txn
-        assert txn is not None
+    async def _transaction(self, offsets: dict[TopicPartition, int],
+                           *sends: tuple[str | None, list[tuple[bytes | None, bytes | None]], list[int] | None]) -> None:
+        """One Kafka transaction: each ``(topic, messages, partitions or None)`` sent, then the consumer offsets
+        (``send_offsets_to_transaction``), then committed. Any error aborts it (when the producer still can) and
+        fails the batch: nothing of it is visible to read_committed readers, and the group re-delivers it."""
+        producer = self.producer
+        await producer.begin_transaction()
         try:
-            await asyncio.gather(*txn.acks)
-            await self.producer.send_offsets_to_transaction(txn.offsets, self.group)
-            await self.producer.commit_transaction()
+            await asyncio.gather(*(self._send_all(topic, messages) if partitions is None
+                                   else self._send_batches(topic, messages, partitions)
+                                   for topic, messages, partitions in sends if topic is not None and messages))
+            await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
         except BaseException as exc:
-            await self._abort(exc)
+            try:
+                await producer.abort_transaction()
+            except Exception as abort_exc:  # a fenced or failed producer cannot abort; the broker will
+                log.warning("abort of the failed transaction failed: %r", abort_exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("transaction failed, nothing of the batch is committed: %r", exc)
             raise
-        self._txn = None
-        for committed in txn.committed:
-            committed()
-
-    async def _abort(self, exc: BaseException) -> None:
-        self._txn = None
-        try:
-            await self.producer.abort_transaction()
-        except Exception as abort_exc:  # a fenced or failed producer cannot abort; the broker will
-            log.warning("abort of the failed transaction failed: %r", abort_exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            log.error("transaction failed, nothing of the batch is committed: %r", exc)
 
     def _committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

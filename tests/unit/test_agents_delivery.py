@@ -254,12 +254,11 @@ class FakeReader:
 
 
 def stream(consumer: FakeConsumer, producer: FakeProducer, sinks: list[FakeSink], reader: FakeReader | None = None,
-           bulk_within: float = 0.01, commit_interval: float = 0.0) -> SourceStream:
+           bulk_within: float = 0.01) -> SourceStream:
     table = TrackTable(TOPICS.changelog, lambda: reader or FakeReader({}))
     return SourceStream(consumer=consumer, producer=producer, table=table, topics=TOPICS,
                         pipeline=Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), "obs"),
-                        sinks=sinks, bulk_size=100, bulk_within=bulk_within, group="app",
-                        commit_interval=commit_interval)
+                        sinks=sinks, bulk_size=100, bulk_within=bulk_within, group="app")
 
 
 async def run_until(s: SourceStream, done: Any, timeout: float = 10.0) -> None:
@@ -627,61 +626,3 @@ async def test_an_idle_evicted_track_gets_a_tombstone_in_the_changelog_and_the_l
     live = [(live_track(k), v is None, p) for k, v, p in producer.sent[TOPICS.latest]]
     assert live == [("a", False, 0), ("b", False, 1), ("a", True, 0)]
     assert (orjson.dumps("a"), None, 0) in producer.sent[TOPICS.changelog]
-
-
-async def _release_first_write_when_second_stored(log: list[Any], first_write: asyncio.Event) -> None:
-    while not any(e[:2] == ("sink", 2) for e in log):
-        await asyncio.sleep(0.005)
-    first_write.set()
-
-
-async def test_a_later_batch_joins_the_open_transaction_within_the_commit_interval() -> None:
-    log: list[Any] = []
-    first_write = asyncio.Event()
-    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b")])
-    producer = FakeProducer(log)
-    s = stream(consumer, producer, [FakeSink(log, gates={1: first_write})], commit_interval=5.0)
-    releaser = asyncio.ensure_future(_release_first_write_when_second_stored(log, first_write))
-    await run_until(s, lambda: any(e[0] == "commit" for e in log))
-    await releaser
-    # Batch 1 was stored while batch 2 was scheduled: batch 2 joined its transaction, which holds both batches'
-    # states and the offsets after both, committed once.
-    assert producer.transactions == 1
-    assert [e[1] for e in log if e[0] == "commit"] == [{0: 2}]
-    assert [e for e in log if e[0] == TOPICS.changelog] == [(TOPICS.changelog, 1), (TOPICS.changelog, 2)]
-    assert s.committed == {0: 2}
-
-
-async def test_the_open_transaction_is_committed_at_the_interval_when_no_batch_joins_it() -> None:
-    log: list[Any] = []
-    second_write = asyncio.Event()
-    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b")])
-    producer = FakeProducer(log)
-    s = stream(consumer, producer, [FakeSink(log, gates={2: second_write})], commit_interval=0.05)
-
-    async def release_second_write_after_a_commit() -> None:
-        while not any(e[0] == "commit" for e in log):
-            await asyncio.sleep(0.005)
-        assert s.committed == {0: 1}  # batch 1 committed alone (by the timer) while batch 2's write is held
-        second_write.set()
-
-    releaser = asyncio.ensure_future(release_second_write_after_a_commit())
-    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 2)
-    await releaser
-    assert producer.transactions == 2
-    assert [e[1] for e in log if e[0] == "commit"] == [{0: 1}, {0: 2}]
-
-
-async def test_a_failed_joint_transaction_commits_none_of_its_batches() -> None:
-    log: list[Any] = []
-    first_write = asyncio.Event()
-    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b")])
-    producer = FakeProducer(log, fail_commit={1})
-    s = stream(consumer, producer, [FakeSink(log, gates={1: first_write})], commit_interval=5.0)
-    releaser = asyncio.ensure_future(_release_first_write_when_second_stored(log, first_write))
-    with pytest.raises(RuntimeError, match="transaction 1 failed"):
-        await run_until(s, lambda: False, timeout=5.0)
-    await releaser
-    assert ("abort",) in log and not [e for e in log if e[0] == "commit"]
-    assert producer.transactions == 1 and len(producer.sent[TOPICS.changelog]) == 2  # both batches were in it
-    assert s.committed == {0: 0}
