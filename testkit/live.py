@@ -96,3 +96,19 @@ async def until_synced(app: Any, timeout: float = 30.0) -> None:
     while not app[LIVE].synced:
         assert loop.time() < deadline, "the live mirror did not load"
         await asyncio.sleep(0.05)
+
+
+def snapshot(table: Any) -> dict[str, dict[str, Any]]:
+    """Every track a mirror's table (web.live.table.LiveTable) holds, with its document: mirrors compared."""
+    return {doc[table.preset.track]: doc for doc in table.documents(list(table.rows.values()))}
+
+
+def held_time(table: Any, track: str) -> int | None:
+    """The event time of the document a mirror's table holds for ``track`` (None: none)."""
+    row = table.rows.get(track)
+    return None if row is None else int(table.time[row])
+
+
+def apply(table: Any, track: str, doc: dict[str, Any] | None) -> bool:
+    """One live record (a document, or None for a tombstone) into a table; whether it changed it."""
+    return table.apply_batch([track], [doc]) > 0

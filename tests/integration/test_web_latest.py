@@ -231,10 +231,10 @@ async def test_identical_latest_requests_within_a_second_share_one_computation(c
     # a track moves: a cached answer cannot see it, one a second later must
     table = client.app[LIVE].table
     track, r = next((t, r) for t, r in data.newest.items() if r["vendor_id"] == "VTS" and r["passengerCount"] >= 2)
-    held = table.snapshot()[track]
+    held = live_kit.snapshot(table)[track]
     await live_kit.publish_once(data.settings, [(track, dict(held, passengerCount=1))])
     try:
-        while table.snapshot()[track]["passengerCount"] != 1:
+        while live_kit.snapshot(table)[track]["passengerCount"] != 1:
             await asyncio.sleep(0.05)
         assert track in {f["id"] for f in (await latest(client, query))["features"]}
         await asyncio.sleep(1.1)

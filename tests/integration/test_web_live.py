@@ -241,11 +241,11 @@ async def test_aggregate_of_current_tracks_equals_the_elasticsearch_path(mirror:
 
 
 async def test_a_restarted_server_and_a_second_server_hold_the_same(mirror: TestClient, data: Data) -> None:
-    first = mirror.server.app[LIVE].table.snapshot()
+    first = live_kit.snapshot(mirror.server.app[LIVE].table)
     async with TestClient(TestServer(init_app(data.settings, consume_alerts=False))) as second:
         health = await ready(second)
         assert health["live"]["synced"] and health["live"]["tracks"] == TRACKS
-        assert second.server.app[LIVE].table.snapshot() == first
+        assert live_kit.snapshot(second.server.app[LIVE].table) == first
         assert len(first) == TRACKS
         metrics = await (await second.get("/metrics")).text()
         assert f"geoiot_web_live_tracks {float(TRACKS)}" in metrics and "geoiot_web_live_lag 0.0" in metrics
@@ -259,17 +259,17 @@ async def test_a_newer_report_reaches_both_servers_and_a_tombstone_removes(mirro
     async with TestClient(TestServer(init_app(data.settings, consume_alerts=False))) as second:
         await ready(second)
         try:
-            held = mirror.server.app[LIVE].table.snapshot()[track]
+            held = live_kit.snapshot(mirror.server.app[LIVE].table)[track]
             moved = dict(held, observationTime=held["observationTime"] + 10**8,
                          geometry={"lon": -73.9001, "lat": 40.7001})
             await live_kit.publish(producer, data.settings.latest_topic, [(track, moved)], PARTITIONS)
             for c in (mirror, second):
                 for _ in range(100):
-                    if c.server.app[LIVE].table.held_time(track) == moved["observationTime"]:
+                    if live_kit.held_time(c.server.app[LIVE].table, track) == moved["observationTime"]:
                         break
                     await asyncio.sleep(0.1)
-            assert mirror.server.app[LIVE].table.snapshot() == second.server.app[LIVE].table.snapshot()
-            assert mirror.server.app[LIVE].table.held_time(track) == moved["observationTime"]
+            assert live_kit.snapshot(mirror.server.app[LIVE].table) == live_kit.snapshot(second.server.app[LIVE].table)
+            assert live_kit.held_time(mirror.server.app[LIVE].table, track) == moved["observationTime"]
             await live_kit.publish(producer, data.settings.latest_topic, [(track, None)], PARTITIONS)
             for _ in range(100):
                 if track not in mirror.server.app[LIVE].table.rows and track not in second.server.app[LIVE].table.rows:
@@ -301,7 +301,7 @@ async def test_event_views_push_the_mirrors_answers_and_its_changes(mirror: Test
             await read_until(resp, stream, lambda s: s.of("latest"), 15)
             first = stream.of("latest")[0].json()
             assert first["full"] and first["total"] == polled["total"] and first["features"] == polled["features"]
-            held = mirror.server.app[LIVE].table.snapshot()
+            held = live_kit.snapshot(mirror.server.app[LIVE].table)
             track = polled["features"][-1]["id"]
             newer = dict(held[track], observationTime=T0 + 10**9, passengerCount=5)
             await live_kit.publish(producer, data.settings.latest_topic, [(track, newer)], PARTITIONS)

@@ -14,6 +14,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from shapely.geometry import Point, shape
 
 from geoiot.schema import load_preset
+from testkit import live
 from testkit.observations import document, on_grid
 from web.live import ogc_items
 from web.live.table import LiveTable
@@ -28,7 +29,7 @@ NAMES = ["cab", "Cab", "z", "é", "Ω", "a-b", "a_b", "0"]
 def table_of(rows: list[tuple[str, int, float, float]]) -> LiveTable:
     table = LiveTable(PRESET, capacity=4)
     for track, t, lon, lat in rows:
-        table.apply(track, document(PRESET, track, t, *on_grid(lon, lat), []))
+        live.apply(table, track, document(PRESET, track, t, *on_grid(lon, lat), []))
     return table
 
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from geoiot import live
 from geoiot.documents import GEOFENCES, SPEED, field_types
 from geoiot.schema import load_preset
+from testkit import live as live_kit
 from testkit.observations import document, on_grid
 from web import params, where
 from web.live import answers
@@ -34,20 +35,20 @@ def doc(track: str, t: int, lon: float = -73.9, lat: float = 40.7, fences: tuple
 
 def test_newest_report_wins_and_equal_times_take_the_later_record() -> None:
     table = LiveTable(PRESET)
-    assert table.apply("a", doc("a", T0 + 10, vendor_id="VTS"))
-    assert not table.apply("a", doc("a", T0 + 5, vendor_id="OLD"))  # older: ignored
-    assert table.snapshot()["a"]["vendor_id"] == "VTS"
-    assert table.apply("a", doc("a", T0 + 10, vendor_id="CMT"))  # equal time: the one read last
-    assert table.snapshot()["a"]["vendor_id"] == "CMT"
+    assert live_kit.apply(table, "a", doc("a", T0 + 10, vendor_id="VTS"))
+    assert not live_kit.apply(table, "a", doc("a", T0 + 5, vendor_id="OLD"))  # older: ignored
+    assert live_kit.snapshot(table)["a"]["vendor_id"] == "VTS"
+    assert live_kit.apply(table, "a", doc("a", T0 + 10, vendor_id="CMT"))  # equal time: the one read last
+    assert live_kit.snapshot(table)["a"]["vendor_id"] == "CMT"
 
 
 def test_tombstones_remove_and_rows_are_reused() -> None:
     table = LiveTable(PRESET, capacity=2)
     for i in range(5):
-        table.apply(f"t{i}", doc(f"t{i}", T0 + i))
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + i))
     capacity = table.capacity
-    assert table.apply("t1", None) and not table.apply("t1", None) and "t1" not in table.snapshot()
-    table.apply("t9", doc("t9", T0))
+    assert live_kit.apply(table, "t1", None) and not live_kit.apply(table, "t1", None) and "t1" not in live_kit.snapshot(table)
+    live_kit.apply(table, "t9", doc("t9", T0))
     assert table.capacity == capacity and len(table) == 5
 
 
@@ -66,7 +67,7 @@ def test_documents_come_back_as_they_were_put() -> None:
     applied, skipped = apply_records(table, [(live.key(t), live.value(d)) for t, d in docs.items()]
                                      + [(None, b"{}"), (b"x", b"[1]")], PRESET.time)
     assert (applied, skipped) == (300, 2)
-    assert table.snapshot() == docs
+    assert live_kit.snapshot(table) == docs
 
 
 def views(rng: random.Random) -> params.BBox:
@@ -80,12 +81,12 @@ def test_grid_finds_what_a_scan_finds() -> None:
     rng = random.Random(5)
     table = LiveTable(PRESET)
     for i in range(20_000):
-        table.apply(f"t{i}", doc(f"t{i}", T0 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
     table.grid.rebuild(table.lon, table.lat, table.time, table.alive)
     for i in range(0, 20_000, 3):  # moved since the grid was sorted
-        table.apply(f"t{i}", doc(f"t{i}", T0 + 10**6 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + 10**6 + i, rng.uniform(-180, 179.99), rng.uniform(-89.9, 89.9)))
     for i in range(0, 20_000, 11):
-        table.apply(f"t{i}", None)
+        live_kit.apply(table, f"t{i}", None)
     everything = table.all_rows()
     for _ in range(200):
         box = views(rng)
@@ -128,7 +129,7 @@ def _table(seed: int) -> tuple[LiveTable, dict[str, dict[str, Any]]]:
                 passengerCount=rng.choice([None, *range(0, 8)]), vendor_id=rng.choice(["VTS", "CMT", None]),
                 tripDistance=rng.choice([None, rng.uniform(0, 20)]), store_and_fwd_flag=rng.choice(["Y", "N", None]))
         d[SPEED] = rng.choice([None, rng.uniform(0, 3)])
-        table.apply(d[PRESET.track], d)
+        live_kit.apply(table, d[PRESET.track], d)
         docs[d[PRESET.track]] = d
     return table, docs
 
@@ -179,9 +180,9 @@ def test_the_latest_payload_is_the_latest_answer_serialised_also_after_rows_chan
         assert answers.latest_payload(table, p) == orjson.dumps({"type": "FeatureCollection", "total": total,
                                                                   "features": features})
         for track in list(docs)[step::3]:  # a third of the tracks report again, one leaves
-            table.apply(track, dict(docs[track], observationTime=docs[track][PRESET.time] + 10**7 * (step + 1),
+            live_kit.apply(table, track, dict(docs[track], observationTime=docs[track][PRESET.time] + 10**7 * (step + 1),
                                     vendor_id="CMT"))
-        table.apply(list(docs)[step], None)
+        live_kit.apply(table, list(docs)[step], None)
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -191,11 +192,11 @@ def test_a_batch_applies_as_its_records_one_by_one(records: list[tuple[str, int 
     one, batched = LiveTable(PRESET), LiveTable(PRESET)
     seq = [(t, None if v is None else doc(t, T0 + v, vendor_id=f"{t}{k}")) for k, (t, v) in enumerate(records)]
     for t, d in seq:
-        one.apply(t, d)
+        live_kit.apply(one, t, d)
     for start in range(0, len(seq), size):
         part = seq[start:start + size]
         batched.apply_batch([t for t, _ in part], [d for _, d in part])
-    assert one.snapshot() == batched.snapshot()
+    assert live_kit.snapshot(one) == live_kit.snapshot(batched)
 
 
 def scanned(table: LiveTable, p: params.LatestParams, cutoff: int | None) -> tuple[int, list[int]]:
@@ -236,21 +237,21 @@ def test_the_fast_latest_answer_is_the_plain_scan(seed: int, n: int, spread: int
         return rng.uniform(-74.1, -73.7), rng.uniform(40.5, 40.9)
 
     for i in range(n):
-        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place(), vendor_id=rng.choice(["VTS", "CMT"]),
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place(), vendor_id=rng.choice(["VTS", "CMT"]),
                                  passengerCount=rng.randrange(0, 7)))
     table.refresh_grid(now=float("inf"))
     for i in range(n):
         r = rng.random()
         if r < changed:
-            table.apply(f"t{i}", doc(f"t{i}", T0 + spread + rng.randrange(spread), *place(), vendor_id="VTS"))
+            live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + spread + rng.randrange(spread), *place(), vendor_id="VTS"))
         elif r < changed + removed:
-            table.apply(f"t{i}", None)
+            live_kit.apply(table, f"t{i}", None)
     if rng.random() < 0.3:
-        table.apply("new", doc("new", T0 + rng.randrange(2 * spread), *place()))
+        live_kit.apply(table, "new", doc("new", T0 + rng.randrange(2 * spread), *place()))
     if rng.random() < 0.5:  # the grid merges these changes into its orders; then more change
         table.refresh_grid(now=float("inf"))
         for i in rng.sample(range(n), min(n, 5)):
-            table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
+            live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
     p = params.LatestParams(box, limit, where.parse_where(texts, FIELDS))
     cut = None if cutoff is None else T0 + cutoff % (2 * spread)
     want = scanned(table, p, cut)
@@ -266,7 +267,7 @@ def test_a_city_view_holding_most_tracks_takes_the_fast_path() -> None:
     table = LiveTable(PRESET)
     rng = random.Random(1)
     for i in range(5000):
-        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(10**6), rng.uniform(-74.0, -73.8), rng.uniform(40.6, 40.8)))
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + rng.randrange(10**6), rng.uniform(-74.0, -73.8), rng.uniform(40.6, 40.8)))
     box = params.parse_bbox("-74.05,40.55,-73.75,40.85")
     fast = newest_in_view(table, box, 100)
     assert fast is not None and fast[0] == 5000
@@ -282,13 +283,13 @@ def test_merging_changes_into_the_grid_gives_the_orders_of_a_full_sort(seed: int
     table = LiveTable(PRESET)
     place = lambda: (rng.uniform(-74.1, -73.7), rng.uniform(40.5, 40.9))  # noqa: E731
     for i in range(n):
-        table.apply(f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place()))
+        live_kit.apply(table, f"t{i}", doc(f"t{i}", T0 + rng.randrange(spread), *place()))
     table.refresh_grid(now=float("inf"))
     for i in range(n):
         if rng.random() < changed:
-            table.apply(f"t{i}", None if rng.random() < 0.3 else doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
+            live_kit.apply(table, f"t{i}", None if rng.random() < 0.3 else doc(f"t{i}", T0 + rng.randrange(2 * spread), *place()))
     for i in range(rng.randrange(3)):
-        table.apply(f"new{i}", doc(f"new{i}", T0 + rng.randrange(2 * spread), *place()))
+        live_kit.apply(table, f"new{i}", doc(f"new{i}", T0 + rng.randrange(2 * spread), *place()))
     table.refresh_grid(now=float("inf"))
     merged = table.grid
     full = Grid()

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from web.live.filters import mask, select
 from web.live.table import LiveTable

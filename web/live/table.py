@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import geohash
 import numpy as np
 
 from geoiot import live
@@ -307,17 +306,8 @@ class LiveTable:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def held_time(self, track: str) -> int | None:
-        row = self.rows.get(track)
-        return None if row is None else int(self.time[row])
-
-    def apply(self, track: str, doc: dict[str, Any] | None) -> bool:
-        """A live record: ``doc`` (a document with an integer time) or None (a tombstone). Whether it changed
-        the table: an older report than the one held is ignored (geoiot.live.newer)."""
-        return self.apply_batch([track], [doc]) > 0
-
     def apply_batch(self, tracks: Sequence[str], docs: Sequence[dict[str, Any] | None]) -> int:
-        """Records in the order read, as :meth:`apply` one by one would take them, filled column by column
+        """Records in the order read, as applying them one by one would take them, filled column by column
         (a fetch at a time: the start reads a million records). Returns how many changed the table."""
         time_field = self.preset.time
         last: dict[str, int] = {}  # track -> its record in the batch that wins (newest, equal: the later one)
@@ -487,11 +477,6 @@ class LiveTable:
                 doc.update(extra)
             out.append(doc)
         return out
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Every held track's document (tests and tools compare mirrors with it)."""
-        rows = list(self.rows.values())
-        return {doc[self.preset.track]: doc for doc in self.documents(rows)}
 
     def all_rows(self) -> np.ndarray:
         return np.flatnonzero(self.alive[:self.capacity])
