@@ -50,6 +50,8 @@ class Cluster:
                     "KAFKA_CONTROLLER_PORT": os.environ.get("CLUSTER_KAFKA_CONTROLLER_PORT", "29192"),
                     "ES_PORT": str(self.es_port),
                     "ES_TRANSPORT_PORT": os.environ.get("CLUSTER_ES_TRANSPORT_PORT", "29300"),
+                    # the stack starts Mosquitto too: off the default port, which a running dev stack holds
+                    "MQTT_PORT": os.environ.get("CLUSTER_MQTT_PORT", "29883"),
                     "KAFKA_HEAP": "384m", "ES_HEAP": "512m", "ES_HEAP_MIN": "512m", "STACK_TIMEOUT": "600"}
         self.bootstrap = ",".join(f"127.0.0.1:{self.kafka_port + i}" for i in range(BROKERS))
         self.es_url = ",".join(f"http://127.0.0.1:{self.es_port + i}" for i in range(ES_NODES))
