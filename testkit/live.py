@@ -112,3 +112,18 @@ def held_time(table: Any, track: str) -> int | None:
 def apply(table: Any, track: str, doc: dict[str, Any] | None) -> bool:
     """One live record (a document, or None for a tombstone) into a table; whether it changed it."""
     return table.apply_batch([track], [doc]) > 0
+
+
+def newest_reports(reports: Iterable[dict[str, Any]], preset: Any = None) -> dict[str, dict[str, Any]]:
+    """Each track's newest report in arrival order, as the agents keep it: on equal times the first one (a later
+    one is late and written create-only, agents.core.motion). ``preset``: the reports' (default: taxi)."""
+    if preset is None:
+        from geoiot.schema import load_preset
+        preset = load_preset("taxi")
+    track, time = preset.track, preset.time
+    out: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        seen = out.get(r[track])
+        if seen is None or r[time] > seen[time]:
+            out[r[track]] = r
+    return out

@@ -25,6 +25,7 @@ from geoiot import config, documents, topics
 from geoiot.deadletter import original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
+from testkit import live as live_kit
 
 pytestmark = pytest.mark.integration
 
@@ -557,14 +558,6 @@ async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its
         await cleanup_topics(kafka_admin, [f"{topic}-"])
 
 
-def newest_reports(recs: list[dict]) -> dict[str, dict]:
-    """Each track's newest report (on equal times the first one: a later one is late, create-only)."""
-    newest: dict[str, dict] = {}
-    for r in recs:
-        seen = newest.get(r["taxiId"])
-        if seen is None or r["observationTime"] > seen["observationTime"]:
-            newest[r["taxiId"]] = r
-    return newest
 
 
 async def latest_docs(es, base: str) -> dict[str, tuple[int, dict]]:
@@ -598,7 +591,7 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
     base = new_index("latest")
     await ensure_index(es, dataclasses.replace(stack, iot_index=base), PRESET)
     recs = records(generate(tmp_path, tracks=12, points=25, seed=21))
-    newest = newest_reports(recs)
+    newest = live_kit.newest_reports(recs)
     pipeline = Pipeline(PRESET, Geofences.load(DEFAULT_GEOFENCES), base)
     conflicts: list[int] = []
     duplicates: list[int] = []
@@ -638,7 +631,7 @@ async def test_latest_positions_through_pipeline_and_sink_older_reports_only_con
                  for r in list(newest.values())[:5]]
         await send(newer)
         assert conflicts == [len(newest)]
-        assert_latest_is(await latest_docs(es, base), {**newest, **newest_reports(newer)})
+        assert_latest_is(await latest_docs(es, base), {**newest, **live_kit.newest_reports(newer)})
     finally:
         await sink.stop()
 
@@ -650,7 +643,7 @@ async def test_worker_keeps_the_newest_report_per_track_across_resends(stack, es
     base = env["IOT_INDEX"]
     data = generate(tmp_path, tracks=15, points=40, seed=23)
     recs = records(data)
-    newest = newest_reports(recs)
+    newest = live_kit.newest_reports(recs)
     worker = Worker(env, output_dir / f"{topic}.log")
     try:
         replay(data, topic, env)

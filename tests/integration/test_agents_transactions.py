@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from geoiot import documents, live
+from testkit import live as live_kit
 from test_agents_integration import (Worker, agent_env, all_docs, cleanup_topics, expected_alerts, fence_file,  # noqa: F401
-                                     generate, live_count, newest_reports, read_topic, records, replay,
+                                     generate, live_count, read_topic, records, replay,
                                      transitions_seen, wait_count)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -118,7 +119,7 @@ async def test_a_worker_killed_anywhere_in_its_batch_cycle_gives_what_an_uninter
         assert want and set(want) <= set(killed_alerts)
 
         # The live topic, read_committed: each track's newest document, the one Elasticsearch holds for it.
-        newest = newest_reports(recs)
+        newest = live_kit.newest_reports(recs)
         held = live_layer(await read_records(stack.kafka_bootstrap, killed_env["IOT_LATEST_TOPIC"], len(newest)))
         assert set(held) == set(newest)
         for track, r in newest.items():

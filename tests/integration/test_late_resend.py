@@ -24,10 +24,11 @@ import orjson
 import pytest
 
 from geoiot import documents
+from testkit import live as live_kit
 from testkit.health import wait_healthy
 from testkit.processes import stop
 from test_agents_integration import (ROOT, Worker, agent_env, cleanup_topics, expected_alerts, fence_file,  # noqa: F401
-                                     generate, newest_reports, produce_raw, read_topic, records, replay, wait_count)
+                                     generate, produce_raw, read_topic, records, replay, wait_count)
 from test_agents_transactions import read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,7 +76,7 @@ async def test_resent_reports_keep_the_stored_documents_alerts_and_live_records(
     recs = records(data)
     half = first_half(data, tmp_path)
     n_half = len(records(half))
-    newest = newest_reports(recs)
+    newest = live_kit.newest_reports(recs)
     want_alerts = expected_alerts(recs, fences)
     assert want_alerts, "the generated set must cross a fence"
     worker = Worker(env, output_dir / f"{topic}.log")
@@ -201,7 +202,7 @@ async def test_the_live_layer_end_to_end_worker_to_web_servers(
     index = env["IOT_INDEX"]
     data = generate(tmp_path, tracks=40, points=30, seed=37)
     recs = records(data)
-    newest = newest_reports(recs)
+    newest = live_kit.newest_reports(recs)
     want = expected(newest)
     web_env = dict(python_env, IOT_TOPIC=topic, IOT_INDEX=index, IOT_ALERTS_TOPIC=env["IOT_ALERTS_TOPIC"])
     worker = Worker(env, output_dir / f"{topic}.log")

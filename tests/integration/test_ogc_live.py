@@ -78,12 +78,6 @@ def reports() -> list[Report]:
     return out
 
 
-def newest(data: list[Report]) -> dict[str, Report]:
-    out: dict[str, Report] = {}
-    for r in data:
-        if r["taxiId"] not in out or r["observationTime"] >= out[r["taxiId"]]["observationTime"]:
-            out[r["taxiId"]] = r
-    return out
 
 
 async def write(pipeline: Pipeline, sink: ElasticsearchSink, producer: Any, topic: str, data: list[Report],
@@ -117,7 +111,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     sent = reports()
     try:
         await write(pipeline, sink, producer, s.latest_topic, sent, 61)
-        now = newest(sent)
+        now = live_kit.newest_reports(sent)
         # the older reports again (on equal times the _latest index keeps the first write, the live layer the
         # last read: the newest is not re-sent), in other batches
         await write(pipeline, sink, producer, s.latest_topic, [r for r in sent[::-1] if now[r["taxiId"]] is not r],

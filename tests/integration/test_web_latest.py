@@ -54,13 +54,6 @@ def reports() -> list[Report]:
     return out
 
 
-def newest(data: list[Report]) -> dict[str, Report]:
-    """Each track's newest report (on equal times the later one in arrival order, as the agents keep it)."""
-    out: dict[str, Report] = {}
-    for r in data:
-        if r["taxiId"] not in out or r["observationTime"] >= out[r["taxiId"]]["observationTime"]:
-            out[r["taxiId"]] = r
-    return out
 
 
 @dataclasses.dataclass
@@ -94,10 +87,10 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         await write(pipeline, sink, settings, sent, 37)
         assert sum(conflicts) > 0  # the shuffled order had older reports after newer ones in later batches
         older = [dict(r, observationTime=r["observationTime"] - 1, longitude=r["longitude"] + 0.05)
-                 for r in newest(sent).values()]
+                 for r in live_kit.newest_reports(sent).values()]
         await write(pipeline, sink, settings, sent[::-1] + older, 500)  # everything again, and an older report per track
         await es.indices.refresh(index=f"{name}*")
-        yield Data(newest(sent), settings)
+        yield Data(live_kit.newest_reports(sent), settings)
     finally:
         await sink.stop()
         await drop_index(es, name)

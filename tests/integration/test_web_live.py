@@ -61,12 +61,6 @@ def reports() -> list[Report]:
     return out
 
 
-def newest(data: list[Report]) -> dict[str, Report]:
-    out: dict[str, Report] = {}
-    for r in data:
-        if r["taxiId"] not in out or r["observationTime"] >= out[r["taxiId"]]["observationTime"]:
-            out[r["taxiId"]] = r
-    return out
 
 
 @dataclasses.dataclass
@@ -101,7 +95,7 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
     sent = reports()
     try:
         await write(pipeline, sink, producer, settings.latest_topic, sent, 97)
-        now = newest(sent)
+        now = live_kit.newest_reports(sent)
         older = [dict(r, observationTime=r["observationTime"] - 1, longitude=r["longitude"] + 0.05)
                  for r in now.values()]
         # every older report again (not the newest: on equal times the _latest index keeps the first write, the
@@ -110,10 +104,10 @@ async def data(stack: Settings, es: AsyncElasticsearch) -> AsyncIterator[Data]:
         await write(pipeline, sink, producer, settings.latest_topic, again + older, 500)
         # newer reports in a transaction that aborts: never seen by a read_committed mirror
         ghosts = [dict(r, observationTime=r["observationTime"] + 10**7, longitude=-73.5)
-                  for r in list(newest(sent).values())[:50]]
+                  for r in list(live_kit.newest_reports(sent).values())[:50]]
         await write(pipeline, sink, producer, settings.latest_topic, ghosts, 500, abort=True)
         await es.indices.refresh(index=f"{name}*")
-        yield Data(newest(sent), settings)
+        yield Data(live_kit.newest_reports(sent), settings)
     finally:
         await producer.stop()
         await sink.stop()
