@@ -12,7 +12,7 @@ SPARK35      := .venv-spark35
 SPARK35_VERSION := $(shell sed -n 's/^ARG SPARK_MESOS_VERSION=//p' Dockerfile)
 SPARK35_PINS := $(shell sed -n 's/^ARG SPARK_MESOS_PINS=//p' Dockerfile | tr -d '"')
 
-.PHONY: demo test unit stack stack-down chromium gdal qgis mosquitto spark-jars spark35 failover image clean
+.PHONY: demo test unit stack stack-down chromium gdal qgis mosquitto spark-jars spark35 failover image clean bench-tools
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,5 +96,12 @@ unit: $(VENV)/.installed
 	$(JSTEST)
 	$(VENV)/bin/pytest tests/unit -m "not integration"
 
+# Load generators of the benchmarks (bench/ingest_gateway.py): Debian's hey, and vegeta (Go, pinned) for
+# open-loop requests at a constant rate, built into .tools/bin with the machine's Go.
+VEGETA_VERSION := v12.13.0
+bench-tools:
+	@command -v hey >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null)
+	@test -x .tools/bin/vegeta || GOBIN=$(CURDIR)/.tools/bin go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+
 clean:
-	rm -rf $(VENV) $(SPARK35) node_modules .pytest_cache test-output
+	rm -rf $(VENV) $(SPARK35) node_modules .pytest_cache test-output .tools

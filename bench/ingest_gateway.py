@@ -4,11 +4,14 @@
 * ``batches``: the same JSON Lines file (generated once, taxi preset) through ``python -m replay constant
   --max-rate`` and as NDJSON bodies of 1,000 positions to ``POST /v1/positions`` (4 requests in flight);
   positions per CPU-second of the replay process and of the gateway process (per core), and their ratio.
-* ``single``: one position per request from 200 concurrent clients of ``hey`` (apt-get install hey): as fast
-  as they can (the rate reached and the gateway's CPU), then limited to ``--rate`` requests/s in all for the
-  acknowledgement latency (p50, p99); baselines at the same rate in the same run: the same ``hey`` clients on
-  ``GET /healthz`` (HTTP and the machine without Kafka), a plain aiokafka producer (Kafka's own
-  acknowledgement) and the gateway's producer without HTTP.
+* ``single``: one position per request from 200 concurrent clients of ``hey``: as fast as they can (the rate
+  reached and the gateway's CPU); then ``--rate`` requests/s in all, twice, for the acknowledgement latency
+  (p50, p99): ``paced``, vegeta sending one request every 1/rate s on up to 200 connections (devices that
+  report independently), and ``bursts``, ``hey -q`` whose 200 clients tick together, so every 1/10 s all 200
+  requests arrive in the same millisecond (the worst case: every phone synchronised). Baselines at the same
+  rate in the same run: the same clients on ``GET /healthz`` (HTTP and the machine without Kafka), a plain
+  aiokafka producer (Kafka's own acknowledgement) and the gateway's producer without HTTP.
+  ``make bench-tools`` installs both load generators (Debian's hey; vegeta into .tools/bin).
 * ``mqtt``: ``--messages`` QoS 1 messages queued in a persistent session, then received by ``mosquitto_sub``
   (the baseline) and by the gateway (PUBACK after Kafka): messages/s and per CPU-second, and the ratio.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
@@ -149,6 +153,27 @@ def hey(url: str, body: Path | None, clients: int, seconds: float,
     return out
 
 
+VEGETA = ROOT / ".tools" / "bin" / "vegeta"
+
+
+def vegeta(url: str, body: Path | None, clients: int, seconds: float, rate: float) -> dict:
+    """Open loop at a constant rate: vegeta sends request i at i/rate s on whichever of its ``clients``
+    connections is free, so arrivals are spread as independent devices spread them. Its JSON report:
+    latencies in ns, status codes."""
+    if not VEGETA.exists():
+        sys.exit("vegeta is missing: run make bench-tools")
+    target = {"method": "POST" if body is not None else "GET", "url": url}
+    if body is not None:
+        target |= {"body": base64.b64encode(body.read_bytes()).decode(), "header": {"Content-Type": ["application/json"]}}
+    attack = subprocess.run([str(VEGETA), "attack", "-format=json", f"-rate={rate:g}/s", f"-duration={seconds:g}s",
+                             f"-workers={clients}", f"-max-workers={clients}"],
+                            input=json.dumps(target).encode() + b"\n", capture_output=True, check=False)
+    if attack.returncode != 0:
+        sys.exit(f"vegeta attack failed: {attack.stderr.decode()}")
+    report = subprocess.run([str(VEGETA), "report", "-type=json"], input=attack.stdout, capture_output=True, check=True)
+    return json.loads(report.stdout)
+
+
 async def produce_only(bootstrap: str, name: str, value: bytes, rate: float, seconds: float, acking: bool,
                        linger_ms: int) -> dict:
     """The Kafka side alone at the same rate and key, open loop, latency from send to acknowledgement: a plain
@@ -198,7 +223,7 @@ async def bench_single(args: argparse.Namespace) -> dict:
     url = gw.url + "/v1/positions"
     try:
         result = {"bench": "single", "loadavg": os.getloadavg()[0]}
-        for phase, per_client in (("closed_loop", None), ("open_loop", args.rate / args.clients)):
+        for phase, per_client in (("closed_loop", None), ("bursts", args.rate / args.clients)):
             cpu0, started = cpu_seconds(gw.proc.pid), time.monotonic()
             answers = await asyncio.to_thread(hey, url, body, args.clients, args.seconds, per_client)
             wall, cpu = time.monotonic() - started, cpu_seconds(gw.proc.pid) - cpu0
@@ -209,12 +234,24 @@ async def bench_single(args: argparse.Namespace) -> dict:
                              "gateway_cpu_share": round(cpu / wall, 2), "per_cpu_s": round(len(ok) / cpu),
                              "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1),
                              "statuses": dict(sorted(Counter(s for _, s in answers).items()))}
-        # the same clients and rate on GET /healthz of the same gateway: HTTP and the machine, no Kafka
+        cpu0, started = cpu_seconds(gw.proc.pid), time.monotonic()
+        paced = await asyncio.to_thread(vegeta, url, body, args.clients, args.seconds, args.rate)
+        wall, cpu = time.monotonic() - started, cpu_seconds(gw.proc.pid) - cpu0
+        result["paced"] = {"clients": args.clients, "rate_asked": args.rate, "requests": paced["requests"],
+                           "rate": round(paced["throughput"]), "gateway_cpu_share": round(cpu / wall, 2),
+                           "p50_ms": round(paced["latencies"]["50th"] / 1e6, 1),
+                           "p99_ms": round(paced["latencies"]["99th"] / 1e6, 1), "statuses": paced["status_codes"]}
+        # the same clients and rates on GET /healthz of the same gateway: HTTP and the machine, no Kafka
         answers = await asyncio.to_thread(hey, gw.url + "/healthz", None, args.clients, args.seconds,
                                           args.rate / args.clients)
         q = statistics.quantiles([lat for lat, status in answers if status == 200], n=100)
-        result["http_only"] = {"what": "GET /healthz, same hey clients and rate", "rate": round(
+        result["http_only_bursts"] = {"what": "GET /healthz, same hey clients and rate", "rate": round(
             len(answers) / args.seconds), "p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1)}
+        paced = await asyncio.to_thread(vegeta, gw.url + "/healthz", None, args.clients, args.seconds, args.rate)
+        result["http_only_paced"] = {"what": "GET /healthz, same vegeta clients and rate",
+                                     "rate": round(paced["throughput"]),
+                                     "p50_ms": round(paced["latencies"]["50th"] / 1e6, 1),
+                                     "p99_ms": round(paced["latencies"]["99th"] / 1e6, 1)}
         value = body.read_bytes()
         result["kafka_only"] = await produce_only(args.bootstrap, name, value, args.rate, args.seconds, False, 0)
         result["producer_only"] = await produce_only(args.bootstrap, name, value, args.rate, args.seconds, True,
