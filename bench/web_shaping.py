@@ -25,7 +25,7 @@ from bench.web_aggregate_latency import T0, view_bbox
 from geoiot import config
 from geoiot.schema import load_preset
 from web import params, where
-from web.middlewares import gzip_body
+from web.compression import gzip_body
 from web.geo import precision_for_zoom
 from web.geojson import aggregate_payload
 from testkit.cells import cell_feature

@@ -22,7 +22,8 @@ from geoiot.malloc import release_freed_heap
 from geoiot.schema import load_preset
 from web import alerts, assets, events, fences, ogc, routes, search
 from web.cache import TTLCache
-from web.keys import ALERTS, CACHE, HUB, LIVE, METRICS, PRESET, SEARCH, SETTINGS
+from web.compression import CompressedBodies
+from web.keys import ALERTS, CACHE, COMPRESSED, HUB, LIVE, METRICS, PRESET, SEARCH, SETTINGS
 from web.live.mirror import Mirror
 from web.limiter import Limiter
 from web.metrics import Metrics
@@ -113,6 +114,7 @@ def init_app(settings: Settings, *, cache_ttl: float = 1.0, consume_alerts: bool
     app[PRESET] = load_preset(settings.iot_schema)
     app[METRICS] = Metrics()
     app[CACHE] = TTLCache(cache_ttl)
+    app[COMPRESSED] = CompressedBodies()
     app[ALERTS] = alerts.AlertBuffer(alerts_maxlen or settings.web_sse_ring)
     app.cleanup_ctx.append(search_ctx(es))
     if consume_alerts:

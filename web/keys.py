@@ -9,6 +9,7 @@ from geoiot.config import Settings
 from geoiot.schema import Preset
 from web.alerts import AlertBuffer
 from web.cache import TTLCache
+from web.compression import CompressedBodies
 from web.events import Hub
 from web.live.mirror import Mirror
 from web.metrics import Metrics
@@ -20,6 +21,7 @@ PRESET = web.AppKey("preset", Preset)
 SEARCH = web.AppKey("search", Search)
 METRICS = web.AppKey("metrics", Metrics)
 CACHE = web.AppKey("cache", TTLCache)
+COMPRESSED = web.AppKey("compressed", CompressedBodies)
 ALERTS = web.AppKey("alerts", AlertBuffer)
 HUB = web.AppKey("hub", Hub)
 # each track's newest document, mirrored from the live topic (web.live)

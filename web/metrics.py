@@ -26,6 +26,8 @@ class Metrics:
                                  ["query", "kind"], registry=r)
         self.cache = Counter("geoiot_web_aggregate_cache_total", "Aggregation cache lookups",
                              ["result"], registry=r)
+        self.compression = Counter("geoiot_web_compressed_bodies_total", "Compressed answers: compressed, or "
+                                   "reused from the memo of identical bodies (web.compression)", ["result"], registry=r)
         self.latest_cache = Counter("geoiot_web_latest_cache_total", "/api/latest answer cache lookups",
                                     ["result"], registry=r)
         self.alerts = Counter("geoiot_web_alerts_received_total", "Alerts read from the alerts topic",

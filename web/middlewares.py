@@ -13,9 +13,9 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 from elasticsearch import ApiError, ConnectionTimeout, TransportError
-from isal import isal_zlib
 
-from web.keys import METRICS
+from web.compression import MIN_COMPRESS
+from web.keys import COMPRESSED, METRICS
 from web.limiter import Busy
 from web.params import BadRequest
 from web.responses import error_response
@@ -24,11 +24,6 @@ from web.search import ES_TIMEOUT
 log = logging.getLogger("web")
 
 _COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
-# Level 1 of ISA-L's deflate (isal, zlib's format and interface): much faster than zlib's default 6 for a
-# slightly larger body (docs/BENCHMARKS.md, bench.web_shaping), and several times faster than zlib's level 1
-# for a smaller one (docs/BENCHMARKS.md, Issue 23: /api/latest under load).
-GZIP_LEVEL = 1
-_MIN_COMPRESS = 512
 # What a shed request is told to wait before retrying (seconds).
 RETRY_AFTER = 1
 
@@ -54,12 +49,6 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def gzip_body(body: bytes, coding: str) -> bytes:
-    """``body`` compressed at GZIP_LEVEL as gzip (wbits 31) or zlib-wrapped deflate (wbits 15, as HTTP wants)."""
-    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31 if coding == "gzip" else 15)
-    return compressor.compress(body) + compressor.flush()
-
-
 @web.middleware
 async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
     """gzip (else deflate) for text-like responses when the client accepts it; small bodies go as they are."""
@@ -73,8 +62,9 @@ async def compress(request: web.Request, handler: Handler) -> web.StreamResponse
         return response
     if isinstance(response, web.Response) and isinstance(response.body, bytes):
         # in memory: compress here, in one call at a cheap level (aiohttp would use level 6)
-        if len(response.body) >= _MIN_COMPRESS:
-            response.body = gzip_body(response.body, coding)
+        if len(response.body) >= MIN_COMPRESS:
+            response.body, reused = request.app[COMPRESSED].compress(response.body, coding)
+            request.app[METRICS].compression.labels("reused" if reused else "compressed").inc()
             response.headers[hdrs.CONTENT_ENCODING] = coding
             response.headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
         return response

@@ -169,7 +169,7 @@ def test_compressed_bodies_are_standard_gzip_and_deflate(body: bytes) -> None:
     import gzip
     import zlib
 
-    from web.middlewares import gzip_body
+    from web.compression import gzip_body
 
     assert gzip.decompress(gzip_body(body, "gzip")) == body
     assert zlib.decompress(gzip_body(body, "deflate")) == body
