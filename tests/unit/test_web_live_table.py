@@ -300,3 +300,36 @@ def test_merging_changes_into_the_grid_gives_the_orders_of_a_full_sort(seed: int
     assert merged.cells.tolist() == full.cells.tolist()
     assert sorted(zip(merged.cells.tolist(), merged.order.tolist())) == sorted(zip(full.cells.tolist(), full.order.tolist()))
     assert merged.row_cell.tolist() == full.row_cell.tolist()
+
+
+def test_views_selecting_the_same_rows_share_one_answer_until_the_table_changes() -> None:
+    import orjson
+
+    table, docs = _table(12)
+    view = params.LatestParams(params.parse_bbox("-74,40.6,-73.8,40.8"), 40)
+    nudged = params.LatestParams(params.parse_bbox("-74.000001,40.6,-73.8,40.800001"), 40)
+    first = answers.latest_payload(table, view)
+    assert answers.newest_rows(table, view)[1].tolist() == answers.newest_rows(table, nudged)[1].tolist()
+    assert answers.latest_payload(table, nudged) is first  # the same bytes object: the compression memo knows it
+    track = next(iter(docs))
+    live_kit.apply(table, track, dict(docs[track], observationTime=docs[track][PRESET.time] + 10**9))
+    after = answers.latest_payload(table, nudged)
+    total, features = answers.latest(table, nudged)
+    assert after is not first and after == orjson.dumps({"type": "FeatureCollection", "total": total,
+                                                          "features": features})
+
+
+def test_the_answer_memo_is_bounded_and_per_version() -> None:
+    from web.live.table import AnswerMemo
+
+    memo = AnswerMemo(max_bytes=100)
+    memo.put(1, "a", b"x" * 60)
+    memo.put(1, "b", b"y" * 30)
+    assert memo.get(1, "a") == b"x" * 60 and memo.held == 90
+    memo.put(1, "c", b"z" * 30)  # over the bound: the oldest goes
+    assert memo.get(1, "a") is None and memo.get(1, "c") == b"z" * 30 and memo.held == 60
+    assert memo.get(2, "c") is None  # another version of the table knows nothing of these
+    memo.put(2, "d", b"w" * 10)
+    assert memo.get(1, "c") is None and memo.held == 10
+    memo.put(2, "e", b"v" * 101)  # larger than the bound: never held
+    assert memo.get(2, "e") is None and memo.held == 10

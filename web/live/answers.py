@@ -41,8 +41,20 @@ def latest(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> tupl
 
 def latest_payload(table: LiveTable, p: LatestParams, cutoff: int | None = None) -> bytes:
     """/api/latest's answer as JSON: :func:`latest` serialised, each feature's JSON kept per row until the row
-    changes (table.feature_json), so a view's answer is mostly a join of kept bytes."""
+    changes (table.feature_json), so a view's answer is mostly a join of kept bytes; and the joined answer kept
+    until the table changes (table.answers), for views that select the same rows (the same city on screens of
+    other sizes): they get the same bytes object, which the compression memo (web.compression) then knows."""
     total, rows = newest_rows(table, p, cutoff)
+    key = (total, rows.tobytes())
+    joined = table.answers.get(table.version, key)
+    if joined is not None:
+        return joined
+    joined = _join_features(table, total, rows)
+    table.answers.put(table.version, key, joined)
+    return joined
+
+
+def _join_features(table: LiveTable, total: int, rows: np.ndarray) -> bytes:
     kept = table.feature_json
     order = rows.tolist()
     missing = [r for r in order if r not in kept]

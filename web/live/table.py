@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ NOT_BUILT = -2  # a row not in the last sort
 GRID_REFRESH = 1.0
 NUMERIC = ("int", "float", "time")
 FEATURE_CACHE = 50_000
+ANSWER_MEMO_BYTES = 32 * 1024 * 1024
 _MISSING = object()
 ABSENT, PRESENT, NULL = 0, 1, 2
 
@@ -248,6 +250,31 @@ class Grid:
         return (at >= 0) & (cells < ends[np.maximum(at, 0)]) if len(starts) else np.zeros(len(cells), dtype=bool)
 
 
+class AnswerMemo:
+    """Answers (bytes) by a key, valid for one version of the table: a new version empties it. At most
+    ``max_bytes`` held, oldest dropped first."""
+
+    def __init__(self, max_bytes: int = ANSWER_MEMO_BYTES) -> None:
+        self.max_bytes, self.held, self.version = max_bytes, 0, -1
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def get(self, version: int, key: Hashable) -> bytes | None:
+        if version != self.version:
+            return None
+        return self._entries.get(key)
+
+    def put(self, version: int, key: Hashable, answer: bytes) -> None:
+        if version != self.version:
+            self._entries.clear()
+            self.held, self.version = 0, version
+        if len(answer) > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = answer
+        self.held += len(answer)
+        while self.held > self.max_bytes:
+            self.held -= len(self._entries.popitem(last=False)[1])
+
+
 class LiveTable:
     """Each track's newest document (geoiot.live's rule: :func:`geoiot.live.newer`), as columns."""
 
@@ -278,6 +305,7 @@ class LiveTable:
         # bounded (cleared when full), so it costs at most FEATURE_CACHE features
         self.feature_json: dict[int, bytes] = {}
         self.version = 0  # bumped by every change (answer caches may key on it)
+        self.answers = AnswerMemo()  # /api/latest answers of this version, by the rows they hold
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
