@@ -55,6 +55,8 @@ def latest_payload(table: LiveTable, p: LatestParams, cutoff: int | None = None)
 
 
 def _join_features(table: LiveTable, total: int, rows: np.ndarray) -> bytes:
+    """The FeatureCollection of ``rows`` in one join (one copy of the answer): each kept feature carries its
+    trailing comma, and the last one's is cut."""
     kept = table.feature_json
     order = rows.tolist()
     missing = [r for r in order if r not in kept]
@@ -64,10 +66,15 @@ def _join_features(table: LiveTable, total: int, rows: np.ndarray) -> bytes:
         preset = table.preset
         for row, doc in zip(missing, table.documents(missing)):
             feature = geojson.latest_feature(preset, doc)
-            kept[row] = b"" if feature is None else orjson.dumps(feature)
-    parts = [kept[r] for r in order]
-    head = b'{"type":"FeatureCollection","total":%d,"features":[' % total
-    return b"".join((head, b",".join(filter(None, parts)), b"]}"))
+            kept[row] = b"" if feature is None else orjson.dumps(feature) + b","
+    chunks = [kept[r] for r in order]
+    chunks.insert(0, b'{"type":"FeatureCollection","total":%d,"features":[' % total)
+    for i in range(len(chunks) - 1, 0, -1):
+        if chunks[i]:
+            chunks[i] = chunks[i][:-1]
+            break
+    chunks.append(b"]}")
+    return b"".join(chunks)
 
 
 def aggregate(table: LiveTable, p: AggregateParams, cutoff: int | None = None) -> bytes:

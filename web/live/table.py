@@ -301,7 +301,8 @@ class LiveTable:
         self.extras: dict[int, dict[str, Any]] = {}
         self._known = frozenset((*self.types, preset.track, preset.time, GEOHASH, GEOMETRY))
         self.grid = Grid()
-        # each row's /api/latest feature as JSON, made when first answered, dropped when the row changes;
+        # each row's /api/latest feature as JSON with a trailing comma (web.live.answers joins them), made when
+        # first answered, dropped when the row changes;
         # bounded (cleared when full), so it costs at most FEATURE_CACHE features
         self.feature_json: dict[int, bytes] = {}
         self.version = 0  # bumped by every change (answer caches may key on it)
