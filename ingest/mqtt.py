@@ -218,8 +218,9 @@ class MqttIngest:
 def _why(exc: BaseException) -> str:
     """A failed connection in words; a certificate that does not verify says which setting decides."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"its TLS certificate does not verify ({str(exc.verify_message).rstrip('.')}; MQTT_CA_FILE names the CA that "
-                "signed it, and the certificate must name the host of MQTT_URL)")
+        why = str(exc.verify_message).rstrip(".")
+        return (f"its TLS certificate does not verify ({why}; MQTT_CA_FILE names the CA that signed it, and the "
+                "certificate must name the host of MQTT_URL)")
     return str(exc) or type(exc).__name__
 
 

@@ -164,6 +164,6 @@ def test_bad_tls_files_are_a_one_line_start_error(tmp_path) -> None:
         ({"MQTT_URL": "mqtt://127.0.0.1:1", "MQTT_CA_FILE": str(ca[0])}, "mqtts://"),
     ]
     for env, says in cases:
-        result = subprocess.run([sys.executable, "-m", "ingest"], env=GatewayProcess({**base, **env}, tmp_path / "x").env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-m", "ingest"], capture_output=True, text=True, timeout=60,
+                                env=GatewayProcess({**base, **env}, tmp_path / "x").env)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and says in result.stderr, (env, result.stderr)
