@@ -70,7 +70,8 @@ def mqtt_tls_of(settings: Settings) -> ssl.SSLContext | None:
     scheme = urlparse(settings.mqtt_url).scheme
     if scheme != "mqtts":
         if given and settings.mqtt_url:
-            raise StartError(f"{' and '.join(given)} need an mqtts:// MQTT_URL (it is {scheme}://)")
+            raise StartError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} an mqtts:// MQTT_URL "
+                             f"(it is {scheme}://)")
         return None
     if bool(settings.mqtt_tls_cert) != bool(settings.mqtt_tls_key):
         raise StartError("a client certificate needs both MQTT_TLS_CERT and MQTT_TLS_KEY")
@@ -84,7 +85,8 @@ def mqtt_tls_of(settings: Settings) -> ssl.SSLContext | None:
             context.load_cert_chain(settings.mqtt_tls_cert, settings.mqtt_tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise StartError(f"cannot load the MQTT client certificate/key {settings.mqtt_tls_cert}, "
-                             f"{settings.mqtt_tls_key}: {_reason(exc)}") from None
+                             f"{settings.mqtt_tls_key} (PEM, the key matching the certificate): {_reason(exc)}"
+                             ) from None
     return context
 
 
