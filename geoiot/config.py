@@ -393,6 +393,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IOT_TRANSACTIONAL_ID", "", "Kafka transactional id of a worker, stable across its restarts so a "
             "restarted worker fences its predecessor; empty: <IOT_APP_ID>-<host name>-<WORKER_WEB_PORT>",
             check=_any_text, uses="agents"),
+    Setting("MQTT_CA_FILE", "", "PEM CA bundle that verifies the MQTT broker's certificate for mqtts:// (only "
+            "these CAs are trusted; empty: the system's CAs)", check=_any_text, uses="ingest"),
+    Setting("MQTT_TLS_CERT", "", "PEM client certificate the gateway shows an mqtts:// broker that requires one "
+            "(with MQTT_TLS_KEY; empty: none)", check=_any_text, uses="ingest"),
+    Setting("MQTT_TLS_KEY", "", "PEM private key of MQTT_TLS_CERT", check=_any_text, uses="ingest"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -477,6 +482,9 @@ class Settings:
     mqtt_queue: int
     iot_es_latest: bool
     iot_transactional_id: str
+    mqtt_ca_file: str
+    mqtt_tls_cert: str
+    mqtt_tls_key: str
 
     @property
     def es_hosts(self) -> list[str]:

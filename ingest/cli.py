@@ -7,9 +7,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import ssl
 import sys
+from urllib.parse import urlparse
 
 from aiohttp import web
 
@@ -58,9 +60,47 @@ def tls_of(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def mqtt_tls_of(settings: Settings) -> ssl.SSLContext | None:
+    """The context that verifies an mqtts:// broker (hostname included) and shows it our client certificate,
+    if any; None for mqtt:// or no MQTT. TLS files given for a plain mqtt:// broker are refused: the user
+    name and password would travel in clear while the settings say otherwise."""
+    files = {"MQTT_CA_FILE": settings.mqtt_ca_file, "MQTT_TLS_CERT": settings.mqtt_tls_cert,
+             "MQTT_TLS_KEY": settings.mqtt_tls_key}
+    given = [env for env, path in files.items() if path]
+    scheme = urlparse(settings.mqtt_url).scheme
+    if scheme != "mqtts":
+        if given and settings.mqtt_url:
+            raise StartError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} an mqtts:// MQTT_URL "
+                             f"(it is {scheme}://)")
+        return None
+    if bool(settings.mqtt_tls_cert) != bool(settings.mqtt_tls_key):
+        raise StartError("a client certificate needs both MQTT_TLS_CERT and MQTT_TLS_KEY")
+    try:
+        context = ssl.create_default_context(cafile=settings.mqtt_ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartError(f"MQTT_CA_FILE={settings.mqtt_ca_file}: not a PEM CA bundle that can be read "
+                         f"({_reason(exc)})") from None
+    if settings.mqtt_tls_cert:
+        try:
+            context.load_cert_chain(settings.mqtt_tls_cert, settings.mqtt_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartError(f"cannot load the MQTT client certificate/key {settings.mqtt_tls_cert}, "
+                             f"{settings.mqtt_tls_key} (PEM, the key matching the certificate): {_reason(exc)}"
+                             ) from None
+    return context
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError or SSLError in a few words (neither names the file)."""
+    if isinstance(exc, ssl.SSLError):
+        return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
+    return exc.strerror or str(exc)
+
+
 async def serve(settings: Settings) -> None:
     tokens = tokens_of(settings)
     tls = tls_of(settings)
+    mqtt_tls = mqtt_tls_of(settings)
     preset = load_preset(settings.iot_schema)
     metrics = Metrics()
     producer = AckingProducer(settings.kafka_bootstrap, settings.iot_topic, linger_s=settings.ingest_linger_ms / 1000)
@@ -78,7 +118,7 @@ async def serve(settings: Settings) -> None:
                                       linger_s=settings.ingest_linger_ms / 1000)
         await dead_letters.start(settings.iot_partitions, settings.iot_replication)
         mqtt = MqttIngest(gateway, settings.mqtt_url, settings.mqtt_topic, settings.mqtt_client_id,
-                          settings.mqtt_share_group, settings.mqtt_queue, dead_letters)
+                          settings.mqtt_share_group, settings.mqtt_queue, dead_letters, mqtt_tls)
         mqtt_task = asyncio.create_task(mqtt.run())
     scheme = "https" if tls else "http"
     log.info(json.dumps({"event": "listening", "url": f"{scheme}://{settings.ingest_host}:{settings.ingest_port}/",

@@ -54,10 +54,14 @@ def subscription(filter_: str, share_group: str) -> str:
     return f"$share/{share_group}/{filter_}" if share_group else filter_
 
 
-def broker_of(url: str) -> mqtt5.Broker:
-    """Host, port, credentials and TLS (mqtts://) of an MQTT_URL."""
+def broker_of(url: str, tls: ssl.SSLContext | None = None) -> mqtt5.Broker:
+    """Host, port, credentials and TLS of an MQTT_URL; ``tls`` verifies an mqtts:// broker (default: the
+    system's CAs), a mqtt:// one has none."""
     parsed = urlparse(url)
-    tls = ssl.create_default_context() if parsed.scheme == "mqtts" else None
+    if parsed.scheme != "mqtts":
+        tls = None
+    elif tls is None:
+        tls = ssl.create_default_context()
     return mqtt5.Broker(parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883),
                         unquote(parsed.username) if parsed.username else None,
                         unquote(parsed.password) if parsed.password else None, tls)
@@ -169,14 +173,15 @@ class MqttIngest:
     """Reads the subscription into the gateway until stopped; reconnects (with backoff) after a broker outage."""
 
     def __init__(self, gateway: Any, url: str, filter_: str, client_id: str, share_group: str, queue: int,
-                 dead_letters: AckingProducer) -> None:
+                 dead_letters: AckingProducer, tls: ssl.SSLContext | None = None) -> None:
         self.gateway, self.url, self.filter, self.client_id = gateway, url, filter_, client_id
+        self.tls = tls
         self.share_group, self.queue, self.dead_letters = share_group, queue, dead_letters
         self.metrics = gateway.metrics
         self.connected = False
 
     async def run(self) -> None:
-        broker = broker_of(self.url)
+        broker = broker_of(self.url, self.tls)
         delay = RECONNECT_S
         while True:
             session = _Session(self)
@@ -200,14 +205,23 @@ class MqttIngest:
                     raise
                 finally:
                     pinger.cancel()
-            except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError and MqttProtocolError included
+            except (OSError, asyncio.TimeoutError) as exc:  # ConnectionError, MqttProtocolError, SSLError included
                 self.gateway.quiet.warning("mqtt", "MQTT broker %s: %s; reconnecting in %gs", _safe(self.url),
-                                           exc or type(exc).__name__, delay)
+                                           _why(exc), delay)
             finally:
                 self.connected = False
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+def _why(exc: BaseException) -> str:
+    """A failed connection in words; a certificate that does not verify says which setting decides."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = str(exc.verify_message).rstrip(".")
+        return (f"its TLS certificate does not verify ({why}; MQTT_CA_FILE names the CA that signed it, and the "
+                "certificate must name the host of MQTT_URL)")
+    return str(exc) or type(exc).__name__
 
 
 def _safe(url: str) -> str:
