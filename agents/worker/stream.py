@@ -40,9 +40,10 @@ Guarantees (effectively once: idempotent documents in Elasticsearch, one Kafka t
   observation of the same event is stored or dead-lettered itself). The live topic gets the same rule: a track's
   newest stored document (:func:`agents.store.sink.stored_latest`); an idle-evicted track gets a tombstone there
   as in the changelog.
-* Pipelining (the store kept busy): while a batch is being stored the next one is fetched, processed against
-  the states of the batches still in flight, and its Elasticsearch write starts, also while an earlier batch's
-  transaction is open; at most ``IOT_BATCHES_IN_FLIGHT`` batches are in flight. Transactions happen strictly in
+* Pipelining (the store kept busy): while batches are being written the next one is fetched and processed
+  against the states of the batches still in flight, so its Elasticsearch write starts the moment a write slot
+  frees: at most ``IOT_BATCHES_IN_FLIGHT`` batches write at once, and a batch's slot frees when its writes end,
+  before its transaction (so one batch more may be committing meanwhile). Transactions happen strictly in
   batch order, one open at a time, and a failed batch stops the worker before any later batch commits.
 * Rebalance: before partitions are revoked, the batches in flight are completed and committed; before
   newly assigned partitions are consumed, their track states are recovered from the changelog.
@@ -162,7 +163,8 @@ class SourceStream:
         """``consumer``/``producer``: not started, with aiokafka's interface (the parts this class calls), so
         the ordering and commit rules can be tested in-process; :meth:`connect` makes the real ones. The producer
         is transactional; ``group``: the consumer group whose offsets its transactions commit.
-        ``batches_in_flight``: IOT_BATCHES_IN_FLIGHT, batches being stored at once (writes and commits stay in order).
+        ``batches_in_flight``: IOT_BATCHES_IN_FLIGHT, batches writing to the sinks at once (commits stay in order;
+        one batch more may be committing).
         ``grow_changelog(n)``: gives the changelog at least ``n`` partitions (before a recovery needs them).
         ``stall_timeout``: IOT_STALL_TIMEOUT, seconds behind without a commit before :meth:`problems` says stalled."""
         self.consumer, self.producer, self.table, self.topics = consumer, producer, table, topics
@@ -170,7 +172,8 @@ class SourceStream:
         self.bulk_size, self.bulk_within, self.group = bulk_size, bulk_within, group
         self.batches_in_flight = batches_in_flight
         self.pending_states: dict[str, tuple[int, Any]] = {}  # track -> (batch seq, state) not yet stored
-        self.inflight: deque[asyncio.Task[None]] = deque()
+        self.inflight: deque[asyncio.Task[None]] = deque()  # batches not yet committed, in order
+        self.writing: set[asyncio.Future[None]] = set()  # batches whose sink writes are under way
         self.committed: dict[int, int] = {}  # source partition -> next offset committed by this worker
         self.seq = 0
         self._lock = asyncio.Lock()  # held while a fetched batch is being scheduled (rebalance waits for it)
@@ -288,10 +291,17 @@ class SourceStream:
                         await self.inflight.popleft()
                     continue
                 async with self._lock:
-                    batch = self.prepare(messages)
+                    batch = self.prepare(messages)  # while earlier batches write: ready the moment a write ends
+                    while len(self.writing) >= self.batches_in_flight:
+                        await asyncio.wait(self.writing, return_when=asyncio.FIRST_COMPLETED)
                     previous = self.inflight[-1] if self.inflight else None
-                    self.inflight.append(asyncio.ensure_future(self.complete(batch, previous)))
-                    while self.inflight and (len(self.inflight) >= self.batches_in_flight or self.inflight[0].done()):
+                    written = asyncio.get_running_loop().create_future()
+                    self.writing.add(written)
+                    written.add_done_callback(self.writing.discard)
+                    self.inflight.append(asyncio.ensure_future(self.complete(batch, previous, written)))
+                    # a write slot frees when its batch's writes end, before its transaction: one batch more
+                    # may be committing meanwhile (failures surface here, in order)
+                    while self.inflight and (len(self.inflight) > self.batches_in_flight or self.inflight[0].done()):
                         await self.inflight.popleft()
         except asyncio.CancelledError:
             raise
@@ -377,16 +387,21 @@ class SourceStream:
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
 
-    async def complete(self, batch: Batch, previous: asyncio.Future[None] | None) -> None:
+    async def complete(self, batch: Batch, previous: asyncio.Future[None] | None,
+                       written: asyncio.Future[None] | None = None) -> None:
         """I/O part of a batch: its sink writes (overlapping the transactions of earlier batches), then, after the
         previous batch committed, one Kafka transaction with its dead letters, alerts, track states, live records
-        and offsets."""
+        and offsets. ``written`` is resolved when the writes end (or fail): it frees the batch's write slot."""
         result = batch.result
         dead = [(msg.key, dead_letter(msg.value, reason, msg.topic, msg.partition, msg.offset, msg.key))
                 for msg, reason in result.dead]
         alerts = [(a["track"].encode(), orjson.dumps(a)) for a in result.alerts]
         t_write = time.perf_counter()
-        outcomes = await asyncio.gather(*(_write(sink, result) for sink in self.sinks))
+        try:
+            outcomes = await asyncio.gather(*(_write(sink, result) for sink in self.sinks))
+        finally:
+            if written is not None and not written.done():
+                written.set_result(None)
         rejected_total = 0
         refused: list[Any] = []  # observations refused for good by some sink
         sources = result.sources if any(outcomes) else {}

@@ -605,6 +605,64 @@ async def test_the_next_batch_is_stored_while_the_previous_transaction_is_still_
                                                                ("commit", {0: 2})]
 
 
+async def test_a_write_slot_frees_when_its_writes_end_so_the_next_batch_writes_while_one_commits() -> None:
+    """With two batches in flight, batch 3 writes while batch 1's transaction is still open (batch 1 no longer
+    writes, batch 2 has written and waits for batch 1's commit); the commits stay in order."""
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b"), batch(2, "c")])
+    producer = FakeProducer(log)
+    producer.hold["commit"] = release = asyncio.Event()
+    s = stream(consumer, producer, [FakeSink(log)])
+
+    seen: list[bool] = []
+
+    async def release_when_third_stored() -> None:
+        try:
+            async with asyncio.timeout(3):
+                while not any(e[:2] == ("sink", 3) for e in log):
+                    await asyncio.sleep(0.005)
+            seen.append(producer.open and log.count(("begin",)) == 1 and not [e for e in log if e[0] == "commit"])
+        except TimeoutError:
+            seen.append(False)
+        release.set()  # in any case, so the stream can drain
+
+    releaser = asyncio.ensure_future(release_when_third_stored())
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 3)
+    await releaser
+    assert seen == [True]  # batch 3 was written while batch 1's transaction was open
+    assert [e[1] for e in log if e[0] == "commit"] == [{0: 1}, {0: 2}, {0: 3}]
+
+
+async def test_no_more_batches_write_at_once_than_the_setting() -> None:
+    """Batch 3, fetched and processed while batches 1 and 2 write, starts its write only when one of them ends."""
+    log: list[Any] = []
+    consumer = FakeConsumer(log, [batch(0, "a"), batch(1, "b"), batch(2, "c")])
+    first, second = asyncio.Event(), asyncio.Event()
+    sink = FakeSink(log, gates={1: first, 2: second})
+    s = stream(consumer, FakeProducer(log), [sink])
+
+    async def check_then_release() -> None:
+        try:
+            async with asyncio.timeout(3):
+                while consumer.batches or sink.writes < 2:  # batch 3 fetched, both writes under way
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            assert sink.writes == 2 and s.seq == 3  # batch 3 is processed, its write waits for a slot
+            second.set()
+            async with asyncio.timeout(3):
+                while sink.writes < 3:
+                    await asyncio.sleep(0.005)
+            assert not [e for e in log if e[0] == "commit"]  # batch 1 still writing: nothing commits before it
+        finally:
+            first.set()
+            second.set()
+
+    checker = asyncio.ensure_future(check_then_release())
+    await run_until(s, lambda: sum(1 for e in log if e[0] == "commit") == 3)
+    await checker
+    assert [e[1] for e in log if e[0] == "commit"] == [{0: 1}, {0: 2}, {0: 3}]
+
+
 async def test_an_idle_evicted_track_gets_a_tombstone_in_the_changelog_and_the_live_topic() -> None:
     log: list[Any] = []
     now = [1_000_000.0]
