@@ -92,12 +92,14 @@ async def run_worker(label: str, topic: str, rows: int, tracks: int, run: str, a
     env = {k: v for k, v in os.environ.items() if k != "IOT_ES_LATEST"}
     env.update(PYTHONPATH=str(Path(__file__).resolve().parent.parent), IOT_INDEX_REFRESH="1s", IOT_TOPIC=topic,
                IOT_APP_ID=name, IOT_INDEX=name, IOT_DLQ_TOPIC=f"{name}-dlq", IOT_ALERTS_TOPIC=f"{name}-alerts",
-               IOT_LATEST_TOPIC=f"{name}-latest", IOT_FENCES_TOPIC=f"{name}-fences")
+               IOT_LATEST_TOPIC=f"{name}-latest", IOT_FENCES_TOPIC=f"{name}-fences",
+               TMPDIR=str(logdir))  # the worker's Faust datadir beside its log
     loads = [load()]
     (proc, port), = start_workers(1, env, logdir)
     started = time.monotonic()
     first = done_at = None
     peak_rss = 0
+    rss_ready = None  # when /metrics first answers: the process started, at most a batch consumed
     try:
         deadline = started + args.timeout
         while True:
@@ -105,9 +107,13 @@ async def run_worker(label: str, topic: str, rows: int, tracks: int, run: str, a
                 sys.exit(f"{label}: the worker exited ({proc.returncode}); see {logdir}")
             if time.monotonic() > deadline:
                 sys.exit(f"{label}: not all {rows:,} rows indexed within {args.timeout} s; see {logdir}")
-            done = metrics(port).get(INDEXED, 0.0)
+            page = metrics(port)
+            done = page.get(INDEXED, 0.0)
             now = time.monotonic()
-            peak_rss = max(peak_rss, vm_bytes(proc.pid, "VmRSS")["VmRSS"])
+            rss_now = vm_bytes(proc.pid, "VmRSS")["VmRSS"]
+            if page and rss_ready is None:
+                rss_ready = rss_now
+            peak_rss = max(peak_rss, rss_now)
             loads.append(load())
             if done > 0 and first is None:
                 first = now
@@ -137,6 +143,7 @@ async def run_worker(label: str, topic: str, rows: int, tracks: int, run: str, a
     row = {"label": label, "topic": topic, "rows": rows, "tracks": tracks, "tracks_held": held,
            "rss_mb": round(mem["VmRSS"] / 2**20, 1), "hwm_mb": round(mem["VmHWM"] / 2**20, 1),
            "rss_bytes": mem["VmRSS"], "hwm_bytes": mem["VmHWM"], "peak_rss_sampled_mb": round(peak_rss / 2**20, 1),
+           "rss_at_first_metrics_mb": round((rss_ready or 0) / 2**20, 1),
            "until_all_indexed_s": round(done_at - started, 1), "consume_s": round(done_at - (first or started), 1),
            "events_per_s": round(rows / max(done_at - (first or started), 1e-9)),
            "cpu_s_until_indexed": round(cpu_consumed, 1), "cpu_s_total": round(cpu_total, 1),
