@@ -202,14 +202,14 @@ def main() -> None:
         if made and not args.keep:
             asyncio.run(topics.delete_topics(args.bootstrap, made))
     fleet, base = results["fleet"], results["baseline"]
-    added = fleet["rss_bytes"] - base["rss_bytes"]
+    added, more = fleet["rss_bytes"] - base["rss_bytes"], fleet["tracks"] - base["tracks"]
     out = {"results": [results[label] for label in order], "order": order, "settle_s": args.settle,
            "rss_added_mb": round(added / 2**20, 1),
-           "bytes_per_held_track": round(added / (fleet["tracks"] - base["tracks"]), 1),
-           "hwm_bytes_per_track": round((fleet["hwm_bytes"] - base["hwm_bytes"]) / (fleet["tracks"] - base["tracks"]), 1),
+           "bytes_per_held_track": round(added / more, 1),
+           "hwm_bytes_per_track": round((fleet["hwm_bytes"] - base["hwm_bytes"]) / more, 1),
            "cpu_ratio_fleet_to_baseline": round(fleet["cpu_s_until_indexed"] / base["cpu_s_until_indexed"], 2),
            "kept_topics": {label: data[label]["topic"] for label in data} if args.keep else None}
-    print(f"RSS added by {fleet['tracks'] - base['tracks']:,} more held tracks: {out['rss_added_mb']} MB, "
+    print(f"RSS added by {more:,} more held tracks: {out['rss_added_mb']} MB, "
           f"{out['bytes_per_held_track']} bytes per track (VmHWM: {out['hwm_bytes_per_track']})", flush=True)
     print(json.dumps(out))
 
