@@ -6,10 +6,21 @@ import os
 import subprocess
 
 
+def vm_bytes(pid: int, *fields: str) -> dict[str, int]:
+    """Memory lines of ``/proc/<pid>/status`` in bytes, e.g. ``vm_bytes(pid, "VmRSS", "VmHWM")`` (resident now
+    and its high-water mark)."""
+    wanted = {f"{name}:": name for name in fields}
+    with open(f"/proc/{pid}/status") as f:
+        found = {wanted[parts[0]]: int(parts[1]) * 1024 for parts in map(str.split, f) if parts and parts[0] in wanted}
+    missing = set(fields) - found.keys()
+    if missing:
+        raise ValueError(f"/proc/{pid}/status has no {sorted(missing)}")
+    return found
+
+
 def proc_stat(pid: int) -> tuple[int, float]:
     """(RSS bytes, CPU seconds: user + system) of a running process, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    rss = vm_bytes(pid, "VmRSS")["VmRSS"]
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
