@@ -145,13 +145,18 @@ def one(label: str, path: Path, tracks: int, reports: int | None, points: int | 
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scale data set's flags, shared by the benchmarks that start from it (bench.worker_memory)."""
     parser.add_argument("--tracks", type=int, default=1_000_000)
     parser.add_argument("--reports", type=int, default=3, help="reports per track (default 3)")
     parser.add_argument("--interval", type=int, default=60, help="seconds between a track's reports (default 60)")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--partitions", type=int, default=3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
     parser.add_argument("--topic", help="the fleet's topic (default: a new bench-scale-<random> name)")
     parser.add_argument("--keep", action="store_true", help="keep the fleet's topic (the baseline's is deleted)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the trips-mode baseline")

@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.store.sink import es_client
 from bench.agents_end_to_end import metrics, start_workers, stop_workers
 from bench.procstat import cpu_seconds
-from bench.scale_1m import BASELINE_TRACKS, DATA, generate, make_topic, replay
+from bench.scale_1m import BASELINE_TRACKS, DATA, add_data_arguments, generate, make_topic, replay
 from geoiot import config, topics
 from testkit.processes import vm_bytes
 
@@ -157,11 +157,7 @@ async def run_worker(label: str, topic: str, rows: int, tracks: int, run: str, a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracks", type=int, default=1_000_000)
-    parser.add_argument("--reports", type=int, default=3, help="reports per track (default 3)")
-    parser.add_argument("--interval", type=int, default=60, help="seconds between a track's reports (default 60)")
-    parser.add_argument("--seed", type=int, default=23)
-    parser.add_argument("--partitions", type=int, default=3)
+    add_data_arguments(parser)
     parser.add_argument("--baseline-first", action="store_true", help="run the baseline's worker before the fleet's")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds between the last row indexed and the read")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a worker may take to index everything")
