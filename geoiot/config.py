@@ -284,8 +284,9 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=100_000, uses="agents spark"),
     Setting("IOT_BULK_WITHIN", 0.25, "Seconds to wait for a bulk batch to fill", float, minimum=MIN_BULK_WITHIN,
             maximum=MAX_BULK_WITHIN, uses="agents"),
-    Setting("IOT_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT, "Batches a worker writes to Elasticsearch at once, one more may be "
-            "committing (more: higher rate over the bulk round trip, more memory and more re-delivered after a crash)", int, minimum=1, maximum=16, uses="agents"),
+    Setting("IOT_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT, "Batches a worker writes to Elasticsearch at once, "
+            "one more may be committing (more: higher rate over the bulk round trip, more memory and more "
+            "re-delivered after a crash)", int, minimum=1, maximum=16, uses="agents"),
     Setting("IOT_TIMEZONE", "UTC", "Time zone of input times without an offset", check=_time_zone,
             uses="agents spark replay"),
     Setting("WEB_PORT", 8080, "Port of the web server and map", int, "--port", minimum=1, maximum=65535, uses="web"),
