@@ -15,7 +15,8 @@ Spark. Two steps per micro-batch:
    dead letters and the alerts (both in the agents' message shapes) and one row of counts.
 2. :func:`write_function`, a ``mapInPandas`` over those rows: bulk-indexes observations and latest
    positions with the agents' :class:`agents.store.sink.ElasticsearchSink` (same retry rules, same bounded
-   index creation, external versions for the latest positions: a 409 is counted, not dead-lettered),
+   index creation, external versions for the latest positions: a 409 is counted, not dead-lettered, as is
+   the 409 of a late report's create whose document is stored already: ``already_stored``),
    turns observations Elasticsearch refused for good into dead letters, and passes dead letters,
    alerts and, once the writes succeeded, each track's newest stored document for the live layer
    (:mod:`geoiot.live`: IOT_LATEST_TOPIC, keyed by track, on the track's source partition) on with their
@@ -66,7 +67,7 @@ STATE_COLUMNS = ("kind", "key", "value", "raw", "src", "partition", "offset", *C
 # Rows of the write step: "dlq"/"alert"/"live" with their topic (and partition: live records only; null lets
 # the producer choose) for Spark's Kafka sink, and "stats".
 WRITE_COUNTS = ("messages", "indexed", "dead", "filtered", "rejected", "alerts", "ended", "latest", "latest_stale",
-                "latest_refused", "live")
+                "latest_refused", "live", "already_stored")
 WRITE_SCHEMA = ("kind string, topic string, key binary, value binary, partition int, "
                 + ", ".join(f"{c} long" for c in WRITE_COUNTS))
 WRITE_COLUMNS = ("kind", "topic", "key", "value", "partition", *WRITE_COUNTS)
@@ -198,11 +199,16 @@ class Worker:
         self.snapshot_seen: tuple[int, int] | None = None  # (inode, mtime) of the fence snapshot in force
         self.loop = asyncio.new_event_loop()
         self.stale = 0
+        self.already_stored = 0
         self.sink: Sink = sink or ElasticsearchSink(es_client(list(ctx.es_hosts)), max_new_indices=ctx.max_new_indices,
-                                                    on_conflict=self._count_stale)
+                                                    on_conflict=self._count_stale, on_duplicate=self._count_stored)
 
     def _count_stale(self, n: int) -> None:
         self.stale += n
+
+    def _count_stored(self, n: int) -> None:
+        """Late reports whose create met their stored document (a re-sent report): kept, as the worker counts them."""
+        self.already_stored += n
 
     def write(self, actions: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
         """Bulk-index in slices of IOT_BULK_SIZE; returns what Elasticsearch refused for good."""
@@ -246,7 +252,7 @@ class Worker:
         messages = {(a["_index"], a["_id"]): Incoming(raw, key, src, int(p), int(o))
                     for a, key, raw, src, p, o in zip(observations, docs["key"], docs["raw"], docs["src"],
                                                       docs["partition"], docs["offset"])}
-        stale_before = self.stale
+        stale_before, stored_before = self.stale, self.already_stored
         rejected = self.write(observations)
         if rejected:  # a latest position must be a stored observation, as in the agents' sink
             latest = stored_latest(Bulk.from_actions(observations), Bulk.from_actions(latest), rejected).actions()
@@ -276,7 +282,8 @@ class Worker:
                 partitions[action["_id"]])
         add("stats", None, None, None, (sums["messages"], len(observations) - len(refused), sums["dead"] + len(refused),
                                         sums["filtered"], len(refused), sums["alerts"], sums["ended"], len(latest),
-                                        self.stale - stale_before, latest_refused, len(latest)))
+                                        self.stale - stale_before, latest_refused, len(latest),
+                                        self.already_stored - stored_before))
         return pd.DataFrame(rows, columns=list(WRITE_COLUMNS))
 
 
