@@ -2,7 +2,7 @@
 and the event streams' fan-out.
 
 Layout follows aio-libs' demos: ``init_app(settings)`` builds the app; resources that need closing live
-in ``cleanup_ctx``; handlers and their routes are in ``web.routes``, middlewares in ``web.middlewares``,
+in ``cleanup_ctx``; handlers are in ``web.views`` and their paths in ``web.routes``, middlewares in ``web.middlewares``,
 Elasticsearch access in ``web.search``, the typed state keys in ``web.keys``; the HTTP server around it is
 ``web.server``.
 """
