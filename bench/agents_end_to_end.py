@@ -32,7 +32,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,18 +51,13 @@ from geoiot import config, topics
 from geoiot.malloc import keep_freed_heap
 from geoiot.schema import load_preset, parse_row
 from bench.procstat import cpu_seconds, service_pids
+from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT  # where the workers run from (--tree)
 PYSPY: Path | None = None
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CpuMeter:

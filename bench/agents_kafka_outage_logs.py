@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,10 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "infra" / "local" / "stack"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthz(port: int) -> str:

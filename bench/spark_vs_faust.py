@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,14 +34,9 @@ from agents.spark import launch as spark_launch
 from bench.procstat import cpu_seconds, service_pids
 from geoiot import config, topics
 from geoiot.documents import DISTANCE, latest_index
+from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_cpu(root: int) -> float:

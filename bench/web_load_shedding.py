@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from geoiot import config
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import bulk_index, walk
+from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_356_998_400_000
@@ -72,12 +72,6 @@ async def drop(settings: config.Settings) -> None:
         await drop_index(es, settings.iot_index)
     finally:
         await es.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(kind: str, i: int) -> dict[str, str]:

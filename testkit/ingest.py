@@ -15,6 +15,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from testkit.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "infra" / "local" / "stack"
 
@@ -39,12 +41,6 @@ def ensure_mosquitto() -> str:
         if result.returncode != 0:
             raise RuntimeError(f"infra/local/stack up mqtt failed:\n{result.stdout}\n{result.stderr}")
     return f"mqtt://127.0.0.1:{port}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GatewayProcess:

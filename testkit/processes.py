@@ -1,9 +1,18 @@
-"""Child processes of tests and benchmarks (a web server, a worker): what they cost, and stopping them."""
+"""Child processes of tests and benchmarks (a web server, a worker): a port for them, what they cost, and
+stopping them."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+
+
+def free_port() -> int:
+    """A port the kernel just handed out and released (outside the stack's fixed ports), for a child server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def vm_bytes(pid: int, *fields: str) -> dict[str, int]:

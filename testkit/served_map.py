@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from testkit.processes import stop
+from testkit.processes import free_port
 from web import assets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,13 +107,6 @@ def assert_map_served(base_url: str) -> list[str]:
             assert status == 200 and body == file.read_bytes(), f"{path}: {status}, not the checkout's file"
             seen.add(path)
     return sorted(seen)
-
-
-def free_port() -> int:
-    """A port the kernel just handed out and released (outside the stack's fixed ports)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

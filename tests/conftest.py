@@ -146,6 +146,20 @@ def python_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def agent_env(python_env: dict[str, str], new_index: Callable[[str], str]) -> Callable[..., dict[str, str]]:
+    """Environment of a worker (testkit.worker.Worker) with its own app id, index, dead-letter and alerts
+    topics, named after its source topic (set by the test); keyword arguments add or override settings."""
+    def make(topic: str, **extra: str) -> dict[str, str]:
+        env = dict(python_env)
+        env.update({"IOT_TOPIC": topic, "IOT_APP_ID": f"{topic}-app", "IOT_INDEX": new_index("agents"),
+                    "IOT_DLQ_TOPIC": f"{topic}-dlq", "IOT_ALERTS_TOPIC": f"{topic}-alerts",
+                    "IOT_INDEX_REFRESH": "1s", "IOT_BULK_WITHIN": "0.2"})
+        env.update(extra)
+        return env
+    return make
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def client(data: Any) -> AsyncIterator[Any]:
     """The web app in-process over a module's ``data`` fixture (a :class:`testkit.web_client.Loaded`), for the

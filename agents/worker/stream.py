@@ -2,7 +2,7 @@
 
 Faust's own stream delivery is not used for the source topic: it hands events over one at a time, and a
 restarted worker could lose events fetched during recovery
-(``tests/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
+(``tests/integration/test_agents_integration.py::test_sigkill_and_restart_loses_and_duplicates_nothing``).
 So this module consumes the source topic with aiokafka in the consumer group ``IOT_APP_ID`` and
 commits offsets itself; it runs as a Faust service inside ``faust -A agents.app worker``. The
 consumer, the producer and the changelog reader are passed in (:meth:`SourceStream.connect` makes the

@@ -23,6 +23,7 @@ import pytest
 
 from conftest import ROOT, unique_name
 from testkit.served_map import assert_map_served, get, wait_until_200
+from testkit.processes import free_port
 
 BUILD = ROOT / "infra" / "image" / "build-local"
 IMAGE_USER = "10001"  # the Dockerfile's USER
@@ -98,14 +99,6 @@ def containers(image: str, stack, output_dir: Path, new_index) -> Iterator[Conta
     box = Containers(image, env, output_dir)
     yield box
     box.remove_all()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def generated_file(tmp_path: Path, tracks: int, points: int) -> Path:

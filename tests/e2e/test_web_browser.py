@@ -7,7 +7,6 @@ No tiles (MAP_TILE_URL is empty): the page must work on its plain background. Th
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -25,6 +24,7 @@ from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.browser import browser_page, settled, skip_unless_browser, wait_for
 from testkit.observations import bulk_index, walk
+from testkit.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -45,12 +45,6 @@ def count_in(docs: list[dict[str, Any]], bbox: list[float], start: int | None = 
         if in_lon and s <= lat <= n and (start is None or t >= start) and (end is None or t <= end):
             total += 1
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

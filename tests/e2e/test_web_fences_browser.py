@@ -14,7 +14,7 @@ import pytest
 
 from testkit.browser import browser_page, skip_unless_browser, snapshot, wait_for
 from testkit.served_map import ROOT, web_server
-from test_agents_integration import Worker, agent_env, cleanup_topics, produce_raw, wait_count  # noqa: F401 (fixture)
+from testkit.worker import Worker, cleanup_topics, produce_raw, wait_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

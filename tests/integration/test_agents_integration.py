@@ -4,28 +4,22 @@ produced with the replay tool, exact counts, geofences, alerts, dead letters and
 from __future__ import annotations
 
 import asyncio
-import csv
-import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from shapely.geometry import Point, box, mapping, shape
 
 from geoiot import config, documents, topics
-from geoiot.deadletter import original_bytes
 from geoiot.config import DEFAULT_GEOFENCES
-from geoiot.schema import load_preset, parse_row
+from geoiot.deadletter import original_bytes
+from geoiot.schema import load_preset
 from testkit import live as live_kit
+from testkit.worker import (Worker, all_docs, cleanup_topics, expected_alerts, expected_fences, fence_file, generate,
+                            health, live_count, produce_raw, read_topic, records, replay, transitions_seen, wait_count)
 
 pytestmark = pytest.mark.integration
 
@@ -33,205 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PRESET = load_preset("taxi")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Worker:
-    """``python -m faust -A agents.app worker`` as a subprocess, with its own log file."""
-
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
-        """``port``: its web port (default: a free one); the same port restarts the same worker (its default
-        Kafka transactional id includes the port)."""
-        self.env, self.log, self.port = env, log, port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> "Worker":
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "agents.app", "worker", "-l", "info", "--web-port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not healthy after {timeout}s:\n{self.log.read_text()[-3000:]}")
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("geoiot_agent_"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def generate(tmp_path: Path, tracks: int, points: int, seed: int) -> Path:
-    path = tmp_path / f"tracks-{seed}.csv"
-    subprocess.run([sys.executable, "-m", "replay", "generate", "--tracks", str(tracks), "--points", str(points),
-                    "--seed", str(seed), "--jfk-share", "0.5", "--out", str(path)], cwd=ROOT, check=True,
-                   capture_output=True)
-    return path
-
-
-def replay(path: Path, topic: str, env: dict[str, str]) -> dict:
-    result = subprocess.run([sys.executable, "-m", "replay", "constant", str(path), "--topic", topic, "--max-rate",
-                             "--json-summary", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, f"replay failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return summary
-
-
-def records(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return [parse_row(PRESET, row)[0] for row in csv.reader(f)]
-
-
-def fence_file(tmp_path: Path) -> tuple[Path, list[tuple[str, object]]]:
-    """The shipped JFK fence, a box over its western half (id in properties) and a far-away fence."""
-    jfk = shape(json.loads(DEFAULT_GEOFENCES.read_text())["features"][0]["geometry"])
-    minx, miny, maxx, maxy = jfk.bounds
-    west = box(minx - 0.002, miny - 0.002, (minx + maxx) / 2, maxy + 0.002)
-    far = box(10, 10, 11, 11)
-    fences = [("jfk", jfk), ("a-west", west), ("zz-far", far)]
-    features = [{"type": "Feature", "id": "jfk", "properties": {}, "geometry": mapping(jfk)},
-                {"type": "Feature", "properties": {"id": "a-west"}, "geometry": mapping(west)},
-                {"type": "Feature", "id": "zz-far", "properties": {}, "geometry": mapping(far)}]
-    path = tmp_path / "fences.geojson"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return path, fences
-
-
-def expected_fences(rec: dict, fences) -> list[str]:
-    p = Point(rec["longitude"], rec["latitude"])
-    return sorted(fid for fid, geom in fences if geom.intersects(p))
-
-
-def expected_alerts(recs: list[dict], fences) -> list[tuple]:
-    by_track: dict[str, list[dict]] = defaultdict(list)
-    for r in recs:
-        by_track[r["taxiId"]].append(r)
-    out = []
-    for track, rs in by_track.items():
-        rs.sort(key=lambda r: r["observationTime"])
-        prev = None
-        for r in rs:
-            now = set(expected_fences(r, fences))
-            if prev is not None:
-                out += [(track, f, "exit", r["observationTime"]) for f in prev - now]
-                out += [(track, f, "enter", r["observationTime"]) for f in now - prev]
-            prev = now
-    return sorted(out)
-
-
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30, settle: float = 2.0,
-                     isolation_level: str = "read_uncommitted") -> list[bytes]:
-    """Every value of a topic: waits for ``expect`` values, then ``settle`` seconds more to catch extras."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None, isolation_level=isolation_level)
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout
-        extra_until = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                values += [m.value for m in msgs]
-            if len(values) >= expect and extra_until is None:
-                extra_until = time.monotonic() + settle
-            if extra_until is not None and time.monotonic() > extra_until:
-                break
-    finally:
-        await consumer.stop()
-    return values
-
-
-async def wait_count(es, index: str, expect: int, timeout: float = 120, settle: float = 3.0) -> int:
-    """Poll the alias until the count reaches ``expect`` and stays there for ``settle`` seconds."""
-    deadline = time.monotonic() + timeout
-    count, stable_since = -1, None
-    while time.monotonic() < deadline:
-        try:
-            await es.indices.refresh(index=index)
-            count = (await es.count(index=index))["count"]
-        except Exception:
-            count = -1
-        if count >= expect:
-            stable_since = stable_since or time.monotonic()
-            if time.monotonic() - stable_since >= settle:
-                return count
-        await asyncio.sleep(0.5)
-    return count
-
-
-async def all_docs(es, index: str) -> list[dict]:
-    docs = []
-    resp = await es.search(index=index, size=5000, scroll="1m", sort=["_doc"])
-    while resp["hits"]["hits"]:
-        docs += resp["hits"]["hits"]
-        resp = await es.scroll(scroll_id=resp["_scroll_id"], scroll="1m")
-    await es.clear_scroll(scroll_id=resp["_scroll_id"])
-    return docs
-
-
-async def cleanup_topics(kafka_admin, prefixes: list[str]) -> None:
-    names = [t for t in await kafka_admin.list_topics() if any(t.startswith(p) for p in prefixes)]
-    if names:
-        try:
-            await kafka_admin.delete_topics(names)
-        except Exception:
-            pass
-
-
-@pytest.fixture
-def agent_env(python_env, new_index, tmp_path):
-    """Environment of a worker with unique app id, index, DLQ and alerts topics (topic set by the test)."""
-    def make(topic: str, **extra: str) -> dict[str, str]:
-        app_id = f"{topic}-app"
-        env = dict(python_env)
-        env.update({"IOT_TOPIC": topic, "IOT_APP_ID": app_id, "IOT_INDEX": new_index("agents"),
-                    "IOT_DLQ_TOPIC": f"{topic}-dlq", "IOT_ALERTS_TOPIC": f"{topic}-alerts",
-                    "IOT_INDEX_REFRESH": "1s", "IOT_BULK_WITHIN": "0.2"})
-        env.update(extra)
-        return env
-    return make
-
-
 BAD_VALUES = [b"", b"not json", b"[1,2,3]", b'{"taxiId": "x"}',
               orjson.dumps({"taxiId": "b1", "observationTime": 1357000000000, "longitude": 200, "latitude": 40.6}),
               orjson.dumps({"taxiId": "b2", "observationTime": "soon", "longitude": -73.9, "latitude": 40.6}),
               b"\xff\xfe\x00binary"]
-
-
-async def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
 
 
 async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
@@ -312,18 +111,6 @@ async def test_pipeline_counts_fences_alerts_dlq_resend_and_state_recovery(
         await cleanup_topics(kafka_admin, [f"{topic}-"])
 
 
-def transitions_seen(values: list[bytes]) -> set[tuple]:
-    return {(a["track"], a["fence"], a["event"], a["time"]) for a in map(orjson.loads, values)}
-
-
-async def live_count(es, index: str) -> int:
-    try:
-        await es.indices.refresh(index=index)
-        return (await es.count(index=index))["count"]
-    except Exception:
-        return 0
-
-
 @pytest.mark.slow
 async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka_admin, new_topic, agent_env,
                                                                 tmp_path, output_dir):
@@ -364,14 +151,6 @@ async def test_sigkill_and_restart_loses_and_duplicates_nothing(stack, es, kafka
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
-
-
-def health(worker: "Worker") -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/healthz", timeout=2) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
 
 
 @pytest.mark.slow
@@ -556,8 +335,6 @@ async def test_the_changelog_is_compacted_grown_to_the_source_partitions_and_its
             next(line for line in str(failed.value).splitlines() if problem in line)]
     finally:
         await cleanup_topics(kafka_admin, [f"{topic}-"])
-
-
 
 
 async def latest_docs(es, base: str) -> dict[str, tuple[int, dict]]:

@@ -23,8 +23,7 @@ from agents.core.motion import State
 from agents.worker.stream import make_producer
 from agents.worker.track_table import changelog_topic
 from geoiot import documents, topics
-from test_agents_integration import (ROOT, Worker, agent_env, all_docs, cleanup_topics,  # noqa: F401 (fixture)
-                                     generate, records, wait_count)
+from testkit.worker import ROOT, Worker, all_docs, cleanup_topics, generate, records, wait_count
 
 pytestmark = pytest.mark.integration
 

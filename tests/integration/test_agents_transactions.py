@@ -20,9 +20,8 @@ import pytest
 
 from geoiot import documents, live
 from testkit import live as live_kit
-from test_agents_integration import (Worker, agent_env, all_docs, cleanup_topics, expected_alerts, fence_file,  # noqa: F401
-                                     generate, live_count, read_topic, records, replay,
-                                     transitions_seen, wait_count)
+from testkit.worker import (Worker, all_docs, cleanup_topics, expected_alerts, fence_file, generate, live_count,
+                            read_topic, records, replay, wait_count)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,8 +23,7 @@ from aiokafka import AIOKafkaConsumer
 
 from geoiot import documents
 from testkit.kafka_events import produce_keyed
-from test_agents_integration import (ROOT, Worker, agent_env, all_docs, cleanup_topics,  # noqa: F401 (fixture)
-                                     produce_raw, read_topic, wait_count)
+from testkit.worker import ROOT, Worker, all_docs, cleanup_topics, produce_raw, read_topic, wait_count
 
 pytestmark = pytest.mark.integration
 

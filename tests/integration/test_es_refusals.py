@@ -27,7 +27,7 @@ from agents.store.sink import ElasticsearchSink, es_client
 from geoiot import config, documents
 from geoiot.schema import load_preset
 from testkit import actions as es_actions
-from test_agents_integration import Worker, agent_env, cleanup_topics, health, read_topic, wait_count  # noqa: F401
+from testkit.worker import Worker, cleanup_topics, health, read_topic, wait_count
 from test_poison_events import daily_indices, event, produce_together
 
 pytestmark = pytest.mark.integration
@@ -359,7 +359,7 @@ async def test_retention_against_a_worker_without_it_cannot_make_the_next_batch_
     import subprocess
     import sys
 
-    from test_agents_integration import ROOT
+    from testkit.worker import ROOT
 
     topic = await new_topic("retcap", partitions=1)
     env = agent_env(topic, IOT_MAX_NEW_INDICES="2")

@@ -32,8 +32,7 @@ from elasticsearch import AsyncElasticsearch
 
 from conftest import ROOT, STACK, unique_name
 from testkit.served_map import get, wait_until_200
-from test_agents_integration import (Worker, expected_alerts, fence_file, generate, read_topic, records,
-                                     wait_count)
+from testkit.worker import Worker, expected_alerts, fence_file, generate, read_topic, records, wait_count
 
 BROKERS, ES_NODES = 3, 2
 pytestmark = [pytest.mark.failover, pytest.mark.slow, pytest.mark.integration,

@@ -21,8 +21,7 @@ from shapely.geometry import box, mapping
 from geoiot import fence_topic, fences
 from geoiot.config import Settings
 from geoiot.schema import load_preset
-from test_agents_integration import (Worker, agent_env, all_docs, cleanup_topics, produce_raw,  # noqa: F401
-                                    read_topic, wait_count)
+from testkit.worker import Worker, all_docs, cleanup_topics, produce_raw, read_topic, wait_count
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from geoiot.convert import FastConverter, message
 from geoiot.deadletter import original_bytes
 from geoiot.partitioning import kafka_partition
 from geoiot.schema import load_preset
-from test_agents_integration import Worker, all_docs, cleanup_topics, wait_count
+from testkit.worker import Worker, all_docs, cleanup_topics, wait_count
 from testkit.ingest import GatewayProcess, curl, ensure_mosquitto, mosquitto_pub, mqtt_port, read_messages
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from testkit.served_map import assert_map_served, wait_until_200
+from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a source distribution holds (MANIFEST.in, pyproject.toml): the build gets nothing else.
@@ -25,12 +25,6 @@ SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "package.js
            "geoiot", "agents", "replay", "web", "ingest", "static"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ started later, and from a restarted one."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,9 @@ from geoiot import documents
 from testkit import live as live_kit
 from testkit.health import wait_healthy
 from testkit.processes import stop
-from test_agents_integration import (ROOT, Worker, agent_env, cleanup_topics, expected_alerts, fence_file,  # noqa: F401
-                                     generate, produce_raw, read_topic, records, replay, wait_count)
+from testkit.processes import free_port
+from testkit.worker import (ROOT, Worker, cleanup_topics, expected_alerts, fence_file, generate, produce_raw,
+                            read_topic, records, replay, wait_count)
 from test_agents_transactions import read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -125,12 +125,6 @@ async def test_resent_reports_keep_the_stored_documents_alerts_and_live_records(
     finally:
         worker.stop()
         await cleanup_topics(kafka_admin, [f"{topic}-"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WebServer:

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from geoiot import documents
-from test_agents_integration import Worker, agent_env, cleanup_topics, read_topic, wait_count  # noqa: F401 (fixture)
+from testkit.worker import Worker, cleanup_topics, read_topic, wait_count
 
 pytestmark = pytest.mark.integration
 

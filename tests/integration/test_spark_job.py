@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import random
 import sys
@@ -40,6 +39,7 @@ from agents.spark import launch as spark_launch  # noqa: E402
 from geoiot import live, topics  # noqa: E402
 from geoiot.documents import INGESTED_AT, latest_index  # noqa: E402
 from geoiot.schema import load_preset  # noqa: E402
+from testkit.processes import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, pytest.mark.slow]
 
@@ -57,12 +57,6 @@ RETURN_TRIP = [MANHATTAN, JFK]  # out of the fence and back in: every track
 @pytest.fixture(scope="module")
 def jars() -> str:
     return spark_launch.connector_jars()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

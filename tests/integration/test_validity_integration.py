@@ -6,8 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from test_agents_integration import (Worker, agent_env, all_docs, cleanup_topics, produce_raw,  # noqa: F401
-                                     read_topic, wait_count)
+from testkit.worker import Worker, all_docs, cleanup_topics, produce_raw, read_topic, wait_count
 from test_validity_units import BASE, raw
 
 pytestmark = pytest.mark.integration

@@ -27,6 +27,7 @@ from geoiot.config import Settings
 from geoiot.schema import load_preset
 from testkit.health import wait_healthy
 from testkit.observations import bulk_index, walk
+from testkit.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # A deliberately small server, so a test can load it past its capacity with a few hundred requests.
 LIMITS = {"WEB_ES_CONCURRENCY": "2", "WEB_ES_QUEUE": "4", "WEB_QUEUE_TIMEOUT": "0.5",
           "WEB_HEADER_TIMEOUT": "1", "WEB_BODY_TIMEOUT": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from testkit.hook_target import serve_hook
 from testkit.kafka_events import produce_keyed
-from test_agents_integration import Worker, agent_env, cleanup_topics, wait_count  # noqa: F401 (fixture)
+from testkit.worker import Worker, cleanup_topics, wait_count
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from testkit.processes import free_port
 
 STACK = Path(__file__).resolve().parents[2] / "infra" / "local" / "stack"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_stack(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
