@@ -34,9 +34,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
 from agents.store.index import drop_index
-from bench.agents_end_to_end import free_port, start_workers, stop_workers
+from bench.agents_end_to_end import start_workers, stop_workers
 from bench.geofence_throughput import fences as make_fences
 from geoiot import config, fence_topic, fences, topics
+from testkit.processes import free_port
 from web.app import init_app
 
 P = (-73.70, 40.60)  # outside the benchmark's fences (they cover New York City west of -73.75)
