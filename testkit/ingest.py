@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from testkit.kafka_events import drain
 from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,15 +114,7 @@ async def read_messages(bootstrap: str, topic: str, expect: int, timeout: float 
         parts = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
-        deadline = time.monotonic() + timeout
-        extra_until = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            out += [(tp.partition, r.key, r.value) for tp, records in batch.items() for r in records]
-            if len(out) >= expect and extra_until is None:
-                extra_until = time.monotonic() + settle
-            if extra_until is not None and time.monotonic() > extra_until:
-                break
+        out = [(r.partition, r.key, r.value) for r in await drain(consumer, expect, timeout, settle)]
     finally:
         await consumer.stop()
     return out

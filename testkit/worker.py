@@ -24,6 +24,7 @@ from shapely.geometry import Point, box, mapping, shape
 
 from geoiot.config import DEFAULT_GEOFENCES
 from geoiot.schema import load_preset, parse_row
+from testkit.kafka_events import drain
 from testkit.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,21 +142,10 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 3
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None, isolation_level=isolation_level)
     await consumer.start()
-    values: list[bytes] = []
     try:
-        deadline = time.monotonic() + timeout
-        extra_until = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                values += [m.value for m in msgs]
-            if len(values) >= expect and extra_until is None:
-                extra_until = time.monotonic() + settle
-            if extra_until is not None and time.monotonic() > extra_until:
-                break
+        return [r.value for r in await drain(consumer, expect, timeout, settle)]
     finally:
         await consumer.stop()
-    return values
 
 
 async def wait_count(es, index: str, expect: int, timeout: float = 120, settle: float = 3.0) -> int:

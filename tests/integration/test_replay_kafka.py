@@ -23,6 +23,7 @@ from geoiot.schema import load_preset
 from replay.generate import write_csv
 from geoiot.partitioning import kafka_partition
 from replay.reader import Rejected, read_records
+from testkit.kafka_events import drain
 from testkit.replay import replay_file
 
 pytestmark = pytest.mark.integration
@@ -46,18 +47,7 @@ async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 30
             parts = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
         await consumer.seek_to_beginning()
-        messages: list[Any] = []
-        deadline = time.monotonic() + timeout
-        settled_at = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                messages.extend(records)
-            if len(messages) >= expected:
-                settled_at = settled_at or time.monotonic() + settle
-                if time.monotonic() >= settled_at:
-                    break
-        return messages
+        return await drain(consumer, expected, timeout, settle)
     finally:
         await consumer.stop()
 
