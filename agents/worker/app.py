@@ -202,7 +202,14 @@ def _fail(message: str) -> NoReturn:
 
 
 class Worker(faust.Worker):
-    """Faust's worker, with the pre-flight run before it starts anything."""
+    """Faust's worker, with the pre-flight run before it starts anything and without the terminal spinner."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """No spinner: at ``-l warn`` or above Faust's spins on every log record, so it sets the root logger to
+        DEBUG, and every library's debug call then builds a record that the handlers drop (aiokafka makes one
+        per message sent). The root logger keeps the level asked for."""
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
 
     def execute_from_commandline(self) -> NoReturn:
         try:
