@@ -18,8 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from testkit.processes import stop
-from testkit.processes import free_port
+from testkit.processes import free_port, stop
 from web import assets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -115,23 +115,26 @@ def fence_file(tmp_path: Path) -> tuple[Path, list[tuple[str, object]]]:
 
 
 def expected_fences(rec: dict, fences) -> list[str]:
-    p = Point(rec["longitude"], rec["latitude"])
+    """The ids of the fences a report (of the taxi preset) lies in, sorted, by shapely directly."""
+    p = Point(rec[PRESET.lon], rec[PRESET.lat])
     return sorted(fid for fid, geom in fences if geom.intersects(p))
 
 
 def expected_alerts(recs: list[dict], fences) -> list[tuple]:
+    """(track, fence, event, time) of every transition between a track's consecutive reports, sorted."""
+    track_field, time_field = PRESET.track, PRESET.time
     by_track: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
-        by_track[r["taxiId"]].append(r)
+        by_track[r[track_field]].append(r)
     out = []
     for track, rs in by_track.items():
-        rs.sort(key=lambda r: r["observationTime"])
+        rs.sort(key=lambda r: r[time_field])
         prev = None
         for r in rs:
             now = set(expected_fences(r, fences))
             if prev is not None:
-                out += [(track, f, "exit", r["observationTime"]) for f in prev - now]
-                out += [(track, f, "enter", r["observationTime"]) for f in now - prev]
+                out += [(track, f, "exit", r[time_field]) for f in prev - now]
+                out += [(track, f, "enter", r[time_field]) for f in now - prev]
             prev = now
     return sorted(out)
 
